@@ -1,0 +1,251 @@
+"""Streaming input handling shared by every analysis.
+
+Accepts NumPy arrays, batched ``tf.data.Dataset`` objects yielding ``x``,
+``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``, and ``keras.utils.PyDataset``.
+Yields NumPy batches, checked as they stream: rank, spatial and channel
+shape, finiteness, and label shape and range.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+import keras
+
+__all__ = ["DataStream", "as_stream", "to_class_indices"]
+
+
+def _is_tf_dataset(obj) -> bool:
+    mod = type(obj).__module__
+    return mod.startswith("tensorflow") and hasattr(obj, "as_numpy_iterator")
+
+
+def _to_numpy(a):
+    if a is None:
+        return None
+    if isinstance(a, np.ndarray):
+        return a
+    return keras.ops.convert_to_numpy(a)
+
+
+class DataStream:
+    """Re-iterable stream of ``(x_batch, y_batch_or_None)`` NumPy batches.
+
+    Parameters
+    ----------
+    x : array-like, tf.data.Dataset or keras.utils.PyDataset
+    y : array-like, optional
+        Labels, only with array ``x``.
+    batch_size : int
+        Batch size for array inputs (datasets keep their own batching).
+    input_shape : tuple, optional
+        Expected shape of one sample (without batch), ``None`` for free dims.
+    max_samples : int, optional
+        Stop after this many samples (the first ones, deterministically).
+    argname : str
+        Name of the argument, for error messages.
+    """
+
+    def __init__(self, x, y=None, *, batch_size=32, input_shape=None, max_samples=None, argname="x"):
+        self.argname = argname
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+        self.batch_size = int(batch_size)
+        if max_samples is not None and (
+            isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 1
+        ):
+            raise ValueError(f"`max_samples` must be a positive int or None; received {max_samples!r}.")
+        self.max_samples = None if max_samples is None else int(max_samples)
+
+        if isinstance(x, (list, tuple)) and len(x) and not isinstance(x[0], (int, float)):
+            x = np.asarray(x)
+        if isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "dtype") and not _is_tf_dataset(x)):
+            self.kind = "array"
+            self._x = _to_numpy(x)
+            if self._x.dtype == object:
+                raise TypeError(f"`{argname}` must be a numeric array; received dtype object.")
+            self._y = None if y is None else _to_numpy(np.asarray(y) if isinstance(y, (list, tuple)) else y)
+            if self._y is not None and len(self._y) != len(self._x):
+                raise ValueError(
+                    f"`y` has {len(self._y)} labels but `{argname}` has {len(self._x)} samples; "
+                    "they must have the same length."
+                )
+            self._check_x(self._x, batch_index=None)
+        elif _is_tf_dataset(x):
+            self.kind = "tf.data"
+            self._x = x
+            if y is not None:
+                raise ValueError(
+                    f"`y` must be None when `{argname}` is a tf.data.Dataset: the dataset yields "
+                    "(x, y) pairs itself."
+                )
+            self._y = None
+        elif isinstance(x, keras.utils.PyDataset):
+            self.kind = "PyDataset"
+            self._x = x
+            if y is not None:
+                raise ValueError(
+                    f"`y` must be None when `{argname}` is a keras.utils.PyDataset: it yields "
+                    "(x, y) pairs itself."
+                )
+            self._y = None
+        else:
+            raise TypeError(
+                f"`{argname}` must be a NumPy array, a batched tf.data.Dataset or a "
+                f"keras.utils.PyDataset; received {type(x).__module__}.{type(x).__name__}. "
+                "Wrap a generator with tf.data.Dataset.from_generator(...).batch(n)."
+            )
+
+    # ------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int | None:
+        """Number of samples if known without iterating, else None."""
+        if self.kind == "array":
+            n = len(self._x)
+        else:
+            return None
+        return n if self.max_samples is None else min(n, self.max_samples)
+
+    @property
+    def has_labels(self) -> bool | None:
+        """True/False for arrays; None (unknown until iterated) for datasets."""
+        if self.kind == "array":
+            return self._y is not None
+        return None
+
+    def _split(self, element):
+        if isinstance(element, dict):
+            raise TypeError(
+                f"`{self.argname}` yields dicts; keras-hybrid-interp needs elements x or (x, y). "
+                "Map the dataset to tuples first, e.g. ds.map(lambda d: (d['image'], d['label']))."
+            )
+        if isinstance(element, (tuple, list)):
+            if len(element) == 0 or len(element) > 3:
+                raise ValueError(
+                    f"`{self.argname}` must yield x, (x,), (x, y) or (x, y, sample_weight); "
+                    f"received a tuple of length {len(element)}."
+                )
+            xb = element[0]
+            yb = element[1] if len(element) > 1 else None
+            return _to_numpy(xb), _to_numpy(yb)
+        return _to_numpy(element), None
+
+    def _check_x(self, xb, batch_index):
+        where = "" if batch_index is None else f" (batch {batch_index})"
+        if not np.issubdtype(xb.dtype, np.number) and xb.dtype != bool:
+            raise TypeError(f"`{self.argname}`{where} must hold numbers; received dtype {xb.dtype}.")
+        if self.input_shape is not None:
+            want = len(self.input_shape) + 1
+            if xb.ndim != want:
+                hint = ""
+                if xb.ndim == want - 1 and self.kind == "tf.data":
+                    hint = " The dataset looks unbatched: call .batch(32) on it."
+                elif xb.ndim == want - 1:
+                    hint = " For a single image, add the batch axis: x[None]."
+                raise ValueError(
+                    f"`{self.argname}`{where} must have shape (batch, {', '.join(str(d) for d in self.input_shape)}) "
+                    f"(rank {want}) as the model input; received shape {tuple(xb.shape)} (rank {xb.ndim}).{hint}"
+                )
+            for i, (got, exp) in enumerate(zip(xb.shape[1:], self.input_shape)):
+                if exp is not None and got != exp:
+                    extra = ""
+                    if i == len(self.input_shape) - 1 and xb.ndim == 4 and xb.shape[1] == exp:
+                        extra = (" The data looks channels_first; keras-hybrid-interp expects "
+                                 "channels_last: use np.transpose(x, (0, 2, 3, 1)).")
+                    raise ValueError(
+                        f"`{self.argname}`{where} has sample shape {tuple(xb.shape[1:])}, but the model "
+                        f"expects {self.input_shape} (None = any).{extra}"
+                    )
+        if np.issubdtype(xb.dtype, np.floating) and not np.all(np.isfinite(xb)):
+            bad = int(np.sum(~np.isfinite(xb)))
+            raise ValueError(
+                f"`{self.argname}`{where} contains {bad} NaN or infinite values; clean or impute them "
+                "first (an analysis on them would be silently wrong)."
+            )
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        seen = 0
+        limit = self.max_samples
+        if self.kind == "array":
+            n = len(self._x)
+            if n == 0:
+                raise ValueError(f"`{self.argname}` is empty: received 0 samples.")
+            stop = n if limit is None else min(n, limit)
+            for start in range(0, stop, self.batch_size):
+                end = min(start + self.batch_size, stop)
+                yield self._x[start:end], None if self._y is None else self._y[start:end]
+            return
+        if self.kind == "tf.data":
+            iterator = self._x.as_numpy_iterator()
+        else:
+            iterator = (self._x[i] for i in range(len(self._x)))
+        for b, element in enumerate(iterator):
+            xb, yb = self._split(element)
+            self._check_x(xb, b)
+            if yb is not None and len(yb) != len(xb):
+                raise ValueError(
+                    f"`{self.argname}` batch {b} has {len(xb)} inputs but {len(yb)} labels."
+                )
+            if limit is not None and seen + len(xb) > limit:
+                k = limit - seen
+                xb, yb = xb[:k], None if yb is None else yb[:k]
+            if len(xb):
+                yield xb, yb
+            seen += len(xb)
+            if limit is not None and seen >= limit:
+                break
+        if seen == 0:
+            raise ValueError(f"`{self.argname}` is empty: the {self.kind} yielded no samples.")
+
+
+def as_stream(x, y=None, **kwargs) -> DataStream:
+    """Returns ``x`` as a :class:`DataStream` (a stream is returned unchanged)."""
+    if isinstance(x, DataStream):
+        return x
+    return DataStream(x, y, **kwargs)
+
+
+def to_class_indices(y, num_classes: int, argname: str = "y") -> np.ndarray:
+    """Integer class indices from integer labels or one-hot / probability rows.
+
+    Raises a ValueError naming the problem for out-of-range labels, one-hot
+    rows of the wrong width, non-integer labels and NaN.
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1 and num_classes > 1:
+        y = y[:, 0]
+    if y.ndim == 2:
+        if y.shape[1] != num_classes:
+            raise ValueError(
+                f"`{argname}` is one-hot with {y.shape[1]} columns, but the model has "
+                f"{num_classes} classes; expected shape (n, {num_classes}) or integer labels of shape (n,)."
+            )
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"`{argname}` contains NaN or infinite values.")
+        return np.argmax(y, axis=1).astype(np.int64)
+    if y.ndim != 1:
+        raise ValueError(
+            f"`{argname}` must be integer labels of shape (n,) or one-hot of shape (n, {num_classes}); "
+            f"received shape {y.shape}."
+        )
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"`{argname}` contains NaN or infinite values.")
+        if not np.all(y == np.round(y)):
+            raise ValueError(
+                f"`{argname}` holds non-integer values (e.g. {y[y != np.round(y)][:3]}); class labels "
+                "must be integers 0..K-1 or one-hot rows."
+            )
+    elif not np.issubdtype(y.dtype, np.integer) and y.dtype != bool:
+        raise TypeError(f"`{argname}` must hold integer class labels; received dtype {y.dtype}.")
+    y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        bad = y[(y < 0) | (y >= num_classes)]
+        raise ValueError(
+            f"`{argname}` has labels outside 0..{num_classes - 1} (the model has {num_classes} "
+            f"classes): found {np.unique(bad)[:10].tolist()}."
+        )
+    return y

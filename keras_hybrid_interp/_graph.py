@@ -1,0 +1,760 @@
+"""The model-graph layer: the only module that touches Keras internals.
+
+Everything that depends on how Keras 3 stores a functional graph (``Node``,
+``_nodes_by_depth``, ``SymbolicArguments``) lives here, so that a Keras
+upgrade touches one file.
+
+What it does
+------------
+``ModelGraph(model)`` *flattens* the user's model into one graph of
+operations: a nested model (a ``keras.applications`` backbone inside a
+transfer-learning model, or a ``Sequential`` inside a functional model) is
+replaced by its own operations, wired into the outer graph. The flattened
+graph is built by replaying every operation on fresh ``keras.Input`` tensors,
+so
+
+* any tensor of the model, inner ones included (``"resnet50/conv3_block1_out"``),
+  can be the output of a sub-model built from the outer inputs (the
+  "not connected" error of ``Model(outer.inputs, inner_layer.output)`` does
+  not arise);
+* a *tail* sub-model that starts at intermediate tensors is built from fresh
+  ``keras.Input`` objects, never from intermediate Keras tensors (so the
+  Keras bug fixed by keras-team/keras#22316 cannot bite).
+
+The replay calls the user's own layer objects: no weight is copied, created
+or changed, and no ``trainable`` flag or compile state is touched. The only
+side effect is the one every functional re-use of a layer has: Keras records
+an extra inbound node on each layer.
+
+It also finds the *cut points* of the graph and, from them, the natural
+block ends of a CNN (``discover_blocks``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import warnings
+from typing import Any, Sequence
+
+import keras
+from keras import tree
+
+from keras.src.layers.convolutional.base_conv import BaseConv
+from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
+from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
+from keras.src.layers.pooling.base_pooling import BasePooling
+from keras.src.models.functional import Functional
+
+__all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block"]
+
+_CONV_TYPES = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
+
+#: A stretch of graph without a single cut point that holds more convolutions
+#: than this is treated as a chain of cells (NASNet): see ``discover_blocks``.
+MAX_CONVS_WITHOUT_CUT = 24
+
+_SUBCLASSED_HELP = (
+    "keras-hybrid-interp analyses models that have a graph: Functional models "
+    "(keras.Model(inputs, outputs)), Sequential models and models loaded from "
+    ".keras files, including nested ones such as a keras.applications backbone "
+    "inside a transfer-learning model. A subclassed model (one that defines "
+    "call() itself) has no graph to cut into blocks. Rewrite it with the "
+    "functional API, e.g.\n"
+    "    inputs = keras.Input(shape=(28, 28, 1))\n"
+    "    x = keras.layers.Conv2D(16, 3, activation='relu')(inputs)\n"
+    "    ...\n"
+    "    model = keras.Model(inputs, outputs)\n"
+    "and copy the weights across with model.set_weights(subclassed.get_weights())."
+)
+
+
+class _Ref:
+    """Placeholder for a graph tensor inside a stored call template."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: int):
+        self.key = key
+
+    def __repr__(self):  # pragma: no cover - debugging aid
+        return f"_Ref({self.key})"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the flattened graph."""
+
+    key: int
+    name: str
+    shape: tuple
+    producer: int | None  # index of the producing OpNode; None for inputs
+
+
+@dataclasses.dataclass
+class OpNode:
+    """One call of one operation in the flattened graph."""
+
+    index: int
+    path: str  # "outer/inner/layer" path of the operation
+    op: Any
+    inputs: list  # tensor keys consumed (unique, in call order)
+    outputs: list  # tensor keys produced
+    args: Any  # call template, tensors replaced by _Ref
+    kwargs: Any
+
+    @property
+    def is_pooling(self) -> bool:
+        return isinstance(self.op, BasePooling)
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """A block end chosen for analysis.
+
+    Attributes
+    ----------
+    name : str
+        Addressable name of the tensor (layer name, ``"outer/inner"`` for
+        nested models).
+    output_shape : tuple
+        Shape of the block output, batch dimension first (``None``).
+    filters : int
+        Number of channels (filters) of the block output.
+    depth : int
+        Position of the producing operation in the flattened graph, counted
+        from the input (0-based). Larger is deeper.
+    """
+
+    name: str
+    output_shape: tuple
+    filters: int
+    depth: int
+
+
+def _is_model(op) -> bool:
+    return isinstance(op, keras.Model)
+
+
+def _check_analysable(model, argname="model"):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`{argname}` must be a keras.Model (Functional or Sequential); "
+            f"received an object of type {type(model).__module__}.{type(model).__name__}."
+        )
+    if not isinstance(model, (Functional, keras.Sequential)):
+        raise TypeError(
+            f"`{argname}` is a subclassed model ({type(model).__name__}), which "
+            f"has no graph. " + _SUBCLASSED_HELP
+        )
+
+
+class ModelGraph:
+    """Flattened, replayable graph of a Keras 3 model.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Functional or Sequential model (possibly nesting other models).
+    input_shape : tuple of int, optional
+        Shape of one input sample, without the batch dimension. Needed only
+        for a Sequential model that was never built.
+    """
+
+    def __init__(self, model, input_shape: Sequence[int] | None = None):
+        _check_analysable(model)
+        self.model = model
+        self.tensors: list[TensorInfo] = []
+        self.ops: list[OpNode] = []
+        self._symbolic: list = []  # canonical KerasTensor per key
+        self._key_of: dict[int, int] = {}  # id(canonical KerasTensor) -> key
+        self._aliases: dict[str, list[int]] = {}  # nested model path -> output keys
+        self._used_paths: dict[str, int] = {}
+
+        inputs = self._make_inputs(model, input_shape)
+        self.input_keys = [self._register(t, None, None) for t in inputs]
+        self._inputs_struct = inputs
+        outputs = self._apply_model(model, inputs if len(inputs) > 1 else inputs[0], prefix="")
+        flat_out = tree.flatten(outputs)
+        self.output_keys = [self._key_of[id(t)] for t in flat_out]
+        self._names = self._index_names()
+
+    # ------------------------------------------------------------------
+    # Construction
+    # ------------------------------------------------------------------
+    @staticmethod
+    def _make_inputs(model, input_shape):
+        if input_shape is not None:
+            try:
+                input_shape = tuple(None if d is None else int(d) for d in input_shape)
+            except TypeError:
+                raise TypeError(
+                    "`input_shape` must be a tuple of ints giving the shape of one "
+                    f"sample without the batch dimension, e.g. (28, 28, 1); received {input_shape!r}."
+                ) from None
+        try:
+            model_inputs = list(model.inputs)
+        except (AttributeError, ValueError):
+            model_inputs = []
+        if not model_inputs:
+            if input_shape is None:
+                raise ValueError(
+                    f"The Sequential model {model.name!r} has never been built, so its "
+                    "input shape is unknown. Pass `input_shape=` (the shape of one sample "
+                    "without the batch dimension, e.g. input_shape=(28, 28, 1)), or build "
+                    "the model first with model.build((None, *shape)) or by calling it once."
+                )
+            return [keras.Input(shape=input_shape, name="input")]
+        if input_shape is not None:
+            if len(model_inputs) != 1:
+                raise ValueError(
+                    f"`input_shape` can only be given for a single-input model; the model "
+                    f"{model.name!r} has {len(model_inputs)} inputs."
+                )
+            built = tuple(model_inputs[0].shape[1:])
+            compatible = len(built) == len(input_shape) and all(
+                a is None or b is None or a == b for a, b in zip(built, input_shape)
+            )
+            if not compatible:
+                raise ValueError(
+                    f"`input_shape` {input_shape} does not match the input shape the model "
+                    f"{model.name!r} was built with, {built}. Leave `input_shape` out for a "
+                    "built model."
+                )
+            shape = tuple(b if a is None else a for a, b in zip(built, input_shape))
+            return [keras.Input(shape=shape, dtype=model_inputs[0].dtype, name="input")]
+        return [
+            keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=f"input_{i}" if i else "input")
+            for i, t in enumerate(model_inputs)
+        ]
+
+    def _register(self, tensor, producer, name) -> int:
+        key = len(self._symbolic)
+        self._symbolic.append(tensor)
+        self._key_of[id(tensor)] = key
+        if name is None:
+            name = getattr(tensor, "name", None) or f"input_{key}"
+        self.tensors.append(TensorInfo(key, name, tuple(tensor.shape), producer))
+        return key
+
+    def _unique_path(self, path):
+        n = self._used_paths.get(path, 0)
+        self._used_paths[path] = n + 1
+        return path if n == 0 else f"{path}#{n}"
+
+    def _apply_model(self, model, inputs, prefix):
+        """Replays ``model`` on canonical tensors ``inputs``; returns its outputs."""
+        if isinstance(model, keras.Sequential):
+            x = inputs
+            for layer in model.layers:
+                x = self._apply(layer, (x,), {}, prefix)
+            return x
+        if not isinstance(model, Functional):
+            where = f" nested at {prefix!r}" if prefix else ""
+            raise TypeError(
+                f"The model contains a subclassed model {model.name!r}{where} "
+                f"({type(model).__name__}), which has no graph. " + _SUBCLASSED_HELP
+            )
+        flat_in = tree.flatten(inputs)
+        if len(flat_in) != len(model.inputs):
+            raise ValueError(
+                f"Model {model.name!r} expects {len(model.inputs)} inputs, "
+                f"its call in the graph passes {len(flat_in)}."
+            )
+        tensor_dict = {id(x): y for x, y in zip(model.inputs, flat_in)}
+        for depth in sorted(model._nodes_by_depth.keys(), reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                if not node.operation or node.is_input:
+                    continue
+                if any(id(x) not in tensor_dict for x in node.input_tensors):
+                    continue
+                args, kwargs = node.arguments.fill_in(tensor_dict)
+                outputs = self._apply(node.operation, args, kwargs, prefix)
+                for x, y in zip(node.outputs, tree.flatten(outputs)):
+                    tensor_dict[id(x)] = y
+        missing = [x for x in model.outputs if id(x) not in tensor_dict]
+        if missing:  # pragma: no cover - Keras guarantees connectivity
+            raise ValueError(f"Model {model.name!r}: output {missing[0].name} is not connected.")
+        return tree.pack_sequence_as(model._outputs_struct, [tensor_dict[id(x)] for x in model.outputs])
+
+    def _apply(self, op, args, kwargs, prefix):
+        """Replays one call of ``op``; nested models are expanded in place."""
+        kwargs = {k: v for k, v in kwargs.items() if k != "training"}
+        if _is_model(op):
+            path = self._unique_path(prefix + op.name)
+            inner_inputs = args[0] if len(args) == 1 else list(args)
+            outputs = self._apply_model(op, inner_inputs, prefix=path + "/")
+            self._aliases[path] = [self._key_of[id(t)] for t in tree.flatten(outputs)]
+            return outputs
+        path = self._unique_path(prefix + op.name)
+        index = len(self.ops)
+        in_keys = []
+        for t in tree.flatten((args, kwargs)):
+            if isinstance(t, keras.KerasTensor):
+                k = self._key_of[id(t)]
+                if k not in in_keys:
+                    in_keys.append(k)
+
+        def to_ref(x):
+            return _Ref(self._key_of[id(x)]) if isinstance(x, keras.KerasTensor) else x
+
+        t_args = tree.map_structure(to_ref, args)
+        t_kwargs = tree.map_structure(to_ref, kwargs)
+        outputs = op(*args, **kwargs)
+        flat = tree.flatten(outputs)
+        out_keys = [
+            self._register(t, index, path if len(flat) == 1 else f"{path}:{i}")
+            for i, t in enumerate(flat)
+        ]
+        self.ops.append(OpNode(index, path, op, in_keys, out_keys, t_args, t_kwargs))
+        return outputs
+
+    def _index_names(self) -> dict[str, list[int]]:
+        names: dict[str, list[int]] = {}
+        for t in self.tensors:
+            if t.producer is not None:
+                names.setdefault(t.name, []).append(t.key)
+        for path, keys in self._aliases.items():
+            if len(keys) == 1:
+                names.setdefault(path, keys)
+        return names
+
+    # ------------------------------------------------------------------
+    # Lookup
+    # ------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        """Addressable tensor names in graph order (nested ones as ``outer/inner``)."""
+        return [t.name for t in self.tensors if t.producer is not None]
+
+    def names_with_rank(self, rank: int) -> list[str]:
+        return [
+            t.name for t in self.tensors if t.producer is not None and len(t.shape) == rank
+        ]
+
+    def resolve(self, spec, argname: str = "blocks") -> int:
+        """Returns the tensor key for a layer name, top-level index or layer object."""
+        if isinstance(spec, bool):
+            raise TypeError(f"`{argname}` entries must be layer names, indices or layers; received {spec!r}.")
+        if isinstance(spec, str):
+            if spec in self._names:
+                return self._names[spec][-1]
+            # A bare inner name ("conv3_block1_out") addresses a nested layer if unique.
+            matches = [n for n in self._names if n.rsplit("/", 1)[-1] == spec]
+            if len(matches) == 1:
+                return self._names[matches[0]][-1]
+            if len(matches) > 1:
+                raise ValueError(
+                    f"`{argname}`: the name {spec!r} is ambiguous; it matches {matches}. "
+                    "Use the full path."
+                )
+            close = difflib.get_close_matches(spec, list(self._names), n=5, cutoff=0.5)
+            hint = f" Closest names: {close}." if close else ""
+            available = self.names_with_rank(4)
+            raise ValueError(
+                f"`{argname}`: no layer named {spec!r} in model {self.model.name!r}.{hint} "
+                f"Layers with a 4-D output: {_abbrev(available)}."
+            )
+        if isinstance(spec, int):
+            layers = self.model.layers
+            if not -len(layers) <= spec < len(layers):
+                raise ValueError(
+                    f"`{argname}`: layer index {spec} is out of range; model "
+                    f"{self.model.name!r} has {len(layers)} top-level layers (indices "
+                    f"0..{len(layers) - 1}, as in model.layers)."
+                )
+            return self.resolve(layers[spec], argname)
+        if isinstance(spec, keras.layers.Layer) or isinstance(spec, keras.Operation):
+            if _is_model(spec):
+                for path, keys in self._aliases.items():
+                    if path.rsplit("/", 1)[-1] == spec.name and len(keys) == 1:
+                        return keys[0]
+            hits = [o for o in self.ops if o.op is spec]
+            if not hits:
+                raise ValueError(
+                    f"`{argname}`: layer {spec.name!r} is not part of model {self.model.name!r}."
+                )
+            if len(hits[-1].outputs) != 1:
+                raise ValueError(f"`{argname}`: layer {spec.name!r} has several outputs; name one as '{hits[-1].path}:i'.")
+            return hits[-1].outputs[0]
+        raise TypeError(
+            f"`{argname}` entries must be layer names (str), top-level indices (int) or "
+            f"keras layer objects; received {type(spec).__name__}: {spec!r}."
+        )
+
+    # ------------------------------------------------------------------
+    # Sub-models
+    # ------------------------------------------------------------------
+    @property
+    def symbolic_inputs(self) -> list:
+        """The fresh ``keras.Input`` tensors the flattened graph starts from."""
+        return [self._symbolic[k] for k in self.input_keys]
+
+    def symbolic(self, key: int):
+        """The symbolic tensor for ``key``, connected to :attr:`symbolic_inputs`.
+
+        Calling Keras layers on it and building ``keras.Model(symbolic_inputs, ...)``
+        gives side models that share the user's layers (and weights).
+        """
+        return self._symbolic[key]
+
+    def build(self, outputs: Sequence[int], inputs: Sequence[int] | None = None, name: str | None = None):
+        """Builds a ``keras.Model`` computing tensors ``outputs``.
+
+        With ``inputs=None`` the model starts at the model inputs. Otherwise
+        it starts at the given intermediate tensors, each fed through a fresh
+        ``keras.Input``; every tensor the outputs depend on must then be
+        computable from them (see :meth:`frontier`).
+        """
+        outputs = list(outputs)
+        if inputs is None:
+            ins = [self._symbolic[k] for k in self.input_keys]
+            outs = [self._symbolic[k] for k in outputs]
+            return keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
+        inputs = list(inputs)
+        fresh = {}
+        for k in inputs:
+            t = self._symbolic[k]
+            fresh[k] = keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=_safe(self.tensors[k].name) + "_in")
+        values = self.replay(fresh, outputs)
+        ins = [fresh[k] for k in inputs]
+        outs = [values[k] for k in outputs]
+        return keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
+
+    def replay(self, values: dict, outputs: Sequence[int]) -> dict:
+        """Runs the ops needed for ``outputs`` given tensor ``values`` (key -> tensor)."""
+        needed = self._ancestors_ops(outputs, stop=set(values))
+        values = dict(values)
+        for idx in sorted(needed):
+            node = self.ops[idx]
+            missing = [k for k in node.inputs if k not in values]
+            if missing:
+                raise ValueError(
+                    f"Cannot compute {self.tensors[outputs[0]].name!r} from the given tensors: "
+                    f"operation {node.path!r} also needs {[self.tensors[k].name for k in missing]}."
+                )
+
+            def fill(x):
+                return values[x.key] if isinstance(x, _Ref) else x
+
+            args = tree.map_structure(fill, node.args)
+            kwargs = tree.map_structure(fill, node.kwargs)
+            out = tree.flatten(node.op(*args, **kwargs))
+            for k, v in zip(node.outputs, out):
+                values[k] = v
+        return values
+
+    def _ancestors_ops(self, outputs, stop=frozenset()):
+        needed = set()
+        stack = [k for k in outputs if k not in stop]
+        seen = set(stack)
+        while stack:
+            k = stack.pop()
+            p = self.tensors[k].producer
+            if p is None:
+                continue
+            needed.add(p)
+            for i in self.ops[p].inputs:
+                if i not in seen and i not in stop:
+                    seen.add(i)
+                    stack.append(i)
+        return needed
+
+    def frontier(self, key: int) -> list[int]:
+        """Tensors a tail starting right after tensor ``key`` needs.
+
+        ``key`` first, then every earlier tensor that an operation after
+        ``key`` consumes (the skip connections that cross the cut), in graph
+        order. Feeding these into :meth:`build` gives the tail model.
+        """
+        after = [o for o in self.ops if o.index > (self.tensors[key].producer if self.tensors[key].producer is not None else -1)]
+        cross = set()
+        for o in after:
+            for i in o.inputs:
+                if i <= key:
+                    cross.add(i)
+        needed_for_out = self._ancestors_ops(self.output_keys, stop={key} | cross)
+        used = set()
+        for idx in needed_for_out:
+            used.update(i for i in self.ops[idx].inputs if i in cross or i == key)
+        used.add(key)
+        return [key] + sorted(k for k in used if k != key)
+
+    # ------------------------------------------------------------------
+    # Cut points and blocks
+    # ------------------------------------------------------------------
+    def _relevant(self) -> list[bool]:
+        n = len(self.tensors)
+        consumers: list[list[int]] = [[] for _ in range(n)]
+        for o in self.ops:
+            for i in o.inputs:
+                consumers[i].extend(o.outputs)
+        fwd = [False] * n
+        for k in self.input_keys:
+            fwd[k] = True
+        for o in self.ops:  # ops are in topological order
+            if any(fwd[i] for i in o.inputs):
+                for k in o.outputs:
+                    fwd[k] = True
+        bwd = [False] * n
+        for k in self.output_keys:
+            bwd[k] = True
+        for o in reversed(self.ops):
+            if any(bwd[k] for k in o.outputs):
+                for i in o.inputs:
+                    bwd[i] = True
+        return [f and b for f, b in zip(fwd, bwd)]
+
+    def _cover(self, relevant) -> list[int]:
+        """Number of graph edges that jump over each tensor (0 = cut point)."""
+        n = len(self.tensors)
+        diff = [0] * (n + 2)
+        # Virtual source at position -1 feeding every input, virtual sink at n.
+        edges = [(-1, k) for k in self.input_keys] + [(k, n) for k in self.output_keys]
+        for o in self.ops:
+            for i in o.inputs:
+                if relevant[i]:
+                    for k in o.outputs:
+                        if relevant[k]:
+                            edges.append((i, k))
+        for u, v in edges:
+            if v - u > 1:
+                diff[u + 2] += 1  # positions u+1 .. v-1, shifted by one
+                diff[v + 1] -= 1
+        cover, run = [], 0
+        for pos in range(n):
+            run += diff[pos + 1]
+            cover.append(run)
+        return cover
+
+    def cut_points(self) -> list[int]:
+        """Tensor keys every input-to-output path passes through, in graph order."""
+        relevant = self._relevant()
+        cover = self._cover(relevant)
+        return [
+            k for k in range(len(self.tensors))
+            if relevant[k] and cover[k] == 0 and k not in self.input_keys
+        ]
+
+    def discover_blocks(self) -> tuple[list[int], list[str]]:
+        """Automatic block ends. Returns (tensor keys, notes explaining the choice).
+
+        Rule (documented in README "Block discovery"):
+
+        1. Candidates are cut points with a 4-D output (batch, H, W, C) and at
+           least one convolution before them.
+        2. Natural block ends among them: pooling outputs; tensors that close
+           a multi-path region (their operation merges two or more tensors,
+           whether a ``keras.layers.Add``/``Concatenate``/``Multiply`` layer or
+           an operator such as ``x + y``); the last 4-D cut point.
+        3. Each natural end is extended to the deepest cut point reached
+           before the next convolution.
+        4. A stretch of graph without cut points holding more than
+           ``MAX_CONVS_WITHOUT_CUT`` convolutions (NASNet's cells each read the
+           two previous cells) gets the merge outputs crossed by the fewest
+           skip connections there: the cell outputs.
+        """
+        relevant = self._relevant()
+        cover = self._cover(relevant)
+        n = len(self.tensors)
+        conv_before = [False] * n
+        for o in self.ops:
+            c = self._op_is_conv(o) or any(conv_before[i] for i in o.inputs)
+            for k in o.outputs:
+                conv_before[k] = c
+        cuts = [k for k in range(n) if relevant[k] and cover[k] == 0 and k not in self.input_keys]
+        notes: list[str] = []
+
+        def is4d(k):
+            return len(self.tensors[k].shape) == 4
+
+        def is_merge(k):
+            p = self.tensors[k].producer
+            return p is not None and sum(1 for i in self.ops[p].inputs if relevant[i]) >= 2
+
+        def is_pool(k):
+            p = self.tensors[k].producer
+            return p is not None and self.ops[p].is_pooling
+
+        # Convolutions in each region (prev cut, cut]; region i ends at cuts[i].
+        conv_positions = [
+            k for o in self.ops if self._op_is_conv(o) for k in o.outputs if relevant[k]
+        ]
+        bounds = [-1] + cuts
+
+        def convs_between(a, b):  # a < pos <= b
+            return sum(1 for p in conv_positions if a < p <= b)
+
+        cands = [k for k in cuts if is4d(k) and conv_before[k]]
+        natural = {k for k in cands if is_pool(k) or is_merge(k)}
+        if cands:
+            natural.add(cands[-1])
+        cut_index = {k: i for i, k in enumerate(cuts)}
+        ends = set()
+        for k in natural:
+            i = cut_index[k]
+            while (
+                i + 1 < len(cuts)
+                and is4d(cuts[i + 1])
+                and convs_between(cuts[i], cuts[i + 1]) == 0
+            ):
+                i += 1
+            ends.add(cuts[i])
+
+        # Long stretches without cut points (cells reading the two previous cells).
+        for a, b in zip(bounds[:-1], bounds[1:] + [n]):
+            if convs_between(a, b) <= MAX_CONVS_WITHOUT_CUT:
+                continue
+            inner = [
+                k for k in range(a + 1, b)
+                if relevant[k] and is4d(k) and conv_before[k] and is_merge(k) and cover[k] > 0
+            ]
+            if not inner:
+                continue
+            low = min(cover[k] for k in inner)
+            cells = [k for k in inner if cover[k] == low]
+            # Keep the last merge of each run of consecutive candidates.
+            chosen = [k for k in cells if not any(
+                c for c in cells if c > k and not self._conv_path_between(k, c)
+            )]
+            ends.update(chosen)
+            notes.append(
+                f"Between {self.tensors[a].name if a >= 0 else 'the input'!r} and "
+                f"{self.tensors[b].name if b < n else 'the output'!r} the graph has no cut point "
+                f"for {convs_between(a, b)} convolutions (each cell reads the cells before it). "
+                f"There, the blocks are the {len(chosen)} cell outputs: merges crossed by the "
+                f"fewest skip connections ({low}). They are not cut points."
+            )
+        ends = sorted(ends)
+        if not ends:
+            raise ValueError(
+                f"Model {self.model.name!r} has no convolutional block: no 4-D tensor "
+                "(batch, height, width, channels) after a convolution lies on every path from "
+                "the input to the output. keras-hybrid-interp analyses CNNs; a Dense-only "
+                "model has no filters to interpret."
+            )
+        if len(ends) == 1:
+            notes.append(
+                f"Only one block ({self.tensors[ends[0]].name!r}) was found: it is the only 4-D "
+                "tensor after a convolution that every input-to-output path passes through, "
+                "with no pooling or merge before it. Pass `blocks=[...]` to choose layers yourself."
+            )
+        return ends, notes
+
+    def _conv_path_between(self, a, b) -> bool:
+        """Whether some path from tensor a to tensor b passes a convolution."""
+        # Walk backwards from b, staying at positions > a.
+        stack, seen = [b], {b}
+        reach_a_with_conv = False
+        conv_flag = {b: False}
+        while stack:
+            k = stack.pop()
+            p = self.tensors[k].producer
+            if p is None:
+                continue
+            node = self.ops[p]
+            flag = conv_flag[k] or self._op_is_conv(node)
+            for i in node.inputs:
+                if i == a:
+                    reach_a_with_conv |= flag
+                elif i > a and (i not in seen or (flag and not conv_flag.get(i, False))):
+                    seen.add(i)
+                    conv_flag[i] = conv_flag.get(i, False) or flag
+                    stack.append(i)
+        return reach_a_with_conv
+
+    def _op_is_conv(self, o: OpNode) -> bool:
+        if isinstance(o.op, _CONV_TYPES):
+            return True
+        # A Dense layer applied to a 4-D tensor is a 1x1 convolution (ConvNeXt).
+        return isinstance(o.op, keras.layers.Dense) and any(
+            len(self.tensors[i].shape) == 4 for i in o.inputs
+        )
+
+    def block_info(self, key: int, name: str | None = None) -> Block:
+        t = self.tensors[key]
+        return Block(
+            name=name or t.name,
+            output_shape=t.shape,
+            filters=int(t.shape[-1]) if t.shape and t.shape[-1] is not None else 0,
+            depth=t.producer if t.producer is not None else -1,
+        )
+
+    def channels_first_layers(self) -> list[str]:
+        return [
+            o.path for o in self.ops
+            if getattr(o.op, "data_format", None) == "channels_first"
+        ]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+
+
+def _abbrev(names: list[str], n: int = 30) -> str:
+    if len(names) <= n:
+        return str(names)
+    return str(names[: n // 2])[:-1] + f", ... ({len(names) - n} more) ..., " + str(names[-n // 2:])[1:]
+
+
+def is_classifier_output(model) -> str | None:
+    """'softmax', 'sigmoid' or None, from the operation producing the output."""
+    graph_out = model.outputs[0] if getattr(model, "outputs", None) else None
+    if graph_out is None:
+        return None
+    op = graph_out._keras_history.operation
+    while _is_model(op):  # nested model producing the output
+        op = op.outputs[0]._keras_history.operation
+    act = getattr(op, "activation", None)
+    if isinstance(op, keras.layers.Softmax):
+        return "softmax"
+    if act is not None:
+        name = getattr(act, "__name__", str(act))
+        if name in ("softmax", "sigmoid"):
+            return name
+    return None
+
+
+def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
+    """Resolves a ``blocks`` argument to (keys, names, Block list).
+
+    ``blocks`` is ``"auto"`` (see :meth:`ModelGraph.discover_blocks`), one
+    layer name / index / layer object, or a list of them. Every chosen tensor
+    must be 4-D (batch, height, width, channels). Notes on the automatic
+    choice are emitted as warnings.
+    """
+    cf = graph.channels_first_layers()
+    if cf:
+        raise ValueError(
+            f"Model {graph.model.name!r} uses data_format='channels_first' in {cf[:5]}; "
+            "keras-hybrid-interp supports channels_last models (the Keras default). Rebuild "
+            "the model with channels_last layers."
+        )
+    if isinstance(blocks, str) and blocks == "auto":
+        keys, notes = graph.discover_blocks()
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=3)
+    else:
+        if isinstance(blocks, (str, int, keras.layers.Layer)):
+            blocks = [blocks]
+        if not isinstance(blocks, (list, tuple)) or not blocks:
+            raise TypeError(
+                f"`{argname}` must be 'auto', or a non-empty list of layer names, top-level "
+                f"indices or layer objects; received {blocks!r}."
+            )
+        keys = []
+        for spec in blocks:
+            k = graph.resolve(spec, argname)
+            t = graph.tensors[k]
+            if len(t.shape) != 4:
+                raise ValueError(
+                    f"`{argname}`: layer {t.name!r} has output shape {t.shape}, not 4-D "
+                    "(batch, height, width, channels). Choose a convolutional layer; layers with "
+                    f"a 4-D output: {_abbrev(graph.names_with_rank(4))}."
+                )
+            if k in keys:
+                raise ValueError(f"`{argname}`: layer {t.name!r} is listed twice.")
+            keys.append(k)
+        keys.sort()
+    names = [graph.tensors[k].name for k in keys]
+    return keys, names, [graph.block_info(k) for k in keys]

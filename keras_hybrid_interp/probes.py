@@ -1,0 +1,158 @@
+"""Keras layers of the local interpreter: feature pooling and linear probes.
+
+Both are written with ``keras.ops`` only, so they run on every backend, and
+both are registered for ``.keras`` serialization (``safe_mode=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import keras
+from keras import ops
+
+__all__ = ["FeaturePooling", "LinearProbe", "adaptive_bins"]
+
+_PACKAGE = "keras_hybrid_interp"
+
+
+def adaptive_bins(size: int, k: int) -> list[tuple[int, int]]:
+    """Bins of adaptive pooling (as in PyTorch): [floor(i*n/k), ceil((i+1)*n/k))."""
+    return [((i * size) // k, -((-(i + 1) * size) // k)) for i in range(k)]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FeaturePooling(keras.layers.Layer):
+    """Pools a (batch, H, W, C) feature map into a probe's input vector.
+
+    Parameters
+    ----------
+    mode : {"avg", "max"} or int
+        ``"avg"``: global average over H and W (C features). ``"max"``:
+        global maximum (C features). An int ``k``: adaptive average pooling
+        to a k x k grid, flattened in (row, column, channel) order
+        (k * k * C features).
+    """
+
+    def __init__(self, mode="avg", **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "avg":
+            return ops.mean(x, axis=(1, 2))
+        if self.mode == "max":
+            return ops.max(x, axis=(1, 2))
+        k = int(self.mode)
+        h, w = x.shape[1], x.shape[2]
+        cells = []
+        for r0, r1 in adaptive_bins(h, k):
+            for c0, c1 in adaptive_bins(w, k):
+                cells.append(ops.mean(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
+        return ops.concatenate(cells, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        c = input_shape[-1]
+        if self.mode in ("avg", "max"):
+            return (input_shape[0], c)
+        return (input_shape[0], int(self.mode) ** 2 * c)
+
+    def position_weights(self, h: int, w: int) -> np.ndarray:
+        """Linear map from positions to pooled cells, shape (H*W, n_cells).
+
+        Entry (p, j) is the weight of spatial position p in pooled cell j, so
+        that for average-type pooling ``pooled[j*C + c] = sum_p W[p, j] * x[p, c]``.
+        """
+        if self.mode == "avg":
+            return np.full((h * w, 1), 1.0 / (h * w))
+        if self.mode == "max":
+            raise ValueError("max pooling is not linear; it has no position weights.")
+        k = int(self.mode)
+        weights = np.zeros((h, w, k * k))
+        for i, (r0, r1) in enumerate(adaptive_bins(h, k)):
+            for j, (c0, c1) in enumerate(adaptive_bins(w, k)):
+                weights[r0:r1, c0:c1, i * k + j] = 1.0 / ((r1 - r0) * (c1 - c0))
+        return weights.reshape(h * w, k * k)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LinearProbe(keras.layers.Layer):
+    """Standardize-then-linear softmax classifier on pooled features.
+
+    ``probe(f) = softmax(((f - mean) * scale) @ kernel + bias)``. ``mean`` and
+    ``scale`` (1 / standard deviation) are fixed from the training features
+    before the probe is fitted; ``kernel`` and ``bias`` are trained. The
+    kernel starts at zero (the problem is convex), so fitting draws no
+    random numbers for initialization.
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
+        self.scale = self.add_weight(shape=(dim,), initializer="ones", trainable=False, name="scale")
+        self.kernel = self.add_weight(shape=(dim, self.units), initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+    def logits(self, f):
+        f = ops.cast(f, self.compute_dtype)
+        return ops.matmul((f - self.mean) * self.scale, self.kernel) + self.bias
+
+    def call(self, f):
+        return ops.softmax(self.logits(f), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def set_standardization(self, mean: np.ndarray, std: np.ndarray):
+        """Sets the fixed standardization; constant features get scale 0."""
+        std = np.asarray(std, dtype=np.float64)
+        scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+        self.mean.assign(np.asarray(mean, dtype=self.mean.dtype))
+        self.scale.assign(scale.astype(self.scale.dtype))
+
+    def effective_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W, b) in float64 such that logits = f @ W + b on raw features."""
+        mean = np.asarray(keras.ops.convert_to_numpy(self.mean), np.float64)
+        scale = np.asarray(keras.ops.convert_to_numpy(self.scale), np.float64)
+        kernel = np.asarray(keras.ops.convert_to_numpy(self.kernel), np.float64)
+        bias = np.asarray(keras.ops.convert_to_numpy(self.bias), np.float64)
+        w = kernel * scale[:, None]
+        return w, bias - (mean * scale) @ kernel
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class OutputProbabilities(keras.layers.Layer):
+    """Turns a classifier's output into class probabilities, shape (batch, K).
+
+    ``kind`` is ``"softmax"`` (already probabilities), ``"sigmoid"`` (a binary
+    (batch, 1) output p becomes [1 - p, p]) or ``"logits"`` (softmax applied).
+    """
+
+    def __init__(self, kind="softmax", **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        if self.kind == "sigmoid":
+            x = ops.reshape(x, (-1, 1))
+            return ops.concatenate([1.0 - x, x], axis=-1)
+        if self.kind == "logits":
+            return ops.softmax(x, axis=-1)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 if self.kind == "sigmoid" else input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}

@@ -149,16 +149,15 @@ class DataStream:
                     f"`{self.argname}`{where} must have shape (batch, {', '.join(str(d) for d in self.input_shape)}) "
                     f"(rank {want}) as the model input; received shape {tuple(xb.shape)} (rank {xb.ndim}).{hint}"
                 )
-            for i, (got, exp) in enumerate(zip(xb.shape[1:], self.input_shape)):
-                if exp is not None and got != exp:
-                    extra = ""
-                    if i == len(self.input_shape) - 1 and xb.ndim == 4 and xb.shape[1] == exp:
-                        extra = (" The data looks channels_first; keras-hybrid-interp expects "
-                                 "channels_last: use np.transpose(x, (0, 2, 3, 1)).")
-                    raise ValueError(
-                        f"`{self.argname}`{where} has sample shape {tuple(xb.shape[1:])}, but the model "
-                        f"expects {self.input_shape} (None = any).{extra}"
-                    )
+            if any(exp is not None and got != exp for got, exp in zip(xb.shape[1:], self.input_shape)):
+                extra = ""
+                if xb.ndim == 4 and xb.shape[1] == self.input_shape[-1]:
+                    extra = (" The data looks channels_first; keras-hybrid-interp expects "
+                             "channels_last: use np.transpose(x, (0, 2, 3, 1)).")
+                raise ValueError(
+                    f"`{self.argname}`{where} has sample shape {tuple(xb.shape[1:])}, but the model "
+                    f"expects {self.input_shape} (None = any).{extra}"
+                )
         if np.issubdtype(xb.dtype, np.floating) and not np.all(np.isfinite(xb)):
             bad = int(np.sum(~np.isfinite(xb)))
             raise ValueError(

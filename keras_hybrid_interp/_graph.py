@@ -697,17 +697,15 @@ def _abbrev(names: list[str], n: int = 30) -> str:
     return str(names[: n // 2])[:-1] + f", ... ({len(names) - n} more) ..., " + str(names[-n // 2:])[1:]
 
 
-def is_classifier_output(model) -> str | None:
-    """'softmax', 'sigmoid' or None, from the operation producing the output."""
-    graph_out = model.outputs[0] if getattr(model, "outputs", None) else None
-    if graph_out is None:
+def classifier_activation(graph: ModelGraph) -> str | None:
+    """'softmax', 'sigmoid' or None, from the operation producing the graph output."""
+    producer = graph.tensors[graph.output_keys[0]].producer
+    if producer is None:
         return None
-    op = graph_out._keras_history.operation
-    while _is_model(op):  # nested model producing the output
-        op = op.outputs[0]._keras_history.operation
-    act = getattr(op, "activation", None)
+    op = graph.ops[producer].op
     if isinstance(op, keras.layers.Softmax):
         return "softmax"
+    act = getattr(op, "activation", None)
     if act is not None:
         name = getattr(act, "__name__", str(act))
         if name in ("softmax", "sigmoid"):
@@ -758,3 +756,8 @@ def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
         keys.sort()
     names = [graph.tensors[k].name for k in keys]
     return keys, names, [graph.block_info(k) for k in keys]
+
+
+def is_classifier_output(model) -> str | None:
+    """'softmax', 'sigmoid' or None for a built model (see classifier_activation)."""
+    return classifier_activation(ModelGraph(model))

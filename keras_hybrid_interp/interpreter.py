@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,31 +45,6 @@ class BlockList(Sequence):
             "filters": [b.filters for b in self],
             "depth": [b.depth for b in self],
         })
-
-
-class _ProbeBatches(keras.utils.PyDataset):
-    """Shuffled mini-batches of cached features, from a private seeded RNG."""
-
-    def __init__(self, features, targets, batch_size, seed):
-        super().__init__()
-        self.features, self.targets = features, targets
-        self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(targets))
-
-    def __len__(self):
-        return math.ceil(len(self.targets) / self.batch_size)
-
-    def __getitem__(self, i):
-        idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
-        feats = [f[idx] for f in self.features]
-        t = self.targets[idx]
-        if len(feats) == 1:
-            return feats[0], t
-        return tuple(feats), tuple(t for _ in feats)
-
-    def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.targets))
 
 
 def _resolve_verbose(verbose):
@@ -199,7 +173,10 @@ class HybridInterpreter(keras.Model):
             probe = LinearProbe(self.num_classes, name=f"probe_{i}")
             probe.build((None, int(f.shape[-1])))
             self._probes.append(probe)
-        self._maps_model = None
+        # Raw block outputs, for the evidence maps of explain().
+        self._maps_model = keras.Model(
+            graph.symbolic_inputs[0], [graph.symbolic(k) for k in keys] + [probs], name="block_maps"
+        )
 
     # ------------------------------------------------------------------
     @staticmethod
@@ -215,7 +192,7 @@ class HybridInterpreter(keras.Model):
                 f"{model.name!r} outputs shape {shape}."
             )
         if output == "auto":
-            output = _graph.is_classifier_output(model)
+            output = _graph.classifier_activation(graph)
             if output is None:
                 raise ValueError(
                     f"Model {model.name!r} does not end in a softmax or sigmoid, so it does not look "
@@ -319,8 +296,8 @@ class HybridInterpreter(keras.Model):
         *,
         validation_data=None,
         validation_split=0.0,
-        epochs=30,
-        batch_size=128,
+        epochs=100,
+        batch_size=256,
         learning_rate=0.05,
         warm_start=False,
         random_state=None,
@@ -408,13 +385,36 @@ class HybridInterpreter(keras.Model):
             optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
             loss=["categorical_crossentropy"] * len(outputs) if len(outputs) > 1 else "categorical_crossentropy",
         )
-        seed = np.random.SeedSequence(random_state).generate_state(1)[0]
-        data = _ProbeBatches(feats, targets, batch_size, seed)
-        val_arg = None
-        if val is not None:
-            vf, vt = val
-            val_arg = (vf[0], vt) if len(vf) == 1 else (tuple(vf), tuple(vt for _ in vf))
-        history = trainer.fit(data, epochs=int(epochs), validation_data=val_arg, verbose=verbose, shuffle=False)
+        rng = np.random.default_rng(np.random.SeedSequence(random_state))
+        history = keras.callbacks.History()
+        history.set_model(trainer)
+        history.on_train_begin()
+        n_train = len(targets)
+        bar = keras.utils.Progbar(int(epochs), verbose=verbose, unit_name="epoch") if verbose else None
+
+        def pack(f, t, idx):
+            fs = [a[idx] for a in f]
+            return (fs[0], t[idx]) if len(fs) == 1 else (tuple(fs), tuple(t[idx] for _ in fs))
+
+        # A plain loop of train_on_batch calls: one compiled train step, no
+        # per-epoch set-up cost, and a private RNG for the mini-batch order.
+        for epoch in range(int(epochs)):
+            order = rng.permutation(n_train)
+            trainer.reset_metrics()
+            for start in range(0, n_train, batch_size):
+                idx = np.sort(order[start:start + batch_size])
+                logs = trainer.train_on_batch(*pack(feats, targets, idx), return_dict=True)
+            logs = {k: float(v) for k, v in logs.items()}
+            if val is not None:
+                trainer.reset_metrics()
+                vf, vt = val
+                for start in range(0, len(vt), batch_size):
+                    vlogs = trainer.test_on_batch(*pack(vf, vt, np.arange(start, min(start + batch_size, len(vt)))),
+                                                  return_dict=True)
+                logs.update({f"val_{k}": float(v) for k, v in vlogs.items()})
+            history.on_epoch_end(epoch, logs)
+            if bar is not None:
+                bar.update(epoch + 1, values=[("loss", logs["loss"])])
         self.fitted = True
         return history
 
@@ -517,13 +517,6 @@ class HybridInterpreter(keras.Model):
                 f"received shape {x.shape}. For several inputs use layer_predictions()."
             )
         self._stream(x, argname="x")  # validates shape and finiteness
-        if self._maps_model is None:
-            g = self._graph
-            self._maps_model = keras.Model(
-                g.symbolic_inputs[0],
-                [g.symbolic(k) for k in self.block_keys] + [self._to_probs(g.symbolic(g.output_keys[0]))],
-                name="block_maps",
-            )
         outs = self._maps_model.predict_on_batch(x)
         maps = [np.asarray(m[0], dtype=np.float64) for m in outs[:-1]]
         model_p = np.asarray(outs[-1][0], dtype=np.float64)

@@ -489,7 +489,7 @@ class HybridInterpreter(keras.Model):
             n += len(xb)
         names = list(self.block_names) + ["output"]
         depths = [b.depth for b in self.blocks] + [self._graph.tensors[self._graph.output_keys[0]].producer]
-        filters = [b.filters for b in self.blocks] + [np.nan]
+        filters = pd.array([b.filters for b in self.blocks] + [None], dtype="Int64")
         return pd.DataFrame({
             "block": names,
             "depth": depths,

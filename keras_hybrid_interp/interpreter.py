@@ -18,6 +18,10 @@ __all__ = ["HybridInterpreter", "BlockList"]
 
 _EPS = 1e-7  # probabilities are clipped to [eps, 1] in log-losses, as Keras does
 
+#: Probes on at most this many pooled features whiten their input (a D x D
+#: matrix); wider probes standardize each feature instead.
+MAX_WHITEN_DIM = 2048
+
 
 class BlockList(Sequence):
     """Read-only sequence of :class:`~keras_hybrid_interp.Block` with ``.to_frame()``."""
@@ -170,8 +174,9 @@ class HybridInterpreter(keras.Model):
         self._features = keras.Model(graph.symbolic_inputs[0], pooled + [probs], name="block_features")
         self._probes = []
         for i, f in enumerate(pooled):
-            probe = LinearProbe(self.num_classes, name=f"probe_{i}")
-            probe.build((None, int(f.shape[-1])))
+            dim = int(f.shape[-1])
+            probe = LinearProbe(self.num_classes, whiten=dim <= MAX_WHITEN_DIM, name=f"probe_{i}")
+            probe.build((None, dim))
             self._probes.append(probe)
         # Raw block outputs, for the evidence maps of explain().
         self._maps_model = keras.Model(
@@ -296,7 +301,7 @@ class HybridInterpreter(keras.Model):
         *,
         validation_data=None,
         validation_split=0.0,
-        epochs=100,
+        epochs=50,
         batch_size=256,
         learning_rate=0.05,
         warm_start=False,
@@ -372,10 +377,8 @@ class HybridInterpreter(keras.Model):
 
         if not warm_start or not self.fitted:
             for probe, f in zip(self._probes, feats):
-                f64 = f.astype(np.float64)
-                probe.set_standardization(f64.mean(axis=0), f64.std(axis=0))
-                probe.kernel.assign(np.zeros(probe.kernel.shape, dtype=probe.kernel.dtype))
-                probe.bias.assign(np.zeros(probe.bias.shape, dtype=probe.bias.dtype))
+                probe.set_input_transform(f)
+                probe.reset()
 
         inputs = [keras.Input((f.shape[1],), name=f"features_{i}") for i, f in enumerate(feats)]
         outputs = [probe(inp) for probe, inp in zip(self._probes, inputs)]

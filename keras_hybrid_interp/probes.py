@@ -80,29 +80,37 @@ class FeaturePooling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LinearProbe(keras.layers.Layer):
-    """Standardize-then-linear softmax classifier on pooled features.
+    """Whiten-then-linear softmax classifier on pooled features.
 
-    ``probe(f) = softmax(((f - mean) * scale) @ kernel + bias)``. ``mean`` and
-    ``scale`` (1 / standard deviation) are fixed from the training features
-    before the probe is fitted; ``kernel`` and ``bias`` are trained. The
-    kernel starts at zero (the problem is convex), so fitting draws no
-    random numbers for initialization.
+    ``probe(f) = softmax(((f - mean) @ T) @ kernel + bias)``. ``mean`` and the
+    input transform ``T`` are fixed from the training features before the
+    probe is fitted (:meth:`set_input_transform`); ``kernel`` and ``bias``
+    are trained. ``T`` is a PCA whitening matrix when ``whiten=True``
+    (features of a block are strongly correlated, and whitening makes the
+    convex problem well conditioned, so a few epochs of Adam reach the
+    optimum), or a diagonal 1 / standard deviation otherwise (for very wide
+    inputs, where a D x D matrix would be too large). The kernel starts at
+    zero, so fitting draws no random numbers for initialization.
     """
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units, whiten=True, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
+        self.whiten = bool(whiten)
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
         self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
-        self.scale = self.add_weight(shape=(dim,), initializer="ones", trainable=False, name="scale")
+        shape = (dim, dim) if self.whiten else (dim,)
+        init = "identity" if self.whiten else "ones"
+        self.transform = self.add_weight(shape=shape, initializer=init, trainable=False, name="transform")
         self.kernel = self.add_weight(shape=(dim, self.units), initializer="zeros", name="kernel")
         self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
 
     def logits(self, f):
-        f = ops.cast(f, self.compute_dtype)
-        return ops.matmul((f - self.mean) * self.scale, self.kernel) + self.bias
+        f = ops.cast(f, self.compute_dtype) - self.mean
+        f = ops.matmul(f, self.transform) if self.whiten else f * self.transform
+        return ops.matmul(f, self.kernel) + self.bias
 
     def call(self, f):
         return ops.softmax(self.logits(f), axis=-1)
@@ -110,24 +118,45 @@ class LinearProbe(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
 
-    def set_standardization(self, mean: np.ndarray, std: np.ndarray):
-        """Sets the fixed standardization; constant features get scale 0."""
-        std = np.asarray(std, dtype=np.float64)
-        scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
-        self.mean.assign(np.asarray(mean, dtype=self.mean.dtype))
-        self.scale.assign(scale.astype(self.scale.dtype))
+    def set_input_transform(self, features: np.ndarray, rtol: float = 1e-9):
+        """Fixes ``mean`` and ``T`` from training features (N, D), in float64.
+
+        Directions (or, without whitening, features) whose variance is below
+        ``rtol`` times the largest are constant in the training data: they
+        get weight 0 instead of a huge, noise-amplifying scale.
+        """
+        f = np.asarray(features, dtype=np.float64)
+        mean = f.mean(axis=0)
+        centred = f - mean
+        if self.whiten:
+            cov = centred.T @ centred / max(len(f) - 1, 1)
+            lam, vec = np.linalg.eigh(cov)
+            keep = lam > rtol * max(lam.max(), 0.0) if lam.max() > 0 else np.zeros_like(lam, bool)
+            t = np.zeros_like(cov)
+            t[:, keep] = vec[:, keep] / np.sqrt(lam[keep])
+        else:
+            var = centred.var(axis=0)
+            keep = var > rtol * max(var.max(), 0.0) if var.max() > 0 else np.zeros_like(var, bool)
+            t = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
+        self.mean.assign(mean.astype(self.mean.dtype))
+        self.transform.assign(t.astype(self.transform.dtype))
+
+    def reset(self):
+        """Sets kernel and bias to zero (a fresh, untrained probe)."""
+        self.kernel.assign(np.zeros(self.kernel.shape, dtype=self.kernel.dtype))
+        self.bias.assign(np.zeros(self.bias.shape, dtype=self.bias.dtype))
 
     def effective_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(W, b) in float64 such that logits = f @ W + b on raw features."""
         mean = np.asarray(keras.ops.convert_to_numpy(self.mean), np.float64)
-        scale = np.asarray(keras.ops.convert_to_numpy(self.scale), np.float64)
+        t = np.asarray(keras.ops.convert_to_numpy(self.transform), np.float64)
         kernel = np.asarray(keras.ops.convert_to_numpy(self.kernel), np.float64)
         bias = np.asarray(keras.ops.convert_to_numpy(self.bias), np.float64)
-        w = kernel * scale[:, None]
-        return w, bias - (mean * scale) @ kernel
+        w = t @ kernel if self.whiten else kernel * t[:, None]
+        return w, bias - mean @ w
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "whiten": self.whiten}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

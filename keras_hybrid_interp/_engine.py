@@ -1,0 +1,397 @@
+"""The tail-only, batched perturbation engine behind filter importance.
+
+Perturbing one filter of a layer changes nothing upstream of that layer, so
+the *prefix* of the model (input -> layer) is run once and its output is
+cached, together with every earlier tensor that crosses the cut (the skip
+connections of a residual block: :meth:`ModelGraph.frontier`). Each
+perturbation then re-runs only the *tail* (cut -> model output), a
+``keras.Model`` built once from fresh inputs. Several perturbed copies of a
+chunk of samples are stacked along the batch axis, so one forward pass
+evaluates ``perturbations_per_eval`` perturbations. Every forward pass of the
+tail gets the same input shape (short groups and the last chunk are padded
+and the padding discarded), so the tail is traced once.
+
+The tail computes exactly what the full model computes after the cut (same
+layer objects, same operations, ``training=False``), so an ablation gives
+bit-identical outputs to a full-model re-run with the ablation inserted at
+the layer, and a permutation gives bit-identical outputs given the same
+permutation (up to the CPU/GPU kernels being batch-size invariant, which the
+tests check).
+
+Memory: the cache holds the frontier tensors for the analysed samples, i.e.
+``n_samples x (H*W*C of the layer + the skip tensors)`` in the model dtype;
+each tail pass holds ``perturbations_per_eval x chunk`` samples of the tail's
+activations, bounded by ``memory_budget``.
+
+This module is the only one that needs backend-specific code: the gradient
+of :func:`make_input_gradient` (Taylor importance) switches between
+``tf.GradientTape``, ``jax.grad`` and ``torch.autograd``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+
+import keras
+
+__all__ = ["TailEngine", "Job", "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET"]
+
+#: Bytes of activations one stacked tail pass may use (estimate).
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+#: Cache size above which a warning suggests ``max_samples``.
+CACHE_WARN_BYTES = 2**30
+#: Upper bound on samples per tail forward pass.
+MAX_SAMPLES_PER_PASS = 4096
+
+
+def resolve_entropy(random_state, argname="random_state") -> int:
+    """Integer entropy for :class:`numpy.random.SeedSequence` from ``random_state``.
+
+    ``None`` draws fresh OS entropy (not reproducible, as in scikit-learn);
+    an int is used as is; a ``numpy.random.Generator`` or ``SeedSequence``
+    contributes one draw. Global RNGs are never used.
+    """
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy)
+    if isinstance(random_state, bool):
+        raise TypeError(f"`{argname}` must be None, an int, a numpy Generator or SeedSequence; received {random_state!r}.")
+    if isinstance(random_state, (int, np.integer)):
+        if random_state < 0:
+            raise ValueError(f"`{argname}` must be a non-negative int; received {random_state}.")
+        return int(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**63 - 1))
+    if isinstance(random_state, np.random.SeedSequence):
+        return int(random_state.generate_state(2, dtype=np.uint64)[0])
+    raise TypeError(
+        f"`{argname}` must be None, an int, a numpy.random.Generator or a numpy.random.SeedSequence; "
+        f"received {type(random_state).__name__}: {random_state!r}."
+    )
+
+
+def job_permutation(entropy: int, group: int, repeat: int, n: int) -> np.ndarray:
+    """The permutation of ``n`` samples used for (``group``, ``repeat``).
+
+    Each (group, repeat) pair gets its own child stream of
+    ``SeedSequence(entropy)``, so results do not depend on how jobs are
+    batched (``perturbations_per_eval``) and no permutation is stored.
+    """
+    ss = np.random.SeedSequence(entropy, spawn_key=(int(group), int(repeat)))
+    return np.random.default_rng(ss).permutation(n)
+
+
+@dataclasses.dataclass
+class Job:
+    """One perturbation of the cut tensor.
+
+    Attributes
+    ----------
+    channels : ndarray of int, shape (k,)
+        Filters (channels of the cut tensor) that are perturbed.
+    kind : {"none", "permute", "fill"}
+        ``"permute"``: sample ``i`` receives the maps of sample ``perm[i]`` for
+        these channels (the other channels are left intact). ``"fill"``: the
+        maps are replaced by ``fill`` (broadcast to ``(H, W, k)``).
+    perm : ndarray of shape (n,) or callable returning one, optional
+    fill : float or ndarray broadcastable to (H, W, k), optional
+    """
+
+    channels: np.ndarray
+    kind: str = "none"
+    perm: np.ndarray | Callable[[], np.ndarray] | None = None
+    fill: float | np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class Cache:
+    """Frontier tensors of the analysed samples (one array per frontier key)."""
+
+    arrays: list
+    labels: np.ndarray | None
+    n: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays))
+
+
+def _as_list(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+class TailEngine:
+    """Prefix/tail split of a model at tensor ``key`` of a :class:`ModelGraph`.
+
+    Parameters
+    ----------
+    graph : ModelGraph
+    key : int
+        Tensor key of the perturbed layer output (4-D, channels last).
+    """
+
+    def __init__(self, graph, key: int):
+        self.graph = graph
+        self.key = key
+        if len(graph.output_keys) != 1:
+            raise ValueError(
+                f"Filter importance needs a single-output model; model {graph.model.name!r} has "
+                f"{len(graph.output_keys)} outputs."
+            )
+        self.frontier = graph.frontier(key)
+        self.prefix = graph.build(self.frontier, name="khi_prefix")
+        self.tail = graph.build(graph.output_keys, inputs=self.frontier, name="khi_tail")
+        self.shape = tuple(graph.tensors[key].shape[1:])
+        self.channels = int(self.shape[-1])
+        out_shape = graph.tensors[graph.output_keys[0]].shape
+        self.output_shape = tuple(out_shape[1:])
+        self._grad_fn = None
+
+    # ------------------------------------------------------------------
+    def per_sample_bytes(self) -> int:
+        """Estimated activation bytes of one sample through the tail."""
+        total = 0
+        for t in self.graph.tensors:
+            if t.key >= self.key or t.key in self.frontier:
+                dims = [d for d in t.shape[1:]]
+                if any(d is None for d in dims):
+                    continue
+                total += int(np.prod(dims, dtype=np.int64)) * 4
+        return max(total, 1)
+
+    def frontier_bytes_per_sample(self) -> int:
+        total = 0
+        for k in self.frontier:
+            dims = self.graph.tensors[k].shape[1:]
+            total += int(np.prod([d or 1 for d in dims], dtype=np.int64)) * 4
+        return total
+
+    def cache(self, stream) -> Cache:
+        """Runs the prefix once over ``stream`` and keeps the frontier tensors."""
+        parts: list[list[np.ndarray]] = [[] for _ in self.frontier]
+        labels: list = []
+        have_labels = True
+        n = 0
+        warned = False
+        per = self.frontier_bytes_per_sample()
+        for xb, yb in stream:
+            outs = _as_list(self.prefix.predict_on_batch(xb))
+            for p, o in zip(parts, outs):
+                p.append(np.asarray(o))
+            if yb is None:
+                have_labels = False
+            else:
+                labels.append(np.asarray(yb))
+            n += len(xb)
+            if not warned and n * per > CACHE_WARN_BYTES:
+                warned = True
+                warnings.warn(
+                    f"Permutation/ablation caches the activations at {self.graph.tensors[self.key].name!r} "
+                    f"(and the tensors crossing the cut) for every analysed sample; that exceeds "
+                    f"{CACHE_WARN_BYTES / 2**30:.0f} GiB at {n} samples. Pass `max_samples=` to limit it.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        arrays = [np.concatenate(p, axis=0) for p in parts]
+        lab = np.concatenate(labels, axis=0) if (have_labels and labels) else None
+        return Cache(arrays, lab, n)
+
+    # ------------------------------------------------------------------
+    def plan(self, n: int, n_jobs: int, perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
+        """Returns (jobs per pass P, samples per chunk b)."""
+        per = self.per_sample_bytes()
+        samples_per_pass = int(max(1, min(MAX_SAMPLES_PER_PASS, memory_budget // per)))
+        if isinstance(perturbations_per_eval, str):
+            if perturbations_per_eval != "auto":
+                raise ValueError(
+                    f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}."
+                )
+            b = min(n, samples_per_pass)
+            p = max(1, min(n_jobs, samples_per_pass // b))
+        else:
+            if (
+                isinstance(perturbations_per_eval, bool)
+                or not isinstance(perturbations_per_eval, (int, np.integer))
+                or perturbations_per_eval < 1
+            ):
+                raise ValueError(
+                    f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}."
+                )
+            p = int(min(perturbations_per_eval, max(n_jobs, 1)))
+            b = min(n, max(1, samples_per_pass // p))
+        # Balance the chunks so that padding the last one wastes little.
+        n_chunks = math.ceil(n / b)
+        b = math.ceil(n / n_chunks)
+        return p, b
+
+    def run(
+        self,
+        cache: Cache,
+        jobs: Sequence[Job],
+        score: Callable[[np.ndarray], float],
+        perturbations_per_eval="auto",
+        memory_budget=DEFAULT_MEMORY_BUDGET,
+        progress=None,
+    ) -> np.ndarray:
+        """Scores every job; returns an array of shape (len(jobs),).
+
+        ``score`` receives the tail outputs of all cached samples for one
+        job, shape ``(n, *output_shape)``, in sample order.
+        """
+        n = cache.n
+        p, b = self.plan(n, len(jobs), perturbations_per_eval, memory_budget)
+        key_arr = cache.arrays[0]
+        others = cache.arrays[1:]
+        n_chunks = math.ceil(n / b)
+        # Fixed-shape buffers: (p, b, ...) for every frontier tensor.
+        buf_key = np.empty((p, b) + key_arr.shape[1:], dtype=key_arr.dtype)
+        buf_others = [np.empty((p, b) + a.shape[1:], dtype=a.dtype) for a in others]
+        scores = np.empty(len(jobs), dtype=np.float64)
+        grid = [np.arange(d) for d in key_arr.shape[1:-1]]
+        dirty = [None] * p
+        for g0 in range(0, len(jobs), p):
+            group = list(jobs[g0:g0 + p])
+            perms = [
+                (j.perm() if callable(j.perm) else j.perm) if j.kind == "permute" else None for j in group
+            ]
+            outs = [[] for _ in group]
+            for ci in range(n_chunks):
+                s, e = ci * b, min((ci + 1) * b, n)
+                m = e - s
+                base = key_arr[s:e]
+                if n_chunks == 1 and g0 > 0:
+                    # Single chunk: the buffer already holds the samples; undo
+                    # only the channels the previous group perturbed.
+                    for slot, ch in enumerate(dirty):
+                        if ch is not None:
+                            buf_key[slot, :m][..., ch] = base[..., ch]
+                else:
+                    buf_key[:, :m] = base[None]
+                    if m < b:
+                        buf_key[:, m:] = 0
+                    for bo, a in zip(buf_others, others):
+                        bo[:, :m] = a[s:e][None]
+                        if m < b:
+                            bo[:, m:] = 0
+                dirty = [None] * p
+                for slot, (job, perm) in enumerate(zip(group, perms)):
+                    ch = job.channels
+                    if job.kind == "permute":
+                        idx = perm[s:e]
+                        buf_key[slot, :m][..., ch] = key_arr[np.ix_(idx, *grid, ch)]
+                        dirty[slot] = ch
+                    elif job.kind == "fill":
+                        buf_key[slot, :m][..., ch] = job.fill
+                        dirty[slot] = ch
+                    elif job.kind != "none":  # pragma: no cover - internal
+                        raise ValueError(job.kind)
+                feed = [buf_key.reshape((p * b,) + buf_key.shape[2:])] + [
+                    bo.reshape((p * b,) + bo.shape[2:]) for bo in buf_others
+                ]
+                out = np.asarray(self.tail.predict_on_batch(feed if len(feed) > 1 else feed[0]))
+                out = out.reshape((p, b) + out.shape[1:])
+                for slot in range(len(group)):
+                    outs[slot].append(out[slot, :m])
+            for slot in range(len(group)):
+                scores[g0 + slot] = float(score(np.concatenate(outs[slot], axis=0)))
+            if progress is not None:
+                progress(min(g0 + p, len(jobs)))
+        return scores
+
+    def outputs(self, cache: Cache, jobs: Sequence[Job], perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
+        """Tail outputs for every job, shape (len(jobs), n, *output_shape). For tests and small runs."""
+        collected = []
+
+        def keep(out):
+            collected.append(out.copy())
+            return 0.0
+
+        self.run(cache, jobs, keep, perturbations_per_eval, memory_budget)
+        return np.stack(collected)
+
+    # ------------------------------------------------------------------
+    def input_gradient(self, arrays: Sequence[np.ndarray], loss_fn, labels=None):
+        """Gradient of ``sum(loss_fn(tail(arrays), labels))`` w.r.t. ``arrays[0]``, and the tail output.
+
+        ``loss_fn(out, labels)`` maps the tail output (a backend tensor) and
+        the labels (an int32 tensor, or None) to per-sample losses written
+        with ``keras.ops``. One forward and one backward pass,
+        ``training=False``; the model's weights are constants here.
+
+        Returns
+        -------
+        (ndarray like ``arrays[0]``, ndarray of shape (n, *output_shape))
+        """
+        if self._grad_fn is None:
+            self._grad_fn = make_input_gradient(self.tail, loss_fn)
+        return self._grad_fn(list(arrays), labels)
+
+
+def make_input_gradient(model, loss_fn):
+    """Backend switch for the gradient of a summed loss w.r.t. the first input.
+
+    Returns ``f(arrays, labels) -> (gradient, output)`` as NumPy arrays.
+    ``tensorflow``: ``tf.GradientTape`` inside one ``tf.function`` (traced once
+    per input shape); ``jax``: ``jax.value_and_grad`` under ``jax.jit``;
+    ``torch``: ``torch.autograd.grad``.
+    """
+    backend = keras.backend.backend()
+
+    def forward(xs):
+        return model(xs if len(xs) > 1 else xs[0], training=False)
+
+    if backend == "tensorflow":
+        import tensorflow as tf  # the core needs TF only here: gradients
+
+        @tf.function(reduce_retracing=True)
+        def step(xs, labels):
+            with tf.GradientTape() as tape:
+                tape.watch(xs[0])
+                out = forward(xs)
+                loss = tf.reduce_sum(loss_fn(out, labels))
+            return tape.gradient(loss, xs[0]), out
+
+        def f(arrays, labels):
+            xs = [tf.convert_to_tensor(a) for a in arrays]
+            lab = None if labels is None else tf.convert_to_tensor(labels)
+            g, out = step(xs, lab)
+            return np.asarray(g), np.asarray(out)
+
+        return f
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss_of(a0, rest, labels):
+            out = forward([a0] + list(rest))
+            return jnp.sum(loss_fn(out, labels)), out
+
+        step = jax.jit(jax.value_and_grad(loss_of, has_aux=True))
+
+        def f(arrays, labels):
+            (_, out), g = step(jnp.asarray(arrays[0]), [jnp.asarray(a) for a in arrays[1:]],
+                               None if labels is None else jnp.asarray(labels))
+            return np.asarray(g), np.asarray(out)
+
+        return f
+    if backend == "torch":
+        import torch
+
+        def f(arrays, labels):
+            xs = [keras.ops.convert_to_tensor(a) for a in arrays]
+            xs[0] = xs[0].detach().requires_grad_(True)
+            lab = None if labels is None else keras.ops.convert_to_tensor(labels)
+            out = forward(xs)
+            loss = torch.sum(loss_fn(out, lab))
+            (g,) = torch.autograd.grad(loss, xs[0])
+            return g.detach().cpu().numpy(), out.detach().cpu().numpy()
+
+        return f
+    raise ValueError(
+        f"Taylor importance needs gradients; the Keras backend {backend!r} is not supported "
+        "(supported: 'tensorflow', 'jax', 'torch')."
+    )

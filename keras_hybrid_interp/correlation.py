@@ -1,0 +1,236 @@
+"""Streaming filter correlation.
+
+Each filter (channel) of a 4-D layer output is summarised per sample by its
+spatial mean (or max), giving an ``N x C`` matrix that is never materialised:
+its mean vector and centred co-moment matrix are accumulated batch by batch in
+float64 (Chan et al.'s pairwise update, numerically as stable as a two-pass
+computation). Memory is ``O(C^2)``; no ``N x H x W x C`` tensor is held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FilterCorrelation", "StreamingMoments", "summarize", "filter_correlation"]
+
+_STATISTICS = ("mean", "max")
+
+
+class StreamingMoments:
+    """Mean and centred co-moment matrix of row vectors, in float64, by batches.
+
+    After feeding rows ``X`` (``n x d``) in any batching, ``mean`` equals
+    ``X.mean(0)`` and ``comoment`` equals ``(X - mean).T @ (X - mean)``.
+    """
+
+    def __init__(self, d: int):
+        self.n = 0
+        self.mean = np.zeros(d, dtype=np.float64)
+        self.comoment = np.zeros((d, d), dtype=np.float64)
+        self.min = np.full(d, np.inf)
+        self.max = np.full(d, -np.inf)
+
+    def update(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float64)
+        nb = rows.shape[0]
+        if nb == 0:
+            return
+        mb = rows.mean(axis=0)
+        centred = rows - mb
+        cb = centred.T @ centred
+        n = self.n
+        tot = n + nb
+        delta = mb - self.mean
+        self.comoment += cb + np.outer(delta, delta) * (n * nb / tot)
+        self.mean += delta * (nb / tot)
+        self.n = tot
+        np.minimum(self.min, rows.min(axis=0), out=self.min)
+        np.maximum(self.max, rows.max(axis=0), out=self.max)
+
+    @property
+    def constant(self) -> np.ndarray:
+        """Boolean mask of columns that never varied (exactly constant)."""
+        return self.max == self.min
+
+    def covariance(self, ddof: int = 1) -> np.ndarray:
+        return self.comoment / max(self.n - ddof, 1)
+
+    def correlation(self) -> np.ndarray:
+        """Pearson correlation; NaN rows/columns for constant columns."""
+        dead = self.constant
+        diag = np.diag(self.comoment).copy()
+        diag[dead] = np.nan
+        sd = np.sqrt(diag)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = self.comoment / np.outer(sd, sd)
+        np.clip(r, -1.0, 1.0, out=r)
+        live = ~dead
+        idx = np.flatnonzero(live)
+        r[idx, idx] = 1.0
+        return r
+
+
+def summarize(act: np.ndarray, statistic: str) -> np.ndarray:
+    """Per-sample filter summary of a batch of 4-D activations, float64.
+
+    Parameters
+    ----------
+    act : ndarray, shape (B, H, W, C)
+    statistic : {"mean", "max"}
+
+    Returns
+    -------
+    ndarray, shape (B, C), float64
+    """
+    if statistic == "mean":
+        return np.mean(act, axis=(1, 2), dtype=np.float64)
+    return np.max(act, axis=(1, 2)).astype(np.float64)
+
+
+def check_statistic(statistic) -> str:
+    if not isinstance(statistic, str) or statistic not in _STATISTICS:
+        raise ValueError(
+            f"`statistic` must be one of {list(_STATISTICS)} (per-sample spatial summary of each "
+            f"filter); received {statistic!r}."
+        )
+    return statistic
+
+
+def warn_dead(dead: np.ndarray, block: str, what: str, stacklevel: int = 3) -> None:
+    if len(dead):
+        shown = dead[:20].tolist()
+        more = f" (and {len(dead) - 20} more)" if len(dead) > 20 else ""
+        warnings.warn(
+            f"Block {block!r}: {len(dead)} dead filter(s) {shown}{more} are constant over the "
+            f"analysed samples; their {what} is undefined and reported as NaN.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FilterCorrelation:
+    """Pearson correlation between the filters of one block.
+
+    Attributes
+    ----------
+    values : ndarray, shape (C, C)
+        Pearson correlation of the per-sample filter summaries (float64).
+        Rows and columns of dead filters are NaN; the diagonal of live filters is 1.
+    dead_filters : ndarray of int, shape (n_dead,)
+        Filters whose summary was exactly constant over the analysed samples.
+    block : str
+        Name of the analysed layer.
+    statistic : {"mean", "max"}
+        Spatial summary used per sample and filter.
+    n_samples : int
+        Number of samples streamed.
+    mean : ndarray, shape (C,)
+        Mean of each filter's per-sample summary.
+    """
+
+    values: np.ndarray
+    dead_filters: np.ndarray
+    block: str
+    statistic: str
+    n_samples: int
+    mean: np.ndarray
+
+    def __post_init__(self):
+        for a in (self.values, self.dead_filters, self.mean):
+            a.setflags(write=False)
+
+    @property
+    def n_filters(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def matrix(self) -> pd.DataFrame:
+        """The ``C x C`` correlation as a DataFrame labelled by filter index."""
+        idx = pd.RangeIndex(self.n_filters, name="filter")
+        return pd.DataFrame(self.values.copy(), index=idx, columns=pd.RangeIndex(self.n_filters, name="filter_j"))
+
+    @property
+    def redundancy(self) -> float:
+        """Mean ``|r|`` over the off-diagonal pairs of live filters (NaN if fewer than 2)."""
+        live = np.setdiff1d(np.arange(self.n_filters), self.dead_filters)
+        if len(live) < 2:
+            return float("nan")
+        sub = np.abs(self.values[np.ix_(live, live)])
+        off = sub[~np.eye(len(live), dtype=bool)]
+        return float(off.mean())
+
+    def clusters(self, threshold: float = 0.5) -> list[np.ndarray]:
+        """Groups of mutually correlated filters.
+
+        Average-linkage hierarchical clustering of the live filters on the
+        distance ``1 - |r|``, cut at ``threshold`` (filters whose average
+        ``|r|`` with a cluster is at least ``1 - threshold`` join it). Dead
+        filters are not clustered (see ``dead_filters``).
+
+        Parameters
+        ----------
+        threshold : float in [0, 1]
+
+        Returns
+        -------
+        list of ndarray of int
+            Filter indices per cluster, largest cluster first (ties by first
+            filter). Usable as ``groups=`` of ``filter_importance``.
+        """
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 <= threshold <= 1:
+            raise ValueError(f"`threshold` must be a float in [0, 1] (a distance 1 - |r|); received {threshold!r}.")
+        from scipy.cluster.hierarchy import fcluster, linkage
+        from scipy.spatial.distance import squareform
+
+        live = np.setdiff1d(np.arange(self.n_filters), self.dead_filters)
+        if len(live) == 0:
+            return []
+        if len(live) == 1:
+            return [live.copy()]
+        d = 1.0 - np.abs(self.values[np.ix_(live, live)])
+        d = np.clip((d + d.T) / 2, 0.0, None)
+        np.fill_diagonal(d, 0.0)
+        z = linkage(squareform(d, checks=False), method="average")
+        labels = fcluster(z, t=threshold, criterion="distance")
+        groups = [live[labels == lab] for lab in np.unique(labels)]
+        groups.sort(key=lambda g: (-len(g), g[0]))
+        return groups
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long form: one row per ordered filter pair (``filter_i``, ``filter_j``, ``r``)."""
+        c = self.n_filters
+        i, j = np.meshgrid(np.arange(c), np.arange(c), indexing="ij")
+        return pd.DataFrame({
+            "block": self.block,
+            "filter_i": i.ravel(),
+            "filter_j": j.ravel(),
+            "r": self.values.ravel(),
+        })
+
+    def __repr__(self):
+        return (
+            f"FilterCorrelation(block={self.block!r}, filters={self.n_filters}, statistic={self.statistic!r}, "
+            f"n_samples={self.n_samples}, dead={len(self.dead_filters)}, redundancy={self.redundancy:.3f})"
+        )
+
+
+def filter_correlation(graph, key, stream, statistic="mean", block_name=None) -> FilterCorrelation:
+    """Streams ``stream`` once through the model up to ``key``; see :meth:`GlobalAnalyzer.filter_correlation`."""
+    statistic = check_statistic(statistic)
+    model = graph.build([key], name="khi_corr")
+    c = int(graph.tensors[key].shape[-1])
+    acc = StreamingMoments(c)
+    for xb, _ in stream:
+        act = np.asarray(model.predict_on_batch(xb))
+        acc.update(summarize(act, statistic))
+    if acc.n < 2:
+        raise ValueError(f"`x` must hold at least 2 samples to correlate filters; received {acc.n}.")
+    dead = np.flatnonzero(acc.constant)
+    name = block_name or graph.tensors[key].name
+    warn_dead(dead, name, "correlation", stacklevel=4)
+    return FilterCorrelation(acc.correlation(), dead, name, statistic, acc.n, acc.mean.copy())

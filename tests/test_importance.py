@@ -1,0 +1,394 @@
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+import keras
+
+from keras_hybrid_interp._data import DataStream
+from keras_hybrid_interp._engine import Job, TailEngine, job_permutation
+from keras_hybrid_interp.analyzer import GlobalAnalyzer
+
+from _models_global import (
+    Perturb,
+    assert_state_equal,
+    full_model_with_perturbation,
+    gap_head_model,
+    ignored_filter_model,
+    model_state,
+    planted_data,
+    planted_model,
+    residual_model,
+)
+
+METHODS = ["permutation", "ablation", "taylor"]
+
+
+def _data(n=48, shape=(12, 12, 3), seed=0, classes=4):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, *shape)).astype("float32"), rng.integers(0, classes, n)
+
+
+# ----------------------------------------------------------------------
+# The tail engine equals a full-model re-run (inside a residual block)
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("ppe,chunk", [(1, None), (3, None), ("auto", None), (2, 6), ("auto", 9)])
+def test_tail_equals_full_rerun_inside_residual_block(ppe, chunk):
+    model = residual_model()
+    x, _ = _data(n=20)
+    ga = GlobalAnalyzer(model)
+    key = ga.graph.resolve("res_conv1")
+    eng = TailEngine(ga.graph, key)
+    # The cut inside the block is crossed by the skip connection.
+    assert ga.graph.resolve("stem_pool") in eng.frontier
+    cache = eng.cache(DataStream(x, batch_size=7))
+    c = eng.channels
+    perms = {ch: job_permutation(123, ch, 0, len(x)) for ch in range(c)}
+    jobs = [Job(np.array([ch]), "fill", fill=np.float32(0)) for ch in range(c)]
+    jobs += [Job(np.array([ch]), "permute", perm=perms[ch]) for ch in range(c)]
+    jobs.append(Job(np.array([1, 4]), "permute", perm=perms[0]))
+    # ``chunk`` shrinks the memory budget so that the samples are split into padded chunks.
+    budget = {} if chunk is None else {"memory_budget": eng.per_sample_bytes() * chunk}
+    if chunk is not None:
+        p, b = eng.plan(len(x), len(jobs), ppe, **budget)
+        assert b < len(x)
+    got = eng.outputs(cache, jobs, perturbations_per_eval=ppe, **budget)
+
+    refs = []
+    for ch in range(c):
+        refs.append(full_model_with_perturbation(ga.graph, key, Perturb([ch], c)))
+    for ch in range(c):
+        refs.append(full_model_with_perturbation(ga.graph, key, Perturb([ch], c, perm=perms[ch])))
+    refs.append(full_model_with_perturbation(ga.graph, key, Perturb([1, 4], c, perm=perms[0])))
+    for j, ref in enumerate(refs):
+        expected = ref.predict_on_batch(x)  # one batch: the permutation spans all samples
+        np.testing.assert_array_equal(got[j], expected)
+    # And the perturbation mattered (the check is not vacuous).
+    assert not np.array_equal(got[0], model.predict_on_batch(x))
+
+
+def test_importance_equals_full_rerun_scores():
+    model = residual_model()
+    x, y = _data(n=32)
+    ga = GlobalAnalyzer(model)
+    res = ga.filter_importance(x, y, "res_conv1", n_repeats=2, random_state=7, scoring="loss")
+    g = ga.graph
+    key = g.resolve("res_conv1")
+    base = model.predict_on_batch(x)
+
+    def neg_loss(p):
+        return np.mean(np.log(np.clip(p[np.arange(len(y)), y].astype(np.float64), 1e-15, 1)))
+
+    assert res.baseline_score == neg_loss(base)
+    for ch in range(6):
+        for r in range(2):
+            perm = job_permutation(res.random_state, ch, r, len(x))
+            ref = full_model_with_perturbation(g, key, Perturb([ch], 6, perm=perm)).predict_on_batch(x)
+            assert res.importances[ch, r] == neg_loss(base) - neg_loss(ref)
+    abl = ga.filter_importance(x, y, "res_conv1", method="ablation", scoring="loss")
+    for ch in range(6):
+        ref = full_model_with_perturbation(g, key, Perturb([ch], 6)).predict_on_batch(x)
+        assert abl.importances[ch, 0] == neg_loss(base) - neg_loss(ref)
+
+
+def test_mean_ablation_uses_dataset_mean_map():
+    model = residual_model()
+    x, y = _data(n=24)
+    ga = GlobalAnalyzer(model)
+    res = ga.filter_importance(x, y, "res_out", method="ablation", ablation_value="mean", scoring="loss")
+    g = ga.graph
+    key = g.resolve("res_out")
+    act = g.build([key]).predict_on_batch(x)
+    base = model.predict_on_batch(x)
+
+    def neg_loss(p):
+        return np.mean(np.log(np.clip(p[np.arange(len(y)), y].astype(np.float64), 1e-15, 1)))
+
+    for ch in [0, 3]:
+        fill = np.zeros(act.shape[1:], dtype="float32")
+        fill[..., ch] = act[..., ch].mean(axis=0, dtype=np.float64).astype("float32")
+        ref = full_model_with_perturbation(g, key, Perturb([ch], 6, fill=fill)).predict_on_batch(x)
+        np.testing.assert_allclose(res.importances[ch, 0], neg_loss(base) - neg_loss(ref), rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------
+# Oracles: an ignored filter is exactly 0, a planted filter ranks first
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_ignored_filter_has_exactly_zero_importance(method):
+    model = ignored_filter_model(ignored=2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 10, 10, 2)).astype("float32")
+    y = rng.integers(0, 3, 40)
+    ga = GlobalAnalyzer(model, blocks="block")
+    for scoring in ["accuracy", "loss"]:
+        res = ga.filter_importance(x, y, "block", method=method, n_repeats=4, random_state=0, scoring=scoring)
+        assert np.all(res.importances[2] == 0.0)
+        if scoring == "loss":
+            others = np.delete(res.importances_mean, 2)
+            assert np.all(np.abs(others) > 0)  # the others do matter
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_planted_filter_ranks_first(method):
+    x, y = planted_data()
+    ga = GlobalAnalyzer(planted_model(planted=2), blocks="block")
+    res = ga.filter_importance(x, y, "block", method=method, n_repeats=5, random_state=0, scoring="loss")
+    assert res.ranking[0] == 2
+    if method != "taylor":  # taylor always uses the loss
+        acc = ga.filter_importance(x, y, "block", method=method, n_repeats=5, random_state=0)
+        assert acc.baseline_score > 0.9
+        assert acc.ranking[0] == 2
+
+
+def test_taylor_matches_hand_gradient_of_gap_dense_head():
+    model = gap_head_model(filters=6, classes=3)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 3, 30)
+    ga = GlobalAnalyzer(model, blocks="block")
+    res = ga.filter_importance(x, y, "block", method="taylor", batch_size=8)
+    f = ga.graph.build([ga.graph.resolve("gap")]).predict_on_batch(x).astype(np.float64)
+    w, b = [a.astype(np.float64) for a in model.get_layer("head").get_weights()]
+    logits = f @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dldf = (p - np.eye(3)[y]) @ w.T  # dL/df, f = GAP(a); sum_hw a * dL/da = f * dL/df
+    expected = np.abs(np.mean(f * dldf, axis=0))
+    np.testing.assert_allclose(res.importances[:, 0], expected, rtol=2e-4, atol=1e-7)
+    assert res.importances.shape == (6, 1)
+    np.testing.assert_allclose(res.baseline_score, np.mean(np.log(p[np.arange(30), y])), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------
+# Agreement with scikit-learn
+# ----------------------------------------------------------------------
+class _HeadEstimator:
+    """sklearn-style classifier wrapping the Dense head on GAP features."""
+
+    _estimator_type = "classifier"
+
+    def __init__(self, w, b):
+        self.w, self.b = w, b
+        self.classes_ = np.arange(w.shape[1])
+
+    def fit(self, X, y):  # pragma: no cover - already "fitted"
+        return self
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def predict_proba(self, X):
+        z = np.asarray(X, dtype=np.float32) @ self.w + self.b
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, X):
+        return np.argmax(self.predict_proba(X), axis=1)
+
+    def score(self, X, y):
+        return float(np.mean(self.predict(X) == y))
+
+    def get_params(self, deep=True):
+        return {}
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import Tags, ClassifierTags, TargetTags
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags())
+
+
+def test_agrees_with_sklearn_permutation_importance():
+    from sklearn.inspection import permutation_importance
+
+    model = gap_head_model(filters=8, classes=3, seed=1)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 8, 8, 3)).astype("float32")
+    y = np.argmax(model.predict_on_batch(x), axis=1)
+    flip = rng.random(300) < 0.15
+    y[flip] = rng.integers(0, 3, flip.sum())
+    ga = GlobalAnalyzer(model, blocks="block")
+    ours = ga.filter_importance(x, y, "block", n_repeats=20, random_state=0, scoring="loss")
+    feats = ga.graph.build([ga.graph.resolve("gap")]).predict_on_batch(x)
+    w, b = model.get_layer("head").get_weights()
+    ref = permutation_importance(_HeadEstimator(w, b), feats, y, scoring="neg_log_loss", n_repeats=20,
+                                 random_state=0)
+    rho = spearmanr(ours.importances_mean, ref.importances_mean).statistic
+    assert rho >= 0.9, (rho, ours.importances_mean, ref.importances_mean)
+    np.testing.assert_allclose(ours.baseline_score, -__import__("sklearn.metrics").metrics.log_loss(
+        y, _HeadEstimator(w, b).predict_proba(feats), labels=[0, 1, 2]), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------
+# Reproducibility and batching
+# ----------------------------------------------------------------------
+def test_random_state_and_perturbations_per_eval():
+    model = residual_model()
+    x, y = _data(n=40)
+    ga = GlobalAnalyzer(model)
+    a = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss")
+    b = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss",
+                             perturbations_per_eval=1)
+    c = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss",
+                             perturbations_per_eval=4, batch_size=9)
+    d = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=12, scoring="loss")
+    np.testing.assert_array_equal(a.importances, b.importances)
+    np.testing.assert_array_equal(a.importances, c.importances)
+    assert not np.array_equal(a.importances, d.importances)
+    gen = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=np.random.default_rng(3))
+    gen2 = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=np.random.default_rng(3))
+    np.testing.assert_array_equal(gen.importances, gen2.importances)
+    # Reproducible irrespective of the global RNGs.
+    np.random.seed(0)
+    keras.utils.set_random_seed(99)
+    e = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss")
+    np.testing.assert_array_equal(a.importances, e.importances)
+
+
+def test_groups_and_to_frame():
+    model = residual_model()
+    x, y = _data(n=30)
+    ga = GlobalAnalyzer(model)
+    single = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=1)
+    as_groups = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=1, groups=[[i] for i in range(6)])
+    np.testing.assert_array_equal(single.importances, as_groups.importances)
+    grouped = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=1, groups=[[0, 1, 2], [3, 4, 5]],
+                                   scoring="loss")
+    assert grouped.importances.shape == (2, 2)
+    df = grouped.to_frame()
+    assert list(df.columns) == ["block", "method", "group", "filters", "repeat", "importance"]
+    assert len(df) == 4 and df.filters.iloc[0] == "0,1,2"
+    np.testing.assert_array_equal(df.importance.to_numpy(), grouped.importances.ravel())
+    f = single.to_frame()
+    assert len(f) == 12 and set(f["filter"]) == set(range(6))
+    np.testing.assert_allclose(single.importances_std, single.importances.std(axis=1))
+
+
+def test_no_labels_scores_agreement_with_model():
+    model = residual_model()
+    x, _ = _data(n=30)
+    ga = GlobalAnalyzer(model)
+    res = ga.filter_importance(x, None, "res_out", n_repeats=2, random_state=0)
+    assert res.baseline_score == 1.0
+    own = np.argmax(model.predict_on_batch(x), axis=1)
+    with_own = ga.filter_importance(x, own, "res_out", n_repeats=2, random_state=0)
+    np.testing.assert_array_equal(res.importances, with_own.importances)
+
+
+def test_datasets_give_the_same_result():
+    import tensorflow as tf
+
+    model = residual_model()
+    x, y = _data(n=30)
+    ga = GlobalAnalyzer(model)
+    ref = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=0, scoring="loss")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    got = ga.filter_importance(ds, None, "res_out", n_repeats=2, random_state=0, scoring="loss")
+    np.testing.assert_array_equal(ref.importances, got.importances)
+
+    class Seq(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[i * 10:(i + 1) * 10], y[i * 10:(i + 1) * 10]
+
+    got2 = ga.filter_importance(Seq(), None, "res_out", n_repeats=2, random_state=0, scoring="loss")
+    np.testing.assert_array_equal(ref.importances, got2.importances)
+    capped = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=0, max_samples=10)
+    assert capped.n_samples == 10
+
+
+def test_callable_scoring_and_dead_filter_warning():
+    model = ignored_filter_model()
+    # Kill filter 0 of the block: constant zero after the ReLU.
+    conv = model.get_layer("block")
+    k, b = conv.get_weights()
+    k[..., 0] = 0
+    b[0] = -1.0
+    conv.set_weights([k, b])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 10, 10, 2)).astype("float32")
+    y = rng.integers(0, 3, 40)
+    ga = GlobalAnalyzer(model, blocks="block")
+    calls = []
+
+    def my_score(y_true, proba):
+        calls.append(proba.shape)
+        return float(np.mean(np.argmax(proba, 1) == y_true))
+
+    with pytest.warns(UserWarning, match="dead"):
+        res = ga.filter_importance(x, y, "block", scoring=my_score, n_repeats=2, random_state=0)
+    ref = ga.filter_importance(x, y, "block", scoring="accuracy", n_repeats=2, random_state=0)
+    np.testing.assert_array_equal(res.importances, ref.importances)
+    assert calls[0] == (40, 3)
+    assert res.dead_filters.tolist() == [0]
+    assert np.all(res.importances[0] == 0)
+
+
+def test_sigmoid_output():
+    inp = keras.Input((8, 8, 2))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="block")(inp)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = keras.layers.Dense(1, activation="sigmoid")(h)
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(0).normal(size=(30, 8, 8, 2)).astype("float32")
+    p = model.predict_on_batch(x)[:, 0]
+    y = (p > np.median(p)).astype(int)
+    ga = GlobalAnalyzer(model, blocks="block")
+    res = ga.filter_importance(x, y, "block", scoring="loss", method="ablation")
+    expect = np.mean(np.log(np.where(y == 1, p, 1 - p).astype(np.float64)))
+    np.testing.assert_allclose(res.baseline_score, expect, rtol=1e-6)
+    t = ga.filter_importance(x, y, "block", method="taylor")
+    assert np.all(np.isfinite(t.importances))
+
+
+# ----------------------------------------------------------------------
+# Errors and the model stays untouched
+# ----------------------------------------------------------------------
+def test_errors():
+    model = residual_model()
+    x, y = _data(n=10)
+    ga = GlobalAnalyzer(model)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        ga.filter_importance(x[:1], y[:1], "res_out")
+    with pytest.raises(ValueError, match="method"):
+        ga.filter_importance(x, y, "res_out", method="shap")
+    with pytest.raises(ValueError, match="scoring"):
+        ga.filter_importance(x, y, "res_out", scoring="f1")
+    with pytest.raises(ValueError, match="groups\\[1\\]"):
+        ga.filter_importance(x, y, "res_out", groups=[[0], [9]])
+    with pytest.raises(TypeError, match="groups"):
+        ga.filter_importance(x, y, "res_out", groups=np.zeros(6, dtype=int))
+    with pytest.raises(ValueError, match="n_repeats"):
+        ga.filter_importance(x, y, "res_out", n_repeats=0)
+    with pytest.raises(ValueError, match="perturbations_per_eval"):
+        ga.filter_importance(x, y, "res_out", perturbations_per_eval=0)
+    with pytest.raises(TypeError, match="random_state"):
+        ga.filter_importance(x, y, "res_out", random_state="seed")
+    with pytest.raises(ValueError, match="no layer named 'nope'.*4-D output"):
+        ga.filter_importance(x, y, "nope")
+    with pytest.raises(ValueError, match="not 4-D"):
+        ga.filter_importance(x, y, "gap")
+    with pytest.raises(ValueError, match="labels outside"):
+        ga.filter_importance(x, y + 10, "res_out")
+    with pytest.raises(ValueError, match="callable"):
+        ga.filter_importance(x, y, "res_out", method="taylor", scoring=lambda a, b: 0.0)
+    with pytest.raises(ValueError, match="sample shape"):
+        ga.filter_importance(x[:, :8], y, "res_out")
+
+
+def test_model_unchanged_by_every_method():
+    model = residual_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.get_layer("stem").trainable = False
+    x, y = _data(n=24)
+    pred = model.predict_on_batch(x)
+    before = model_state(model)
+    ga = GlobalAnalyzer(model)
+    for method in METHODS:
+        ga.filter_importance(x, y, "res_conv1", method=method, n_repeats=2, random_state=0)
+    ga.filter_correlation(x, "res_out")
+    ga.filter_class_association(x, y, "res_out")
+    ga.layer_similarity(x)
+    assert_state_equal(model, before, x)
+    np.testing.assert_array_equal(pred, model.predict_on_batch(x))

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 __all__ = ["main", "demo_model"]
 
@@ -26,52 +27,131 @@ def demo_model(input_shape=(16, 16, 1), classes=10):
     return keras.Model(inp, out, name="digits_cnn")
 
 
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
 def _log(msg, quiet):
     if not quiet:
         print(msg, flush=True)
 
 
+def _print_tables(interp, table):
+    import pandas as pd
+
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print("\nBlocks:")
+        print(interp.blocks.to_frame().to_string(index=False))
+        print("\nLayer-by-layer predictions (probe per block; last row = the model):")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _write_report(interp, x, y, out, quiet, random_state):
+    report = interp.report(x, y, random_state=random_state, verbose=not quiet)
+    os.makedirs(out, exist_ok=True)
+    html_path = report.save(os.path.join(out, "report.html"))
+    report.save_dir(os.path.join(out, "figures"))
+    print(f"\nReport: {os.path.abspath(html_path)}")
+    print(f"Figures (PNG, PDF, SVG), tables (CSV) and summary.json: {os.path.abspath(os.path.join(out, 'figures'))}")
+
+
 def run_demo(args) -> int:
     import keras
-    import pandas as pd
 
     from .datasets import load_digits
     from .interpreter import HybridInterpreter
 
     quiet = args.quiet
     t0 = time.time()
-    _log("[1/3] Loading scikit-learn's bundled handwritten digits (no download)...", quiet)
+    _log("[1/4] Loading scikit-learn's bundled handwritten digits (no download)...", quiet)
     (x_train, y_train), (x_test, y_test) = load_digits(image_size=16, random_state=args.seed)
     _log(f"      {len(x_train)} training and {len(x_test)} test images of 16x16 pixels, 10 classes.", quiet)
 
-    _log(f"[2/3] Training a small CNN for {args.epochs} epochs...", quiet)
+    _log(f"[2/4] Training a small CNN for {args.epochs} epochs...", quiet)
     keras.utils.set_random_seed(args.seed)
     model = demo_model()
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=0 if quiet else 2)
 
-    _log("[3/3] Fitting one probe per conv block and reading the network layer by layer...", quiet)
-    interp = HybridInterpreter(model, class_names=[str(i) for i in range(10)])
+    _log("[3/4] Fitting one probe per conv block (local interpretability)...", quiet)
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    interp = HybridInterpreter(model, class_names=names)
     interp.fit_probes(x_train, y_train, random_state=args.seed, verbose=0)
     table = interp.evaluate_layers(x_test, y_test)
-
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print("\nBlocks found automatically:")
-        print(interp.blocks.to_frame().to_string(index=False))
-        print("\nLayer-by-layer predictions on the test set (probe per block; last row = the model):")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    _print_tables(interp, table)
     e = interp.explain(x_test[0])
     print(
-        f"\nOne test image (label {y_test[0]}): the model predicts {e.model_class}; the probes agree "
-        f"from block {e.decision_block!r} on (decision depth {e.decision_depth})."
+        f"\nOne test image (label {names[y_test[0]]}): the model predicts {names[e.model_class]}; the probes "
+        f"agree from block {e.decision_block!r} on."
     )
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "layer_table.csv")
-        table.to_csv(path, index=False)
-        interp.blocks.to_frame().to_csv(os.path.join(args.out, "blocks.csv"), index=False)
-        print(f"\nWrote {path}")
+        _log("\n[4/4] Global analysis (filters) and the report...", quiet)
+        _write_report(interp, x_test, y_test, args.out, quiet, args.seed)
     _log(f"\nDone in {time.time() - t0:.0f} s.", quiet)
+    return 0
+
+
+def _load_npz(path, x_key, y_key):
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise CLIError(f"--data: no such file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"--data: {path} is not a readable .npz file without pickled objects ({exc})") from None
+    keys = list(data.files)
+    if x_key not in keys:
+        raise CLIError(f"--x-key: {path} has no array {x_key!r}; it has {keys}")
+    x = data[x_key]
+    y = None
+    if y_key is not None:
+        if y_key not in keys:
+            raise CLIError(f"--y-key: {path} has no array {y_key!r}; it has {keys} (use --y-key '' for unlabeled data)")
+        y = data[y_key]
+    return x, y
+
+
+def run_analyze(args) -> int:
+    import keras
+
+    from .interpreter import HybridInterpreter
+
+    if not os.path.isfile(args.model):
+        raise CLIError(f"MODEL: no such file: {args.model}")
+    if not args.model.endswith(".keras"):
+        raise CLIError(f"MODEL: expected a Keras v3 .keras file; received {args.model}")
+    y_key = args.y_key or None
+    x, y = _load_npz(args.data, args.x_key, y_key)
+    try:
+        model = keras.models.load_model(args.model, safe_mode=not args.unsafe, compile=False)
+    except ValueError as exc:
+        msg = str(exc).splitlines()[0]
+        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower() or "lambda" in str(exc).lower():
+            raise CLIError(
+                f"MODEL: {args.model} needs unsafe deserialization (it contains a Lambda layer or "
+                "other arbitrary code), which could execute code. Only if you trust its source, "
+                "rerun with --unsafe."
+            ) from None
+        raise CLIError(f"MODEL: could not load {args.model}: {msg}") from None
+    except Exception as exc:  # a corrupt archive raises zipfile / OS / key errors
+        raise CLIError(f"MODEL: could not load {args.model}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    blocks = args.blocks if args.blocks else "auto"
+    try:
+        interp = HybridInterpreter(model, blocks=blocks)
+        n = len(x)
+        n_fit = max(1, int(round(n * (1 - args.test_fraction))))
+        if y is None:
+            _log("No labels (--y-key ''): the probes learn the model's own predictions.", args.quiet)
+        _log(f"Fitting probes on {n_fit} samples, evaluating on {n - n_fit}...", args.quiet)
+        if n - n_fit < 1:
+            raise CLIError(f"--data: {n} samples is too few to hold out a test part (--test-fraction {args.test_fraction})")
+        interp.fit_probes(x[:n_fit], None if y is None else y[:n_fit], random_state=args.seed, verbose=0)
+        table = interp.evaluate_layers(x[n_fit:], None if y is None else y[n_fit:])
+        _print_tables(interp, table)
+        _write_report(interp, x[n_fit:], None if y is None else y[n_fit:], args.out, args.quiet, args.seed)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 
@@ -81,26 +161,60 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hybrid CNN interpreter for Keras 3: layer-wise probes and filter analysis.",
     )
     sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="train a small CNN on the bundled digits and interpret it")
-    demo.add_argument("--out", default=None, help="folder for the tables (CSV)")
+    demo = sub.add_parser("demo", help="train a small CNN on the bundled digits, interpret it, write the report")
+    demo.add_argument("--out", default="hybrid-interp-demo",
+                      help="folder for the report (default: ./hybrid-interp-demo; '' to skip the report)")
     demo.add_argument("--epochs", type=int, default=15, help="training epochs of the demo CNN (default 15)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="print only the results")
+
+    ana = sub.add_parser("analyze", help="interpret your own .keras model on data from an .npz file")
+    ana.add_argument("model", help="a .keras model file (loaded with safe_mode=True)")
+    ana.add_argument("--data", required=True, help=".npz file with the images (and labels)")
+    ana.add_argument("--x-key", default="x", help="name of the image array in the .npz (default x)")
+    ana.add_argument("--y-key", default="y", help="name of the label array (default y; '' for none)")
+    ana.add_argument("--blocks", nargs="+", default=None, help="layer names of the blocks (default: automatic)")
+    ana.add_argument("--out", required=True, help="folder for the report")
+    ana.add_argument("--test-fraction", type=float, default=0.3,
+                     help="last fraction of the samples used for evaluation (default 0.3)")
+    ana.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ana.add_argument("--unsafe", action="store_true",
+                     help="allow models that need unsafe deserialization (Lambda layers); only for trusted files")
+    ana.add_argument("--quiet", action="store_true", help="print only the results")
     return parser
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["demo"] + argv
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["demo"] + list(argv or []))
-    if args.command == "demo":
-        if args.epochs < 1:
-            parser.error("--epochs must be at least 1")
-        return run_demo(args)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
-    return 2
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            if args.command == "demo":
+                if args.epochs < 1:
+                    raise CLIError("--epochs must be at least 1")
+                status = run_demo(args)
+            else:
+                if not 0.0 < args.test_fraction < 1.0:
+                    raise CLIError(f"--test-fraction must be between 0 and 1; received {args.test_fraction}")
+                status = run_analyze(args)
+    except CLIError as exc:
+        print(f"keras-hybrid-interp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    notes = []
+    for w in caught:
+        if issubclass(w.category, UserWarning) and str(w.message) not in notes:
+            notes.append(str(w.message))
+    if notes:
+        print("\nNotes:")
+        for n in notes:
+            print(f"  - {n}")
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

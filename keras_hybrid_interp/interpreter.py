@@ -577,6 +577,19 @@ class HybridInterpreter(keras.Model):
         out = self._probes[i](self._pools[i](g.symbolic(k)))
         return keras.Model(g.symbolic_inputs[0], out, name=f"probe_model_{i}")
 
+    def report(self, x, y=None, **kwargs):
+        """Runs the full hybrid analysis (local and global) and returns a :class:`~keras_hybrid_interp.report.Report`.
+
+        ``report.save("report.html")`` writes one self-contained HTML file;
+        ``report.save_dir(folder)`` writes every figure (PNG, PDF, SVG), every
+        table (CSV) and a JSON summary. Keyword arguments go to
+        :func:`~keras_hybrid_interp.report.build_report` (``block``,
+        ``examples``, ``importance_repeats``, ``max_samples``, ``random_state``).
+        """
+        from .report import build_report
+
+        return build_report(self, x, y, **kwargs)
+
     def global_analyzer(self, **kwargs):
         """A :class:`~keras_hybrid_interp.GlobalAnalyzer` sharing these blocks and graph."""
         from .analyzer import GlobalAnalyzer

@@ -8,6 +8,8 @@ shape, finiteness, and label shape and range.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Iterator
 
 import numpy as np
@@ -15,6 +17,33 @@ import numpy as np
 import keras
 
 __all__ = ["DataStream", "as_stream", "to_class_indices"]
+
+
+class _FreshModelTracingFilter(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls ... triggered retracing" notice.
+
+    TensorFlow counts the traces of every Keras model's predict function
+    together (they share one code object), so an analysis that runs a few
+    side models once each (block features, a tail model, ...) trips a warning
+    meant for functions re-created in a loop. Each of our side models is
+    built once per graph and traced once per input shape, so the notice is
+    noise here. The filter is installed only while our own batches stream.
+    """
+
+    def filter(self, record):
+        msg = record.getMessage()
+        return not ("triggered tf.function retracing" in msg and "make_predict_function" in msg)
+
+
+@contextlib.contextmanager
+def quiet_fresh_model_tracing():
+    logger = logging.getLogger("tensorflow")
+    filt = _FreshModelTracingFilter()
+    logger.addFilter(filt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(filt)
 
 
 def _is_tf_dataset(obj) -> bool:
@@ -166,6 +195,10 @@ class DataStream:
             )
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        with quiet_fresh_model_tracing():
+            yield from self._batches()
+
+    def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         seen = 0
         limit = self.max_samples
         if self.kind == "array":

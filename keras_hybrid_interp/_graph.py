@@ -170,6 +170,7 @@ class ModelGraph:
         self._key_of: dict[int, int] = {}  # id(canonical KerasTensor) -> key
         self._aliases: dict[str, list[int]] = {}  # nested model path -> output keys
         self._used_paths: dict[str, int] = {}
+        self._models: dict = {}  # (outputs, inputs) -> keras.Model, see build()
 
         inputs = self._make_inputs(model, input_shape)
         self.input_keys = [self._register(t, None, None) for t in inputs]
@@ -407,6 +408,15 @@ class ModelGraph:
         computable from them (see :meth:`frontier`).
         """
         outputs = list(outputs)
+        # One model per (outputs, inputs): re-using it re-uses its compiled
+        # predict function instead of tracing a new one on every analysis.
+        cache_key = (tuple(outputs), None if inputs is None else tuple(inputs))
+        if cache_key in self._models:
+            return self._models[cache_key]
+        self._models[cache_key] = model = self._build(outputs, inputs, name)
+        return model
+
+    def _build(self, outputs, inputs, name):
         if inputs is None:
             ins = [self._symbolic[k] for k in self.input_keys]
             outs = [self._symbolic[k] for k in outputs]

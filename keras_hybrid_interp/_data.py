@@ -32,7 +32,8 @@ class _FreshModelTracingFilter(logging.Filter):
 
     def filter(self, record):
         msg = record.getMessage()
-        return not ("triggered tf.function retracing" in msg and "make_predict_function" in msg)
+        return not ("triggered tf.function retracing" in msg
+                    and ("make_predict_function" in msg or "_DistributedPredictor" in msg))
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 import keras
+from ._distribute import predict_on_batch
 
 __all__ = ["TailEngine", "Job", "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET"]
 
@@ -179,7 +180,7 @@ class TailEngine:
         warned = False
         per = self.frontier_bytes_per_sample()
         for xb, yb in stream:
-            outs = _as_list(self.prefix.predict_on_batch(xb))
+            outs = _as_list(predict_on_batch(self.prefix, xb))
             for p, o in zip(parts, outs):
                 p.append(np.asarray(o))
             if yb is None:
@@ -292,7 +293,7 @@ class TailEngine:
                 feed = [buf_key.reshape((p * b,) + buf_key.shape[2:])] + [
                     bo.reshape((p * b,) + bo.shape[2:]) for bo in buf_others
                 ]
-                out = np.asarray(self.tail.predict_on_batch(feed if len(feed) > 1 else feed[0]))
+                out = np.asarray(predict_on_batch(self.tail, feed if len(feed) > 1 else feed[0]))
                 out = out.reshape((p, b) + out.shape[1:])
                 for slot in range(len(group)):
                     outs[slot].append(out[slot, :m])

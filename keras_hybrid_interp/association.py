@@ -29,6 +29,7 @@ import pandas as pd
 
 from ._data import to_class_indices
 from .correlation import check_statistic, summarize, warn_dead
+from ._distribute import predict_on_batch
 
 __all__ = ["FilterClassAssociation", "filter_class_association"]
 
@@ -145,7 +146,7 @@ def filter_class_association(graph, key, stream, num_classes, y_given, out_kind,
     acc = _ClassMoments(c, num_classes)
     source = None
     for xb, yb in stream:
-        act, out = model.predict_on_batch(xb)[:2]
+        act, out = predict_on_batch(model, xb)[:2]
         s = summarize(np.asarray(act), statistic)
         if yb is not None:
             src = "y" if y_given else "dataset"

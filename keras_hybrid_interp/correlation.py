@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from ._distribute import predict_on_batch
 
 __all__ = ["FilterCorrelation", "StreamingMoments", "summarize", "filter_correlation"]
 
@@ -226,7 +227,7 @@ def filter_correlation(graph, key, stream, statistic="mean", block_name=None) ->
     c = int(graph.tensors[key].shape[-1])
     acc = StreamingMoments(c)
     for xb, _ in stream:
-        act = np.asarray(model.predict_on_batch(xb))
+        act = np.asarray(predict_on_batch(model, xb))
         acc.update(summarize(act, statistic))
     if acc.n < 2:
         raise ValueError(f"`x` must hold at least 2 samples to correlate filters; received {acc.n}.")

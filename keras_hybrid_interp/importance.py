@@ -51,6 +51,7 @@ from keras import ops
 
 from ._data import to_class_indices
 from ._engine import Job, TailEngine, job_permutation, resolve_entropy
+from ._distribute import predict_on_batch
 
 __all__ = ["FilterImportance", "filter_importance", "METHODS"]
 
@@ -334,7 +335,7 @@ def _taylor(engine: TailEngine, stream, spec, chan_sets, groups_t, block, y_give
     varies = np.zeros(c, dtype=bool)
     loss_fn = _per_sample_loss(spec)
     for xb, yb in stream:
-        out = engine.prefix.predict_on_batch(xb)
+        out = predict_on_batch(engine.prefix, xb)
         arrays = [np.asarray(a) for a in (list(out) if isinstance(out, (list, tuple)) else [out])]
         labels = None if yb is None else to_class_indices(yb, spec.num_classes, argname="y").astype(np.int32)
         grad, out = engine.input_gradient(arrays, loss_fn, labels)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .correlation import StreamingMoments, summarize
+from ._distribute import predict_on_batch
 
 __all__ = ["LayerSimilarity", "linear_cka", "layer_similarity"]
 
@@ -109,7 +110,7 @@ def layer_similarity(graph, keys, names, stream) -> LayerSimilarity:
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     acc = StreamingMoments(int(bounds[-1]))
     for xb, _ in stream:
-        outs = model.predict_on_batch(xb)
+        outs = predict_on_batch(model, xb)
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         acc.update(np.concatenate([summarize(np.asarray(o), "mean") for o in outs], axis=1))
     if acc.n < 2:

@@ -125,17 +125,30 @@ class LinearProbe(keras.layers.Layer):
         ``rtol`` times the largest are constant in the training data: they
         get weight 0 instead of a huge, noise-amplifying scale.
         """
-        f = np.asarray(features, dtype=np.float64)
-        mean = f.mean(axis=0)
-        centred = f - mean
+        f = np.asarray(features)
+        n, dim = f.shape
+        # Float64 statistics computed chunk by chunk: never a float64 copy of all N x D features.
+        chunks = range(0, n, max(1, 2 ** 22 // max(dim, 1)))
+        mean = np.zeros(dim)
+        for start in chunks:
+            mean += f[start:start + chunks.step].sum(axis=0, dtype=np.float64)
+        mean /= max(n, 1)
         if self.whiten:
-            cov = centred.T @ centred / max(len(f) - 1, 1)
+            cov = np.zeros((dim, dim))
+            for start in chunks:
+                c = f[start:start + chunks.step].astype(np.float64) - mean
+                cov += c.T @ c
+            cov /= max(n - 1, 1)
             lam, vec = np.linalg.eigh(cov)
             keep = lam > rtol * max(lam.max(), 0.0) if lam.max() > 0 else np.zeros_like(lam, bool)
             t = np.zeros_like(cov)
             t[:, keep] = vec[:, keep] / np.sqrt(lam[keep])
         else:
-            var = centred.var(axis=0)
+            var = np.zeros(dim)
+            for start in chunks:
+                c = f[start:start + chunks.step].astype(np.float64) - mean
+                var += np.einsum("ij,ij->j", c, c)
+            var /= max(n, 1)
             keep = var > rtol * max(var.max(), 0.0) if var.max() > 0 else np.zeros_like(var, bool)
             t = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
         self.mean.assign(mean.astype(self.mean.dtype))

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from ._graph import Block
 from .analyzer import GlobalAnalyzer
 from .association import FilterClassAssociation
+from .callback import InterpretationCallback
 from .correlation import FilterCorrelation
 from .importance import FilterImportance
 from .interpreter import BlockList, HybridInterpreter
@@ -29,6 +30,7 @@ __all__ = [
     "FilterImportance",
     "GlobalAnalyzer",
     "HybridInterpreter",
+    "InterpretationCallback",
     "LayerPredictions",
     "LayerSimilarity",
     "LinearProbe",

@@ -41,6 +41,7 @@ __all__ = [
     "plot_filter_importance",
     "plot_filter_class_association",
     "plot_layer_similarity",
+    "plot_training_dynamics",
     "upsample",
 ]
 
@@ -989,3 +990,14 @@ def plot_layer_similarity(sim, *, ax=None, annot="auto", cmap="rocket_r", title=
         title = "Layer similarity (linear CKA)"
     ax.set_title(title + (f"\n{sub}" if sub else ""), fontsize=10)
     return ax
+
+
+def plot_training_dynamics(history, **kwargs):
+    """Per-block probe accuracy against epoch, plus an epochs x blocks heatmap (a Figure).
+
+    ``history`` is an :class:`~keras_hybrid_interp.InterpretationCallback` or its
+    ``.history`` frame; see :func:`keras_hybrid_interp.callback.plot_training_dynamics`.
+    """
+    from .callback import plot_training_dynamics as _plot
+
+    return _plot(history, **kwargs)

@@ -773,6 +773,7 @@ def plot_training_dynamics(history, *, metric=None, ax=None, annot=None, cmap="v
     sns.heatmap(table, ax=heat_ax, annot=annot, fmt=".2f", cmap=cmap, cbar_kws={"label": metric})
     heat_ax.set_xlabel("block (shallow to deep)")
     heat_ax.set_ylabel("epoch")
+    heat_ax.tick_params(axis="y", labelrotation=0)  # epoch numbers read horizontally, never overlap
     heat_ax.set_title(f"{metric}: epochs x blocks")
     if ax is None:
         fig.tight_layout()

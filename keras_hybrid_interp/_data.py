@@ -80,6 +80,8 @@ class DataStream:
 
     def __init__(self, x, y=None, *, batch_size=32, input_shape=None, max_samples=None, argname="x"):
         self.argname = argname
+        #: How error messages name the labels: the `y` argument, or those a dataset yields.
+        self.label_argname = "y" if y is not None else f"y (the labels yielded by {argname})"
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
@@ -91,7 +93,15 @@ class DataStream:
         self.max_samples = None if max_samples is None else int(max_samples)
 
         if isinstance(x, (list, tuple)) and len(x) and not isinstance(x[0], (int, float)):
-            x = np.asarray(x)
+            try:
+                x = np.asarray(x)
+            except ValueError:
+                shapes = [tuple(np.shape(a)) for a in x[:4]]
+                raise TypeError(
+                    f"`{argname}` must be a NumPy array, a batched tf.data.Dataset or a keras.utils.PyDataset; "
+                    f"received a {type(x).__name__} of {len(x)} items of different shapes {shapes} that do not "
+                    "stack into one array. Pass the images and the labels as separate arguments: f(x, y)."
+                ) from None
         if isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "dtype") and not _is_tf_dataset(x)):
             self.kind = "array"
             self._x = _to_numpy(x)
@@ -171,7 +181,11 @@ class DataStream:
             want = len(self.input_shape) + 1
             if xb.ndim != want:
                 hint = ""
-                if xb.ndim == want - 1 and self.kind == "tf.data":
+                shape = self.input_shape
+                if (xb.ndim == want - 1 and shape[-1] == 1
+                        and all(e is None or g == e for g, e in zip(xb.shape[1:], shape[:-1]))):
+                    hint = " The images lack the channel axis: use x[..., None]."
+                elif xb.ndim == want - 1 and self.kind == "tf.data":
                     hint = " The dataset looks unbatched: call .batch(32) on it."
                 elif xb.ndim == want - 1:
                     hint = " For a single image, add the batch axis: x[None]."

@@ -106,10 +106,11 @@ def check_in_scope(strategy, variables, what):
             )
 
 
-def fit_distributed(trainer, feats, targets, epoch_batches, val, batch_size, verbose):
+def fit_distributed(trainer, feats, targets, epoch_batches, epochs, steps_per_epoch, val, batch_size, verbose):
     """Trains ``trainer`` with Keras ``fit`` on the given mini-batches, split across replicas.
 
-    The batches (lists of sample indices, one list per epoch) are the same
+    ``epoch_batches()`` yields, per epoch, the list of mini-batches (arrays of
+    sample indices). The batches are the same
     ones the single-device loop uses, so both paths take the same steps; each
     global batch is split across the replicas by Keras and the gradients are
     all-reduced by TensorFlow.
@@ -124,7 +125,7 @@ def fit_distributed(trainer, feats, targets, epoch_batches, val, batch_size, ver
         return (fs, tuple(t for _ in fs)) if multi else (fs[0], t)
 
     def gen():
-        for batches in epoch_batches:
+        for batches in epoch_batches():
             for idx in batches:
                 yield pack(idx)
 
@@ -146,8 +147,8 @@ def fit_distributed(trainer, feats, targets, epoch_batches, val, batch_size, ver
         val_data = tf.data.Dataset.from_generator(vgen, output_signature=val_sig)
     return trainer.fit(
         data,
-        epochs=len(epoch_batches),
-        steps_per_epoch=len(epoch_batches[0]),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
         validation_data=val_data,
         verbose=verbose,
         shuffle=False,  # the batches above are already in the seeded order

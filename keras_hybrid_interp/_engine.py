@@ -16,7 +16,8 @@ layer objects, same operations, ``training=False``), so an ablation gives
 bit-identical outputs to a full-model re-run with the ablation inserted at
 the layer, and a permutation gives bit-identical outputs given the same
 permutation (up to the CPU/GPU kernels being batch-size invariant, which the
-tests check).
+tests check: TensorFlow's and torch's CPU kernels are; JAX's XLA:CPU is not
+for some reductions, a few ulp; README, Backends).
 
 Memory: the cache holds the frontier tensors for the analysed samples, i.e.
 ``n_samples x (H*W*C of the layer + the skip tensors)`` in the model dtype;
@@ -183,6 +184,10 @@ class TailEngine:
             outs = _as_list(predict_on_batch(self.prefix, xb))
             for p, o in zip(parts, outs):
                 p.append(np.asarray(o))
+            if (yb is not None) != have_labels and (n or labels):
+                raise ValueError(
+                    "`x` yields labels for some batches and not for others; label every batch or none."
+                )
             if yb is None:
                 have_labels = False
             else:
@@ -383,12 +388,15 @@ def make_input_gradient(model, loss_fn):
         import torch
 
         def f(arrays, labels):
-            xs = [keras.ops.convert_to_tensor(a) for a in arrays]
-            xs[0] = xs[0].detach().requires_grad_(True)
-            lab = None if labels is None else keras.ops.convert_to_tensor(labels)
-            out = forward(xs)
-            loss = torch.sum(loss_fn(out, lab))
-            (g,) = torch.autograd.grad(loss, xs[0])
+            # Gradients even when the caller is inside ``torch.no_grad()`` or
+            # ``torch.inference_mode()``, as torch inference code often is.
+            with torch.inference_mode(False), torch.enable_grad():
+                xs = [keras.ops.convert_to_tensor(a) for a in arrays]
+                xs[0] = xs[0].detach().requires_grad_(True)
+                lab = None if labels is None else keras.ops.convert_to_tensor(labels)
+                out = forward(xs)
+                loss = torch.sum(loss_fn(out, lab))
+                (g,) = torch.autograd.grad(loss, xs[0])
             return g.detach().cpu().numpy(), out.detach().cpu().numpy()
 
         return f

@@ -51,6 +51,9 @@ class GlobalAnalyzer:
         Only for a Sequential model that was never built.
     output : {"auto", "softmax", "sigmoid", "logits"}
         How to read the model output; "auto" looks at the last activation.
+        A model without a softmax or sigmoid there is not taken for a
+        classifier: the class-based analyses (association, importance with
+        "accuracy" or "loss", Taylor) then ask for ``output="logits"``.
 
     Examples
     --------
@@ -84,6 +87,9 @@ class GlobalAnalyzer:
             raise ValueError(f"`output` must be one of {list(_OUTPUTS)}; received {output!r}.")
         kind = _graph.classifier_activation(g) if output == "auto" else output
         self.output_kind = None if kind == "logits" else kind
+        #: False when output="auto" found no softmax or sigmoid: the class-based
+        #: analyses then refuse to guess that the output holds logits.
+        self._classifier = kind is not None
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
         self.batch_size = int(batch_size)
@@ -104,6 +110,18 @@ class GlobalAnalyzer:
         shape = self.graph.tensors[self.graph.input_keys[0]].shape[1:]
         return as_stream(x, y, batch_size=self.batch_size if batch_size is None else batch_size,
                          input_shape=shape, max_samples=max_samples, argname="x")
+
+    def _require_classifier(self, what):
+        if self._classifier:
+            return
+        shape = self.graph.tensors[self.graph.output_keys[0]].shape
+        raise ValueError(
+            f"{what} reads the model output as class probabilities, but model {self.graph.model.name!r} "
+            f"(output shape {shape}) does not end in a softmax or sigmoid, so it does not look like a "
+            "classifier. If it outputs class logits, pass output='logits' to GlobalAnalyzer; for a regression "
+            "model, filter_importance takes a callable `scoring(y_true, y_pred)`, and filter_correlation "
+            "and layer_similarity need no classes."
+        )
 
     def _key(self, block, argname="block"):
         if block is None:
@@ -162,6 +180,7 @@ class GlobalAnalyzer:
             ``.values`` / ``.table``: shape (C, K).
         """
         key, name = self._key(block)
+        self._require_classifier("filter_class_association")
         stream = self._stream(x, y, batch_size, max_samples)
         k = self._spec.num_classes
         if k is None:
@@ -217,6 +236,8 @@ class GlobalAnalyzer:
             ``importances_std``, ``baseline_score``, ``.to_frame()``.
         """
         key, name = self._key(block)
+        if method == "taylor" or (method in ("permutation", "ablation") and scoring in ("accuracy", "loss")):
+            self._require_classifier(f"filter_importance(method={method!r}, scoring={scoring!r})")
         stream = self._stream(x, y, batch_size, max_samples)
         return _importance(
             self._engine(key), stream, self._spec, y_given=y is not None, block=name, method=method,

@@ -76,7 +76,7 @@ class FilterClassAssociation:
     def top_filters(self, cls: int, k: int = 5) -> np.ndarray:
         """Indices of the ``k`` filters most positively associated with class ``cls`` (NaN last)."""
         col = self.values[:, cls]
-        order = np.argsort(np.where(np.isnan(col), -np.inf, -col), kind="stable")
+        order = np.argsort(np.where(np.isnan(col), np.inf, -col), kind="stable")  # NaN (dead) last
         return order[:k]
 
     def to_frame(self) -> pd.DataFrame:
@@ -150,7 +150,7 @@ def filter_class_association(graph, key, stream, num_classes, y_given, out_kind,
         s = summarize(np.asarray(act), statistic)
         if yb is not None:
             src = "y" if y_given else "dataset"
-            labels = to_class_indices(yb, num_classes, argname="y")
+            labels = to_class_indices(yb, num_classes, argname=getattr(stream, "label_argname", "y"))
         else:
             src = "model predictions"
             labels = predicted_classes(np.asarray(out), out_kind)

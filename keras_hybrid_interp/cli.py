@@ -98,23 +98,43 @@ def _load_npz(path, x_key, y_key):
         raise CLIError(f"--data: no such file: {path}")
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise CLIError(f"--data: {path} is not a readable .npz file without pickled objects ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise CLIError(f"--data: expected an .npz archive of named arrays (np.savez(path, x=..., y=...)); "
+                       f"{path} holds a single array of shape {getattr(data, 'shape', None)}")
     keys = list(data.files)
+
+    def read(key, flag):
+        try:
+            return data[key]
+        except ValueError as exc:  # object arrays need pickle, which is refused
+            raise CLIError(
+                f"{flag}: array {key!r} of {path} holds Python objects, which only pickle can load; refused "
+                f"(np.load with allow_pickle=False, so the file cannot run code). Save numeric arrays ({exc})"
+            ) from None
+        except (OSError, EOFError, KeyError) as exc:
+            raise CLIError(f"{flag}: could not read array {key!r} of {path}: the file is truncated or corrupt ({exc})") from None
+
     if x_key not in keys:
         raise CLIError(f"--x-key: {path} has no array {x_key!r}; it has {keys}")
-    x = data[x_key]
+    x = read(x_key, "--x-key")
     y = None
     if y_key is not None:
         if y_key not in keys:
             raise CLIError(f"--y-key: {path} has no array {y_key!r}; it has {keys} (use --y-key '' for unlabeled data)")
-        y = data[y_key]
+        y = read(y_key, "--y-key")
+        if y.ndim == 0 or x.ndim == 0 or len(y) != len(x):
+            raise CLIError(
+                f"--y-key: array {y_key!r} has shape {y.shape} but --x-key array {x_key!r} has shape {x.shape}; "
+                "they need one label per image (the same first dimension)"
+            )
     return x, y
 
 
 def run_analyze(args) -> int:
-    import keras
-
+    from ._data import to_class_indices
+    from ._saving import UnsafeFileError, load_keras_file
     from .interpreter import HybridInterpreter
 
     if not os.path.isfile(args.model):
@@ -124,21 +144,29 @@ def run_analyze(args) -> int:
     y_key = args.y_key or None
     x, y = _load_npz(args.data, args.x_key, y_key)
     try:
-        model = keras.models.load_model(args.model, safe_mode=not args.unsafe, compile=False)
-    except ValueError as exc:
-        msg = str(exc).splitlines()[0]
-        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower() or "lambda" in str(exc).lower():
-            raise CLIError(
-                f"MODEL: {args.model} needs unsafe deserialization (it contains a Lambda layer or "
-                "other arbitrary code), which could execute code. Only if you trust its source, "
-                "rerun with --unsafe."
-            ) from None
-        raise CLIError(f"MODEL: could not load {args.model}: {msg}") from None
-    except Exception as exc:  # a corrupt archive raises zipfile / OS / key errors
-        raise CLIError(f"MODEL: could not load {args.model}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        model = load_keras_file(args.model, safe_mode=not args.unsafe, argname="MODEL")
+    except UnsafeFileError:
+        raise CLIError(
+            f"MODEL: {args.model} needs unsafe deserialization (it contains a Lambda layer or "
+            "other arbitrary code), which could execute code. Only if you trust its source, "
+            "rerun with --unsafe."
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc).replace("`MODEL`", "MODEL")) from None
+    if isinstance(model, HybridInterpreter):
+        _log(f"{args.model} holds a saved HybridInterpreter: analysing its model {model.wrapped_model.name!r} "
+             "(the probes are fitted again).", args.quiet)
+        if not args.blocks:
+            args.blocks = list(model.block_names)
+        model = model.wrapped_model
     blocks = args.blocks if args.blocks else "auto"
     try:
         interp = HybridInterpreter(model, blocks=blocks)
+        # Check the whole arrays against the model before splitting them, so that
+        # errors name the .npz arrays and their full shapes.
+        interp._stream(x, y)
+        if y is not None:
+            to_class_indices(y, interp.num_classes, argname="y")
         n = len(x)
         n_fit = max(1, int(round(n * (1 - args.test_fraction))))
         if y is None:
@@ -151,7 +179,8 @@ def run_analyze(args) -> int:
         _print_tables(interp, table)
         _write_report(interp, x[n_fit:], None if y is None else y[n_fit:], args.out, args.quiet, args.seed)
     except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
+        msg = str(exc).replace("`x`", f"--x-key array {args.x_key!r}")
+        raise CLIError(msg.replace("`y`", f"--y-key array {args.y_key!r}")) from None
     return 0
 
 
@@ -169,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="print only the results")
 
     ana = sub.add_parser("analyze", help="interpret your own .keras model on data from an .npz file")
-    ana.add_argument("model", help="a .keras model file (loaded with safe_mode=True)")
+    ana.add_argument("model", help="a .keras model file, or an interpreter saved with interp.save() "
+                     "(loaded with safe_mode=True)")
     ana.add_argument("--data", required=True, help=".npz file with the images (and labels)")
     ana.add_argument("--x-key", default="x", help="name of the image array in the .npz (default x)")
     ana.add_argument("--y-key", default="y", help="name of the label array (default y; '' for none)")

@@ -82,6 +82,10 @@ class FilterImportance:
     n_samples : int
     random_state : int or None
         Entropy of the permutations (permutation only), to reproduce them.
+    label_source : str
+        Where the labels came from: ``"y"``, ``"dataset"`` (the ``(x, y)``
+        batches), or ``"model predictions"`` when there were none (the score
+        is then agreement with the model's own unperturbed predictions).
     """
 
     importances: np.ndarray
@@ -93,6 +97,7 @@ class FilterImportance:
     dead_filters: np.ndarray
     n_samples: int
     random_state: int | None = None
+    label_source: str = "y"
 
     def __post_init__(self):
         self.importances.setflags(write=False)
@@ -129,7 +134,8 @@ class FilterImportance:
         what = "filters" if self.groups is None else "groups"
         return (f"FilterImportance(block={self.block!r}, method={self.method!r}, scoring={self.scoring!r}, "
                 f"{what}={self.importances.shape[0]}, n_repeats={self.importances.shape[1]}, "
-                f"baseline_score={self.baseline_score:.4g}, n_samples={self.n_samples})")
+                f"baseline_score={self.baseline_score:.4g}, n_samples={self.n_samples}, "
+                f"labels from {self.label_source})")
 
 
 # ----------------------------------------------------------------------
@@ -280,7 +286,8 @@ def filter_importance(engine: TailEngine, stream, spec: OutputSpec, *, y_given: 
     # Baseline outputs (also the labels when none are given).
     base = engine.outputs(cache, [Job(np.array([], dtype=np.int64))], **kw)[0]
     if cache.labels is not None:
-        labels = to_class_indices(cache.labels, spec.num_classes, argname="y") if spec.num_classes else cache.labels
+        labels = (to_class_indices(cache.labels, spec.num_classes, argname=getattr(stream, "label_argname", "y"))
+                  if spec.num_classes else cache.labels)
     else:
         labels = spec.predicted(base) if spec.num_classes else np.asarray(base, dtype=np.float64)
     score = _score_fn(scoring, spec, labels)
@@ -302,7 +309,8 @@ def filter_importance(engine: TailEngine, stream, spec: OutputSpec, *, y_given: 
         reps = 1
     scores = engine.run(cache, jobs, score, perturbations_per_eval, progress=progress, **kw)
     imp = (baseline - scores).reshape(len(chan_sets), reps)
-    return FilterImportance(imp, baseline, method, score_name, block, groups_t, dead, n, entropy)
+    source = "y" if y_given else ("dataset" if cache.labels is not None else "model predictions")
+    return FilterImportance(imp, baseline, method, score_name, block, groups_t, dead, n, entropy, source)
 
 
 def _per_sample_loss(spec: OutputSpec):
@@ -334,10 +342,16 @@ def _taylor(engine: TailEngine, stream, spec, chan_sets, groups_t, block, y_give
     first = None
     varies = np.zeros(c, dtype=bool)
     loss_fn = _per_sample_loss(spec)
+    has_y = None
     for xb, yb in stream:
+        if has_y is None:
+            has_y = yb is not None
+        elif has_y != (yb is not None):
+            raise ValueError("`x` yields labels for some batches and not for others; label every batch or none.")
         out = predict_on_batch(engine.prefix, xb)
         arrays = [np.asarray(a) for a in (list(out) if isinstance(out, (list, tuple)) else [out])]
-        labels = None if yb is None else to_class_indices(yb, spec.num_classes, argname="y").astype(np.int32)
+        labels = None if yb is None else to_class_indices(
+            yb, spec.num_classes, argname=getattr(stream, "label_argname", "y")).astype(np.int32)
         grad, out = engine.input_gradient(arrays, loss_fn, labels)
         a = arrays[0]
         total += np.einsum("nhwc,nhwc->c", a.astype(np.float64), grad.astype(np.float64))
@@ -354,4 +368,5 @@ def _taylor(engine: TailEngine, stream, spec, chan_sets, groups_t, block, y_give
             f"Block {block!r}: filters {dead[:20].tolist()} have the same feature map in every analysed "
             f"sample (dead).", UserWarning, stacklevel=3)
     imp = np.array([abs(total[ch].sum()) / n for ch in chan_sets])[:, None]
-    return FilterImportance(imp, -loss_sum / n, "taylor", "loss", block, groups_t, dead, n, None)
+    source = "y" if y_given else ("dataset" if has_y else "model predictions")
+    return FilterImportance(imp, -loss_sum / n, "taylor", "loss", block, groups_t, dead, n, None, source)

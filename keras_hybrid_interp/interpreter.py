@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +12,7 @@ import keras
 
 from . import _graph
 from ._data import as_stream, to_class_indices
+from ._engine import resolve_entropy
 from .probes import FeaturePooling, LinearProbe, OutputProbabilities
 from .results import LayerPredictions, LocalExplanation
 from ._distribute import active_strategy, check_in_scope, fit_distributed, predict_on_batch
@@ -124,6 +126,12 @@ class HybridInterpreter(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        if isinstance(model, HybridInterpreter):
+            raise TypeError(
+                f"`model` must be the classifier to interpret; received a HybridInterpreter (wrapping "
+                f"{model.wrapped_model.name!r}). Use it directly, or wrap its model: "
+                "HybridInterpreter(interp.wrapped_model)."
+            )
         graph = _graph.ModelGraph(model, input_shape=input_shape)
         if len(graph.output_keys) != 1:
             raise ValueError(
@@ -168,21 +176,25 @@ class HybridInterpreter(keras.Model):
         self.fitted = False
 
         # Pooled features of every block and the model's probabilities, one pass.
-        self._pools = [FeaturePooling(self.pooling, name=f"pool_{i}") for i in range(len(keys))]
-        self._to_probs = OutputProbabilities(self.output_kind, name="output_probabilities")
+        # Pooling, probes and probabilities compute in float32 whatever the global
+        # dtype policy: under mixed_float16 the block outputs (float16) are cast
+        # up exactly, and the statistics never run in float16.
+        self._pools = [FeaturePooling(self.pooling, name=f"pool_{i}", dtype="float32") for i in range(len(keys))]
+        self._to_probs = OutputProbabilities(self.output_kind, name="output_probabilities", dtype="float32")
         pooled = [p(graph.symbolic(k)) for p, k in zip(self._pools, keys)]
         probs = self._to_probs(graph.symbolic(graph.output_keys[0]))
         self._features = keras.Model(graph.symbolic_inputs[0], pooled + [probs], name="block_features")
         self._probes = []
         for i, f in enumerate(pooled):
             dim = int(f.shape[-1])
-            probe = LinearProbe(self.num_classes, whiten=dim <= MAX_WHITEN_DIM, name=f"probe_{i}")
+            probe = LinearProbe(self.num_classes, whiten=dim <= MAX_WHITEN_DIM, name=f"probe_{i}", dtype="float32")
             probe.build((None, dim))
             self._probes.append(probe)
         # Raw block outputs, for the evidence maps of explain().
         self._maps_model = keras.Model(
             graph.symbolic_inputs[0], [graph.symbolic(k) for k in keys] + [probs], name="block_maps"
         )
+        self.built = True  # every part is built above; saving needs no build() call
 
     # ------------------------------------------------------------------
     @staticmethod
@@ -266,7 +278,7 @@ class HybridInterpreter(keras.Model):
                 feats[i].append(np.asarray(f, dtype=np.float32))
             probs.append(np.asarray(outs[-1], dtype=np.float32))
             if yb is not None:
-                labels.append(to_class_indices(yb, self.num_classes, argname="y"))
+                labels.append(to_class_indices(yb, self.num_classes, argname=stream.label_argname))
             if bar is not None:
                 bar.update(b + 1)
         if need_labels and not has_y:
@@ -330,9 +342,9 @@ class HybridInterpreter(keras.Model):
         warm_start : bool
             Continue from the current probe weights and standardization
             instead of starting from zero.
-        random_state : int or None
+        random_state : None, int, numpy Generator or SeedSequence
             Seeds the mini-batch order (a private generator: the global
-            random streams are untouched).
+            random streams are untouched). None draws fresh entropy.
         max_samples : int, optional
             Use at most this many (first) samples.
         verbose : "auto", 0, 1 or 2
@@ -349,6 +361,19 @@ class HybridInterpreter(keras.Model):
             raise ValueError(f"`validation_split` must be a float in [0, 1); received {validation_split!r}.")
         if validation_data is not None and validation_split:
             raise ValueError("Pass either `validation_data` or `validation_split`, not both.")
+        if isinstance(validation_data, tuple) and len(validation_data) != 2:
+            raise ValueError(
+                "`validation_data` must be a tuple (x_val, y_val), an array x_val or a dataset; received a "
+                f"tuple of {len(validation_data)} items (sample weights are not supported)."
+            )
+        if not (callable(learning_rate) or isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)):
+            if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.integer, np.floating))
+                    or not np.isfinite(learning_rate) or learning_rate <= 0):
+                raise ValueError(
+                    "`learning_rate` must be a positive, finite float (or a keras LearningRateSchedule); "
+                    f"received {learning_rate!r}."
+                )
+        entropy = resolve_entropy(random_state)
         stream = self._stream(x, y, batch_size=batch_size, max_samples=max_samples)
         feats, probs, labels = self._extract(stream, verbose=verbose)
         targets = self._targets(probs, labels)
@@ -389,17 +414,22 @@ class HybridInterpreter(keras.Model):
             optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
             loss=["categorical_crossentropy"] * len(outputs) if len(outputs) > 1 else "categorical_crossentropy",
         )
-        rng = np.random.default_rng(np.random.SeedSequence(random_state))
         n_train = len(targets)
+
         # Mini-batch order from a private RNG: the global random streams are untouched.
-        epoch_batches = []
-        for _ in range(int(epochs)):
-            order = rng.permutation(n_train)
-            epoch_batches.append([np.sort(order[s:s + batch_size]) for s in range(0, n_train, batch_size)])
+        # Drawn one epoch at a time (never epochs x N indices held at once), and the
+        # same sequence on every call (tf.data may start the generator more than once).
+        def epoch_batches():
+            rng = np.random.default_rng(np.random.SeedSequence(entropy))
+            for _ in range(int(epochs)):
+                order = rng.permutation(n_train)
+                yield [np.sort(order[s:s + batch_size]) for s in range(0, n_train, batch_size)]
+
         strategy = active_strategy()
         if strategy is not None:
             check_in_scope(strategy, [w for p in self._probes for w in p.weights], "the HybridInterpreter")
-            history = fit_distributed(trainer, feats, targets, epoch_batches, val, batch_size, verbose)
+            history = fit_distributed(trainer, feats, targets, epoch_batches, int(epochs),
+                                      math.ceil(n_train / batch_size), val, batch_size, verbose)
             self.fitted = True
             return history
 
@@ -414,7 +444,7 @@ class HybridInterpreter(keras.Model):
 
         # A plain loop of train_on_batch calls: one compiled train step and no
         # per-epoch set-up cost (Keras fit() spends ~60 ms per epoch on it).
-        for epoch, batches in enumerate(epoch_batches):
+        for epoch, batches in enumerate(epoch_batches()):
             trainer.reset_metrics()
             for idx in batches:
                 logs = trainer.train_on_batch(*pack(feats, targets, idx), return_dict=True)
@@ -484,8 +514,10 @@ class HybridInterpreter(keras.Model):
             model_cls = model_p.argmax(axis=1)
             if has_y is None:
                 has_y = yb is not None
+            elif has_y != (yb is not None):
+                raise ValueError(f"`{stream.argname}` yields labels for some batches but not others.")
             if yb is not None:
-                yi = to_class_indices(yb, K, argname="y")
+                yi = to_class_indices(yb, K, argname=stream.label_argname)
                 counts += np.bincount(yi, minlength=K)
             else:
                 if has_y:
@@ -629,6 +661,27 @@ class HybridInterpreter(keras.Model):
         fitted = config.pop("fitted", False)
         obj = cls(model, **config)
         obj.fitted = fitted
+        return obj
+
+    @classmethod
+    def load(cls, filepath, *, safe_mode=True) -> "HybridInterpreter":
+        """Loads an interpreter written by :meth:`save` (``.keras``, Keras safe mode).
+
+        Equivalent to ``keras.models.load_model(filepath, safe_mode=True)``, with
+        clear errors for a missing, truncated or tampered file, a file that
+        needs unsafe deserialization (a Python lambda: refused unless
+        ``safe_mode=False``, which lets the file run code), and a file that
+        holds a plain model instead of an interpreter.
+        """
+        from ._saving import load_keras_file
+
+        obj = load_keras_file(filepath, safe_mode=safe_mode, argname="filepath")
+        if not isinstance(obj, cls):
+            raise TypeError(
+                f"`filepath`: {filepath} holds a {type(obj).__name__} {getattr(obj, 'name', '')!r}, not a "
+                "HybridInterpreter (expected a file written by interp.save()). To interpret that model: "
+                "HybridInterpreter(keras.models.load_model(filepath))."
+            )
         return obj
 
     def __repr__(self):

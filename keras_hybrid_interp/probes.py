@@ -15,6 +15,10 @@ __all__ = ["FeaturePooling", "LinearProbe", "adaptive_bins"]
 
 _PACKAGE = "keras_hybrid_interp"
 
+#: A probe whitens its input only with at least this many training samples per
+#: feature; with fewer it standardizes each feature (see set_input_transform).
+WHITEN_MIN_SAMPLES_PER_FEATURE = 10
+
 
 def adaptive_bins(size: int, k: int) -> list[tuple[int, int]]:
     """Bins of adaptive pooling (as in PyTorch): [floor(i*n/k), ceil((i+1)*n/k))."""
@@ -123,7 +127,10 @@ class LinearProbe(keras.layers.Layer):
 
         Directions (or, without whitening, features) whose variance is below
         ``rtol`` times the largest are constant in the training data: they
-        get weight 0 instead of a huge, noise-amplifying scale.
+        get weight 0 instead of a huge, noise-amplifying scale. With fewer
+        than ``WHITEN_MIN_SAMPLES_PER_FEATURE`` samples per feature the
+        covariance is too poorly estimated to whiten with, and the transform
+        is a diagonal standardization instead.
         """
         f = np.asarray(features)
         n, dim = f.shape
@@ -133,7 +140,18 @@ class LinearProbe(keras.layers.Layer):
         for start in chunks:
             mean += f[start:start + chunks.step].sum(axis=0, dtype=np.float64)
         mean /= max(n, 1)
-        if self.whiten:
+        if self.whiten and n < WHITEN_MIN_SAMPLES_PER_FEATURE * dim:
+            # Too few samples to estimate a D x D covariance: whitening would
+            # blow up noise directions and the probe would overfit. Standardize
+            # each feature instead (a diagonal transform).
+            var = np.zeros(dim)
+            for start in chunks:
+                c = f[start:start + chunks.step].astype(np.float64) - mean
+                var += np.einsum("ij,ij->j", c, c)
+            var /= max(n, 1)
+            keep = var > rtol * max(var.max(), 0.0) if var.max() > 0 else np.zeros_like(var, bool)
+            t = np.diag(np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0))
+        elif self.whiten:
             cov = np.zeros((dim, dim))
             for start in chunks:
                 c = f[start:start + chunks.step].astype(np.float64) - mean

@@ -105,6 +105,12 @@ class Perturb(layers.Layer):
             other = ops.cast(ops.zeros_like(x) + self.fill, x.dtype)
         return ops.where(mask, other, x)
 
+    def compute_output_shape(self, input_shape):
+        # Same shape as the input. Without this, Keras infers the symbolic shape by
+        # tracing ``call``; JAX then sees the fixed length of ``perm`` against a
+        # dynamic batch size and refuses to broadcast them.
+        return input_shape
+
 
 def full_model_with_perturbation(graph, key, perturb):
     """A full model (input -> output) with ``perturb`` inserted at tensor ``key``."""

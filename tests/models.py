@@ -115,7 +115,7 @@ def snapshot(model, x):
         "weights": [np.array(w, copy=True) for w in model.get_weights()],
         "variables": [(v.path, v.trainable, str(v.dtype)) for v in model.variables],
         "flags": flags(model),
-        "pred": np.array(model(x, training=False)),
+        "pred": keras.ops.convert_to_numpy(model(x, training=False)),
         "compiled": getattr(model, "compiled", False),
         "optimizer": getattr(model, "optimizer", None),
         "loss": getattr(model, "loss", None),

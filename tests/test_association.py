@@ -109,3 +109,13 @@ def test_errors():
     onehot = ga.filter_class_association(x, np.eye(4)[y], "res_out")
     np.testing.assert_allclose(onehot.values, ga.filter_class_association(x, y, "res_out").values, equal_nan=True)
     _ = keras  # keep the import for symmetry with the other test modules
+
+
+def test_top_filters_put_dead_filters_last():
+    from keras_hybrid_interp.association import FilterClassAssociation
+
+    values = np.array([[np.nan, np.nan], [0.2, -0.1], [0.9, 0.3], [-0.5, 0.8]])
+    res = FilterClassAssociation(values, np.zeros_like(values), np.array([5, 5]), np.array([0]),
+                                 "b", "mean", "y", 10)
+    assert res.top_filters(0, 4).tolist() == [2, 1, 3, 0]
+    assert res.top_filters(1, 2).tolist() == [3, 2]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from keras_hybrid_interp import HybridInterpreter
 from keras_hybrid_interp.datasets import load_digits
@@ -127,9 +127,9 @@ def test_call_and_probe_model_agree_with_layer_predictions(fitted, trained, digi
     preds = fitted.layer_predictions(x)
     out = fitted(x)
     assert list(out) == fitted.block_names + ["output"]
-    np.testing.assert_allclose(np.asarray(out["output"]), trained.predict(x, verbose=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ops.convert_to_numpy(out["output"]), trained.predict(x, verbose=0), rtol=1e-5, atol=1e-7)
     for i, name in enumerate(fitted.block_names):
-        np.testing.assert_allclose(np.asarray(out[name]), preds.probabilities[i], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ops.convert_to_numpy(out[name]), preds.probabilities[i], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(fitted.probe_model(name).predict(x, verbose=0), preds.probabilities[i],
                                    rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="blocks"):
@@ -263,8 +263,8 @@ def test_sigmoid_binary_model():
     interp = HybridInterpreter(m)
     assert interp.num_classes == 2
     interp.fit_probes(x, y, epochs=2, verbose=0)
-    p = np.asarray(interp(x[:3])["output"])
-    np.testing.assert_allclose(p[:, 1], np.asarray(m(x[:3]))[:, 0], rtol=1e-6)
+    p = ops.convert_to_numpy(interp(x[:3])["output"])
+    np.testing.assert_allclose(p[:, 1], ops.convert_to_numpy(m(x[:3]))[:, 0], rtol=1e-6)
 
 
 def test_regression_model_is_refused_and_logits_can_be_declared():
@@ -274,7 +274,7 @@ def test_regression_model_is_refused_and_logits_can_be_declared():
     with pytest.raises(ValueError, match="classifier"):
         HybridInterpreter(m)
     interp = HybridInterpreter(m, output="logits")
-    out = np.asarray(interp(rand((2, 8, 8, 1)))["output"])
+    out = ops.convert_to_numpy(interp(rand((2, 8, 8, 1)))["output"])
     np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-6)
 
 
@@ -327,8 +327,8 @@ def test_backbone_runs_in_inference_mode():
     interp = HybridInterpreter(m, blocks=["pool"])
     feats, probs, _ = interp._extract(interp._stream(x))
     ref = keras.Model(inp, m.get_layer("pool").output)(x, training=False)
-    np.testing.assert_allclose(feats[0], np.asarray(ref).mean(axis=(1, 2)), rtol=1e-6)
-    np.testing.assert_allclose(probs, np.asarray(m(x, training=False)), rtol=1e-6)
+    np.testing.assert_allclose(feats[0], ops.convert_to_numpy(ref).mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(probs, ops.convert_to_numpy(m(x, training=False)), rtol=1e-6)
 
 
 def test_probes_need_labels_in_range(fitted, digits):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from keras import ops
 
 from keras_hybrid_interp.probes import FeaturePooling, LinearProbe, OutputProbabilities, adaptive_bins
 
@@ -46,7 +47,7 @@ def test_effective_weights_reproduce_the_layer(whiten):
     logits = f.astype(np.float64) @ w + b
     soft = np.exp(logits - logits.max(1, keepdims=True))
     soft /= soft.sum(1, keepdims=True)
-    np.testing.assert_allclose(np.asarray(p(f)), soft, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(p(f)), soft, rtol=1e-4, atol=1e-6)
 
 
 def test_pooling_matches_numpy():
@@ -70,3 +71,13 @@ def test_output_probabilities():
     np.testing.assert_allclose(np.asarray(OutputProbabilities("sigmoid")(p)), [[0.8, 0.2], [0.1, 0.9]], rtol=1e-6)
     z = np.array([[0.0, np.log(3.0)]], np.float32)
     np.testing.assert_allclose(np.asarray(OutputProbabilities("logits")(z)), [[0.25, 0.75]], rtol=1e-6)
+
+
+def test_few_samples_per_feature_standardize_instead_of_whitening():
+    rng = np.random.default_rng(4)
+    f = (rng.normal(size=(50, 8)) * np.arange(1, 9)).astype(np.float32)  # 50 < 10 * 8
+    p = LinearProbe(3, whiten=True)
+    p.build((None, 8))
+    p.set_input_transform(f)
+    t = np.asarray(p.transform, dtype=np.float64)
+    np.testing.assert_allclose(t, np.diag(1 / f.astype(np.float64).std(0)), rtol=1e-5)

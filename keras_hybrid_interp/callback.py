@@ -79,6 +79,7 @@ from ._data import as_stream, to_class_indices
 from ._distribute import predict_on_batch
 from ._engine import resolve_entropy
 from .correlation import FilterCorrelation, StreamingMoments
+from .probes import input_transform as _input_transform
 
 __all__ = ["InterpretationCallback", "plot_training_dynamics"]
 
@@ -161,31 +162,6 @@ def _adam(z, targets, kernel, bias, *, epochs, batch_size, learning_rate, rng):
                 vi += (1 - _BETA2) * gr * gr
                 p -= alpha * mi / (np.sqrt(vi) + _ADAM_EPS)
     return params[0], params[1]
-
-
-def _input_transform(features, whiten, rtol=1e-9):
-    """``(mean, T)`` for probe inputs ``(f - mean) @ T`` (whiten) or ``(f - mean) * T``, float64.
-
-    The same transform as :meth:`LinearProbe.set_input_transform`: PCA
-    whitening (``T`` is D x D), or 1 / standard deviation per feature
-    (``T`` is (D,)); directions or features whose variance is below ``rtol``
-    times the largest get 0. Computed here in NumPy so that a record touches no
-    Keras variable; :meth:`InterpretationCallback._sync_probes` copies the
-    result into the probe layers.
-    """
-    mean = features.mean(axis=0)
-    centred = features - mean
-    if whiten:
-        cov = centred.T @ centred / max(len(features) - 1, 1)
-        lam, vec = np.linalg.eigh(cov)
-        keep = lam > rtol * lam.max() if lam.max() > 0 else np.zeros_like(lam, bool)
-        t = np.zeros_like(cov)
-        t[:, keep] = vec[:, keep] / np.sqrt(lam[keep])
-    else:
-        var = centred.var(axis=0)
-        keep = var > rtol * var.max() if var.max() > 0 else np.zeros_like(var, bool)
-        t = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
-    return mean, t
 
 
 class _ProbeFit:

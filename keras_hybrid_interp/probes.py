@@ -11,7 +11,7 @@ import numpy as np
 import keras
 from keras import ops
 
-__all__ = ["FeaturePooling", "LinearProbe", "adaptive_bins"]
+__all__ = ["FeaturePooling", "LinearProbe", "OutputProbabilities", "adaptive_bins", "input_transform"]
 
 _PACKAGE = "keras_hybrid_interp"
 
@@ -82,6 +82,48 @@ class FeaturePooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def input_transform(features, whiten: bool, rtol: float = 1e-9):
+    """``(mean, T)`` in float64 for probe inputs ``(f - mean) @ T`` (whiten) or ``(f - mean) * T``.
+
+    PCA whitening (``T`` is D x D) when ``whiten`` and there are at least
+    ``WHITEN_MIN_SAMPLES_PER_FEATURE`` samples per feature, else a diagonal
+    standardization (D x D diagonal when ``whiten``, a (D,) vector otherwise).
+    Directions or features whose variance is below ``rtol`` times the largest
+    get 0. Statistics are accumulated chunk by chunk, never as a float64 copy
+    of all N x D features. See :meth:`LinearProbe.set_input_transform`.
+    """
+    f = np.asarray(features)
+    n, dim = f.shape
+    # Float64 statistics computed chunk by chunk: never a float64 copy of all N x D features.
+    chunks = range(0, n, max(1, 2 ** 22 // max(dim, 1)))
+    mean = np.zeros(dim)
+    for start in chunks:
+        mean += f[start:start + chunks.step].sum(axis=0, dtype=np.float64)
+    mean /= max(n, 1)
+    if whiten and n >= WHITEN_MIN_SAMPLES_PER_FEATURE * dim:
+        cov = np.zeros((dim, dim))
+        for start in chunks:
+            c = f[start:start + chunks.step].astype(np.float64) - mean
+            cov += c.T @ c
+        cov /= max(n - 1, 1)
+        lam, vec = np.linalg.eigh(cov)
+        keep = lam > rtol * max(lam.max(), 0.0) if lam.max() > 0 else np.zeros_like(lam, bool)
+        t = np.zeros_like(cov)
+        t[:, keep] = vec[:, keep] / np.sqrt(lam[keep])
+        return mean, t
+    # Per-feature standardization; with whiten=True but too few samples to
+    # estimate a D x D covariance (whitening would blow up noise directions
+    # and the probe would overfit), as a diagonal matrix.
+    var = np.zeros(dim)
+    for start in chunks:
+        c = f[start:start + chunks.step].astype(np.float64) - mean
+        var += np.einsum("ij,ij->j", c, c)
+    var /= max(n, 1)
+    keep = var > rtol * max(var.max(), 0.0) if var.max() > 0 else np.zeros_like(var, bool)
+    t = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
+    return mean, (np.diag(t) if whiten else t)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LinearProbe(keras.layers.Layer):
     """Whiten-then-linear softmax classifier on pooled features.
@@ -132,43 +174,7 @@ class LinearProbe(keras.layers.Layer):
         covariance is too poorly estimated to whiten with, and the transform
         is a diagonal standardization instead.
         """
-        f = np.asarray(features)
-        n, dim = f.shape
-        # Float64 statistics computed chunk by chunk: never a float64 copy of all N x D features.
-        chunks = range(0, n, max(1, 2 ** 22 // max(dim, 1)))
-        mean = np.zeros(dim)
-        for start in chunks:
-            mean += f[start:start + chunks.step].sum(axis=0, dtype=np.float64)
-        mean /= max(n, 1)
-        if self.whiten and n < WHITEN_MIN_SAMPLES_PER_FEATURE * dim:
-            # Too few samples to estimate a D x D covariance: whitening would
-            # blow up noise directions and the probe would overfit. Standardize
-            # each feature instead (a diagonal transform).
-            var = np.zeros(dim)
-            for start in chunks:
-                c = f[start:start + chunks.step].astype(np.float64) - mean
-                var += np.einsum("ij,ij->j", c, c)
-            var /= max(n, 1)
-            keep = var > rtol * max(var.max(), 0.0) if var.max() > 0 else np.zeros_like(var, bool)
-            t = np.diag(np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0))
-        elif self.whiten:
-            cov = np.zeros((dim, dim))
-            for start in chunks:
-                c = f[start:start + chunks.step].astype(np.float64) - mean
-                cov += c.T @ c
-            cov /= max(n - 1, 1)
-            lam, vec = np.linalg.eigh(cov)
-            keep = lam > rtol * max(lam.max(), 0.0) if lam.max() > 0 else np.zeros_like(lam, bool)
-            t = np.zeros_like(cov)
-            t[:, keep] = vec[:, keep] / np.sqrt(lam[keep])
-        else:
-            var = np.zeros(dim)
-            for start in chunks:
-                c = f[start:start + chunks.step].astype(np.float64) - mean
-                var += np.einsum("ij,ij->j", c, c)
-            var /= max(n, 1)
-            keep = var > rtol * max(var.max(), 0.0) if var.max() > 0 else np.zeros_like(var, bool)
-            t = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
+        mean, t = input_transform(features, self.whiten, rtol)
         self.mean.assign(mean.astype(self.mean.dtype))
         self.transform.assign(t.astype(self.transform.dtype))
 

@@ -136,3 +136,18 @@ def assert_unchanged(before, after):
     assert before["loss"] == after["loss"]
     assert before["n_layers"] == after["n_layers"]
     assert before["config"] == after["config"]
+
+
+def edit_keras_config(src, dst, edit):
+    """Copies the .keras archive ``src`` to ``dst`` with ``edit(config)`` applied to its config.json."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        items = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(items["config.json"])
+    edit(config)
+    items["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, b in items.items():
+            z.writestr(n, b)

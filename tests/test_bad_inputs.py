@@ -28,7 +28,7 @@ from keras import layers
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
 from keras_hybrid_interp.datasets import load_digits, make_synthetic
 
-from models import Subclassed, small_cnn
+from models import Subclassed, edit_keras_config, small_cnn
 
 PKG = os.path.dirname(os.path.abspath(__import__("keras_hybrid_interp").__file__))
 
@@ -337,15 +337,7 @@ class CliBatch:
             self.proc.communicate()
 
 
-def _tampered(src, dst, edit):
-    with zipfile.ZipFile(src) as z:
-        items = {n: z.read(n) for n in z.namelist()}
-    config = json.loads(items["config.json"])
-    edit(config)
-    items["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(dst, "w") as z:
-        for n, b in items.items():
-            z.writestr(n, b)
+_tampered = edit_keras_config  # shared helper in tests/models.py
 
 
 def _os_system(config):

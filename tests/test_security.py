@@ -25,7 +25,7 @@ import keras_hybrid_interp
 from keras_hybrid_interp import HybridInterpreter
 from keras_hybrid_interp._saving import UnsafeFileError, load_keras_file
 
-from models import small_cnn
+from models import edit_keras_config, small_cnn
 from test_bad_inputs import CliBatch
 
 PKG = pathlib.Path(keras_hybrid_interp.__file__).parent
@@ -124,15 +124,7 @@ def test_the_package_source_has_no_way_to_run_what_it_reads():
 # ----------------------------------------------------------------------
 # Tampered and code-bearing .keras files
 # ----------------------------------------------------------------------
-def _edit_config(src, dst, edit):
-    with zipfile.ZipFile(src) as z:
-        items = {n: z.read(n) for n in z.namelist()}
-    config = json.loads(items["config.json"])
-    edit(config)
-    items["config.json"] = json.dumps(config).encode()
-    with zipfile.ZipFile(dst, "w") as z:
-        for n, b in items.items():
-            z.writestr(n, b)
+_edit_config = edit_keras_config  # shared helper in tests/models.py
 
 
 def _layer(config, name):

@@ -43,8 +43,10 @@ from keras import tree
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
 from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
+from keras.src.layers.pooling.base_global_pooling import BaseGlobalPooling
 from keras.src.layers.pooling.base_pooling import BasePooling
 from keras.src.models.functional import Functional
+from keras.src.ops import numpy as _ops_numpy
 
 __all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block"]
 
@@ -549,20 +551,37 @@ class ModelGraph:
     def discover_blocks(self) -> tuple[list[int], list[str]]:
         """Automatic block ends. Returns (tensor keys, notes explaining the choice).
 
-        Rule (documented in README "Block discovery"):
+        Rule (documented in README "Block discovery"; docs/ARCHITECTURES.md
+        shows what it finds for each ``keras.applications`` family):
 
         1. Candidates are cut points with a 4-D output (batch, H, W, C) and at
-           least one convolution before them.
+           least one convolution before them, that come before the classifier
+           head: a cut point produced by a global pooling (``GlobalAveragePooling2D``,
+           also with ``keepdims=True``, or ``keras.ops.mean``/``max`` over the
+           spatial axes) starts the head, and it and every tensor after it are
+           no candidates (MobileNetV3's 1x1 ``Conv2D`` logits are not a block).
         2. Natural block ends among them: pooling outputs; tensors that close
            a multi-path region (their operation merges two or more tensors,
            whether a ``keras.layers.Add``/``Concatenate``/``Multiply`` layer or
-           an operator such as ``x + y``); the last 4-D cut point.
+           an operator such as ``x + y``) holding at least one convolution or
+           pooling (a region of elementwise operations only, such as a swish
+           or hard-swish written as ``x * f(x)``, is an activation, not a
+           block); the last candidate.
         3. Each natural end is extended to the deepest cut point reached
            before the next convolution.
-        4. A stretch of graph without cut points holding more than
+        4. A stretch of graph without a single cut point that holds more than
            ``MAX_CONVS_WITHOUT_CUT`` convolutions (NASNet's cells each read the
-           two previous cells) gets the merge outputs crossed by the fewest
-           skip connections there: the cell outputs.
+           two previous cells) gets its *cell outputs*: the merges (4-D, after
+           a convolution) that every input-to-output path passes through
+           except the paths of one skip connection jumping over them. Formally,
+           a merge ``m`` of the stretch for which some tensor ``u`` of the
+           stretch *in series* with it (an ancestor or a descendant of ``m``,
+           where the skip leaves or arrives) makes ``{m, u}`` separate the
+           input from the output. Two branches side by side (a reshaped skip
+           beside a reduction cell, the two halves of a cell) separate only
+           together with each other and do not count. Of two cell outputs with
+           no convolution between them the deeper is kept, as in 3. They are
+           not cut points, and a note says so.
         """
         relevant = self._relevant()
         cover = self._cover(relevant)
@@ -586,20 +605,31 @@ class ModelGraph:
             p = self.tensors[k].producer
             return p is not None and self.ops[p].is_pooling
 
-        # Convolutions in each region (prev cut, cut]; region i ends at cuts[i].
+        # The classifier head starts at the first cut point made by a global pooling.
+        head = next((k for k in cuts if self._op_is_global_pool(self.ops[self.tensors[k].producer])), n)
+        cuts = [k for k in cuts if k < head]
+
+        # Convolutions (and local poolings) in each region (prev cut, cut]; region i ends at cuts[i].
         conv_positions = [
             k for o in self.ops if self._op_is_conv(o) for k in o.outputs if relevant[k]
         ]
+        pool_positions = [k for o in self.ops if o.is_pooling for k in o.outputs if relevant[k]]
         bounds = [-1] + cuts
 
         def convs_between(a, b):  # a < pos <= b
             return sum(1 for p in conv_positions if a < p <= b)
 
+        def structural_between(a, b):  # convolutions or poolings, a < pos <= b
+            return convs_between(a, b) + sum(1 for p in pool_positions if a < p <= b)
+
         cands = [k for k in cuts if is4d(k) and conv_before[k]]
-        natural = {k for k in cands if is_pool(k) or is_merge(k)}
+        cut_index = {k: i for i, k in enumerate(cuts)}
+        natural = {
+            k for k in cands
+            if is_pool(k) or (is_merge(k) and structural_between(bounds[cut_index[k]], k) > 0)
+        }
         if cands:
             natural.add(cands[-1])
-        cut_index = {k: i for i, k in enumerate(cuts)}
         ends = set()
         for k in natural:
             i = cut_index[k]
@@ -612,28 +642,26 @@ class ModelGraph:
             ends.add(cuts[i])
 
         # Long stretches without cut points (cells reading the two previous cells).
-        for a, b in zip(bounds[:-1], bounds[1:] + [n]):
-            if convs_between(a, b) <= MAX_CONVS_WITHOUT_CUT:
+        for a, b in zip(bounds, cuts + [head]):  # head == n: no head, up to the outputs
+            n_convs = convs_between(a, b)
+            if n_convs <= MAX_CONVS_WITHOUT_CUT:
                 continue
-            inner = [
-                k for k in range(a + 1, b)
-                if relevant[k] and is4d(k) and conv_before[k] and is_merge(k) and cover[k] > 0
-            ]
-            if not inner:
-                continue
-            low = min(cover[k] for k in inner)
-            cells = [k for k in inner if cover[k] == low]
-            # Keep the last merge of each run of consecutive candidates.
-            chosen = [k for k in cells if not any(
-                c for c in cells if c > k and not self._conv_path_between(k, c)
-            )]
-            ends.update(chosen)
-            notes.append(
+            chosen = self._cell_outputs(a, b, relevant, conv_before)
+            where = (
                 f"Between {self.tensors[a].name if a >= 0 else 'the input'!r} and "
                 f"{self.tensors[b].name if b < n else 'the output'!r} the graph has no cut point "
-                f"for {convs_between(a, b)} convolutions (each cell reads the cells before it). "
-                f"There, the blocks are the {len(chosen)} cell outputs: merges crossed by the "
-                f"fewest skip connections ({low}). They are not cut points."
+                f"for {n_convs} convolutions. "
+            )
+            if not chosen:
+                notes.append(where + "No merge there carries all paths but those of one skip "
+                             "connection, so no block end lies inside: pass `blocks=[...]` to choose "
+                             "layers yourself.")
+                continue
+            ends.update(chosen)
+            notes.append(
+                where + f"There, the blocks are the {len(chosen)} cell outputs (as when each cell "
+                "reads the two cells before it): merges that every path passes through except the "
+                "paths of one skip connection jumping over them. They are not cut points."
             )
         ends = sorted(ends)
         if not ends:
@@ -650,6 +678,86 @@ class ModelGraph:
                 "with no pooling or merge before it. Pass `blocks=[...]` to choose layers yourself."
             )
         return ends, notes
+
+    def _cell_outputs(self, a, b, relevant, conv_before) -> list[int]:
+        """Cell outputs in the stretch between cut points ``a`` and ``b`` (rule 4).
+
+        ``a == -1`` stands for the model inputs, ``b == len(self.tensors)`` for
+        the outputs. Returns tensor keys in graph order.
+        """
+        n = len(self.tensors)
+        inside = [k for k in range(a + 1, b) if relevant[k]]
+        if not inside:
+            return []
+        in_stretch = set(inside)
+        sources = [a] if a >= 0 else list(self.input_keys)
+        sinks = [b] if b < n else list(self.output_keys)
+        nodes = in_stretch | set(sources) | set(sinks)
+        succ: dict[int, list[int]] = {k: [] for k in nodes}
+        pred: dict[int, list[int]] = {k: [] for k in nodes}
+        edges = []
+        for o in self.ops:
+            for i in o.inputs:
+                if i in nodes:
+                    for k in o.outputs:
+                        if k in nodes and k != i and k not in sources and i not in sinks:
+                            succ[i].append(k)
+                            pred[k].append(i)
+                            edges.append((i, k))
+
+        def reach(starts, nxt, removed):
+            seen = {s for s in starts if s != removed}
+            stack = list(seen)
+            while stack:
+                k = stack.pop()
+                for j in nxt[k]:
+                    if j != removed and j not in seen:
+                        seen.add(j)
+                        stack.append(j)
+            return seen
+
+        def crossed_by_one_skip(m):
+            """Whether {m, u} separates input and output for a tensor u in series with m."""
+            alive = reach(sources, succ, m) & reach(sinks, pred, m)
+            # Cut points of the stretch without m: positions no edge jumps over (a
+            # virtual source before the sources, a virtual sink after the sinks).
+            lo = min(nodes) - 1
+            diff: dict[int, int] = {}
+
+            def jump(u, v):
+                if v - u > 1:
+                    diff[u + 1] = diff.get(u + 1, 0) + 1
+                    diff[v] = diff.get(v, 0) - 1
+
+            for s in sources:
+                jump(lo, s)
+            for t in sinks:
+                jump(t, n + 1)
+            for u, v in edges:
+                if u in alive and v in alive:
+                    jump(u, v)
+            run, partners = 0, []
+            for pos in range(lo + 1, max(inside) + 1):
+                run += diff.get(pos, 0)
+                if run == 0 and pos in in_stretch and pos in alive and pos != m:
+                    partners.append(pos)
+            if not partners:
+                return False
+            # In series (an ancestor or a descendant), not a branch beside m.
+            related = reach([m], succ, None) | reach([m], pred, None)
+            return any(u in related for u in partners)
+
+        cells = [
+            k for k in inside
+            if len(self.tensors[k].shape) == 4 and conv_before[k]
+            and sum(1 for i in self.ops[self.tensors[k].producer].inputs if relevant[i]) >= 2
+            and crossed_by_one_skip(k)
+        ]
+        # Of two cell outputs with no convolution between them, keep the deeper.
+        return [
+            k for k, nxt in zip(cells, cells[1:] + [None])
+            if nxt is None or nxt not in reach([k], succ, None) or self._conv_path_between(k, nxt)
+        ]
 
     def _conv_path_between(self, a, b) -> bool:
         """Whether some path from tensor a to tensor b passes a convolution."""
@@ -680,6 +788,18 @@ class ModelGraph:
         return isinstance(o.op, keras.layers.Dense) and any(
             len(self.tensors[i].shape) == 4 for i in o.inputs
         )
+
+    def _op_is_global_pool(self, o: OpNode) -> bool:
+        """Whether ``o`` pools a 4-D tensor over both spatial axes (layer or ``keras.ops``)."""
+        if isinstance(o.op, BaseGlobalPooling):
+            return True
+        if isinstance(o.op, (_ops_numpy.Mean, _ops_numpy.Max)) and any(
+            len(self.tensors[i].shape) == 4 for i in o.inputs
+        ):
+            axis = o.op.axis
+            axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+            return None in axes or {1, 2} <= {int(x) % 4 for x in axes}
+        return False
 
     def block_info(self, key: int, name: str | None = None) -> Block:
         t = self.tensors[key]

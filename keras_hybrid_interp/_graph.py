@@ -887,7 +887,3 @@ def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
     names = [graph.tensors[k].name for k in keys]
     return keys, names, [graph.block_info(k) for k in keys]
 
-
-def is_classifier_output(model) -> str | None:
-    """'softmax', 'sigmoid' or None for a built model (see classifier_activation)."""
-    return classifier_activation(ModelGraph(model))

@@ -370,3 +370,29 @@ def test_application_blocks_probes_and_model_unchanged(arch, form, tmp_path, mon
     # (graph replay on the loaded layers) is what differs, and is checked.
     interp, _ = fit_and_check_unchanged(model, fit=form != "reloaded")
     assert interp.block_names == names
+    if form != "reloaded":
+        check_importance_runs(model, interp, g, keys)
+
+
+def check_importance_runs(model, interp, g, keys):
+    """Permutation importance at a middle block and, where the architecture has
+    residual or concatenation blocks, at a layer inside one (not a cut point)."""
+    from keras_hybrid_interp import GlobalAnalyzer
+
+    shape = tuple(model.input_shape[1:])
+    x = (np.random.default_rng(1).random((4,) + shape) * 255).astype(np.float32)
+    before = snapshot(model, x)
+    ga = GlobalAnalyzer(interp)
+    cuts = set(g.cut_points())
+    first, last = keys[0], keys[-1]
+    inside = [t.key for t in g.tensors
+              if first < t.key < last and len(t.shape) == 4 and t.key not in cuts and t.producer is not None]
+    layers = [g.tensors[keys[len(keys) // 2]].name] + ([g.tensors[inside[len(inside) // 2]].name] if inside else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for layer in layers:
+            res = ga.filter_importance(x, None, layer, n_repeats=1, groups=[[0], [1], [2]], max_samples=4,
+                                       random_state=0)
+            assert res.importances.shape == (3, 1) and np.isfinite(res.importances).all()
+            assert res.baseline_score == 1.0  # agreement with the model's own predictions
+    assert_unchanged(before, snapshot(model, x))

@@ -14,7 +14,7 @@ Usage::
     strategy = tf.distribute.MirroredStrategy()
     with strategy.scope():
         interp = HybridInterpreter(model)   # probe variables are mirrored
-        interp.fit_probes(x, y)             # features and probe steps use every replica
+        interp.fit_probes(x, y)             # the features' forward pass uses every replica
         GlobalAnalyzer(interp).filter_correlation(x, "block3_pool")
 """
 
@@ -28,6 +28,9 @@ import keras
 
 __all__ = ["active_strategy", "predict_on_batch"]
 
+#: model -> {id(strategy): _DistributedPredictor}. Weak on the model, and no
+#: value refers to its key (a predictor holds its model by weak reference
+#: only), so an entry goes when its model is garbage-collected.
 _PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -44,17 +47,26 @@ def active_strategy():
 
 
 class _DistributedPredictor:
-    """One compiled, distributed forward function per (model, strategy)."""
+    """One compiled, distributed forward function per (model, strategy).
+
+    It refers to its model by weak reference only: it is the value of the
+    model's entry in ``_PREDICTORS`` and must not keep that key alive. The
+    traced function captures the model's variables by reference, so it
+    computes with the current weights at every call.
+    """
 
     def __init__(self, model, strategy):
         import tensorflow as tf
 
-        self.model = model
+        model_ref = weakref.ref(model)
         self.strategy = strategy
         self.replicas_fed = set()  # replica ids that received a shard (for tests and debugging)
 
         def replica_fn(*xs):
-            out = model(list(xs) if len(xs) > 1 else xs[0], training=False)
+            m = model_ref()
+            if m is None:  # pragma: no cover - the entry goes with its model
+                raise RuntimeError("The model of this distributed predictor has been garbage-collected.")
+            out = m(list(xs) if len(xs) > 1 else xs[0], training=False)
             return out if isinstance(out, (list, tuple)) else [out]
 
         def step(*dist_xs):
@@ -92,64 +104,3 @@ def predict_on_batch(model, x):
     if predictor is None or predictor.strategy is not strategy:
         predictor = per_model[id(strategy)] = _DistributedPredictor(model, strategy)
     return predictor(x)
-
-
-def check_in_scope(strategy, variables, what):
-    """ValueError unless ``variables`` were created under ``strategy``'s scope."""
-    for v in variables:
-        tf_var = getattr(v, "value", v)
-        if not strategy.extended.variable_created_in_scope(tf_var):
-            raise ValueError(
-                f"A tf.distribute strategy with {strategy.num_replicas_in_sync} replicas is active, "
-                f"but {what} was created outside its scope, so its variables are not mirrored. "
-                "Create it inside `with strategy.scope():` as well."
-            )
-
-
-def fit_distributed(trainer, feats, targets, epoch_batches, epochs, steps_per_epoch, val, batch_size, verbose):
-    """Trains ``trainer`` with Keras ``fit`` on the given mini-batches, split across replicas.
-
-    ``epoch_batches()`` yields, per epoch, the list of mini-batches (arrays of
-    sample indices). The batches are the same
-    ones the single-device loop uses, so both paths take the same steps; each
-    global batch is split across the replicas by Keras and the gradients are
-    all-reduced by TensorFlow.
-    """
-    import tensorflow as tf
-
-    multi = len(feats) > 1
-
-    def pack(idx):
-        fs = tuple(f[idx] for f in feats)
-        t = targets[idx]
-        return (fs, tuple(t for _ in fs)) if multi else (fs[0], t)
-
-    def gen():
-        for batches in epoch_batches():
-            for idx in batches:
-                yield pack(idx)
-
-    feat_specs = tuple(tf.TensorSpec((None, f.shape[1]), tf.float32) for f in feats)
-    t_spec = tf.TensorSpec((None, targets.shape[1]), tf.float32)
-    signature = (feat_specs, tuple(t_spec for _ in feats)) if multi else (feat_specs[0], t_spec)
-    data = tf.data.Dataset.from_generator(gen, output_signature=signature)
-    val_data = None
-    if val is not None:
-        vf, vt = val
-        val_sig = signature
-        vidx = [np.arange(s, min(s + batch_size, len(vt))) for s in range(0, len(vt), batch_size)]
-
-        def vgen():
-            for idx in vidx:
-                fs = tuple(f[idx] for f in vf)
-                yield (fs, tuple(vt[idx] for _ in fs)) if multi else (fs[0], vt[idx])
-
-        val_data = tf.data.Dataset.from_generator(vgen, output_signature=val_sig)
-    return trainer.fit(
-        data,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=val_data,
-        verbose=verbose,
-        shuffle=False,  # the batches above are already in the seeded order
-    )

@@ -22,9 +22,26 @@ so
   Keras bug fixed by keras-team/keras#22316 cannot bite).
 
 The replay calls the user's own layer objects: no weight is copied, created
-or changed, and no ``trainable`` flag or compile state is touched. The only
-side effect is the one every functional re-use of a layer has: Keras records
-an extra inbound node on each layer.
+or changed, and no ``trainable`` flag or compile state is touched.
+
+The user's model object is left alone
+-------------------------------------
+Every symbolic call of a Keras operation records a ``Node`` on it: the call
+is appended to the operation's ``_inbound_nodes`` and to the
+``_outbound_nodes`` of the operations that produced its inputs, and the
+output tensors remember their node by its *index* in ``_inbound_nodes``.
+Replaying the user's layers, or calling our own layers on the replayed
+tensors, would therefore grow the node lists of the user's layers for good.
+Instead, the graph keeps *shadow* node lists, one pair per user operation,
+and :meth:`ModelGraph.building` installs them on the user's operations while
+the graph is replayed or a side model is built, then puts the user's own
+lists back. The replayed tensors refer to the shadow lists, so every layer
+call on them and every ``keras.Model`` built from them must happen inside
+``building()``: :meth:`ModelGraph.build` and :meth:`ModelGraph.build_side_model`
+do that themselves, and :meth:`ModelGraph.symbolic` refuses to hand out a
+tensor outside it. A side model, once built, runs (``predict``, ``__call__``,
+gradients) anywhere: executing a functional model reads its own node table,
+not the node lists of its layers.
 
 It also finds the *cut points* of the graph and, from them, the natural
 block ends of a CNN (``discover_blocks``).
@@ -32,10 +49,12 @@ block ends of a CNN (``discover_blocks``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import threading
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 from keras import tree
@@ -69,6 +88,47 @@ _SUBCLASSED_HELP = (
     "    model = keras.Model(inputs, outputs)\n"
     "and copy the weights across with model.set_weights(subclassed.get_weights())."
 )
+
+
+#: Serializes :meth:`ModelGraph.building` across threads: while one thread has
+#: shadow node lists installed on a model's operations, no other thread may
+#: install or restore lists on them. Re-entrant, so contexts nest.
+_NODE_LISTS_LOCK = threading.RLock()
+#: Per thread, the ``building()`` contexts entered and not yet left, innermost
+#: last: ``(graph, replaced)`` with ``replaced`` the node lists it took off.
+_INSTALLED = threading.local()
+
+
+def _installed_stack() -> list:
+    stack = getattr(_INSTALLED, "stack", None)
+    if stack is None:
+        stack = _INSTALLED.stack = []
+    return stack
+
+
+class _ShadowNodes:
+    """The graph's own ``_inbound_nodes`` / ``_outbound_nodes`` for one user operation."""
+
+    __slots__ = ("op", "inbound", "outbound")
+
+    def __init__(self, op):
+        self.op = op
+        self.inbound: list = []
+        self.outbound: list = []
+
+
+def _swap_node_lists(op, inbound, outbound):
+    """Sets ``op``'s node lists; returns the ones it had.
+
+    ``object.__setattr__`` bypasses ``Layer.__setattr__``, whose tracker
+    would wrap the list in a new ``TrackedList`` (and whose backend base
+    classes may track the value too): restoring must put back the very
+    objects that were there, and the shadow lists are plain lists.
+    """
+    previous = (op._inbound_nodes, op._outbound_nodes)
+    object.__setattr__(op, "_inbound_nodes", inbound)
+    object.__setattr__(op, "_outbound_nodes", outbound)
+    return previous
 
 
 class _Ref:
@@ -161,6 +221,23 @@ class ModelGraph:
     input_shape : tuple of int, optional
         Shape of one input sample, without the batch dimension. Needed only
         for a Sequential model that was never built.
+
+    Side models
+    -----------
+    A side model computes tensors of the graph (block outputs, the model
+    output, our own layers applied to them) with the user's layers and
+    weights. Build one in one of three ways:
+
+    * :meth:`build` for graph tensors only: ``graph.build([k1, k2])`` from
+      the model input, ``graph.build(outputs, inputs=graph.frontier(k))``
+      for a tail;
+    * :meth:`build_side_model` for our own layers on top:
+      ``graph.build_side_model(lambda symbolic: [pool(symbolic(k))], name=...)``;
+    * by hand, inside ``with graph.building():``, where :meth:`symbolic`,
+      :attr:`symbolic_inputs` and :meth:`replay` may be used to call layers
+      and to construct ``keras.Model`` objects.
+
+    None of them adds a node to the user's layers: see :meth:`building`.
     """
 
     def __init__(self, model, input_shape: Sequence[int] | None = None):
@@ -173,11 +250,14 @@ class ModelGraph:
         self._aliases: dict[str, list[int]] = {}  # nested model path -> output keys
         self._used_paths: dict[str, int] = {}
         self._models: dict = {}  # (outputs, inputs) -> keras.Model, see build()
+        self._side_models: dict = {}  # cache_key -> keras.Model, see build_side_model()
+        self._shadows: dict[int, _ShadowNodes] = {}  # id(user operation) -> its shadow node lists
 
         inputs = self._make_inputs(model, input_shape)
         self.input_keys = [self._register(t, None, None) for t in inputs]
         self._inputs_struct = inputs
-        outputs = self._apply_model(model, inputs if len(inputs) > 1 else inputs[0], prefix="")
+        with self.building():
+            outputs = self._apply_model(model, inputs if len(inputs) > 1 else inputs[0], prefix="")
         flat_out = tree.flatten(outputs)
         self.output_keys = [self._key_of[id(t)] for t in flat_out]
         self._names = self._index_names()
@@ -245,8 +325,23 @@ class ModelGraph:
         self._used_paths[path] = n + 1
         return path if n == 0 else f"{path}#{n}"
 
+    def _adopt(self, op):
+        """Gives user operation ``op`` shadow node lists, installed at once if :meth:`building` is active.
+
+        Called for every operation before its first replayed call, and for
+        every (nested) model: a model is never called by the replay, but
+        a caller inside ``building()`` may call it on graph tensors.
+        """
+        if id(op) in self._shadows:
+            return
+        shadow = self._shadows[id(op)] = _ShadowNodes(op)
+        stack = _installed_stack()
+        if stack and stack[-1][0] is self:
+            stack[-1][1].append((op, *_swap_node_lists(op, shadow.inbound, shadow.outbound)))
+
     def _apply_model(self, model, inputs, prefix):
         """Replays ``model`` on canonical tensors ``inputs``; returns its outputs."""
+        self._adopt(model)
         if isinstance(model, keras.Sequential):
             x = inputs
             for layer in model.layers:
@@ -303,6 +398,7 @@ class ModelGraph:
 
         t_args = tree.map_structure(to_ref, args)
         t_kwargs = tree.map_structure(to_ref, kwargs)
+        self._adopt(op)
         outputs = op(*args, **kwargs)
         flat = tree.flatten(outputs)
         out_keys = [
@@ -388,17 +484,87 @@ class ModelGraph:
     # ------------------------------------------------------------------
     # Sub-models
     # ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def building(self) -> Iterator["ModelGraph"]:
+        """Context for calling layers on the graph's tensors and building side models from them.
+
+        Inside it, the user's operations (every layer and operation of the
+        flattened graph, and the model and its nested models) carry this
+        graph's shadow node lists instead of their own, so the nodes Keras
+        records for the calls and for ``keras.Model(...)`` land in the
+        shadow lists; on leaving, each operation gets back the very list
+        objects it had (also when the block raises). Hence:
+
+        * :meth:`symbolic`, :attr:`symbolic_inputs`, and layer calls and
+          ``keras.Model`` constructions on them, belong inside the context;
+          keep no symbolic tensor for use after it.
+        * A side model built inside runs anywhere afterwards (``predict``,
+          ``__call__``, gradients, ``stateless_call``) and reads the current
+          weights: executing a functional model walks its own node table.
+          It is meant for inference: its ``get_config()``, ``summary()``
+          and ``.keras`` saving look the nodes up in its layers' node lists,
+          so they are right only inside this context.
+        * While the context is active, the user's model must not be
+          inspected symbolically (``get_config()``, ``summary()``,
+          ``layer.output``): its layers show the shadow lists. The context
+          holds a process-wide re-entrant lock, so a ``building()`` in
+          another thread waits for it; other uses of the model from other
+          threads are not blocked.
+
+        Contexts nest, also across graphs of the same model; the innermost
+        one's lists are installed.
+
+        Example::
+
+            with graph.building():
+                pooled = keras.layers.GlobalAveragePooling2D()(graph.symbolic(k))
+                side = keras.Model(graph.symbolic_inputs[0], pooled)
+            side.predict(x)
+        """
+        with _NODE_LISTS_LOCK:
+            stack = _installed_stack()
+            replaced: list = []
+            stack.append((self, replaced))
+            try:
+                for shadow in self._shadows.values():
+                    replaced.append(
+                        (shadow.op, *_swap_node_lists(shadow.op, shadow.inbound, shadow.outbound))
+                    )
+                yield self
+            finally:
+                for op, inbound, outbound in reversed(replaced):
+                    _swap_node_lists(op, inbound, outbound)
+                stack.pop()
+
+    def _check_building(self, what: str):
+        stack = _installed_stack()
+        if not (stack and stack[-1][0] is self):
+            raise RuntimeError(
+                f"ModelGraph.{what} hands out the graph's symbolic tensors only inside "
+                "`with graph.building():`, where the node lists they refer to are installed on the "
+                "model's layers. Call layers on them and build the keras.Model inside that block, or "
+                "use graph.build_side_model(fn) / graph.build(keys); the side model then runs anywhere. "
+                "For a tensor's shape or name, read graph.tensors[key]."
+            )
+
     @property
     def symbolic_inputs(self) -> list:
-        """The fresh ``keras.Input`` tensors the flattened graph starts from."""
+        """The fresh ``keras.Input`` tensors the flattened graph starts from.
+
+        Only inside :meth:`building` (RuntimeError elsewhere).
+        """
+        self._check_building("symbolic_inputs")
         return [self._symbolic[k] for k in self.input_keys]
 
     def symbolic(self, key: int):
         """The symbolic tensor for ``key``, connected to :attr:`symbolic_inputs`.
 
         Calling Keras layers on it and building ``keras.Model(symbolic_inputs, ...)``
-        gives side models that share the user's layers (and weights).
+        gives side models that share the user's layers (and weights). Only
+        inside :meth:`building` (RuntimeError elsewhere); for its shape and
+        name, read ``graph.tensors[key]``.
         """
+        self._check_building("symbolic()")
         return self._symbolic[key]
 
     def build(self, outputs: Sequence[int], inputs: Sequence[int] | None = None, name: str | None = None):
@@ -418,23 +584,71 @@ class ModelGraph:
         self._models[cache_key] = model = self._build(outputs, inputs, name)
         return model
 
-    def _build(self, outputs, inputs, name):
-        if inputs is None:
+    def build_side_model(
+        self,
+        outputs_fn: Callable[[Callable[[int], Any]], Any],
+        name: str | None = None,
+        *,
+        cache_key=None,
+    ):
+        """Builds ``keras.Model(graph input, outputs_fn(self.symbolic))`` inside :meth:`building`.
+
+        ``outputs_fn`` receives :meth:`symbolic` (key -> symbolic tensor) and
+        returns the output tensor or the list of output tensors, typically
+        our own layers (pooling, probes) applied to graph tensors. A list of
+        one tensor gives a single-output model. Example::
+
+            model = graph.build_side_model(
+                lambda symbolic: [pool(symbolic(k)) for k in keys] + [symbolic(graph.output_keys[0])],
+                name="block_features",
+            )
+
+        With ``cache_key`` (any hashable naming what ``outputs_fn`` builds),
+        the model is built once per graph and key and kept by the graph, so
+        that its compiled predict function is re-used; it goes when the
+        graph goes. Cache side models here rather than in a module-level
+        mapping keyed by the graph: a Keras model is a reference cycle, so a
+        ``WeakKeyDictionary`` value outlives its key by one garbage
+        collection, and with it the user's layers and weights.
+        """
+        if cache_key is not None:
+            model = self._side_models.get(cache_key)
+            if model is None:
+                model = self._side_models[cache_key] = self.build_side_model(outputs_fn, name)
+            return model
+        with self.building():
+            outs = outputs_fn(self.symbolic)
+            outs = [outs] if isinstance(outs, keras.KerasTensor) else list(outs)
             ins = [self._symbolic[k] for k in self.input_keys]
-            outs = [self._symbolic[k] for k in outputs]
             return keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
-        inputs = list(inputs)
-        fresh = {}
-        for k in inputs:
-            t = self._symbolic[k]
-            fresh[k] = keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=_safe(self.tensors[k].name) + "_in")
-        values = self.replay(fresh, outputs)
-        ins = [fresh[k] for k in inputs]
-        outs = [values[k] for k in outputs]
-        return keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
+
+    def _build(self, outputs, inputs, name):
+        with self.building():
+            if inputs is None:
+                ins = [self._symbolic[k] for k in self.input_keys]
+                outs = [self._symbolic[k] for k in outputs]
+                return keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
+            inputs = list(inputs)
+            fresh = {}
+            for k in inputs:
+                t = self._symbolic[k]
+                fresh[k] = keras.Input(
+                    shape=tuple(t.shape[1:]), dtype=t.dtype, name=_safe(self.tensors[k].name) + "_in"
+                )
+            values = self.replay(fresh, outputs)
+            ins = [fresh[k] for k in inputs]
+            outs = [values[k] for k in outputs]
+            return keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
 
     def replay(self, values: dict, outputs: Sequence[int]) -> dict:
-        """Runs the ops needed for ``outputs`` given tensor ``values`` (key -> tensor)."""
+        """Runs the ops needed for ``outputs`` given tensor ``values`` (key -> tensor).
+
+        The calls are recorded where the user's operations currently keep
+        their nodes: inside :meth:`building` in the graph's shadow lists
+        (what :meth:`build` does), outside it on the user's layers, as for
+        any functional re-use of a layer. Replay and build the model from
+        the results in the same place.
+        """
         needed = self._ancestors_ops(outputs, stop=set(values))
         values = dict(values)
         for idx in sorted(needed):
@@ -825,22 +1039,6 @@ def _abbrev(names: list[str], n: int = 30) -> str:
     if len(names) <= n:
         return str(names)
     return str(names[: n // 2])[:-1] + f", ... ({len(names) - n} more) ..., " + str(names[-n // 2:])[1:]
-
-
-def classifier_activation(graph: ModelGraph) -> str | None:
-    """'softmax', 'sigmoid' or None, from the operation producing the graph output."""
-    producer = graph.tensors[graph.output_keys[0]].producer
-    if producer is None:
-        return None
-    op = graph.ops[producer].op
-    if isinstance(op, keras.layers.Softmax):
-        return "softmax"
-    act = getattr(op, "activation", None)
-    if act is not None:
-        name = getattr(act, "__name__", str(act))
-        if name in ("softmax", "sigmoid"):
-            return name
-    return None
 
 
 def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):

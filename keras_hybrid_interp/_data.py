@@ -9,14 +9,16 @@ shape, finiteness, and label shape and range.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import math
 from typing import Iterator
 
 import numpy as np
 
 import keras
 
-__all__ = ["DataStream", "as_stream", "to_class_indices"]
+__all__ = ["DataStream", "as_stream", "model_stream", "to_class_indices"]
 
 
 class _FreshModelTracingFilter(logging.Filter):
@@ -74,11 +76,19 @@ class DataStream:
         Expected shape of one sample (without batch), ``None`` for free dims.
     max_samples : int, optional
         Stop after this many samples (the first ones, deterministically).
+    steps : int, optional
+        Stop after this many batches (as ``steps`` of ``Model.predict``).
     argname : str
         Name of the argument, for error messages.
+
+    The data contract: a dataset of infinite cardinality (``tf.data`` with
+    ``.repeat()``, or a ``PyDataset`` whose ``num_batches`` is None) needs
+    ``steps`` or ``max_samples``; without either a ``ValueError`` is raised
+    at once. A dataset of unknown length streams until it is exhausted.
     """
 
-    def __init__(self, x, y=None, *, batch_size=32, input_shape=None, max_samples=None, argname="x"):
+    def __init__(self, x, y=None, *, batch_size=32, input_shape=None, max_samples=None, steps=None,
+                 argname="x"):
         self.argname = argname
         #: How error messages name the labels: the `y` argument, or those a dataset yields.
         self.label_argname = "y" if y is not None else f"y (the labels yielded by {argname})"
@@ -91,6 +101,9 @@ class DataStream:
         ):
             raise ValueError(f"`max_samples` must be a positive int or None; received {max_samples!r}.")
         self.max_samples = None if max_samples is None else int(max_samples)
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
+            raise ValueError(f"`steps` must be a positive int or None; received {steps!r}.")
+        self.steps = None if steps is None else int(steps)
 
         if isinstance(x, (list, tuple)) and len(x) and not isinstance(x[0], (int, float)):
             try:
@@ -139,7 +152,48 @@ class DataStream:
                 "Wrap a generator with tf.data.Dataset.from_generator(...).batch(n)."
             )
 
+        if self.infinite and self.steps is None and self.max_samples is None:
+            raise ValueError(
+                f"`{argname}` is a {self.kind} of infinite cardinality (it repeats forever), so an analysis "
+                "over it would never end. Pass `steps=` (number of batches) or `max_samples=` (number of "
+                "samples), or leave out .repeat()."
+            )
+
     # ------------------------------------------------------------------
+    @property
+    def infinite(self) -> bool:
+        """Whether the data source repeats forever (tf.data ``.repeat()``, a PyDataset without a length)."""
+        if self.kind == "tf.data":
+            import tensorflow as tf
+
+            return int(self._x.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+        if self.kind == "PyDataset":
+            return self._pydataset_batches() is None
+        return False
+
+    def _pydataset_batches(self):
+        try:
+            n = self._x.num_batches
+        except NotImplementedError:
+            return None
+        return None if n is None else int(n)
+
+    @property
+    def num_batches(self) -> int | None:
+        """Number of batches the stream yields, if known without iterating (progress bars)."""
+        if self.kind == "array":
+            n = math.ceil(self.num_samples / self.batch_size)
+        elif self.kind == "tf.data":
+            card = int(self._x.cardinality())
+            n = card if card >= 0 else None
+        else:
+            n = self._pydataset_batches()
+        if self.steps is not None:
+            n = self.steps if n is None else min(n, self.steps)
+        if n is not None and self.max_samples is not None and self.kind != "array":
+            return None  # where max_samples cuts a dataset is known only while iterating
+        return n
+
     @property
     def num_samples(self) -> int | None:
         """Number of samples if known without iterating, else None."""
@@ -147,6 +201,8 @@ class DataStream:
             n = len(self._x)
         else:
             return None
+        if self.steps is not None:
+            n = min(n, self.steps * self.batch_size)
         return n if self.max_samples is None else min(n, self.max_samples)
 
     @property
@@ -221,6 +277,8 @@ class DataStream:
             if n == 0:
                 raise ValueError(f"`{self.argname}` is empty: received 0 samples.")
             stop = n if limit is None else min(n, limit)
+            if self.steps is not None:
+                stop = min(stop, self.steps * self.batch_size)
             for start in range(0, stop, self.batch_size):
                 end = min(start + self.batch_size, stop)
                 yield self._x[start:end], None if self._y is None else self._y[start:end]
@@ -228,8 +286,11 @@ class DataStream:
         if self.kind == "tf.data":
             iterator = self._x.as_numpy_iterator()
         else:
-            iterator = (self._x[i] for i in range(len(self._x)))
+            nb = self._pydataset_batches()
+            iterator = (self._x[i] for i in (range(nb) if nb is not None else itertools.count()))
         for b, element in enumerate(iterator):
+            if self.steps is not None and b >= self.steps:
+                break
             xb, yb = self._split(element)
             self._check_x(xb, b)
             if yb is not None and len(yb) != len(xb):
@@ -253,6 +314,13 @@ def as_stream(x, y=None, **kwargs) -> DataStream:
     if isinstance(x, DataStream):
         return x
     return DataStream(x, y, **kwargs)
+
+
+def model_stream(graph, x, y=None, *, batch_size=64, max_samples=None, steps=None, argname="x") -> DataStream:
+    """A :class:`DataStream` over ``x`` checked against the input shape of ``graph``'s model."""
+    shape = graph.tensors[graph.input_keys[0]].shape[1:]
+    return as_stream(x, y, batch_size=batch_size, input_shape=shape, max_samples=max_samples, steps=steps,
+                     argname=argname)
 
 
 def to_class_indices(y, num_classes: int, argname: str = "y") -> np.ndarray:

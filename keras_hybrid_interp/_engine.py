@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,7 +40,7 @@ import numpy as np
 import keras
 from ._distribute import predict_on_batch
 
-__all__ = ["TailEngine", "Job", "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["TailEngine", "Job", "FrontierCache", "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET"]
 
 #: Bytes of activations one stacked tail pass may use (estimate).
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -145,7 +144,6 @@ class TailEngine:
                 f"{len(graph.output_keys)} outputs."
             )
         self.frontier = graph.frontier(key)
-        self.prefix = graph.build(self.frontier, name="khi_prefix")
         self.tail = graph.build(graph.output_keys, inputs=self.frontier, name="khi_tail")
         self.shape = tuple(graph.tensors[key].shape[1:])
         self.channels = int(self.shape[-1])
@@ -171,40 +169,6 @@ class TailEngine:
             dims = self.graph.tensors[k].shape[1:]
             total += int(np.prod([d or 1 for d in dims], dtype=np.int64)) * 4
         return total
-
-    def cache(self, stream) -> Cache:
-        """Runs the prefix once over ``stream`` and keeps the frontier tensors."""
-        parts: list[list[np.ndarray]] = [[] for _ in self.frontier]
-        labels: list = []
-        have_labels = True
-        n = 0
-        warned = False
-        per = self.frontier_bytes_per_sample()
-        for xb, yb in stream:
-            outs = _as_list(predict_on_batch(self.prefix, xb))
-            for p, o in zip(parts, outs):
-                p.append(np.asarray(o))
-            if (yb is not None) != have_labels and (n or labels):
-                raise ValueError(
-                    "`x` yields labels for some batches and not for others; label every batch or none."
-                )
-            if yb is None:
-                have_labels = False
-            else:
-                labels.append(np.asarray(yb))
-            n += len(xb)
-            if not warned and n * per > CACHE_WARN_BYTES:
-                warned = True
-                warnings.warn(
-                    f"Permutation/ablation caches the activations at {self.graph.tensors[self.key].name!r} "
-                    f"(and the tensors crossing the cut) for every analysed sample; that exceeds "
-                    f"{CACHE_WARN_BYTES / 2**30:.0f} GiB at {n} samples. Pass `max_samples=` to limit it.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-        arrays = [np.concatenate(p, axis=0) for p in parts]
-        lab = np.concatenate(labels, axis=0) if (have_labels and labels) else None
-        return Cache(arrays, lab, n)
 
     # ------------------------------------------------------------------
     def plan(self, n: int, n_jobs: int, perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
@@ -308,6 +272,20 @@ class TailEngine:
                 progress(min(g0 + p, len(jobs)))
         return scores
 
+    def baseline_outputs(self, cache: Cache, n_jobs: int, perturbations_per_eval="auto",
+                         memory_budget=DEFAULT_MEMORY_BUDGET) -> np.ndarray:
+        """Unperturbed tail outputs (n, *output_shape), from passes of the same shape as the jobs'.
+
+        The baseline runs as ``P`` unperturbed copies stacked like the ``n_jobs``
+        perturbations will be, so that every tail pass of an importance run has
+        one batch shape: a perturbation that changes nothing (a filter the tail
+        ignores, a dead filter permuted) then gives exactly the baseline, even on
+        kernels that are not batch-size invariant.
+        """
+        p, _ = self.plan(cache.n, max(int(n_jobs), 1), perturbations_per_eval, memory_budget)
+        none = Job(np.array([], dtype=np.int64))
+        return self.outputs(cache, [none] * p, perturbations_per_eval=p, memory_budget=memory_budget)[0]
+
     def outputs(self, cache: Cache, jobs: Sequence[Job], perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
         """Tail outputs for every job, shape (len(jobs), n, *output_shape). For tests and small runs."""
         collected = []
@@ -337,13 +315,61 @@ class TailEngine:
         return self._grad_fn(list(arrays), labels)
 
 
+class FrontierCache:
+    """Reducer that keeps the frontier tensors of an engine for every sample of a pass (the tail's cache).
+
+    Memory: ``n x (H*W*C of the layer + the tensors crossing the cut)`` numbers
+    in the model dtype; a warning suggests ``max_samples`` above 1 GiB.
+    """
+
+    def __init__(self, engine: TailEngine):
+        from ._pass import Tap
+
+        self.engine = engine
+        self.taps = tuple(Tap(k, "raw") for k in engine.frontier)
+        self._parts = [[] for _ in engine.frontier]
+        self._labels = []
+        self._per = engine.frontier_bytes_per_sample()
+        self.n = 0
+        self._warned = False
+
+    def update(self, batch):
+        for p, t in zip(self._parts, self.taps):
+            p.append(batch.values[t.ident])
+        if batch.y is not None:
+            self._labels.append(np.asarray(batch.y))
+        self.n += len(batch.x)
+        if not self._warned and self.n * self._per > CACHE_WARN_BYTES:
+            self._warned = True
+            from . import _warnings
+
+            _warnings.warn(
+                "large_cache",
+                f"Permutation/ablation caches the activations at {self.engine.graph.tensors[self.engine.key].name!r} "
+                f"(and the tensors crossing the cut) for every analysed sample; that exceeds "
+                f"{CACHE_WARN_BYTES / 2**30:.0f} GiB at {self.n} samples. Pass `max_samples=` to limit it.",
+            )
+
+    def result(self) -> Cache:
+        arrays = [np.concatenate(p, axis=0) for p in self._parts]
+        labels = np.concatenate(self._labels, axis=0) if self._labels else None
+        return Cache(arrays, labels, self.n)
+
+
 def make_input_gradient(model, loss_fn):
     """Backend switch for the gradient of a summed loss w.r.t. the first input.
 
-    Returns ``f(arrays, labels) -> (gradient, output)`` as NumPy arrays.
-    ``tensorflow``: ``tf.GradientTape`` inside one ``tf.function`` (traced once
-    per input shape); ``jax``: ``jax.value_and_grad`` under ``jax.jit``;
-    ``torch``: ``torch.autograd.grad``.
+    Returns ``f(arrays, labels) -> (gradient, output)`` as NumPy arrays,
+    computed with the model's weights as they are at each call of ``f``
+    (also after ``variable.assign``):
+
+    * ``tensorflow``: ``tf.GradientTape`` inside one ``tf.function`` (traced
+      once per input shape), which reads the variables by reference;
+    * ``jax``: ``jax.value_and_grad`` of ``model.stateless_call`` under
+      ``jax.jit``, with the current variable values passed in as arguments
+      at every call (a jitted closure over the model would bake the values
+      of its first trace in as constants);
+    * ``torch``: ``torch.autograd.grad``, eager.
     """
     backend = keras.backend.backend()
 
@@ -372,15 +398,19 @@ def make_input_gradient(model, loss_fn):
         import jax
         import jax.numpy as jnp
 
-        def loss_of(a0, rest, labels):
-            out = forward([a0] + list(rest))
+        def loss_of(a0, rest, labels, trainable, non_trainable):
+            xs = [a0] + list(rest)
+            out, _ = model.stateless_call(trainable, non_trainable, xs if len(xs) > 1 else xs[0], training=False)
             return jnp.sum(loss_fn(out, labels)), out
 
+        # Differentiates w.r.t. the first argument only.
         step = jax.jit(jax.value_and_grad(loss_of, has_aux=True))
 
         def f(arrays, labels):
+            trainable = [v.value for v in model.trainable_variables]
+            non_trainable = [v.value for v in model.non_trainable_variables]
             (_, out), g = step(jnp.asarray(arrays[0]), [jnp.asarray(a) for a in arrays[1:]],
-                               None if labels is None else jnp.asarray(labels))
+                               None if labels is None else jnp.asarray(labels), trainable, non_trainable)
             return np.asarray(g), np.asarray(out)
 
         return f

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _graph
-from ._data import as_stream
+from . import _graph, _pass, _warnings
+from ._data import model_stream
 from ._engine import TailEngine
-from .association import FilterClassAssociation, filter_class_association as _association
-from .correlation import FilterCorrelation, filter_correlation as _correlation
-from .importance import FilterImportance, OutputSpec, filter_importance as _importance
-from .similarity import LayerSimilarity, layer_similarity as _similarity
+from ._output import KINDS, output_activation, reader_for
+from .association import AssociationMoments, FilterClassAssociation, association_result
+from .correlation import FilterCorrelation, correlation_result, filter_correlation_reducer
+from .importance import FilterImportance, check_request, importance_reducer, importance_result
+from .similarity import CKAMoments, LayerSimilarity, similarity_result
 
 __all__ = ["GlobalAnalyzer"]
-
-_OUTPUTS = ("auto", "softmax", "sigmoid", "logits")
 
 
 class GlobalAnalyzer:
@@ -63,7 +62,8 @@ class GlobalAnalyzer:
     >>> imp.to_frame().groupby("filter").importance.mean()
     """
 
-    def __init__(self, model_or_interpreter, blocks="auto", *, batch_size=64, input_shape=None, output="auto"):
+    def __init__(self, model_or_interpreter, blocks="auto", *, batch_size=64, input_shape=None, output="auto",
+                 class_names=None):
         obj = model_or_interpreter
         if hasattr(obj, "graph") and hasattr(obj, "block_keys") and isinstance(getattr(obj, "graph"), _graph.ModelGraph):
             self.graph = obj.graph
@@ -71,6 +71,8 @@ class GlobalAnalyzer:
             self.model = getattr(obj, "wrapped_model", None) or self.graph.model
             if output == "auto":
                 output = getattr(obj, "output_kind", "auto") or "auto"
+            if class_names is None:
+                class_names = getattr(obj, "class_names", None)
         else:
             self.graph = _graph.ModelGraph(obj, input_shape=input_shape)
             self.block_keys, _, _ = _graph.select_blocks(self.graph, blocks)
@@ -83,18 +85,22 @@ class GlobalAnalyzer:
                 f"GlobalAnalyzer needs a single-output model; model {g.model.name!r} has {len(g.output_keys)} "
                 "outputs. Wrap the one you want: keras.Model(model.inputs, model.outputs[i])."
             )
-        if output not in _OUTPUTS:
-            raise ValueError(f"`output` must be one of {list(_OUTPUTS)}; received {output!r}.")
-        kind = _graph.classifier_activation(g) if output == "auto" else output
-        self.output_kind = None if kind == "logits" else kind
-        #: False when output="auto" found no softmax or sigmoid: the class-based
-        #: analyses then refuse to guess that the output holds logits.
-        self._classifier = kind is not None
+        if output not in ("auto",) + KINDS:
+            raise ValueError(f"`output` must be one of {['auto', *KINDS]}; received {output!r}.")
+        out_shape = g.tensors[g.output_keys[0]].shape
+        #: How the output is read; None when output="auto" found no softmax or sigmoid (not taken
+        #: for a classifier: the class-based analyses then ask for output="logits").
+        self.reader = None
+        if output != "auto" or (len(out_shape) == 2 and output_activation(g) in ("softmax", "sigmoid")):
+            self.reader = reader_for(g, output, g.model.name)
+        self.output_kind = None if self.reader is None else self.reader.kind
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
         self.batch_size = int(batch_size)
         self.block_names = [g.tensors[k].name for k in self.block_keys]
-        self._spec = OutputSpec(g, self.output_kind)
+        k = None if self.reader is None else self.reader.num_classes
+        self.class_names = None if k is None else (
+            [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)])
         self._engines: dict[int, TailEngine] = {}
 
     # ------------------------------------------------------------------
@@ -106,13 +112,18 @@ class GlobalAnalyzer:
     def __repr__(self):
         return f"GlobalAnalyzer(model={self.graph.model.name!r}, blocks={self.block_names})"
 
-    def _stream(self, x, y=None, batch_size=None, max_samples=None):
-        shape = self.graph.tensors[self.graph.input_keys[0]].shape[1:]
-        return as_stream(x, y, batch_size=self.batch_size if batch_size is None else batch_size,
-                         input_shape=shape, max_samples=max_samples, argname="x")
+    def stream(self, x, y=None, *, batch_size=None, max_samples=None, steps=None):
+        """``x`` (and ``y``) as a checked stream of batches for this model."""
+        return model_stream(self.graph, x, y, batch_size=self.batch_size if batch_size is None else batch_size,
+                            max_samples=max_samples, steps=steps)
 
-    def _require_classifier(self, what):
-        if self._classifier:
+    def run(self, stream, reducers):
+        """One pass of ``stream`` through the model, feeding ``reducers`` (see :mod:`._pass`)."""
+        k = None if self.reader is None else self.reader.num_classes
+        return _pass.run(self.graph, stream, reducers, num_classes=k)
+
+    def require_classifier(self, what):
+        if self.reader is not None:
             return
         shape = self.graph.tensors[self.graph.output_keys[0]].shape
         raise ValueError(
@@ -123,7 +134,8 @@ class GlobalAnalyzer:
             "and layer_similarity need no classes."
         )
 
-    def _key(self, block, argname="block"):
+    def key(self, block, argname="block"):
+        """``(tensor key, name)`` of a layer with a 4-D output."""
         if block is None:
             raise TypeError(f"`{argname}` is required: a layer name with a 4-D output; default blocks: {self.block_names}.")
         keys, names, _ = _graph.select_blocks(self.graph, [block] if not isinstance(block, list) else block, argname)
@@ -131,13 +143,16 @@ class GlobalAnalyzer:
             raise TypeError(f"`{argname}` must name one layer; received {block!r}.")
         return keys[0], names[0]
 
-    def _engine(self, key) -> TailEngine:
+    def engine(self, key) -> TailEngine:
+        """The tail engine cut at tensor ``key`` (built once per analyzer)."""
         if key not in self._engines:
             self._engines[key] = TailEngine(self.graph, key)
         return self._engines[key]
 
     # ------------------------------------------------------------------
-    def filter_correlation(self, x, block, statistic="mean", *, batch_size=None, max_samples=None) -> FilterCorrelation:
+    @_warnings.collecting
+    def filter_correlation(self, x, block=None, statistic="mean", *, batch_size=None, max_samples=None,
+                           steps=None) -> FilterCorrelation:
         """Pearson correlation between the filters of ``block``.
 
         Each filter is summarised per sample by the spatial mean (or max) of
@@ -151,7 +166,7 @@ class GlobalAnalyzer:
         block : str, int or layer
             Any layer with a 4-D output (batch, H, W, C).
         statistic : {"mean", "max"}
-        batch_size, max_samples : int, optional
+        batch_size, max_samples, steps : int, optional
 
         Returns
         -------
@@ -159,37 +174,39 @@ class GlobalAnalyzer:
             ``.matrix`` (C x C DataFrame), ``.dead_filters``, ``.clusters(threshold)``,
             ``.redundancy``. Dead (constant) filters get NaN rows and columns and a warning.
         """
-        key, name = self._key(block)
-        return _correlation(self.graph, key, self._stream(x, None, batch_size, max_samples), statistic, name)
+        key, name = self.key(block)
+        red = filter_correlation_reducer(self.graph, key, statistic)
+        self.run(self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
+        return correlation_result(red, name, statistic)
 
+    @_warnings.collecting
     def filter_class_association(self, x, y=None, block=None, *, statistic="mean", batch_size=None,
-                                 max_samples=None) -> FilterClassAssociation:
+                                 max_samples=None, steps=None) -> FilterClassAssociation:
         """Point-biserial correlation between each filter of ``block`` and each class.
 
         ``r_ck = corr_n(s_nc, 1[y_n = k])`` with ``s_nc`` the spatial mean (or
         max) of filter ``c`` on sample ``n``; equivalently
         ``(mean(s_c | y=k) - mean(s_c)) / sd(s_c) * sqrt(p_k / (1 - p_k))``.
         In [-1, 1]; positive when the filter fires more on class ``k`` than on
-        the others. NaN for dead filters and for classes absent from the data.
-        Labels come from ``y``, else from the dataset, else the model's
-        predicted class.
+        the others. NaN for dead filters and for classes absent from the data
+        (with a warning naming them). Labels come from ``y``, else from the
+        dataset, else the model's predicted class.
 
         Returns
         -------
         FilterClassAssociation
             ``.values`` / ``.table``: shape (C, K).
         """
-        key, name = self._key(block)
-        self._require_classifier("filter_class_association")
-        stream = self._stream(x, y, batch_size, max_samples)
-        k = self._spec.num_classes
-        if k is None:
-            raise ValueError("filter_class_association needs a classifier output (softmax, sigmoid or logits).")
-        return _association(self.graph, key, stream, k, y is not None, self.output_kind, statistic, name)
+        key, name = self.key(block)
+        self.require_classifier("filter_class_association")
+        red = AssociationMoments(self.graph, key, statistic, self.reader, y is not None)
+        self.run(self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
+        return association_result(red, name, self.class_names)
 
+    @_warnings.collecting
     def filter_importance(self, x, y=None, block=None, *, method="permutation", n_repeats=5, scoring="accuracy",
-                          random_state=None, groups=None, max_samples=None, perturbations_per_eval="auto",
-                          ablation_value="zero", batch_size=None) -> FilterImportance:
+                          random_state=None, groups=None, max_samples=None, steps=None,
+                          perturbations_per_eval="auto", ablation_value="zero", batch_size=None) -> FilterImportance:
         """Importance of each filter (or group of filters) of ``block``.
 
         Importance = baseline score - score after perturbing the filter
@@ -220,8 +237,8 @@ class GlobalAnalyzer:
         groups : list of lists of int, optional
             Filters perturbed jointly, one row per group (e.g.
             ``FilterCorrelation.clusters(t)``).
-        max_samples : int, optional
-            Analyse the first ``max_samples`` samples. Permutation and ablation
+        max_samples, steps : int, optional
+            Analyse the first samples (or batches). Permutation and ablation
             cache the activations at ``block`` (and the skip tensors) for these
             samples: ``max_samples x H x W x C`` numbers. None: all samples (a
             warning is emitted above 1 GiB).
@@ -235,17 +252,23 @@ class GlobalAnalyzer:
             ``importances`` (G, n_repeats), ``importances_mean``,
             ``importances_std``, ``baseline_score``, ``.to_frame()``.
         """
-        key, name = self._key(block)
+        key, name = self.key(block)
         if method == "taylor" or (method in ("permutation", "ablation") and scoring in ("accuracy", "loss")):
-            self._require_classifier(f"filter_importance(method={method!r}, scoring={scoring!r})")
-        stream = self._stream(x, y, batch_size, max_samples)
-        return _importance(
-            self._engine(key), stream, self._spec, y_given=y is not None, block=name, method=method,
-            n_repeats=n_repeats, scoring=scoring, random_state=random_state, groups=groups,
-            ablation_value=ablation_value, perturbations_per_eval=perturbations_per_eval,
-        )
+            self.require_classifier(f"filter_importance(method={method!r}, scoring={scoring!r})")
+        engine = self.engine(key)
+        request = check_request(engine, self.reader, method=method, n_repeats=n_repeats, scoring=scoring,
+                                random_state=random_state, groups=groups, ablation_value=ablation_value,
+                                perturbations_per_eval=perturbations_per_eval)
+        stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        if method == "permutation" and stream.num_samples is not None and stream.num_samples < 2:
+            raise ValueError("Permutation importance shuffles across samples and needs at least 2 samples; "
+                             f"`x` has {stream.num_samples}.")
+        red = importance_reducer(engine, request, self.reader)
+        self.run(stream, [red])
+        return importance_result(engine, red, request, self.reader, y_given=y is not None, block=name)
 
-    def layer_similarity(self, x, blocks=None, *, batch_size=None, max_samples=None) -> LayerSimilarity:
+    @_warnings.collecting
+    def layer_similarity(self, x, blocks=None, *, batch_size=None, max_samples=None, steps=None) -> LayerSimilarity:
         """Linear CKA (Kornblith et al. 2019) between blocks, on spatially averaged features.
 
         Each block ``l`` is represented by ``X_l`` (N x C_l), the per-sample
@@ -264,9 +287,13 @@ class GlobalAnalyzer:
         LayerSimilarity
             ``.matrix`` (L x L DataFrame), ``.to_frame()``.
         """
+        keys, names = self.similarity_blocks(blocks)
+        red = CKAMoments(self.graph, keys)
+        self.run(self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
+        return similarity_result(red, names)
+
+    def similarity_blocks(self, blocks=None):
         if blocks is None:
-            keys = list(self.block_keys)
-            names = list(self.block_names)
-        else:
-            keys, names, _ = _graph.select_blocks(self.graph, blocks, "blocks")
-        return _similarity(self.graph, keys, names, self._stream(x, None, batch_size, max_samples))
+            return list(self.block_keys), list(self.block_names)
+        keys, names, _ = _graph.select_blocks(self.graph, blocks, "blocks")
+        return keys, names

@@ -22,16 +22,15 @@ float64 (per-class means and per-filter variance, Chan's update).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pandas as pd
 
-from ._data import to_class_indices
-from .correlation import check_statistic, summarize, warn_dead
-from ._distribute import predict_on_batch
+from ._pass import ChannelRange, Tap
+from .correlation import PASS_MODES, check_statistic, warn_dead
+from ._warnings import check_classes
 
-__all__ = ["FilterClassAssociation", "filter_class_association"]
+__all__ = ["FilterClassAssociation", "AssociationMoments", "association_result"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -51,6 +50,8 @@ class FilterClassAssociation:
     block, statistic, label_source : str
         ``label_source`` is ``"y"``, ``"dataset"`` or ``"model predictions"``.
     n_samples : int
+    class_names : tuple of str, optional
+        Names of the K classes (tables and plots use them).
     """
 
     values: np.ndarray
@@ -61,6 +62,7 @@ class FilterClassAssociation:
     statistic: str
     label_source: str
     n_samples: int
+    class_names: tuple | None = None
 
     def __post_init__(self):
         for a in (self.values, self.class_means, self.class_counts, self.dead_filters):
@@ -83,10 +85,12 @@ class FilterClassAssociation:
         """Long form: one row per (filter, class) with ``r`` and ``class_mean``."""
         c, k = self.values.shape
         f, cl = np.meshgrid(np.arange(c), np.arange(k), indexing="ij")
+        names = self.class_names or tuple(str(i) for i in range(k))
         return pd.DataFrame({
             "block": self.block,
             "filter": f.ravel(),
             "class": cl.ravel(),
+            "class_name": [names[i] for i in cl.ravel()],
             "r": self.values.ravel(),
             "class_mean": self.class_means.ravel(),
         })
@@ -137,45 +141,45 @@ class _ClassMoments:
         return r.T.copy(), cm.T.copy(), np.flatnonzero(dead)
 
 
-def filter_class_association(graph, key, stream, num_classes, y_given, out_kind, statistic="mean",
-                             block_name=None) -> FilterClassAssociation:
-    """Streams once; see :meth:`GlobalAnalyzer.filter_class_association`."""
-    statistic = check_statistic(statistic)
-    c = int(graph.tensors[key].shape[-1])
-    model = graph.build([key] + list(graph.output_keys), name="khi_assoc")
-    acc = _ClassMoments(c, num_classes)
-    source = None
-    for xb, yb in stream:
-        act, out = predict_on_batch(model, xb)[:2]
-        s = summarize(np.asarray(act), statistic)
-        if yb is not None:
-            src = "y" if y_given else "dataset"
-            labels = to_class_indices(yb, num_classes, argname=getattr(stream, "label_argname", "y"))
+class AssociationMoments:
+    """Reducer of the association: per-class moments of the per-sample filter summaries.
+
+    Labels come from the batch (``y`` or the dataset) or, without labels,
+    from the model's predicted class (read with ``reader``).
+    """
+
+    def __init__(self, graph, key, statistic, reader, y_given):
+        statistic = check_statistic(statistic)
+        self.statistic = statistic
+        self.tap = Tap(key, PASS_MODES[statistic])
+        self.out_tap = Tap(graph.output_keys[0], "raw")
+        self.range = ChannelRange(key)
+        self.taps = (self.tap, self.out_tap) + self.range.taps
+        self.reader = reader
+        self.y_given = y_given
+        self.acc = _ClassMoments(int(graph.tensors[key].shape[-1]), reader.num_classes)
+        self.source = None
+
+    def update(self, batch):
+        s = np.asarray(batch.values[self.tap.ident], dtype=np.float64)
+        if batch.y is not None:
+            src, labels = ("y" if self.y_given else "dataset"), batch.y
         else:
-            src = "model predictions"
-            labels = predicted_classes(np.asarray(out), out_kind)
-        if source is None:
-            source = src
-        elif source != src:
-            raise ValueError("`x` yields labels for some batches and not for others; label every batch or none.")
-        acc.update(s, labels)
+            src, labels = "model predictions", self.reader.predicted(batch.values[self.out_tap.ident])
+        self.source = src
+        self.acc.update(s, labels)
+        self.range.update(batch)
+
+
+def association_result(red: AssociationMoments, block: str, class_names=None) -> FilterClassAssociation:
+    """The :class:`FilterClassAssociation` of a reducer that has seen a pass."""
+    acc = red.acc
     if acc.n < 2:
         raise ValueError(f"`x` must hold at least 2 samples; received {acc.n}.")
-    r, cm, dead = acc.result()
-    name = block_name or graph.tensors[key].name
-    warn_dead(dead, name, "class association", stacklevel=4)
-    absent = np.flatnonzero(acc.counts == 0)
-    if len(absent):
-        warnings.warn(
-            f"Classes {absent[:20].tolist()} do not occur among the {acc.n} analysed samples "
-            f"(labels from {source}); their association is NaN.", UserWarning, stacklevel=4)
-    return FilterClassAssociation(r, cm, acc.counts.copy(), dead, name, statistic, source, acc.n)
-
-
-def predicted_classes(out: np.ndarray, out_kind) -> np.ndarray:
-    """Class indices predicted by a model output of shape (n, K) or (n, 1) (sigmoid)."""
-    out = out.reshape(len(out), -1)
-    if out.shape[1] == 1:
-        thr = 0.5 if out_kind == "sigmoid" else 0.0
-        return (out[:, 0] > thr).astype(np.int64)
-    return np.argmax(out, axis=1).astype(np.int64)
+    r, cm, _ = acc.result()  # NaN rows for constant summaries (the dead filters among them)
+    dead = red.range.dead
+    warn_dead(dead, block)
+    names = class_names or [str(k) for k in range(len(acc.counts))]
+    check_classes(acc.counts, names, "the model's predictions" if red.source == "model predictions" else "the labels")
+    return FilterClassAssociation(r, cm, acc.counts.copy(), dead, block, red.statistic, red.source, acc.n,
+                                  tuple(names))

@@ -44,29 +44,25 @@ importance (one block, whole subset, optional)
 
 Probes
 ------
-The same linear softmax probes as :class:`HybridInterpreter` (pooled
-features, whitened as in :meth:`LinearProbe.set_input_transform`, then a
-linear layer), trained with Adam on the cross-entropy. The first fit starts
-from zero and runs ``initial_epochs`` (100) passes at ``initial_learning_rate``
-(0.05), as :meth:`HybridInterpreter.fit_probes`. Later records *warm-start*:
-the input transform is refitted on the new features (they drift as the model
-learns), the probe starts from the least-squares fit, in the new features, of
-the previous probe's logits on the same probe-fit samples, and ``epochs`` (5)
-passes at ``learning_rate`` (0.01) follow. On the demo CNN this warm start is
-closer to a converged L2 logistic regression than a fresh 100-epoch fit at
-every record, with 20 times fewer Adam passes (a whole record costs about a
-third as much; BENCHMARKS.md, B4).
+The same probes as :class:`HybridInterpreter`, fitted by the same trainer
+(:mod:`~keras_hybrid_interp._trainer`): standardized pooled features, then
+L2-regularised multinomial logistic regression (``C``, as scikit-learn)
+solved to its optimum by L-BFGS. Each record refits them on the probe-fit
+half, warm-started from the previous record's probe (mapped into the new
+standardized coordinates): the objective is strictly convex, so the warm
+start changes the number of iterations, not the optimum; the probes equal
+what ``fit_probes`` gives on the same features up to the solver's tolerance
+(``tol``, on the gradient; about 1e-5 on the probabilities). They are copied
+into the probe layers of :attr:`InterpretationCallback.interpreter` when it is
+read and at the end of training.
 
-The probes are trained in NumPy (float64, one BLAS thread): they are small and
-convex, so a refit costs about a millisecond, compiles nothing and touches no
-Keras variable. They are copied into the probe layers of
-:attr:`InterpretationCallback.interpreter` when it is read and at the end of
-training.
+One record is one pass of the subset through the model (pooled features,
+per-filter ranges, the model's output and, with ``importance``, the tail
+engine's cache), through the package's one data pass.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 
@@ -75,21 +71,21 @@ import pandas as pd
 
 import keras
 
-from ._data import as_stream, to_class_indices
-from ._distribute import predict_on_batch
-from ._engine import resolve_entropy
+from . import _pass
+from .plotting import plot_training_dynamics  # re-exported: drawn by the presentation layer
+from ._data import as_stream
+from ._engine import FrontierCache, resolve_entropy
+from ._output import OutputReader
+from ._trainer import MAX_ITER, TOL, check_C, fit_probe
 from .correlation import FilterCorrelation, StreamingMoments
-from .probes import input_transform as _input_transform
+from .importance import check_request, importance_result
+from .probes import input_transform
 
 __all__ = ["InterpretationCallback", "plot_training_dynamics"]
 
-_EPS = 1e-7  # as HybridInterpreter.evaluate_layers
 _COLUMNS = ["epoch", "block", "metric", "value", "filter"]
-_PROBE_DEFAULTS = {"epochs": 5, "learning_rate": 0.01, "initial_epochs": 100, "initial_learning_rate": 0.05,
-                   "batch_size": 256}
+_PROBE_DEFAULTS = {"C": 1.0, "max_iter": MAX_ITER, "tol": TOL}
 _IMPORTANCE_DEFAULTS = {"block": None, "n_repeats": 5, "top_k": 10}
-# Adam constants, as keras.optimizers.Adam's defaults.
-_BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-7
 
 
 def _positive_int(value, name, allow_none=False):
@@ -120,62 +116,22 @@ def _options(value, defaults, name, required=()):
     return out
 
 
-def _blas_controller():
-    """A ``threadpoolctl`` controller (installed with scikit-learn), or None."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - scikit-learn brings it
-        return None
-    return ThreadpoolController()
-
-
-def _softmax(logits):
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _adam(z, targets, kernel, bias, *, epochs, batch_size, learning_rate, rng):
-    """Adam on the mean cross-entropy of ``softmax(z @ kernel + bias)`` against ``targets``.
-
-    Float64, fresh moments (``keras.optimizers.Adam`` defaults otherwise);
-    mini-batch order from ``rng``. Returns the new ``(kernel, bias)``.
-    """
-    n = len(z)
-    params = [kernel.copy(), bias.copy()]
-    m = [np.zeros_like(p) for p in params]
-    v = [np.zeros_like(p) for p in params]
-    t = 0
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            idx = np.sort(order[start:start + batch_size])
-            zb = z[idx]
-            g = (_softmax(zb @ params[0] + params[1]) - targets[idx]) / len(idx)
-            grads = [zb.T @ g, g.sum(axis=0)]
-            t += 1
-            alpha = learning_rate * np.sqrt(1 - _BETA2 ** t) / (1 - _BETA1 ** t)
-            for p, gr, mi, vi in zip(params, grads, m, v):
-                mi *= _BETA1
-                mi += (1 - _BETA1) * gr
-                vi *= _BETA2
-                vi += (1 - _BETA2) * gr * gr
-                p -= alpha * mi / (np.sqrt(vi) + _ADAM_EPS)
-    return params[0], params[1]
-
-
 class _ProbeFit:
-    """One probe as fitted by the callback (float64): transform, kernel, bias, fit-half logits."""
+    """One probe as fitted by the callback (float64): standardization and solution."""
 
-    __slots__ = ("mean", "transform", "kernel", "bias", "fit_logits")
+    __slots__ = ("mean", "scale", "kernel", "bias")
 
-    def __init__(self, mean, transform, kernel, bias, fit_logits):
-        self.mean, self.transform, self.kernel, self.bias = mean, transform, kernel, bias
-        self.fit_logits = fit_logits
+    def __init__(self, mean, scale, kernel, bias):
+        self.mean, self.scale, self.kernel, self.bias = mean, scale, kernel, bias
 
-    def inputs(self, f):
-        c = f.astype(np.float64) - self.mean
-        return c @ self.transform if self.transform.ndim == 2 else c * self.transform
+    def logits(self, f):
+        return ((f.astype(np.float64) - self.mean) * self.scale) @ self.kernel + self.bias
+
+    def init_for(self, mean, scale):
+        """This probe's linear map of the raw features, in coordinates standardized by (mean, scale)."""
+        w = self.kernel * self.scale[:, None]
+        b = self.bias - self.mean @ w
+        return (np.divide(w, scale[:, None], out=np.zeros_like(w), where=scale[:, None] > 0), b + mean @ w)
 
 
 class InterpretationCallback(keras.callbacks.Callback):
@@ -219,9 +175,9 @@ class InterpretationCallback(keras.callbacks.Callback):
         numbers) and split into a probe-fit and an evaluation half.
     probes : bool or dict
         Record ``accuracy``/``loss``/``agreement``. A dict sets the probe
-        training: ``epochs`` (Adam passes per warm-started refit, default 5),
-        ``learning_rate`` (0.01), ``initial_epochs`` (first fit, from zero,
-        100), ``initial_learning_rate`` (0.05), ``batch_size`` (256).
+        fit, as :meth:`HybridInterpreter.fit_probes`: ``C`` (inverse L2
+        penalty, default 1.0), ``max_iter`` (L-BFGS iterations, 1000) and
+        ``tol`` (gradient tolerance, 1e-6).
     correlation : bool
         Record ``dead_filters`` and ``redundancy``.
     importance : dict, optional
@@ -316,12 +272,11 @@ class InterpretationCallback(keras.callbacks.Callback):
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.probe_options = _options(probes, _PROBE_DEFAULTS, "probes")
         if self.probe_options is not None:
-            for key in ("epochs", "initial_epochs", "batch_size"):
-                _positive_int(self.probe_options[key], f"probes[{key!r}]")
-            for key in ("learning_rate", "initial_learning_rate"):
-                lr = self.probe_options[key]
-                if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not lr > 0:
-                    raise ValueError(f"`probes[{key!r}]` must be a positive float; received {lr!r}.")
+            check_C(self.probe_options["C"], "probes['C']")
+            _positive_int(self.probe_options["max_iter"], "probes['max_iter']")
+            tol = self.probe_options["tol"]
+            if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol > 0:
+                raise ValueError(f"`probes['tol']` must be a positive float; received {tol!r}.")
         if not isinstance(correlation, bool):
             raise TypeError(f"`correlation` must be a bool; received {correlation!r}.")
         self.correlation = correlation
@@ -345,11 +300,9 @@ class InterpretationCallback(keras.callbacks.Callback):
         self._fit_idx = self._eval_idx = None
         self._probe_fits = None
         self._probes_synced = True
-        self._probe_rng = None
         self._epochs_done = 0
         self._last_recorded = None
         self._writer = None
-        self._blas = None
 
     # ------------------------------------------------------------------
     @staticmethod
@@ -416,6 +369,7 @@ class InterpretationCallback(keras.callbacks.Callback):
     # Set-up
     # ------------------------------------------------------------------
     def _setup(self):
+        from .analyzer import GlobalAnalyzer
         from .interpreter import HybridInterpreter
 
         model = self.model
@@ -425,19 +379,12 @@ class InterpretationCallback(keras.callbacks.Callback):
         if self._interp is not None and self._interp.wrapped_model is model:
             return
         interp = HybridInterpreter(model, self.blocks_arg, output=self.output)
-        stream = interp._stream(self._x_arg, self._y_arg, batch_size=self.batch_size,
-                                max_samples=self.max_samples, argname="validation_data")
-        xs, ys, has_y = [], [], None
-        for xb, yb in stream:
-            if has_y is None:
-                has_y = yb is not None
-            elif has_y != (yb is not None):
-                raise ValueError("`validation_data` yields labels for some batches but not others.")
-            xs.append(np.asarray(xb))
-            if yb is not None:
-                ys.append(to_class_indices(yb, interp.num_classes, argname="validation_data labels"))
-        x = np.concatenate(xs)  # a copy: the subset stays fixed even if the caller edits its array
-        y = np.concatenate(ys) if has_y else None
+        stream = interp.stream(self._x_arg, self._y_arg, batch_size=self.batch_size,
+                               max_samples=self.max_samples, argname="validation_data")
+        # The subset is copied once (it stays fixed even if the caller edits its array); no model pass.
+        xs, ys = _pass.Collect.first("x", None), _pass.Collect.first("y", None)
+        info = _pass.run(interp.graph, stream, [xs, ys], num_classes=interp.num_classes)
+        x, y = xs.result(), (ys.result() if info.has_labels else None)
         n = len(x)
         if self.probe_options is not None and n < 4:
             raise ValueError(f"`validation_data` must hold at least 4 samples (2 to fit the probes, 2 to "
@@ -445,25 +392,23 @@ class InterpretationCallback(keras.callbacks.Callback):
         if self.correlation and n < 2:
             raise ValueError(f"`validation_data` must hold at least 2 samples to correlate filters; received {n}.")
         root = np.random.SeedSequence(self.random_state_)
-        split_seq, probe_seq, imp_seq = root.spawn(3)
+        split_seq, _, imp_seq = root.spawn(3)
         perm = np.random.default_rng(split_seq).permutation(n)
         n_eval = n // 2
         self._fit_idx = np.sort(perm[: n - n_eval])
         self._eval_idx = np.sort(perm[n - n_eval:])
-        self._probe_rng = np.random.default_rng(probe_seq)
         self.importance_random_state_ = int(imp_seq.generate_state(1)[0])
         self._x, self._y = x, y
         self._interp = interp
-        if self._blas is None:
-            self._blas = _blas_controller() or False
         self._probe_fits = None
         self._probes_synced = True
         self._analyzer = None
+        self._importance_request = None
         if self.importance_options is not None:
-            from .analyzer import GlobalAnalyzer
-
             self._analyzer = GlobalAnalyzer(interp, batch_size=self.batch_size)
-            self._analyzer._key(self.importance_options["block"], "importance['block']")  # validate now
+            key, _ = self._analyzer.key(self.importance_options["block"], "importance['block']")  # validate now
+            self._importance_key = key
+            self._analyzer.require_classifier("importance")
 
     # ------------------------------------------------------------------
     # Keras hooks
@@ -493,57 +438,49 @@ class InterpretationCallback(keras.callbacks.Callback):
     # One record
     # ------------------------------------------------------------------
     def _forward(self):
+        """One pass of the subset: pooled features, filter ranges, model outputs (and the importance cache)."""
         interp = self._interp
-        feats = [[] for _ in interp.block_names]
-        probs = []
-        for start in range(0, len(self._x), self.batch_size):
-            outs = predict_on_batch(interp._features, self._x[start:start + self.batch_size])
-            for i, f in enumerate(outs[:-1]):
-                feats[i].append(np.asarray(f, dtype=np.float32))
-            probs.append(np.asarray(outs[-1], dtype=np.float32))
-        return [np.concatenate(f) for f in feats], np.concatenate(probs)
-
-    def _single_thread_blas(self):
-        """Small NumPy linear algebra in one BLAS thread.
-
-        Right after a TensorFlow pass, a multi-threaded BLAS fights TensorFlow's
-        spinning thread pool for the cores: a 48 x 48 ``eigh`` took 20-30 ms
-        instead of 0.2 ms on 2 cores.
-        """
-        if not self._blas:
-            return contextlib.nullcontext()
-        return self._blas.limit(limits=1, user_api="blas")
+        feats = [_pass.Collect(t, dtype=np.float32) for t in interp.feature_taps()]
+        ranges = [_pass.ChannelRange(k) for k in interp.block_keys]
+        outputs = _pass.Collect(interp.output_tap())
+        reducers = feats + ranges + [outputs]
+        cache = None
+        if self._analyzer is not None:
+            engine = self._analyzer.engine(self._importance_key)
+            cache = FrontierCache(engine)
+            reducers.append(cache)
+        stream = interp.stream(self._x, self._y, batch_size=self.batch_size, argname="validation_data")
+        _pass.run(interp.graph, stream, reducers, num_classes=interp.num_classes)
+        return [f.result() for f in feats], [r.dead for r in ranges], outputs.result(), cache
 
     def _record(self, epoch):
-        feats, probs = self._forward()
-        with self._single_thread_blas():
-            rows, means = self._statistics(epoch, feats, probs)
+        feats, dead, outputs, cache = self._forward()
+        rows, means = self._statistics(epoch, feats, dead, outputs)
         if self.importance_options is not None:
-            rows += self._importance_rows(epoch)
+            rows += self._importance_rows(epoch, cache)
         self._rows.extend(rows)
         self._last_recorded = epoch
         self._write(epoch, rows, means)
 
-    def _statistics(self, epoch, feats, probs):
+    def _statistics(self, epoch, feats, dead, outputs):
         interp = self._interp
         rows = []
         finite = [bool(np.all(np.isfinite(f))) for f in feats]
-        probs_ok = bool(np.all(np.isfinite(probs)))
+        probs_ok = bool(np.all(np.isfinite(outputs)))
         bad = [n for n, ok in zip(interp.block_names, finite) if not ok] + ([] if probs_ok else ["output"])
         if bad:
             warnings.warn(f"Epoch {epoch}: {bad} produced NaN or infinite values on the validation subset; "
                           "nothing is recorded for them at this epoch.", RuntimeWarning, stacklevel=3)
         if self.probe_options is not None and probs_ok:
-            rows += self._probe_rows(epoch, feats, probs, finite)
+            rows += self._probe_rows(epoch, feats, outputs, finite)
         means = {}
         if self.correlation:
-            for name, f, ok in zip(interp.block_names, feats, finite):
+            for name, f, d, ok in zip(interp.block_names, feats, dead, finite):
                 if not ok:
                     continue
                 acc = StreamingMoments(f.shape[1])
                 acc.update(f)
-                corr = FilterCorrelation(acc.correlation(), np.flatnonzero(acc.constant), name, "mean",
-                                         acc.n, acc.mean.copy())
+                corr = FilterCorrelation(acc.correlation(), d, name, "mean", acc.n, acc.mean.copy())
                 rows.append((epoch, name, "dead_filters", float(len(corr.dead_filters)), None))
                 rows.append((epoch, name, "redundancy", corr.redundancy, None))
                 means[name] = corr.mean
@@ -552,62 +489,50 @@ class InterpretationCallback(keras.callbacks.Callback):
                      for name, f, ok in zip(interp.block_names, feats, finite) if ok}
         return rows, means
 
-    def _probe_rows(self, epoch, feats, probs, finite):
+    def _probe_rows(self, epoch, feats, outputs, finite):
         interp = self._interp
         opts = self.probe_options
         fit, ev = self._fit_idx, self._eval_idx
         k = interp.num_classes
-        targets = (np.eye(k)[self._y] if self._y is not None else probs.astype(np.float64))[fit]
-        model_p = probs[ev].astype(np.float64)
-        model_cls = model_p.argmax(axis=1)
+        reader = interp.reader
+        targets = self._y[fit] if self._y is not None else reader.probabilities(outputs[fit])
+        model_logp = reader.log_probabilities(outputs[ev])
+        model_p = np.exp(model_logp)
+        model_cls = model_logp.argmax(axis=1)
         if self._probe_fits is None:
             self._probe_fits = [None] * len(feats)
+        logits_reader = OutputReader("logits", k)
         rows = []
-        for i, (name, probe, f, ok) in enumerate(zip(interp.block_names, interp._probes, feats, finite)):
+        for i, (name, f, ok) in enumerate(zip(interp.block_names, feats, finite)):
             if not ok:
                 continue
-            f_fit = f[fit].astype(np.float64)
-            # The input transform is refreshed at every record: the features drift as the model learns.
-            mean, t = _input_transform(f_fit, getattr(probe, "whiten", True))
-            new = _ProbeFit(mean, t, None, None, None)
-            z = new.inputs(f_fit)
+            f_fit = f[fit]
+            # The standardization is refreshed at every record: the features drift as the model learns.
+            mean, scale = input_transform(f_fit)
+            z = (f_fit.astype(np.float64) - mean) * scale
             previous = self._probe_fits[i]
-            if previous is None:  # first fit: from zero, as fit_probes
-                kernel0, bias0 = np.zeros((f.shape[1], k)), np.zeros(k)
-                epochs, lr = opts["initial_epochs"], opts["initial_learning_rate"]
-            else:
-                # Warm start: the previous probe's logits on the same samples, refitted (least squares)
-                # on the new features. Mapping the previous weights instead would carry huge weights
-                # along directions that hardly varied before and vary now.
-                bias0 = previous.fit_logits.mean(axis=0)
-                kernel0 = np.linalg.lstsq(z, previous.fit_logits - bias0, rcond=None)[0]
-                epochs, lr = opts["epochs"], opts["learning_rate"]
-            new.kernel, new.bias = _adam(z, targets, kernel0, bias0, epochs=epochs, batch_size=opts["batch_size"],
-                                         learning_rate=float(lr), rng=self._probe_rng)
-            new.fit_logits = z @ new.kernel + new.bias
-            self._probe_fits[i] = new
-            p = _softmax(new.inputs(f[ev]) @ new.kernel + new.bias)
-            rows += self._scores(epoch, name, p, model_p, model_cls, agreement=True)
+            init = None if previous is None else previous.init_for(mean, scale)
+            sol = fit_probe(z, targets, k, C=opts["C"], max_iter=opts["max_iter"], tol=opts["tol"], init=init)
+            new = self._probe_fits[i] = _ProbeFit(mean, scale, sol.kernel, sol.bias)
+            logp = logits_reader.log_probabilities(new.logits(f[ev]))
+            rows += self._scores(epoch, name, logp, model_p, model_cls, agreement=True)
         self._probes_synced = False
-        rows += self._scores(epoch, "output", model_p, model_p, model_cls, agreement=False)
+        rows += self._scores(epoch, "output", model_logp, model_p, model_cls, agreement=False)
         return rows
 
     def _sync_probes(self):
         """Copies the callback's probes into the interpreter's probe layers (float32)."""
         if self._probes_synced or self._probe_fits is None:
             return
-        for probe, fitted in zip(self._interp._probes, self._probe_fits):
-            if fitted is None:
-                continue
-            for var, value in ((probe.mean, fitted.mean), (probe.transform, fitted.transform),
-                               (probe.kernel, fitted.kernel), (probe.bias, fitted.bias)):
-                var.assign(value.astype(var.dtype))
+        for probe, fitted in zip(self._interp.probes, self._probe_fits):
+            if fitted is not None:
+                probe.set_state(fitted.mean, fitted.scale, fitted.kernel, fitted.bias)
         self._interp.fitted = True
         self._probes_synced = True
 
-    def _scores(self, epoch, name, p, model_p, model_cls, agreement):
-        cls = p.argmax(axis=1)
-        logp = np.log(np.clip(p, _EPS, 1.0))
+    def _scores(self, epoch, name, logp, model_p, model_cls, agreement):
+        """Accuracy, loss and agreement on the evaluation half, from log-probabilities (the output reader's)."""
+        cls = logp.argmax(axis=1)
         rows = []
         if self._y is not None:
             y = self._y[self._eval_idx]
@@ -620,13 +545,15 @@ class InterpretationCallback(keras.callbacks.Callback):
             rows.append((epoch, name, "agreement", float(np.mean(cls == model_cls)), None))
         return rows
 
-    def _importance_rows(self, epoch):
+    def _importance_rows(self, epoch, cache):
         opts = self.importance_options
+        engine = self._analyzer.engine(self._importance_key)
+        request = check_request(engine, self._analyzer.reader, n_repeats=opts["n_repeats"],
+                                random_state=self.importance_random_state_)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*\(dead\)")
-            imp = self._analyzer.filter_importance(
-                self._x, self._y, opts["block"], n_repeats=opts["n_repeats"],
-                random_state=self.importance_random_state_, batch_size=self.batch_size)
+            warnings.filterwarnings("ignore", message=r".*dead filter")
+            imp = importance_result(engine, cache, request, self._analyzer.reader, y_given=self._y is not None,
+                                    block=engine.graph.tensors[self._importance_key].name)
         top = imp.ranking[: opts["top_k"]]
         mean = imp.importances_mean
         return [(epoch, imp.block, "importance", float(mean[i]), int(i)) for i in top]
@@ -668,89 +595,3 @@ def _histogram(values, bins=30) -> np.ndarray:
     """TensorBoard's histogram tensor: rows (left edge, right edge, count), float64."""
     counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
     return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
-
-
-# ----------------------------------------------------------------------
-# Plot
-# ----------------------------------------------------------------------
-def plot_training_dynamics(history, *, metric=None, ax=None, annot=None, cmap="viridis"):
-    """Per-block ``metric`` against epoch (lines) and as an epochs x blocks heatmap.
-
-    Parameters
-    ----------
-    history : pandas.DataFrame or InterpretationCallback
-        ``InterpretationCallback.history`` (columns ``epoch, block, metric, value``).
-    metric : str, optional
-        Which metric to draw; default ``"accuracy"`` when recorded, else
-        ``"agreement"``. Must be one value per (epoch, block) (not ``importance``).
-    ax : pair of matplotlib Axes, optional
-        Axes for the line plot and the heatmap; by default a new figure with
-        two side-by-side panels.
-    annot : bool, optional
-        Write the values in the heatmap cells (default: when there are at most
-        20 epochs and 12 blocks).
-    cmap : str
-        Heatmap colormap.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        The figure holding the two panels (never shown or saved here).
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from matplotlib.ticker import MaxNLocator
-
-    if isinstance(history, InterpretationCallback):
-        history = history.history
-    if not isinstance(history, pd.DataFrame) or not {"epoch", "block", "metric", "value"} <= set(history.columns):
-        raise TypeError("`history` must be InterpretationCallback.history (a DataFrame with columns epoch, "
-                        f"block, metric, value) or the callback; received {type(history).__name__}.")
-    available = list(dict.fromkeys(history["metric"]))
-    if metric is None:
-        metric = "accuracy" if "accuracy" in available else "agreement"
-    if metric not in available:
-        raise ValueError(f"`metric`={metric!r} was not recorded; available: {available}.")
-    data = history[history["metric"] == metric]
-    if data.duplicated(["epoch", "block"]).any():
-        raise ValueError(f"`metric`={metric!r} has several values per epoch and block (per filter); "
-                         "plot it from the history directly, e.g. with seaborn.lineplot(hue='filter').")
-    blocks = list(dict.fromkeys(data["block"]))
-    if "output" in blocks:  # the model last, after the deepest block
-        blocks = [b for b in blocks if b != "output"] + ["output"]
-    table = data.pivot(index="epoch", columns="block", values="value")[blocks].sort_index()
-
-    if ax is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.2, 1]})
-    else:
-        if not isinstance(ax, (list, tuple, np.ndarray)) or len(ax) != 2:
-            raise TypeError("`ax` must be a pair of matplotlib Axes (lines, heatmap); "
-                            f"received {type(ax).__name__}.")
-        axes = list(ax)
-        fig = axes[0].figure
-
-    line_ax, heat_ax = axes
-    palette = sns.color_palette("viridis", n_colors=max(len(blocks) - ("output" in blocks), 1))
-    i = 0
-    for b in blocks:
-        if b == "output":
-            line_ax.plot(table.index, table[b], color="black", linestyle="--", marker="o", ms=3, label="output (model)")
-        else:
-            line_ax.plot(table.index, table[b], color=palette[i], marker="o", ms=3, label=b)
-            i += 1
-    line_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    line_ax.set_xlabel("epoch")
-    line_ax.set_ylabel(metric)
-    line_ax.set_title(f"{metric} per block (epoch 0 = before training)")
-    line_ax.legend(fontsize="small", loc="best", ncol=1 if len(blocks) <= 8 else 2)
-
-    if annot is None:
-        annot = table.shape[0] <= 20 and table.shape[1] <= 12
-    sns.heatmap(table, ax=heat_ax, annot=annot, fmt=".2f", cmap=cmap, cbar_kws={"label": metric})
-    heat_ax.set_xlabel("block (shallow to deep)")
-    heat_ax.set_ylabel("epoch")
-    heat_ax.tick_params(axis="y", labelrotation=0)  # epoch numbers read horizontally, never overlap
-    heat_ax.set_title(f"{metric}: epochs x blocks")
-    if ax is None:
-        fig.tight_layout()
-    return fig

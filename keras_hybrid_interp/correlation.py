@@ -10,13 +10,13 @@ computation). Memory is ``O(C^2)``; no ``N x H x W x C`` tensor is held.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pandas as pd
-from ._distribute import predict_on_batch
+from . import _warnings
+from ._pass import ChannelRange, Tap
 
-__all__ = ["FilterCorrelation", "StreamingMoments", "summarize", "filter_correlation"]
+__all__ = ["FilterCorrelation", "FilterMoments", "StreamingMoments", "correlation_result", "filter_correlation_reducer"]
 
 _STATISTICS = ("mean", "max")
 
@@ -75,21 +75,8 @@ class StreamingMoments:
         return r
 
 
-def summarize(act: np.ndarray, statistic: str) -> np.ndarray:
-    """Per-sample filter summary of a batch of 4-D activations, float64.
-
-    Parameters
-    ----------
-    act : ndarray, shape (B, H, W, C)
-    statistic : {"mean", "max"}
-
-    Returns
-    -------
-    ndarray, shape (B, C), float64
-    """
-    if statistic == "mean":
-        return np.mean(act, axis=(1, 2), dtype=np.float64)
-    return np.max(act, axis=(1, 2)).astype(np.float64)
+#: The pass mode computing each per-sample spatial summary.
+PASS_MODES = {"mean": "avg", "max": "max"}
 
 
 def check_statistic(statistic) -> str:
@@ -101,16 +88,33 @@ def check_statistic(statistic) -> str:
     return statistic
 
 
-def warn_dead(dead: np.ndarray, block: str, what: str, stacklevel: int = 3) -> None:
+def warn_dead(dead: np.ndarray, block: str) -> None:
+    """The one dead-filter warning (see :class:`~keras_hybrid_interp._pass.ChannelRange`)."""
     if len(dead):
         shown = dead[:20].tolist()
         more = f" (and {len(dead) - 20} more)" if len(dead) > 20 else ""
-        warnings.warn(
-            f"Block {block!r}: {len(dead)} dead filter(s) {shown}{more} are constant over the "
-            f"analysed samples; their {what} is undefined and reported as NaN.",
-            UserWarning,
-            stacklevel=stacklevel,
+        _warnings.warn(
+            "dead_filters",
+            f"Block {block!r}: {len(dead)} dead filter(s) {shown}{more} take one constant value at every "
+            "position of every analysed sample. Their correlation and class association are undefined (NaN) "
+            "and their permutation importance is exactly 0; ablation and Taylor importance measure replacing "
+            "that constant by 0, which is not 0 when the constant is not. Check for dying ReLUs, or analyse "
+            "more varied data.",
         )
+
+
+class FilterMoments:
+    """Reducer of :func:`filter_correlation`: streaming moments of the per-sample filter summaries."""
+
+    def __init__(self, key: int, statistic: str, c: int):
+        self.tap = Tap(key, PASS_MODES[statistic])
+        self.range = ChannelRange(key)
+        self.taps = (self.tap,) + self.range.taps
+        self.moments = StreamingMoments(c)
+
+    def update(self, batch):
+        self.moments.update(batch.values[self.tap.ident])
+        self.range.update(batch)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -220,18 +224,23 @@ class FilterCorrelation:
         )
 
 
-def filter_correlation(graph, key, stream, statistic="mean", block_name=None) -> FilterCorrelation:
-    """Streams ``stream`` once through the model up to ``key``; see :meth:`GlobalAnalyzer.filter_correlation`."""
+def filter_correlation_reducer(graph, key, statistic="mean") -> FilterMoments:
     statistic = check_statistic(statistic)
-    model = graph.build([key], name="khi_corr")
-    c = int(graph.tensors[key].shape[-1])
-    acc = StreamingMoments(c)
-    for xb, _ in stream:
-        act = np.asarray(predict_on_batch(model, xb))
-        acc.update(summarize(act, statistic))
-    if acc.n < 2:
-        raise ValueError(f"`x` must hold at least 2 samples to correlate filters; received {acc.n}.")
-    dead = np.flatnonzero(acc.constant)
-    name = block_name or graph.tensors[key].name
-    warn_dead(dead, name, "correlation", stacklevel=4)
-    return FilterCorrelation(acc.correlation(), dead, name, statistic, acc.n, acc.mean.copy())
+    return FilterMoments(key, statistic, int(graph.tensors[key].shape[-1]))
+
+
+def correlation_result(acc: FilterMoments, block: str, statistic: str) -> FilterCorrelation:
+    """The :class:`FilterCorrelation` of a reducer that has seen a pass."""
+    m = acc.moments
+    if m.n < 2:
+        raise ValueError(f"`x` must hold at least 2 samples to correlate filters; received {m.n}.")
+    dead = acc.range.dead
+    warn_dead(dead, block)
+    c = m.mean.shape[0]
+    if m.n <= c:
+        _warnings.warn(
+            "few_samples",
+            f"Block {block!r}: the correlation of its {c} filters rests on only {m.n} samples, so the matrix is "
+            "rank-deficient and many correlations are spuriously strong. Use more samples than filters.",
+        )
+    return FilterCorrelation(m.correlation(), dead, block, statistic, m.n, m.mean.copy())

@@ -4,13 +4,14 @@ Definitions (sign as scikit-learn: positive = important)
 --------------------------------------------------------
 score
     ``"accuracy"``: fraction of samples whose predicted class (argmax of the
-    output; ``p > 0.5`` for a single sigmoid unit) equals the label.
-    ``"loss"``: the *negative* mean cross-entropy ``-mean_n(-log p_n[y_n])``
-    (probabilities clipped to ``[1e-15, 1]``; outputs without a softmax or
-    sigmoid are treated as logits), so that higher is better.
+    class probabilities) equals the label. ``"loss"``: the *negative* mean
+    cross-entropy, so that higher is better. Both read the output with the
+    package's one output reader (:mod:`._output`: log-softmax of logits,
+    log-sigmoid of a binary logit, ``log(clip(p, 1e-7, 1))`` of probabilities).
     A callable ``scoring(y_true, y_pred) -> float`` (higher is better)
     receives the integer labels ``(n,)`` and the class-probability table
-    ``(n, K)`` (``[1 - p, p]`` for a single sigmoid unit).
+    ``(n, K)`` (``[1 - p, p]`` for one unit); for a model that is not a
+    classifier it receives the raw outputs.
     With no labels (``y=None`` and a dataset without labels) ``y_true`` is the
     model's own predicted class on the unperturbed input: the score is
     agreement with the model (``baseline_score`` is 1 for accuracy).
@@ -32,6 +33,13 @@ taylor
     with ``L_n`` the cross-entropy of sample ``n`` (against its label, or the
     model's predicted class without labels). In loss units; ``scoring`` is not
     used (``baseline_score`` is the negative mean loss). Streams: no cache.
+dead filters
+    A filter whose map takes one constant value at every position of every
+    analysed sample (:class:`~keras_hybrid_interp._pass.ChannelRange`) has a
+    permutation importance of exactly 0. Its ablation importance measures
+    replacing that constant by zero (``"zero"``; 0 when the constant is 0) or
+    by itself (``"mean"``: exactly 0), and its Taylor estimate is
+    ``|constant * mean_n sum dL_n/da|``: both are in general not 0.
 
 Permutation and ablation run on a cache of the activations at the layer (and
 of every tensor crossing the cut, e.g. a residual skip) for the first
@@ -42,21 +50,21 @@ the model dtype. Only the tail after the layer is re-run (see ``_engine``).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pandas as pd
 
 from keras import ops
 
-from ._data import to_class_indices
-from ._engine import Job, TailEngine, job_permutation, resolve_entropy
-from ._distribute import predict_on_batch
+from . import _warnings
+from ._engine import FrontierCache, Job, TailEngine, job_permutation, resolve_entropy
+from ._pass import dead_filters, dead_filters_of
+from .correlation import warn_dead
 
-__all__ = ["FilterImportance", "filter_importance", "METHODS"]
+__all__ = ["FilterImportance", "ImportanceRequest", "check_request", "importance_reducer", "importance_result",
+           "noise_mask", "METHODS"]
 
 METHODS = ("permutation", "ablation", "taylor")
-_EPS = 1e-15
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -112,6 +120,15 @@ class FilterImportance:
         return self.importances.std(axis=1)
 
     @property
+    def within_noise(self) -> np.ndarray:
+        """Boolean per row: the importance cannot be told apart from 0 (95% interval over the repeats covers 0).
+
+        All True with a single repeat (ablation, Taylor, or ``n_repeats=1``):
+        there is no spread to judge by. See :func:`noise_mask`.
+        """
+        return noise_mask(self.importances)
+
+    @property
     def ranking(self) -> np.ndarray:
         """Row indices (filters or groups) by decreasing mean importance."""
         return np.argsort(-self.importances_mean, kind="stable")
@@ -139,52 +156,20 @@ class FilterImportance:
 
 
 # ----------------------------------------------------------------------
-# Outputs, labels and scores
+# Scores
 # ----------------------------------------------------------------------
-class OutputSpec:
-    """How to read the model output as class probabilities."""
-
-    def __init__(self, graph, out_kind):
-        shape = graph.tensors[graph.output_keys[0]].shape
-        self.kind = out_kind
-        self.units = int(np.prod([d for d in shape[1:]])) if len(shape) > 1 else 1
-        self.binary = self.units == 1
-        if self.binary and out_kind != "sigmoid":
-            self.num_classes = None  # regression-like output
-        else:
-            self.num_classes = 2 if self.binary else self.units
-
-    def probabilities(self, out: np.ndarray) -> np.ndarray:
-        out = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
-        if self.binary:
-            return np.concatenate([1 - out, out], axis=1)
-        if self.kind in ("softmax", "sigmoid"):
-            return out
-        z = out - out.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-
-    def predicted(self, out: np.ndarray) -> np.ndarray:
-        return np.argmax(self.probabilities(out), axis=1).astype(np.int64)
-
-
-def _score_fn(scoring, spec: OutputSpec, labels: np.ndarray):
+def _score_fn(scoring, reader, labels: np.ndarray):
+    """``score(raw outputs) -> float`` (higher is better), read with the output ``reader``."""
     if callable(scoring):
-        def f(out):
-            return float(scoring(labels, spec.probabilities(out)))
-        return f
+        if reader is None:  # not a classifier: the callable gets the raw outputs
+            return lambda out: float(scoring(labels, np.asarray(out, dtype=np.float64)))
+        return lambda out: float(scoring(labels, reader.probabilities(out)))
     if scoring == "accuracy":
-        def f(out):
-            return float(np.mean(spec.predicted(out) == labels))
-        return f
-
-    def f(out):
-        p = spec.probabilities(out)[np.arange(len(labels)), labels]
-        return float(-np.mean(-np.log(np.clip(p, _EPS, 1.0))))
-    return f
+        return lambda out: float(np.mean(reader.predicted(out) == labels))
+    return lambda out: float(-np.mean(reader.cross_entropy(out, labels)))
 
 
-def _check_scoring(scoring, spec: OutputSpec):
+def _check_scoring(scoring, reader):
     if callable(scoring):
         return getattr(scoring, "__name__", type(scoring).__name__)
     if not isinstance(scoring, str) or scoring not in ("accuracy", "loss"):
@@ -192,10 +177,10 @@ def _check_scoring(scoring, spec: OutputSpec):
             f"`scoring` must be 'accuracy', 'loss' or a callable scoring(y_true, y_pred) -> float "
             f"(higher is better); received {scoring!r}."
         )
-    if spec.num_classes is None:
+    if reader is None:
         raise ValueError(
-            f"`scoring={scoring!r}` needs a classifier output (softmax, sigmoid, or K > 1 logits); the "
-            "model has a single output unit without sigmoid. Pass a callable `scoring`."
+            f"`scoring={scoring!r}` needs a classifier output (softmax, sigmoid or logits, declared with "
+            "`output=`); pass a callable `scoring` for other models."
         )
     return scoring
 
@@ -238,11 +223,25 @@ def _positive_int(v, name):
 
 
 # ----------------------------------------------------------------------
-def filter_importance(engine: TailEngine, stream, spec: OutputSpec, *, y_given: bool, block: str,
-                      method="permutation", n_repeats=5, scoring="accuracy", random_state=None,
-                      groups=None, ablation_value="zero", perturbations_per_eval="auto",
-                      memory_budget=None, progress=None) -> FilterImportance:
-    """Computes filter importance; see :meth:`GlobalAnalyzer.filter_importance`."""
+@dataclasses.dataclass
+class ImportanceRequest:
+    """Validated arguments of one filter-importance computation."""
+
+    method: str
+    n_repeats: int
+    scoring: object
+    score_name: str
+    chan_sets: list
+    groups: tuple | None
+    ablation_value: str
+    perturbations_per_eval: object
+    entropy: int | None
+
+
+def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats=5, scoring="accuracy",
+                  random_state=None, groups=None, ablation_value="zero",
+                  perturbations_per_eval="auto") -> ImportanceRequest:
+    """Validates the arguments before any data is read (see :meth:`GlobalAnalyzer.filter_importance`)."""
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"`method` must be one of {list(METHODS)}; received {method!r}.")
     n_repeats = _positive_int(n_repeats, "n_repeats")
@@ -255,118 +254,160 @@ def filter_importance(engine: TailEngine, stream, spec: OutputSpec, *, y_given: 
         if callable(scoring):
             raise ValueError("`scoring` cannot be a callable for method='taylor': Taylor importance is "
                              "the first-order change of the cross-entropy loss. Use 'loss' (or leave it).")
-        if spec.num_classes is None:
-            raise ValueError("method='taylor' needs a classifier output (softmax, sigmoid or K > 1 logits).")
-        return _taylor(engine, stream, spec, chan_sets, groups_t, block, y_given)
-    score_name = _check_scoring(scoring, spec)
+        if reader is None:
+            raise ValueError("method='taylor' needs a classifier output (softmax, sigmoid or logits).")
+        return ImportanceRequest(method, 1, "loss", "loss", chan_sets, groups_t, ablation_value, "auto", None)
+    score_name = _check_scoring(scoring, reader)
     if isinstance(perturbations_per_eval, str) and perturbations_per_eval != "auto":
         raise ValueError(f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}.")
     if not isinstance(perturbations_per_eval, str):
         _positive_int(perturbations_per_eval, "perturbations_per_eval")
     entropy = resolve_entropy(random_state) if method == "permutation" else None
-    n_known = stream.num_samples
-    if method == "permutation" and n_known is not None and n_known < 2:
-        raise ValueError(f"Permutation importance shuffles across samples and needs at least 2 samples; `x` has {n_known}.")
+    reps = n_repeats if method == "permutation" else 1
+    return ImportanceRequest(method, reps, scoring, score_name, chan_sets, groups_t, ablation_value,
+                             perturbations_per_eval, entropy)
 
-    cache = engine.cache(stream)
+
+def importance_reducer(engine: TailEngine, request: ImportanceRequest, reader):
+    """The pass reducer an importance request needs: the tail's cache, or Taylor's sums."""
+    if request.method == "taylor":
+        return TaylorSums(engine, reader)
+    return FrontierCache(engine)
+
+
+def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, reader, *, y_given: bool,
+                      block: str, memory_budget=None, progress=None) -> FilterImportance:
+    """Filter importance from a reducer that has seen a pass (permutation and ablation run the tail now)."""
+    if request.method == "taylor":
+        return reducer.result(request, block, y_given)
+    cache = reducer.result()
     n = cache.n
-    if method == "permutation" and n < 2:
+    if request.method == "permutation" and n < 2:
         raise ValueError(f"Permutation importance shuffles across samples and needs at least 2 samples; `x` has {n}.")
-    if method == "permutation" and n < 30:
-        warnings.warn(f"Permutation importance on only {n} samples is noisy; use more samples.", UserWarning, stacklevel=3)
+    if request.method == "permutation" and n < 30:
+        _warnings.warn("few_samples", f"Permutation importance on only {n} samples is noisy; use more samples.")
     kw = {} if memory_budget is None else {"memory_budget": memory_budget}
-
     key = cache.arrays[0]
-    dead = np.flatnonzero(np.all(key == key[:1], axis=tuple(range(key.ndim - 1))))
-    if len(dead):
-        warnings.warn(
-            f"Block {block!r}: filters {dead[:20].tolist()} have the same feature map in every analysed "
-            f"sample (dead); permuting them changes nothing (importance 0).", UserWarning, stacklevel=3)
+    dead = dead_filters_of(key)
+    warn_dead(dead, block)
 
-    # Baseline outputs (also the labels when none are given).
-    base = engine.outputs(cache, [Job(np.array([], dtype=np.int64))], **kw)[0]
+    n_jobs = len(request.chan_sets) * request.n_repeats
+    # Baseline outputs (also the labels when none are given), in passes shaped like the jobs'.
+    base = engine.baseline_outputs(cache, n_jobs, request.perturbations_per_eval, **kw)
     if cache.labels is not None:
-        labels = (to_class_indices(cache.labels, spec.num_classes, argname=getattr(stream, "label_argname", "y"))
-                  if spec.num_classes else cache.labels)
+        labels = cache.labels
     else:
-        labels = spec.predicted(base) if spec.num_classes else np.asarray(base, dtype=np.float64)
-    score = _score_fn(scoring, spec, labels)
+        labels = reader.predicted(base) if reader is not None else np.asarray(base, dtype=np.float64)
+    score = _score_fn(request.scoring, reader, labels)
     baseline = score(base)
 
     jobs = []
-    if method == "permutation":
-        for g, ch in enumerate(chan_sets):
-            for r in range(n_repeats):
+    if request.method == "permutation":
+        entropy = request.entropy
+        for g, ch in enumerate(request.chan_sets):
+            for r in range(request.n_repeats):
                 jobs.append(Job(ch, "permute", perm=(lambda g=g, r=r: job_permutation(entropy, g, r, n))))
-        reps = n_repeats
     else:
-        for ch in chan_sets:
-            if ablation_value == "zero":
+        for ch in request.chan_sets:
+            if request.ablation_value == "zero":
                 fill = np.zeros((), dtype=key.dtype)
             else:
                 fill = np.mean(key[..., ch], axis=0, dtype=np.float64).astype(key.dtype)
             jobs.append(Job(ch, "fill", fill=fill))
-        reps = 1
-    scores = engine.run(cache, jobs, score, perturbations_per_eval, progress=progress, **kw)
-    imp = (baseline - scores).reshape(len(chan_sets), reps)
+    scores = engine.run(cache, jobs, score, request.perturbations_per_eval, progress=progress, **kw)
+    imp = (baseline - scores).reshape(len(request.chan_sets), request.n_repeats)
+    if request.method == "permutation":
+        warn_noise(imp, block)
     source = "y" if y_given else ("dataset" if cache.labels is not None else "model predictions")
-    return FilterImportance(imp, baseline, method, score_name, block, groups_t, dead, n, entropy, source)
+    return FilterImportance(imp, baseline, request.method, request.score_name, block, request.groups, dead, n,
+                            request.entropy, source)
 
 
-def _per_sample_loss(spec: OutputSpec):
-    eps = 1e-7
+def noise_mask(importances: np.ndarray) -> np.ndarray:
+    """Rows whose importance cannot be told apart from 0: the 95% interval over the repeats covers 0.
 
-    def loss(out, labels):
-        out = ops.reshape(out, (ops.shape(out)[0], -1))
-        out = ops.cast(out, "float32")
-        if spec.binary:
-            p = ops.clip(out[:, 0], eps, 1 - eps)
-            t = ops.cast(p > 0.5, "float32") if labels is None else ops.cast(labels, "float32")
-            return -(t * ops.log(p) + (1 - t) * ops.log(1 - p))
-        if spec.kind in ("softmax", "sigmoid"):
-            logp = ops.log(ops.clip(out, eps, 1.0))
-        else:
-            logp = ops.log_softmax(out, axis=1)
-        t = ops.argmax(out, axis=1) if labels is None else ops.cast(labels, "int32")
-        t = ops.cast(t, "int32")
-        return -ops.take_along_axis(logp, ops.expand_dims(t, 1), axis=1)[:, 0]
+    The interval is ``mean +- t * sd / sqrt(R)`` with Student's t quantile for
+    ``R - 1`` degrees of freedom (R >= 2 repeats). With one repeat there is no
+    spread to judge by: every row is flagged.
+    """
+    from scipy.stats import t as student_t
 
-    return loss
+    imp = np.asarray(importances, dtype=np.float64)
+    r = imp.shape[1]
+    if r < 2:
+        return np.ones(imp.shape[0], dtype=bool)
+    half = student_t.ppf(0.975, r - 1) * imp.std(axis=1, ddof=1) / np.sqrt(r)
+    mean = imp.mean(axis=1)
+    return (mean - half <= 0) & (mean + half >= 0)
 
 
-def _taylor(engine: TailEngine, stream, spec, chan_sets, groups_t, block, y_given):
-    c = engine.channels
-    total = np.zeros(c, dtype=np.float64)
-    loss_sum = 0.0
-    n = 0
-    first = None
-    varies = np.zeros(c, dtype=bool)
-    loss_fn = _per_sample_loss(spec)
-    has_y = None
-    for xb, yb in stream:
-        if has_y is None:
-            has_y = yb is not None
-        elif has_y != (yb is not None):
-            raise ValueError("`x` yields labels for some batches and not for others; label every batch or none.")
-        out = predict_on_batch(engine.prefix, xb)
-        arrays = [np.asarray(a) for a in (list(out) if isinstance(out, (list, tuple)) else [out])]
-        labels = None if yb is None else to_class_indices(
-            yb, spec.num_classes, argname=getattr(stream, "label_argname", "y")).astype(np.int32)
-        grad, out = engine.input_gradient(arrays, loss_fn, labels)
+def warn_noise(importances, block) -> None:
+    """The health note on permutation importances that are within noise."""
+    noisy = noise_mask(importances)
+    g, r = np.shape(importances)
+    negative = int(np.sum(np.asarray(importances).mean(axis=1) < 0))
+    if r < 2:
+        _warnings.warn(
+            "noisy_importance",
+            f"Block {block!r}: permutation importance from a single repeat has no spread to tell signal from "
+            f"noise ({negative} of {g} means are negative). Use n_repeats >= 3.",
+        )
+    elif noisy.any():
+        _warnings.warn(
+            "noisy_importance",
+            f"Block {block!r}: {int(noisy.sum())} of {g} permutation importances cannot be told apart from 0 (their "
+            f"95% interval over the {r} repeats covers 0; {negative} means are negative, which is noise, not harm). "
+            "Rank only the others; for more resolution use more samples or repeats.",
+        )
+
+
+class TaylorSums:
+    """Reducer of Taylor importance: per batch one forward and one backward pass of the tail.
+
+    Accumulates ``sum_n sum_pos a * dL_n/da`` per channel in float64, with
+    ``L_n`` the cross-entropy of the output reader (against the label, or the
+    model's own predicted class without labels).
+    """
+
+    def __init__(self, engine: TailEngine, reader):
+        from ._pass import Tap
+
+        self.engine = engine
+        self.reader = reader
+        self.taps = tuple(Tap(k, "raw") for k in engine.frontier)
+        self.total = np.zeros(engine.channels, dtype=np.float64)
+        self.loss_sum = 0.0
+        self.n = 0
+        self.min = None
+        self.max = None
+        self.has_y = False
+
+        def loss_fn(out, labels):
+            if labels is None:
+                labels = ops.argmax(reader.log_probabilities(out, xp=ops), axis=1)
+            return reader.cross_entropy(out, labels, xp=ops)
+
+        self.loss_fn = loss_fn
+
+    def update(self, batch):
+        arrays = [batch.values[t.ident] for t in self.taps]
+        labels = None if batch.y is None else np.asarray(batch.y, dtype=np.int32)
+        self.has_y = labels is not None
+        grad, out = self.engine.input_gradient(arrays, self.loss_fn, labels)
         a = arrays[0]
-        total += np.einsum("nhwc,nhwc->c", a.astype(np.float64), grad.astype(np.float64))
-        lab_np = labels if labels is not None else spec.predicted(out)
-        p = spec.probabilities(out)[np.arange(len(lab_np)), lab_np]
-        loss_sum += float(np.sum(-np.log(np.clip(p, _EPS, 1.0))))
-        if first is None:
-            first = a[:1].copy()
-        varies |= np.any(a != first, axis=tuple(range(a.ndim - 1)))
-        n += len(xb)
-    dead = np.flatnonzero(~varies)
-    if len(dead):
-        warnings.warn(
-            f"Block {block!r}: filters {dead[:20].tolist()} have the same feature map in every analysed "
-            f"sample (dead).", UserWarning, stacklevel=3)
-    imp = np.array([abs(total[ch].sum()) / n for ch in chan_sets])[:, None]
-    source = "y" if y_given else ("dataset" if has_y else "model predictions")
-    return FilterImportance(imp, -loss_sum / n, "taylor", "loss", block, groups_t, dead, n, None, source)
+        axes = tuple(range(a.ndim - 1))
+        self.total += np.sum(a.astype(np.float64) * grad.astype(np.float64), axis=axes)
+        lab = labels if labels is not None else self.reader.predicted(out)
+        self.loss_sum += float(np.sum(self.reader.cross_entropy(out, lab)))
+        lo, hi = np.min(a, axis=axes).astype(np.float64), np.max(a, axis=axes).astype(np.float64)
+        self.min = lo if self.min is None else np.minimum(self.min, lo)
+        self.max = hi if self.max is None else np.maximum(self.max, hi)
+        self.n += len(a)
+
+    def result(self, request: ImportanceRequest, block: str, y_given: bool) -> FilterImportance:
+        dead = dead_filters(self.min, self.max)
+        warn_dead(dead, block)
+        n = self.n
+        imp = np.array([abs(self.total[ch].sum()) / n for ch in request.chan_sets])[:, None]
+        source = "y" if y_given else ("dataset" if self.has_y else "model predictions")
+        return FilterImportance(imp, -self.loss_sum / n, "taylor", "loss", block, request.groups, dead, n, None, source)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,20 +9,20 @@ import pandas as pd
 
 import keras
 
-from . import _graph
-from ._data import as_stream, to_class_indices
-from ._engine import resolve_entropy
-from .probes import FeaturePooling, LinearProbe, OutputProbabilities
+from . import _graph, _pass, _warnings
+from ._data import model_stream
+from ._output import OutputReader, reader_for
+from ._trainer import MAX_ITER, TOL, check_C, fit_probe
+from .probes import FeaturePooling, LinearProbe, input_transform
 from .results import LayerPredictions, LocalExplanation
-from ._distribute import active_strategy, check_in_scope, fit_distributed, predict_on_batch
 
-__all__ = ["HybridInterpreter", "BlockList"]
+__all__ = ["HybridInterpreter", "BlockList", "ProbeScores", "drift_message"]
 
-_EPS = 1e-7  # probabilities are clipped to [eps, 1] in log-losses, as Keras does
-
-#: Probes on at most this many pooled features whiten their input (a D x D
-#: matrix); wider probes standardize each feature instead.
-MAX_WHITEN_DIM = 2048
+#: Input drift: a channel whose mean moved by more than this many standard
+#: deviations of the probes' training data, or whose spread changed by more
+#: than this factor, is reported.
+DRIFT_MEAN_SDS = 3.0
+DRIFT_SCALE_FACTOR = 4.0
 
 
 class BlockList(Sequence):
@@ -39,7 +38,9 @@ class BlockList(Sequence):
         return len(self._blocks)
 
     def __repr__(self):
-        return "BlockList([\n" + "".join(f"    {b!r},\n" for b in self._blocks) + "])"
+        names = [b.name for b in self._blocks]
+        shown = names if len(names) <= 4 else names[:2] + ["..."] + names[-2:]
+        return f"BlockList({len(names)} blocks: {', '.join(shown)})"
 
     @property
     def names(self) -> list[str]:
@@ -73,6 +74,82 @@ def _check_pooling(pooling):
     )
 
 
+def drift_message(ref_mean, ref_std, mean, std):
+    """A description of gross input drift between two per-channel statistics, or None."""
+    ref_mean, ref_std = np.asarray(ref_mean, np.float64), np.asarray(ref_std, np.float64)
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    if ref_mean.shape != mean.shape:
+        return None
+    tiny = 1e-12 + 1e-6 * np.maximum(np.abs(ref_mean), 1.0)
+    shift = np.abs(mean - ref_mean) / np.maximum(ref_std, tiny)
+    ratio = np.maximum(std, tiny) / np.maximum(ref_std, tiny)
+    bad = (shift > DRIFT_MEAN_SDS) | (ratio > DRIFT_SCALE_FACTOR) | (ratio < 1 / DRIFT_SCALE_FACTOR)
+    if not np.any(bad):
+        return None
+    c = int(np.flatnonzero(bad)[0])
+    return (
+        f"Input drift: channel {c} of this data has mean {mean[c]:.4g} and standard deviation {std[c]:.4g}, "
+        f"but the probes were fitted on data with mean {ref_mean[c]:.4g} and standard deviation "
+        f"{ref_std[c]:.4g} ({int(np.sum(bad))} of {len(bad)} channels differ grossly). Probe results on it "
+        "are not comparable: preprocess it as the fitting data (e.g. the same scaling to 0-1), or refit the probes."
+    )
+
+
+class ProbeScores:
+    """Reducer of the layer table: per-block probe accuracy, loss and agreement (float64 sums).
+
+    ``probes`` is a list of ``(tap, mean, scale, kernel, bias)``; the model
+    output tap is read with ``reader``.
+    """
+
+    def __init__(self, probes, output_tap, reader, num_classes):
+        self.probes = probes
+        self.output_tap = output_tap
+        self.reader = reader
+        self.taps = tuple(p[0] for p in probes) + (output_tap,)
+        self._logits_reader = OutputReader("logits", num_classes)
+        L = len(probes)
+        self.correct = np.zeros(L + 1)
+        self.agree = np.zeros(L + 1)
+        self.loss = np.zeros(L + 1)
+        self.counts = np.zeros(num_classes)
+        self.model_counts = np.zeros(num_classes)
+        self.n = 0
+        self.labelled = None
+
+    def log_probabilities(self, batch):
+        """Per-block probe log-probabilities and the model's, for one batch (float64)."""
+        out = [self._logits_reader.log_probabilities(probe_logits(batch.values[tap.ident], *w))
+               for tap, *w in self.probes]
+        out.append(self.reader.log_probabilities(batch.values[self.output_tap.ident]))
+        return out
+
+    def update(self, batch):
+        logps = self.log_probabilities(batch)
+        model_logp = logps[-1]
+        model_cls = model_logp.argmax(axis=1)
+        model_p = np.exp(model_logp)
+        k = model_logp.shape[1]
+        self.model_counts += np.bincount(model_cls, minlength=k)
+        self.labelled = batch.y is not None
+        if batch.y is not None:
+            self.counts += np.bincount(batch.y, minlength=k)
+        for i, logp in enumerate(logps):
+            cls = logp.argmax(axis=1)
+            self.agree[i] += np.sum(cls == model_cls)
+            if batch.y is not None:
+                self.correct[i] += np.sum(cls == batch.y)
+                self.loss[i] += -np.sum(logp[np.arange(len(cls)), batch.y])
+            else:
+                self.loss[i] += -np.sum(model_p * logp)
+        self.n += len(batch.x)
+
+
+def probe_logits(features, mean, scale, kernel, bias):
+    """Probe logits of pooled ``features`` (n, D), float64: ``((f - mean) * scale) @ kernel + bias``."""
+    return ((np.asarray(features, np.float64) - mean) * scale) @ kernel + bias
+
+
 @keras.saving.register_keras_serializable(package="keras_hybrid_interp")
 class HybridInterpreter(keras.Model):
     """Wraps a Keras CNN with one trainable dense probe per block.
@@ -86,8 +163,8 @@ class HybridInterpreter(keras.Model):
     Parameters
     ----------
     model : keras.Model
-        A Functional or Sequential classifier (softmax multi-class or sigmoid
-        binary output), possibly nesting a backbone such as a
+        A Functional or Sequential classifier (softmax multi-class, sigmoid
+        binary, or logits), possibly nesting a backbone such as a
         ``keras.applications`` model.
     blocks : "auto", str, int, Layer or list of them
         Block ends. ``"auto"`` finds them from the graph (see README, "Block
@@ -100,8 +177,10 @@ class HybridInterpreter(keras.Model):
         Shape of one input (no batch axis); only needed for a Sequential
         model that was never built.
     output : "auto", "softmax", "sigmoid" or "logits"
-        What the model outputs. "auto" reads the activation of the output
-        layer and refuses non-classifiers.
+        What the model outputs. "auto" reads the final activation (softmax
+        or sigmoid) and refuses other models; "logits" declares class logits
+        (K units, or one unit for a binary model). A declaration that
+        contradicts the final activation is refused.
     class_names : list of str, optional
         Names of the K classes, used in tables and plots.
 
@@ -122,6 +201,7 @@ class HybridInterpreter(keras.Model):
         input_shape=None,
         output="auto",
         class_names=None,
+        input_statistics=None,
         name="hybrid_interpreter",
         **kwargs,
     ):
@@ -141,16 +221,16 @@ class HybridInterpreter(keras.Model):
             )
         if len(graph.input_keys) != 1:
             raise ValueError(
-                f"HybridInterpreter needs a single-input image model; model {model.name!r} has "
+                f"HybridInterpreter needs a single-input model; model {model.name!r} has "
                 f"{len(graph.input_keys)} inputs."
             )
-        self.output_kind = self._output_kind(model, graph, output)
+        self._reader = reader_for(graph, output, model.name)
+        self.output_kind = self._reader.kind
         self.pooling = _check_pooling(pooling)
         keys, names, infos = _graph.select_blocks(graph, blocks)
         if "output" in names:
             raise ValueError("A block named 'output' would clash with the model output key; rename that layer.")
-        out_shape = graph.tensors[graph.output_keys[0]].shape
-        self.num_classes = 2 if self.output_kind == "sigmoid" else int(out_shape[-1])
+        self.num_classes = self._reader.num_classes
         if class_names is None:
             class_names = [str(i) for i in range(self.num_classes)]
         class_names = [str(c) for c in class_names]
@@ -174,63 +254,41 @@ class HybridInterpreter(keras.Model):
         self.blocks = BlockList(infos)
         self.block_names = names
         self.fitted = False
+        #: Per-channel input (mean, std) of the data the probes were fitted on (drift check).
+        self.input_statistics = None if input_statistics is None else {
+            k: np.asarray(v, np.float64) for k, v in dict(input_statistics).items()}
+        #: Convergence of the last fit: one row per block (block, n_iter, converged, loss).
+        self.convergence_ = None
+        #: Caveats found by the last fit (a list of ``_warnings.Caveat``).
+        self.fit_health_ = []
 
-        # Pooled features of every block and the model's probabilities, one pass.
-        # Pooling, probes and probabilities compute in float32 whatever the global
-        # dtype policy: under mixed_float16 the block outputs (float16) are cast
-        # up exactly, and the statistics never run in float16.
+        # Pooling and probes compute in float32 whatever the global dtype policy:
+        # under mixed_float16 the block outputs (float16) are cast up exactly.
         self._pools = [FeaturePooling(self.pooling, name=f"pool_{i}", dtype="float32") for i in range(len(keys))]
-        self._to_probs = OutputProbabilities(self.output_kind, name="output_probabilities", dtype="float32")
-        pooled = [p(graph.symbolic(k)) for p, k in zip(self._pools, keys)]
-        probs = self._to_probs(graph.symbolic(graph.output_keys[0]))
-        self._features = keras.Model(graph.symbolic_inputs[0], pooled + [probs], name="block_features")
         self._probes = []
-        for i, f in enumerate(pooled):
-            dim = int(f.shape[-1])
-            probe = LinearProbe(self.num_classes, whiten=dim <= MAX_WHITEN_DIM, name=f"probe_{i}", dtype="float32")
+        for i, (k, info) in enumerate(zip(keys, infos)):
+            c = int(info.filters)
+            dim = c if self.pooling in ("avg", "max") else self.pooling ** 2 * c
+            probe = LinearProbe(self.num_classes, name=f"probe_{i}", dtype="float32")
             probe.build((None, dim))
             self._probes.append(probe)
-        # Raw block outputs, for the evidence maps of explain().
-        self._maps_model = keras.Model(
-            graph.symbolic_inputs[0], [graph.symbolic(k) for k in keys] + [probs], name="block_maps"
-        )
         self.built = True  # every part is built above; saving needs no build() call
 
     # ------------------------------------------------------------------
-    @staticmethod
-    def _output_kind(model, graph, output):
-        if output not in ("auto", "softmax", "sigmoid", "logits"):
-            raise ValueError(
-                f"`output` must be 'auto', 'softmax', 'sigmoid' or 'logits'; received {output!r}."
-            )
-        shape = graph.tensors[graph.output_keys[0]].shape
-        if len(shape) != 2:
-            raise ValueError(
-                f"HybridInterpreter needs a classifier with output shape (batch, classes); model "
-                f"{model.name!r} outputs shape {shape}."
-            )
-        if output == "auto":
-            output = _graph.classifier_activation(graph)
-            if output is None:
-                raise ValueError(
-                    f"Model {model.name!r} does not end in a softmax or sigmoid, so it does not look "
-                    "like a classifier (keras-hybrid-interp supports classification models: softmax "
-                    "multi-class or sigmoid binary). If it outputs class logits, pass output='logits'; "
-                    "regression models are not supported."
-                )
-        if output == "sigmoid" and shape[-1] != 1:
-            raise ValueError(
-                f"A sigmoid output must have one unit (binary classification); model {model.name!r} "
-                f"outputs {shape[-1]} units (multi-label outputs are not supported)."
-            )
-        if output in ("softmax", "logits") and shape[-1] is not None and shape[-1] < 2:
-            raise ValueError(f"A {output} classifier needs at least 2 classes; the output has {shape[-1]}.")
-        return output
-
     @property
     def graph(self):
         """The flattened model graph (:class:`~keras_hybrid_interp._graph.ModelGraph`)."""
         return self._graph
+
+    @property
+    def reader(self) -> OutputReader:
+        """How the model's output is read (:class:`~keras_hybrid_interp._output.OutputReader`)."""
+        return self._reader
+
+    @property
+    def probes(self) -> list:
+        """The probe layers (:class:`LinearProbe`), one per block."""
+        return list(self._probes)
 
     @property
     def trainable_weights(self):
@@ -244,9 +302,11 @@ class HybridInterpreter(keras.Model):
 
     def call(self, inputs, training=False):
         """Returns ``{block_name: probe probabilities, ..., "output": model probabilities}``."""
-        outs = self._features(inputs, training=False)
-        result = {name: probe(f) for name, probe, f in zip(self.block_names, self._probes, outs[:-1])}
-        result["output"] = outs[-1]
+        g = self._graph
+        values = g.replay({g.input_keys[0]: inputs}, list(self.block_keys) + list(g.output_keys))
+        result = {name: probe(pool(values[k])) for name, probe, pool, k
+                  in zip(self.block_names, self._probes, self._pools, self.block_keys)}
+        result["output"] = self._reader.probabilities(values[g.output_keys[0]], xp=keras.ops)
         return result
 
     def fit(self, *args, **kwargs):
@@ -256,77 +316,57 @@ class HybridInterpreter(keras.Model):
         )
 
     # ------------------------------------------------------------------
-    # Data
+    # Data and taps
     # ------------------------------------------------------------------
-    def _stream(self, x, y=None, batch_size=64, max_samples=None, argname="x"):
-        shape = self._graph.tensors[self._graph.input_keys[0]].shape[1:]
-        return as_stream(x, y, batch_size=batch_size, input_shape=shape, max_samples=max_samples, argname=argname)
+    def stream(self, x, y=None, *, batch_size=64, max_samples=None, steps=None, argname="x"):
+        """``x`` (and ``y``) as a checked stream of batches for this model."""
+        return model_stream(self._graph, x, y, batch_size=batch_size, max_samples=max_samples, steps=steps,
+                            argname=argname)
 
-    def _extract(self, stream, verbose=0, need_labels=False):
-        """One forward pass over ``stream``: pooled features, model probs, labels."""
-        feats = [[] for _ in self._probes]
-        probs, labels = [], []
-        bar = keras.utils.Progbar(None, verbose=verbose, unit_name="batch") if verbose else None
-        has_y = None
-        for b, (xb, yb) in enumerate(stream):
-            if has_y is None:
-                has_y = yb is not None
-            elif has_y != (yb is not None):
-                raise ValueError(f"`{stream.argname}` yields labels for some batches but not others.")
-            outs = predict_on_batch(self._features, xb)
-            for i, f in enumerate(outs[:-1]):
-                feats[i].append(np.asarray(f, dtype=np.float32))
-            probs.append(np.asarray(outs[-1], dtype=np.float32))
-            if yb is not None:
-                labels.append(to_class_indices(yb, self.num_classes, argname=stream.label_argname))
-            if bar is not None:
-                bar.update(b + 1)
-        if need_labels and not has_y:
-            raise ValueError(
-                f"Labels are needed, but `{stream.argname}` has none: pass `y=` with arrays, or a "
-                "dataset yielding (x, y) pairs."
-            )
-        feats = [np.concatenate(f) for f in feats]
-        probs = np.concatenate(probs)
-        for name, f in zip(self.block_names, feats):
-            if not np.all(np.isfinite(f)):
-                raise ValueError(
-                    f"Block {name!r} produced NaN or infinite activations on finite inputs; the "
-                    "model is numerically unstable there, and probes on it would be meaningless."
-                )
-        if not np.all(np.isfinite(probs)):
-            raise ValueError("The model produced NaN or infinite outputs on finite inputs.")
-        y = np.concatenate(labels) if labels else None
-        return feats, probs, y
+    def feature_taps(self):
+        """One pass tap per block: its pooled output (the probes' input)."""
+        return [_pass.Tap(k, self.pooling) for k in self.block_keys]
 
-    def _targets(self, probs, y):
-        if y is None:
-            return probs.astype(np.float32)
-        return np.eye(self.num_classes, dtype=np.float32)[y]
+    def output_tap(self):
+        return _pass.Tap(self._graph.output_keys[0], "raw")
+
+    def probe_states(self):
+        """Per block ``(mean, scale, kernel, bias)`` of the probe, float64."""
+        return [p.state() for p in self._probes]
+
+    def probe_scores(self) -> ProbeScores:
+        """A fresh reducer computing the layer table in a pass (see :meth:`evaluate_layers`)."""
+        self._require_fitted()
+        return ProbeScores(list(zip(self.feature_taps(), *zip(*self.probe_states()))), self.output_tap(),
+                           self._reader, self.num_classes)
+
+    def check_drift(self, moments) -> None:
+        """Warns when the input statistics in ``moments`` (an InputMoments) differ grossly from the fit's."""
+        ref = self.input_statistics
+        if ref is None or moments.mean is None:
+            return
+        msg = drift_message(ref["mean"], ref["std"], moments.mean, moments.std)
+        if msg:
+            _warnings.warn("input_drift", msg)
+
+    def _require_fitted(self):
+        if not self.fitted:
+            raise ValueError("The probes are not fitted yet: call interp.fit_probes(x, y) first.")
 
     # ------------------------------------------------------------------
     # Local interpretability
     # ------------------------------------------------------------------
-    def fit_probes(
-        self,
-        x,
-        y=None,
-        *,
-        validation_data=None,
-        validation_split=0.0,
-        epochs=50,
-        batch_size=256,
-        learning_rate=0.05,
-        warm_start=False,
-        random_state=None,
-        max_samples=None,
-        verbose="auto",
-    ):
-        """Trains every block probe on frozen, pooled block outputs.
+    def fit_probes(self, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_start=False, batch_size=64,
+                   max_samples=None, steps=None, verbose="auto"):
+        """Fits every block probe on frozen, pooled block outputs.
 
         One forward pass of the wrapped model (in inference mode) computes
-        the pooled features of all blocks; the probes then train on those
-        cached features, so the backbone is never re-run per probe or epoch.
+        the pooled features of all blocks; each probe is then fitted on
+        those cached features by the one probe trainer
+        (:mod:`~keras_hybrid_interp._trainer`): scikit-learn's
+        ``StandardScaler`` followed by L2-regularised multinomial logistic
+        regression (binary for a 2-class model), solved to its optimum by
+        L-BFGS. The backbone is never re-run per probe.
 
         Parameters
         ----------
@@ -335,158 +375,129 @@ class HybridInterpreter(keras.Model):
             Labels. With ``y=None`` (and a dataset yielding ``x`` only) the
             probes learn the model's own predicted distribution (soft
             targets, as in the tuned lens), so unlabeled data works.
-        validation_data : tuple (x_val, y_val), array or dataset, optional
-        validation_split : float
-            Fraction of the (last) samples held out for validation.
-        epochs, batch_size, learning_rate : training settings (Adam).
+        C : float
+            Inverse L2 penalty, as scikit-learn's ``LogisticRegression(C=...)``
+            (``np.inf``: none).
+        max_iter, tol : int, float
+            L-BFGS iteration cap and gradient tolerance. A probe that does not
+            converge is reported (warning and ``convergence_``).
         warm_start : bool
-            Continue from the current probe weights and standardization
-            instead of starting from zero.
-        random_state : None, int, numpy Generator or SeedSequence
-            Seeds the mini-batch order (a private generator: the global
-            random streams are untouched). None draws fresh entropy.
-        max_samples : int, optional
-            Use at most this many (first) samples.
+            Start from the current probes (saves iterations; the optimum is the same).
+        batch_size : int
+            Inference batch size of the backbone pass (arrays; datasets keep theirs).
+        max_samples, steps : int, optional
+            Use the first samples, or the first batches, only. One of them is
+            required for a dataset that repeats forever.
         verbose : "auto", 0, 1 or 2
+            Progress of the backbone pass.
 
         Returns
         -------
-        keras.callbacks.History
-            Per-probe training (and validation) loss per epoch.
+        self
+            What the fit found that limits the probes (missing classes, no
+            convergence, too few samples) is warned about and kept in
+            ``fit_health_``; :meth:`report` lists it in its health section.
         """
+        with _warnings.collect() as caveats:
+            n_before = len(caveats)
+            self._fit_probes(x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose)
+            self.fit_health_ = list(caveats[n_before:])
+        return self
+
+    def _fit_probes(self, x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose):
+        C = check_C(C)
         verbose = _resolve_verbose(verbose)
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"`epochs` must be a positive int; received {epochs!r}.")
-        if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
-            raise ValueError(f"`validation_split` must be a float in [0, 1); received {validation_split!r}.")
-        if validation_data is not None and validation_split:
-            raise ValueError("Pass either `validation_data` or `validation_split`, not both.")
-        if isinstance(validation_data, tuple) and len(validation_data) != 2:
-            raise ValueError(
-                "`validation_data` must be a tuple (x_val, y_val), an array x_val or a dataset; received a "
-                f"tuple of {len(validation_data)} items (sample weights are not supported)."
+        stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        feats = [_pass.Collect(t, dtype=np.float32) for t in self.feature_taps()]
+        outputs = _pass.Collect(self.output_tap())
+        labels = _pass.Collect.first("y", None)
+        moments = _pass.InputMoments()
+        info = _pass.run(self._graph, stream, feats + [outputs, labels, moments], num_classes=self.num_classes,
+                         verbose=verbose)
+        self._check_finite(info)
+        feats = [f.result() for f in feats]
+        y_idx = labels.result()
+        if info.n < 2:
+            raise ValueError(f"Probes need at least 2 training samples; received {info.n}.")
+        if y_idx is not None:
+            targets = y_idx
+            _warnings.check_classes(np.bincount(y_idx, minlength=self.num_classes), self.class_names, "the labels")
+        else:
+            targets = self._reader.probabilities(outputs.result())
+            _warnings.check_classes(np.bincount(targets.argmax(axis=1), minlength=self.num_classes), self.class_names,
+                                    "the model's predictions")
+        rows = []
+        for name, probe, f in zip(self.block_names, self._probes, feats):
+            mean, scale = input_transform(f)
+            z = (f.astype(np.float64) - mean) * scale
+            init = None
+            if warm_start and self.fitted:
+                old_mean, old_scale, old_kernel, old_bias = probe.state()
+                # The same linear map of the raw features, in the new standardized coordinates.
+                w = old_kernel * old_scale[:, None]
+                b = old_bias - old_mean @ w
+                init = (np.divide(w, scale[:, None], out=np.zeros_like(w), where=scale[:, None] > 0),
+                        b + mean @ w)
+            sol = fit_probe(z, targets, self.num_classes, C=C, max_iter=max_iter, tol=tol, init=init)
+            probe.set_state(mean, scale, sol.kernel, sol.bias)
+            rows.append((name, sol.n_iter, sol.converged, sol.loss))
+            if z.shape[0] < z.shape[1]:
+                _warnings.warn(
+                    "few_samples",
+                    f"Block {name!r}: its probe has {z.shape[1]} features but only {z.shape[0]} training samples, "
+                    "so it can fit them perfectly whatever they encode; its accuracy on new data is the only "
+                    "fair measure. Use more samples, a stronger penalty (smaller `C`) or coarser pooling.",
+                )
+        not_conv = [r[0] for r in rows if not r[2]]
+        if not_conv:
+            _warnings.warn(
+                "not_converged",
+                f"The probes of blocks {not_conv} did not converge within max_iter={max_iter} L-BFGS iterations; "
+                "their accuracy may be understated. Raise `max_iter`, or lower `C` (stronger penalty) if the "
+                "classes are separable.",
             )
-        if not (callable(learning_rate) or isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)):
-            if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.integer, np.floating))
-                    or not np.isfinite(learning_rate) or learning_rate <= 0):
-                raise ValueError(
-                    "`learning_rate` must be a positive, finite float (or a keras LearningRateSchedule); "
-                    f"received {learning_rate!r}."
-                )
-        entropy = resolve_entropy(random_state)
-        stream = self._stream(x, y, batch_size=batch_size, max_samples=max_samples)
-        feats, probs, labels = self._extract(stream, verbose=verbose)
-        targets = self._targets(probs, labels)
-        n = len(targets)
-        val = None
-        if validation_split:
-            n_val = int(round(n * validation_split))
-            if n_val < 1 or n_val >= n:
-                raise ValueError(
-                    f"`validation_split`={validation_split} leaves {n - n_val} training and {n_val} "
-                    f"validation samples out of {n}; both need at least one."
-                )
-            val = ([f[n - n_val:] for f in feats], targets[n - n_val:])
-            feats, targets = [f[: n - n_val] for f in feats], targets[: n - n_val]
-        elif validation_data is not None:
-            if isinstance(validation_data, tuple) and len(validation_data) == 2:
-                vstream = self._stream(validation_data[0], validation_data[1], batch_size=batch_size,
-                                       argname="validation_data")
-            else:
-                vstream = self._stream(validation_data, batch_size=batch_size, argname="validation_data")
-            vfeats, vprobs, vlabels = self._extract(vstream)
-            if labels is not None and vlabels is None:
-                raise ValueError("`validation_data` has no labels, but the probes are trained on labels `y`.")
-            val = (vfeats, self._targets(vprobs, vlabels if labels is not None else None))
-        if len(targets) < 2:
-            raise ValueError(f"Probes need at least 2 training samples; received {len(targets)}.")
-
-        if not warm_start or not self.fitted:
-            for probe, f in zip(self._probes, feats):
-                probe.set_input_transform(f)
-                probe.reset()
-
-        inputs = [keras.Input((f.shape[1],), name=f"features_{i}") for i, f in enumerate(feats)]
-        outputs = [probe(inp) for probe, inp in zip(self._probes, inputs)]
-        trainer = keras.Model(inputs if len(inputs) > 1 else inputs[0],
-                              outputs if len(outputs) > 1 else outputs[0], name="probe_trainer")
-        trainer.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-            loss=["categorical_crossentropy"] * len(outputs) if len(outputs) > 1 else "categorical_crossentropy",
-        )
-        n_train = len(targets)
-
-        # Mini-batch order from a private RNG: the global random streams are untouched.
-        # Drawn one epoch at a time (never epochs x N indices held at once), and the
-        # same sequence on every call (tf.data may start the generator more than once).
-        def epoch_batches():
-            rng = np.random.default_rng(np.random.SeedSequence(entropy))
-            for _ in range(int(epochs)):
-                order = rng.permutation(n_train)
-                yield [np.sort(order[s:s + batch_size]) for s in range(0, n_train, batch_size)]
-
-        strategy = active_strategy()
-        if strategy is not None:
-            check_in_scope(strategy, [w for p in self._probes for w in p.weights], "the HybridInterpreter")
-            history = fit_distributed(trainer, feats, targets, epoch_batches, int(epochs),
-                                      math.ceil(n_train / batch_size), val, batch_size, verbose)
-            self.fitted = True
-            return history
-
-        history = keras.callbacks.History()
-        history.set_model(trainer)
-        history.on_train_begin()
-        bar = keras.utils.Progbar(int(epochs), verbose=verbose, unit_name="epoch") if verbose else None
-
-        def pack(f, t, idx):
-            fs = [a[idx] for a in f]
-            return (fs[0], t[idx]) if len(fs) == 1 else (tuple(fs), tuple(t[idx] for _ in fs))
-
-        # A plain loop of train_on_batch calls: one compiled train step and no
-        # per-epoch set-up cost (Keras fit() spends ~60 ms per epoch on it).
-        for epoch, batches in enumerate(epoch_batches()):
-            trainer.reset_metrics()
-            for idx in batches:
-                logs = trainer.train_on_batch(*pack(feats, targets, idx), return_dict=True)
-            logs = {k: float(v) for k, v in logs.items()}
-            if val is not None:
-                trainer.reset_metrics()
-                vf, vt = val
-                for start in range(0, len(vt), batch_size):
-                    vlogs = trainer.test_on_batch(*pack(vf, vt, np.arange(start, min(start + batch_size, len(vt)))),
-                                                  return_dict=True)
-                logs.update({f"val_{k}": float(v) for k, v in vlogs.items()})
-            history.on_epoch_end(epoch, logs)
-            if bar is not None:
-                bar.update(epoch + 1, values=[("loss", logs["loss"])])
+        self.convergence_ = pd.DataFrame(rows, columns=["block", "n_iter", "converged", "loss"])
+        self.input_statistics = {"mean": moments.mean, "std": moments.std}
         self.fitted = True
-        return history
 
-    def _require_fitted(self):
-        if not self.fitted:
-            raise ValueError("The probes are not fitted yet: call interp.fit_probes(x, y) first.")
+    def _check_finite(self, info):
+        bad = [self._graph.tensors[k].name for k in sorted(info.nonfinite)]
+        if bad:
+            raise ValueError(
+                f"{bad} produced NaN or infinite values on finite inputs; the model is numerically unstable "
+                "there, and probes on it would be meaningless."
+            )
 
-    def layer_predictions(self, x, *, batch_size=64, max_samples=None) -> LayerPredictions:
+    @_warnings.collecting
+    def layer_predictions(self, x, *, batch_size=64, max_samples=None, steps=None) -> LayerPredictions:
         """Per-block probe probabilities for every sample of ``x``.
 
         Holds (L, N, K) probabilities in memory: use ``max_samples`` or
         :meth:`evaluate_layers` for large data.
         """
         self._require_fitted()
-        stream = self._stream(x, batch_size=batch_size, max_samples=max_samples)
-        feats, probs, _ = self._extract(stream)
+        stream = self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        feats = [_pass.Collect(t) for t in self.feature_taps()]
+        outputs = _pass.Collect(self.output_tap())
+        moments = _pass.InputMoments()
+        info = _pass.run(self._graph, stream, feats + [outputs, moments])
+        self._check_finite(info)
+        self.check_drift(moments)
+        logits_reader = OutputReader("logits", self.num_classes)
         block_probs = np.stack([
-            np.asarray(keras.ops.convert_to_numpy(p(f)), dtype=np.float32) for p, f in zip(self._probes, feats)
+            logits_reader.probabilities(probe_logits(f.result(), *state))
+            for f, state in zip(feats, self.probe_states())
         ])
         return LayerPredictions(
             blocks=list(self.block_names),
             depths=np.array([b.depth for b in self.blocks]),
             probabilities=block_probs,
-            model_probabilities=probs,
+            model_probabilities=self._reader.probabilities(outputs.result()),
             class_names=list(self.class_names),
         )
 
-    def evaluate_layers(self, x, y=None, *, batch_size=64, max_samples=None) -> pd.DataFrame:
+    @_warnings.collecting
+    def evaluate_layers(self, x, y=None, *, batch_size=64, max_samples=None, steps=None) -> pd.DataFrame:
         """Layer-by-layer table: one row per block, then one for the model output.
 
         Columns: ``block``, ``depth``, ``filters``, ``accuracy`` (probe top
@@ -498,41 +509,19 @@ class HybridInterpreter(keras.Model):
         Statistics stream in batches and accumulate in float64.
         """
         self._require_fitted()
-        stream = self._stream(x, y, batch_size=batch_size, max_samples=max_samples)
-        L, K = len(self._probes), self.num_classes
-        correct = np.zeros(L + 1)
-        agree = np.zeros(L + 1)
-        loss = np.zeros(L + 1)
-        counts = np.zeros(K)
-        n = 0
-        has_y = None
-        for xb, yb in stream:
-            outs = predict_on_batch(self._features, xb)
-            model_p = np.asarray(outs[-1], dtype=np.float64)
-            ps = [np.asarray(keras.ops.convert_to_numpy(p(f)), dtype=np.float64) for p, f in zip(self._probes, outs[:-1])]
-            ps.append(model_p)
-            model_cls = model_p.argmax(axis=1)
-            if has_y is None:
-                has_y = yb is not None
-            elif has_y != (yb is not None):
-                raise ValueError(f"`{stream.argname}` yields labels for some batches but not others.")
-            if yb is not None:
-                yi = to_class_indices(yb, K, argname=stream.label_argname)
-                counts += np.bincount(yi, minlength=K)
-            else:
-                if has_y:
-                    raise ValueError(f"`{stream.argname}` yields labels for some batches but not others.")
-                counts += np.bincount(model_cls, minlength=K)
-            for i, p in enumerate(ps):
-                cls = p.argmax(axis=1)
-                agree[i] += np.sum(cls == model_cls)
-                logp = np.log(np.clip(p, _EPS, 1.0))
-                if yb is not None:
-                    correct[i] += np.sum(cls == yi)
-                    loss[i] += -np.sum(logp[np.arange(len(yi)), yi])
-                else:
-                    loss[i] += -np.sum(model_p * logp)
-            n += len(xb)
+        stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        scores = self.probe_scores()
+        moments = _pass.InputMoments()
+        _pass.run(self._graph, stream, [scores, moments], num_classes=self.num_classes)
+        self.check_drift(moments)
+        return self.layer_table(scores)
+
+    def layer_table(self, scores: ProbeScores) -> pd.DataFrame:
+        """The layer table from a :class:`ProbeScores` reducer that has seen a pass."""
+        n, L = scores.n, len(self.block_names)
+        labelled = bool(scores.labelled)
+        counts = scores.counts if labelled else scores.model_counts
+        _warnings.check_classes(counts, self.class_names, "the labels" if labelled else "the model's predictions")
         names = list(self.block_names) + ["output"]
         depths = [b.depth for b in self.blocks] + [self._graph.tensors[self._graph.output_keys[0]].producer]
         filters = pd.array([b.filters for b in self.blocks] + [None], dtype="Int64")
@@ -540,12 +529,17 @@ class HybridInterpreter(keras.Model):
             "block": names,
             "depth": depths,
             "filters": filters,
-            "accuracy": correct / n if has_y else np.full(L + 1, np.nan),
-            "loss": loss / n,
-            "agreement": agree / n,
+            "accuracy": scores.correct / n if labelled else np.full(L + 1, np.nan),
+            "loss": scores.loss / n,
+            "agreement": scores.agree / n,
             "chance": np.full(L + 1, counts.max() / n),
         })
 
+    def explanation_taps(self, limit):
+        """Pass taps of :meth:`explain`: every block's raw map, for the first ``limit`` samples."""
+        return [_pass.Tap(k, "raw", limit) for k in self.block_keys] + [_pass.Tap(self._graph.output_keys[0], "raw", limit)]
+
+    @_warnings.collecting
     def explain(self, x) -> LocalExplanation:
         """Local explanation of one input ``x`` of shape (H, W, C) or (1, H, W, C).
 
@@ -562,18 +556,38 @@ class HybridInterpreter(keras.Model):
                 f"`x` must be one input of shape {tuple(shape)} or (1, {', '.join(map(str, shape))}); "
                 f"received shape {x.shape}. For several inputs use layer_predictions()."
             )
-        self._stream(x, argname="x")  # validates shape and finiteness
-        outs = predict_on_batch(self._maps_model, x)
-        maps = [np.asarray(m[0], dtype=np.float64) for m in outs[:-1]]
-        model_p = np.asarray(outs[-1][0], dtype=np.float64)
+        return self.explanations(x)[0]
+
+    def explanations(self, x, maps=None) -> list:
+        """Local explanations of the inputs ``x`` (n, ...), from their raw block maps if given.
+
+        ``maps`` is ``[block maps (n, H, W, C) for each block] + [model outputs (n, units)]``
+        as collected by :meth:`explanation_taps` in a pass; None runs a pass over ``x``.
+        """
+        if maps is None:
+            collects = [_pass.Collect(t) for t in self.explanation_taps(len(x))]
+            moments = _pass.InputMoments()
+            info = _pass.run(self._graph, self.stream(x), collects + [moments])
+            self._check_finite(info)
+            self.check_drift(moments)
+            maps = [c.result() for c in collects]
+        model_probs = self._reader.probabilities(maps[-1])
+        states = self.probe_states()
+        out = []
+        for j in range(len(x)):
+            out.append(self._explain_one(x[j], [m[j].astype(np.float64) for m in maps[:-1]], model_probs[j], states))
+        return out
+
+    def _explain_one(self, image, maps, model_p, states):
         probs, evidence = [], []
-        for probe, pool, a in zip(self._probes, self._pools, maps):
+        logits_reader = OutputReader("logits", self.num_classes)
+        for (mean, scale, kernel, bias), pool, a in zip(states, self._pools, maps):
             h, w, c = a.shape
-            W, b = probe.effective_weights()
+            W = kernel * scale[:, None]
+            b = bias - mean @ W
             pooled = np.asarray(keras.ops.convert_to_numpy(pool(a[None].astype(np.float32))), np.float64)[0]
             logits = pooled @ W + b
-            z = np.exp(logits - logits.max())
-            probs.append(z / z.sum())
+            probs.append(logits_reader.probabilities(logits[None])[0])
             flat = a.reshape(h * w, c)
             if self.pooling in ("avg", "max"):
                 ev = flat @ W + b
@@ -592,7 +606,7 @@ class HybridInterpreter(keras.Model):
                 break
             decision = i
         return LocalExplanation(
-            image=x[0],
+            image=image,
             blocks=list(self.block_names),
             depths=np.array([b.depth for b in self.blocks]),
             probabilities=probs,
@@ -615,10 +629,9 @@ class HybridInterpreter(keras.Model):
             i = self.block_names.index(block)
         else:
             raise ValueError(f"`block` must be one of the interpreter's blocks {self.block_names} (or its index); received {block!r}.")
-        g = self._graph
         k = self.block_keys[i]
-        out = self._probes[i](self._pools[i](g.symbolic(k)))
-        return keras.Model(g.symbolic_inputs[0], out, name=f"probe_model_{i}")
+        probe, pool = self._probes[i], self._pools[i]
+        return self._graph.build_side_model(lambda symbolic: [probe(pool(symbolic(k)))], name=f"probe_model_{i}")
 
     def report(self, x, y=None, **kwargs):
         """Runs the full hybrid analysis (local and global) and returns a :class:`~keras_hybrid_interp.report.Report`.
@@ -652,6 +665,8 @@ class HybridInterpreter(keras.Model):
             "output": self.output_kind,
             "class_names": list(self.class_names),
             "fitted": bool(self.fitted),
+            "input_statistics": None if self.input_statistics is None else {
+                k: [float(v) for v in np.ravel(a)] for k, a in self.input_statistics.items()},
         }
 
     @classmethod

@@ -11,14 +11,11 @@ import numpy as np
 import keras
 from keras import ops
 
+from ._output import OutputReader
+
 __all__ = ["FeaturePooling", "LinearProbe", "OutputProbabilities", "adaptive_bins", "input_transform"]
 
 _PACKAGE = "keras_hybrid_interp"
-
-#: A probe whitens its input only with at least this many training samples per
-#: feature; with fewer it standardizes each feature (see set_input_transform).
-WHITEN_MIN_SAMPLES_PER_FEATURE = 10
-
 
 def adaptive_bins(size: int, k: int) -> list[tuple[int, int]]:
     """Bins of adaptive pooling (as in PyTorch): [floor(i*n/k), ceil((i+1)*n/k))."""
@@ -31,9 +28,9 @@ class FeaturePooling(keras.layers.Layer):
 
     Parameters
     ----------
-    mode : {"avg", "max"} or int
-        ``"avg"``: global average over H and W (C features). ``"max"``:
-        global maximum (C features). An int ``k``: adaptive average pooling
+    mode : {"avg", "max", "min"} or int
+        ``"avg"``: global average over H and W (C features). ``"max"`` /
+        ``"min"``: global maximum / minimum (C features). An int ``k``: adaptive average pooling
         to a k x k grid, flattened in (row, column, channel) order
         (k * k * C features).
     """
@@ -47,6 +44,8 @@ class FeaturePooling(keras.layers.Layer):
             return ops.mean(x, axis=(1, 2))
         if self.mode == "max":
             return ops.max(x, axis=(1, 2))
+        if self.mode == "min":
+            return ops.min(x, axis=(1, 2))
         k = int(self.mode)
         h, w = x.shape[1], x.shape[2]
         cells = []
@@ -57,7 +56,7 @@ class FeaturePooling(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         c = input_shape[-1]
-        if self.mode in ("avg", "max"):
+        if self.mode in ("avg", "max", "min"):
             return (input_shape[0], c)
         return (input_shape[0], int(self.mode) ** 2 * c)
 
@@ -82,80 +81,60 @@ class FeaturePooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def input_transform(features, whiten: bool, rtol: float = 1e-9):
-    """``(mean, T)`` in float64 for probe inputs ``(f - mean) @ T`` (whiten) or ``(f - mean) * T``.
+def input_transform(features, rtol: float = 1e-9):
+    """``(mean, scale)`` in float64 such that the probe reads ``(f - mean) * scale``.
 
-    PCA whitening (``T`` is D x D) when ``whiten`` and there are at least
-    ``WHITEN_MIN_SAMPLES_PER_FEATURE`` samples per feature, else a diagonal
-    standardization (D x D diagonal when ``whiten``, a (D,) vector otherwise).
-    Directions or features whose variance is below ``rtol`` times the largest
-    get 0. Statistics are accumulated chunk by chunk, never as a float64 copy
-    of all N x D features. See :meth:`LinearProbe.set_input_transform`.
+    Per-feature standardization (scikit-learn's ``StandardScaler``: population
+    standard deviation). Features whose variance is below ``rtol`` times the
+    largest are constant in the data: they get scale 0 instead of a huge,
+    noise-amplifying one. Statistics are accumulated chunk by chunk, never as
+    a float64 copy of all N x D features.
     """
     f = np.asarray(features)
     n, dim = f.shape
-    # Float64 statistics computed chunk by chunk: never a float64 copy of all N x D features.
     chunks = range(0, n, max(1, 2 ** 22 // max(dim, 1)))
     mean = np.zeros(dim)
     for start in chunks:
         mean += f[start:start + chunks.step].sum(axis=0, dtype=np.float64)
     mean /= max(n, 1)
-    if whiten and n >= WHITEN_MIN_SAMPLES_PER_FEATURE * dim:
-        cov = np.zeros((dim, dim))
-        for start in chunks:
-            c = f[start:start + chunks.step].astype(np.float64) - mean
-            cov += c.T @ c
-        cov /= max(n - 1, 1)
-        lam, vec = np.linalg.eigh(cov)
-        keep = lam > rtol * max(lam.max(), 0.0) if lam.max() > 0 else np.zeros_like(lam, bool)
-        t = np.zeros_like(cov)
-        t[:, keep] = vec[:, keep] / np.sqrt(lam[keep])
-        return mean, t
-    # Per-feature standardization; with whiten=True but too few samples to
-    # estimate a D x D covariance (whitening would blow up noise directions
-    # and the probe would overfit), as a diagonal matrix.
     var = np.zeros(dim)
     for start in chunks:
         c = f[start:start + chunks.step].astype(np.float64) - mean
         var += np.einsum("ij,ij->j", c, c)
     var /= max(n, 1)
     keep = var > rtol * max(var.max(), 0.0) if var.max() > 0 else np.zeros_like(var, bool)
-    t = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
-    return mean, (np.diag(t) if whiten else t)
+    scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
+    return mean, scale
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LinearProbe(keras.layers.Layer):
-    """Whiten-then-linear softmax classifier on pooled features.
+    """Standardize-then-linear softmax classifier on pooled features.
 
-    ``probe(f) = softmax(((f - mean) @ T) @ kernel + bias)``. ``mean`` and the
-    input transform ``T`` are fixed from the training features before the
-    probe is fitted (:meth:`set_input_transform`); ``kernel`` and ``bias``
-    are trained. ``T`` is a PCA whitening matrix when ``whiten=True``
-    (features of a block are strongly correlated, and whitening makes the
-    convex problem well conditioned, so a few epochs of Adam reach the
-    optimum), or a diagonal 1 / standard deviation otherwise (for very wide
-    inputs, where a D x D matrix would be too large). The kernel starts at
-    zero, so fitting draws no random numbers for initialization.
+    ``probe(f) = softmax(((f - mean) * scale) @ kernel + bias)``: scikit-learn's
+    ``StandardScaler`` followed by a multinomial ``LogisticRegression``.
+    ``mean`` and ``scale`` are fixed from the training features
+    (:func:`input_transform`); ``kernel`` and ``bias`` are fitted by the one
+    probe trainer (:mod:`keras_hybrid_interp._trainer`) to the optimum of the
+    L2-regularised cross-entropy. For a binary probe (``units=2``) the first
+    column of ``kernel`` and of ``bias`` stays 0, so that
+    ``p(class 1) = sigmoid(z @ kernel[:, 1] + bias[1])``: exactly a binary
+    logistic regression.
     """
 
-    def __init__(self, units, whiten=True, **kwargs):
+    def __init__(self, units, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
-        self.whiten = bool(whiten)
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
         self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
-        shape = (dim, dim) if self.whiten else (dim,)
-        init = "identity" if self.whiten else "ones"
-        self.transform = self.add_weight(shape=shape, initializer=init, trainable=False, name="transform")
+        self.scale = self.add_weight(shape=(dim,), initializer="ones", trainable=False, name="scale")
         self.kernel = self.add_weight(shape=(dim, self.units), initializer="zeros", name="kernel")
         self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
 
     def logits(self, f):
-        f = ops.cast(f, self.compute_dtype) - self.mean
-        f = ops.matmul(f, self.transform) if self.whiten else f * self.transform
+        f = (ops.cast(f, self.compute_dtype) - self.mean) * self.scale
         return ops.matmul(f, self.kernel) + self.bias
 
     def call(self, f):
@@ -164,36 +143,24 @@ class LinearProbe(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
 
-    def set_input_transform(self, features: np.ndarray, rtol: float = 1e-9):
-        """Fixes ``mean`` and ``T`` from training features (N, D), in float64.
+    def set_state(self, mean, scale, kernel, bias):
+        """Assigns a fitted probe (float64 arrays are cast to the layer's dtype)."""
+        for var, value in ((self.mean, mean), (self.scale, scale), (self.kernel, kernel), (self.bias, bias)):
+            var.assign(np.asarray(value).astype(var.dtype))
 
-        Directions (or, without whitening, features) whose variance is below
-        ``rtol`` times the largest are constant in the training data: they
-        get weight 0 instead of a huge, noise-amplifying scale. With fewer
-        than ``WHITEN_MIN_SAMPLES_PER_FEATURE`` samples per feature the
-        covariance is too poorly estimated to whiten with, and the transform
-        is a diagonal standardization instead.
-        """
-        mean, t = input_transform(features, self.whiten, rtol)
-        self.mean.assign(mean.astype(self.mean.dtype))
-        self.transform.assign(t.astype(self.transform.dtype))
-
-    def reset(self):
-        """Sets kernel and bias to zero (a fresh, untrained probe)."""
-        self.kernel.assign(np.zeros(self.kernel.shape, dtype=self.kernel.dtype))
-        self.bias.assign(np.zeros(self.bias.shape, dtype=self.bias.dtype))
+    def state(self) -> tuple[np.ndarray, ...]:
+        """``(mean, scale, kernel, bias)`` as float64 arrays."""
+        return tuple(np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+                     for v in (self.mean, self.scale, self.kernel, self.bias))
 
     def effective_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(W, b) in float64 such that logits = f @ W + b on raw features."""
-        mean = np.asarray(keras.ops.convert_to_numpy(self.mean), np.float64)
-        t = np.asarray(keras.ops.convert_to_numpy(self.transform), np.float64)
-        kernel = np.asarray(keras.ops.convert_to_numpy(self.kernel), np.float64)
-        bias = np.asarray(keras.ops.convert_to_numpy(self.bias), np.float64)
-        w = t @ kernel if self.whiten else kernel * t[:, None]
+        mean, scale, kernel, bias = self.state()
+        w = kernel * scale[:, None]
         return w, bias - mean @ w
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "whiten": self.whiten}
+        return {**super().get_config(), "units": self.units}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -201,7 +168,9 @@ class OutputProbabilities(keras.layers.Layer):
     """Turns a classifier's output into class probabilities, shape (batch, K).
 
     ``kind`` is ``"softmax"`` (already probabilities), ``"sigmoid"`` (a binary
-    (batch, 1) output p becomes [1 - p, p]) or ``"logits"`` (softmax applied).
+    (batch, 1) output p becomes [1 - p, p]) or ``"logits"`` (softmax of K
+    logits, or sigmoid of one binary logit). The arithmetic is the output
+    reader's (:class:`~keras_hybrid_interp._output.OutputReader`).
     """
 
     def __init__(self, kind="softmax", **kwargs):
@@ -210,15 +179,12 @@ class OutputProbabilities(keras.layers.Layer):
 
     def call(self, x):
         x = ops.cast(x, "float32")
-        if self.kind == "sigmoid":
-            x = ops.reshape(x, (-1, 1))
-            return ops.concatenate([1.0 - x, x], axis=-1)
-        if self.kind == "logits":
-            return ops.softmax(x, axis=-1)
-        return x
+        units = int(x.shape[-1]) if x.shape[-1] is not None else 1
+        return OutputReader(self.kind, units).probabilities(x, xp=ops)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], 2 if self.kind == "sigmoid" else input_shape[-1])
+        units = input_shape[-1]
+        return (input_shape[0], 2 if units == 1 else units)
 
     def get_config(self):
         return {**super().get_config(), "kind": self.kind}

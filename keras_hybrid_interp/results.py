@@ -33,6 +33,10 @@ class LayerPredictions:
     model_probabilities: np.ndarray
     class_names: list
 
+    def __repr__(self):
+        L, N, K = np.shape(self.probabilities)
+        return f"LayerPredictions(blocks={L}, samples={N}, classes={K})"
+
     @property
     def predicted(self) -> np.ndarray:
         """Probe top class per block and sample, shape (L, N)."""
@@ -101,6 +105,11 @@ class LocalExplanation:
     evidence_maps: list
     class_names: list
     pooling: object = "avg"
+
+    def __repr__(self):
+        decided = "never" if self.decision_block is None else repr(self.decision_block)
+        return (f"LocalExplanation(model_class={self.class_names[self.model_class]!r}, blocks={len(self.blocks)}, "
+                f"decision_block={decided})")
 
     @property
     def predicted(self) -> np.ndarray:

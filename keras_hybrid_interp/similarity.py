@@ -19,15 +19,15 @@ features are all constant.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pandas as pd
 
-from .correlation import StreamingMoments, summarize
-from ._distribute import predict_on_batch
+from . import _warnings
+from ._pass import Tap
+from .correlation import StreamingMoments
 
-__all__ = ["LayerSimilarity", "linear_cka", "layer_similarity"]
+__all__ = ["LayerSimilarity", "CKAMoments", "linear_cka", "similarity_result"]
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -103,20 +103,27 @@ class LayerSimilarity:
         return f"LayerSimilarity(blocks={len(self.blocks)}, n_samples={self.n_samples})"
 
 
-def layer_similarity(graph, keys, names, stream) -> LayerSimilarity:
-    """Streams once through the blocks; see :meth:`GlobalAnalyzer.layer_similarity`."""
-    model = graph.build(list(keys), name="khi_cka")
-    sizes = [int(graph.tensors[k].shape[-1]) for k in keys]
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    acc = StreamingMoments(int(bounds[-1]))
-    for xb, _ in stream:
-        outs = predict_on_batch(model, xb)
-        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-        acc.update(np.concatenate([summarize(np.asarray(o), "mean") for o in outs], axis=1))
+class CKAMoments:
+    """Reducer of :func:`similarity_result`: co-moments of the spatially averaged features of ``keys``."""
+
+    def __init__(self, graph, keys):
+        self.keys = list(keys)
+        self.taps = tuple(Tap(k, "avg") for k in self.keys)
+        self.sizes = [int(graph.tensors[k].shape[-1]) for k in self.keys]
+        self.acc = StreamingMoments(int(sum(self.sizes)))
+
+    def update(self, batch):
+        self.acc.update(np.concatenate([batch.values[t.ident] for t in self.taps], axis=1))
+
+
+def similarity_result(red: CKAMoments, names) -> LayerSimilarity:
+    """The :class:`LayerSimilarity` of a reducer that has seen a pass."""
+    acc = red.acc
     if acc.n < 2:
         raise ValueError(f"`x` must hold at least 2 samples for CKA; received {acc.n}.")
+    bounds = np.concatenate([[0], np.cumsum(red.sizes)]).astype(int)
     s = acc.comoment
-    L = len(keys)
+    L = len(red.keys)
     sl = [slice(bounds[i], bounds[i + 1]) for i in range(L)]
     norms = [np.linalg.norm(s[a, a]) for a in sl]
     out = np.full((L, L), np.nan)
@@ -128,6 +135,6 @@ def layer_similarity(graph, keys, names, stream) -> LayerSimilarity:
                 out[i, j] = out[j, i] = np.sum(blk * blk) / den
     const = [names[i] for i in range(L) if norms[i] == 0]
     if const:
-        warnings.warn(f"Blocks {const} have constant spatially averaged features over the analysed "
-                      "samples; their CKA is NaN.", UserWarning, stacklevel=4)
+        _warnings.warn("constant_blocks", f"Blocks {const} have constant spatially averaged features over the "
+                       "analysed samples; their CKA is NaN.")
     return LayerSimilarity(out, tuple(names), acc.n)

@@ -29,9 +29,9 @@ def test_equals_point_biserial_reference(batch_size, statistic):
     res = ga.filter_class_association(x, y, "res_out", statistic=statistic, batch_size=batch_size)
     act = ga.graph.build([ga.graph.resolve("res_out")]).predict_on_batch(x)
     s = act.astype(np.float64).mean(axis=(1, 2)) if statistic == "mean" else act.max(axis=(1, 2)).astype(np.float64)
-    np.testing.assert_allclose(res.values, _reference(s, y, 4), atol=1e-8, rtol=0)
+    np.testing.assert_allclose(res.values, _reference(s, y, 4), atol=1e-6, rtol=0)  # per-sample summaries are float32 on the device; accumulation is float64
     for j in range(4):
-        np.testing.assert_allclose(res.class_means[:, j], s[y == j].mean(0), rtol=1e-10)
+        np.testing.assert_allclose(res.class_means[:, j], s[y == j].mean(0), rtol=1e-6)
     assert res.class_counts.tolist() == np.bincount(y, minlength=4).tolist()
     assert res.label_source == "y" and res.table.shape == (6, 4)
 
@@ -58,16 +58,17 @@ def test_labels_from_dataset_or_model_and_absent_class():
     assert ds.label_source == "dataset"
     np.testing.assert_allclose(ds.values, ref.values, atol=1e-12)
     own = np.argmax(model.predict_on_batch(x), axis=1)
-    with pytest.warns(UserWarning, match="do not occur") if len(np.unique(own)) < 4 else _nullcontext():
+    with pytest.warns(UserWarning, match="have no sample") if len(np.unique(own)) < 4 else _nullcontext():
         pred = ga.filter_class_association(x, None, "res_out")
     assert pred.label_source == "model predictions"
-    with pytest.warns(UserWarning, match="do not occur") if len(np.unique(own)) < 4 else _nullcontext():
+    with pytest.warns(UserWarning, match="have no sample") if len(np.unique(own)) < 4 else _nullcontext():
         direct = ga.filter_class_association(x, own, "res_out")
     np.testing.assert_allclose(pred.values, direct.values, atol=1e-12, equal_nan=True)
     y3 = np.where(y == 3, 0, y)
-    with pytest.warns(UserWarning, match=r"Classes \[3\] do not occur"):
+    with pytest.warns(UserWarning, match=r"Classes \['3'\] have no sample"):
         res = ga.filter_class_association(x, y3, "res_out")
     assert np.all(np.isnan(res.values[:, 3])) and not np.any(np.isnan(res.values[:, :3]))
+    assert np.all(np.isnan(res.class_means[:, 3]))  # no fake number for an absent class
 
 
 class _nullcontext:

@@ -29,8 +29,10 @@ def test_streaming_equals_corrcoef(batch_size, statistic):
     res = ga.filter_correlation(x, "res_conv2", statistic=statistic, batch_size=batch_size)
     summary = _summary(ga, x, "res_conv2", statistic)
     expected = np.corrcoef(summary, rowvar=False)
-    np.testing.assert_allclose(res.values, expected, atol=1e-8, rtol=0)
-    np.testing.assert_allclose(res.mean, summary.mean(0), rtol=1e-12)
+    # The per-sample spatial summary is computed on the device in float32 (the model's
+    # precision); only the accumulation across samples is float64.
+    np.testing.assert_allclose(res.values, expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(res.mean, summary.mean(0), rtol=1e-6)
     assert res.n_samples == 57 and res.statistic == statistic
     assert res.matrix.shape == (6, 6)
 

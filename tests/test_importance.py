@@ -5,7 +5,8 @@ from scipy.stats import spearmanr
 import keras
 
 from keras_hybrid_interp._data import DataStream
-from keras_hybrid_interp._engine import Job, TailEngine, job_permutation
+from keras_hybrid_interp import _pass
+from keras_hybrid_interp._engine import FrontierCache, Job, TailEngine, job_permutation
 from keras_hybrid_interp.analyzer import GlobalAnalyzer
 
 from _models_global import (
@@ -28,6 +29,13 @@ def _data(n=48, shape=(12, 12, 3), seed=0, classes=4):
     return rng.normal(size=(n, *shape)).astype("float32"), rng.integers(0, classes, n)
 
 
+def _cache(eng, stream):
+    """The tail engine's cache, filled by the one data pass."""
+    red = FrontierCache(eng)
+    _pass.run(eng.graph, stream, [red])
+    return red.result()
+
+
 # ----------------------------------------------------------------------
 # The tail engine equals a full-model re-run (inside a residual block)
 # ----------------------------------------------------------------------
@@ -40,7 +48,7 @@ def test_tail_equals_full_rerun_inside_residual_block(ppe, chunk):
     eng = TailEngine(ga.graph, key)
     # The cut inside the block is crossed by the skip connection.
     assert ga.graph.resolve("stem_pool") in eng.frontier
-    cache = eng.cache(DataStream(x, batch_size=7))
+    cache = _cache(eng, DataStream(x, batch_size=7))
     c = eng.channels
     perms = {ch: job_permutation(123, ch, 0, len(x)) for ch in range(c)}
     jobs = [Job(np.array([ch]), "fill", fill=np.float32(0)) for ch in range(c)]
@@ -65,7 +73,10 @@ def test_tail_equals_full_rerun_inside_residual_block(ppe, chunk):
     # chunks of a few samples (``chunk``) and the 20-sample re-run sum in different
     # orders: 3 ulp seen, and bit-identical with XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
     # (see README, Backends). Unchunked passes (20 or more samples) stay bit-identical on JAX.
-    bit_exact = chunk is None or keras.backend.backend() != "jax"
+    # On some CPUs (an AMD EPYC here) TensorFlow's kernels are not batch-size invariant
+    # either: stacking perturbations (a batch of ppe x 20) moves a few outputs by 1 ulp.
+    # One perturbation per pass over all samples is the full re-run's own batch.
+    bit_exact = ppe == 1 and chunk is None
     for j, ref in enumerate(refs):
         expected = ref.predict_on_batch(x)  # one batch: the permutation spans all samples
         if bit_exact:
@@ -86,18 +97,20 @@ def test_importance_equals_full_rerun_scores():
     base = model.predict_on_batch(x)
 
     def neg_loss(p):
-        return np.mean(np.log(np.clip(p[np.arange(len(y)), y].astype(np.float64), 1e-15, 1)))
+        return np.mean(np.log(np.clip(p[np.arange(len(y)), y].astype(np.float64), 1e-7, 1)))
 
-    assert res.baseline_score == neg_loss(base)
+    # the baseline runs in stacked passes shaped like the perturbations' (see TailEngine.baseline_outputs)
+    assert res.baseline_score == pytest.approx(neg_loss(base), abs=1e-6)
     for ch in range(6):
         for r in range(2):
             perm = job_permutation(res.random_state, ch, r, len(x))
             ref = full_model_with_perturbation(g, key, Perturb([ch], 6, perm=perm)).predict_on_batch(x)
-            assert res.importances[ch, r] == neg_loss(base) - neg_loss(ref)
+            # Stacked tail passes may differ from the full re-run by an ulp (see above).
+            assert res.importances[ch, r] == pytest.approx(neg_loss(base) - neg_loss(ref), abs=1e-6)
     abl = ga.filter_importance(x, y, "res_conv1", method="ablation", scoring="loss")
     for ch in range(6):
         ref = full_model_with_perturbation(g, key, Perturb([ch], 6)).predict_on_batch(x)
-        assert abl.importances[ch, 0] == neg_loss(base) - neg_loss(ref)
+        assert abl.importances[ch, 0] == pytest.approx(neg_loss(base) - neg_loss(ref), abs=1e-6)
 
 
 def test_mean_ablation_uses_dataset_mean_map():
@@ -111,7 +124,7 @@ def test_mean_ablation_uses_dataset_mean_map():
     base = model.predict_on_batch(x)
 
     def neg_loss(p):
-        return np.mean(np.log(np.clip(p[np.arange(len(y)), y].astype(np.float64), 1e-15, 1)))
+        return np.mean(np.log(np.clip(p[np.arange(len(y)), y].astype(np.float64), 1e-7, 1)))
 
     for ch in [0, 3]:
         fill = np.zeros(act.shape[1:], dtype="float32")
@@ -257,9 +270,11 @@ def test_random_state_and_perturbations_per_eval():
     c = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss",
                              perturbations_per_eval=4, batch_size=9)
     d = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=12, scoring="loss")
-    np.testing.assert_array_equal(a.importances, b.importances)
-    np.testing.assert_array_equal(a.importances, c.importances)
-    assert not np.array_equal(a.importances, d.importances)
+    # The same permutations whatever the stacking; the stacking changes the tail's batch shape,
+    # which moves float32 outputs by an ulp on kernels that are not batch-size invariant.
+    np.testing.assert_allclose(a.importances, b.importances, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.importances, c.importances, rtol=0, atol=1e-6)
+    assert np.abs(a.importances - d.importances).max() > 1e-4
     gen = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=np.random.default_rng(3))
     gen2 = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=np.random.default_rng(3))
     np.testing.assert_array_equal(gen.importances, gen2.importances)

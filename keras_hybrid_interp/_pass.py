@@ -1,0 +1,282 @@
+"""The one pass over the data.
+
+Every analysis of the package reads the model through :func:`run`: it takes
+a model graph, a stream of batches (:class:`~keras_hybrid_interp._data.DataStream`)
+and a list of *reducers*. Each reducer names the *taps* it needs: a tensor of
+the graph (a block output, any layer, the model output) and what to compute
+from it per sample on the device (``"raw"``: the tensor itself; ``"avg"``,
+``"max"``, ``"min"``: its global spatial mean, maximum or minimum per
+channel; an int ``k``: adaptive average pooling to a k x k grid). The pass
+builds one side model with every tap as an output, runs it once per batch
+(in inference mode, through ``tf.distribute`` replicas when a strategy is
+active), and hands each batch to every reducer. So ``report()`` sends its
+samples through the backbone once for the layer table, correlation,
+association, similarity, explanations and the importance cache.
+
+A tap may be *limited* to the first ``limit`` samples (the raw maps of a few
+explained inputs): batches that hold none of those samples run a leaner
+side model without it.
+
+Labels are converted to class indices here, once, and their consistency
+(every batch labelled, or none) is checked here. Statistics are the
+reducers' business; they accumulate in float64.
+
+Side models are built once per graph and set of taps and re-used (their
+compiled predict function reads the model's current weights at every call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import keras
+
+from ._data import to_class_indices
+from ._distribute import predict_on_batch
+
+__all__ = ["Tap", "Batch", "PassResult", "run", "InputMoments", "Collect"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tap:
+    """One quantity computed per sample: ``mode`` of graph tensor ``key``.
+
+    ``limit``: only the first ``limit`` samples of the stream are needed
+    (None: all).
+    """
+
+    key: int
+    mode: object = "raw"
+    limit: int | None = None
+
+    @property
+    def ident(self):
+        return (self.key, self.mode)
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch as the reducers see it.
+
+    ``values[(key, mode)]`` holds each tap's NumPy array (absent for a
+    limited tap once its samples are past). ``y`` holds class indices (or
+    the raw labels when the pass was given no number of classes), or None.
+    ``start`` is the index of the batch's first sample in the stream.
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None
+    start: int
+    values: dict
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What the pass itself learnt: sample count, labels, non-finite taps."""
+
+    n: int
+    has_labels: bool
+    nonfinite: set
+
+
+def _side_model(graph, idents):
+    """The side model computing ``idents`` [(key, mode), ...] from the graph's input (built once per graph)."""
+    from .probes import FeaturePooling
+
+    idents = tuple(idents)
+
+    def outputs(symbolic):
+        outs = []
+        for key, mode in idents:
+            t = symbolic(key)
+            if mode != "raw":
+                t = FeaturePooling(mode, dtype="float32", name=f"khi_{mode}_{key}")(t)
+            outs.append(t)
+        return outs
+
+    return graph.build_side_model(outputs, name="khi_pass", cache_key=("khi_pass", idents))
+
+
+def _forward(model, xb):
+    out = predict_on_batch(model, xb)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
+    """Streams ``stream`` once through ``graph``'s model and feeds every reducer.
+
+    Parameters
+    ----------
+    graph : ModelGraph
+    stream : DataStream
+    reducers : sequence of objects with ``taps`` (list of :class:`Tap`) and
+        ``update(batch)``
+    num_classes : int, optional
+        Labels are converted to class indices ``0..num_classes-1`` (checked).
+    verbose : int
+        A Keras progress bar (batches; its total is known when the data has a length).
+    """
+    taps: dict = {}
+    for r in reducers:
+        for t in r.taps:
+            old = taps.get(t.ident)
+            if old is None:
+                taps[t.ident] = t
+            elif old.limit is not None and (t.limit is None or t.limit > old.limit):
+                taps[t.ident] = t
+    full = list(taps)
+    lean = [i for i in full if taps[i].limit is None]
+    horizon = max([taps[i].limit for i in full if taps[i].limit is not None], default=0)
+    full_model = _side_model(graph, full) if full else None
+    lean_model = (_side_model(graph, lean) if lean else None) if horizon else full_model
+
+    bar = keras.utils.Progbar(stream.num_batches, verbose=verbose, unit_name="batch") if verbose else None
+    n = 0
+    has_y = None
+    nonfinite = set()
+    for b, (xb, yb) in enumerate(stream):
+        if has_y is None:
+            has_y = yb is not None
+        elif has_y != (yb is not None):
+            raise ValueError(
+                f"`{stream.argname}` yields labels for some batches but not for others; label every batch or none."
+            )
+        if yb is not None and num_classes is not None:
+            yb = to_class_indices(yb, num_classes, argname=stream.label_argname)
+        idents = full if n < horizon or not horizon else lean
+        model = full_model if idents is full else lean_model
+        values = {}
+        if model is not None:
+            for ident, v in zip(idents, _forward(model, xb)):
+                v = np.asarray(v)
+                if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
+                    nonfinite.add(ident[0])
+                values[ident] = v
+        batch = Batch(np.asarray(xb), yb, n, values)
+        for r in reducers:
+            r.update(batch)
+        n += len(xb)
+        if bar is not None:
+            bar.update(b + 1)
+    if bar is not None and stream.num_batches is None:
+        bar.update(b + 1, finalize=True)
+    return PassResult(n, bool(has_y), nonfinite)
+
+
+class InputMoments:
+    """Per-channel mean and standard deviation of the input, over samples and positions (float64).
+
+    For the input-drift check: the statistics recorded when the probes are
+    fitted are compared with those of later data.
+    """
+
+    taps: tuple = ()
+
+    def __init__(self):
+        self.count = 0
+        self.mean = None
+        self.m2 = None
+
+    def update(self, batch):
+        x = np.asarray(batch.x)
+        if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
+            return
+        rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        nb = len(rows)
+        mb = rows.mean(axis=0)
+        m2b = ((rows - mb) ** 2).sum(axis=0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = nb, mb, m2b
+            return
+        tot = self.count + nb
+        delta = mb - self.mean
+        self.m2 = self.m2 + m2b + delta ** 2 * (self.count * nb / tot)
+        self.mean = self.mean + delta * (nb / tot)
+        self.count = tot
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count, 1))
+
+
+class Collect:
+    """Keeps the values of one tap (or the inputs, or the labels) for the first ``limit`` samples (all: None).
+
+    ``Collect(tap)`` keeps a tap's arrays; ``Collect(None, what="x")`` the
+    inputs; ``Collect(None, what="y")`` the labels. ``result()`` concatenates
+    them (None when nothing was kept).
+    """
+
+    def __init__(self, tap: Tap | None, what="tap", dtype=None):
+        self.tap = tap
+        self.what = what
+        self.dtype = dtype
+        self.taps = (tap,) if tap is not None else ()
+        self.limit = None if tap is None else tap.limit
+        self._parts = []
+
+    @classmethod
+    def first(cls, what, limit):
+        c = cls(None, what)
+        c.limit = limit
+        return c
+
+    def update(self, batch):
+        if self.limit is not None and batch.start >= self.limit:
+            return
+        if self.what == "x":
+            v = batch.x
+        elif self.what == "y":
+            v = batch.y
+        else:
+            v = batch.values.get(self.tap.ident)
+        if v is None:
+            return
+        if self.limit is not None:
+            v = v[: self.limit - batch.start]
+        self._parts.append(np.asarray(v) if self.dtype is None else np.asarray(v, dtype=self.dtype))
+
+    def result(self):
+        if not self._parts:
+            return None
+        return np.concatenate(self._parts, axis=0)
+
+
+class ChannelRange:
+    """Per-channel minimum and maximum of tensor ``key`` over every sample and position.
+
+    This is the one definition of a **dead filter**: a channel whose
+    activation takes one single value at every position of every analysed
+    sample (``min == max``), e.g. a ReLU that never fires. Correlation,
+    association, importance, the callback and the report all use it.
+    """
+
+    def __init__(self, key: int):
+        self.key = key
+        self.taps = (Tap(key, "min"), Tap(key, "max"))
+        self.min = None
+        self.max = None
+
+    def update(self, batch):
+        lo = np.min(batch.values[(self.key, "min")], axis=0).astype(np.float64)
+        hi = np.max(batch.values[(self.key, "max")], axis=0).astype(np.float64)
+        self.min = lo if self.min is None else np.minimum(self.min, lo)
+        self.max = hi if self.max is None else np.maximum(self.max, hi)
+
+    @property
+    def dead(self) -> np.ndarray:
+        """Indices of the dead (constant) filters."""
+        return dead_filters(self.min, self.max)
+
+
+def dead_filters(channel_min, channel_max) -> np.ndarray:
+    """Indices of channels whose minimum equals their maximum (see :class:`ChannelRange`)."""
+    return np.flatnonzero(np.asarray(channel_min) == np.asarray(channel_max))
+
+
+def dead_filters_of(maps) -> np.ndarray:
+    """Dead channels of an array of maps (n, ..., C), by the same definition."""
+    axes = tuple(range(maps.ndim - 1))
+    return dead_filters(np.min(maps, axis=axes), np.max(maps, axis=axes))

@@ -1,0 +1,142 @@
+"""The package's warnings: one category, each message once per public call.
+
+Every caveat the package finds (dead filters, missing classes, input drift,
+probes that did not converge, ...) is a :class:`InterpretationWarning`
+emitted through :func:`warn`. A public method runs inside :func:`collect`:
+while it runs, warnings are gathered, duplicates are dropped, and they are
+emitted once when the outermost call returns. So ``report()``, which runs
+several analyses that each notice the same dead filter, warns once.
+
+The caveats stay available to the caller as data: ``collect()`` yields a
+list of :class:`Caveat` (the report's health section reads it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import warnings
+
+import numpy as np
+
+__all__ = ["InterpretationWarning", "Caveat", "warn", "collect", "collecting", "check_classes"]
+
+
+class InterpretationWarning(UserWarning):
+    """A result rests on a broken precondition (dead filters, missing classes, drift, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Caveat:
+    """One thing found that limits the conclusions.
+
+    Attributes
+    ----------
+    kind : str
+        ``"dead_filters"``, ``"missing_classes"``, ``"rare_classes"``,
+        ``"input_drift"``, ``"not_converged"``, ``"noisy_importance"``,
+        ``"few_samples"``, ...
+    message : str
+        What was found, and what to do about it.
+    """
+
+    kind: str
+    message: str
+
+
+_state = threading.local()
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points ``warnings.warn`` at the first frame outside this package."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2  # the caller of warnings.warn's caller
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(here) or name.endswith("contextlib.py")):
+            break
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _stack():
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+def warn(kind: str, message: str) -> None:
+    """Emits ``message`` as an :class:`InterpretationWarning` (once per outermost public call)."""
+    stack = _stack()
+    if stack:
+        caveats = stack[0]
+        if all(c.message != message for c in caveats):
+            caveats.append(Caveat(kind, message))
+        return
+    warnings.warn(message, InterpretationWarning, stacklevel=_user_stacklevel())
+
+
+@contextlib.contextmanager
+def collect():
+    """Gathers the warnings of a public call; emits each distinct one once at the end.
+
+    Yields the list of :class:`Caveat` found so far in the outermost call.
+    Nested ``collect()`` blocks share the outermost list.
+    """
+    stack = _stack()
+    outer = not stack
+    if outer:
+        stack.append([])
+    caveats = stack[0]
+    try:
+        yield caveats
+    finally:
+        if outer:
+            stack.pop()
+            for c in caveats:
+                warnings.warn(c.message, InterpretationWarning, stacklevel=_user_stacklevel())
+
+
+def collecting(fn):
+    """Decorator: runs a public method inside :func:`collect`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with collect():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+#: A class with fewer samples than this is reported as rare.
+RARE_CLASS_SAMPLES = 10
+
+
+def check_classes(counts, class_names, source="the labels"):
+    """Warns once, naming the classes with no sample (and the rare ones, with n); returns the missing indices."""
+    counts = np.asarray(counts)
+    rare = np.flatnonzero((counts > 0) & (counts < RARE_CLASS_SAMPLES))
+    if len(rare):
+        shown = ", ".join(f"{class_names[i]}: {int(counts[i])}" for i in rare[:20])
+        warn(
+            "rare_classes",
+            f"Classes with fewer than {RARE_CLASS_SAMPLES} samples among the {int(counts.sum())} analysed (classes "
+            f"from {source}; n per class: {shown}): every per-class number rests on a handful of samples. Pass "
+            "more samples of those classes.",
+        )
+    missing = np.flatnonzero(counts == 0)
+    if len(missing):
+        names = [class_names[i] for i in missing[:20]]
+        more = f" (and {len(missing) - 20} more)" if len(missing) > 20 else ""
+        warn(
+            "missing_classes",
+            f"Classes {names}{more} have no sample among the {int(np.sum(counts))} analysed (classes from "
+            f"{source}); every number computed for them is NaN, and a probe trained without them never "
+            "predicts them. Shuffle class-sorted data before cutting it with `max_samples`, or pass more data.",
+        )
+    return missing

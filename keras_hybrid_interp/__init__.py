@@ -5,37 +5,93 @@ predictions (:class:`HybridInterpreter`). Global interpretability: filter
 correlation, filter-class association, filter importance and layer
 similarity (:class:`GlobalAnalyzer`). Plots live in
 :mod:`keras_hybrid_interp.plotting`, reports in :mod:`keras_hybrid_interp.report`.
+
+The public names below load lazily (PEP 562): ``import keras_hybrid_interp``
+imports neither Keras nor TensorFlow, so the command line starts quickly and
+can set TensorFlow's log level first. ``from keras_hybrid_interp import
+HybridInterpreter`` (or ``keras_hybrid_interp.HybridInterpreter``) imports
+the submodule that defines the name on first use.
 """
+
+import sys
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from ._graph import Block
-from .analyzer import GlobalAnalyzer
-from .association import FilterClassAssociation
-from .callback import InterpretationCallback
-from .correlation import FilterCorrelation
-from .importance import FilterImportance
-from .interpreter import BlockList, HybridInterpreter
-from .probes import FeaturePooling, LinearProbe, OutputProbabilities
-from .report import Report
-from .results import LayerPredictions, LocalExplanation
-from .similarity import LayerSimilarity, linear_cka
+# Public name -> submodule that defines it. To export a new name, add it here
+# (and to the TYPE_CHECKING imports below, for type checkers); __all__ follows.
+_EXPORTS = {
+    "Block": "._graph",
+    "BlockList": ".interpreter",
+    "FeaturePooling": ".probes",
+    "FilterClassAssociation": ".association",
+    "FilterCorrelation": ".correlation",
+    "FilterImportance": ".importance",
+    "GlobalAnalyzer": ".analyzer",
+    "HybridInterpreter": ".interpreter",
+    "InterpretationCallback": ".callback",
+    "InterpretationWarning": "._warnings",
+    "LayerPredictions": ".results",
+    "LayerSimilarity": ".similarity",
+    "LinearProbe": ".probes",
+    "LocalExplanation": ".results",
+    "OutputProbabilities": ".probes",
+    "Report": ".report",
+    "linear_cka": ".similarity",
+}
 
-__all__ = [
-    "Block",
-    "BlockList",
-    "FeaturePooling",
-    "FilterClassAssociation",
-    "FilterCorrelation",
-    "FilterImportance",
-    "GlobalAnalyzer",
-    "HybridInterpreter",
-    "InterpretationCallback",
-    "LayerPredictions",
-    "LayerSimilarity",
-    "LinearProbe",
-    "LocalExplanation",
-    "OutputProbabilities",
-    "Report",
-    "linear_cka",
-]
+__all__ = list(_EXPORTS)
+
+# Submodules whose classes register with keras.saving (what
+# keras.models.load_model needs to rebuild a saved interpreter).
+_SERIALIZABLE = (".probes", ".interpreter")
+
+if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __getattr__)
+    from ._graph import Block as Block
+    from .analyzer import GlobalAnalyzer as GlobalAnalyzer
+    from .association import FilterClassAssociation as FilterClassAssociation
+    from ._warnings import InterpretationWarning as InterpretationWarning
+    from .callback import InterpretationCallback as InterpretationCallback
+    from .correlation import FilterCorrelation as FilterCorrelation
+    from .importance import FilterImportance as FilterImportance
+    from .interpreter import BlockList as BlockList
+    from .interpreter import HybridInterpreter as HybridInterpreter
+    from .probes import FeaturePooling as FeaturePooling
+    from .probes import LinearProbe as LinearProbe
+    from .probes import OutputProbabilities as OutputProbabilities
+    from .report import Report as Report
+    from .results import LayerPredictions as LayerPredictions
+    from .results import LocalExplanation as LocalExplanation
+    from .similarity import LayerSimilarity as LayerSimilarity
+    from .similarity import linear_cka as linear_cka
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(import_module(module, __name__), name)
+        globals()[name] = value  # later look-ups skip __getattr__
+        return value
+    if not name.startswith("__"):
+        # Submodules as attributes (keras_hybrid_interp.plotting), as when
+        # this package imported everything eagerly.
+        try:
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if "keras" in sys.modules:
+    # Keras is loaded already, so registering the saveable classes costs little,
+    # and `import keras; import keras_hybrid_interp; keras.models.load_model(...)`
+    # keeps working. (Without Keras, they register on first use of a name above.)
+    for _module in _SERIALIZABLE:
+        import_module(_module, __name__)
+    del _module

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 import warnings
 
-__all__ = ["main", "demo_model"]
+__all__ = ["main", "demo_model", "split_train_test"]
 
 
 def demo_model(input_shape=(16, 16, 1), classes=10):
@@ -76,7 +77,7 @@ def run_demo(args) -> int:
     _log("[3/4] Fitting one probe per conv block (local interpretability)...", quiet)
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     interp = HybridInterpreter(model, class_names=names)
-    interp.fit_probes(x_train, y_train, random_state=args.seed, verbose=0)
+    interp.fit_probes(x_train, y_train, verbose=0)
     table = interp.evaluate_layers(x_test, y_test)
     _print_tables(interp, table)
     e = interp.explain(x_test[0])
@@ -132,6 +133,67 @@ def _load_npz(path, x_key, y_key):
     return x, y
 
 
+def split_train_test(labels, n, test_fraction, seed, *, label_flag="--y-key"):
+    """Indices ``(train, test)`` of a shuffled train/test split of ``n`` samples.
+
+    With ``labels`` (class indices of shape (n,)) the split is stratified:
+    both parts keep the class proportions, so that data sorted by class
+    still gives probes that see every class. ``labels=None`` (unlabeled
+    data) only shuffles. ``test_fraction`` of the samples, rounded up as
+    scikit-learn does, are held out; ``seed`` makes the split repeatable.
+    Raises :class:`CLIError` (one line) for a single class, a class with
+    fewer than two samples, and parts too small to hold every class.
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    n_test = int(math.ceil(test_fraction * n))
+    n_train = n - n_test
+    if n_test < 1 or n_train < 1:
+        raise CLIError(f"--data: {n} samples are too few to hold out a test part (--test-fraction {test_fraction})")
+    index = np.arange(n)
+    if labels is None:
+        train, test = train_test_split(index, test_size=n_test, random_state=seed, shuffle=True)
+        return train, test
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise CLIError(
+            f"{label_flag}: all {n} samples have the same label ({classes[0]}); the probes need at least "
+            "two classes to learn to tell apart"
+        )
+    few = [(c, m) for c, m in zip(classes.tolist(), counts.tolist()) if m < 2]
+    if few:
+        which = ", ".join(f"class {c} has {m} sample" for c, m in few[:10]) + (" ..." if len(few) > 10 else "")
+        raise CLIError(
+            f"{label_flag}: too few samples to stratify the train/test split: {which} (each class needs at least 2, "
+            "one to fit the probes and one to evaluate them); add samples of it, or drop it from the data"
+        )
+    k = len(classes)
+    if n_test < k:
+        least = math.ceil(1000 * k / n) / 1000
+        raise CLIError(
+            f"--test-fraction {test_fraction} holds out {n_test} of {n} samples, fewer than the {k} classes, so the "
+            f"test part cannot hold every class; use at least {least:g}"
+        )
+    if n_train < k:
+        most = math.floor(1000 * (n - k) / n) / 1000
+        raise CLIError(
+            f"--test-fraction {test_fraction} leaves {n_train} of {n} samples to fit the probes, fewer than the {k} "
+            f"classes, so the fitting part cannot hold every class; use at most {most:g}"
+        )
+    train, test = train_test_split(index, test_size=n_test, random_state=seed, stratify=labels)
+    for part, idx in (("fitting", train), ("test", test)):
+        missing = np.setdiff1d(classes, labels[idx])
+        if len(missing):
+            warnings.warn(
+                f"The stratified split left class(es) {missing[:10].tolist()} out of the {part} part (too few "
+                "samples of them for their share to round up to one)",
+                UserWarning, stacklevel=2,
+            )
+    return train, test
+
+
 def run_analyze(args) -> int:
     from ._data import to_class_indices
     from ._saving import UnsafeFileError, load_keras_file
@@ -164,20 +226,22 @@ def run_analyze(args) -> int:
         interp = HybridInterpreter(model, blocks=blocks)
         # Check the whole arrays against the model before splitting them, so that
         # errors name the .npz arrays and their full shapes.
-        interp._stream(x, y)
-        if y is not None:
-            to_class_indices(y, interp.num_classes, argname="y")
-        n = len(x)
-        n_fit = max(1, int(round(n * (1 - args.test_fraction))))
+        interp.stream(x, y)
+        labels = None if y is None else to_class_indices(y, interp.num_classes, argname="y")
+        train, test = split_train_test(labels, len(x), args.test_fraction, args.seed,
+                                       label_flag=f"--y-key array {args.y_key!r}")
         if y is None:
             _log("No labels (--y-key ''): the probes learn the model's own predictions.", args.quiet)
-        _log(f"Fitting probes on {n_fit} samples, evaluating on {n - n_fit}...", args.quiet)
-        if n - n_fit < 1:
-            raise CLIError(f"--data: {n} samples is too few to hold out a test part (--test-fraction {args.test_fraction})")
-        interp.fit_probes(x[:n_fit], None if y is None else y[:n_fit], random_state=args.seed, verbose=0)
-        table = interp.evaluate_layers(x[n_fit:], None if y is None else y[n_fit:])
+        how = "stratified by label, shuffled" if y is not None else "shuffled"
+        _log(f"Fitting probes on {len(train)} samples, evaluating on {len(test)} ({how}, --seed {args.seed})...",
+             args.quiet)
+        y_train, y_test = (None, None) if y is None else (y[train], y[test])
+        x_train, x_test = x[train], x[test]
+        del x
+        interp.fit_probes(x_train, y_train, verbose=0)
+        table = interp.evaluate_layers(x_test, y_test)
         _print_tables(interp, table)
-        _write_report(interp, x[n_fit:], None if y is None else y[n_fit:], args.out, args.quiet, args.seed)
+        _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed)
     except (TypeError, ValueError) as exc:
         msg = str(exc).replace("`x`", f"--x-key array {args.x_key!r}")
         raise CLIError(msg.replace("`y`", f"--y-key array {args.y_key!r}")) from None
@@ -206,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--blocks", nargs="+", default=None, help="layer names of the blocks (default: automatic)")
     ana.add_argument("--out", required=True, help="folder for the report")
     ana.add_argument("--test-fraction", type=float, default=0.3,
-                     help="last fraction of the samples used for evaluation (default 0.3)")
-    ana.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                     help="fraction of the samples held out for evaluation and the report, drawn at random and "
+                     "stratified by label, so every class is in both parts (default 0.3)")
+    ana.add_argument("--seed", type=int, default=0,
+                     help="random seed of the train/test split and the report's permutations (default 0)")
     ana.add_argument("--unsafe", action="store_true",
                      help="allow models that need unsafe deserialization (Lambda layers); only for trusted files")
     ana.add_argument("--quiet", action="store_true", help="print only the results")
@@ -215,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # Before anything imports TensorFlow (the package imports it lazily, on first use).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser()

@@ -334,7 +334,7 @@ def _resolve_blocks(blocks, names):
 
 
 def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsize=None, max_classes=12,
-                           upsampling="bilinear", alpha=0.55, cmap="inferno"):
+                           upsampling="bilinear", alpha=0.55, cmap="inferno", scale="shared", fig=None):
     """Layer-by-layer explanation of one input, in one figure.
 
     Top left: the input image. Top right: a heatmap of the probe
@@ -364,8 +364,16 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
     alpha : float
         Opacity of the evidence overlay.
     cmap : str
-        Colour map of the evidence overlay. Each panel is scaled to its own
-        minimum and maximum (the colour bar reads low to high).
+        Colour map of the evidence overlay.
+    scale : {"shared", "per_block"}
+        ``"shared"`` (default): one colour scale for every panel, from the
+        smallest to the largest evidence (logit) of the shown class over all
+        shown blocks, so blocks compare; the colour bar reads logits.
+        ``"per_block"``: each panel scaled to its own minimum and maximum
+        (the colour bar reads low to high within a panel). The figure title
+        states which.
+    fig : matplotlib Figure, optional
+        Draw into this (empty) figure instead of a new one.
 
     Returns
     -------
@@ -382,6 +390,8 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
             )
     if upsampling not in ("bilinear", "nearest"):
         raise ValueError(f"`upsampling` must be 'bilinear' or 'nearest'; received {upsampling!r}.")
+    if scale not in ("shared", "per_block"):
+        raise ValueError(f"`scale` must be 'shared' or 'per_block'; received {scale!r}.")
     max_classes = _check_top_k(max_classes, "max_classes")
     names = [str(b) for b in explanation.blocks]
     class_names = [str(c) for c in explanation.class_names]
@@ -418,7 +428,11 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
     if figsize is None:
         width = max(9.0, 1.75 * ncols + 0.9, 0.42 * len(cols) + 5.0)
         figsize = (width, top_h + 2.15 * nrows + 0.6)
-    fig = plt.figure(figsize=figsize, layout="constrained")
+    if fig is None:
+        fig = plt.figure(figsize=figsize, layout="constrained")
+    else:
+        fig.set_size_inches(*figsize)
+        fig.set_layout_engine("constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, 2.15 * nrows + 0.2], hspace=0.02)
 
     ax_img, ax_heat = top.subplots(1, 2, width_ratios=[1.0, 2.4])
@@ -470,12 +484,17 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
     H, W = gray.shape
     maps = explanation.evidence_maps
     norm_cmap = plt.get_cmap(cmap)
-    for ax, i in zip(axes, shown):
+    ups = []
+    for i in shown:
         ev = np.asarray(maps[i], dtype=np.float64)
         if ev.ndim != 3 or ev.shape[-1] != K:
             raise ValueError(f"evidence_maps[{i}] must have shape (H_l, W_l, {K}); received {ev.shape}.")
-        up = upsample(ev[..., cls], (H, W), upsampling)
-        lo, hi = float(up.min()), float(up.max())
+        ups.append(upsample(ev[..., cls], (H, W), upsampling))
+    g_lo = min(float(u.min()) for u in ups)
+    g_hi = max(float(u.max()) for u in ups)
+    for ax, i, up in zip(axes, shown, ups):
+        ev = np.asarray(maps[i], dtype=np.float64)
+        lo, hi = (g_lo, g_hi) if scale == "shared" else (float(up.min()), float(up.max()))
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.imshow(up, cmap=norm_cmap, alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
         ax.set_label(f"evidence:{names[i]}")
@@ -489,13 +508,21 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
                 s.set_linewidth(2.5)
     for ax in axes[n_panels:]:
         ax.set_visible(False)
-    sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(0, 1), cmap=norm_cmap)
-    cb = bottom.colorbar(sm, ax=list(axes[:n_panels]), shrink=0.8 if nrows == 1 else 0.5, aspect=15, ticks=[0, 1])
-    cb.ax.set_yticklabels(["low", "high"])
-    cb.set_label("Evidence (per panel)", fontsize=8.5)
+    shrink = 0.8 if nrows == 1 else 0.5
+    if scale == "shared":
+        sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(g_lo, g_hi if g_hi > g_lo else g_lo + 1), cmap=norm_cmap)
+        cb = bottom.colorbar(sm, ax=list(axes[:n_panels]), shrink=shrink, aspect=15)
+        cb.set_label("Evidence (logit), one scale for all blocks", fontsize=8.5)
+        norm_text = "one colour scale across blocks"
+    else:
+        sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(0, 1), cmap=norm_cmap)
+        cb = bottom.colorbar(sm, ax=list(axes[:n_panels]), shrink=shrink, aspect=15, ticks=[0, 1])
+        cb.ax.set_yticklabels(["panel min", "panel max"])
+        cb.set_label("Evidence, scaled per panel", fontsize=8.5)
+        norm_text = "each panel scaled to its own range"
     which = "model's class" if cls == model_cls else "chosen class"
     bottom.suptitle(f"Class evidence for '{_ellipsize(class_names[cls], 30)}' ({which}) per block, "
-                    f"upsampled ({upsampling}) onto the input; p = probe probability of that class",
+                    f"upsampled ({upsampling}) onto the input ({norm_text}); p = probe probability of that class",
                     fontsize=10)
     return fig
 
@@ -753,7 +780,9 @@ def plot_filter_importance(imp, *, ax=None, top_k=20, color=None, title=None):
         The :class:`~matplotlib.container.BarContainer` in ``ax.containers``: bar widths are
         ``importances_mean`` of the shown filters, most important on top;
         error bars are ``importances_std`` (over the permutation repeats; none
-        for a single repeat). Labels of dead filters say "(dead)".
+        for a single repeat). Labels of dead filters say "(dead)". Bars whose
+        importance cannot be told apart from 0 (``FilterImportance.within_noise``)
+        are hatched and pale, and the subtitle counts them.
     """
     top_k = _check_top_k(top_k)
     mean, std, labels, reps, dead, meta = _importance_data(imp)
@@ -765,8 +794,15 @@ def plot_filter_importance(imp, *, ax=None, top_k=20, color=None, title=None):
     ax = _new_ax(ax, (7.0, float(np.clip(0.28 * k + 1.6, 3.0, 12.0))))
     y = np.arange(k)
     color = sns.color_palette("deep")[0] if color is None else color
-    ax.barh(y, mean[order], xerr=std[order] if reps > 1 else None, color=color, alpha=0.9, height=0.7,
-            error_kw={"ecolor": "0.2", "capsize": 2.5, "elinewidth": 1.0}, zorder=3)
+    bars = ax.barh(y, mean[order], xerr=std[order] if reps > 1 else None, color=color, alpha=0.9, height=0.7,
+                   error_kw={"ecolor": "0.2", "capsize": 2.5, "elinewidth": 1.0}, zorder=3)
+    # Filters whose importance cannot be told apart from 0 (FilterImportance.within_noise).
+    noisy = np.asarray(getattr(imp, "within_noise", np.zeros(G, bool))) if reps > 1 else np.zeros(G, bool)
+    for bar, i in zip(bars, order):
+        if noisy[i]:
+            bar.set_alpha(0.35)
+            bar.set_hatch("///")
+            bar.set_gid("within_noise")
     ax.set_yticks(y)
     ax.set_yticklabels([labels[i] for i in order], fontsize=_label_size(k, 9, 5))
     for t, i in zip(ax.get_yticklabels(), order):
@@ -804,6 +840,8 @@ def plot_filter_importance(imp, *, ax=None, top_k=20, color=None, title=None):
         parts.insert(0, f"{method}" + (f", {reps} repeats (error bars: std)" if reps > 1 else ""))
     if meta.get("n_samples") is not None:
         parts.append(f"n={meta['n_samples']}")
+    if noisy[order].any():
+        parts.append(f"hatched: {int(noisy[order].sum())} within noise (95% interval covers 0)")
     if title is None:
         block = meta.get("block")
         title = "Filter importance" + (f" \u2014 {block}" if block else "")
@@ -861,7 +899,7 @@ def plot_filter_class_association(assoc, *, ax=None, top_k=32, class_names=None,
     C, K = values.shape
     row_ids = list(df.index)
     if class_names is None:
-        class_names = [str(c) for c in df.columns]
+        class_names = getattr(assoc, "class_names", None) or [str(c) for c in df.columns]
     class_names = [str(c) for c in class_names]
     if len(class_names) != K:
         raise ValueError(f"`class_names` has {len(class_names)} names but `assoc` has {K} classes.")
@@ -992,12 +1030,80 @@ def plot_layer_similarity(sim, *, ax=None, annot="auto", cmap="rocket_r", title=
     return ax
 
 
-def plot_training_dynamics(history, **kwargs):
-    """Per-block probe accuracy against epoch, plus an epochs x blocks heatmap (a Figure).
+def plot_training_dynamics(history, *, metric=None, ax=None, annot=None, cmap="viridis"):
+    """Per-block ``metric`` against epoch (lines) and as an epochs x blocks heatmap.
 
-    ``history`` is an :class:`~keras_hybrid_interp.InterpretationCallback` or its
-    ``.history`` frame; see :func:`keras_hybrid_interp.callback.plot_training_dynamics`.
+    Parameters
+    ----------
+    history : pandas.DataFrame or InterpretationCallback
+        ``InterpretationCallback.history`` (columns ``epoch, block, metric, value``).
+    metric : str, optional
+        Which metric to draw; default ``"accuracy"`` when recorded, else
+        ``"agreement"``. Must be one value per (epoch, block) (not ``importance``).
+    ax : pair of matplotlib Axes, optional
+        Axes for the line plot and the heatmap; by default a new figure with
+        two side-by-side panels.
+    annot : bool, optional
+        Write the values in the heatmap cells (default: when there are at most
+        20 epochs and 12 blocks).
+    cmap : str
+        Heatmap colormap.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure holding the two panels (never shown or saved here).
     """
-    from .callback import plot_training_dynamics as _plot
+    if not isinstance(history, pd.DataFrame) and isinstance(getattr(history, "history", None), pd.DataFrame):
+        history = history.history  # an InterpretationCallback
+    if not isinstance(history, pd.DataFrame) or not {"epoch", "block", "metric", "value"} <= set(history.columns):
+        raise TypeError("`history` must be InterpretationCallback.history (a DataFrame with columns epoch, "
+                        f"block, metric, value) or the callback; received {type(history).__name__}.")
+    available = list(dict.fromkeys(history["metric"]))
+    if metric is None:
+        metric = "accuracy" if "accuracy" in available else "agreement"
+    if metric not in available:
+        raise ValueError(f"`metric`={metric!r} was not recorded; available: {available}.")
+    data = history[history["metric"] == metric]
+    if data.duplicated(["epoch", "block"]).any():
+        raise ValueError(f"`metric`={metric!r} has several values per epoch and block (per filter); "
+                         "plot it from the history directly, e.g. with seaborn.lineplot(hue='filter').")
+    blocks = list(dict.fromkeys(data["block"]))
+    if "output" in blocks:  # the model last, after the deepest block
+        blocks = [b for b in blocks if b != "output"] + ["output"]
+    table = data.pivot(index="epoch", columns="block", values="value")[blocks].sort_index()
 
-    return _plot(history, **kwargs)
+    if ax is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.2, 1]})
+    else:
+        if not isinstance(ax, (list, tuple, np.ndarray)) or len(ax) != 2:
+            raise TypeError("`ax` must be a pair of matplotlib Axes (lines, heatmap); "
+                            f"received {type(ax).__name__}.")
+        axes = list(ax)
+        fig = axes[0].figure
+
+    line_ax, heat_ax = axes
+    palette = sns.color_palette("viridis", n_colors=max(len(blocks) - ("output" in blocks), 1))
+    i = 0
+    for b in blocks:
+        if b == "output":
+            line_ax.plot(table.index, table[b], color="black", linestyle="--", marker="o", ms=3, label="output (model)")
+        else:
+            line_ax.plot(table.index, table[b], color=palette[i], marker="o", ms=3, label=b)
+            i += 1
+    line_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    line_ax.set_xlabel("epoch")
+    line_ax.set_ylabel(metric)
+    line_ax.set_title(f"{metric} per block (epoch 0 = before training)")
+    line_ax.legend(fontsize="small", loc="best", ncol=1 if len(blocks) <= 8 else 2)
+
+    if annot is None:
+        annot = table.shape[0] <= 20 and table.shape[1] <= 12
+    sns.heatmap(table, ax=heat_ax, annot=annot, fmt=".2f", cmap=cmap, cbar_kws={"label": metric})
+    heat_ax.set_xlabel("block (shallow to deep)")
+    heat_ax.set_ylabel("epoch")
+    heat_ax.tick_params(axis="y", labelrotation=0)  # epoch numbers read horizontally, never overlap
+    heat_ax.set_title(f"{metric}: epochs x blocks")
+    if ax is None:
+        fig.tight_layout()
+    return fig

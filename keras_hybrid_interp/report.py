@@ -91,6 +91,7 @@ def _slug(text: str) -> str:
 
 
 def _render(fig, dpi=150) -> dict:
+    """PNG, PDF and SVG bytes of ``fig``; the figure is released from pyplot (it stays drawable)."""
     import matplotlib.pyplot as plt
 
     out = {}
@@ -100,6 +101,18 @@ def _render(fig, dpi=150) -> dict:
         out[fmt] = buf.getvalue()
     plt.close(fig)
     return out
+
+
+#: Tables longer than this are collapsed in the HTML report and cut in the PDF.
+VISIBLE_ROWS = 25
+#: Rows shown above a collapsed table.
+PREVIEW_ROWS = 10
+
+
+def _csv_link(name, table) -> str:
+    data = base64.b64encode(table.to_csv(index=False).encode("utf-8")).decode("ascii")
+    return (f"<a download='{html.escape(name)}.csv' href='data:text/csv;base64,{data}'>"
+            f"Download all {len(table)} rows (CSV)</a>")
 
 
 class Report:
@@ -115,11 +128,14 @@ class Report:
         Text of ``model.summary()``.
     """
 
-    def __init__(self, title="keras-hybrid-interp report", *, summary=None, model_summary=None):
+    def __init__(self, title="keras-hybrid-interp report", *, summary=None, model_summary=None, health=None):
         self.title = str(title)
         self.summary = dict(summary or {})
         self.model_summary = model_summary
+        #: Findings that limit the conclusions: a list of (kind, message), shown first.
+        self.health = [(str(k), str(m)) for k, m in (health or [])]
         self.sections: list[Section] = []
+        self._figures: dict = {}  # figure name -> matplotlib Figure, for the vector PDF
         self.created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
     def add_section(self, title, *, text="", figures=(), tables=()) -> Section:
@@ -134,7 +150,9 @@ class Report:
             fig = getattr(fig, "figure", fig)  # an Axes gives its Figure
             if not hasattr(fig, "savefig"):
                 raise TypeError(f"figures must be matplotlib Figures or Axes; received {type(fig).__name__}.")
-            section.figures.append((_slug(f"{title}_{caption}"), str(caption), _render(fig)))
+            name = _slug(f"{title}_{caption}")
+            section.figures.append((name, str(caption), _render(fig)))
+            self._figures[name] = fig
         for caption, table in tables:
             if not isinstance(table, pd.DataFrame):
                 raise TypeError(f"tables must be pandas DataFrames; received {type(table).__name__}.")
@@ -143,8 +161,13 @@ class Report:
         return section
 
     # ------------------------------------------------------------------
+    def health_frame(self) -> pd.DataFrame:
+        """The health findings as a table (``finding``, ``what it means and what to do``)."""
+        return pd.DataFrame({"finding": [k for k, _ in self.health],
+                             "what it means and what to do": [m for _, m in self.health]})
+
     def to_html(self) -> str:
-        """The whole report as one self-contained HTML document (images embedded)."""
+        """The whole report as one self-contained HTML document (images and CSVs embedded)."""
         esc = html.escape
         parts = [
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -156,50 +179,163 @@ class Report:
             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}"
             "figure{margin:1em 0}figcaption{color:#555;font-size:0.9em}img{max-width:100%}"
             ".def{background:#f7f7fb;border-left:4px solid #7a7ab8;padding:0.5em 1em}"
+            ".health li{margin:0.4em 0}.ok{color:#2d6a2d}.warn{border-left:4px solid #c0392b;padding-left:0.8em}"
+            "details{margin:0.3em 0 1.5em}summary{cursor:pointer;color:#1f4e9c}"
             "pre{background:#f5f5f5;padding:1em;overflow-x:auto;font-size:0.8em}</style></head><body>",
             f"<h1>{esc(self.title)}</h1>",
             f"<p>Created {esc(self.created)} with keras-hybrid-interp.</p>",
+            "<h2 id='health'>Health</h2>",
         ]
+        if self.health:
+            parts.append(f"<div class='warn'><p>{len(self.health)} finding(s) limit the conclusions of this "
+                         "report. Each says what to do about it.</p><ul class='health'>")
+            for kind, msg in self.health:
+                parts.append(f"<li><b>{esc(kind.replace('_', ' '))}</b>: {esc(msg)}</li>")
+            parts.append("</ul></div>")
+        else:
+            parts.append("<p class='ok'>The analyses found nothing that limits their conclusions.</p>")
+        parts.append("<h2 id='contents'>Contents</h2><ol><li><a href='#health'>Health</a></li>")
         if self.summary:
-            parts.append("<h2>Summary</h2><table>")
-            for k, v in self.summary.items():
-                parts.append(f"<tr><th style='text-align:left'>{esc(str(k))}</th><td style='text-align:left'>{esc(_fmt(v))}</td></tr>")
-            parts.append("</table>")
-        parts.append("<h2>Contents</h2><ol>")
-        for i, s in enumerate(self.sections):
-            parts.append(f"<li><a href='#s{i}'>{esc(s.title)}</a></li>")
+            parts.append("<li><a href='#summary'>Summary</a></li>")
+        for i, sec in enumerate(self.sections):
+            parts.append(f"<li><a href='#s{i}'>{esc(sec.title)}</a></li>")
         if self.model_summary:
             parts.append("<li><a href='#model'>Model summary</a></li>")
         parts.append("</ol>")
-        for i, s in enumerate(self.sections):
-            parts.append(f"<h2 id='s{i}'>{esc(s.title)}</h2>")
-            if s.text:
-                parts.append(f"<p class='def'>{esc(s.text)}</p>")
-            for _, caption, data in s.figures:
+        if self.summary:
+            parts.append("<h2 id='summary'>Summary</h2><table>")
+            for k, v in self.summary.items():
+                parts.append(f"<tr><th style='text-align:left'>{esc(str(k))}</th><td style='text-align:left'>{esc(_fmt(v))}</td></tr>")
+            parts.append("</table>")
+        n_fig = n_tab = 0
+        for i, sec in enumerate(self.sections):
+            parts.append(f"<h2 id='s{i}'>{esc(sec.title)}</h2>")
+            if sec.text:
+                parts.append(f"<p class='def'>{esc(sec.text)}</p>")
+            for _, caption, data in sec.figures:
+                n_fig += 1
                 b64 = base64.b64encode(data["png"]).decode("ascii")
                 parts.append(
                     f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{b64}'>"
-                    f"<figcaption>{esc(caption)}</figcaption></figure>"
+                    f"<figcaption><b>Figure {n_fig}.</b> {esc(caption)}</figcaption></figure>"
                 )
-            for _, caption, table in s.tables:
-                parts.append(f"<p><b>{esc(caption)}</b></p>")
-                parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", border=0))
+            for name, caption, table in sec.tables:
+                n_tab += 1
+                parts.append(f"<p><b>Table {n_tab}.</b> {esc(caption)}</p>")
+                fmt = {"float_format": lambda v: f"{v:.4g}", "na_rep": "—", "border": 0, "index": False}
+                if len(table) > VISIBLE_ROWS:
+                    parts.append(f"<p>The first {PREVIEW_ROWS} of {len(table)} rows; {_csv_link(name, table)}.</p>")
+                    parts.append(table.head(PREVIEW_ROWS).to_html(**fmt))
+                    parts.append(f"<details><summary>Show all {len(table)} rows</summary>{table.to_html(**fmt)}</details>")
+                else:
+                    parts.append(table.to_html(**fmt))
         if self.model_summary:
             parts.append(f"<h2 id='model'>Model summary</h2><pre>{esc(self.model_summary)}</pre>")
         parts.append("</body></html>")
         return "\n".join(parts)
 
     def save(self, path) -> str:
-        """Writes one self-contained HTML file (opens offline). Returns the path."""
+        """Writes the report: one self-contained HTML file (``.html``) or a PDF (``.pdf``). Returns the path.
+
+        The PDF holds the same sections with vector figures; tables longer
+        than 25 rows show their first rows, and every table is written in full
+        as a CSV beside the file (``<name>.<table>.csv``).
+        """
         path = os.fspath(path)
-        if not path.lower().endswith((".html", ".htm")):
-            raise ValueError(f"`path` must end in .html; received {path!r}. Use save_dir() for a folder.")
+        if not path.lower().endswith((".html", ".htm", ".pdf")):
+            raise ValueError(f"`path` must end in .html or .pdf; received {path!r}. Use save_dir() for a folder.")
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
+        if path.lower().endswith(".pdf"):
+            self._save_pdf(path)
+            return path
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(self.to_html())
         return path
+
+    def _save_pdf(self, path):
+        import textwrap
+
+        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_pdf import PdfPages
+
+        stem = os.path.splitext(path)[0]
+        a4 = (8.27, 11.69)
+
+        def text_page(pdf, title, paragraphs):
+            """Pages of wrapped text (as many as the paragraphs need)."""
+            lines = []
+            for para in paragraphs:
+                lines += textwrap.wrap(para, 95) or [""]
+                lines.append("")
+            per_page = 60
+            for start in range(0, max(len(lines), 1), per_page):
+                fig = plt.figure(figsize=a4)
+                fig.text(0.07, 0.95, title if start == 0 else f"{title} (continued)", fontsize=14, weight="bold",
+                         va="top")
+                fig.text(0.07, 0.91, "\n".join(lines[start:start + per_page]), fontsize=8.5, va="top",
+                         family="DejaVu Sans")
+                pdf.savefig(fig)
+                plt.close(fig)
+
+        def table_page(pdf, caption, table, csv_name):
+            shown = table.head(VISIBLE_ROWS)
+            fig = plt.figure(figsize=a4)
+            note = (f" (first {VISIBLE_ROWS} of {len(table)} rows; all rows in {os.path.basename(csv_name)})"
+                    if len(table) > VISIBLE_ROWS else f" (also in {os.path.basename(csv_name)})")
+            fig.text(0.07, 0.95, "\n".join(textwrap.wrap(caption + note, 95)), fontsize=10, weight="bold", va="top")
+            ax = fig.add_axes([0.05, 0.05, 0.9, 0.85])
+            ax.axis("off")
+            cells = [[_fmt(v) if not (isinstance(v, float) and np.isnan(v)) else "—" for v in row]
+                     for row in shown.itertuples(index=False)]
+            if cells:
+                tab = ax.table(cellText=[[textwrap.shorten(c, 60) for c in row] for row in cells],
+                               colLabels=[str(c) for c in shown.columns], loc="upper center", cellLoc="right")
+                tab.auto_set_font_size(False)
+                tab.set_fontsize(6.5)
+                tab.auto_set_column_width(list(range(len(shown.columns))))
+            pdf.savefig(fig)
+            plt.close(fig)
+
+        with PdfPages(path) as pdf:
+            first = [f"Created {self.created} with keras-hybrid-interp.", "HEALTH"]
+            first += ([f"- {k.replace('_', ' ')}: {m}" for k, m in self.health] if self.health
+                      else ["The analyses found nothing that limits their conclusions."])
+            first += ["SUMMARY"] + [f"{k}: {_fmt(v)}" for k, v in self.summary.items()]
+            first += ["CONTENTS"] + [f"{i + 1}. {sec.title}" for i, sec in enumerate(self.sections)]
+            text_page(pdf, self.title, first)
+            n_fig = n_tab = 0
+            for sec in self.sections:
+                text_page(pdf, sec.title, [sec.text] if sec.text else [])
+                for name, caption, _ in sec.figures:
+                    n_fig += 1
+                    fig = self._figures.get(name)
+                    if fig is None:
+                        continue
+                    title = fig.text(0.01, 0.995, f"Figure {n_fig}. {caption}", fontsize=8, va="top")
+                    pdf.savefig(fig, bbox_inches="tight")
+                    title.remove()
+                for name, caption, table in sec.tables:
+                    n_tab += 1
+                    csv_name = f"{stem}.{name}.csv"
+                    table.to_csv(csv_name, index=False)
+                    table_page(pdf, f"Table {n_tab}. {caption}", table, csv_name)
+            if self.model_summary:
+                lines = self.model_summary.splitlines()
+                width = max((len(line) for line in lines), default=80)
+                size = min(7.0, 0.9 * 11.0 * 72 / max(width, 1) / 0.6)  # monospace: ~0.6 em per character
+                per_page = int(7.5 * 72 / (size * 1.25))
+                for start in range(0, len(lines), per_page):
+                    fig = plt.figure(figsize=(11.69, 8.27))
+                    fig.text(0.03, 0.97, "Model summary", fontsize=12, weight="bold", va="top")
+                    fig.text(0.03, 0.93, "\n".join(lines[start:start + per_page]), fontsize=size, va="top",
+                             family="DejaVu Sans Mono")
+                    pdf.savefig(fig)
+                    plt.close(fig)
+            info = pdf.infodict()
+            info["Title"] = self.title
+            info["Creator"] = "keras-hybrid-interp"
 
     def save_dir(self, directory, formats=_FORMATS) -> list[str]:
         """Writes each figure in each format, each table as CSV, and ``summary.json``.
@@ -213,7 +349,8 @@ class Report:
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         written = []
-        index = {"title": self.title, "created": self.created, "summary": self.summary, "sections": []}
+        index = {"title": self.title, "created": self.created, "summary": self.summary,
+                 "health": [{"finding": k, "message": m} for k, m in self.health], "sections": []}
         for s in self.sections:
             entry = {"title": s.title, "text": s.text, "figures": [], "tables": []}
             for name, caption, data in s.figures:
@@ -266,12 +403,25 @@ def _jsonable(obj):
     return obj
 
 
-def model_summary_text(model) -> str:
+def model_summary_text(model, width=250) -> str:
+    """``model.summary()`` as text, complete: no column is cut at the terminal's width.
+
+    Keras draws the summary with rich, which wraps at the console width
+    (``COLUMNS``, else 80 when not printing to a terminal); it is set to
+    ``width`` while the summary is drawn.
+    """
     lines = []
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)
     try:
-        model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=110)
+        model.summary(print_fn=lambda line, *a, **k: lines.append(line), line_length=width)
     except (TypeError, ValueError):  # pragma: no cover - very old / exotic models
         return f"{model.name}: {model.count_params()} parameters"
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
     return "\n".join(lines)
 
 
@@ -284,11 +434,20 @@ def build_report(
     examples=2,
     importance_repeats=3,
     max_samples=512,
+    steps=None,
+    batch_size=64,
     random_state=0,
     title=None,
     verbose=0,
 ) -> Report:
     """Runs the full hybrid analysis and assembles the standard report.
+
+    Every section is computed from **one pass** of the data through the
+    model (:mod:`keras_hybrid_interp._pass`): the layer table, the local
+    explanations, filter correlation, filter-class association, layer
+    similarity and the cache of the filter-importance engine all read the
+    same samples once. Permutation importance then re-runs only the model's
+    tail on that cache.
 
     Parameters
     ----------
@@ -301,29 +460,59 @@ def build_report(
         Number of inputs (the first ones) given a local explanation.
     importance_repeats : int
         Permutation repeats of the filter importance.
-    max_samples : int
-        Samples used by the global analyses (the first ones).
+    max_samples, steps : int, optional
+        The report analyses the first ``max_samples`` samples (or ``steps``
+        batches) of ``x``; None: all.
     random_state : int
         Seeds the permutations.
+
+    The first section, "Health", lists every caveat the analyses found
+    (dead filters, missing classes, input drift, ...), each once.
     """
-    from . import plotting
+    from . import _pass, _warnings, plotting
     from .analyzer import GlobalAnalyzer
+    from .association import AssociationMoments, association_result
+    from .correlation import correlation_result, filter_correlation_reducer
+    from .importance import check_request, importance_reducer, importance_result
+    from .similarity import CKAMoments, similarity_result
 
     interp._require_fitted()
     model = interp.wrapped_model
     block = interp.block_names[-1] if block is None else block
     log = print if verbose else (lambda *a, **k: None)
+    with _warnings.collect() as caveats:
+        for c in getattr(interp, "fit_health_", []):
+            _warnings.warn(c.kind, f"When the probes were fitted: {c.message}")
+        ga = GlobalAnalyzer(interp, batch_size=batch_size)
+        key, block = ga.key(block)
+        engine = ga.engine(key)
+        request = check_request(engine, ga.reader, n_repeats=importance_repeats, random_state=random_state)
+        stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
 
-    log("  local: layer table")
-    table = interp.evaluate_layers(x, y)
-    labelled = bool(np.isfinite(table["accuracy"]).all())
-    log("  global: correlation, association, importance, similarity")
-    ga = GlobalAnalyzer(interp)
-    corr = ga.filter_correlation(x, block, max_samples=max_samples)
-    assoc = ga.filter_class_association(x, y, block, max_samples=max_samples) if labelled else None
-    imp = ga.filter_importance(x, y, block, method="permutation", n_repeats=importance_repeats,
-                               random_state=random_state, max_samples=max_samples)
-    sim = ga.layer_similarity(x, max_samples=max_samples) if len(interp.block_names) > 1 else None
+        scores = interp.probe_scores()
+        moments = _pass.InputMoments()
+        corr_red = filter_correlation_reducer(interp.graph, key, "mean")
+        assoc_red = AssociationMoments(interp.graph, key, "mean", ga.reader, y is not None)
+        imp_red = importance_reducer(engine, request, ga.reader)
+        sim_red = CKAMoments(interp.graph, interp.block_keys) if len(interp.block_names) > 1 else None
+        n_ex = max(int(examples), 0)
+        ex_maps = [_pass.Collect(t) for t in interp.explanation_taps(n_ex)] if n_ex else []
+        ex_x = _pass.Collect.first("x", n_ex) if n_ex else None
+        reducers = [scores, moments, corr_red, assoc_red, imp_red] + ([sim_red] if sim_red else []) + ex_maps
+        reducers += [ex_x] if ex_x is not None else []
+        log("  one pass over the data: layer table, explanations, correlation, association, similarity, cache")
+        info = ga.run(stream, reducers)
+        interp.check_drift(moments)
+        table = interp.layer_table(scores)
+        labelled = info.has_labels
+        corr = correlation_result(corr_red, block, "mean")
+        assoc = association_result(assoc_red, block, list(interp.class_names)) if labelled else None
+        log("  permutation importance: tail passes on the cached activations")
+        imp = importance_result(engine, imp_red, request, ga.reader, y_given=y is not None, block=block)
+        sim = similarity_result(sim_red, list(interp.block_names)) if sim_red is not None else None
+        explanations = []
+        if ex_x is not None and ex_x.result() is not None:
+            explanations = interp.explanations(ex_x.result(), [c.result() for c in ex_maps])
 
     out_row = table[table["block"] == "output"].iloc[0]
     summary = {
@@ -331,7 +520,7 @@ def build_report(
         "parameters": int(model.count_params()),
         "classes": interp.num_classes,
         "blocks": list(interp.block_names),
-        "samples evaluated": int(_count(x)) if _count(x) is not None else "streamed",
+        "samples evaluated": int(info.n),
         "model accuracy": float(out_row["accuracy"]) if labelled else "no labels",
         "deepest probe accuracy" if labelled else "deepest probe agreement":
             float(table.iloc[-2]["accuracy" if labelled else "agreement"]),
@@ -341,62 +530,49 @@ def build_report(
         "top 5 filters by permutation importance": [int(i) for i in imp.ranking[:5]],
     }
     report = Report(title or f"Hybrid interpretation of {model.name}", summary=summary,
-                    model_summary=model_summary_text(model))
+                    model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in caveats])
     report.add_section("Blocks", text=DEFINITIONS["blocks"], tables=[("Blocks analysed", interp.blocks.to_frame())])
     report.add_section(
         "Layer-by-layer predictions",
         text=DEFINITIONS["layer_table"],
-        figures=[("Probe accuracy and agreement per block", plotting.plot_layer_accuracy(table))],
+        figures=[("Probe accuracy and agreement per block, shallow to deep. Where the probe curve meets the model's "
+                  "accuracy, the class is linearly readable from that block on.", plotting.plot_layer_accuracy(table))],
         tables=[("Layer table", table)],
     )
-    xs = _first(x, examples)
-    if xs is not None and len(xs):
-        figs = []
-        for i, xi in enumerate(xs):
-            figs.append((f"Local explanation of input {i}", plotting.plot_local_explanation(interp.explain(xi))))
+    if explanations:
+        figs = [(f"Local explanation of input {i}: what each block's probe predicts, and where in the image the "
+                 "evidence for the model's class lies (one colour scale across blocks).",
+                 plotting.plot_local_explanation(e)) for i, e in enumerate(explanations)]
         report.add_section("Local explanations", text=DEFINITIONS["local"], figures=figs)
     report.add_section(
         f"Filter correlation ({block})",
         text=DEFINITIONS["correlation"],
-        figures=[("Filter correlation", plotting.plot_filter_correlation(corr))],
+        figures=[("Filter correlation, clustered. Bright blocks along the diagonal are groups of filters that "
+                  "respond together (redundant); hatched rows are dead filters.", plotting.plot_filter_correlation(corr))],
         tables=[("Dead filters", pd.DataFrame({"filter": np.asarray(corr.dead_filters, dtype=int)}))],
     )
     if assoc is not None:
         report.add_section(
             f"Filter-class association ({block})",
             text=DEFINITIONS["association"],
-            figures=[("Filter-class association", plotting.plot_filter_class_association(assoc))],
+            figures=[("Filter-class association: a filter with a strong positive value for one class and weak ones "
+                      "for the others is specific to that class.",
+                      plotting.plot_filter_class_association(assoc, class_names=list(interp.class_names)))],
             tables=[("Association (long form)", assoc.to_frame())],
         )
     report.add_section(
         f"Filter importance ({block})",
         text=DEFINITIONS["importance"],
-        figures=[("Permutation importance", plotting.plot_filter_importance(imp))],
+        figures=[("Permutation importance of the most important filters, with the spread over repeats: a bar "
+                  "whose error bar reaches 0 is not distinguishable from noise.", plotting.plot_filter_importance(imp))],
         tables=[("Importance per filter and repeat", imp.to_frame())],
     )
     if sim is not None:
         report.add_section(
             "Layer similarity",
             text=DEFINITIONS["similarity"],
-            figures=[("Linear CKA between blocks", plotting.plot_layer_similarity(sim))],
+            figures=[("Linear CKA between blocks: 1 means two blocks represent the data the same way up to rotation "
+                      "and scale; a dark band marks where the representation changes.", plotting.plot_layer_similarity(sim))],
             tables=[("CKA", sim.to_frame())],
         )
     return report
-
-
-def _count(x):
-    return len(x) if isinstance(x, np.ndarray) else None
-
-
-def _first(x, n):
-    """The first ``n`` inputs of arrays or datasets (None if unavailable)."""
-    if n <= 0:
-        return None
-    if isinstance(x, np.ndarray):
-        return x[:n]
-    from ._data import as_stream
-
-    got = []
-    for xb, _ in as_stream(x, max_samples=n):
-        got.append(xb)
-    return np.concatenate(got)[:n] if got else None

@@ -1,11 +1,9 @@
-"""Reports (HTML and folder) and the command line, end to end."""
+"""Reports (HTML and folder), end to end. The command line is tested in test_cli.py."""
 
 import base64
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -27,7 +25,7 @@ def report():
     y = (x[:, :8].mean(axis=(1, 2, 3)) > x[:, 8:].mean(axis=(1, 2, 3))).astype(int) + 2 * (np.arange(120) % 2)
     m = small_cnn(classes=4)
     interp = HybridInterpreter(m)
-    interp.fit_probes(x[:80], y[:80], epochs=5, verbose=0)
+    interp.fit_probes(x[:80], y[:80], verbose=0)
     return interp.report(x[80:], y[80:], examples=1, importance_repeats=2)
 
 
@@ -37,6 +35,7 @@ def test_html_report_has_every_section_and_embedded_images(report, tmp_path):
     for title in ["Blocks", "Layer-by-layer predictions", "Local explanations", "Filter correlation",
                   "Filter-class association", "Filter importance", "Layer similarity", "Model summary"]:
         assert f">{title}" in text, title
+    assert ">Health<" in text
     for definition in DEFINITIONS.values():
         assert definition[:60].replace("'", "&#x27;") in text
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
@@ -82,72 +81,133 @@ def test_report_builder_validates():
         r.save_dir("x", formats=("jpg",))
 
 
-def _cli(*args, cwd):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg", PYTHONPATH=path)
-    return subprocess.run([sys.executable, "-m", "keras_hybrid_interp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypatch):
+    # A model with a dead filter in the analysed block: correlation, association and the
+    # importance cache all notice it; the report warns once and lists it in its health section.
+    import warnings
+
+    from keras_hybrid_interp import _pass
+    from keras_hybrid_interp._warnings import InterpretationWarning
+
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    x = rng.random((60, 16, 16, 1), dtype=np.float32)
+    y = np.arange(60) % 4
+    m = small_cnn(classes=4)
+    conv = m.get_layer("conv3")
+    k, b = conv.get_weights()
+    k[..., 0], b[0] = 0.0, -1.0  # filter 0 of conv3 is dead (ReLU of -1)
+    conv.set_weights([k, b])
+    interp = HybridInterpreter(m).fit_probes(x[:40], y[:40], verbose=0)
+
+    calls = []
+    real_run = _pass.run
+
+    def counting_run(graph, stream, reducers, **kw):
+        calls.append(stream)
+        return real_run(graph, stream, reducers, **kw)
+
+    monkeypatch.setattr(_pass, "run", counting_run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = interp.report(x[40:], y[40:], block="conv3", examples=2, importance_repeats=1)
+    assert len(calls) == 1  # layer table, explanations, correlation, association, CKA and cache: one pass
+    dead = [w for w in caught if issubclass(w.category, InterpretationWarning) and "dead filter" in str(w.message)]
+    assert len(dead) == 1 and "dead filter(s) [0" in str(dead[0].message)
+    health = report.health_frame()
+    assert (health["finding"] == "dead_filters").sum() == 1
+    html = report.to_html()
+    assert html.index("id='health'") < html.index("id='contents'") < html.index("id='s0'")  # health first
+    assert "dead filter(s) [0" in html[html.index("id='health'"):html.index("id='contents'")]
+    # the sections computed from that one pass equal the methods run on their own
+    monkeypatch.setattr(_pass, "run", real_run)
+    table = interp.evaluate_layers(x[40:], y[40:])
+    got = next(t for s in report.sections for c, t in ((c, t) for _, c, t in s.tables) if c == "Layer table")
+    pd.testing.assert_frame_equal(got, table)
+    corr = interp.global_analyzer().filter_correlation(x[40:], "conv3")
+    assert report.summary["redundancy (mean |r|)"] == pytest.approx(corr.redundancy, rel=1e-12)
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli")
-    keras.utils.set_random_seed(0)
-    m = small_cnn(classes=3)
-    m.save(d / "model.keras")
+def _visible_rows(html):
+    """Table rows a reader sees without opening anything: rows outside <details>."""
+    outside = re.sub(r"<details>.*?</details>", "", html, flags=re.S)
+    return [len(re.findall(r"<tr", t)) - 1 for t in re.findall(r"<table.*?</table>", outside, flags=re.S)]
+
+
+def test_long_tables_are_collapsed_with_a_full_csv_download(report):
+    html = report.to_html()
+    assert max(_visible_rows(html)) <= 25
+    long = [(name, t) for s in report.sections for name, _, t in s.tables if len(t) > 25]
+    assert long  # the association and importance tables are long
+    for name, table in long:
+        m = re.search(rf"download='{re.escape(name)}.csv' href='data:text/csv;base64,([A-Za-z0-9+/=]+)'", html)
+        assert m, name
+        back = pd.read_csv(__import__("io").StringIO(base64.b64decode(m.group(1)).decode()))
+        assert len(back) == len(table) and list(back.columns) == [str(c) for c in table.columns]
+    assert html.count("<details>") == len(long)
+    assert "Figure 1." in html and "Table 1." in html
+
+
+def test_model_summary_is_complete_at_any_width(report):
+    assert "Param #" in report.model_summary
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a_convolution_with_a_rather_long_name")(inp)
+    b = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b])))
+    from keras_hybrid_interp.report import model_summary_text
+
+    text = model_summary_text(keras.Model(inp, out))
+    assert "Connected to" in text and "Param #" in text and "a_convolution_with_a_rather_long_name" in text
+
+
+def test_pdf_has_the_sections_vector_figures_and_csvs_beside(report, tmp_path):
+    pypdf = pytest.importorskip("pypdf")
+    path = report.save(tmp_path / "report.pdf")
+    reader = pypdf.PdfReader(path)
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    for title in ["HEALTH", "Blocks", "Layer-by-layer predictions", "Filter importance", "Model summary"]:
+        assert title in text, title
+    n_fig = sum(len(s.figures) for s in report.sections)
+    n_tab = sum(len(s.tables) for s in report.sections)
+    assert f"Figure {n_fig}." in text and f"Table {n_tab}." in text
+    assert len(reader.pages) >= n_fig + n_tab + len(report.sections)
+    # figures are vector: the layer-accuracy plot's axis labels are text on its page, not pixels
+    fig_page = next(p for p in reader.pages if "Figure 1." in p.extract_text())
+    assert "fraction of samples" in fig_page.extract_text().lower() and "pool1" in fig_page.extract_text()
+    for s in report.sections:
+        for name, _, table in s.tables:
+            back = pd.read_csv(tmp_path / f"report.{name}.csv")
+            assert len(back) == len(table)
+
+
+def test_importance_within_noise_is_a_one_sample_t_test():
+    from scipy.stats import ttest_1samp
+
+    from keras_hybrid_interp.importance import noise_mask
+
     rng = np.random.default_rng(0)
-    np.savez(d / "data.npz", images=rng.random((60, 16, 16, 1), dtype=np.float32), labels=np.arange(60) % 3)
-    return d
+    imp = np.concatenate([rng.normal(0.0, 0.02, (40, 5)), rng.normal(0.2, 0.02, (10, 5)),
+                          rng.normal(0.03, 0.02, (20, 5))])
+    mask = noise_mask(imp)
+    # the 95% interval covers 0 exactly when the two-sided one-sample t-test does not reject at 5%
+    np.testing.assert_array_equal(mask, ttest_1samp(imp, 0.0, axis=1).pvalue >= 0.05)
+    assert not mask[40:50].any() and mask[:40].mean() > 0.8
+    assert noise_mask(imp[:, :1]).all()  # one repeat: no spread to judge by
 
 
-def test_cli_demo_end_to_end(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = _cli("demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--quiet", cwd=root)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "Layer-by-layer predictions" in res.stdout and "Report:" in res.stdout
-    assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
-    assert (tmp_path / "demo" / "figures" / "summary.json").exists()
-
-
-def test_cli_analyze_a_saved_model(saved):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = _cli("analyze", str(saved / "model.keras"), "--data", str(saved / "data.npz"), "--x-key", "images",
-               "--y-key", "labels", "--out", str(saved / "out"), "--quiet", cwd=root)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert (saved / "out" / "report.html").exists()
-    assert "pool1" in res.stdout
-
-
-@pytest.mark.parametrize("args, message", [
-    (["analyze", "missing.keras", "--data", "data.npz", "--out", "o"], "no such file: missing.keras"),
-    (["analyze", "model.keras", "--data", "nope.npz", "--out", "o"], "no such file: nope.npz"),
-    (["analyze", "model.keras", "--data", "data.npz", "--out", "o"], "has no array 'x'; it has ['images', 'labels']"),
-    (["analyze", "model.keras", "--data", "data.npz", "--x-key", "images", "--y-key", "nope", "--out", "o"],
-     "has no array 'nope'"),
-    (["analyze", "model.keras", "--data", "bad.npz", "--x-key", "images", "--y-key", "labels", "--out", "o"],
-     "sample shape"),
-    (["analyze", "model.keras", "--data", "data.npz", "--x-key", "images", "--y-key", "labels",
-      "--blocks", "nonexistent", "--out", "o"], "no layer named 'nonexistent'"),
-    (["demo", "--epochs", "0"], "--epochs must be at least 1"),
-])
-def test_cli_bad_input_is_one_line_and_nonzero(saved, args, message):
-    rng = np.random.default_rng(0)
-    np.savez(saved / "bad.npz", images=rng.random((20, 8, 8, 1), dtype=np.float32), labels=np.arange(20) % 3)
-    res = _cli(*args, cwd=saved)
-    assert res.returncode == 2
-    err = res.stderr.strip().splitlines()
-    assert message in err[-1]
-    assert "Traceback" not in res.stderr
-
-
-def test_cli_refuses_lambda_models_unless_unsafe(saved):
-    inp = keras.Input((16, 16, 1))
-    x = keras.layers.Lambda(lambda t: t * 2.0)(inp)
-    x = keras.layers.Conv2D(4, 3)(x)
-    x = keras.layers.MaxPooling2D()(x)
-    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))
-    keras.Model(inp, out).save(saved / "lambda.keras")
-    res = _cli("analyze", "lambda.keras", "--data", "data.npz", "--x-key", "images", "--y-key", "labels",
-               "--out", "lam", cwd=saved)
-    assert res.returncode == 2 and "--unsafe" in res.stderr and "Traceback" not in res.stderr
+def test_the_health_section_lists_rare_classes_and_what_the_fit_found():
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(2)
+    x = rng.random((70, 16, 16, 1), dtype=np.float32)
+    y = np.r_[np.arange(64) % 3, [3] * 6]  # class 3 is rare: 6 samples
+    interp = HybridInterpreter(small_cnn(classes=4))
+    with pytest.warns(UserWarning, match=r"Classes \['3'\] have no sample"):
+        interp.fit_probes(x[:40], np.r_[np.arange(40) % 3], verbose=0)  # class 3 missing at fit time
+    assert [c.kind for c in interp.fit_health_].count("missing_classes") == 1
+    report = interp.report(x[40:], y[40:], examples=0, importance_repeats=3)
+    kinds = report.health_frame()["finding"].tolist()
+    assert "rare_classes" in kinds and "missing_classes" in kinds and "noisy_importance" in kinds
+    rare = report.health_frame().set_index("finding").loc["rare_classes", "what it means and what to do"]
+    assert "3: 6" in rare
+    fit = [m for k, m in report.health if m.startswith("When the probes were fitted")]
+    assert fit and "'3'" in fit[0]

@@ -28,7 +28,6 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp import HybridInterpreter
-from keras_hybrid_interp import interpreter as interpreter_module
 from keras_hybrid_interp._graph import MAX_CONVS_WITHOUT_CUT, ModelGraph
 
 from models import assert_unchanged, snapshot
@@ -56,9 +55,17 @@ def fit_and_check_unchanged(model, n=8, fit=True):
         warnings.simplefilter("always")
         interp = HybridInterpreter(model)
         if fit:
-            history = interp.fit_probes(x, y, epochs=1, verbose=0)
+            assert interp.fit_probes(x, y, verbose=0) is interp
             assert interp.fitted
-            assert all(np.isfinite(v).all() for v in history.history.values())
+            conv = interp.convergence_
+            assert conv["block"].tolist() == interp.block_names
+            assert np.isfinite(conv["loss"].to_numpy(float)).all()
+            for probe in interp.probes:
+                assert all(np.isfinite(a).all() for a in probe.state())
+            # the probes read the same samples they were fitted on: their training loss is the table's
+            table = interp.evaluate_layers(x, y)
+            np.testing.assert_allclose(table["loss"].to_numpy()[:-1], conv["loss"].to_numpy(float),
+                                       rtol=1e-4, atol=1e-6)
     assert_unchanged(before, snapshot(model, x))
     return interp, [str(w.message) for w in caught]
 
@@ -338,11 +345,7 @@ def assert_blocks(names, expected):
 @pytest.mark.slow
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("arch", list(APPLICATIONS))
-def test_application_blocks_probes_and_model_unchanged(arch, form, tmp_path, monkeypatch):
-    # Whitening a probe input costs a D x D eigendecomposition (seconds for D = 2048,
-    # whatever the number of samples); the wide probes of these models standardize
-    # instead, which keeps the group fast. The narrow ones still whiten.
-    monkeypatch.setattr(interpreter_module, "MAX_WHITEN_DIM", 256)
+def test_application_blocks_probes_and_model_unchanged(arch, form, tmp_path):
     keras.backend.clear_session()  # the per-process layer numbering starts afresh
     keras.utils.set_random_seed(1234)
     model, prefix = build(arch, form, tmp_path)
@@ -364,8 +367,8 @@ def test_application_blocks_probes_and_model_unchanged(arch, form, tmp_path, mon
         assert notes == []
     else:
         assert notes == []
-    # fit_probes traces a features model and a trainer with one output per block
-    # (10-30 s for these models); it runs on the in-memory and nested forms. A
+    # fit_probes traces one side model with every block's pooled output (10-30 s for
+    # these models), then fits each probe in NumPy; it runs on the in-memory and nested forms. A
     # reloaded model is an ordinary Functional model: building the interpreter
     # (graph replay on the loaded layers) is what differs, and is checked.
     interp, _ = fit_and_check_unchanged(model, fit=form != "reloaded")

@@ -74,7 +74,7 @@ def env(tmp_path_factory):
     y = np.arange(40) % 3
     model = small_cnn(classes=3)
     interp = HybridInterpreter(model)
-    interp.fit_probes(x, y, epochs=2, verbose=0)
+    interp.fit_probes(x, y, verbose=0)
     interp(x[:1])  # built, so that save() stores every weight
     d = tmp_path_factory.mktemp("bad_files")
     model.save(d / "model.keras")
@@ -101,6 +101,22 @@ def with_nan(x, value=np.nan, at=(25, 3, 4, 0)):
     x = x.copy()
     x[at] = value
     return x
+
+
+class Endless(keras.utils.PyDataset):
+    """A PyDataset without a length (``num_batches`` None): it never ends."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    @property
+    def num_batches(self):
+        return None
+
+    def __getitem__(self, i):
+        j = (8 * i) % len(self.x)
+        return self.x[j:j + 8], self.y[j:j + 8]
 
 
 class HalfLabelled(keras.utils.PyDataset):
@@ -151,12 +167,7 @@ CASES = [
     ("fractional_labels", lambda e: e.interp.fit_probes(e.x, e.y + 0.5, verbose=0), ValueError,
      [r"`y` holds non-integer values", r"integers 0\.\.K-1 or one-hot"]),
     ("labels_in_some_batches_only", lambda e: e.ga.filter_importance(HalfLabelled(e.x, e.y), None, "conv3"),
-     ValueError, [r"`x` yields labels for some batches and not for others", r"label every batch or none"]),
-    ("validation_data_without_labels",
-     lambda e: e.interp.fit_probes(e.x, e.y, validation_data=ds(e.x), epochs=1, verbose=0), ValueError,
-     [r"`validation_data` has no labels", r"trained on labels"]),
-    ("validation_data_triple", lambda e: e.interp.fit_probes(e.x, e.y, validation_data=(e.x, e.y, e.y), verbose=0),
-     ValueError, [r"`validation_data` must be a tuple \(x_val, y_val\)", r"received a tuple of 3 items"]),
+     ValueError, [r"`x` yields labels for some batches but not for others", r"label every batch or none"]),
     ("x_and_y_as_one_tuple", lambda e: e.ga.filter_correlation((e.x, e.y), "conv3"), TypeError,
      [r"`x` must be a NumPy array", r"received a tuple of 2 items", r"\(40, 16, 16, 1\), \(40,\)",
       r"separate arguments"]),
@@ -181,6 +192,18 @@ CASES = [
      [r"needs at least 2 samples; `x` has 1"]),
     ("max_samples_zero", lambda e: e.interp.evaluate_layers(e.x, e.y, max_samples=0), ValueError,
      [r"`max_samples` must be a positive int or None; received 0"]),
+    ("one_sample_probes", lambda e: e.interp.fit_probes(e.x[:1], e.y[:1], verbose=0), ValueError,
+     [r"Probes need at least 2 training samples; received 1"]),
+    # --- endless data ---------------------------------------------------------
+    ("steps_zero", lambda e: e.interp.evaluate_layers(e.x, e.y, steps=0), ValueError,
+     [r"`steps` must be a positive int or None; received 0"]),
+    ("repeating_tf_data_without_steps", lambda e: e.interp.fit_probes(ds(e.x, e.y).repeat(), verbose=0), ValueError,
+     [r"`x` is a tf\.data of infinite cardinality", r"Pass `steps=` \(number of batches\) or `max_samples=`"]),
+    ("repeating_tf_data_for_importance",
+     lambda e: e.ga.filter_importance(ds(e.x, e.y).repeat(), None, "conv3", n_repeats=1), ValueError,
+     [r"`x` is a tf\.data of infinite cardinality", r"`steps=`"]),
+    ("endless_pydataset_without_steps", lambda e: e.ga.filter_correlation(Endless(e.x, e.y), "conv3"), ValueError,
+     [r"`x` is a PyDataset of infinite cardinality", r"`steps=`"]),
     # --- blocks and layers ----------------------------------------------------
     ("unknown_block_analyzer", lambda e: e.ga.filter_correlation(e.x, "conv9"), ValueError,
      [r"`block`: no layer named 'conv9' in model 'small_cnn'", r"Closest names: \['conv3'",
@@ -235,10 +258,12 @@ CASES = [
      [r"`statistic` must be one of \['mean', 'max'\]", r"received 'median'"]),
     ("groups_out_of_range", lambda e: e.ga.filter_importance(e.x, e.y, "conv3", groups=[[0, 99]]), ValueError,
      [r"`groups\[0\]` has filter indices outside 0\.\.15", r"\[99\]"]),
-    ("random_state_string_probes", lambda e: e.interp.fit_probes(e.x, e.y, random_state="seed", verbose=0),
-     TypeError, [r"`random_state` must be None, an int", r"received str: 'seed'"]),
-    ("learning_rate_negative", lambda e: e.interp.fit_probes(e.x, e.y, learning_rate=-0.1, verbose=0), ValueError,
-     [r"`learning_rate` must be a positive, finite float", r"received -0\.1"]),
+    ("C_negative", lambda e: e.interp.fit_probes(e.x, e.y, C=-0.1, verbose=0), ValueError,
+     [r"`C` must be a positive float", r"LogisticRegression", r"received -0\.1"]),
+    ("C_string", lambda e: e.interp.fit_probes(e.x, e.y, C="1", verbose=0), ValueError,
+     [r"`C` must be a positive float", r"received '1'"]),
+    ("verbose_bad", lambda e: e.interp.fit_probes(e.x, e.y, verbose=3), ValueError,
+     [r"`verbose` must be 'auto', 0, 1 or 2; received 3"]),
     ("analyzer_batch_size", lambda e: GlobalAnalyzer(e.model, batch_size=0), ValueError,
      [r"`batch_size` must be a positive int; received 0"]),
     ("analyzer_output", lambda e: GlobalAnalyzer(e.model, output="probabilities"), ValueError,
@@ -281,11 +306,21 @@ def test_unlabelled_data_is_allowed_and_the_results_say_so(env):
     assert assoc.label_source == "model predictions"
     table = env.interp.evaluate_layers(x_only)
     assert table["accuracy"].isna().all() and table["agreement"].notna().all()
-    # A regression model is still analysable with a callable score and without classes.
-    reg = GlobalAnalyzer(regression(1), blocks="conv")
-    out = reg.filter_importance(env.x, env.y.astype("float32"), "conv", n_repeats=1, random_state=0,
-                                scoring=lambda y_true, y_pred: -float(np.mean((y_pred[:, 1] - y_true) ** 2)))
+    # A regression model is still analysable with a callable score and without classes:
+    # the callable receives the raw outputs (no probabilities are made up).
+    model = regression(1)
+    reg = GlobalAnalyzer(model, blocks="conv")
+    seen = []
+
+    def neg_mse(y_true, y_pred):
+        seen.append(y_pred)
+        return -float(np.mean((y_pred[:, 0] - y_true) ** 2))
+
+    out = reg.filter_importance(env.x, env.y.astype("float32"), "conv", n_repeats=1, random_state=0, scoring=neg_mse)
     assert np.all(np.isfinite(out.importances))
+    raw = model.predict(env.x, verbose=0).astype(np.float64)
+    np.testing.assert_allclose(seen[0], raw, rtol=1e-5, atol=1e-6)
+    assert out.baseline_score == pytest.approx(-np.mean((raw[:, 0] - env.y) ** 2), rel=1e-5)
 
 
 # ----------------------------------------------------------------------

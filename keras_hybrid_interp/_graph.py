@@ -53,11 +53,12 @@ import contextlib
 import dataclasses
 import difflib
 import threading
-import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 import keras
 from keras import tree
+
+from . import _warnings
 
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
@@ -1059,7 +1060,7 @@ def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
     if isinstance(blocks, str) and blocks == "auto":
         keys, notes = graph.discover_blocks()
         for note in notes:
-            warnings.warn(note, UserWarning, stacklevel=3)
+            _warnings.warn("blocks", note)
     else:
         if isinstance(blocks, (str, int, keras.layers.Layer)):
             blocks = [blocks]

@@ -176,6 +176,7 @@ class InputMoments:
 
     def __init__(self):
         self.count = 0
+        self.samples = 0
         self.mean = None
         self.m2 = None
 
@@ -183,6 +184,7 @@ class InputMoments:
         x = np.asarray(batch.x)
         if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
             return
+        self.samples += len(x)
         rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
         nb = len(rows)
         mb = rows.mean(axis=0)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ._output import OutputReader, cross_entropy_from_log_probabilities
 
-__all__ = ["ProbeSolution", "fit_probe", "objective", "check_C"]
+__all__ = ["ProbeSolution", "fit_probe", "objective", "check_C", "check_solver"]
 
 #: Default iteration cap of L-BFGS.
 MAX_ITER = 1000
@@ -64,6 +64,14 @@ def check_C(C, argname="C") -> float:
             f"LogisticRegression; np.inf for no penalty); received {C!r}."
         )
     return float(C)
+
+
+def check_solver(max_iter, tol, argnames=("max_iter", "tol")):
+    """ValueError unless ``max_iter`` is a positive int and ``tol`` a positive float."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"`{argnames[0]}` must be a positive int; received {max_iter!r}.")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or not tol > 0:
+        raise ValueError(f"`{argnames[1]}` must be a positive float; received {tol!r}.")
 
 
 def _free_columns(k: int) -> int:
@@ -129,6 +137,7 @@ def fit_probe(z, targets, num_classes, *, C=1.0, max_iter=MAX_ITER, tol=TOL, ini
     """
     from scipy.optimize import minimize
 
+    check_solver(max_iter, tol)
     z = np.asarray(z, dtype=np.float64)
     n, d = z.shape
     k = int(num_classes)
@@ -159,5 +168,5 @@ def fit_probe(z, targets, num_classes, *, C=1.0, max_iter=MAX_ITER, tol=TOL, ini
     if k == 2:
         w = np.concatenate([np.zeros((d, 1)), w], axis=1)
         b = np.concatenate([[0.0], b])
-    converged = bool(np.max(np.abs(grad), initial=0.0) <= max(tol, 1e-12) * 10 or res.success)
+    converged = bool(res.success or np.max(np.abs(grad), initial=0.0) <= tol)
     return ProbeSolution(w, b, loss, value, int(res.nit), converged)

@@ -76,7 +76,7 @@ from .plotting import plot_training_dynamics  # re-exported: drawn by the presen
 from ._data import as_stream
 from ._engine import FrontierCache, resolve_entropy
 from ._output import OutputReader
-from ._trainer import MAX_ITER, TOL, check_C, fit_probe
+from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe
 from .correlation import FilterCorrelation, StreamingMoments
 from .importance import check_request, importance_result
 from .probes import input_transform
@@ -273,10 +273,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         self.probe_options = _options(probes, _PROBE_DEFAULTS, "probes")
         if self.probe_options is not None:
             check_C(self.probe_options["C"], "probes['C']")
-            _positive_int(self.probe_options["max_iter"], "probes['max_iter']")
-            tol = self.probe_options["tol"]
-            if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol > 0:
-                raise ValueError(f"`probes['tol']` must be a positive float; received {tol!r}.")
+            check_solver(self.probe_options["max_iter"], self.probe_options["tol"], argnames=("probes['max_iter']", "probes['tol']"))
         if not isinstance(correlation, bool):
             raise TypeError(f"`correlation` must be a bool; received {correlation!r}.")
         self.correlation = correlation
@@ -551,7 +548,10 @@ class InterpretationCallback(keras.callbacks.Callback):
         request = check_request(engine, self._analyzer.reader, n_repeats=opts["n_repeats"],
                                 random_state=self.importance_random_state_)
         with warnings.catch_warnings():
+            # Recorded every epoch: the history holds the numbers, a warning per record would be noise.
             warnings.filterwarnings("ignore", message=r".*dead filter")
+            warnings.filterwarnings("ignore", message=r".*cannot be told apart from 0")
+            warnings.filterwarnings("ignore", message=r".*from a single repeat")
             imp = importance_result(engine, cache, request, self._analyzer.reader, y_given=self._y is not None,
                                     block=engine.graph.tensors[self._importance_key].name)
         top = imp.ranking[: opts["top_k"]]

@@ -12,7 +12,7 @@ import keras
 from . import _graph, _pass, _warnings
 from ._data import model_stream
 from ._output import OutputReader, reader_for
-from ._trainer import MAX_ITER, TOL, check_C, fit_probe
+from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe
 from .probes import FeaturePooling, LinearProbe, input_transform
 from .results import LayerPredictions, LocalExplanation
 
@@ -23,6 +23,9 @@ __all__ = ["HybridInterpreter", "BlockList", "ProbeScores", "drift_message"]
 #: than this factor, is reported.
 DRIFT_MEAN_SDS = 3.0
 DRIFT_SCALE_FACTOR = 4.0
+#: Data with fewer samples than this is not checked for drift: the spread of a
+#: handful of images (one green image's red channel) says nothing about the data.
+DRIFT_MIN_SAMPLES = 30
 
 
 class BlockList(Sequence):
@@ -343,7 +346,7 @@ class HybridInterpreter(keras.Model):
     def check_drift(self, moments) -> None:
         """Warns when the input statistics in ``moments`` (an InputMoments) differ grossly from the fit's."""
         ref = self.input_statistics
-        if ref is None or moments.mean is None:
+        if ref is None or moments.mean is None or moments.samples < DRIFT_MIN_SAMPLES:
             return
         msg = drift_message(ref["mean"], ref["std"], moments.mean, moments.std)
         if msg:
@@ -406,6 +409,7 @@ class HybridInterpreter(keras.Model):
 
     def _fit_probes(self, x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose):
         C = check_C(C)
+        check_solver(max_iter, tol)
         verbose = _resolve_verbose(verbose)
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
         feats = [_pass.Collect(t, dtype=np.float32) for t in self.feature_taps()]

@@ -92,7 +92,8 @@ def test_dead_filter_nan_and_to_frame():
         res = ga.filter_class_association(x, y, "res_conv1")
     assert res.dead_filters.tolist() == [0] and np.all(np.isnan(res.values[0]))
     df = res.to_frame()
-    assert list(df.columns) == ["block", "filter", "class", "r", "class_mean"] and len(df) == 24
+    assert list(df.columns) == ["block", "filter", "class", "class_name", "r", "class_mean"] and len(df) == 24
+    assert df["class_name"].tolist() == [str(c) for c in df["class"]]
     np.testing.assert_array_equal(df.r.to_numpy(), res.values.ravel())
 
 

@@ -57,3 +57,26 @@ def test_importance_bars_within_noise_are_hatched(fitted):
     assert len(hatched) == int(imp.within_noise.sum())
     assert ("within noise" in ax.get_title()) == bool(imp.within_noise.any())
     plt.close(ax.figure)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"max_iter": 0}, "`max_iter`"), ({"tol": -1.0}, "`tol`"),
+                                           ({"max_iter": 2.5}, "`max_iter`")])
+def test_solver_options_are_checked_before_any_data_is_read(fitted, kwargs, match, monkeypatch):
+    from keras_hybrid_interp import _pass
+
+    interp, x, y = fitted
+    monkeypatch.setattr(_pass, "run", lambda *a, **k: pytest.fail("the data was read"))
+    with pytest.raises(ValueError, match=match):
+        interp.fit_probes(x, y, **kwargs)
+
+
+def test_explaining_one_image_does_not_report_drift(fitted):
+    import warnings
+
+    from keras_hybrid_interp import InterpretationWarning
+
+    interp, x, _ = fitted
+    one = np.zeros_like(x[0]) + x[0].mean()  # a flat image: its own spread is 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InterpretationWarning)
+        interp.explain(one)

@@ -29,11 +29,15 @@ x = rng.random((90, 16, 16, 3), dtype=np.float32)
 y = np.arange(90) % 4
 
 
+KEEP = []  # the analysers stay alive until the replicas they fed are read below
+
+
 def analyse():
     interp = HybridInterpreter(model)
     interp.fit_probes(x[:60], y[:60], batch_size=16, verbose=0)
     assert interp.convergence_["converged"].all()
     ga = GlobalAnalyzer(interp)
+    KEEP.append((interp, ga))
     return {
         "table": interp.evaluate_layers(x[60:], y[60:])[["accuracy", "loss", "agreement"]].to_numpy(),
         "probs": interp.layer_predictions(x[60:]).probabilities,

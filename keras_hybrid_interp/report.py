@@ -85,9 +85,14 @@ class Section:
     tables: list = dataclasses.field(default_factory=list)  # (name, caption, DataFrame)
 
 
-def _slug(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
-    return s or "item"
+def _slug(text: str, max_len: int = 60) -> str:
+    """A file-name-safe name; long ones are cut and made unique with a short hash of the text."""
+    s = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "item"
+    if len(s) > max_len:
+        import hashlib
+
+        s = s[:max_len].rstrip("_") + "_" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    return s
 
 
 def _render(fig, dpi=150) -> dict:

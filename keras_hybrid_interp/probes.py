@@ -138,7 +138,7 @@ class LinearProbe(keras.layers.Layer):
         return ops.matmul(f, self.kernel) + self.bias
 
     def call(self, f):
-        return ops.softmax(self.logits(f), axis=-1)
+        return OutputReader("logits", self.units).probabilities(self.logits(f), xp=ops)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)

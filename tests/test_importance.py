@@ -433,3 +433,28 @@ def test_model_unchanged_by_every_method():
     ga.layer_similarity(x)
     assert_state_equal(model, before, x)
     np.testing.assert_array_equal(pred, model.predict_on_batch(x))
+
+
+def test_a_constant_non_zero_filter_has_zero_permutation_and_mean_ablation_importance():
+    # Filter 0 of "block" is dead: ReLU(0 * x + 1) = 1 everywhere. Permuting identical maps, or
+    # replacing the map by its mean, changes nothing; replacing it by 0 does (the head reads it).
+    inp = keras.Input((10, 10, 2))
+    block = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="block")
+    h = block(inp)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    m = keras.Model(inp, out)
+    k, b = block.get_weights()
+    k[..., 0], b[0] = 0.0, 1.0
+    block.set_weights([k, b])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 10, 10, 2)).astype("float32"), rng.integers(0, 3, 40)
+    ga = GlobalAnalyzer(m, blocks="block")
+    with pytest.warns(UserWarning, match="dead filter"):
+        perm = ga.filter_importance(x, y, "block", n_repeats=3, random_state=0, scoring="loss")
+    assert perm.dead_filters.tolist() == [0] and np.all(perm.importances[0] == 0.0)
+    with pytest.warns(UserWarning, match="dead filter"):
+        mean = ga.filter_importance(x, y, "block", method="ablation", ablation_value="mean", scoring="loss")
+    assert mean.importances[0, 0] == 0.0
+    with pytest.warns(UserWarning, match="dead filter"):
+        zero = ga.filter_importance(x, y, "block", method="ablation", scoring="loss")
+    assert zero.importances[0, 0] != 0.0  # the documented case: a constant 1 replaced by 0

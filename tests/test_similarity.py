@@ -50,7 +50,7 @@ def test_streaming_equals_reference(batch_size):
     feats = [_pooled(ga, x, n) for n in names]
     for i in range(len(names)):
         for j in range(len(names)):
-            assert res.values[i, j] == pytest.approx(linear_cka(feats[i], feats[j]), abs=1e-8)
+            assert res.values[i, j] == pytest.approx(linear_cka(feats[i], feats[j]), abs=1e-6)  # per-sample summaries are float32 on the device; accumulation is float64
     np.testing.assert_allclose(np.diag(res.values), 1.0, atol=1e-12)
     np.testing.assert_array_equal(res.values, res.values.T)
     df = res.to_frame()

@@ -1,83 +1,151 @@
-"""B4: overhead of ``InterpretationCallback`` while training the demo CNN.
+"""B4: cost of ``InterpretationCallback`` on the demo CNN, for each documented setting.
 
-The demo CNN (``keras_hybrid_interp.cli.demo_model``, compiled as in the demo)
-trains on ``load_digits(16)`` (1347 training images, batch 32) twice in one
-process, with identical seeds: model A without the callback, model B with
-``InterpretationCallback((x_test, y_test), random_state=0)`` (default
-settings, ``every=1``; the 450 test images are the validation subset). The
-two trainings alternate in chunks of ``CHUNK`` epochs, so that a slow spell of
-the machine hits both (the epoch times of this 2-core VM jump between about 0.2
-and 0.5 s); the first chunk of each (tracing) is discarded.
+The demo CNN (``keras_hybrid_interp.cli.demo_model``, compiled as in the demo:
+Adam 3e-3, batch 32) trains on ``load_digits(16)`` (1347 training images) for
+``ROUNDS`` epochs, one ``fit`` call per epoch, with no interpretation callback
+inside ``fit``: an epoch is timed from the ``on_epoch_begin`` of a callback
+placed first to the ``on_epoch_end`` of a callback placed last. After every
+epoch, the ``on_epoch_end`` hook of each of these callbacks (all attached to
+the same model with ``set_model``, validation data = the 450 test images,
+``random_state=0``) is called and timed directly, in an order that rotates
+every epoch, so that a slow spell of the machine hits all of them:
 
-Epoch time runs from ``on_epoch_begin`` of a callback placed first to
-``on_epoch_end`` of a callback placed last, so it includes the
-interpretation callback's ``on_epoch_end``. Reported:
+* ``defaults``: ``InterpretationCallback((x_test, y_test))`` (``every=1``,
+  ``max_samples=1000``, probes and correlation on, importance off);
+* ``every=5``: records at epochs 5, 10, ... only;
+* ``max_samples=200``: a 200-image subset;
+* ``importance``: ``importance={"block": <deepest block>, "n_repeats": 3,
+  "top_k": 5}`` (the README snippet; the deepest block is ``conv3``, 48 filters,
+  so 144 permutations of the cached ``conv3`` maps go through the model tail);
+* reference (not a setting): ``defaults`` with the probes fitted from zero at
+  every record instead of warm-started, to show what the warm start saves;
+* diagnostic (an accepted option, not a documented setting):
+  ``probes={"tol": 1e-4}``, a looser L-BFGS gradient tolerance than the
+  default 1e-6, with the largest difference of its probe metrics from the
+  defaults' at the same epochs (same model, same subset);
+* diagnostic (not a setting): ``defaults`` with the whole record run in one
+  BLAS thread through one cached ``threadpoolctl`` controller, the fix proposed
+  for the NumPy part of a record (the package's L-BFGS trainer builds a new
+  ``threadpool_limits`` at every probe fit, about 10 ms each with TensorFlow
+  loaded, and the correlations run in a multi-threaded BLAS that fights
+  TensorFlow's spinning thread pool right after the pass).
 
-* median epoch time without and with the callback, and their ratio
-  (target: at most 1.10);
-* the callback's own ``on_epoch_end`` time (median), as a fraction of the
-  median epoch time without it;
-* the one-off ``on_train_begin`` cost (side model, tracing, baseline record);
-* the cost of one record for smaller ``max_samples``, and per epoch for
-  ``every`` = 1, 2, 5 (derived), to document the trade-off;
-* why the default refit is cheap: on a third training (15 epochs), the
-  warm-started probes (defaults: 5 epochs at learning rate 0.01 per refit)
-  against a fresh 100-epoch fit at every record (``fit_probes``' defaults),
-  both scored against an L2 logistic regression (C=100, standardized
-  features) fitted on the same probe-fit half: mean and worst gaps in
-  evaluation accuracy and loss, and the cost of a record.
+The first epoch (tracing of the training step) and the first record of each
+callback after it are discarded. Reported, per setting: the one-off
+``on_train_begin`` (side model, tracing, baseline record); the median time of a
+record; that as a fraction of the median training epoch of the same run; the
+cost per epoch (a record every ``every`` epochs) as a fraction of the epoch;
+and where a record's time goes (the model pass; probes, dead filters and
+correlations in NumPy; the importance tail passes).
+
+Tracing: the predict functions of every side model the callbacks use (the pass
+models and the importance tail) are ``tf.function``\\ s; their tracing counts
+after the first timed record and at the end are printed, with every message of
+TensorFlow's logger that mentions retracing (captured with a logging handler
+from the start; TensorFlow also prints them on stderr). On a backend other than
+TensorFlow these lines are skipped.
 
 Run: ``python benchmarks/b4_callback_overhead.py`` (about 1.5 minutes on 2 CPU cores).
 """
 
+import contextlib
+import logging
 import os
 import statistics
 import sys
 import time
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
 import keras  # noqa: E402
 
+from keras_hybrid_interp import _trainer, callback as _callback  # noqa: E402
 from keras_hybrid_interp.callback import InterpretationCallback  # noqa: E402
 from keras_hybrid_interp.cli import demo_model  # noqa: E402
 from keras_hybrid_interp.datasets import load_digits  # noqa: E402
+from keras_hybrid_interp.interpreter import HybridInterpreter  # noqa: E402
 
-SEED, CHUNK, ROUNDS = 0, 1, 61  # 61 rounds of 1 epoch per arm; the first round is warm-up
+SEED, ROUNDS = 0, 41  # 41 epochs; the first is warm-up
+TARGET = 0.10  # the callback's cost per epoch, as a fraction of an epoch, that the defaults aim under
 
 
-class ColdRefit(InterpretationCallback):
-    """Reference: every record fits the probes from zero (100 epochs), as fit_probes does."""
+class Timed(InterpretationCallback):
+    """The callback, with its hooks and the parts of a record timed (no behaviour change)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.t_begin = []
+        self.parts = []  # one dict per record: pass, numpy, importance (seconds)
+        self.iterations = []  # per record: list of L-BFGS iterations, one per probe fit
+
+    def on_train_begin(self, logs=None):
+        t = time.perf_counter()
+        super().on_train_begin(logs)
+        self.t_begin.append(time.perf_counter() - t)
+
+    def _record(self, epoch):
+        self.parts.append({})
+        self.iterations.append([])
+        saved = _callback.fit_probe
+
+        def counted(*args, **kwargs):
+            sol = saved(*args, **kwargs)
+            self.iterations[-1].append(int(sol.n_iter))
+            return sol
+
+        _callback.fit_probe = counted
+        try:
+            super()._record(epoch)
+        finally:
+            _callback.fit_probe = saved
+
+    def _timed(self, part, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        self.parts[-1][part] = self.parts[-1].get(part, 0.0) + time.perf_counter() - t
+        return out
+
+    def _forward(self):
+        return self._timed("pass", super()._forward)
+
+    def _statistics(self, *args):
+        return self._timed("numpy", super()._statistics, *args)
+
+    def _importance_rows(self, *args):
+        return self._timed("importance", super()._importance_rows, *args)
+
+
+class ColdStart(Timed):
+    """Reference: every record fits the probes from zero (no warm start)."""
 
     def _record(self, epoch):
         self._probe_fits = None
         super()._record(epoch)
 
 
-class LogisticReference(InterpretationCallback):
-    """Reference: scikit-learn's L2 logistic regression on the same halves of the same features."""
+class OneBlasThread(Timed):
+    """Diagnostic, not a setting: the defaults with the whole record in one BLAS thread, through one cached
+    ``threadpoolctl`` controller (the package's trainer builds a new ``threadpool_limits`` per probe fit, and
+    the correlations run in a multi-threaded BLAS right after the TensorFlow pass)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.rows = []
+        from threadpoolctl import ThreadpoolController
 
-    def _statistics(self, epoch, feats, probs):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+        self._ctl = ThreadpoolController()
 
-        fit, ev = self.probe_fit_indices, self.eval_indices
-        y = self.validation_subset[1]
-        for name, f in zip(self._interp.block_names, feats):
-            lr = make_pipeline(StandardScaler(), LogisticRegression(C=100.0, max_iter=20000)).fit(f[fit], y[fit])
-            p = np.clip(lr.predict_proba(f[ev]), 1e-7, 1.0)
-            self.rows += [(epoch, name, "accuracy", lr.score(f[ev], y[ev])),
-                          (epoch, name, "loss", -np.mean(np.log(p[np.arange(len(ev)), y[ev]])))]
-        return [], {}
+    def _record(self, epoch):
+        saved = getattr(_trainer, "_blas_single_thread", None)
+        if saved is not None:
+            _trainer._blas_single_thread = lambda work: contextlib.nullcontext()
+        try:
+            with self._ctl.limit(limits=1, user_api="blas"):
+                super()._record(epoch)
+        finally:
+            if saved is not None:
+                _trainer._blas_single_thread = saved
 
 
 class EpochStart(keras.callbacks.Callback):
@@ -98,22 +166,18 @@ class EpochEnd(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self.clock["t0"])
 
 
-class Timed(InterpretationCallback):
-    """The callback, with its own hooks timed (no behaviour change)."""
+class Retracing(logging.Handler):
+    """Keeps every message of TensorFlow's logger that mentions retracing."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.t_begin, self.t_epoch_end = [], []
+    def __init__(self):
+        super().__init__()
+        self.messages = []  # (phase, message)
+        self.phase = "training"
 
-    def on_train_begin(self, logs=None):
-        t = time.perf_counter()
-        super().on_train_begin(logs)
-        self.t_begin.append(time.perf_counter() - t)
-
-    def on_epoch_end(self, epoch, logs=None):
-        t = time.perf_counter()
-        super().on_epoch_end(epoch, logs)
-        self.t_epoch_end.append(time.perf_counter() - t)
+    def emit(self, record):
+        msg = record.getMessage()
+        if "retracing" in msg:
+            self.messages.append((self.phase, msg))
 
 
 def compiled_model():
@@ -123,104 +187,148 @@ def compiled_model():
     return model
 
 
+def observe_predict_functions():
+    """Records every Keras predict function built from now on, with the callback whose hook built it.
+
+    ``keras.Model.make_predict_function`` is wrapped (not the package's internals), so every side model the
+    callbacks run is seen, wherever the package keeps it.
+    """
+    built = []  # [owner label, model name, tf.function]
+    owner = {"label": None}
+    original = keras.Model.make_predict_function
+
+    def observed(self, force=False):
+        before = self.predict_function
+        out = original(self, force)
+        if self.predict_function is not before and self.predict_function is not None:
+            built.append((owner["label"], self.name, self.predict_function))
+        return out
+
+    keras.Model.make_predict_function = observed
+    return built, owner
+
+
+def tracing_counts(built):
+    counts = {}
+    for i, (label, name, fn) in enumerate(built):
+        counts[(label, f"{name}[{i}]")] = fn.experimental_get_tracing_count()
+    return counts
+
+
 def main():
+    tf_backend = keras.backend.backend() == "tensorflow"
+    handler = Retracing()
+    logging.getLogger("tensorflow").addHandler(handler)
+    built, owner = observe_predict_functions() if tf_backend else ([], {})
+
+    load_before = os.getloadavg()
     (x_train, y_train), (x_test, y_test) = load_digits(16, random_state=SEED)
-    model_a, model_b = compiled_model(), compiled_model()
-    cb = Timed((x_test, y_test), random_state=0)
-    times = {"without": [], "with": []}
-    clocks = {"without": {}, "with": {}}
-    for r in range(ROUNDS):
-        for arm, model in (("without", model_a), ("with", model_b)):
-            clock = clocks[arm]
-            extra = [cb] if arm == "with" else []
+    model = compiled_model()
+    block = HybridInterpreter(model).blocks[-1].name
+    importance = {"block": block, "n_repeats": 3, "top_k": 5}
+    settings = {
+        "defaults": (Timed, {}),
+        "every=5": (Timed, {"every": 5}),
+        "max_samples=200": (Timed, {"max_samples": 200}),
+        f'importance={{"block": "{block}", "n_repeats": 3, "top_k": 5}}': (Timed, {"importance": importance}),
+        "reference: defaults, probes fitted from zero at every record": (ColdStart, {}),
+        'diagnostic: probes={"tol": 1e-4}': (Timed, {"probes": {"tol": 1e-4}}),
+    }
+    try:
+        import threadpoolctl  # noqa: F401
+
+        settings["diagnostic: defaults, whole record in one BLAS thread (cached controller)"] = (OneBlasThread, {})
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        pass
+    callbacks = {label: cls((x_test, y_test), random_state=0, **kw) for label, (cls, kw) in settings.items()}
+
+    clock, epochs = {}, []
+    hook = {label: [] for label in callbacks}  # (seconds, recorded?) per on_epoch_end call
+    counts_first = None
+    with warnings.catch_warnings():
+        # The importance setting's health note (importances within noise) comes at every record; not timed here.
+        warnings.filterwarnings("ignore", message=r".*permutation importance")
+        for r in range(ROUNDS):
             recorded = []
-            model.fit(x_train, y_train, batch_size=32, epochs=(r + 1) * CHUNK, initial_epoch=r * CHUNK, verbose=0,
-                      callbacks=[EpochStart(clock)] + extra + [EpochEnd(clock, recorded)])
-            if r > 0:
-                times[arm] += recorded
-    med_without = statistics.median(times["without"])
-    med_with = statistics.median(times["with"])
-    own = statistics.median(cb.t_epoch_end[CHUNK:])
-    ratio = med_with / med_without
-    paired = statistics.median(b / a for a, b in zip(times["without"], times["with"]))
-    n_sub = len(cb.validation_subset[0])
+            model.fit(x_train, y_train, batch_size=32, epochs=r + 1, initial_epoch=r, verbose=0,
+                      callbacks=[EpochStart(clock), EpochEnd(clock, recorded)])
+            if r == 0:
+                handler.phase = "on_train_begin (baselines)"
+                for label, cb in callbacks.items():
+                    owner["label"] = label
+                    cb.set_model(model)
+                    cb.on_train_begin()
+                handler.phase = "later epochs (training and records)"
+                continue
+            epochs += recorded
+            labels = list(callbacks)
+            k = r % len(labels)
+            for label in labels[k:] + labels[:k]:
+                cb = callbacks[label]
+                owner["label"] = label
+                before = cb._last_recorded
+                t = time.perf_counter()
+                cb.on_epoch_end(r)
+                hook[label].append((time.perf_counter() - t, cb._last_recorded != before))
+            if r == 1 and tf_backend:
+                counts_first = tracing_counts(built)
+    counts_last = tracing_counts(built) if tf_backend else None
 
-    # Cost of one record against max_samples (same trained model B), sizes taken in turn so that
-    # a slow spell of the machine hits all of them.
-    sizes = (100, 200, 450)
-    per_record = {m: [] for m in sizes}
-    probes = {}
-    for m in sizes:
-        probes[m] = InterpretationCallback((x_test, y_test), max_samples=m, random_state=0)
-        probes[m].set_model(model_b)
-        probes[m].on_train_begin()
-    for e in range(20):
-        for m in sizes:
-            t = time.perf_counter()
-            probes[m].on_epoch_end(e, {})
-            per_record[m].append(time.perf_counter() - t)
-    per_record = {m: statistics.median(ts[2:]) for m, ts in per_record.items()}
+    load_after = os.getloadavg()
+    epoch = statistics.median(epochs)
+    n_sub = {label: len(cb.validation_subset[0]) for label, cb in callbacks.items()}
+    print(f"demo CNN {model.count_params()} params, {len(x_train)} training images, batch 32; "
+          f"{len(epochs)} timed epochs (after one warm-up epoch); median epoch {1e3 * epoch:.0f} ms "
+          f"(mean {1e3 * statistics.mean(epochs):.0f}, min {1e3 * min(epochs):.0f}, max {1e3 * max(epochs):.0f})")
+    print("load average (1, 5, 15 min) before: " + ", ".join(f"{v:.2f}" for v in load_before)
+          + "; after: " + ", ".join(f"{v:.2f}" for v in load_after) + f" ({os.cpu_count()} CPUs)")
+    print()
+    print("| setting | subset | on_train_begin (ms) | record (ms, median) | record / epoch | records | "
+          "cost per epoch / epoch | pass | probes + correlation | importance |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, cb in callbacks.items():
+        # The first record after the baseline is discarded (first call of each pass shape).
+        rec = [t for t, did in hook[label] if did][1:]
+        parts = cb.parts[2:]  # baseline record and the first record after it discarded
+        per_rec = statistics.median(rec)
+        per_epoch = sum(t for t, _ in hook[label][1:]) / len(hook[label][1:])
 
-    print(f"demo CNN {model_a.count_params()} params, {len(x_train)} training images, batch 32; validation "
-          f"subset {n_sub} images; {len(times['without'])} timed epochs per arm ({ROUNDS - 1} rounds of {CHUNK}, "
-          "after one warm-up round)")
-    print()
-    print("| | median epoch (ms) | mean epoch (ms) |")
-    print("|---|---:|---:|")
-    print(f"| without callback | {1e3 * med_without:.0f} | {1e3 * statistics.mean(times['without']):.0f} |")
-    print(f"| with callback (defaults, every=1) | {1e3 * med_with:.0f} | {1e3 * statistics.mean(times['with']):.0f} |")
-    print()
-    print(f"epoch-time ratio with / without: ratio of medians {ratio:.3f}; median of the {len(times['with'])} "
-          f"paired ratios (adjacent epochs) {paired:.3f}; ratio of means "
-          f"{statistics.mean(times['with']) / statistics.mean(times['without']):.3f}  (target <= 1.10)")
-    print(f"callback on_epoch_end, median: {1e3 * own:.1f} ms = {100 * own / med_without:.1f}% of the median "
-          "epoch without it")
-    print(f"one-off on_train_begin (side model, tracing, baseline record with the 100-epoch first probe fit): "
-          f"{1e3 * cb.t_begin[0]:.0f} ms; later fit() calls: {1e3 * statistics.median(cb.t_begin[1:]):.1f} ms")
-    print()
-    print("| max_samples | record (ms) | every=1 (% of epoch) | every=2 | every=5 |")
-    print("|---:|---:|---:|---:|---:|")
-    for m, t in per_record.items():
-        pct = [100 * t / e / med_without for e in (1, 2, 5)]
-        print(f"| {m} | {1e3 * t:.1f} | {pct[0]:.1f}% | {pct[1]:.1f}% | {pct[2]:.1f}% |")
-    # Warm start against a fresh fit at every record, on a third training.
-    model_c = compiled_model()
-    warm, cold = Timed((x_test, y_test), random_state=0), ColdRefit((x_test, y_test), random_state=0)
-    ref = LogisticReference((x_test, y_test), random_state=0, correlation=False)
-    cold_t = []
-    cold_record = cold._record
+        def part(name):
+            vals = [p.get(name, 0.0) for p in parts]
+            return f"{1e3 * statistics.median(vals):.1f}" if any(vals) else "-"
 
-    def timed_cold(epoch):
-        t = time.perf_counter()
-        cold_record(epoch)
-        cold_t.append(time.perf_counter() - t)
-
-    cold._record = timed_cold
-    model_c.fit(x_train, y_train, batch_size=32, epochs=15, verbose=0, callbacks=[warm, cold, ref])
-    ref_s = pd.DataFrame(ref.rows, columns=["epoch", "block", "metric", "value"]).set_index(
-        ["epoch", "block", "metric"])["value"]
+        print(f"| {label} | {n_sub[label]} | {1e3 * cb.t_begin[0]:.0f} | {1e3 * per_rec:.1f} | "
+              f"{100 * per_rec / epoch:.1f}% | {len(rec)} | {100 * per_epoch / epoch:.1f}% | {part('pass')} | "
+              f"{part('numpy')} | {part('importance')} |")
     print()
-    print("Probes against L2 logistic regression on the same features (15 epochs + baseline, 3 blocks; "
-          "gap = probe - logistic regression; accuracy in points):")
+    print("record / epoch: one record against the median training epoch of this run; cost per epoch: the mean "
+          f"on_epoch_end time over all epochs (a record every `every` epochs) against it (target of the "
+          f"defaults: at most {100 * TARGET:.0f}%). The parts are medians, so they need not add up exactly.")
+    iters = {label: [n for rec in cb.iterations[2:] for n in rec] for label, cb in callbacks.items()}
+    iters = {label: v for label, v in iters.items() if v}
     print()
-    print("| probes | accuracy gap: mean | worst | loss gap: mean | worst | record (ms, median) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, c, ts in (("warm start (defaults: 5 epochs, lr 0.01)", warm, warm.t_epoch_end),
-                         ("fresh 100-epoch fit at every record", cold, cold_t)):
-        h = c.history
-        h = h[(h.block != "output") & h.metric.isin(["accuracy", "loss"])].set_index(["epoch", "block", "metric"])
-        gap = (h["value"] - ref_s).dropna().unstack("metric")
-        later = gap.loc[gap.index.get_level_values("epoch") > 0]
-        print(f"| {label} | {100 * later['accuracy'].mean():+.1f} | {100 * later['accuracy'].min():+.1f} | "
-              f"{later['loss'].mean():+.3f} | {later['loss'].max():+.3f} | {1e3 * statistics.median(ts[2:]):.1f} |")
-    base = gap.loc[0]
-    print(f"(epochs 1-15; both share the baseline fit at epoch 0, whose gap is "
-          f"{100 * base['accuracy'].mean():+.1f} points of accuracy on average)")
-
-    last = cb.history.query("metric == 'accuracy'").pivot(index="epoch", columns="block", values="value").iloc[-1]
-    print()
-    print(f"models trained {len(cb.t_epoch_end)} epochs each; history rows: {len(cb.history)}; last record's "
-          f"accuracy: " + ", ".join(f"{b} {v:.3f}" for b, v in last.items()))
+    print("L-BFGS iterations per probe fit (median, max over the timed records and blocks): " + "; ".join(
+        f"{label}: {statistics.median(v):.0f}, {max(v)}" for label, v in iters.items()))
+    ref = callbacks["defaults"].history
+    for label, cb in callbacks.items():
+        if "tol" not in label:
+            continue
+        keyed = ["epoch", "block", "metric"]
+        both = ref.merge(cb.history, on=keyed, suffixes=("", "_other"))
+        both = both[both.block != "output"]
+        gap = (both.value - both.value_other).abs().groupby(both.metric).max()
+        print(f"{label} against the defaults, largest |difference| at the same epoch (all blocks): "
+              + ", ".join(f"{m} {v:.2g}" for m, v in gap.items()))
+    if tf_backend:
+        print()
+        print("tf.function tracing counts (after the first timed record -> after the last):")
+        for key, n in counts_last.items():
+            first = counts_first.get(key)
+            flag = "" if first == n else ("   <-- NEW FUNCTION" if first is None else "   <-- RETRACED")
+            print(f"  {key[0]} / {key[1]}: {first} -> {n}{flag}")
+        print(f"TensorFlow log messages mentioning retracing: {len(handler.messages)}")
+        for phase, msg in handler.messages:
+            print(f"  during {phase}: " + msg[:160] + " ...")
 
 
 if __name__ == "__main__":

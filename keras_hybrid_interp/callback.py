@@ -76,7 +76,7 @@ from .plotting import plot_training_dynamics  # re-exported: drawn by the presen
 from ._data import as_stream
 from ._engine import FrontierCache, resolve_entropy
 from ._output import OutputReader
-from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe
+from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe, single_thread_blas
 from .correlation import FilterCorrelation, StreamingMoments
 from .importance import check_request, importance_result
 from .probes import input_transform
@@ -237,10 +237,11 @@ class InterpretationCallback(keras.callbacks.Callback):
     ``max_samples // 2`` samples, so its standard error is
     ``sqrt(p (1 - p) / (max_samples / 2))`` (1.3 points at p = 0.9 with the
     default 1000; 3 points with 200), and the correlations (hence
-    ``redundancy``) get noisier below a few hundred samples. On the demo CNN
-    (2 CPU cores, 450 validation images) a record takes about 15 ms, 7% of a
-    training epoch, with ``every=1`` (BENCHMARKS.md, B4). The one-off
-    ``on_train_begin`` (side model, tracing, baseline) takes about 0.2 s.
+    ``redundancy``) get noisier below a few hundred samples. The cost of a
+    record on the demo CNN for each setting (defaults, ``every``,
+    ``max_samples``, importance on) is measured in BENCHMARKS.md, B4; the
+    probe refits (L-BFGS, one per block) dominate it when importance is off,
+    and the tail passes of importance when it is on.
 
     Examples
     --------
@@ -452,7 +453,8 @@ class InterpretationCallback(keras.callbacks.Callback):
 
     def _record(self, epoch):
         feats, dead, outputs, cache = self._forward()
-        rows, means = self._statistics(epoch, feats, dead, outputs)
+        with single_thread_blas():  # small NumPy algebra right after a TensorFlow pass
+            rows, means = self._statistics(epoch, feats, dead, outputs)
         if self.importance_options is not None:
             rows += self._importance_rows(epoch, cache)
         self._rows.extend(rows)

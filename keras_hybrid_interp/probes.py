@@ -81,13 +81,18 @@ class FeaturePooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+#: Relative spread (std / |mean|) below which a feature is float32 rounding noise: about 8 ulp.
+FLOAT32_NOISE = 1e-6
+
+
 def input_transform(features, rtol: float = 1e-9):
     """``(mean, scale)`` in float64 such that the probe reads ``(f - mean) * scale``.
 
     Per-feature standardization (scikit-learn's ``StandardScaler``: population
     standard deviation). Features whose variance is below ``rtol`` times the
-    largest are constant in the data: they get scale 0 instead of a huge,
-    noise-amplifying one. Statistics are accumulated chunk by chunk, never as
+    largest, or whose standard deviation is below ``FLOAT32_NOISE`` times their
+    mean's magnitude (float32 rounding), are constant in the data: they get
+    scale 0 instead of a huge, noise-amplifying one. Statistics are accumulated chunk by chunk, never as
     a float64 copy of all N x D features.
     """
     f = np.asarray(features)
@@ -103,6 +108,9 @@ def input_transform(features, rtol: float = 1e-9):
         var += np.einsum("ij,ij->j", c, c)
     var /= max(n, 1)
     keep = var > rtol * max(var.max(), 0.0) if var.max() > 0 else np.zeros_like(var, bool)
+    # A feature whose spread is below float32 rounding of its values (a constant input pooled
+    # on a device that sums in another order per sample) is constant, not a signal to amplify.
+    keep &= np.sqrt(var) > FLOAT32_NOISE * np.abs(mean)
     scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, var, 1.0)), 0.0)
     return mean, scale
 

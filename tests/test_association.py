@@ -56,7 +56,8 @@ def test_labels_from_dataset_or_model_and_absent_class():
     ref = ga.filter_class_association(x, y, "res_out")
     ds = ga.filter_class_association(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), None, "res_out")
     assert ds.label_source == "dataset"
-    np.testing.assert_allclose(ds.values, ref.values, atol=1e-12)
+    # batches of 16 against 64: the float32 per-sample summaries may move by an ulp (JAX's XLA:CPU)
+    np.testing.assert_allclose(ds.values, ref.values, atol=1e-6)
     own = np.argmax(model.predict_on_batch(x), axis=1)
     with pytest.warns(UserWarning, match="have no sample") if len(np.unique(own)) < 4 else _nullcontext():
         pred = ga.filter_class_association(x, None, "res_out")

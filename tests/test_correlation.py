@@ -117,7 +117,8 @@ def test_inputs_as_dataset_and_pydataset():
     x = _x(30)
     ref = ga.filter_correlation(x, "res_out")
     ds = ga.filter_correlation(tf.data.Dataset.from_tensor_slices(x).batch(7), "res_out")
-    np.testing.assert_allclose(ds.values, ref.values, atol=1e-12)
+    # other batch sizes: the float32 per-sample summaries may move by an ulp (JAX's XLA:CPU)
+    np.testing.assert_allclose(ds.values, ref.values, atol=1e-6)
 
     class Seq(keras.utils.PyDataset):
         def __len__(self):
@@ -127,7 +128,7 @@ def test_inputs_as_dataset_and_pydataset():
             return x[i * 10:(i + 1) * 10]
 
     py = ga.filter_correlation(Seq(), "res_out")
-    np.testing.assert_allclose(py.values, ref.values, atol=1e-12)
+    np.testing.assert_allclose(py.values, ref.values, atol=1e-6)
 
 
 def test_to_frame_and_readonly():

@@ -66,7 +66,10 @@ def test_real_data_last_probe_beats_first_and_matches_model(fitted, trained, dig
     model_acc = float(np.mean(trained.predict(xte, verbose=0).argmax(1) == yte))
     assert acc["output"] == pytest.approx(model_acc)
     assert acc["conv3"] >= acc["pool1"]
-    assert abs(acc["conv3"] - model_acc) <= 0.02
+    # The deepest block feeds GAP + Dense, which a probe on its pooled output can represent, so the
+    # probe is at least as accurate as the model (within noise). It may be more accurate: it is the
+    # optimum of a convex problem, the head is 30 epochs of Adam (0.976 against 0.947 seen on torch).
+    assert acc["conv3"] >= model_acc - 0.02
     assert model_acc > 0.9  # the oracle is meaningful only for a trained model
 
 

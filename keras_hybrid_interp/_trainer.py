@@ -32,7 +32,7 @@ import numpy as np
 
 from ._output import OutputReader, cross_entropy_from_log_probabilities
 
-__all__ = ["ProbeSolution", "fit_probe", "objective", "check_C", "check_solver"]
+__all__ = ["ProbeSolution", "fit_probe", "objective", "check_C", "check_solver", "restandardize"]
 
 #: Default iteration cap of L-BFGS.
 MAX_ITER = 1000
@@ -72,6 +72,18 @@ def check_solver(max_iter, tol, argnames=("max_iter", "tol")):
         raise ValueError(f"`{argnames[0]}` must be a positive int; received {max_iter!r}.")
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or not tol > 0:
         raise ValueError(f"`{argnames[1]}` must be a positive float; received {tol!r}.")
+
+
+def restandardize(old_mean, old_scale, kernel, bias, mean, scale):
+    """A probe's linear map of the raw features, re-expressed for features standardized by (mean, scale).
+
+    The warm start of a refit on drifted features: ``(kernel, bias)`` fitted on
+    ``(f - old_mean) * old_scale`` give the same logits as the returned pair on
+    ``(f - mean) * scale`` (features with ``scale == 0`` get weight 0).
+    """
+    w = kernel * old_scale[:, None]
+    b = bias - old_mean @ w
+    return np.divide(w, scale[:, None], out=np.zeros_like(w), where=scale[:, None] > 0), b + mean @ w
 
 
 def _free_columns(k: int) -> int:

@@ -76,7 +76,7 @@ from .plotting import plot_training_dynamics  # re-exported: drawn by the presen
 from ._data import as_stream
 from ._engine import FrontierCache, resolve_entropy
 from ._output import OutputReader
-from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe, single_thread_blas
+from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe, restandardize, single_thread_blas
 from .correlation import FilterCorrelation, StreamingMoments
 from .importance import check_request, importance_result
 from .probes import input_transform
@@ -129,9 +129,7 @@ class _ProbeFit:
 
     def init_for(self, mean, scale):
         """This probe's linear map of the raw features, in coordinates standardized by (mean, scale)."""
-        w = self.kernel * self.scale[:, None]
-        b = self.bias - self.mean @ w
-        return (np.divide(w, scale[:, None], out=np.zeros_like(w), where=scale[:, None] > 0), b + mean @ w)
+        return restandardize(self.mean, self.scale, self.kernel, self.bias, mean, scale)
 
 
 class InterpretationCallback(keras.callbacks.Callback):

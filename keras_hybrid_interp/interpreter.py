@@ -12,7 +12,7 @@ import keras
 from . import _graph, _pass, _warnings
 from ._data import model_stream
 from ._output import OutputReader, reader_for
-from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe
+from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe, restandardize
 from .probes import FeaturePooling, LinearProbe, input_transform
 from .results import LayerPredictions, LocalExplanation
 
@@ -436,12 +436,7 @@ class HybridInterpreter(keras.Model):
             z = (f.astype(np.float64) - mean) * scale
             init = None
             if warm_start and self.fitted:
-                old_mean, old_scale, old_kernel, old_bias = probe.state()
-                # The same linear map of the raw features, in the new standardized coordinates.
-                w = old_kernel * old_scale[:, None]
-                b = old_bias - old_mean @ w
-                init = (np.divide(w, scale[:, None], out=np.zeros_like(w), where=scale[:, None] > 0),
-                        b + mean @ w)
+                init = restandardize(*probe.state(), mean, scale)
             sol = fit_probe(z, targets, self.num_classes, C=C, max_iter=max_iter, tol=tol, init=init)
             probe.set_state(mean, scale, sol.kernel, sol.bias)
             rows.append((name, sol.n_iter, sol.converged, sol.loss))

@@ -58,7 +58,7 @@ from keras import ops
 
 from . import _warnings
 from ._engine import FrontierCache, Job, TailEngine, job_permutation, resolve_entropy
-from ._pass import dead_filters, dead_filters_of
+from ._pass import dead_filters_of
 from .correlation import warn_dead
 
 __all__ = ["FilterImportance", "ImportanceRequest", "check_request", "importance_reducer", "importance_result",
@@ -370,16 +370,15 @@ class TaylorSums:
     """
 
     def __init__(self, engine: TailEngine, reader):
-        from ._pass import Tap
+        from ._pass import ChannelRange, Tap
 
         self.engine = engine
         self.reader = reader
-        self.taps = tuple(Tap(k, "raw") for k in engine.frontier)
+        self.range = ChannelRange(engine.key)  # the one definition of a dead filter
+        self.taps = tuple(Tap(k, "raw") for k in engine.frontier) + self.range.taps
         self.total = np.zeros(engine.channels, dtype=np.float64)
         self.loss_sum = 0.0
         self.n = 0
-        self.min = None
-        self.max = None
         self.has_y = False
 
         def loss_fn(out, labels):
@@ -390,7 +389,7 @@ class TaylorSums:
         self.loss_fn = loss_fn
 
     def update(self, batch):
-        arrays = [batch.values[t.ident] for t in self.taps]
+        arrays = [batch.values[(k, "raw")] for k in self.engine.frontier]
         labels = None if batch.y is None else np.asarray(batch.y, dtype=np.int32)
         self.has_y = labels is not None
         grad, out = self.engine.input_gradient(arrays, self.loss_fn, labels)
@@ -399,13 +398,11 @@ class TaylorSums:
         self.total += np.sum(a.astype(np.float64) * grad.astype(np.float64), axis=axes)
         lab = labels if labels is not None else self.reader.predicted(out)
         self.loss_sum += float(np.sum(self.reader.cross_entropy(out, lab)))
-        lo, hi = np.min(a, axis=axes).astype(np.float64), np.max(a, axis=axes).astype(np.float64)
-        self.min = lo if self.min is None else np.minimum(self.min, lo)
-        self.max = hi if self.max is None else np.maximum(self.max, hi)
+        self.range.update(batch)
         self.n += len(a)
 
     def result(self, request: ImportanceRequest, block: str, y_given: bool) -> FilterImportance:
-        dead = dead_filters(self.min, self.max)
+        dead = self.range.dead
         warn_dead(dead, block)
         n = self.n
         imp = np.array([abs(self.total[ch].sum()) / n for ch in request.chan_sets])[:, None]

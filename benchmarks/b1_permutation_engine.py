@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from keras_hybrid_interp._data import DataStream  # noqa: E402
-from keras_hybrid_interp._engine import TailEngine, job_permutation  # noqa: E402
-from keras_hybrid_interp.analyzer import GlobalAnalyzer  # noqa: E402
+from keras_hybrid_interp.core.data import DataStream  # noqa: E402
+from keras_hybrid_interp.core.engine import TailEngine, job_permutation  # noqa: E402
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer  # noqa: E402
 
 N, N_REPEATS, SEED = 512, 5, 0
 
@@ -95,7 +95,7 @@ def main():
 
     # --- engine, end to end -------------------------------------------------
     t0 = time.perf_counter()
-    res = ga.filter_importance(x, None, block, n_repeats=N_REPEATS, random_state=SEED, batch_size=128)
+    res = ga.filter_importance(x, None, block=block, n_repeats=N_REPEATS, random_state=SEED, batch_size=128)
     t_engine = time.perf_counter() - t0
     eng = ga._engine(key)
     p, b = eng.plan(N, jobs)

@@ -25,9 +25,9 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
-from keras_hybrid_interp._data import DataStream  # noqa: E402
-from keras_hybrid_interp.analyzer import GlobalAnalyzer  # noqa: E402
-from keras_hybrid_interp.importance import _per_sample_loss  # noqa: E402
+from keras_hybrid_interp.core.data import DataStream  # noqa: E402
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer  # noqa: E402
+from keras_hybrid_interp.global_.importance import _per_sample_loss  # noqa: E402
 
 SEED = 0
 
@@ -67,18 +67,18 @@ def main():
     rows = []
     for block in ["conv2", "conv3"]:
         # Warm-up (builds and traces the prefix/tail once per block for both methods).
-        ga.filter_importance(x_te[:64], y_te[:64], block, n_repeats=1, random_state=SEED, scoring="loss")
-        ga.filter_importance(x_te[:64], y_te[:64], block, method="taylor")
+        ga.filter_importance(x_te[:64], y_te[:64], block=block, n_repeats=1, random_state=SEED, scoring="loss")
+        ga.filter_importance(x_te[:64], y_te[:64], block=block, method="taylor")
         t0 = time.perf_counter()
-        perm = ga.filter_importance(x_te, y_te, block, n_repeats=5, random_state=SEED, scoring="loss")
+        perm = ga.filter_importance(x_te, y_te, block=block, n_repeats=5, random_state=SEED, scoring="loss")
         t_perm = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tay = ga.filter_importance(x_te, y_te, block, method="taylor")
+        tay = ga.filter_importance(x_te, y_te, block=block, method="taylor")
         t_tay = time.perf_counter() - t0
         t0 = time.perf_counter()
-        abl = ga.filter_importance(x_te, y_te, block, method="ablation", scoring="loss")
+        abl = ga.filter_importance(x_te, y_te, block=block, method="ablation", scoring="loss")
         t_abl = time.perf_counter() - t0
-        perm2 = ga.filter_importance(x_te, y_te, block, n_repeats=5, random_state=SEED + 1, scoring="loss")
+        perm2 = ga.filter_importance(x_te, y_te, block=block, n_repeats=5, random_state=SEED + 1, scoring="loss")
         abs_t = per_sample_abs_taylor(ga, block, x_te, y_te)
         rho_pp = spearmanr(perm.importances_mean, perm2.importances_mean).statistic
         rho_abs = spearmanr(abs_t, perm.importances_mean).statistic

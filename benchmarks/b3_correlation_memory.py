@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 from keras import layers
-from keras_hybrid_interp.analyzer import GlobalAnalyzer
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
 n, kind = int(sys.argv[1]), sys.argv[2]
 keras.utils.set_random_seed(0)
@@ -50,7 +50,7 @@ else:
     ds = Gen()
 ga = GlobalAnalyzer(model, blocks=["block"])
 t0 = time.perf_counter()
-res = ga.filter_correlation(ds, "block")
+res = ga.filter_correlation(ds, block="block")
 dt = time.perf_counter() - t0
 print(json.dumps({{"n": res.n_samples, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": dt, "finite": bool(np.isfinite(res.values).all())}}))

@@ -61,11 +61,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import keras  # noqa: E402
 
-from keras_hybrid_interp import _trainer, callback as _callback  # noqa: E402
+from keras_hybrid_interp import callback as _callback
+from keras_hybrid_interp.core import trainer as _trainer  # noqa: E402
 from keras_hybrid_interp.callback import InterpretationCallback  # noqa: E402
 from keras_hybrid_interp.cli import demo_model  # noqa: E402
 from keras_hybrid_interp.datasets import load_digits  # noqa: E402
-from keras_hybrid_interp.interpreter import HybridInterpreter  # noqa: E402
+from keras_hybrid_interp.local.interpreter import HybridInterpreter  # noqa: E402
 
 SEED, ROUNDS = 0, 41  # 41 epochs; the first is warm-up
 TARGET = 0.10  # the callback's cost per epoch, as a fraction of an epoch, that the defaults aim under

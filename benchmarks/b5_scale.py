@@ -15,7 +15,7 @@ Image ``i`` is ``template[label_i] + 0.5 * noise_i`` (32x32x3, float32), with
 of ``i``, and ten fixed 32x32x3 class templates (120 KB). No N-sized array of
 images is ever built. The subprocess then runs, timing each step:
 
-1. ``GlobalAnalyzer.filter_correlation(ds, "pool1")`` over all N images
+1. ``GlobalAnalyzer.filter_correlation(ds, block="pool1")`` over all N images
    (streaming moments: memory O(C^2));
 2. ``HybridInterpreter.fit_probes(ds)`` over all N images (one forward
    pass, then each probe is fitted to its optimum by L-BFGS on the cached
@@ -61,7 +61,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 from keras_hybrid_interp import HybridInterpreter
-from keras_hybrid_interp.analyzer import GlobalAnalyzer
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 from keras_hybrid_interp.cli import demo_model
 
 N, BATCH, BLOCK, MAX_SAMPLES = int(sys.argv[1]), {batch}, {block!r}, {max_samples}
@@ -111,7 +111,7 @@ out = {{"n": N, "baseline_rss_mb": rss_mb(), "baseline_peak_mb": peak_mb(), "tra
         "blocks": [[b.name, list(b.output_shape[1:])] for b in interp.blocks]}}
 
 t0 = time.perf_counter()
-corr = ga.filter_correlation(ds, BLOCK)
+corr = ga.filter_correlation(ds, block=BLOCK)
 out.update(corr_s=time.perf_counter() - t0, corr_n=corr.n_samples, corr_peak_mb=peak_mb(), corr_rss_mb=rss_mb())
 
 t0 = time.perf_counter()

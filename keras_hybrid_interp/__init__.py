@@ -22,49 +22,49 @@ __version__ = "0.1.0"
 # Public name -> submodule that defines it. To export a new name, add it here
 # (and to the TYPE_CHECKING imports below, for type checkers); __all__ follows.
 _EXPORTS = {
-    "Block": "._graph",
-    "BlockList": ".interpreter",
-    "FeaturePooling": ".probes",
-    "FilterClassAssociation": ".association",
-    "FilterCorrelation": ".correlation",
-    "FilterImportance": ".importance",
-    "GlobalAnalyzer": ".analyzer",
-    "HybridInterpreter": ".interpreter",
+    "Block": ".core.graph",
+    "BlockList": ".local.interpreter",
+    "FeaturePooling": ".local.probes",
+    "FilterClassAssociation": ".global_.association",
+    "FilterCorrelation": ".global_.correlation",
+    "FilterImportance": ".global_.importance",
+    "GlobalAnalyzer": ".global_.analyzer",
+    "HybridInterpreter": ".local.interpreter",
     "InterpretationCallback": ".callback",
-    "InterpretationWarning": "._warnings",
-    "LayerPredictions": ".results",
-    "LayerSimilarity": ".similarity",
-    "LinearProbe": ".probes",
-    "LocalExplanation": ".results",
-    "OutputProbabilities": ".probes",
+    "InterpretationWarning": ".core.health",
+    "LayerPredictions": ".local.results",
+    "LayerSimilarity": ".global_.similarity",
+    "LinearProbe": ".local.probes",
+    "LocalExplanation": ".local.results",
+    "OutputProbabilities": ".local.probes",
     "Report": ".report",
-    "linear_cka": ".similarity",
+    "linear_cka": ".global_.similarity",
 }
 
 __all__ = list(_EXPORTS)
 
 # Submodules whose classes register with keras.saving (what
 # keras.models.load_model needs to rebuild a saved interpreter).
-_SERIALIZABLE = (".probes", ".interpreter")
+_SERIALIZABLE = (".local.probes", ".local.interpreter")
 
 if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __getattr__)
-    from ._graph import Block as Block
-    from .analyzer import GlobalAnalyzer as GlobalAnalyzer
-    from .association import FilterClassAssociation as FilterClassAssociation
-    from ._warnings import InterpretationWarning as InterpretationWarning
     from .callback import InterpretationCallback as InterpretationCallback
-    from .correlation import FilterCorrelation as FilterCorrelation
-    from .importance import FilterImportance as FilterImportance
-    from .interpreter import BlockList as BlockList
-    from .interpreter import HybridInterpreter as HybridInterpreter
-    from .probes import FeaturePooling as FeaturePooling
-    from .probes import LinearProbe as LinearProbe
-    from .probes import OutputProbabilities as OutputProbabilities
+    from .core.graph import Block as Block
+    from .core.health import InterpretationWarning as InterpretationWarning
+    from .global_.analyzer import GlobalAnalyzer as GlobalAnalyzer
+    from .global_.association import FilterClassAssociation as FilterClassAssociation
+    from .global_.correlation import FilterCorrelation as FilterCorrelation
+    from .global_.importance import FilterImportance as FilterImportance
+    from .global_.similarity import LayerSimilarity as LayerSimilarity
+    from .global_.similarity import linear_cka as linear_cka
+    from .local.interpreter import BlockList as BlockList
+    from .local.interpreter import HybridInterpreter as HybridInterpreter
+    from .local.probes import FeaturePooling as FeaturePooling
+    from .local.probes import LinearProbe as LinearProbe
+    from .local.probes import OutputProbabilities as OutputProbabilities
+    from .local.results import LayerPredictions as LayerPredictions
+    from .local.results import LocalExplanation as LocalExplanation
     from .report import Report as Report
-    from .results import LayerPredictions as LayerPredictions
-    from .results import LocalExplanation as LocalExplanation
-    from .similarity import LayerSimilarity as LayerSimilarity
-    from .similarity import linear_cka as linear_cka
 
 
 def __getattr__(name):

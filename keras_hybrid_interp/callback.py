@@ -45,7 +45,7 @@ importance (one block, whole subset, optional)
 Probes
 ------
 The same probes as :class:`HybridInterpreter`, fitted by the same trainer
-(:mod:`~keras_hybrid_interp._trainer`): standardized pooled features, then
+(:mod:`~keras_hybrid_interp.core.trainer`): standardized pooled features, then
 L2-regularised multinomial logistic regression (``C``, as scikit-learn)
 solved to its optimum by L-BFGS. Each record refits them on the probe-fit
 half, warm-started from the previous record's probe (mapped into the new
@@ -66,20 +66,29 @@ from __future__ import annotations
 import os
 import warnings
 
+import keras
 import numpy as np
 import pandas as pd
 
-import keras
-
-from . import _pass
-from .plotting import plot_training_dynamics  # re-exported: drawn by the presentation layer
-from ._data import as_stream
-from ._engine import FrontierCache, resolve_entropy
-from ._output import OutputReader
-from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe, restandardize, single_thread_blas
-from .correlation import FilterCorrelation, StreamingMoments
-from .importance import check_request, importance_result
-from .probes import input_transform
+from .core import data_pass as _pass
+from .core.data import as_stream
+from .core.engine import FrontierCache, resolve_entropy
+from .core.output import OutputReader
+from .core.trainer import (
+    MAX_ITER,
+    TOL,
+    check_C,
+    check_solver,
+    fit_probe,
+    restandardize,
+    single_thread_blas,
+)
+from .global_.correlation import FilterCorrelation, StreamingMoments
+from .global_.importance import check_request, importance_result
+from .local.probes import input_transform
+from .plotting import (
+    plot_training_dynamics,  # re-exported: drawn by the presentation layer
+)
 
 __all__ = ["InterpretationCallback", "plot_training_dynamics"]
 
@@ -365,8 +374,8 @@ class InterpretationCallback(keras.callbacks.Callback):
     # Set-up
     # ------------------------------------------------------------------
     def _setup(self):
-        from .analyzer import GlobalAnalyzer
-        from .interpreter import HybridInterpreter
+        from .global_.analyzer import GlobalAnalyzer
+        from .local.interpreter import HybridInterpreter
 
         model = self.model
         if model is None:

@@ -60,7 +60,7 @@ def run_demo(args) -> int:
     import keras
 
     from .datasets import load_digits
-    from .interpreter import HybridInterpreter
+    from .local.interpreter import HybridInterpreter
 
     quiet = args.quiet
     t0 = time.time()
@@ -195,9 +195,9 @@ def split_train_test(labels, n, test_fraction, seed, *, label_flag="--y-key"):
 
 
 def run_analyze(args) -> int:
-    from ._data import to_class_indices
-    from ._saving import UnsafeFileError, load_keras_file
-    from .interpreter import HybridInterpreter
+    from .core.data import to_class_indices
+    from .core.saving import UnsafeFileError, load_keras_file
+    from .local.interpreter import HybridInterpreter
 
     if not os.path.isfile(args.model):
         raise CLIError(f"MODEL: no such file: {args.model}")

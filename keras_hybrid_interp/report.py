@@ -448,7 +448,7 @@ def build_report(
     """Runs the full hybrid analysis and assembles the standard report.
 
     Every section is computed from **one pass** of the data through the
-    model (:mod:`keras_hybrid_interp._pass`): the layer table, the local
+    model (:mod:`keras_hybrid_interp.core.data_pass`): the layer table, the local
     explanations, filter correlation, filter-class association, layer
     similarity and the cache of the filter-importance engine all read the
     same samples once. Permutation importance then re-runs only the model's
@@ -474,20 +474,22 @@ def build_report(
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
     """
-    from . import _pass, _warnings, plotting
-    from .analyzer import GlobalAnalyzer
-    from .association import AssociationMoments, association_result
-    from .correlation import correlation_result, filter_correlation_reducer
-    from .importance import check_request, importance_reducer, importance_result
-    from .similarity import CKAMoments, similarity_result
+    from . import plotting
+    from .core import data_pass as _pass
+    from .core import health as _health
+    from .global_.analyzer import GlobalAnalyzer
+    from .global_.association import AssociationMoments, association_result
+    from .global_.correlation import correlation_result, filter_correlation_reducer
+    from .global_.importance import check_request, importance_reducer, importance_result
+    from .global_.similarity import CKAMoments, similarity_result
 
     interp._require_fitted()
     model = interp.wrapped_model
     block = interp.block_names[-1] if block is None else block
     log = print if verbose else (lambda *a, **k: None)
-    with _warnings.collect() as caveats:
+    with _health.collect() as caveats:
         for c in getattr(interp, "fit_health_", []):
-            _warnings.warn(c.kind, f"When the probes were fitted: {c.message}")
+            _health.warn(c.kind, f"When the probes were fitted: {c.message}")
         ga = GlobalAnalyzer(interp, batch_size=batch_size)
         key, block = ga.key(block)
         engine = ga.engine(key)

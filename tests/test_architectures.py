@@ -1,7 +1,7 @@
 """Automatic block discovery on keras.applications, in three forms, and probes on top.
 
 Default part (fast): small hand-built models pin the refinements of the rule
-(``ModelGraph.discover_blocks``) that the keras.applications families needed:
+(``core.blocks.discover_blocks``) that the keras.applications families needed:
 the classifier head after a global pooling is no block, an activation written
 as a merge (``x * sigmoid(x)``) closes no block, a squeeze-and-excitation gate
 is a block end only outside a residual block, and in a network of cells that
@@ -28,14 +28,15 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp import HybridInterpreter
-from keras_hybrid_interp._graph import MAX_CONVS_WITHOUT_CUT, ModelGraph
+from keras_hybrid_interp.core.blocks import MAX_CONVS_WITHOUT_CUT, cut_points, discover_blocks
+from keras_hybrid_interp.core.graph import ModelGraph
 
 from models import assert_unchanged, snapshot
 
 
 def block_names(model):
     g = ModelGraph(model)
-    keys, notes = g.discover_blocks()
+    keys, notes = discover_blocks(g)
     return [g.tensors[k].name for k in keys], notes
 
 
@@ -187,7 +188,7 @@ def cell_network(n_after=4):
 def test_cells_reading_two_previous_cells_give_the_cell_outputs():
     m = cell_network()
     g = ModelGraph(m)
-    assert [g.tensors[k].name for k in g.cut_points()][:2] == ["stem", "cell_5"]  # nothing in between
+    assert [g.tensors[k].name for k in cut_points(g)][:2] == ["stem", "cell_5"]  # nothing in between
     names, notes = block_names(m)
     # Every cell output, the reduction cell included; not the reshaped skip, which
     # separates input and output together with the reduction cell too, but holds
@@ -203,7 +204,7 @@ def test_short_stretch_without_cut_points_is_left_alone():
     # Fewer than MAX_CONVS_WITHOUT_CUT convolutions without a cut point: no cell rule.
     m = cell_network(n_after=1)
     g = ModelGraph(m)
-    stretch = sum(1 for o in g.ops if g._op_is_conv(o)) - 1  # all but the stem
+    stretch = sum(1 for o in g.ops if g.is_conv(o)) - 1  # all but the stem
     assert stretch <= MAX_CONVS_WITHOUT_CUT
     names, notes = block_names(m)
     assert names == ["cell_2"] and "Only one block" in notes[-1]
@@ -350,7 +351,7 @@ def test_application_blocks_probes_and_model_unchanged(arch, form, tmp_path):
     keras.utils.set_random_seed(1234)
     model, prefix = build(arch, form, tmp_path)
     g = ModelGraph(model)
-    keys, notes = g.discover_blocks()
+    keys, notes = discover_blocks(g)
     names = [g.tensors[k].name for k in keys]
     assert_blocks(names, expected_blocks(arch, form, prefix))
     # Structural facts behind the names: every block is 4-D, deeper than the one before.
@@ -359,7 +360,7 @@ def test_application_blocks_probes_and_model_unchanged(arch, form, tmp_path):
         # The last block is the ReLU right after the last cell; the others are no cut points.
         last = g.ops[g.tensors[keys[-1]].producer]
         assert [g.tensors[i].name for i in last.inputs] == [prefix + "normal_concat_12"]
-        assert not set(keys[:-1]) & set(g.cut_points())
+        assert not set(keys[:-1]) & set(cut_points(g))
         assert len(notes) == 1 and "15 cell outputs" in notes[0]
     elif arch == "MobileNetV3Small":
         last = g.ops[g.tensors[keys[-1]].producer]
@@ -386,7 +387,7 @@ def check_importance_runs(model, interp, g, keys):
     x = (np.random.default_rng(1).random((4,) + shape) * 255).astype(np.float32)
     before = snapshot(model, x)
     ga = GlobalAnalyzer(interp)
-    cuts = set(g.cut_points())
+    cuts = set(cut_points(g))
     first, last = keys[0], keys[-1]
     inside = [t.key for t in g.tensors
               if first < t.key < last and len(t.shape) == 4 and t.key not in cuts and t.producer is not None]
@@ -394,7 +395,7 @@ def check_importance_runs(model, interp, g, keys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for layer in layers:
-            res = ga.filter_importance(x, None, layer, n_repeats=1, groups=[[0], [1], [2]], max_samples=4,
+            res = ga.filter_importance(x, None, block=layer, n_repeats=1, groups=[[0], [1], [2]], max_samples=4,
                                        random_state=0)
             assert res.importances.shape == (3, 1) and np.isfinite(res.importances).all()
             assert res.baseline_score == 1.0  # agreement with the model's own predictions

@@ -43,7 +43,7 @@ def raises_ours(exc_type, match, *more):
     for pattern in more:
         assert re.search(pattern, msg), f"{pattern!r} not found in: {msg}"
     last = traceback.extract_tb(info.value.__traceback__)[-1]
-    assert os.path.dirname(os.path.abspath(last.filename)) == PKG, f"raised outside the package: {last}"
+    assert os.path.abspath(last.filename).startswith(PKG + os.sep), f"raised outside the package: {last}"
 
 
 def dense_only():
@@ -141,10 +141,10 @@ CASES = [
     ("rank_missing_channel_axis", lambda e: e.interp.fit_probes(e.x[..., 0], e.y, verbose=0), ValueError,
      [r"`x` must have shape \(batch, 16, 16, 1\) \(rank 4\)", r"received shape \(40, 16, 16\) \(rank 3\)",
       r"x\[\.\.\., None\]"]),
-    ("rank_unbatched_dataset", lambda e: e.ga.filter_correlation(tf.data.Dataset.from_tensor_slices(e.x), "conv3"),
+    ("rank_unbatched_dataset", lambda e: e.ga.filter_correlation(tf.data.Dataset.from_tensor_slices(e.x), block="conv3"),
      ValueError, [r"`x` \(batch 0\) must have shape \(batch, 16, 16, 1\)", r"received shape \(16, 16, 1\)",
                   r"\.batch\(32\)"]),
-    ("wrong_channel_count", lambda e: e.ga.filter_correlation(np.repeat(e.x, 3, axis=-1), "conv3"), ValueError,
+    ("wrong_channel_count", lambda e: e.ga.filter_correlation(np.repeat(e.x, 3, axis=-1), block="conv3"), ValueError,
      [r"`x` has sample shape \(16, 16, 3\)", r"model expects \(16, 16, 1\)"]),
     ("channels_first_data", lambda e: e.interp.evaluate_layers(np.transpose(e.x, (0, 3, 1, 2)), e.y), ValueError,
      [r"`x` has sample shape \(1, 16, 16\)", r"expects \(16, 16, 1\)", r"channels_first",
@@ -156,9 +156,9 @@ CASES = [
      [r"`y` has 41 labels but `x` has 40 samples", r"same length"]),
     ("fewer_labels_than_samples", lambda e: e.interp.evaluate_layers(e.x, e.y[:30]), ValueError,
      [r"`y` has 30 labels but `x` has 40 samples"]),
-    ("labels_out_of_range", lambda e: e.ga.filter_importance(e.x, e.y + 1, "conv3", n_repeats=1), ValueError,
+    ("labels_out_of_range", lambda e: e.ga.filter_importance(e.x, e.y + 1, block="conv3", n_repeats=1), ValueError,
      [r"`y` has labels outside 0\.\.2", r"model has 3 classes", r"found \[3\]"]),
-    ("negative_labels", lambda e: e.ga.filter_class_association(e.x, e.y - 1, "conv3"), ValueError,
+    ("negative_labels", lambda e: e.ga.filter_class_association(e.x, e.y - 1, block="conv3"), ValueError,
      [r"`y` has labels outside 0\.\.2", r"found \[-1\]"]),
     ("dataset_labels_out_of_range", lambda e: e.interp.evaluate_layers(ds(e.x, e.y + 5)), ValueError,
      [r"`y \(the labels yielded by x\)` has labels outside 0\.\.2", r"found \[5, 6, 7\]"]),
@@ -166,13 +166,13 @@ CASES = [
      [r"`y` is one-hot with 4 columns", r"model has 3 classes", r"expected shape \(n, 3\)"]),
     ("fractional_labels", lambda e: e.interp.fit_probes(e.x, e.y + 0.5, verbose=0), ValueError,
      [r"`y` holds non-integer values", r"integers 0\.\.K-1 or one-hot"]),
-    ("labels_in_some_batches_only", lambda e: e.ga.filter_importance(HalfLabelled(e.x, e.y), None, "conv3"),
+    ("labels_in_some_batches_only", lambda e: e.ga.filter_importance(HalfLabelled(e.x, e.y), None, block="conv3"),
      ValueError, [r"`x` yields labels for some batches but not for others", r"label every batch or none"]),
-    ("x_and_y_as_one_tuple", lambda e: e.ga.filter_correlation((e.x, e.y), "conv3"), TypeError,
+    ("x_and_y_as_one_tuple", lambda e: e.ga.filter_correlation((e.x, e.y), block="conv3"), TypeError,
      [r"`x` must be a NumPy array", r"received a tuple of 2 items", r"\(40, 16, 16, 1\), \(40,\)",
       r"separate arguments"]),
     # --- values ---------------------------------------------------------------
-    ("nan_in_inputs", lambda e: e.ga.filter_correlation(with_nan(e.x), "conv3"), ValueError,
+    ("nan_in_inputs", lambda e: e.ga.filter_correlation(with_nan(e.x), block="conv3"), ValueError,
      [r"`x` contains 1 NaN or infinite values", r"clean or impute"]),
     ("inf_in_one_image", lambda e: e.interp.explain(with_nan(e.x, np.inf)[25]), ValueError,
      [r"`x` contains 1 NaN or infinite"]),
@@ -181,14 +181,14 @@ CASES = [
     # --- empty and too small --------------------------------------------------
     ("empty_array", lambda e: e.interp.fit_probes(e.x[:0], e.y[:0], verbose=0), ValueError,
      [r"`x` is empty: received 0 samples"]),
-    ("empty_tf_data", lambda e: e.ga.filter_correlation(ds(e.x[:0]), "conv3"), ValueError,
+    ("empty_tf_data", lambda e: e.ga.filter_correlation(ds(e.x[:0]), block="conv3"), ValueError,
      [r"`x` is empty: the tf\.data yielded no samples"]),
-    ("empty_for_importance", lambda e: e.ga.filter_importance(e.x[:0], e.y[:0], "conv3"), ValueError,
+    ("empty_for_importance", lambda e: e.ga.filter_importance(e.x[:0], e.y[:0], block="conv3"), ValueError,
      [r"needs at least 2 samples; `x` has 0"]),
-    ("one_sample_permutation", lambda e: e.ga.filter_importance(e.x[:1], e.y[:1], "conv3"), ValueError,
+    ("one_sample_permutation", lambda e: e.ga.filter_importance(e.x[:1], e.y[:1], block="conv3"), ValueError,
      [r"Permutation importance shuffles across samples and needs at least 2 samples; `x` has 1"]),
     ("one_sample_dataset_permutation",
-     lambda e: e.ga.filter_importance(ds(e.x[:1], e.y[:1]), None, "conv3"), ValueError,
+     lambda e: e.ga.filter_importance(ds(e.x[:1], e.y[:1]), None, block="conv3"), ValueError,
      [r"needs at least 2 samples; `x` has 1"]),
     ("max_samples_zero", lambda e: e.interp.evaluate_layers(e.x, e.y, max_samples=0), ValueError,
      [r"`max_samples` must be a positive int or None; received 0"]),
@@ -200,19 +200,19 @@ CASES = [
     ("repeating_tf_data_without_steps", lambda e: e.interp.fit_probes(ds(e.x, e.y).repeat(), verbose=0), ValueError,
      [r"`x` is a tf\.data of infinite cardinality", r"Pass `steps=` \(number of batches\) or `max_samples=`"]),
     ("repeating_tf_data_for_importance",
-     lambda e: e.ga.filter_importance(ds(e.x, e.y).repeat(), None, "conv3", n_repeats=1), ValueError,
+     lambda e: e.ga.filter_importance(ds(e.x, e.y).repeat(), None, block="conv3", n_repeats=1), ValueError,
      [r"`x` is a tf\.data of infinite cardinality", r"`steps=`"]),
-    ("endless_pydataset_without_steps", lambda e: e.ga.filter_correlation(Endless(e.x, e.y), "conv3"), ValueError,
+    ("endless_pydataset_without_steps", lambda e: e.ga.filter_correlation(Endless(e.x, e.y), block="conv3"), ValueError,
      [r"`x` is a PyDataset of infinite cardinality", r"`steps=`"]),
     # --- blocks and layers ----------------------------------------------------
-    ("unknown_block_analyzer", lambda e: e.ga.filter_correlation(e.x, "conv9"), ValueError,
+    ("unknown_block_analyzer", lambda e: e.ga.filter_correlation(e.x, block="conv9"), ValueError,
      [r"`block`: no layer named 'conv9' in model 'small_cnn'", r"Closest names: \['conv3'",
       r"Layers with a 4-D output: " + LAYERS4D]),
     ("unknown_block_interpreter", lambda e: HybridInterpreter(e.model, blocks=["pool1", "nope"]), ValueError,
      [r"`blocks`: no layer named 'nope'", LAYERS4D]),
     ("unknown_probe_block", lambda e: e.interp.probe_model("conv1"), ValueError,
      [r"`block` must be one of the interpreter's blocks \['pool1', 'pool2', 'conv3'\]", r"received 'conv1'"]),
-    ("dense_layer_as_block", lambda e: e.ga.filter_importance(e.x, e.y, "head"), ValueError,
+    ("dense_layer_as_block", lambda e: e.ga.filter_importance(e.x, e.y, block="head"), ValueError,
      [r"`block`: layer 'head' has output shape \(None, 3\), not 4-D", LAYERS4D]),
     ("block_index_out_of_range", lambda e: HybridInterpreter(e.model, blocks=[99]), ValueError,
      [r"`blocks`: layer index 99 is out of range", r"8 top-level layers \(indices 0\.\.7"]),
@@ -227,10 +227,10 @@ CASES = [
      [r"Model 'regression' does not end in a softmax or sigmoid", r"output='logits'",
       r"regression models are not supported"]),
     ("regression_model_class_analysis", lambda e: GlobalAnalyzer(regression(3), blocks="conv").filter_class_association(
-        e.x, e.y, "conv"), ValueError,
+        e.x, e.y, block="conv"), ValueError,
      [r"filter_class_association reads the model output as class probabilities",
       r"output shape \(None, 3\)", r"output='logits'", r"callable `scoring"]),
-    ("regression_model_importance", lambda e: GlobalAnalyzer(regression(3), blocks="conv").filter_importance(e.x, e.y, "conv"),
+    ("regression_model_importance", lambda e: GlobalAnalyzer(regression(3), blocks="conv").filter_importance(e.x, e.y, block="conv"),
      ValueError, [r"filter_importance\(method='permutation', scoring='accuracy'\)", r"not look like a classifier"]),
     ("subclassed_model", lambda e: HybridInterpreter(Subclassed()), TypeError,
      [r"`model` is a subclassed model \(Subclassed\)", r"Functional models", r"keras\.Model\(inputs, outputs\)"]),
@@ -246,17 +246,17 @@ CASES = [
     ("class_names_wrong_length", lambda e: HybridInterpreter(e.model, class_names=["cat", "dog"]), ValueError,
      [r"`class_names` has 2 names but the model has 3 classes"]),
     # --- options --------------------------------------------------------------
-    ("n_repeats_zero", lambda e: e.ga.filter_importance(e.x, e.y, "conv3", n_repeats=0), ValueError,
+    ("n_repeats_zero", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", n_repeats=0), ValueError,
      [r"`n_repeats` must be a positive int; received 0"]),
-    ("n_repeats_negative", lambda e: e.ga.filter_importance(e.x, e.y, "conv3", n_repeats=-2), ValueError,
+    ("n_repeats_negative", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", n_repeats=-2), ValueError,
      [r"`n_repeats` must be a positive int; received -2"]),
-    ("bad_scoring", lambda e: e.ga.filter_importance(e.x, e.y, "conv3", scoring="f1"), ValueError,
+    ("bad_scoring", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", scoring="f1"), ValueError,
      [r"`scoring` must be 'accuracy', 'loss' or a callable", r"received 'f1'"]),
-    ("bad_method", lambda e: e.ga.filter_importance(e.x, e.y, "conv3", method="shap"), ValueError,
+    ("bad_method", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", method="shap"), ValueError,
      [r"`method` must be one of \['permutation', 'ablation', 'taylor'\]", r"received 'shap'"]),
-    ("bad_statistic", lambda e: e.ga.filter_correlation(e.x, "conv3", statistic="median"), ValueError,
+    ("bad_statistic", lambda e: e.ga.filter_correlation(e.x, block="conv3", statistic="median"), ValueError,
      [r"`statistic` must be one of \['mean', 'max'\]", r"received 'median'"]),
-    ("groups_out_of_range", lambda e: e.ga.filter_importance(e.x, e.y, "conv3", groups=[[0, 99]]), ValueError,
+    ("groups_out_of_range", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", groups=[[0, 99]]), ValueError,
      [r"`groups\[0\]` has filter indices outside 0\.\.15", r"\[99\]"]),
     ("C_negative", lambda e: e.interp.fit_probes(e.x, e.y, C=-0.1, verbose=0), ValueError,
      [r"`C` must be a positive float", r"LogisticRegression", r"received -0\.1"]),
@@ -297,12 +297,12 @@ def test_unlabelled_data_is_allowed_and_the_results_say_so(env):
     """No analysis strictly needs labels: each falls back to the model's own predictions
     (documented), and the result records where its labels came from."""
     x_only = ds(env.x)
-    imp = env.ga.filter_importance(x_only, None, "conv3", n_repeats=1, random_state=0)
+    imp = env.ga.filter_importance(x_only, None, block="conv3", n_repeats=1, random_state=0)
     assert imp.label_source == "model predictions" and imp.baseline_score == 1.0
     assert "labels from model predictions" in repr(imp)
-    assert env.ga.filter_importance(ds(env.x, env.y), None, "conv3", n_repeats=1).label_source == "dataset"
-    assert env.ga.filter_importance(env.x, env.y, "conv3", n_repeats=1).label_source == "y"
-    assoc = env.ga.filter_class_association(x_only, None, "conv3")
+    assert env.ga.filter_importance(ds(env.x, env.y), None, block="conv3", n_repeats=1).label_source == "dataset"
+    assert env.ga.filter_importance(env.x, env.y, block="conv3", n_repeats=1).label_source == "y"
+    assoc = env.ga.filter_class_association(x_only, None, block="conv3")
     assert assoc.label_source == "model predictions"
     table = env.interp.evaluate_layers(x_only)
     assert table["accuracy"].isna().all() and table["agreement"].notna().all()
@@ -316,7 +316,7 @@ def test_unlabelled_data_is_allowed_and_the_results_say_so(env):
         seen.append(y_pred)
         return -float(np.mean((y_pred[:, 0] - y_true) ** 2))
 
-    out = reg.filter_importance(env.x, env.y.astype("float32"), "conv", n_repeats=1, random_state=0, scoring=neg_mse)
+    out = reg.filter_importance(env.x, env.y.astype("float32"), block="conv", n_repeats=1, random_state=0, scoring=neg_mse)
     assert np.all(np.isfinite(out.importances))
     raw = model.predict(env.x, verbose=0).astype(np.float64)
     np.testing.assert_allclose(seen[0], raw, rtol=1e-5, atol=1e-6)

@@ -11,9 +11,9 @@ import pytest
 import keras
 from keras import layers
 
-from keras_hybrid_interp.analyzer import GlobalAnalyzer
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 from keras_hybrid_interp.callback import InterpretationCallback, plot_training_dynamics
-from keras_hybrid_interp.interpreter import HybridInterpreter
+from keras_hybrid_interp.local.interpreter import HybridInterpreter
 
 from models import assert_unchanged, snapshot
 
@@ -256,7 +256,7 @@ def test_dead_filters_and_redundancy_equal_filter_correlation(data):
     ga = GlobalAnalyzer(cb.interpreter)
     for block in BLOCKS:
         with pytest.warns(UserWarning) if block == "p1" else _no_op():
-            corr = ga.filter_correlation(x_sub, block)
+            corr = ga.filter_correlation(x_sub, block=block)
         rec = cb.history.query("block == @block and epoch == 1").set_index("metric")["value"]
         assert rec["dead_filters"] == len(corr.dead_filters)
         assert rec["redundancy"] == pytest.approx(corr.redundancy, rel=1e-5)
@@ -276,7 +276,7 @@ def test_importance_equals_a_full_model_rerun_by_hand(data):
     # Oracle: permutation importance computed by re-running the whole model with the filter's
     # maps permuted by hand (same permutations), accuracy against the labels.
     from _models_global import Perturb, full_model_with_perturbation
-    from keras_hybrid_interp._engine import job_permutation
+    from keras_hybrid_interp.core.engine import job_permutation
 
     _, (xv, yv) = data
     model = compiled()

@@ -95,7 +95,7 @@ def test_package_root_is_lazy_and_exports_every_name():
     lines = res.stdout.strip().splitlines()
     assert "EAGER False False" in lines
     assert f"DIR True {keras_hybrid_interp.__version__}" in lines
-    assert "CLASS HybridInterpreter keras_hybrid_interp.interpreter" in lines
+    assert "CLASS HybridInterpreter keras_hybrid_interp.local.interpreter" in lines
     assert "STAR True" in lines and "SUBMODULE keras_hybrid_interp.plotting" in lines
 
 

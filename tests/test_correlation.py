@@ -4,8 +4,8 @@ import pytest
 import keras
 from keras import layers
 
-from keras_hybrid_interp.analyzer import GlobalAnalyzer
-from keras_hybrid_interp.correlation import StreamingMoments
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
+from keras_hybrid_interp.global_.correlation import StreamingMoments
 
 from _models_global import residual_model
 
@@ -26,7 +26,7 @@ def _summary(ga, x, name, statistic="mean"):
 def test_streaming_equals_corrcoef(batch_size, statistic):
     ga = GlobalAnalyzer(residual_model())
     x = _x()
-    res = ga.filter_correlation(x, "res_conv2", statistic=statistic, batch_size=batch_size)
+    res = ga.filter_correlation(x, block="res_conv2", statistic=statistic, batch_size=batch_size)
     summary = _summary(ga, x, "res_conv2", statistic)
     expected = np.corrcoef(summary, rowvar=False)
     # The per-sample spatial summary is computed on the device in float32 (the model's
@@ -69,7 +69,7 @@ def test_duplicated_filter_is_one_negated_is_minus_one():
     mix[1, 5] = -1  # negation of filter 1
     x = _x(40, (10, 10, 2))
     ga = GlobalAnalyzer(_copy_model(mix), blocks="block")
-    res = ga.filter_correlation(x, "block")
+    res = ga.filter_correlation(x, block="block")
     assert res.values[0, 4] == pytest.approx(1.0, abs=1e-12)
     assert res.values[1, 5] == pytest.approx(-1.0, abs=1e-12)
     # Clustering on 1 - |r| joins both pairs at a tiny threshold.
@@ -85,9 +85,9 @@ def test_reordering_channels_permutes_the_matrix():
     perm = np.array([2, 0, 3, 1])
     eye = np.eye(4)
     ma = _copy_model(eye)
-    a = GlobalAnalyzer(ma, blocks="block").filter_correlation(x, "block")
+    a = GlobalAnalyzer(ma, blocks="block").filter_correlation(x, block="block")
     mb = _copy_model(eye[:, perm], ma.get_layer("conv").get_weights())
-    b = GlobalAnalyzer(mb, blocks="block").filter_correlation(x, "block")
+    b = GlobalAnalyzer(mb, blocks="block").filter_correlation(x, block="block")
     np.testing.assert_allclose(b.values, a.values[np.ix_(perm, perm)], atol=1e-12)
 
 
@@ -100,7 +100,7 @@ def test_dead_filters_are_nan_listed_and_warned():
     conv.set_weights([k, b])
     ga = GlobalAnalyzer(model)
     with pytest.warns(UserWarning, match=r"2 dead filter\(s\) \[1, 4\]"):
-        res = ga.filter_correlation(_x(), "res_conv1")
+        res = ga.filter_correlation(_x(), block="res_conv1")
     assert res.dead_filters.tolist() == [1, 4]
     assert np.all(np.isnan(res.values[[1, 4], :])) and np.all(np.isnan(res.values[:, [1, 4]]))
     live = [0, 2, 3, 5]
@@ -115,8 +115,8 @@ def test_inputs_as_dataset_and_pydataset():
 
     ga = GlobalAnalyzer(residual_model())
     x = _x(30)
-    ref = ga.filter_correlation(x, "res_out")
-    ds = ga.filter_correlation(tf.data.Dataset.from_tensor_slices(x).batch(7), "res_out")
+    ref = ga.filter_correlation(x, block="res_out")
+    ds = ga.filter_correlation(tf.data.Dataset.from_tensor_slices(x).batch(7), block="res_out")
     # other batch sizes: the float32 per-sample summaries may move by an ulp (JAX's XLA:CPU)
     np.testing.assert_allclose(ds.values, ref.values, atol=1e-6)
 
@@ -127,13 +127,13 @@ def test_inputs_as_dataset_and_pydataset():
         def __getitem__(self, i):
             return x[i * 10:(i + 1) * 10]
 
-    py = ga.filter_correlation(Seq(), "res_out")
+    py = ga.filter_correlation(Seq(), block="res_out")
     np.testing.assert_allclose(py.values, ref.values, atol=1e-6)
 
 
 def test_to_frame_and_readonly():
     ga = GlobalAnalyzer(residual_model())
-    res = ga.filter_correlation(_x(20), "res_out")
+    res = ga.filter_correlation(_x(20), block="res_out")
     df = res.to_frame()
     assert list(df.columns) == ["block", "filter_i", "filter_j", "r"] and len(df) == 36
     np.testing.assert_array_equal(df.r.to_numpy(), res.values.ravel())
@@ -145,23 +145,24 @@ def test_to_frame_and_readonly():
 def test_errors():
     ga = GlobalAnalyzer(residual_model())
     with pytest.raises(ValueError, match="statistic"):
-        ga.filter_correlation(_x(10), "res_out", statistic="median")
+        ga.filter_correlation(_x(10), block="res_out", statistic="median")
     with pytest.raises(ValueError, match="at least 2 samples"):
-        ga.filter_correlation(_x(1), "res_out")
+        ga.filter_correlation(_x(1), block="res_out")
     with pytest.raises(ValueError, match="NaN"):
         bad = _x(10)
         bad[3, 0, 0, 0] = np.nan
-        ga.filter_correlation(bad, "res_out")
+        ga.filter_correlation(bad, block="res_out")
     with pytest.raises(ValueError, match="threshold"):
-        ga.filter_correlation(_x(10), "res_out").clusters(2.0)
+        ga.filter_correlation(_x(10), block="res_out").clusters(2.0)
     with pytest.raises(TypeError, match="block"):
-        ga.filter_correlation(_x(10), None)
+        ga.filter_correlation(_x(10), block=None)
 
 
 def test_reuses_the_graph_of_an_interpreter_like_object():
     from types import SimpleNamespace
 
-    from keras_hybrid_interp._graph import ModelGraph, select_blocks
+    from keras_hybrid_interp.core.blocks import select_blocks
+    from keras_hybrid_interp.core.graph import ModelGraph
 
     model = residual_model()
     graph = ModelGraph(model)
@@ -171,12 +172,12 @@ def test_reuses_the_graph_of_an_interpreter_like_object():
     assert ga.graph is graph and ga.block_names == ["stem_pool", "res_out"]
     x = _x(20)
     np.testing.assert_allclose(
-        ga.filter_correlation(x, "res_out").values,
-        GlobalAnalyzer(model).filter_correlation(x, "res_out").values, atol=1e-12)
+        ga.filter_correlation(x, block="res_out").values,
+        GlobalAnalyzer(model).filter_correlation(x, block="res_out").values, atol=1e-12)
 
 
 def test_hybrid_interpreter_global_analyzer():
-    from keras_hybrid_interp.interpreter import HybridInterpreter
+    from keras_hybrid_interp.local.interpreter import HybridInterpreter
 
     model = residual_model()
     interp = HybridInterpreter(model, blocks=["stem_pool", "res_out"])

@@ -6,14 +6,15 @@ import pytest
 import keras
 from keras import layers, ops
 
-from keras_hybrid_interp._graph import ModelGraph, select_blocks
+from keras_hybrid_interp.core.blocks import cut_points, discover_blocks, select_blocks
+from keras_hybrid_interp.core.graph import ModelGraph
 
 from models import (Subclassed, dense_cnn, nested_model, residual_cnn, sequential_cnn, small_cnn)
 
 
 def block_names(model, **kw):
     g = ModelGraph(model, **kw)
-    keys, notes = g.discover_blocks()
+    keys, notes = discover_blocks(g)
     return [g.tensors[k].name for k in keys]
 
 
@@ -37,7 +38,7 @@ def brute_force_cuts(g):
                                      lambda: residual_cnn(operator_add=True)])
 def test_cut_points_match_brute_force(factory):
     g = ModelGraph(factory())
-    assert g.cut_points() == brute_force_cuts(g)
+    assert cut_points(g) == brute_force_cuts(g)
 
 
 def test_vgg16_blocks_are_the_five_pools():
@@ -72,8 +73,8 @@ def test_concatenate_closes_a_region_and_extends_to_the_pool():
 
 def test_block_never_inside_a_residual_block():
     g = ModelGraph(residual_cnn())
-    keys, _ = g.discover_blocks()
-    cuts = set(g.cut_points())
+    keys, _ = discover_blocks(g)
+    cuts = set(cut_points(g))
     assert set(keys) <= cuts
     assert g.resolve("res_conv1") not in cuts
 
@@ -155,7 +156,7 @@ def test_dense_only_model_has_no_block():
     inp = keras.Input((10,))
     m = keras.Model(inp, layers.Dense(3, activation="softmax")(layers.Dense(8)(inp)))
     with pytest.raises(ValueError, match="no convolutional block"):
-        ModelGraph(m).discover_blocks()
+        discover_blocks(ModelGraph(m))
 
 
 def test_single_block_is_explained():
@@ -163,7 +164,7 @@ def test_single_block_is_explained():
     x = layers.Conv2D(4, 3)(inp)
     out = layers.Dense(2, activation="softmax")(layers.Flatten()(x))
     g = ModelGraph(keras.Model(inp, out))
-    keys, notes = g.discover_blocks()
+    keys, notes = discover_blocks(g)
     assert len(keys) == 1 and "Only one block" in notes[0]
     with pytest.warns(UserWarning, match="Only one block"):
         select_blocks(g, "auto")

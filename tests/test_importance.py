@@ -4,10 +4,10 @@ from scipy.stats import spearmanr
 
 import keras
 
-from keras_hybrid_interp._data import DataStream
-from keras_hybrid_interp import _pass
-from keras_hybrid_interp._engine import FrontierCache, Job, TailEngine, job_permutation
-from keras_hybrid_interp.analyzer import GlobalAnalyzer
+from keras_hybrid_interp.core.data import DataStream
+from keras_hybrid_interp.core import data_pass as _pass
+from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
 from _models_global import (
     Perturb,
@@ -91,7 +91,7 @@ def test_importance_equals_full_rerun_scores():
     model = residual_model()
     x, y = _data(n=32)
     ga = GlobalAnalyzer(model)
-    res = ga.filter_importance(x, y, "res_conv1", n_repeats=2, random_state=7, scoring="loss")
+    res = ga.filter_importance(x, y, block="res_conv1", n_repeats=2, random_state=7, scoring="loss")
     g = ga.graph
     key = g.resolve("res_conv1")
     base = model.predict_on_batch(x)
@@ -107,7 +107,7 @@ def test_importance_equals_full_rerun_scores():
             ref = full_model_with_perturbation(g, key, Perturb([ch], 6, perm=perm)).predict_on_batch(x)
             # Stacked tail passes may differ from the full re-run by an ulp (see above).
             assert res.importances[ch, r] == pytest.approx(neg_loss(base) - neg_loss(ref), abs=1e-6)
-    abl = ga.filter_importance(x, y, "res_conv1", method="ablation", scoring="loss")
+    abl = ga.filter_importance(x, y, block="res_conv1", method="ablation", scoring="loss")
     for ch in range(6):
         ref = full_model_with_perturbation(g, key, Perturb([ch], 6)).predict_on_batch(x)
         assert abl.importances[ch, 0] == pytest.approx(neg_loss(base) - neg_loss(ref), abs=1e-6)
@@ -117,7 +117,7 @@ def test_mean_ablation_uses_dataset_mean_map():
     model = residual_model()
     x, y = _data(n=24)
     ga = GlobalAnalyzer(model)
-    res = ga.filter_importance(x, y, "res_out", method="ablation", ablation_value="mean", scoring="loss")
+    res = ga.filter_importance(x, y, block="res_out", method="ablation", ablation_value="mean", scoring="loss")
     g = ga.graph
     key = g.resolve("res_out")
     act = g.build([key]).predict_on_batch(x)
@@ -144,7 +144,7 @@ def test_ignored_filter_has_exactly_zero_importance(method):
     y = rng.integers(0, 3, 40)
     ga = GlobalAnalyzer(model, blocks="block")
     for scoring in ["accuracy", "loss"]:
-        res = ga.filter_importance(x, y, "block", method=method, n_repeats=4, random_state=0, scoring=scoring)
+        res = ga.filter_importance(x, y, block="block", method=method, n_repeats=4, random_state=0, scoring=scoring)
         assert np.all(res.importances[2] == 0.0)
         if scoring == "loss":
             others = np.delete(res.importances_mean, 2)
@@ -155,10 +155,10 @@ def test_ignored_filter_has_exactly_zero_importance(method):
 def test_planted_filter_ranks_first(method):
     x, y = planted_data()
     ga = GlobalAnalyzer(planted_model(planted=2), blocks="block")
-    res = ga.filter_importance(x, y, "block", method=method, n_repeats=5, random_state=0, scoring="loss")
+    res = ga.filter_importance(x, y, block="block", method=method, n_repeats=5, random_state=0, scoring="loss")
     assert res.ranking[0] == 2
     if method != "taylor":  # taylor always uses the loss
-        acc = ga.filter_importance(x, y, "block", method=method, n_repeats=5, random_state=0)
+        acc = ga.filter_importance(x, y, block="block", method=method, n_repeats=5, random_state=0)
         assert acc.baseline_score > 0.9
         assert acc.ranking[0] == 2
 
@@ -169,7 +169,7 @@ def test_taylor_matches_hand_gradient_of_gap_dense_head():
     x = rng.normal(size=(30, 8, 8, 3)).astype("float32")
     y = rng.integers(0, 3, 30)
     ga = GlobalAnalyzer(model, blocks="block")
-    res = ga.filter_importance(x, y, "block", method="taylor", batch_size=8)
+    res = ga.filter_importance(x, y, block="block", method="taylor", batch_size=8)
     f = ga.graph.build([ga.graph.resolve("gap")]).predict_on_batch(x).astype(np.float64)
     w, b = [a.astype(np.float64) for a in model.get_layer("head").get_weights()]
     logits = f @ w + b
@@ -190,10 +190,10 @@ def test_taylor_inside_torch_no_grad_and_inference_mode():
     x = np.random.default_rng(3).normal(size=(30, 8, 8, 3)).astype("float32")
     y = np.arange(30) % 3
     ga = GlobalAnalyzer(model, blocks="block")
-    ref = ga.filter_importance(x, y, "block", method="taylor")
+    ref = ga.filter_importance(x, y, block="block", method="taylor")
     for mode in (torch.no_grad, torch.inference_mode):
         with mode():
-            got = ga.filter_importance(x, y, "block", method="taylor")
+            got = ga.filter_importance(x, y, block="block", method="taylor")
         np.testing.assert_array_equal(got.importances, ref.importances)
     assert torch.is_grad_enabled()
 
@@ -246,7 +246,7 @@ def test_agrees_with_sklearn_permutation_importance():
     flip = rng.random(300) < 0.15
     y[flip] = rng.integers(0, 3, flip.sum())
     ga = GlobalAnalyzer(model, blocks="block")
-    ours = ga.filter_importance(x, y, "block", n_repeats=20, random_state=0, scoring="loss")
+    ours = ga.filter_importance(x, y, block="block", n_repeats=20, random_state=0, scoring="loss")
     feats = ga.graph.build([ga.graph.resolve("gap")]).predict_on_batch(x)
     w, b = model.get_layer("head").get_weights()
     ref = permutation_importance(_HeadEstimator(w, b), feats, y, scoring="neg_log_loss", n_repeats=20,
@@ -264,24 +264,24 @@ def test_random_state_and_perturbations_per_eval():
     model = residual_model()
     x, y = _data(n=40)
     ga = GlobalAnalyzer(model)
-    a = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss")
-    b = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss",
+    a = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=11, scoring="loss")
+    b = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=11, scoring="loss",
                              perturbations_per_eval=1)
-    c = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss",
+    c = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=11, scoring="loss",
                              perturbations_per_eval=4, batch_size=9)
-    d = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=12, scoring="loss")
+    d = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=12, scoring="loss")
     # The same permutations whatever the stacking; the stacking changes the tail's batch shape,
     # which moves float32 outputs by an ulp on kernels that are not batch-size invariant.
     np.testing.assert_allclose(a.importances, b.importances, rtol=0, atol=1e-6)
     np.testing.assert_allclose(a.importances, c.importances, rtol=0, atol=1e-6)
     assert np.abs(a.importances - d.importances).max() > 1e-4
-    gen = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=np.random.default_rng(3))
-    gen2 = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=np.random.default_rng(3))
+    gen = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=np.random.default_rng(3))
+    gen2 = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=np.random.default_rng(3))
     np.testing.assert_array_equal(gen.importances, gen2.importances)
     # Reproducible irrespective of the global RNGs.
     np.random.seed(0)
     keras.utils.set_random_seed(99)
-    e = ga.filter_importance(x, y, "res_out", n_repeats=3, random_state=11, scoring="loss")
+    e = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=11, scoring="loss")
     np.testing.assert_array_equal(a.importances, e.importances)
 
 
@@ -289,10 +289,10 @@ def test_groups_and_to_frame():
     model = residual_model()
     x, y = _data(n=30)
     ga = GlobalAnalyzer(model)
-    single = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=1)
-    as_groups = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=1, groups=[[i] for i in range(6)])
+    single = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1)
+    as_groups = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1, groups=[[i] for i in range(6)])
     np.testing.assert_array_equal(single.importances, as_groups.importances)
-    grouped = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=1, groups=[[0, 1, 2], [3, 4, 5]],
+    grouped = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1, groups=[[0, 1, 2], [3, 4, 5]],
                                    scoring="loss")
     assert grouped.importances.shape == (2, 2)
     df = grouped.to_frame()
@@ -308,10 +308,10 @@ def test_no_labels_scores_agreement_with_model():
     model = residual_model()
     x, _ = _data(n=30)
     ga = GlobalAnalyzer(model)
-    res = ga.filter_importance(x, None, "res_out", n_repeats=2, random_state=0)
+    res = ga.filter_importance(x, None, block="res_out", n_repeats=2, random_state=0)
     assert res.baseline_score == 1.0
     own = np.argmax(model.predict_on_batch(x), axis=1)
-    with_own = ga.filter_importance(x, own, "res_out", n_repeats=2, random_state=0)
+    with_own = ga.filter_importance(x, own, block="res_out", n_repeats=2, random_state=0)
     np.testing.assert_array_equal(res.importances, with_own.importances)
 
 
@@ -321,9 +321,9 @@ def test_datasets_give_the_same_result():
     model = residual_model()
     x, y = _data(n=30)
     ga = GlobalAnalyzer(model)
-    ref = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=0, scoring="loss")
+    ref = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=0, scoring="loss")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    got = ga.filter_importance(ds, None, "res_out", n_repeats=2, random_state=0, scoring="loss")
+    got = ga.filter_importance(ds, None, block="res_out", n_repeats=2, random_state=0, scoring="loss")
     np.testing.assert_array_equal(ref.importances, got.importances)
 
     class Seq(keras.utils.PyDataset):
@@ -333,9 +333,9 @@ def test_datasets_give_the_same_result():
         def __getitem__(self, i):
             return x[i * 10:(i + 1) * 10], y[i * 10:(i + 1) * 10]
 
-    got2 = ga.filter_importance(Seq(), None, "res_out", n_repeats=2, random_state=0, scoring="loss")
+    got2 = ga.filter_importance(Seq(), None, block="res_out", n_repeats=2, random_state=0, scoring="loss")
     np.testing.assert_array_equal(ref.importances, got2.importances)
-    capped = ga.filter_importance(x, y, "res_out", n_repeats=2, random_state=0, max_samples=10)
+    capped = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=0, max_samples=10)
     assert capped.n_samples == 10
 
 
@@ -358,8 +358,8 @@ def test_callable_scoring_and_dead_filter_warning():
         return float(np.mean(np.argmax(proba, 1) == y_true))
 
     with pytest.warns(UserWarning, match="dead"):
-        res = ga.filter_importance(x, y, "block", scoring=my_score, n_repeats=2, random_state=0)
-    ref = ga.filter_importance(x, y, "block", scoring="accuracy", n_repeats=2, random_state=0)
+        res = ga.filter_importance(x, y, block="block", scoring=my_score, n_repeats=2, random_state=0)
+    ref = ga.filter_importance(x, y, block="block", scoring="accuracy", n_repeats=2, random_state=0)
     np.testing.assert_array_equal(res.importances, ref.importances)
     assert calls[0] == (40, 3)
     assert res.dead_filters.tolist() == [0]
@@ -376,10 +376,10 @@ def test_sigmoid_output():
     p = model.predict_on_batch(x)[:, 0]
     y = (p > np.median(p)).astype(int)
     ga = GlobalAnalyzer(model, blocks="block")
-    res = ga.filter_importance(x, y, "block", scoring="loss", method="ablation")
+    res = ga.filter_importance(x, y, block="block", scoring="loss", method="ablation")
     expect = np.mean(np.log(np.where(y == 1, p, 1 - p).astype(np.float64)))
     np.testing.assert_allclose(res.baseline_score, expect, rtol=1e-6)
-    t = ga.filter_importance(x, y, "block", method="taylor")
+    t = ga.filter_importance(x, y, block="block", method="taylor")
     assert np.all(np.isfinite(t.importances))
 
 
@@ -391,31 +391,31 @@ def test_errors():
     x, y = _data(n=10)
     ga = GlobalAnalyzer(model)
     with pytest.raises(ValueError, match="at least 2 samples"):
-        ga.filter_importance(x[:1], y[:1], "res_out")
+        ga.filter_importance(x[:1], y[:1], block="res_out")
     with pytest.raises(ValueError, match="method"):
-        ga.filter_importance(x, y, "res_out", method="shap")
+        ga.filter_importance(x, y, block="res_out", method="shap")
     with pytest.raises(ValueError, match="scoring"):
-        ga.filter_importance(x, y, "res_out", scoring="f1")
+        ga.filter_importance(x, y, block="res_out", scoring="f1")
     with pytest.raises(ValueError, match="groups\\[1\\]"):
-        ga.filter_importance(x, y, "res_out", groups=[[0], [9]])
+        ga.filter_importance(x, y, block="res_out", groups=[[0], [9]])
     with pytest.raises(TypeError, match="groups"):
-        ga.filter_importance(x, y, "res_out", groups=np.zeros(6, dtype=int))
+        ga.filter_importance(x, y, block="res_out", groups=np.zeros(6, dtype=int))
     with pytest.raises(ValueError, match="n_repeats"):
-        ga.filter_importance(x, y, "res_out", n_repeats=0)
+        ga.filter_importance(x, y, block="res_out", n_repeats=0)
     with pytest.raises(ValueError, match="perturbations_per_eval"):
-        ga.filter_importance(x, y, "res_out", perturbations_per_eval=0)
+        ga.filter_importance(x, y, block="res_out", perturbations_per_eval=0)
     with pytest.raises(TypeError, match="random_state"):
-        ga.filter_importance(x, y, "res_out", random_state="seed")
+        ga.filter_importance(x, y, block="res_out", random_state="seed")
     with pytest.raises(ValueError, match="no layer named 'nope'.*4-D output"):
-        ga.filter_importance(x, y, "nope")
+        ga.filter_importance(x, y, block="nope")
     with pytest.raises(ValueError, match="not 4-D"):
-        ga.filter_importance(x, y, "gap")
+        ga.filter_importance(x, y, block="gap")
     with pytest.raises(ValueError, match="labels outside"):
-        ga.filter_importance(x, y + 10, "res_out")
+        ga.filter_importance(x, y + 10, block="res_out")
     with pytest.raises(ValueError, match="callable"):
-        ga.filter_importance(x, y, "res_out", method="taylor", scoring=lambda a, b: 0.0)
+        ga.filter_importance(x, y, block="res_out", method="taylor", scoring=lambda a, b: 0.0)
     with pytest.raises(ValueError, match="sample shape"):
-        ga.filter_importance(x[:, :8], y, "res_out")
+        ga.filter_importance(x[:, :8], y, block="res_out")
 
 
 def test_model_unchanged_by_every_method():
@@ -427,9 +427,9 @@ def test_model_unchanged_by_every_method():
     before = model_state(model)
     ga = GlobalAnalyzer(model)
     for method in METHODS:
-        ga.filter_importance(x, y, "res_conv1", method=method, n_repeats=2, random_state=0)
-    ga.filter_correlation(x, "res_out")
-    ga.filter_class_association(x, y, "res_out")
+        ga.filter_importance(x, y, block="res_conv1", method=method, n_repeats=2, random_state=0)
+    ga.filter_correlation(x, block="res_out")
+    ga.filter_class_association(x, y, block="res_out")
     ga.layer_similarity(x)
     assert_state_equal(model, before, x)
     np.testing.assert_array_equal(pred, model.predict_on_batch(x))
@@ -450,11 +450,11 @@ def test_a_constant_non_zero_filter_has_zero_permutation_and_mean_ablation_impor
     x, y = rng.normal(size=(40, 10, 10, 2)).astype("float32"), rng.integers(0, 3, 40)
     ga = GlobalAnalyzer(m, blocks="block")
     with pytest.warns(UserWarning, match="dead filter"):
-        perm = ga.filter_importance(x, y, "block", n_repeats=3, random_state=0, scoring="loss")
+        perm = ga.filter_importance(x, y, block="block", n_repeats=3, random_state=0, scoring="loss")
     assert perm.dead_filters.tolist() == [0] and np.all(perm.importances[0] == 0.0)
     with pytest.warns(UserWarning, match="dead filter"):
-        mean = ga.filter_importance(x, y, "block", method="ablation", ablation_value="mean", scoring="loss")
+        mean = ga.filter_importance(x, y, block="block", method="ablation", ablation_value="mean", scoring="loss")
     assert mean.importances[0, 0] == 0.0
     with pytest.warns(UserWarning, match="dead filter"):
-        zero = ga.filter_importance(x, y, "block", method="ablation", scoring="loss")
+        zero = ga.filter_importance(x, y, block="block", method="ablation", scoring="loss")
     assert zero.importances[0, 0] != 0.0  # the documented case: a constant 1 replaced by 0

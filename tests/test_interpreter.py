@@ -7,7 +7,7 @@ import keras
 from keras import layers, ops
 
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
-from keras_hybrid_interp._warnings import InterpretationWarning
+from keras_hybrid_interp.core.health import InterpretationWarning
 from keras_hybrid_interp.datasets import load_digits
 
 from models import (assert_unchanged, gap_head_cnn, nested_model, residual_cnn, sequential_cnn,
@@ -233,7 +233,7 @@ def test_evidence_maps_average_to_probe_logits(digits, trained, pooling):
     assert [m.shape[:2] for m in e.evidence_maps] == [(8, 8), (4, 4), (4, 4)]
 
 
-def test_decision_depth_definition(fitted, trained, digits):
+def test_decision_index_definition(fitted, trained, digits):
     _, (xte, _) = digits
     preds = fitted.layer_predictions(xte[:20])
     model_cls = trained.predict(xte[:20], verbose=0).argmax(1)
@@ -241,9 +241,9 @@ def test_decision_depth_definition(fitted, trained, digits):
         e = fitted.explain(xte[i])
         pred, target = e.predicted, e.model_class
         if pred[-1] != target:
-            assert e.decision_depth is None
+            assert e.decision_index is None
             continue
-        d = e.decision_depth
+        d = e.decision_index
         assert all(pred[d:] == target)
         assert d == 0 or pred[d - 1] != target
     # The tidy frame, recomputed by hand from the probabilities and the model's own output.
@@ -434,7 +434,7 @@ def test_binary_logit_model():
     for i, name in enumerate(interp.block_names):
         p = preds.probabilities[i].astype(np.float64)
         assert table.loc[name, "accuracy"] == pytest.approx(np.mean(p.argmax(1) == y))
-    imp = GlobalAnalyzer(interp).filter_importance(x, y, "conv2", n_repeats=2, random_state=0, scoring="loss")
+    imp = GlobalAnalyzer(interp).filter_importance(x, y, block="conv2", n_repeats=2, random_state=0, scoring="loss")
     assert imp.importances.shape[0] == 6
     assert imp.baseline_score == pytest.approx(-ce, rel=1e-5)
     assert np.isfinite(imp.importances[~np.isin(np.arange(6), imp.dead_filters)]).all()

@@ -29,8 +29,9 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter, InterpretationCallback
-from keras_hybrid_interp import _distribute
-from keras_hybrid_interp._graph import ModelGraph
+from keras_hybrid_interp.core import distribute as _distribute
+from keras_hybrid_interp.core.blocks import discover_blocks
+from keras_hybrid_interp.core.graph import ModelGraph
 
 from models import nested_model, residual_cnn, sequential_cnn
 
@@ -112,7 +113,7 @@ def test_side_models_compute_the_model_and_leave_it_as_it_was(kind, tmp_path):
     lists, config, summary = node_lists(model), model.get_config(), summary_text(model)
 
     graph = ModelGraph(model)
-    key = graph.discover_blocks()[0][0]
+    key = discover_blocks(graph)[0][0]
     full = graph.build(graph.output_keys)
     prefix = graph.build(graph.frontier(key))
     tail = graph.build(graph.output_keys, inputs=graph.frontier(key))

@@ -17,7 +17,7 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
-from keras_hybrid_interp._warnings import InterpretationWarning
+from keras_hybrid_interp.core.health import InterpretationWarning
 
 N, HW, C_IN, C, K = 90, 5, 5, 4, 3  # C_IN > C: the block's features are not rank-deficient
 
@@ -111,28 +111,28 @@ def test_huge_and_tiny_activations_match_numpy_and_the_unit_scale(scale):
     ga1 = GlobalAnalyzer(m1, blocks="block")
     ga = GlobalAnalyzer(ms, blocks="block")
 
-    corr = ga.filter_correlation(x, "block")
+    corr = ga.filter_correlation(x, block="block")
     np.testing.assert_allclose(corr.values, np.corrcoef(s, rowvar=False), atol=ATOL)
     assert corr.values.dtype == np.float64 and len(corr.dead_filters) == 0
     np.testing.assert_allclose(corr.mean, s.mean(0), rtol=ATOL, atol=ATOL * np.abs(s).max())
 
-    assoc = ga.filter_class_association(x, y, "block")
+    assoc = ga.filter_class_association(x, y, block="block")
     np.testing.assert_allclose(assoc.values, oracle_association(s, y), atol=ATOL)
 
     # Ablation against the oracle: zeroing filter c changes the loss by exactly this.
-    imp = ga.filter_importance(x, y, "block", method="ablation", scoring="loss")
+    imp = ga.filter_importance(x, y, block="block", method="ablation", scoring="loss")
     base = oracle_neg_loss(s, y, scale)
     expect = [base - oracle_neg_loss(np.where(np.arange(C) == c, 0.0, s), y, scale) for c in range(C)]
     assert np.isclose(imp.baseline_score, base, atol=ATOL)
     np.testing.assert_allclose(imp.importances[:, 0], expect, atol=ATOL)
 
     # Taylor (a * dL/da) and permutation are scale-free: equal to the unit-scale model.
-    t1 = ga1.filter_importance(x, y, "block", method="taylor").importances
-    ts = ga.filter_importance(x, y, "block", method="taylor").importances
+    t1 = ga1.filter_importance(x, y, block="block", method="taylor").importances
+    ts = ga.filter_importance(x, y, block="block", method="taylor").importances
     assert np.all(np.isfinite(ts))
     np.testing.assert_allclose(ts, t1, rtol=RTOL, atol=1e-7)
-    p1 = ga1.filter_importance(x, y, "block", n_repeats=2, random_state=0, scoring="loss").importances
-    ps = ga.filter_importance(x, y, "block", n_repeats=2, random_state=0, scoring="loss").importances
+    p1 = ga1.filter_importance(x, y, block="block", n_repeats=2, random_state=0, scoring="loss").importances
+    ps = ga.filter_importance(x, y, block="block", n_repeats=2, random_state=0, scoring="loss").importances
     np.testing.assert_allclose(ps, p1, atol=ATOL)
 
 
@@ -174,7 +174,7 @@ def test_dead_relu_filter_is_reported_as_nan_and_the_rest_matches_numpy():
     ga = GlobalAnalyzer(m, blocks="block")
 
     with pytest.warns(InterpretationWarning, match=r"Block 'block': 1 dead filter\(s\) \[1\] take one constant value"):
-        corr = ga.filter_correlation(x, "block")
+        corr = ga.filter_correlation(x, block="block")
     assert corr.dead_filters.tolist() == [DEAD]
     assert np.all(np.isnan(corr.values[DEAD])) and np.all(np.isnan(corr.values[:, DEAD]))
     live = [c for c in range(C) if c != DEAD]
@@ -182,15 +182,15 @@ def test_dead_relu_filter_is_reported_as_nan_and_the_rest_matches_numpy():
     assert np.isfinite(corr.redundancy)
 
     with pytest.warns(InterpretationWarning, match="dead"):
-        assoc = ga.filter_class_association(x, y, "block")
+        assoc = ga.filter_class_association(x, y, block="block")
     np.testing.assert_allclose(assoc.values, oracle_association(s, y), atol=ATOL)  # NaN row included
 
     with pytest.warns(InterpretationWarning, match="dead"):
-        perm = ga.filter_importance(x, y, "block", n_repeats=3, random_state=0, scoring="loss")
+        perm = ga.filter_importance(x, y, block="block", n_repeats=3, random_state=0, scoring="loss")
     assert perm.dead_filters.tolist() == [DEAD]
     assert np.all(perm.importances[DEAD] == 0.0) and np.all(np.isfinite(perm.importances))
     with pytest.warns(InterpretationWarning, match="dead"):
-        taylor = ga.filter_importance(x, y, "block", method="taylor")
+        taylor = ga.filter_importance(x, y, block="block", method="taylor")
     assert taylor.importances[DEAD, 0] == 0.0 and np.all(np.isfinite(taylor.importances))
 
     interp = HybridInterpreter(m, blocks=["block"])
@@ -211,11 +211,11 @@ def test_constant_inputs_give_nan_statistics_and_a_prior_probe():
     # differ in the last bits (README, Numerical notes); within one batch they are identical.
     ga = GlobalAnalyzer(m, blocks="block", batch_size=128)
     with pytest.warns(InterpretationWarning, match="dead"):
-        corr = ga.filter_correlation(x, "block")
+        corr = ga.filter_correlation(x, block="block")
     assert corr.dead_filters.tolist() == list(range(C)) and np.all(np.isnan(corr.values))
     assert np.isnan(corr.redundancy) and corr.clusters() == []
     with pytest.warns(InterpretationWarning, match="dead"):
-        imp = ga.filter_importance(x, y, "block", n_repeats=2, random_state=0, scoring="loss")
+        imp = ga.filter_importance(x, y, block="block", n_repeats=2, random_state=0, scoring="loss")
     assert np.all(imp.importances == 0.0)
     with pytest.warns(InterpretationWarning, match="constant"):
         sim = ga.layer_similarity(x)
@@ -256,7 +256,7 @@ def cnn():
 
 def _pass_dtypes(interp, x):
     """dtypes of what the one pass hands to the probes (pooled features) and of the probe outputs."""
-    from keras_hybrid_interp import _pass
+    from keras_hybrid_interp.core import data_pass as _pass
 
     collects = [_pass.Collect(t) for t in interp.feature_taps()]
     _pass.run(interp.graph, interp.stream(x[:8]), collects)
@@ -275,12 +275,12 @@ def _analyse(model, x, y):
             "dtypes": ([p.compute_dtype for p in interp.probes], _pass_dtypes(interp, x)),
             "probs": interp.layer_predictions(x).probabilities,
             "table": interp.evaluate_layers(x, y),
-            "corr": ga.filter_correlation(x, "conv2"),
-            "assoc": ga.filter_class_association(x, y, "conv2").values,
+            "corr": ga.filter_correlation(x, block="conv2"),
+            "assoc": ga.filter_class_association(x, y, block="conv2").values,
             "sim": ga.layer_similarity(x).values,
-            "ablation": ga.filter_importance(x, y, "conv2", method="ablation", scoring="loss").importances,
-            "perm": ga.filter_importance(x, y, "conv2", n_repeats=2, random_state=0, scoring="loss").importances,
-            "taylor": ga.filter_importance(x, y, "conv2", method="taylor").importances,
+            "ablation": ga.filter_importance(x, y, block="conv2", method="ablation", scoring="loss").importances,
+            "perm": ga.filter_importance(x, y, block="conv2", n_repeats=2, random_state=0, scoring="loss").importances,
+            "taylor": ga.filter_importance(x, y, block="conv2", method="taylor").importances,
         }
 
 
@@ -331,11 +331,11 @@ def test_same_seed_same_results_other_seed_differs():
     np.testing.assert_allclose(probes[2], probes[0], atol=1e-5)
 
     ga = GlobalAnalyzer(m, blocks="block")
-    imps = [ga.filter_importance(x, y, "block", n_repeats=3, random_state=s, scoring="loss").importances
+    imps = [ga.filter_importance(x, y, block="block", n_repeats=3, random_state=s, scoring="loss").importances
             for s in (5, 5, 6)]
     np.testing.assert_array_equal(imps[0], imps[1])
     assert not np.array_equal(imps[0], imps[2])
     # A SeedSequence or Generator seeds as well as an int does.
-    a = ga.filter_importance(x, y, "block", n_repeats=2, random_state=np.random.SeedSequence(9), scoring="loss")
-    b = ga.filter_importance(x, y, "block", n_repeats=2, random_state=np.random.SeedSequence(9), scoring="loss")
+    a = ga.filter_importance(x, y, block="block", n_repeats=2, random_state=np.random.SeedSequence(9), scoring="loss")
+    b = ga.filter_importance(x, y, block="block", n_repeats=2, random_state=np.random.SeedSequence(9), scoring="loss")
     np.testing.assert_array_equal(a.importances, b.importances)

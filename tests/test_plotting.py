@@ -18,7 +18,7 @@ from keras_hybrid_interp import plotting
 from keras_hybrid_interp.plotting import (plot_filter_class_association, plot_filter_correlation,
                                           plot_filter_importance, plot_layer_accuracy, plot_layer_similarity,
                                           plot_local_explanation, upsample)
-from keras_hybrid_interp.results import LocalExplanation
+from keras_hybrid_interp.local.results import LocalExplanation
 
 
 # ----------------------------------------------------------------------
@@ -119,7 +119,7 @@ def explanation_fixture(K=4, decision=1):
     maps = [rng.normal(size=(4, 4, K)), rng.normal(size=(2, 2, K)), rng.normal(size=(1, 1, K))]
     return LocalExplanation(
         image=rng.random((8, 8, 3)), blocks=["conv1", "conv2", "conv3"], depths=np.array([1, 3, 5]),
-        probabilities=probs, model_probabilities=model_p, decision_depth=decision, evidence_maps=maps,
+        probabilities=probs, model_probabilities=model_p, decision_index=decision, evidence_maps=maps,
         class_names=[f"c{k}" for k in range(K)],
     )
 
@@ -240,7 +240,7 @@ def test_local_explanation_panels_carry_the_data():
     # the model's class (2) is highlighted, the decision depth (1) is marked
     assert h.get_xticklabels()[2].get_fontweight() == "bold"
     assert [p.get_x() for p in h.patches if p.get_gid() == "model_class"] == [2]
-    np.testing.assert_allclose(line(h, "decision_depth").get_ydata(), 1)
+    np.testing.assert_allclose(line(h, "decision_index").get_ydata(), 1)
     assert "decided at 'conv2'" in title_of(h)
     for i, b in enumerate(e.blocks):
         ax = by_label(fig, f"evidence:{b}")
@@ -255,7 +255,7 @@ def test_local_explanation_class_index_blocks_and_nearest():
     h = by_label(fig, "probabilities")
     assert ticks(h, "y") == ["conv3", "conv1", "model output"]
     np.testing.assert_allclose(heat(h)[:2], e.probabilities[[2, 0]])
-    assert not [l for l in h.lines if l.get_gid() == "decision_depth"]
+    assert not [l for l in h.lines if l.get_gid() == "decision_index"]
     assert "never settle" in title_of(h)
     ax = by_label(fig, "evidence:conv3")
     np.testing.assert_allclose(ax.images[1].get_array(), np.full((8, 8), e.evidence_maps[2][0, 0, 1]))
@@ -529,9 +529,9 @@ def test_real_results_from_a_tiny_model_plot():
     ga = interp.global_analyzer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dead filters / few samples on random data
-        corr = ga.filter_correlation(x, "conv2")
-        assoc = ga.filter_class_association(x, y, "conv2")
-        imp = ga.filter_importance(x, y, "conv2", n_repeats=2, random_state=0)
+        corr = ga.filter_correlation(x, block="conv2")
+        assoc = ga.filter_class_association(x, y, block="conv2")
+        imp = ga.filter_importance(x, y, block="conv2", n_repeats=2, random_state=0)
         sim = ga.layer_similarity(x)
     ax = plot_filter_correlation(corr, cluster=False)
     # Filter index order, except that dead filters (NaN rows) come last; whether a

@@ -62,7 +62,7 @@ def test_importance_bars_within_noise_are_hatched(fitted):
 @pytest.mark.parametrize("kwargs, match", [({"max_iter": 0}, "`max_iter`"), ({"tol": -1.0}, "`tol`"),
                                            ({"max_iter": 2.5}, "`max_iter`")])
 def test_solver_options_are_checked_before_any_data_is_read(fitted, kwargs, match, monkeypatch):
-    from keras_hybrid_interp import _pass
+    from keras_hybrid_interp.core import data_pass as _pass
 
     interp, x, y = fitted
     monkeypatch.setattr(_pass, "run", lambda *a, **k: pytest.fail("the data was read"))

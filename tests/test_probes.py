@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_hybrid_interp import _trainer
-from keras_hybrid_interp.probes import FeaturePooling, LinearProbe, OutputProbabilities, adaptive_bins, input_transform
+from keras_hybrid_interp.core import trainer as _trainer
+from keras_hybrid_interp.local.probes import FeaturePooling, LinearProbe, OutputProbabilities, adaptive_bins, input_transform
 
 
 def softmax(z):
@@ -164,7 +164,7 @@ def test_fewer_samples_than_features_is_reported():
     from keras import layers
 
     from keras_hybrid_interp import HybridInterpreter
-    from keras_hybrid_interp._warnings import InterpretationWarning
+    from keras_hybrid_interp.core.health import InterpretationWarning
 
     inp = keras.Input((8, 8, 1))
     h = layers.Conv2D(16, 3, padding="same", activation="tanh", name="wide")(inp)

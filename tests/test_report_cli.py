@@ -86,8 +86,8 @@ def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypa
     # importance cache all notice it; the report warns once and lists it in its health section.
     import warnings
 
-    from keras_hybrid_interp import _pass
-    from keras_hybrid_interp._warnings import InterpretationWarning
+    from keras_hybrid_interp.core import data_pass as _pass
+    from keras_hybrid_interp.core.health import InterpretationWarning
 
     keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
@@ -124,7 +124,7 @@ def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypa
     table = interp.evaluate_layers(x[40:], y[40:])
     got = next(t for s in report.sections for c, t in ((c, t) for _, c, t in s.tables) if c == "Layer table")
     pd.testing.assert_frame_equal(got, table)
-    corr = interp.global_analyzer().filter_correlation(x[40:], "conv3")
+    corr = interp.global_analyzer().filter_correlation(x[40:], block="conv3")
     assert report.summary["redundancy (mean |r|)"] == pytest.approx(corr.redundancy, rel=1e-12)
 
 
@@ -183,7 +183,7 @@ def test_pdf_has_the_sections_vector_figures_and_csvs_beside(report, tmp_path):
 def test_importance_within_noise_is_a_one_sample_t_test():
     from scipy.stats import ttest_1samp
 
-    from keras_hybrid_interp.importance import noise_mask
+    from keras_hybrid_interp.global_.importance import noise_mask
 
     rng = np.random.default_rng(0)
     imp = np.concatenate([rng.normal(0.0, 0.02, (40, 5)), rng.normal(0.2, 0.02, (10, 5)),

@@ -23,7 +23,7 @@ from keras import layers
 
 import keras_hybrid_interp
 from keras_hybrid_interp import HybridInterpreter
-from keras_hybrid_interp._saving import UnsafeFileError, load_keras_file
+from keras_hybrid_interp.core.saving import UnsafeFileError, load_keras_file
 
 from models import edit_keras_config, small_cnn
 from test_bad_inputs import CliBatch
@@ -36,7 +36,7 @@ FORBIDDEN_NAMES = {"eval", "exec", "compile", "__import__", "execfile"}
 FORBIDDEN_ATTRS = {"read_pickle", "func_load", "enable_unsafe_deserialization", "system", "popen", "loads"}
 #: The only computed ``safe_mode`` values: the loaders pass their argument on (default
 #: True, checked below), the CLI turns it off only for an explicit ``--unsafe``.
-SAFE_MODE_PASSTHROUGH = {("_saving.py", "safe_mode"), ("interpreter.py", "safe_mode"), ("cli.py", "not args.unsafe")}
+SAFE_MODE_PASSTHROUGH = {("saving.py", "safe_mode"), ("interpreter.py", "safe_mode"), ("cli.py", "not args.unsafe")}
 #: The one allowed use of importlib: the package's lazy exports (PEP 562) import its own
 #: submodules, by relative name, with the package as anchor (checked in _relative_imports_only).
 LAZY_IMPORTS = {("__init__.py", "importlib")}
@@ -141,9 +141,9 @@ def test_the_scan_finds_each_way_in():
 
 
 def test_the_package_source_has_no_way_to_run_what_it_reads():
-    files = sorted(PKG.glob("*.py"))
+    files = sorted(PKG.rglob("*.py"))
     assert len(files) > 10
-    problems = [p for path in files for p in scan(path.name, path.read_text(encoding="utf-8"))]
+    problems = [p for path in files for p in scan(str(path.relative_to(PKG)), path.read_text(encoding="utf-8"))]
     assert not problems, "\n".join(problems)
     # The lazy exports name only the package's own submodules, relatively.
     assert all(m.startswith(".") for m in keras_hybrid_interp._EXPORTS.values())

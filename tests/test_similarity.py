@@ -4,8 +4,8 @@ import pytest
 import keras
 from keras import layers
 
-from keras_hybrid_interp.analyzer import GlobalAnalyzer
-from keras_hybrid_interp.similarity import linear_cka
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
+from keras_hybrid_interp.global_.similarity import linear_cka
 
 from _models_global import residual_model
 

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from models import residual_cnn  # noqa: E402
 
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter  # noqa: E402
-from keras_hybrid_interp import _distribute  # noqa: E402
+from keras_hybrid_interp.core import distribute as _distribute  # noqa: E402
 
 keras.utils.set_random_seed(0)
 model = residual_cnn()
@@ -41,11 +41,11 @@ def analyse():
     return {
         "table": interp.evaluate_layers(x[60:], y[60:])[["accuracy", "loss", "agreement"]].to_numpy(),
         "probs": interp.layer_predictions(x[60:]).probabilities,
-        "corr": ga.filter_correlation(x, "res_out").values,
-        "assoc": ga.filter_class_association(x, y, "res_out").values,
-        "ablation": ga.filter_importance(x, y, "res_conv1", method="ablation").importances,
-        "permutation": ga.filter_importance(x, y, "res_conv1", n_repeats=2, random_state=3).importances,
-        "taylor": ga.filter_importance(x, y, "res_out", method="taylor").importances,
+        "corr": ga.filter_correlation(x, block="res_out").values,
+        "assoc": ga.filter_class_association(x, y, block="res_out").values,
+        "ablation": ga.filter_importance(x, y, block="res_conv1", method="ablation").importances,
+        "permutation": ga.filter_importance(x, y, block="res_conv1", n_repeats=2, random_state=3).importances,
+        "taylor": ga.filter_importance(x, y, block="res_out", method="taylor").importances,
         "cka": ga.layer_similarity(x).values,
     }
 

@@ -19,13 +19,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _graph, _pass, _warnings
-from ._data import model_stream
-from ._engine import TailEngine
-from ._output import KINDS, output_activation, reader_for
-from .association import AssociationMoments, FilterClassAssociation, association_result
-from .correlation import FilterCorrelation, correlation_result, filter_correlation_reducer
-from .importance import FilterImportance, check_request, importance_reducer, importance_result
+from ..core import blocks as _blocks
+from ..core import data_pass as _pass
+from ..core import graph as _graph
+from ..core import health as _health
+from ..core.data import model_stream
+from ..core.engine import TailEngine
+from ..core.output import KINDS, output_activation, reader_for
+from .association import (
+    AssociationMoments,
+    FilterClassAssociation,
+    association_result,
+)
+from .correlation import (
+    FilterCorrelation,
+    correlation_result,
+    filter_correlation_reducer,
+)
+from .importance import (
+    FilterImportance,
+    check_request,
+    importance_reducer,
+    importance_result,
+)
 from .similarity import CKAMoments, LayerSimilarity, similarity_result
 
 __all__ = ["GlobalAnalyzer"]
@@ -57,8 +73,8 @@ class GlobalAnalyzer:
     Examples
     --------
     >>> ga = GlobalAnalyzer(model)
-    >>> corr = ga.filter_correlation(x, "conv3")
-    >>> imp = ga.filter_importance(x, y, "conv3", n_repeats=5, random_state=0)
+    >>> corr = ga.filter_correlation(x, block="conv3")
+    >>> imp = ga.filter_importance(x, y, block="conv3", n_repeats=5, random_state=0)
     >>> imp.to_frame().groupby("filter").importance.mean()
     """
 
@@ -75,7 +91,7 @@ class GlobalAnalyzer:
                 class_names = getattr(obj, "class_names", None)
         else:
             self.graph = _graph.ModelGraph(obj, input_shape=input_shape)
-            self.block_keys, _, _ = _graph.select_blocks(self.graph, blocks)
+            self.block_keys, _, _ = _blocks.select_blocks(self.graph, blocks)
             self.model = obj
         g = self.graph
         if len(g.input_keys) != 1:
@@ -138,7 +154,7 @@ class GlobalAnalyzer:
         """``(tensor key, name)`` of a layer with a 4-D output."""
         if block is None:
             raise TypeError(f"`{argname}` is required: a layer name with a 4-D output; default blocks: {self.block_names}.")
-        keys, names, _ = _graph.select_blocks(self.graph, [block] if not isinstance(block, list) else block, argname)
+        keys, names, _ = _blocks.select_blocks(self.graph, [block] if not isinstance(block, list) else block, argname)
         if len(keys) != 1:
             raise TypeError(f"`{argname}` must name one layer; received {block!r}.")
         return keys[0], names[0]
@@ -150,8 +166,8 @@ class GlobalAnalyzer:
         return self._engines[key]
 
     # ------------------------------------------------------------------
-    @_warnings.collecting
-    def filter_correlation(self, x, block=None, statistic="mean", *, batch_size=None, max_samples=None,
+    @_health.collecting
+    def filter_correlation(self, x, *, block, statistic="mean", batch_size=None, max_samples=None,
                            steps=None) -> FilterCorrelation:
         """Pearson correlation between the filters of ``block``.
 
@@ -179,8 +195,8 @@ class GlobalAnalyzer:
         self.run(self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return correlation_result(red, name, statistic)
 
-    @_warnings.collecting
-    def filter_class_association(self, x, y=None, block=None, *, statistic="mean", batch_size=None,
+    @_health.collecting
+    def filter_class_association(self, x, y=None, *, block, statistic="mean", batch_size=None,
                                  max_samples=None, steps=None) -> FilterClassAssociation:
         """Point-biserial correlation between each filter of ``block`` and each class.
 
@@ -203,8 +219,8 @@ class GlobalAnalyzer:
         self.run(self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return association_result(red, name, self.class_names)
 
-    @_warnings.collecting
-    def filter_importance(self, x, y=None, block=None, *, method="permutation", n_repeats=5, scoring="accuracy",
+    @_health.collecting
+    def filter_importance(self, x, y=None, *, block, method="permutation", n_repeats=5, scoring="accuracy",
                           random_state=None, groups=None, max_samples=None, steps=None,
                           perturbations_per_eval="auto", ablation_value="zero", batch_size=None) -> FilterImportance:
         """Importance of each filter (or group of filters) of ``block``.
@@ -267,8 +283,8 @@ class GlobalAnalyzer:
         self.run(stream, [red])
         return importance_result(engine, red, request, self.reader, y_given=y is not None, block=name)
 
-    @_warnings.collecting
-    def layer_similarity(self, x, blocks=None, *, batch_size=None, max_samples=None, steps=None) -> LayerSimilarity:
+    @_health.collecting
+    def layer_similarity(self, x, *, blocks=None, batch_size=None, max_samples=None, steps=None) -> LayerSimilarity:
         """Linear CKA (Kornblith et al. 2019) between blocks, on spatially averaged features.
 
         Each block ``l`` is represented by ``X_l`` (N x C_l), the per-sample
@@ -295,5 +311,5 @@ class GlobalAnalyzer:
     def similarity_blocks(self, blocks=None):
         if blocks is None:
             return list(self.block_keys), list(self.block_names)
-        keys, names, _ = _graph.select_blocks(self.graph, blocks, "blocks")
+        keys, names, _ = _blocks.select_blocks(self.graph, blocks, "blocks")
         return keys, names

@@ -23,8 +23,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from . import _warnings
-from ._pass import Tap
+from ..core import health as _health
+from ..core.data_pass import Tap
 from .correlation import StreamingMoments
 
 __all__ = ["LayerSimilarity", "CKAMoments", "linear_cka", "similarity_result"]
@@ -135,6 +135,6 @@ def similarity_result(red: CKAMoments, names) -> LayerSimilarity:
                 out[i, j] = out[j, i] = np.sum(blk * blk) / den
     const = [names[i] for i in range(L) if norms[i] == 0]
     if const:
-        _warnings.warn("constant_blocks", f"Blocks {const} have constant spatially averaged features over the "
+        _health.warn("constant_blocks", f"Blocks {const} have constant spatially averaged features over the "
                        "analysed samples; their CKA is NaN.")
     return LayerSimilarity(out, tuple(names), acc.n)

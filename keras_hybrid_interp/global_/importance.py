@@ -35,7 +35,7 @@ taylor
     used (``baseline_score`` is the negative mean loss). Streams: no cache.
 dead filters
     A filter whose map takes one constant value at every position of every
-    analysed sample (:class:`~keras_hybrid_interp._pass.ChannelRange`) has a
+    analysed sample (:class:`~keras_hybrid_interp.core.data_pass.ChannelRange`) has a
     permutation importance of exactly 0. Its ablation importance measures
     replacing that constant by zero (``"zero"``; 0 when the constant is 0) or
     by itself (``"mean"``: exactly 0), and its Taylor estimate is
@@ -53,12 +53,17 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-
 from keras import ops
 
-from . import _warnings
-from ._engine import FrontierCache, Job, TailEngine, job_permutation, resolve_entropy
-from ._pass import dead_filters_of
+from ..core import health as _health
+from ..core.data_pass import dead_filters_of
+from ..core.engine import (
+    FrontierCache,
+    Job,
+    TailEngine,
+    job_permutation,
+    resolve_entropy,
+)
 from .correlation import warn_dead
 
 __all__ = ["FilterImportance", "ImportanceRequest", "check_request", "importance_reducer", "importance_result",
@@ -285,7 +290,7 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     if request.method == "permutation" and n < 2:
         raise ValueError(f"Permutation importance shuffles across samples and needs at least 2 samples; `x` has {n}.")
     if request.method == "permutation" and n < 30:
-        _warnings.warn("few_samples", f"Permutation importance on only {n} samples is noisy; use more samples.")
+        _health.warn("few_samples", f"Permutation importance on only {n} samples is noisy; use more samples.")
     kw = {} if memory_budget is None else {"memory_budget": memory_budget}
     key = cache.arrays[0]
     dead = dead_filters_of(key)
@@ -347,13 +352,13 @@ def warn_noise(importances, block) -> None:
     g, r = np.shape(importances)
     negative = int(np.sum(np.asarray(importances).mean(axis=1) < 0))
     if r < 2:
-        _warnings.warn(
+        _health.warn(
             "noisy_importance",
             f"Block {block!r}: permutation importance from a single repeat has no spread to tell signal from "
             f"noise ({negative} of {g} means are negative). Use n_repeats >= 3.",
         )
     elif noisy.any():
-        _warnings.warn(
+        _health.warn(
             "noisy_importance",
             f"Block {block!r}: {int(noisy.sum())} of {g} permutation importances cannot be told apart from 0 (their "
             f"95% interval over the {r} repeats covers 0; {negative} means are negative, which is noise, not harm). "
@@ -370,7 +375,7 @@ class TaylorSums:
     """
 
     def __init__(self, engine: TailEngine, reader):
-        from ._pass import ChannelRange, Tap
+        from ..core.data_pass import ChannelRange, Tap
 
         self.engine = engine
         self.reader = reader

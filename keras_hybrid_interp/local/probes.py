@@ -6,12 +6,11 @@ both are registered for ``.keras`` serialization (``safe_mode=True``).
 
 from __future__ import annotations
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import ops
 
-from ._output import OutputReader
+from ..core.output import OutputReader
 
 __all__ = ["FeaturePooling", "LinearProbe", "OutputProbabilities", "adaptive_bins", "input_transform"]
 
@@ -123,7 +122,7 @@ class LinearProbe(keras.layers.Layer):
     ``StandardScaler`` followed by a multinomial ``LogisticRegression``.
     ``mean`` and ``scale`` are fixed from the training features
     (:func:`input_transform`); ``kernel`` and ``bias`` are fitted by the one
-    probe trainer (:mod:`keras_hybrid_interp._trainer`) to the optimum of the
+    probe trainer (:mod:`keras_hybrid_interp.core.trainer`) to the optimum of the
     L2-regularised cross-entropy. For a binary probe (``units=2``) the first
     column of ``kernel`` and of ``bias`` stays 0, so that
     ``p(class 1) = sigmoid(z @ kernel[:, 1] + bias[1])``: exactly a binary
@@ -178,7 +177,7 @@ class OutputProbabilities(keras.layers.Layer):
     ``kind`` is ``"softmax"`` (already probabilities), ``"sigmoid"`` (a binary
     (batch, 1) output p becomes [1 - p, p]) or ``"logits"`` (softmax of K
     logits, or sigmoid of one binary logit). The arithmetic is the output
-    reader's (:class:`~keras_hybrid_interp._output.OutputReader`).
+    reader's (:class:`~keras_hybrid_interp.core.output.OutputReader`).
     """
 
     def __init__(self, kind="softmax", **kwargs):

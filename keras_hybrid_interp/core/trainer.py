@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ._output import OutputReader, cross_entropy_from_log_probabilities
+from .output import OutputReader, cross_entropy_from_log_probabilities
 
 __all__ = ["ProbeSolution", "fit_probe", "objective", "check_C", "check_solver", "restandardize"]
 

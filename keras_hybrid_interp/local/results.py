@@ -83,7 +83,7 @@ class LocalExplanation:
     probabilities : ndarray, shape (L, K)
         Probe probabilities at each block.
     model_probabilities : ndarray, shape (K,)
-    decision_depth : int or None
+    decision_index : int or None
         Index (into ``blocks``) of the first block from which the probe's top
         class equals the model's class and stays equal in every deeper
         block; None if the last block disagrees with the model.
@@ -101,7 +101,7 @@ class LocalExplanation:
     depths: np.ndarray
     probabilities: np.ndarray
     model_probabilities: np.ndarray
-    decision_depth: int | None
+    decision_index: int | None
     evidence_maps: list
     class_names: list
     pooling: object = "avg"
@@ -122,7 +122,7 @@ class LocalExplanation:
 
     @property
     def decision_block(self) -> str | None:
-        return None if self.decision_depth is None else self.blocks[self.decision_depth]
+        return None if self.decision_index is None else self.blocks[self.decision_index]
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy frame: one row per (block, class) with probability and flags."""

@@ -13,8 +13,9 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-from . import _warnings
-from ._pass import ChannelRange, Tap
+
+from ..core import health as _health
+from ..core.data_pass import ChannelRange, Tap
 
 __all__ = ["FilterCorrelation", "FilterMoments", "StreamingMoments", "correlation_result", "filter_correlation_reducer"]
 
@@ -89,11 +90,11 @@ def check_statistic(statistic) -> str:
 
 
 def warn_dead(dead: np.ndarray, block: str) -> None:
-    """The one dead-filter warning (see :class:`~keras_hybrid_interp._pass.ChannelRange`)."""
+    """The one dead-filter warning (see :class:`~keras_hybrid_interp.core.data_pass.ChannelRange`)."""
     if len(dead):
         shown = dead[:20].tolist()
         more = f" (and {len(dead) - 20} more)" if len(dead) > 20 else ""
-        _warnings.warn(
+        _health.warn(
             "dead_filters",
             f"Block {block!r}: {len(dead)} dead filter(s) {shown}{more} take one constant value at every "
             "position of every analysed sample. Their correlation and class association are undefined (NaN) "
@@ -238,7 +239,7 @@ def correlation_result(acc: FilterMoments, block: str, statistic: str) -> Filter
     warn_dead(dead, block)
     c = m.mean.shape[0]
     if m.n <= c:
-        _warnings.warn(
+        _health.warn(
             "few_samples",
             f"Block {block!r}: the correlation of its {c} filters rests on only {m.n} samples, so the matrix is "
             "rank-deficient and many correlations are spuriously strong. Use more samples than filters.",

@@ -1,7 +1,7 @@
 """The one pass over the data.
 
 Every analysis of the package reads the model through :func:`run`: it takes
-a model graph, a stream of batches (:class:`~keras_hybrid_interp._data.DataStream`)
+a model graph, a stream of batches (:class:`~keras_hybrid_interp.core.data.DataStream`)
 and a list of *reducers*. Each reducer names the *taps* it needs: a tensor of
 the graph (a block output, any layer, the model output) and what to compute
 from it per sample on the device (``"raw"``: the tensor itself; ``"avg"``,
@@ -33,8 +33,8 @@ import numpy as np
 
 import keras
 
-from ._data import to_class_indices
-from ._distribute import predict_on_batch
+from .data import to_class_indices
+from .distribute import predict_on_batch
 
 __all__ = ["Tap", "Batch", "PassResult", "run", "InputMoments", "Collect"]
 
@@ -83,7 +83,7 @@ class PassResult:
 
 def _side_model(graph, idents):
     """The side model computing ``idents`` [(key, mode), ...] from the graph's input (built once per graph)."""
-    from .probes import FeaturePooling
+    from ..local.probes import FeaturePooling
 
     idents = tuple(idents)
 

@@ -26,9 +26,9 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from ._pass import ChannelRange, Tap
+from ..core.data_pass import ChannelRange, Tap
+from ..core.health import check_classes
 from .correlation import PASS_MODES, check_statistic, warn_dead
-from ._warnings import check_classes
 
 __all__ = ["FilterClassAssociation", "AssociationMoments", "association_result"]
 

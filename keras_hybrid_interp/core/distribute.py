@@ -15,7 +15,7 @@ Usage::
     with strategy.scope():
         interp = HybridInterpreter(model)   # probe variables are mirrored
         interp.fit_probes(x, y)             # the features' forward pass uses every replica
-        GlobalAnalyzer(interp).filter_correlation(x, "block3_pool")
+        GlobalAnalyzer(interp).filter_correlation(x, block="block3_pool")
 """
 
 from __future__ import annotations

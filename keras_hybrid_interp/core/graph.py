@@ -43,8 +43,9 @@ tensor outside it. A side model, once built, runs (``predict``, ``__call__``,
 gradients) anywhere: executing a functional model reads its own node table,
 not the node lists of its layers.
 
-It also finds the *cut points* of the graph and, from them, the natural
-block ends of a CNN (``discover_blocks``).
+Block discovery (the cut points of the graph and the natural block ends of
+a CNN) lives beside it, in :mod:`.blocks`, and reads the graph through its
+public attributes.
 """
 
 from __future__ import annotations
@@ -58,8 +59,6 @@ from typing import Any, Callable, Iterator, Sequence
 import keras
 from keras import tree
 
-from . import _warnings
-
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
 from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
@@ -72,9 +71,6 @@ __all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block"]
 
 _CONV_TYPES = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
 
-#: A stretch of graph without a single cut point that holds more convolutions
-#: than this is treated as a chain of cells (NASNet): see ``discover_blocks``.
-MAX_CONVS_WITHOUT_CUT = 24
 
 _SUBCLASSED_HELP = (
     "keras-hybrid-interp analyses models that have a graph: Functional models "
@@ -453,7 +449,7 @@ class ModelGraph:
             available = self.names_with_rank(4)
             raise ValueError(
                 f"`{argname}`: no layer named {spec!r} in model {self.model.name!r}.{hint} "
-                f"Layers with a 4-D output: {_abbrev(available)}."
+                f"Layers with a 4-D output: {abbrev(available)}."
             )
         if isinstance(spec, int):
             layers = self.model.layers
@@ -707,296 +703,8 @@ class ModelGraph:
         used.add(key)
         return [key] + sorted(k for k in used if k != key)
 
-    # ------------------------------------------------------------------
-    # Cut points and blocks
-    # ------------------------------------------------------------------
-    def _relevant(self) -> list[bool]:
-        n = len(self.tensors)
-        consumers: list[list[int]] = [[] for _ in range(n)]
-        for o in self.ops:
-            for i in o.inputs:
-                consumers[i].extend(o.outputs)
-        fwd = [False] * n
-        for k in self.input_keys:
-            fwd[k] = True
-        for o in self.ops:  # ops are in topological order
-            if any(fwd[i] for i in o.inputs):
-                for k in o.outputs:
-                    fwd[k] = True
-        bwd = [False] * n
-        for k in self.output_keys:
-            bwd[k] = True
-        for o in reversed(self.ops):
-            if any(bwd[k] for k in o.outputs):
-                for i in o.inputs:
-                    bwd[i] = True
-        return [f and b for f, b in zip(fwd, bwd)]
-
-    def _cover(self, relevant) -> list[int]:
-        """Number of graph edges that jump over each tensor (0 = cut point)."""
-        n = len(self.tensors)
-        diff = [0] * (n + 2)
-        # Virtual source at position -1 feeding every input, virtual sink at n.
-        edges = [(-1, k) for k in self.input_keys] + [(k, n) for k in self.output_keys]
-        for o in self.ops:
-            for i in o.inputs:
-                if relevant[i]:
-                    for k in o.outputs:
-                        if relevant[k]:
-                            edges.append((i, k))
-        for u, v in edges:
-            if v - u > 1:
-                diff[u + 2] += 1  # positions u+1 .. v-1, shifted by one
-                diff[v + 1] -= 1
-        cover, run = [], 0
-        for pos in range(n):
-            run += diff[pos + 1]
-            cover.append(run)
-        return cover
-
-    def cut_points(self) -> list[int]:
-        """Tensor keys every input-to-output path passes through, in graph order."""
-        relevant = self._relevant()
-        cover = self._cover(relevant)
-        return [
-            k for k in range(len(self.tensors))
-            if relevant[k] and cover[k] == 0 and k not in self.input_keys
-        ]
-
-    def discover_blocks(self) -> tuple[list[int], list[str]]:
-        """Automatic block ends. Returns (tensor keys, notes explaining the choice).
-
-        Rule (documented in README "Block discovery"; docs/ARCHITECTURES.md
-        shows what it finds for each ``keras.applications`` family):
-
-        1. Candidates are cut points with a 4-D output (batch, H, W, C) and at
-           least one convolution before them, that come before the classifier
-           head: a cut point produced by a global pooling (``GlobalAveragePooling2D``,
-           also with ``keepdims=True``, or ``keras.ops.mean``/``max`` over the
-           spatial axes) starts the head, and it and every tensor after it are
-           no candidates (MobileNetV3's 1x1 ``Conv2D`` logits are not a block).
-        2. Natural block ends among them: pooling outputs; tensors that close
-           a multi-path region (their operation merges two or more tensors,
-           whether a ``keras.layers.Add``/``Concatenate``/``Multiply`` layer or
-           an operator such as ``x + y``) holding at least one convolution or
-           pooling (a region of elementwise operations only, such as a swish
-           or hard-swish written as ``x * f(x)``, is an activation, not a
-           block); the last candidate.
-        3. Each natural end is extended to the deepest cut point reached
-           before the next convolution.
-        4. A stretch of graph without a single cut point that holds more than
-           ``MAX_CONVS_WITHOUT_CUT`` convolutions (NASNet's cells each read the
-           two previous cells) gets its *cell outputs*: the merges (4-D, after
-           a convolution) that every input-to-output path passes through
-           except the paths of one skip connection jumping over them. Formally,
-           a merge ``m`` of the stretch for which some tensor ``u`` of the
-           stretch *in series* with it (an ancestor or a descendant of ``m``,
-           where the skip leaves or arrives) makes ``{m, u}`` separate the
-           input from the output. Two branches side by side (a reshaped skip
-           beside a reduction cell, the two halves of a cell) separate only
-           together with each other and do not count. Of two cell outputs with
-           no convolution between them the deeper is kept, as in 3. They are
-           not cut points, and a note says so.
-        """
-        relevant = self._relevant()
-        cover = self._cover(relevant)
-        n = len(self.tensors)
-        conv_before = [False] * n
-        for o in self.ops:
-            c = self._op_is_conv(o) or any(conv_before[i] for i in o.inputs)
-            for k in o.outputs:
-                conv_before[k] = c
-        cuts = [k for k in range(n) if relevant[k] and cover[k] == 0 and k not in self.input_keys]
-        notes: list[str] = []
-
-        def is4d(k):
-            return len(self.tensors[k].shape) == 4
-
-        def is_merge(k):
-            p = self.tensors[k].producer
-            return p is not None and sum(1 for i in self.ops[p].inputs if relevant[i]) >= 2
-
-        def is_pool(k):
-            p = self.tensors[k].producer
-            return p is not None and self.ops[p].is_pooling
-
-        # The classifier head starts at the first cut point made by a global pooling.
-        head = next((k for k in cuts if self._op_is_global_pool(self.ops[self.tensors[k].producer])), n)
-        cuts = [k for k in cuts if k < head]
-
-        # Convolutions (and local poolings) in each region (prev cut, cut]; region i ends at cuts[i].
-        conv_positions = [
-            k for o in self.ops if self._op_is_conv(o) for k in o.outputs if relevant[k]
-        ]
-        pool_positions = [k for o in self.ops if o.is_pooling for k in o.outputs if relevant[k]]
-        bounds = [-1] + cuts
-
-        def convs_between(a, b):  # a < pos <= b
-            return sum(1 for p in conv_positions if a < p <= b)
-
-        def structural_between(a, b):  # convolutions or poolings, a < pos <= b
-            return convs_between(a, b) + sum(1 for p in pool_positions if a < p <= b)
-
-        cands = [k for k in cuts if is4d(k) and conv_before[k]]
-        cut_index = {k: i for i, k in enumerate(cuts)}
-        natural = {
-            k for k in cands
-            if is_pool(k) or (is_merge(k) and structural_between(bounds[cut_index[k]], k) > 0)
-        }
-        if cands:
-            natural.add(cands[-1])
-        ends = set()
-        for k in natural:
-            i = cut_index[k]
-            while (
-                i + 1 < len(cuts)
-                and is4d(cuts[i + 1])
-                and convs_between(cuts[i], cuts[i + 1]) == 0
-            ):
-                i += 1
-            ends.add(cuts[i])
-
-        # Long stretches without cut points (cells reading the two previous cells).
-        for a, b in zip(bounds, cuts + [head]):  # head == n: no head, up to the outputs
-            n_convs = convs_between(a, b)
-            if n_convs <= MAX_CONVS_WITHOUT_CUT:
-                continue
-            chosen = self._cell_outputs(a, b, relevant, conv_before)
-            where = (
-                f"Between {self.tensors[a].name if a >= 0 else 'the input'!r} and "
-                f"{self.tensors[b].name if b < n else 'the output'!r} the graph has no cut point "
-                f"for {n_convs} convolutions. "
-            )
-            if not chosen:
-                notes.append(where + "No merge there carries all paths but those of one skip "
-                             "connection, so no block end lies inside: pass `blocks=[...]` to choose "
-                             "layers yourself.")
-                continue
-            ends.update(chosen)
-            notes.append(
-                where + f"There, the blocks are the {len(chosen)} cell outputs (as when each cell "
-                "reads the two cells before it): merges that every path passes through except the "
-                "paths of one skip connection jumping over them. They are not cut points."
-            )
-        ends = sorted(ends)
-        if not ends:
-            raise ValueError(
-                f"Model {self.model.name!r} has no convolutional block: no 4-D tensor "
-                "(batch, height, width, channels) after a convolution lies on every path from "
-                "the input to the output. keras-hybrid-interp analyses CNNs; a Dense-only "
-                "model has no filters to interpret."
-            )
-        if len(ends) == 1:
-            notes.append(
-                f"Only one block ({self.tensors[ends[0]].name!r}) was found: it is the only 4-D "
-                "tensor after a convolution that every input-to-output path passes through, "
-                "with no pooling or merge before it. Pass `blocks=[...]` to choose layers yourself."
-            )
-        return ends, notes
-
-    def _cell_outputs(self, a, b, relevant, conv_before) -> list[int]:
-        """Cell outputs in the stretch between cut points ``a`` and ``b`` (rule 4).
-
-        ``a == -1`` stands for the model inputs, ``b == len(self.tensors)`` for
-        the outputs. Returns tensor keys in graph order.
-        """
-        n = len(self.tensors)
-        inside = [k for k in range(a + 1, b) if relevant[k]]
-        if not inside:
-            return []
-        in_stretch = set(inside)
-        sources = [a] if a >= 0 else list(self.input_keys)
-        sinks = [b] if b < n else list(self.output_keys)
-        nodes = in_stretch | set(sources) | set(sinks)
-        succ: dict[int, list[int]] = {k: [] for k in nodes}
-        pred: dict[int, list[int]] = {k: [] for k in nodes}
-        edges = []
-        for o in self.ops:
-            for i in o.inputs:
-                if i in nodes:
-                    for k in o.outputs:
-                        if k in nodes and k != i and k not in sources and i not in sinks:
-                            succ[i].append(k)
-                            pred[k].append(i)
-                            edges.append((i, k))
-
-        def reach(starts, nxt, removed):
-            seen = {s for s in starts if s != removed}
-            stack = list(seen)
-            while stack:
-                k = stack.pop()
-                for j in nxt[k]:
-                    if j != removed and j not in seen:
-                        seen.add(j)
-                        stack.append(j)
-            return seen
-
-        def crossed_by_one_skip(m):
-            """Whether {m, u} separates input and output for a tensor u in series with m."""
-            alive = reach(sources, succ, m) & reach(sinks, pred, m)
-            # Cut points of the stretch without m: positions no edge jumps over (a
-            # virtual source before the sources, a virtual sink after the sinks).
-            lo = min(nodes) - 1
-            diff: dict[int, int] = {}
-
-            def jump(u, v):
-                if v - u > 1:
-                    diff[u + 1] = diff.get(u + 1, 0) + 1
-                    diff[v] = diff.get(v, 0) - 1
-
-            for s in sources:
-                jump(lo, s)
-            for t in sinks:
-                jump(t, n + 1)
-            for u, v in edges:
-                if u in alive and v in alive:
-                    jump(u, v)
-            run, partners = 0, []
-            for pos in range(lo + 1, max(inside) + 1):
-                run += diff.get(pos, 0)
-                if run == 0 and pos in in_stretch and pos in alive and pos != m:
-                    partners.append(pos)
-            if not partners:
-                return False
-            # In series (an ancestor or a descendant), not a branch beside m.
-            related = reach([m], succ, None) | reach([m], pred, None)
-            return any(u in related for u in partners)
-
-        cells = [
-            k for k in inside
-            if len(self.tensors[k].shape) == 4 and conv_before[k]
-            and sum(1 for i in self.ops[self.tensors[k].producer].inputs if relevant[i]) >= 2
-            and crossed_by_one_skip(k)
-        ]
-        # Of two cell outputs with no convolution between them, keep the deeper.
-        return [
-            k for k, nxt in zip(cells, cells[1:] + [None])
-            if nxt is None or nxt not in reach([k], succ, None) or self._conv_path_between(k, nxt)
-        ]
-
-    def _conv_path_between(self, a, b) -> bool:
-        """Whether some path from tensor a to tensor b passes a convolution."""
-        # Walk backwards from b, staying at positions > a.
-        stack, seen = [b], {b}
-        reach_a_with_conv = False
-        conv_flag = {b: False}
-        while stack:
-            k = stack.pop()
-            p = self.tensors[k].producer
-            if p is None:
-                continue
-            node = self.ops[p]
-            flag = conv_flag[k] or self._op_is_conv(node)
-            for i in node.inputs:
-                if i == a:
-                    reach_a_with_conv |= flag
-                elif i > a and (i not in seen or (flag and not conv_flag.get(i, False))):
-                    seen.add(i)
-                    conv_flag[i] = conv_flag.get(i, False) or flag
-                    stack.append(i)
-        return reach_a_with_conv
-
-    def _op_is_conv(self, o: OpNode) -> bool:
+    def is_conv(self, o: OpNode) -> bool:
+        """Whether ``o`` is a convolution (any rank, separable, depthwise, or a Dense on a 4-D tensor)."""
         if isinstance(o.op, _CONV_TYPES):
             return True
         # A Dense layer applied to a 4-D tensor is a 1x1 convolution (ConvNeXt).
@@ -1004,7 +712,7 @@ class ModelGraph:
             len(self.tensors[i].shape) == 4 for i in o.inputs
         )
 
-    def _op_is_global_pool(self, o: OpNode) -> bool:
+    def is_global_pool(self, o: OpNode) -> bool:
         """Whether ``o`` pools a 4-D tensor over both spatial axes (layer or ``keras.ops``)."""
         if isinstance(o.op, BaseGlobalPooling):
             return True
@@ -1036,53 +744,8 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
 
 
-def _abbrev(names: list[str], n: int = 30) -> str:
+def abbrev(names: list[str], n: int = 30) -> str:
+    """``str(names)``, with the middle elided when there are more than ``n``."""
     if len(names) <= n:
         return str(names)
     return str(names[: n // 2])[:-1] + f", ... ({len(names) - n} more) ..., " + str(names[-n // 2:])[1:]
-
-
-def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
-    """Resolves a ``blocks`` argument to (keys, names, Block list).
-
-    ``blocks`` is ``"auto"`` (see :meth:`ModelGraph.discover_blocks`), one
-    layer name / index / layer object, or a list of them. Every chosen tensor
-    must be 4-D (batch, height, width, channels). Notes on the automatic
-    choice are emitted as warnings.
-    """
-    cf = graph.channels_first_layers()
-    if cf:
-        raise ValueError(
-            f"Model {graph.model.name!r} uses data_format='channels_first' in {cf[:5]}; "
-            "keras-hybrid-interp supports channels_last models (the Keras default). Rebuild "
-            "the model with channels_last layers."
-        )
-    if isinstance(blocks, str) and blocks == "auto":
-        keys, notes = graph.discover_blocks()
-        for note in notes:
-            _warnings.warn("blocks", note)
-    else:
-        if isinstance(blocks, (str, int, keras.layers.Layer)):
-            blocks = [blocks]
-        if not isinstance(blocks, (list, tuple)) or not blocks:
-            raise TypeError(
-                f"`{argname}` must be 'auto', or a non-empty list of layer names, top-level "
-                f"indices or layer objects; received {blocks!r}."
-            )
-        keys = []
-        for spec in blocks:
-            k = graph.resolve(spec, argname)
-            t = graph.tensors[k]
-            if len(t.shape) != 4:
-                raise ValueError(
-                    f"`{argname}`: layer {t.name!r} has output shape {t.shape}, not 4-D "
-                    "(batch, height, width, channels). Choose a convolutional layer; layers with "
-                    f"a 4-D output: {_abbrev(graph.names_with_rank(4))}."
-                )
-            if k in keys:
-                raise ValueError(f"`{argname}`: layer {t.name!r} is listed twice.")
-            keys.append(k)
-        keys.sort()
-    names = [graph.tensors[k].name for k in keys]
-    return keys, names, [graph.block_info(k) for k in keys]
-

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import keras
 import numpy as np
 import pandas as pd
 
-import keras
-
-from . import _graph, _pass, _warnings
-from ._data import model_stream
-from ._output import OutputReader, reader_for
-from ._trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe, restandardize
+from ..core import blocks as _blocks
+from ..core import data_pass as _pass
+from ..core import graph as _graph
+from ..core import health as _health
+from ..core.data import model_stream
+from ..core.output import OutputReader, reader_for
+from ..core.trainer import (
+    MAX_ITER,
+    TOL,
+    check_C,
+    check_solver,
+    fit_probe,
+    restandardize,
+)
 from .probes import FeaturePooling, LinearProbe, input_transform
 from .results import LayerPredictions, LocalExplanation
 
@@ -230,7 +239,7 @@ class HybridInterpreter(keras.Model):
         self._reader = reader_for(graph, output, model.name)
         self.output_kind = self._reader.kind
         self.pooling = _check_pooling(pooling)
-        keys, names, infos = _graph.select_blocks(graph, blocks)
+        keys, names, infos = _blocks.select_blocks(graph, blocks)
         if "output" in names:
             raise ValueError("A block named 'output' would clash with the model output key; rename that layer.")
         self.num_classes = self._reader.num_classes
@@ -262,7 +271,7 @@ class HybridInterpreter(keras.Model):
             k: np.asarray(v, np.float64) for k, v in dict(input_statistics).items()}
         #: Convergence of the last fit: one row per block (block, n_iter, converged, loss).
         self.convergence_ = None
-        #: Caveats found by the last fit (a list of ``_warnings.Caveat``).
+        #: Caveats found by the last fit (a list of ``_health.Caveat``).
         self.fit_health_ = []
 
         # Pooling and probes compute in float32 whatever the global dtype policy:
@@ -280,12 +289,12 @@ class HybridInterpreter(keras.Model):
     # ------------------------------------------------------------------
     @property
     def graph(self):
-        """The flattened model graph (:class:`~keras_hybrid_interp._graph.ModelGraph`)."""
+        """The flattened model graph (:class:`~keras_hybrid_interp.core.graph.ModelGraph`)."""
         return self._graph
 
     @property
     def reader(self) -> OutputReader:
-        """How the model's output is read (:class:`~keras_hybrid_interp._output.OutputReader`)."""
+        """How the model's output is read (:class:`~keras_hybrid_interp.core.output.OutputReader`)."""
         return self._reader
 
     @property
@@ -350,7 +359,7 @@ class HybridInterpreter(keras.Model):
             return
         msg = drift_message(ref["mean"], ref["std"], moments.mean, moments.std)
         if msg:
-            _warnings.warn("input_drift", msg)
+            _health.warn("input_drift", msg)
 
     def _require_fitted(self):
         if not self.fitted:
@@ -366,7 +375,7 @@ class HybridInterpreter(keras.Model):
         One forward pass of the wrapped model (in inference mode) computes
         the pooled features of all blocks; each probe is then fitted on
         those cached features by the one probe trainer
-        (:mod:`~keras_hybrid_interp._trainer`): scikit-learn's
+        (:mod:`~keras_hybrid_interp.core.trainer`): scikit-learn's
         ``StandardScaler`` followed by L2-regularised multinomial logistic
         regression (binary for a 2-class model), solved to its optimum by
         L-BFGS. The backbone is never re-run per probe.
@@ -401,7 +410,7 @@ class HybridInterpreter(keras.Model):
             convergence, too few samples) is warned about and kept in
             ``fit_health_``; :meth:`report` lists it in its health section.
         """
-        with _warnings.collect() as caveats:
+        with _health.collect() as caveats:
             n_before = len(caveats)
             self._fit_probes(x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose)
             self.fit_health_ = list(caveats[n_before:])
@@ -425,10 +434,10 @@ class HybridInterpreter(keras.Model):
             raise ValueError(f"Probes need at least 2 training samples; received {info.n}.")
         if y_idx is not None:
             targets = y_idx
-            _warnings.check_classes(np.bincount(y_idx, minlength=self.num_classes), self.class_names, "the labels")
+            _health.check_classes(np.bincount(y_idx, minlength=self.num_classes), self.class_names, "the labels")
         else:
             targets = self._reader.probabilities(outputs.result())
-            _warnings.check_classes(np.bincount(targets.argmax(axis=1), minlength=self.num_classes), self.class_names,
+            _health.check_classes(np.bincount(targets.argmax(axis=1), minlength=self.num_classes), self.class_names,
                                     "the model's predictions")
         rows = []
         for name, probe, f in zip(self.block_names, self._probes, feats):
@@ -441,7 +450,7 @@ class HybridInterpreter(keras.Model):
             probe.set_state(mean, scale, sol.kernel, sol.bias)
             rows.append((name, sol.n_iter, sol.converged, sol.loss))
             if z.shape[0] < z.shape[1]:
-                _warnings.warn(
+                _health.warn(
                     "few_samples",
                     f"Block {name!r}: its probe has {z.shape[1]} features but only {z.shape[0]} training samples, "
                     "so it can fit them perfectly whatever they encode; its accuracy on new data is the only "
@@ -449,7 +458,7 @@ class HybridInterpreter(keras.Model):
                 )
         not_conv = [r[0] for r in rows if not r[2]]
         if not_conv:
-            _warnings.warn(
+            _health.warn(
                 "not_converged",
                 f"The probes of blocks {not_conv} did not converge within max_iter={max_iter} L-BFGS iterations; "
                 "their accuracy may be understated. Raise `max_iter`, or lower `C` (stronger penalty) if the "
@@ -467,7 +476,7 @@ class HybridInterpreter(keras.Model):
                 "there, and probes on it would be meaningless."
             )
 
-    @_warnings.collecting
+    @_health.collecting
     def layer_predictions(self, x, *, batch_size=64, max_samples=None, steps=None) -> LayerPredictions:
         """Per-block probe probabilities for every sample of ``x``.
 
@@ -495,7 +504,7 @@ class HybridInterpreter(keras.Model):
             class_names=list(self.class_names),
         )
 
-    @_warnings.collecting
+    @_health.collecting
     def evaluate_layers(self, x, y=None, *, batch_size=64, max_samples=None, steps=None) -> pd.DataFrame:
         """Layer-by-layer table: one row per block, then one for the model output.
 
@@ -520,7 +529,7 @@ class HybridInterpreter(keras.Model):
         n, L = scores.n, len(self.block_names)
         labelled = bool(scores.labelled)
         counts = scores.counts if labelled else scores.model_counts
-        _warnings.check_classes(counts, self.class_names, "the labels" if labelled else "the model's predictions")
+        _health.check_classes(counts, self.class_names, "the labels" if labelled else "the model's predictions")
         names = list(self.block_names) + ["output"]
         depths = [b.depth for b in self.blocks] + [self._graph.tensors[self._graph.output_keys[0]].producer]
         filters = pd.array([b.filters for b in self.blocks] + [None], dtype="Int64")
@@ -538,7 +547,7 @@ class HybridInterpreter(keras.Model):
         """Pass taps of :meth:`explain`: every block's raw map, for the first ``limit`` samples."""
         return [_pass.Tap(k, "raw", limit) for k in self.block_keys] + [_pass.Tap(self._graph.output_keys[0], "raw", limit)]
 
-    @_warnings.collecting
+    @_health.collecting
     def explain(self, x) -> LocalExplanation:
         """Local explanation of one input ``x`` of shape (H, W, C) or (1, H, W, C).
 
@@ -610,7 +619,7 @@ class HybridInterpreter(keras.Model):
             depths=np.array([b.depth for b in self.blocks]),
             probabilities=probs,
             model_probabilities=model_p,
-            decision_depth=decision,
+            decision_index=decision,
             evidence_maps=evidence,
             class_names=list(self.class_names),
             pooling=self.pooling,
@@ -641,13 +650,13 @@ class HybridInterpreter(keras.Model):
         :func:`~keras_hybrid_interp.report.build_report` (``block``,
         ``examples``, ``importance_repeats``, ``max_samples``, ``random_state``).
         """
-        from .report import build_report
+        from ..report import build_report
 
         return build_report(self, x, y, **kwargs)
 
     def global_analyzer(self, **kwargs):
         """A :class:`~keras_hybrid_interp.GlobalAnalyzer` sharing these blocks and graph."""
-        from .analyzer import GlobalAnalyzer
+        from ..global_.analyzer import GlobalAnalyzer
 
         return GlobalAnalyzer(self, **kwargs)
 
@@ -687,7 +696,7 @@ class HybridInterpreter(keras.Model):
         ``safe_mode=False``, which lets the file run code), and a file that
         holds a plain model instead of an interpreter.
         """
-        from ._saving import load_keras_file
+        from ..core.saving import load_keras_file
 
         obj = load_keras_file(filepath, safe_mode=safe_mode, argname="filepath")
         if not isinstance(obj, cls):

@@ -35,10 +35,10 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
+import keras
 import numpy as np
 
-import keras
-from ._distribute import predict_on_batch
+from .distribute import predict_on_batch
 
 __all__ = ["TailEngine", "Job", "FrontierCache", "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET"]
 
@@ -323,7 +323,7 @@ class FrontierCache:
     """
 
     def __init__(self, engine: TailEngine):
-        from ._pass import Tap
+        from .data_pass import Tap
 
         self.engine = engine
         self.taps = tuple(Tap(k, "raw") for k in engine.frontier)
@@ -341,9 +341,9 @@ class FrontierCache:
         self.n += len(batch.x)
         if not self._warned and self.n * self._per > CACHE_WARN_BYTES:
             self._warned = True
-            from . import _warnings
+            from . import health as _health
 
-            _warnings.warn(
+            _health.warn(
                 "large_cache",
                 f"Permutation/ablation caches the activations at {self.engine.graph.tensors[self.engine.key].name!r} "
                 f"(and the tensors crossing the cut) for every analysed sample; that exceeds "

@@ -1,0 +1,415 @@
+"""Plots of the local half: the layer table (accuracy and agreement per block) and local explanations.
+
+Both take the result objects of :class:`~keras_hybrid_interp.HybridInterpreter` and compute nothing."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import colors as mcolors
+from matplotlib.patches import Rectangle
+
+
+from .common import HIGHLIGHT, check_top_k, common_scope, ellipsize, label_size, new_ax, short_list
+
+
+_METRICS = ("accuracy", "agreement")
+
+
+# ----------------------------------------------------------------------
+# Local: layer table
+# ----------------------------------------------------------------------
+def plot_layer_accuracy(table, *, ax=None, metrics=_METRICS, title=None):
+    """Probe accuracy and agreement with the model, block by block.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The table of :meth:`HybridInterpreter.evaluate_layers`: columns
+        ``block``, ``accuracy``, ``agreement``, ``chance`` (and ``depth``), one
+        row per block shallow to deep, and a last row ``block == "output"``
+        for the model itself.
+    ax : matplotlib Axes, optional
+        Draws on it; a new figure when None.
+    metrics : sequence of {"accuracy", "agreement"}
+        The columns drawn as lines. When ``accuracy`` is all NaN (the table
+        was computed without labels) only agreement is drawn, and the legend
+        says so.
+    title : str, optional
+        Replaces the default title.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        x: the blocks in order (positions 0..L-1, labelled with the names);
+        y: fraction of samples. Lines carry ``gid`` ``"accuracy"``,
+        ``"agreement"``, ``"chance"`` (majority-class rate) and
+        ``"model_accuracy"`` (the ``output`` row, a reference line).
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(
+            "`table` must be the DataFrame returned by HybridInterpreter.evaluate_layers(); "
+            f"received {type(table).__name__}."
+        )
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = tuple(metrics)
+    bad = [m for m in metrics if m not in _METRICS]
+    if bad or not metrics:
+        raise ValueError(f"`metrics` must be a non-empty subset of {list(_METRICS)}; received {list(metrics)!r}.")
+    missing = [c for c in ("block",) + metrics if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"`table` lacks column(s) {missing}; it has {list(table.columns)}. "
+            "Pass the DataFrame of HybridInterpreter.evaluate_layers()."
+        )
+    is_out = table["block"].astype(str) == "output"
+    blocks = table.loc[~is_out]
+    out_row = table.loc[is_out].iloc[-1] if is_out.any() else None
+    if len(blocks) == 0:
+        raise ValueError("`table` has no block rows (only the 'output' row).")
+    full_names = blocks["block"].astype(str).tolist()
+    scope = common_scope(full_names)
+    names = [ellipsize(n[len(scope):], 30) for n in full_names]
+    x = np.arange(len(names))
+
+    unlabeled = "accuracy" in table.columns and bool(np.all(np.isnan(table["accuracy"].to_numpy(dtype=float))))
+    drawn = [m for m in metrics if not (m == "accuracy" and unlabeled)]
+    if not drawn:  # accuracy asked for, but there are no labels: fall back on agreement
+        if "agreement" not in table.columns:
+            raise ValueError("`table` has no labels (accuracy is NaN) and no 'agreement' column to plot.")
+        drawn = ["agreement"]
+
+    longest = max(len(n) for n in names)
+    rotate = len(names) > 6 or longest * len(names) > 60
+    ax = new_ax(ax, (max(6.0, 0.5 * len(names) + 3.0), 4.4 if rotate else 4.0))
+    palette = dict(zip(_METRICS, sns.color_palette("deep", 2)))
+    label = {"accuracy": "Probe accuracy (vs. labels)", "agreement": "Probe agreement with the model"}
+    marker = {"accuracy": "o", "agreement": "s"}
+    for m in drawn:
+        y = blocks[m].to_numpy(dtype=float)
+        ax.plot(x, y, marker=marker[m], lw=2, ms=6, color=palette[m], label=label[m], gid=m, zorder=3)
+
+    if "chance" in table.columns and np.isfinite(table["chance"].to_numpy(dtype=float)).any():
+        chance = float(np.nanmax(table["chance"].to_numpy(dtype=float)))
+        what = "most common model prediction" if unlabeled else "majority class"
+        ax.axhline(chance, ls=":", lw=1.5, color="0.4", gid="chance", label=f"Chance: {what} ({chance:.2f})", zorder=2)
+    if out_row is not None and "accuracy" in drawn:
+        acc = float(out_row["accuracy"])
+        if np.isfinite(acc):
+            ax.axhline(acc, ls="--", lw=1.5, color=palette["accuracy"], alpha=0.7, gid="model_accuracy",
+                       label=f"Model accuracy ({acc:.2f})", zorder=2)
+
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=40 if rotate else 0, ha="right" if rotate else "center",
+                       rotation_mode="anchor", fontsize=label_size(len(names), 10, 6))
+    ax.set_xlim(-0.4, len(names) - 0.6)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel(f"Block{' in ' + scope.rstrip('/') if scope else ''} (shallow \u2192 deep)")
+    ax.set_ylabel("Fraction of samples")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    legend_title = "No labels: accuracy not shown,\nagreement only" if unlabeled and "accuracy" in metrics else None
+    ax.legend(loc="best", fontsize=8.5, title=legend_title, title_fontsize=8.5, framealpha=0.9)
+    if title is None:
+        title = ("Layer-wise probe agreement with the model" if drawn == ["agreement"]
+                 else "Layer-wise probe accuracy")
+    ax.set_title(title)
+    return ax
+
+
+# ----------------------------------------------------------------------
+# Local: one explanation
+# ----------------------------------------------------------------------
+def upsample(a, size, method="bilinear"):
+    """Resizes a 2-D map to ``size = (H, W)`` with NumPy only.
+
+    ``"nearest"`` repeats cells; ``"bilinear"`` interpolates between cell
+    centres (half-pixel centres, edges clamped, as ``align_corners=False``),
+    so an integer-factor nearest upsampling equals ``np.kron`` with ones and a
+    constant map stays constant.
+
+    Parameters
+    ----------
+    a : ndarray, shape (h, w)
+    size : tuple (H, W)
+    method : {"bilinear", "nearest"}
+
+    Returns
+    -------
+    ndarray, shape (H, W), float64
+    """
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"`a` must be a 2-D map; received shape {a.shape}.")
+    if method not in ("bilinear", "nearest"):
+        raise ValueError(f"`method` must be 'bilinear' or 'nearest'; received {method!r}.")
+    H, W = (int(s) for s in size)
+    h, w = a.shape
+
+    if method == "nearest":
+        ri = np.minimum((np.arange(H) * h) // H, h - 1)
+        ci = np.minimum((np.arange(W) * w) // W, w - 1)
+        return a[np.ix_(ri, ci)]
+
+    def coords(n_out, n_in):
+        src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1)
+        i0 = np.floor(src).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+
+    r0, r1, fr = coords(H, h)
+    c0, c1, fc = coords(W, w)
+    top = a[r0][:, c0] * (1 - fc) + a[r0][:, c1] * fc
+    bottom = a[r1][:, c0] * (1 - fc) + a[r1][:, c1] * fc
+    return top * (1 - fr)[:, None] + bottom * fr[:, None]
+
+
+def _display_image(image):
+    """(array for imshow in [0, 1], cmap) for an (H, W), (H, W, 1), (H, W, 3) or (H, W, C) input."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    elif img.ndim == 3 and img.shape[-1] != 3:
+        img = img.mean(axis=-1)
+    elif img.ndim not in (2, 3):
+        raise ValueError(f"`explanation.image` must have shape (H, W) or (H, W, C); received {img.shape}.")
+    lo, hi = np.nanmin(img), np.nanmax(img)
+    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return img, (None if img.ndim == 3 else "gray")
+
+
+def _grayscale(img):
+    return img if img.ndim == 2 else img @ np.array([0.299, 0.587, 0.114])
+
+
+def _resolve_class(class_index, class_names, default):
+    k = len(class_names)
+    if class_index is None:
+        return default
+    if isinstance(class_index, str):
+        if class_index not in class_names:
+            raise ValueError(f"`class_index` {class_index!r} is not a class name; classes: {short_list(class_names, 20)}.")
+        return class_names.index(class_index)
+    if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) or not 0 <= class_index < k:
+        raise ValueError(f"`class_index` must be an int in [0, {k - 1}] or a class name; received {class_index!r}.")
+    return int(class_index)
+
+
+def _resolve_blocks(blocks, names):
+    if blocks is None:
+        return list(range(len(names)))
+    if isinstance(blocks, (str, int, np.integer)):
+        blocks = [blocks]
+    out = []
+    for b in blocks:
+        if isinstance(b, str):
+            if b not in names:
+                raise ValueError(f"`blocks` names an unknown block {b!r}; available blocks: {names}.")
+            out.append(names.index(b))
+        elif isinstance(b, (int, np.integer)) and not isinstance(b, bool) and -len(names) <= b < len(names):
+            out.append(int(b) % len(names))
+        else:
+            raise ValueError(f"`blocks` must hold block names or indices into {names}; received {b!r}.")
+    if not out:
+        raise ValueError("`blocks` is empty; pass None to show every block.")
+    return out
+
+
+def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsize=None, max_classes=12,
+                           upsampling="bilinear", alpha=0.55, cmap="inferno", scale="shared", fig=None):
+    """Layer-by-layer explanation of one input, in one figure.
+
+    Top left: the input image. Top right: a heatmap of the probe
+    probabilities (rows: blocks shallow to deep, then the model itself;
+    columns: classes), the model's class outlined and its name in bold, and
+    a line above the decision depth (the first block from which every probe
+    predicts the model's class). Bottom: one small panel per block with the
+    block's class-evidence map for the model's class (or ``class_index``),
+    upsampled to the image size and overlaid on the image in grey.
+
+    Parameters
+    ----------
+    explanation : LocalExplanation
+        From :meth:`HybridInterpreter.explain`.
+    blocks : list of str or int, optional
+        Blocks to show (names or indices); all by default.
+    class_index : int or str, optional
+        Class whose evidence maps are drawn; default the model's class.
+    figsize : tuple, optional
+        Default: sized from the number of blocks.
+    max_classes : int or None
+        With more classes than this (e.g. ImageNet), the heatmap shows the
+        ``max_classes`` classes with the highest probability at any block
+        (the model's and ``class_index`` always included) and says so.
+    upsampling : {"bilinear", "nearest"}
+        How the evidence maps are brought to the image size (see :func:`upsample`).
+    alpha : float
+        Opacity of the evidence overlay.
+    cmap : str
+        Colour map of the evidence overlay.
+    scale : {"shared", "per_block"}
+        ``"shared"`` (default): one colour scale for every panel, from the
+        smallest to the largest evidence (logit) of the shown class over all
+        shown blocks, so blocks compare; the colour bar reads logits.
+        ``"per_block"``: each panel scaled to its own minimum and maximum
+        (the colour bar reads low to high within a panel). The figure title
+        states which.
+    fig : matplotlib Figure, optional
+        Draw into this (empty) figure instead of a new one.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Axes labels (``Axes.get_label()``): ``"image"``, ``"probabilities"``
+        and ``"evidence:<block>"`` per panel.
+    """
+    for attr in ("image", "blocks", "probabilities", "model_probabilities", "decision_index", "evidence_maps",
+                 "class_names"):
+        if not hasattr(explanation, attr):
+            raise TypeError(
+                "`explanation` must be a LocalExplanation (from HybridInterpreter.explain()); "
+                f"{type(explanation).__name__} has no `{attr}`."
+            )
+    if upsampling not in ("bilinear", "nearest"):
+        raise ValueError(f"`upsampling` must be 'bilinear' or 'nearest'; received {upsampling!r}.")
+    if scale not in ("shared", "per_block"):
+        raise ValueError(f"`scale` must be 'shared' or 'per_block'; received {scale!r}.")
+    max_classes = check_top_k(max_classes, "max_classes")
+    names = [str(b) for b in explanation.blocks]
+    class_names = [str(c) for c in explanation.class_names]
+    probs = np.asarray(explanation.probabilities, dtype=np.float64)
+    model_p = np.asarray(explanation.model_probabilities, dtype=np.float64)
+    L, K = probs.shape
+    model_cls = int(np.argmax(model_p))
+    cls = _resolve_class(class_index, class_names, model_cls)
+    shown = _resolve_blocks(blocks, names)
+    decision = explanation.decision_index
+
+    # Classes shown in the heatmap.
+    if max_classes is not None and K > max_classes:
+        score = np.max(np.vstack([probs, model_p[None]]), axis=0)
+        must = [model_cls] if cls == model_cls else [model_cls, cls]
+        rest = [k for k in np.argsort(-score, kind="stable") if k not in must]
+        cols = sorted(must + rest[: max(max_classes - len(must), 0)])
+    else:
+        cols = list(range(K))
+    rows = shown
+    heat = np.vstack([probs[rows][:, cols], model_p[cols][None]])
+    scope = common_scope(names)
+    short = [ellipsize(n[len(scope):], 28) for n in names]
+    row_labels = [short[i] for i in rows] + ["model output"]
+    col_labels = [ellipsize(class_names[k], 24) for k in cols]
+
+    # Layout.
+    n_panels = len(shown)
+    ncols = min(n_panels, 6)
+    nrows = int(math.ceil(n_panels / ncols))
+    long_cols = max(len(c) for c in col_labels) > 3 or len(cols) > 12
+    heat_h = 0.32 * len(row_labels) + (1.6 if long_cols else 1.0)
+    top_h = max(2.8, heat_h)
+    if figsize is None:
+        width = max(9.0, 1.75 * ncols + 0.9, 0.42 * len(cols) + 5.0)
+        figsize = (width, top_h + 2.15 * nrows + 0.6)
+    if fig is None:
+        fig = plt.figure(figsize=figsize, layout="constrained")
+    else:
+        fig.set_size_inches(*figsize)
+        fig.set_layout_engine("constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, 2.15 * nrows + 0.2], hspace=0.02)
+
+    ax_img, ax_heat = top.subplots(1, 2, width_ratios=[1.0, 2.4])
+    img, img_cmap = _display_image(explanation.image)
+    ax_img.imshow(img, cmap=img_cmap, interpolation="nearest")
+    ax_img.set_label("image")
+    ax_img.set_xticks([])
+    ax_img.set_yticks([])
+    ax_img.set_title(f"Input\nmodel: {ellipsize(class_names[model_cls], 18)}\n(p={model_p[model_cls]:.2f})",
+                     fontsize=10)
+
+    annot = heat.size <= 120
+    sns.heatmap(heat, ax=ax_heat, vmin=0.0, vmax=1.0, cmap="Blues", annot=annot, fmt=".2f",
+                annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
+                xticklabels=col_labels, yticklabels=row_labels,
+                cbar_kws={"label": "Probability", "shrink": 0.9})
+    ax_heat.set_label("probabilities")
+    ax_heat.axhline(len(rows), color="0.25", lw=2)  # separates the model row
+    if model_cls in cols:
+        j = cols.index(model_cls)
+        ax_heat.add_patch(Rectangle((j, 0), 1, len(row_labels), fill=False, ec="black", lw=2, clip_on=False,
+                                    gid="model_class"))
+        tick = ax_heat.get_xticklabels()[j]
+        tick.set_fontweight("bold")
+        tick.set_color(HIGHLIGHT)
+    if decision is not None and decision in rows:
+        r = rows.index(decision)
+        ax_heat.axhline(r, color="#e67e22", lw=2.5, gid="decision_index")
+        tick = ax_heat.get_yticklabels()[r]
+        tick.set_fontweight("bold")
+        tick.set_color("#e67e22")
+    ax_heat.tick_params(axis="x", labelrotation=45 if long_cols else 0, labelsize=label_size(len(cols), 9, 5))
+    if long_cols:
+        for t in ax_heat.get_xticklabels():
+            t.set_ha("right")
+            t.set_rotation_mode("anchor")
+    ax_heat.tick_params(axis="y", labelrotation=0, labelsize=label_size(len(row_labels), 9, 5))
+    ax_heat.set_xlabel("Class" + (f" (top {len(cols)} of {K} by probability)" if len(cols) < K else ""))
+    ax_heat.set_ylabel(f"Block (in {scope.rstrip('/')})" if scope else "")
+    if decision is None:
+        dtext = "the probes never settle on the model's class"
+    else:
+        dtext = f"decided at '{short[decision]}' (orange line)"
+    ax_heat.set_title(f"Probe probabilities per block; model's class outlined\n{dtext}", fontsize=10)
+
+    # Evidence panels.
+    axes = np.atleast_1d(bottom.subplots(nrows, ncols, squeeze=False)).ravel()
+    gray = _grayscale(img)
+    H, W = gray.shape
+    maps = explanation.evidence_maps
+    norm_cmap = plt.get_cmap(cmap)
+    ups = []
+    for i in shown:
+        ev = np.asarray(maps[i], dtype=np.float64)
+        if ev.ndim != 3 or ev.shape[-1] != K:
+            raise ValueError(f"evidence_maps[{i}] must have shape (H_l, W_l, {K}); received {ev.shape}.")
+        ups.append(upsample(ev[..., cls], (H, W), upsampling))
+    g_lo = min(float(u.min()) for u in ups)
+    g_hi = max(float(u.max()) for u in ups)
+    for ax, i, up in zip(axes, shown, ups):
+        ev = np.asarray(maps[i], dtype=np.float64)
+        lo, hi = (g_lo, g_hi) if scale == "shared" else (float(up.min()), float(up.max()))
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(up, cmap=norm_cmap, alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        ax.set_label(f"evidence:{names[i]}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        h_l, w_l = ev.shape[:2]
+        ax.set_title(f"{ellipsize(short[i], 20)}\n{h_l}\u00d7{w_l}, p={probs[i, cls]:.2f}", fontsize=8)
+        if decision is not None and i == decision:
+            for s in ax.spines.values():
+                s.set_edgecolor("#e67e22")
+                s.set_linewidth(2.5)
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    shrink = 0.8 if nrows == 1 else 0.5
+    if scale == "shared":
+        sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(g_lo, g_hi if g_hi > g_lo else g_lo + 1), cmap=norm_cmap)
+        cb = bottom.colorbar(sm, ax=list(axes[:n_panels]), shrink=shrink, aspect=15)
+        cb.set_label("Evidence (logit), one scale for all blocks", fontsize=8.5)
+        norm_text = "one colour scale across blocks"
+    else:
+        sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(0, 1), cmap=norm_cmap)
+        cb = bottom.colorbar(sm, ax=list(axes[:n_panels]), shrink=shrink, aspect=15, ticks=[0, 1])
+        cb.ax.set_yticklabels(["panel min", "panel max"])
+        cb.set_label("Evidence, scaled per panel", fontsize=8.5)
+        norm_text = "each panel scaled to its own range"
+    which = "model's class" if cls == model_cls else "chosen class"
+    bottom.suptitle(f"Class evidence for '{ellipsize(class_names[cls], 30)}' ({which}) per block, "
+                    f"upsampled ({upsampling}) onto the input ({norm_text}); p = probe probability of that class",
+                    fontsize=10)
+    return fig
+

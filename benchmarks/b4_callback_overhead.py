@@ -14,13 +14,13 @@ every epoch, so that a slow spell of the machine hits all of them:
   ``max_samples=1000``, probes and correlation on, importance off);
 * ``every=5``: records at epochs 5, 10, ... only;
 * ``max_samples=200``: a 200-image subset;
-* ``importance``: ``importance={"block": <deepest block>, "n_repeats": 3,
-  "top_k": 5}`` (the README snippet; the deepest block is ``conv3``, 48 filters,
+* ``importance``: ``importance=ImportanceOptions(block=<deepest block>, n_repeats=3,
+  top_k=5)`` (the README snippet; the deepest block is ``conv3``, 48 filters,
   so 144 permutations of the cached ``conv3`` maps go through the model tail);
 * reference (not a setting): ``defaults`` with the probes fitted from zero at
   every record instead of warm-started, to show what the warm start saves;
 * diagnostic (an accepted option, not a documented setting):
-  ``probes={"tol": 1e-4}``, a looser L-BFGS gradient tolerance than the
+  ``probes=ProbeOptions(tol=1e-4)``, a looser L-BFGS gradient tolerance than the
   default 1e-6, with the largest difference of its probe metrics from the
   defaults' at the same epochs (same model, same subset);
 * diagnostic (not a setting): ``defaults`` with the whole record run in one
@@ -63,7 +63,7 @@ import keras  # noqa: E402
 
 from keras_hybrid_interp import callback as _callback
 from keras_hybrid_interp.core import trainer as _trainer  # noqa: E402
-from keras_hybrid_interp.callback import InterpretationCallback  # noqa: E402
+from keras_hybrid_interp.callback import ImportanceOptions, InterpretationCallback, ProbeOptions  # noqa: E402
 from keras_hybrid_interp.cli import demo_model  # noqa: E402
 from keras_hybrid_interp.datasets import load_digits  # noqa: E402
 from keras_hybrid_interp.local.interpreter import HybridInterpreter  # noqa: E402
@@ -226,14 +226,14 @@ def main():
     (x_train, y_train), (x_test, y_test) = load_digits(16, random_state=SEED)
     model = compiled_model()
     block = HybridInterpreter(model).blocks[-1].name
-    importance = {"block": block, "n_repeats": 3, "top_k": 5}
+    importance = ImportanceOptions(block=block, n_repeats=3, top_k=5)
     settings = {
         "defaults": (Timed, {}),
         "every=5": (Timed, {"every": 5}),
         "max_samples=200": (Timed, {"max_samples": 200}),
-        f'importance={{"block": "{block}", "n_repeats": 3, "top_k": 5}}': (Timed, {"importance": importance}),
+        f'importance=ImportanceOptions(block="{block}", n_repeats=3, top_k=5)': (Timed, {"importance": importance}),
         "reference: defaults, probes fitted from zero at every record": (ColdStart, {}),
-        'diagnostic: probes={"tol": 1e-4}': (Timed, {"probes": {"tol": 1e-4}}),
+        'diagnostic: probes=ProbeOptions(tol=1e-4)': (Timed, {"probes": ProbeOptions(tol=1e-4)}),
     }
     try:
         import threadpoolctl  # noqa: F401

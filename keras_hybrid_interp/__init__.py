@@ -30,6 +30,7 @@ _EXPORTS = {
     "FilterImportance": ".global_.importance",
     "GlobalAnalyzer": ".global_.analyzer",
     "HybridInterpreter": ".local.interpreter",
+    "ImportanceOptions": ".callback",
     "InterpretationCallback": ".callback",
     "InterpretationWarning": ".core.health",
     "LayerPredictions": ".local.results",
@@ -37,7 +38,9 @@ _EXPORTS = {
     "LinearProbe": ".local.probes",
     "LocalExplanation": ".local.results",
     "OutputProbabilities": ".local.probes",
+    "ProbeOptions": ".callback",
     "Report": ".report",
+    "build_report": ".report",
     "linear_cka": ".global_.similarity",
 }
 
@@ -48,7 +51,9 @@ __all__ = list(_EXPORTS)
 _SERIALIZABLE = (".local.probes", ".local.interpreter")
 
 if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __getattr__)
+    from .callback import ImportanceOptions as ImportanceOptions
     from .callback import InterpretationCallback as InterpretationCallback
+    from .callback import ProbeOptions as ProbeOptions
     from .core.graph import Block as Block
     from .core.health import InterpretationWarning as InterpretationWarning
     from .global_.analyzer import GlobalAnalyzer as GlobalAnalyzer
@@ -65,6 +70,7 @@ if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __g
     from .local.results import LayerPredictions as LayerPredictions
     from .local.results import LocalExplanation as LocalExplanation
     from .report import Report as Report
+    from .report import build_report as build_report
 
 
 def __getattr__(name):

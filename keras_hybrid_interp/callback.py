@@ -63,6 +63,7 @@ engine's cache), through the package's one data pass.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
@@ -90,11 +91,9 @@ from .plotting import (
     plot_training_dynamics,  # re-exported: drawn by the presentation layer
 )
 
-__all__ = ["InterpretationCallback", "plot_training_dynamics"]
+__all__ = ["ImportanceOptions", "InterpretationCallback", "ProbeOptions", "plot_training_dynamics"]
 
 _COLUMNS = ["epoch", "block", "metric", "value", "filter"]
-_PROBE_DEFAULTS = {"C": 1.0, "max_iter": MAX_ITER, "tol": TOL}
-_IMPORTANCE_DEFAULTS = {"block": None, "n_repeats": 5, "top_k": 10}
 
 
 def _positive_int(value, name, allow_none=False):
@@ -106,23 +105,68 @@ def _positive_int(value, name, allow_none=False):
     return int(value)
 
 
-def _options(value, defaults, name, required=()):
-    """``True``/``False``/``None``/dict -> dict of options (or None when off)."""
+@dataclasses.dataclass(frozen=True)
+class ProbeOptions:
+    """How :class:`InterpretationCallback` refits its probes (as :meth:`HybridInterpreter.fit_probes`).
+
+    Parameters
+    ----------
+    C : float
+        Inverse L2 penalty, as scikit-learn's ``LogisticRegression(C=...)``.
+    max_iter : int
+        L-BFGS iterations per probe.
+    tol : float
+        Gradient tolerance of L-BFGS.
+    """
+
+    C: float = 1.0
+    max_iter: int = MAX_ITER
+    tol: float = TOL
+
+    def __post_init__(self):
+        check_C(self.C, "ProbeOptions(C=...)")
+        check_solver(self.max_iter, self.tol, argnames=("ProbeOptions(max_iter=...)", "ProbeOptions(tol=...)"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportanceOptions:
+    """Which filter importance :class:`InterpretationCallback` records at every record.
+
+    Parameters
+    ----------
+    block : str, int or Layer
+        The block whose filters are ranked (any convolutional layer).
+    n_repeats : int
+        Permutations per filter.
+    top_k : int
+        Number of most important filters recorded (by the first record's ranking
+        of all filters, then the same filters every epoch).
+    """
+
+    block: object
+    n_repeats: int = 5
+    top_k: int = 10
+
+    def __post_init__(self):
+        if self.block is None:
+            raise ValueError("ImportanceOptions(block=...) is required: the block whose filters are ranked.")
+        _positive_int(self.n_repeats, "ImportanceOptions(n_repeats=...)")
+        _positive_int(self.top_k, "ImportanceOptions(top_k=...)")
+
+
+def _options(value, cls, name):
+    """``True``/``False``/``None``/option object -> option object (or None when off)."""
     if value is None or value is False:
         return None
-    if value is True:
-        value = {}
-    if not isinstance(value, dict):
-        raise TypeError(f"`{name}` must be a bool, None or a dict of options {sorted(defaults)}; "
-                        f"received {type(value).__name__}.")
-    unknown = sorted(set(value) - set(defaults))
-    if unknown:
-        raise ValueError(f"`{name}` has unknown option(s) {unknown}; available: {sorted(defaults)}.")
-    out = {**defaults, **value}
-    for key in required:
-        if out[key] is None:
-            raise ValueError(f"`{name}` needs the option {key!r}; received {value!r}.")
-    return out
+    if value is True and cls is ProbeOptions:
+        return ProbeOptions()
+    if isinstance(value, dict):
+        args = ", ".join(f"{k}={v!r}" for k, v in value.items())
+        raise TypeError(f"`{name}` takes a {cls.__name__}, not a dict: write {name}={cls.__name__}({args}).")
+    if not isinstance(value, cls):
+        allowed = "a bool or a ProbeOptions" if cls is ProbeOptions else "None or an ImportanceOptions"
+        raise TypeError(f"`{name}` must be {allowed}; received {type(value).__name__}.")
+    return value
 
 
 class _ProbeFit:
@@ -180,15 +224,15 @@ class InterpretationCallback(keras.callbacks.Callback):
         Size of the validation subset: the first ``max_samples`` samples
         (None: all). It is held in memory (``max_samples x H x W x C``
         numbers) and split into a probe-fit and an evaluation half.
-    probes : bool or dict
-        Record ``accuracy``/``loss``/``agreement``. A dict sets the probe
-        fit, as :meth:`HybridInterpreter.fit_probes`: ``C`` (inverse L2
-        penalty, default 1.0), ``max_iter`` (L-BFGS iterations, 1000) and
-        ``tol`` (gradient tolerance, 1e-6).
+    probes : bool or ProbeOptions
+        Record ``accuracy``/``loss``/``agreement``. ``True`` fits the probes
+        with the defaults of :class:`ProbeOptions` (``C=1.0``,
+        ``max_iter=1000``, ``tol=1e-6``), as :meth:`HybridInterpreter.fit_probes`;
+        a ``ProbeOptions(C=..., max_iter=..., tol=...)`` sets them.
     correlation : bool
         Record ``dead_filters`` and ``redundancy``.
-    importance : dict, optional
-        ``{"block": name, "n_repeats": 5, "top_k": 10}``: record the
+    importance : ImportanceOptions, optional
+        ``ImportanceOptions(block=name, n_repeats=5, top_k=10)``: record the
         permutation importance of the ``top_k`` most important filters of
         ``block`` (any 4-D layer). Off by default: it costs
         ``filters x n_repeats`` passes of the model tail per record.
@@ -278,17 +322,11 @@ class InterpretationCallback(keras.callbacks.Callback):
         self.every = _positive_int(every, "every")
         self.max_samples = _positive_int(max_samples, "max_samples", allow_none=True)
         self.batch_size = _positive_int(batch_size, "batch_size")
-        self.probe_options = _options(probes, _PROBE_DEFAULTS, "probes")
-        if self.probe_options is not None:
-            check_C(self.probe_options["C"], "probes['C']")
-            check_solver(self.probe_options["max_iter"], self.probe_options["tol"], argnames=("probes['max_iter']", "probes['tol']"))
+        self.probe_options = _options(probes, ProbeOptions, "probes")
         if not isinstance(correlation, bool):
             raise TypeError(f"`correlation` must be a bool; received {correlation!r}.")
         self.correlation = correlation
-        self.importance_options = _options(importance, _IMPORTANCE_DEFAULTS, "importance", required=("block",))
-        if self.importance_options is not None:
-            _positive_int(self.importance_options["n_repeats"], "importance['n_repeats']")
-            _positive_int(self.importance_options["top_k"], "importance['top_k']")
+        self.importance_options = _options(importance, ImportanceOptions, "importance")
         self.blocks_arg = blocks
         self.output = output
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
@@ -411,7 +449,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         self._importance_request = None
         if self.importance_options is not None:
             self._analyzer = GlobalAnalyzer(interp, batch_size=self.batch_size)
-            key, _ = self._analyzer.key(self.importance_options["block"], "importance['block']")  # validate now
+            key, _ = self._analyzer.key(self.importance_options.block, "ImportanceOptions(block=...)")  # validate now
             self._importance_key = key
             self._analyzer.require_classifier("importance")
 
@@ -518,7 +556,7 @@ class InterpretationCallback(keras.callbacks.Callback):
             z = (f_fit.astype(np.float64) - mean) * scale
             previous = self._probe_fits[i]
             init = None if previous is None else previous.init_for(mean, scale)
-            sol = fit_probe(z, targets, k, C=opts["C"], max_iter=opts["max_iter"], tol=opts["tol"], init=init)
+            sol = fit_probe(z, targets, k, C=opts.C, max_iter=opts.max_iter, tol=opts.tol, init=init)
             new = self._probe_fits[i] = _ProbeFit(mean, scale, sol.kernel, sol.bias)
             logp = logits_reader.log_probabilities(new.logits(f[ev]))
             rows += self._scores(epoch, name, logp, model_p, model_cls, agreement=True)
@@ -554,7 +592,7 @@ class InterpretationCallback(keras.callbacks.Callback):
     def _importance_rows(self, epoch, cache):
         opts = self.importance_options
         engine = self._analyzer.engine(self._importance_key)
-        request = check_request(engine, self._analyzer.reader, n_repeats=opts["n_repeats"],
+        request = check_request(engine, self._analyzer.reader, n_repeats=opts.n_repeats,
                                 random_state=self.importance_random_state_)
         with warnings.catch_warnings():
             # Recorded every epoch: the history holds the numbers, a warning per record would be noise.
@@ -563,7 +601,7 @@ class InterpretationCallback(keras.callbacks.Callback):
             warnings.filterwarnings("ignore", message=r".*from a single repeat")
             imp = importance_result(engine, cache, request, self._analyzer.reader, y_given=self._y is not None,
                                     block=engine.graph.tensors[self._importance_key].name)
-        top = imp.ranking[: opts["top_k"]]
+        top = imp.ranking[: opts.top_k]
         mean = imp.importances_mean
         return [(epoch, imp.block, "importance", float(mean[i]), int(i)) for i in top]
 

@@ -48,7 +48,9 @@ def _print_tables(interp, table):
 
 
 def _write_report(interp, x, y, out, quiet, random_state):
-    report = interp.report(x, y, random_state=random_state, verbose=not quiet)
+    from .report import build_report
+
+    report = build_report(interp, x, y, random_state=random_state, verbose=not quiet)
     os.makedirs(out, exist_ok=True)
     html_path = report.save(os.path.join(out, "report.html"))
     report.save_dir(os.path.join(out, "figures"))

@@ -5,7 +5,7 @@ text (the definitions of what it shows), figures and tables. Figures are
 rendered to PNG, SVG and PDF when they are added, then closed, so a report
 holds bytes and DataFrames only. :func:`build_report` runs the full hybrid
 analysis (local and global) and assembles the standard report;
-``HybridInterpreter.report(x, y)`` calls it.
+``keras_hybrid_interp.build_report(interp, x, y)`` is the entry point.
 """
 
 from __future__ import annotations
@@ -483,7 +483,7 @@ def build_report(
     from .global_.importance import check_request, importance_reducer, importance_result
     from .global_.similarity import CKAMoments, similarity_result
 
-    interp._require_fitted()
+    interp.require_fitted()
     model = interp.wrapped_model
     block = interp.block_names[-1] if block is None else block
     log = print if verbose else (lambda *a, **k: None)

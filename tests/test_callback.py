@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
-from keras_hybrid_interp.callback import InterpretationCallback, plot_training_dynamics
+from keras_hybrid_interp.callback import ImportanceOptions, InterpretationCallback, ProbeOptions, plot_training_dynamics
 from keras_hybrid_interp.local.interpreter import HybridInterpreter
 
 from models import assert_unchanged, snapshot
@@ -85,7 +85,7 @@ def test_training_with_the_callback_is_bit_identical(data, tmp_path):
     if not all(np.array_equal(a, b) for a, b in zip(ref, control)):
         pytest.skip("training is not deterministic on this platform even without the callback")
     cb = InterpretationCallback((xv, yv), random_state=0, log_dir=tmp_path / "tb", csv_path=tmp_path / "h.csv",
-                                importance={"block": "c2", "n_repeats": 2, "top_k": 3})
+                                importance=ImportanceOptions(block="c2", n_repeats=2, top_k=3))
     with_cb = train([cb])
     assert all(np.array_equal(a, b) for a, b in zip(ref, with_cb))
     assert sorted(cb.history.epoch.unique()) == [0, 1, 2, 3]
@@ -98,7 +98,7 @@ def test_driving_the_hooks_changes_neither_the_model_nor_the_global_random_strea
     train_fn = m.train_function
     before = snapshot(m, xv[:8])
     py_state, np_state = random.getstate(), np.random.get_state()
-    cb = driven(m, (xv, yv), epochs=2, importance={"block": "c2", "n_repeats": 2})
+    cb = driven(m, (xv, yv), epochs=2, importance=ImportanceOptions(block="c2", n_repeats=2))
     cb.on_train_end()
     assert random.getstate() == py_state
     np_after = np.random.get_state()
@@ -282,7 +282,7 @@ def test_importance_equals_a_full_model_rerun_by_hand(data):
     model = compiled()
     model.fit(xv, yv, epochs=3, verbose=0)
     cb = driven(model, (xv, yv), epochs=0, correlation=False, probes=False,
-                importance={"block": "c2", "n_repeats": 3, "top_k": 4})
+                importance=ImportanceOptions(block="c2", n_repeats=3, top_k=4))
     g = cb.interpreter.graph
     key = g.resolve("c2")
     base = np.mean(model.predict_on_batch(xv).argmax(1) == yv)
@@ -344,7 +344,7 @@ def test_csv_is_written_as_training_goes_and_equals_history(data, tmp_path):
     path = tmp_path / "dyn.csv"
     m = compiled()
     cb = InterpretationCallback((xv, yv), random_state=0, csv_path=path,
-                                importance={"block": "c2", "n_repeats": 2, "top_k": 2})
+                                importance=ImportanceOptions(block="c2", n_repeats=2, top_k=2))
     cb.set_model(m)
     cb.on_train_begin()
     cb.on_epoch_end(0, {})
@@ -361,7 +361,7 @@ def test_tensorboard_events_hold_every_scalar_and_the_histograms(data, tmp_path)
 
     _, (xv, yv) = data
     cb = driven(compiled(), (xv, yv), epochs=2, log_dir=tmp_path / "tb",
-                importance={"block": "c2", "n_repeats": 2, "top_k": 2})
+                importance=ImportanceOptions(block="c2", n_repeats=2, top_k=2))
     files = glob.glob(os.path.join(tmp_path, "tb", "events.out.tfevents.*"))
     assert len(files) == 1  # written (and flushed) before on_train_end
     scalars, hists = {}, {}
@@ -414,16 +414,29 @@ def test_non_finite_outputs_warn_and_skip(data):
 @pytest.mark.parametrize("kwargs, exc, match", [
     ({"every": 0}, ValueError, "every"),
     ({"max_samples": 0}, ValueError, "max_samples"),
-    ({"probes": {"epoch": 3}}, ValueError, "unknown option"),
-    ({"probes": {"learning_rate": -1.0}}, ValueError, "learning_rate"),
+    ({"probes": {"C": 3.0}}, TypeError, r"probes=ProbeOptions\(C=3.0\)"),  # the message writes the fix
     ({"probes": "yes"}, TypeError, "probes"),
-    ({"importance": {"n_repeats": 2}}, ValueError, "block"),
+    ({"importance": {"block": "c2"}}, TypeError, r"ImportanceOptions\(block='c2'\)"),
+    ({"importance": "c2"}, TypeError, "ImportanceOptions"),
     ({"correlation": 1}, TypeError, "correlation"),
 ])
 def test_invalid_arguments(data, kwargs, exc, match):
     _, (xv, yv) = data
     with pytest.raises(exc, match=match):
         InterpretationCallback((xv, yv), **kwargs)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: ProbeOptions(C=0.0), "C"),
+    (lambda: ProbeOptions(max_iter=0), "max_iter"),
+    (lambda: ProbeOptions(tol=-1.0), "tol"),
+    (lambda: ImportanceOptions(block=None), "block"),
+    (lambda: ImportanceOptions(block="c2", n_repeats=0), "n_repeats"),
+    (lambda: ImportanceOptions(block="c2", top_k=0), "top_k"),
+])
+def test_invalid_options(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 def test_invalid_data_and_blocks(data):
@@ -438,7 +451,7 @@ def test_invalid_data_and_blocks(data):
     cb.set_model(compiled())
     with pytest.raises(ValueError, match="at least 4"):
         cb.on_train_begin()
-    cb = InterpretationCallback((xv, yv), importance={"block": "nope"})
+    cb = InterpretationCallback((xv, yv), importance=ImportanceOptions(block="nope"))
     cb.set_model(compiled())
     with pytest.raises((ValueError, TypeError), match="nope"):
         cb.on_train_begin()
@@ -452,7 +465,7 @@ def test_plot_training_dynamics(data):
     import matplotlib.pyplot as plt
 
     _, (xv, yv) = data
-    cb = driven(compiled(), (xv, yv), epochs=2, importance={"block": "c2", "n_repeats": 1, "top_k": 2})
+    cb = driven(compiled(), (xv, yv), epochs=2, importance=ImportanceOptions(block="c2", n_repeats=1, top_k=2))
     fig = plot_training_dynamics(cb.history)
     assert isinstance(fig, matplotlib.figure.Figure)
     line_ax, heat_ax = fig.axes[:2]

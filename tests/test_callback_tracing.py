@@ -29,7 +29,7 @@ import keras
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="tf.function tracing is TensorFlow's")
 
-from keras_hybrid_interp.callback import InterpretationCallback  # noqa: E402
+from keras_hybrid_interp.callback import ImportanceOptions, InterpretationCallback  # noqa: E402
 from keras_hybrid_interp.cli import demo_model  # noqa: E402
 from keras_hybrid_interp.datasets import load_digits  # noqa: E402
 
@@ -109,7 +109,7 @@ def _fit(callback_cls, built, log, epochs):
     model = demo_model()
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     # 450 validation images in batches of 256: the pass sees two batch shapes (256 and 194).
-    cb = callback_cls((x_val, y_val), importance={"block": "conv3", "n_repeats": 3, "top_k": 5},
+    cb = callback_cls((x_val, y_val), importance=ImportanceOptions(block="conv3", n_repeats=3, top_k=5),
                       batch_size=256, random_state=0)
     snaps = _Snapshots(built, log)
     with warnings.catch_warnings():

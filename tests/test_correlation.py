@@ -181,7 +181,7 @@ def test_hybrid_interpreter_global_analyzer():
 
     model = residual_model()
     interp = HybridInterpreter(model, blocks=["stem_pool", "res_out"])
-    ga = interp.global_analyzer()
+    ga = GlobalAnalyzer(interp)
     assert isinstance(ga, GlobalAnalyzer) and ga.graph is interp.graph
     assert ga.block_names == ["stem_pool", "res_out"]
     assert ga.layer_similarity(_x(20)).values.shape == (2, 2)

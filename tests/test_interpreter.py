@@ -472,8 +472,18 @@ def test_never_changes_the_wrapped_model(tmp_path):
     # The interpreter trains only its probes.
     probe_vars = {id(v) for p in interp.probes for v in p.trainable_weights}
     assert {id(v) for v in interp.trainable_weights} == probe_vars
-    with pytest.raises(TypeError, match="fit_probes"):
-        interp.fit(x, y)
+    # fit() is the Keras verb for fit_probes(): same probes, bit for bit, and the model untouched.
+    by_fit, by_fit_probes = HybridInterpreter(m), HybridInterpreter(m)
+    assert by_fit.fit(x, y, verbose=0) is by_fit
+    by_fit_probes.fit_probes(x, y, verbose=0)
+    for a, b in zip(by_fit.probes, by_fit_probes.probes):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb)
+    assert_unchanged(before, snapshot(m, x))
+    with pytest.raises(TypeError, match="compile"):
+        interp.compile("adam", "mse")
+    with pytest.raises(TypeError, match="fit"):
+        interp.train_on_batch(x, y)
 
 
 def test_backbone_runs_in_inference_mode():

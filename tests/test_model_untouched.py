@@ -28,7 +28,7 @@ import pytest
 import keras
 from keras import layers
 
-from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter, InterpretationCallback
+from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter, ImportanceOptions, InterpretationCallback, build_report
 from keras_hybrid_interp.core import distribute as _distribute
 from keras_hybrid_interp.core.blocks import discover_blocks
 from keras_hybrid_interp.core.graph import ModelGraph
@@ -212,7 +212,7 @@ def fitted():
     interp = HybridInterpreter(model)
     interp.fit_probes(x, y)
     interp.explain(x[0])
-    return Fitted(model, interp, interp.global_analyzer(), x, y, interp.block_names[0], pristine,
+    return Fitted(model, interp, GlobalAnalyzer(interp), x, y, interp.block_names[0], pristine,
                   node_counts(model))
 
 
@@ -220,11 +220,11 @@ def _report(f):
     # Rendering the figures to PNG/PDF/SVG is most of the report's time and
     # none of the model's business: the figures are drawn, not encoded.
     with unittest.mock.patch("matplotlib.figure.Figure.savefig"):
-        f.interp.report(f.x, f.y, examples=1, importance_repeats=1)
+        build_report(f.interp, f.x, f.y, examples=1, importance_repeats=1)
 
 
 def _fit_with_callback(f):
-    cb = InterpretationCallback((f.x, f.y), importance={"block": f.block, "n_repeats": 1})
+    cb = InterpretationCallback((f.x, f.y), importance=ImportanceOptions(block=f.block, n_repeats=1))
     f.model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     f.model.fit(f.x, f.y, epochs=1, batch_size=12, callbacks=[cb], verbose=0)
 
@@ -237,7 +237,7 @@ PUBLIC_CALLS = [
     ("explain", lambda f: f.interp.explain(f.x[0])),
     ("probe_model", lambda f: f.interp.probe_model(0).predict_on_batch(f.x)),
     ("report", _report),
-    ("global_analyzer", lambda f: f.interp.global_analyzer()),
+    ("global_analyzer", lambda f: GlobalAnalyzer(f.interp)),
     ("GlobalAnalyzer", lambda f: GlobalAnalyzer(f.model)),
     ("filter_correlation", lambda f: f.analyzer.filter_correlation(f.x, block=f.block)),
     ("filter_class_association", lambda f: f.analyzer.filter_class_association(f.x, f.y, block=f.block)),
@@ -273,7 +273,7 @@ def _analyse_everything(model, x, y):
     interp.layer_predictions(x)
     interp.explain(x[0])
     interp.probe_model(0).predict_on_batch(x)
-    analyzer = interp.global_analyzer()
+    analyzer = GlobalAnalyzer(interp)
     block = interp.block_names[0]
     analyzer.filter_correlation(x, block=block)
     analyzer.filter_class_association(x, y, block=block)
@@ -335,7 +335,7 @@ def test_results_follow_the_weights(tmp_path):
     x, y = data((12, 12, 3), 4)
     interp = HybridInterpreter(model)
     interp.fit_probes(x, y)
-    analyzer = interp.global_analyzer()
+    analyzer = GlobalAnalyzer(interp)
     block = "res_out"
 
     def results(interp, analyzer):

@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import QuadMesh
 from matplotlib.figure import Figure
 
-from keras_hybrid_interp import plotting
+from keras_hybrid_interp import GlobalAnalyzer, plotting
 from keras_hybrid_interp.plotting import (plot_filter_class_association, plot_filter_correlation,
                                           plot_filter_importance, plot_layer_accuracy, plot_layer_similarity,
                                           plot_local_explanation, upsample)
@@ -526,7 +526,7 @@ def test_real_results_from_a_tiny_model_plot():
     fig = plot_local_explanation(e)
     np.testing.assert_allclose(heat(by_label(fig, "probabilities"))[:-1], e.probabilities)
 
-    ga = interp.global_analyzer()
+    ga = GlobalAnalyzer(interp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dead filters / few samples on random data
         corr = ga.filter_correlation(x, block="conv2")

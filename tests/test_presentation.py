@@ -8,7 +8,7 @@ import pytest
 
 import keras
 
-from keras_hybrid_interp import HybridInterpreter
+from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
 
 from models import small_cnn
 
@@ -24,7 +24,7 @@ def fitted():
 
 def test_every_result_repr_is_one_short_line(fitted):
     interp, x, y = fitted
-    ga = interp.global_analyzer()
+    ga = GlobalAnalyzer(interp)
     block = interp.blocks[-1].name
     objects = [
         interp, interp.blocks, ga, interp.layer_predictions(x), interp.explain(x[0]),
@@ -51,7 +51,7 @@ def test_importance_bars_within_noise_are_hatched(fitted):
     from keras_hybrid_interp import plotting
 
     interp, x, y = fitted
-    imp = interp.global_analyzer().filter_importance(x, y, block=interp.blocks[-1].name, n_repeats=3, random_state=0)
+    imp = GlobalAnalyzer(interp).filter_importance(x, y, block=interp.blocks[-1].name, n_repeats=3, random_state=0)
     ax = plotting.plot_filter_importance(imp, top_k=None)
     hatched = [b for b in ax.patches if b.get_gid() == "within_noise"]
     assert len(hatched) == int(imp.within_noise.sum())

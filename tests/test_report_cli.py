@@ -11,7 +11,7 @@ import pytest
 
 import keras
 
-from keras_hybrid_interp import HybridInterpreter
+from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter, build_report
 from keras_hybrid_interp.report import DEFINITIONS, Report
 
 from models import small_cnn
@@ -26,7 +26,7 @@ def report():
     m = small_cnn(classes=4)
     interp = HybridInterpreter(m)
     interp.fit_probes(x[:80], y[:80], verbose=0)
-    return interp.report(x[80:], y[80:], examples=1, importance_repeats=2)
+    return build_report(interp, x[80:], y[80:], examples=1, importance_repeats=2)
 
 
 def test_html_report_has_every_section_and_embedded_images(report, tmp_path):
@@ -110,7 +110,7 @@ def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypa
     monkeypatch.setattr(_pass, "run", counting_run)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = interp.report(x[40:], y[40:], block="conv3", examples=2, importance_repeats=1)
+        report = build_report(interp, x[40:], y[40:], block="conv3", examples=2, importance_repeats=1)
     assert len(calls) == 1  # layer table, explanations, correlation, association, CKA and cache: one pass
     dead = [w for w in caught if issubclass(w.category, InterpretationWarning) and "dead filter" in str(w.message)]
     assert len(dead) == 1 and "dead filter(s) [0" in str(dead[0].message)
@@ -124,7 +124,7 @@ def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypa
     table = interp.evaluate_layers(x[40:], y[40:])
     got = next(t for s in report.sections for c, t in ((c, t) for _, c, t in s.tables) if c == "Layer table")
     pd.testing.assert_frame_equal(got, table)
-    corr = interp.global_analyzer().filter_correlation(x[40:], block="conv3")
+    corr = GlobalAnalyzer(interp).filter_correlation(x[40:], block="conv3")
     assert report.summary["redundancy (mean |r|)"] == pytest.approx(corr.redundancy, rel=1e-12)
 
 
@@ -204,7 +204,7 @@ def test_the_health_section_lists_rare_classes_and_what_the_fit_found():
     with pytest.warns(UserWarning, match=r"Classes \['3'\] have no sample"):
         interp.fit_probes(x[:40], np.r_[np.arange(40) % 3], verbose=0)  # class 3 missing at fit time
     assert [c.kind for c in interp.fit_health_].count("missing_classes") == 1
-    report = interp.report(x[40:], y[40:], examples=0, importance_repeats=3)
+    report = build_report(interp, x[40:], y[40:], examples=0, importance_repeats=3)
     kinds = report.health_frame()["finding"].tolist()
     assert "rare_classes" in kinds and "missing_classes" in kinds and "noisy_importance" in kinds
     rare = report.health_frame().set_index("finding").loc["rare_classes", "what it means and what to do"]

@@ -95,6 +95,15 @@ class FilterClassAssociation:
             "class_mean": self.class_means.ravel(),
         })
 
+    def plot(self, ax=None, **kwargs):
+        """Draws this result with :func:`~keras_hybrid_interp.plotting.plot_filter_class_association`; returns the Axes.
+
+        Keyword arguments go to the plot function.
+        """
+        from ..plotting import plot_filter_class_association
+
+        return plot_filter_class_association(self, ax=ax, **kwargs)
+
     def __repr__(self):
         c, k = self.values.shape
         return (f"FilterClassAssociation(block={self.block!r}, filters={c}, classes={k}, "

@@ -218,6 +218,15 @@ class FilterCorrelation:
             "r": self.values.ravel(),
         })
 
+    def plot(self, ax=None, **kwargs):
+        """Draws this result with :func:`~keras_hybrid_interp.plotting.plot_filter_correlation`; returns the Axes.
+
+        Keyword arguments go to the plot function.
+        """
+        from ..plotting import plot_filter_correlation
+
+        return plot_filter_correlation(self, ax=ax, **kwargs)
+
     def __repr__(self):
         return (
             f"FilterCorrelation(block={self.block!r}, filters={self.n_filters}, statistic={self.statistic!r}, "

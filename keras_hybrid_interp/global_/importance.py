@@ -152,6 +152,15 @@ class FilterImportance:
         df["importance"] = self.importances.ravel()
         return pd.DataFrame(df)
 
+    def plot(self, ax=None, **kwargs):
+        """Draws this result with :func:`~keras_hybrid_interp.plotting.plot_filter_importance`; returns the Axes.
+
+        Keyword arguments go to the plot function.
+        """
+        from ..plotting import plot_filter_importance
+
+        return plot_filter_importance(self, ax=ax, **kwargs)
+
     def __repr__(self):
         what = "filters" if self.groups is None else "groups"
         return (f"FilterImportance(block={self.block!r}, method={self.method!r}, scoring={self.scoring!r}, "

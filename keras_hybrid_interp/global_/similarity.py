@@ -99,6 +99,15 @@ class LayerSimilarity:
             "cka": self.values.ravel(),
         })
 
+    def plot(self, ax=None, **kwargs):
+        """Draws this result with :func:`~keras_hybrid_interp.plotting.plot_layer_similarity`; returns the Axes.
+
+        Keyword arguments go to the plot function.
+        """
+        from ..plotting import plot_layer_similarity
+
+        return plot_layer_similarity(self, ax=ax, **kwargs)
+
     def __repr__(self):
         return f"LayerSimilarity(blocks={len(self.blocks)}, n_samples={self.n_samples})"
 

@@ -321,10 +321,29 @@ class HybridInterpreter(keras.Model):
         result["output"] = self._reader.probabilities(values[g.output_keys[0]], xp=keras.ops)
         return result
 
-    def fit(self, *args, **kwargs):
+    def fit(self, x, y=None, **kwargs):
+        """Trains the probes: the same as :meth:`fit_probes`, under the Keras verb. Returns ``self``.
+
+        ``HybridInterpreter`` is a ``keras.Model`` so that it saves to and
+        loads from ``.keras`` files (``safe_mode=True``) and runs as one
+        multi-output model (``interp(x)``, ``interp.predict(x)``: the
+        probability of every probe and of the wrapped model). Its only
+        trainable weights are the probes', so ``fit`` fits them, with the one
+        probe trainer (no ``compile()`` needed: the objective is fixed, see
+        :meth:`fit_probes`). The wrapped model is never trained.
+        """
+        return self.fit_probes(x, y, **kwargs)
+
+    def compile(self, *args, **kwargs):
         raise TypeError(
-            "HybridInterpreter is not trained with fit(): the wrapped model stays frozen. "
-            "Use interp.fit_probes(x, y) to train the probes."
+            "HybridInterpreter needs no compile(): fit(x, y) trains the probes with a fixed objective "
+            "(L2 logistic regression, see fit_probes), and the wrapped model stays frozen."
+        )
+
+    def train_on_batch(self, *args, **kwargs):
+        raise TypeError(
+            "HybridInterpreter is not trained batch by batch: fit(x, y) (or fit_probes) trains the "
+            "probes on the whole stream, and the wrapped model stays frozen."
         )
 
     # ------------------------------------------------------------------
@@ -348,7 +367,7 @@ class HybridInterpreter(keras.Model):
 
     def probe_scores(self) -> ProbeScores:
         """A fresh reducer computing the layer table in a pass (see :meth:`evaluate_layers`)."""
-        self._require_fitted()
+        self.require_fitted()
         return ProbeScores(list(zip(self.feature_taps(), *zip(*self.probe_states()))), self.output_tap(),
                            self._reader, self.num_classes)
 
@@ -361,7 +380,7 @@ class HybridInterpreter(keras.Model):
         if msg:
             _health.warn("input_drift", msg)
 
-    def _require_fitted(self):
+    def require_fitted(self):
         if not self.fitted:
             raise ValueError("The probes are not fitted yet: call interp.fit_probes(x, y) first.")
 
@@ -483,7 +502,7 @@ class HybridInterpreter(keras.Model):
         Holds (L, N, K) probabilities in memory: use ``max_samples`` or
         :meth:`evaluate_layers` for large data.
         """
-        self._require_fitted()
+        self.require_fitted()
         stream = self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps)
         feats = [_pass.Collect(t) for t in self.feature_taps()]
         outputs = _pass.Collect(self.output_tap())
@@ -516,7 +535,7 @@ class HybridInterpreter(keras.Model):
         label, or of the most common model prediction without labels).
         Statistics stream in batches and accumulate in float64.
         """
-        self._require_fitted()
+        self.require_fitted()
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
         scores = self.probe_scores()
         moments = _pass.InputMoments()
@@ -554,7 +573,7 @@ class HybridInterpreter(keras.Model):
         Gives per-block probe probabilities, the decision depth and the
         per-block class-evidence maps (see :class:`LocalExplanation`).
         """
-        self._require_fitted()
+        self.require_fitted()
         x = np.asarray(keras.ops.convert_to_numpy(x) if not isinstance(x, np.ndarray) else x)
         shape = self._graph.tensors[self._graph.input_keys[0]].shape[1:]
         if x.ndim == len(shape):
@@ -640,25 +659,6 @@ class HybridInterpreter(keras.Model):
         k = self.block_keys[i]
         probe, pool = self._probes[i], self._pools[i]
         return self._graph.build_side_model(lambda symbolic: [probe(pool(symbolic(k)))], name=f"probe_model_{i}")
-
-    def report(self, x, y=None, **kwargs):
-        """Runs the full hybrid analysis (local and global) and returns a :class:`~keras_hybrid_interp.report.Report`.
-
-        ``report.save("report.html")`` writes one self-contained HTML file;
-        ``report.save_dir(folder)`` writes every figure (PNG, PDF, SVG), every
-        table (CSV) and a JSON summary. Keyword arguments go to
-        :func:`~keras_hybrid_interp.report.build_report` (``block``,
-        ``examples``, ``importance_repeats``, ``max_samples``, ``random_state``).
-        """
-        from ..report import build_report
-
-        return build_report(self, x, y, **kwargs)
-
-    def global_analyzer(self, **kwargs):
-        """A :class:`~keras_hybrid_interp.GlobalAnalyzer` sharing these blocks and graph."""
-        from ..global_.analyzer import GlobalAnalyzer
-
-        return GlobalAnalyzer(self, **kwargs)
 
     # ------------------------------------------------------------------
     # Serialization (.keras, safe_mode=True)

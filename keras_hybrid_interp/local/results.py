@@ -69,6 +69,15 @@ class LayerPredictions:
             "probability": self.probabilities.reshape(-1),
         })
 
+    def plot(self, ax=None, **kwargs):
+        """Draws this result with :func:`~keras_hybrid_interp.plotting.plot_layer_predictions`; returns the Axes.
+
+        Keyword arguments go to the plot function.
+        """
+        from ..plotting import plot_layer_predictions
+
+        return plot_layer_predictions(self, ax=ax, **kwargs)
+
 
 @dataclasses.dataclass(frozen=True)
 class LocalExplanation:
@@ -136,3 +145,12 @@ class LocalExplanation:
             "is_top_class": (pred[:, None] == np.arange(K)[None, :]).reshape(-1),
             "is_model_class": np.tile(np.arange(K) == self.model_class, L),
         })
+
+    def plot(self, fig=None, **kwargs):
+        """Draws this result with :func:`~keras_hybrid_interp.plotting.plot_local_explanation`; returns the Figure.
+
+        Keyword arguments go to the plot function.
+        """
+        from ..plotting import plot_local_explanation
+
+        return plot_local_explanation(self, fig=fig, **kwargs)

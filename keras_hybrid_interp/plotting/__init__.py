@@ -24,11 +24,12 @@ Examples
 
 from .global_ import (plot_filter_class_association, plot_filter_correlation, plot_filter_importance,
                       plot_layer_similarity)
-from .local import plot_layer_accuracy, plot_local_explanation, upsample
+from .local import plot_layer_accuracy, plot_layer_predictions, plot_local_explanation, upsample
 from .training import plot_training_dynamics
 
 __all__ = [
     "plot_layer_accuracy",
+    "plot_layer_predictions",
     "plot_local_explanation",
     "plot_filter_correlation",
     "plot_filter_importance",

@@ -123,6 +123,77 @@ def plot_layer_accuracy(table, *, ax=None, metrics=_METRICS, title=None):
 
 
 # ----------------------------------------------------------------------
+# Local: layer predictions over a set of inputs
+# ----------------------------------------------------------------------
+def plot_layer_predictions(predictions, *, ax=None, samples=None, annot="auto", cmap="rocket_r", title=None):
+    """What the network believes at each depth: mean probe probability per class, block by block.
+
+    Parameters
+    ----------
+    predictions : LayerPredictions
+        The result of :meth:`HybridInterpreter.layer_predictions`.
+    ax : matplotlib Axes, optional
+        Draws on it; a new figure when None.
+    samples : int, sequence of int or boolean mask, optional
+        The samples averaged (default: all). One index shows one input's
+        belief, block by block; the indices of one class show what the
+        network believes about that class at each depth.
+    annot : bool or "auto"
+        Write the probabilities in the cells ("auto": at most 12 classes and
+        30 rows).
+    cmap : str
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        A heatmap: one row per block (shallow to deep) and a last row
+        ``model`` (the model's own probabilities), one column per class; the
+        cell is the mean probability over the chosen samples, in [0, 1].
+    """
+    for attr in ("blocks", "probabilities", "model_probabilities", "class_names"):
+        if not hasattr(predictions, attr):
+            raise TypeError("`predictions` must be a LayerPredictions (from HybridInterpreter.layer_predictions()); "
+                            f"received {type(predictions).__name__}.")
+    probs = np.asarray(predictions.probabilities, dtype=float)
+    model = np.asarray(predictions.model_probabilities, dtype=float)
+    n = probs.shape[1]
+    if samples is None:
+        index = np.arange(n)
+    else:
+        index = np.atleast_1d(np.asarray(samples))
+        if index.dtype == bool:
+            if index.shape != (n,):
+                raise ValueError(f"`samples` as a mask must have shape ({n},); received {index.shape}.")
+            index = np.flatnonzero(index)
+        elif not np.issubdtype(index.dtype, np.integer):
+            raise TypeError(f"`samples` must be int indices or a boolean mask; received dtype {index.dtype}.")
+        if index.size == 0 or index.min() < -n or index.max() >= n:
+            raise ValueError(f"`samples` must hold indices in [0, {n}); received {samples!r}.")
+    table = np.vstack([probs[:, index].mean(axis=1), model[index].mean(axis=0)[None, :]])
+    full_names = [str(b) for b in predictions.blocks]
+    scope = common_scope(full_names)
+    rows = [ellipsize(b[len(scope):], 30) for b in full_names] + ["model"]
+    classes = [str(c) for c in predictions.class_names]
+    if annot == "auto":
+        annot = len(classes) <= 12 and len(rows) <= 30
+    ax = new_ax(ax, (max(6.0, 0.55 * len(classes) + 3.0), max(3.2, 0.35 * len(rows) + 1.8)))
+    sns.heatmap(table, ax=ax, vmin=0.0, vmax=1.0, cmap=cmap, annot=bool(annot), fmt=".2f",
+                annot_kws={"fontsize": label_size(len(classes), 8, 5)}, xticklabels=classes, yticklabels=rows,
+                cbar_kws={"label": "Mean probability"}, linewidths=0.5, linecolor="white")
+    ax.axhline(len(rows) - 1, color="white", lw=3)
+    ax.set_xlabel("Class")
+    ax.set_ylabel(f"Block{' in ' + scope.rstrip('/') if scope else ''} (shallow \u2192 deep)")
+    ax.tick_params(axis="y", labelrotation=0, labelsize=label_size(len(rows), 9, 5))
+    if title is None:
+        which = (f"sample {int(index[0])}" if index.size == 1
+                 else f"mean over {index.size} of {n} samples" if index.size < n else f"mean over all {n} samples")
+        title = f"What the network believes at each depth\n({which})"
+    ax.set_title(title)
+    return ax
+
+
+# ----------------------------------------------------------------------
 # Local: one explanation
 # ----------------------------------------------------------------------
 def upsample(a, size, method="bilinear"):

@@ -33,7 +33,7 @@ from keras_hybrid_interp.core import distribute as _distribute
 from keras_hybrid_interp.core.blocks import discover_blocks
 from keras_hybrid_interp.core.graph import ModelGraph
 
-from models import nested_model, residual_cnn, sequential_cnn
+from models import assert_same_node_lists, node_counts, node_lists, nested_model, residual_cnn, sequential_cnn, user_operations
 
 # Tiny random data: the analyses warn about few samples and dead filters.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -42,45 +42,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def data(shape, classes, n=24, seed=0):
     rng = np.random.default_rng(seed)
     return rng.random((n,) + tuple(shape), dtype=np.float32), np.arange(n) % classes
-
-
-def user_operations(model):
-    """(path, operation) for the model, every operation of it and of its nested models, once each."""
-    found, seen = [(model.name, model)], {id(model)}
-
-    def walk(m, prefix):
-        for op in m.operations if hasattr(m, "operations") else m.layers:
-            if id(op) not in seen:
-                seen.add(id(op))
-                found.append((prefix + op.name, op))
-                if isinstance(op, keras.Model):
-                    walk(op, prefix + op.name + "/")
-
-    walk(model, model.name + "/")
-    return found
-
-
-def node_counts(model):
-    return {path: (len(op._inbound_nodes), len(op._outbound_nodes)) for path, op in user_operations(model)}
-
-
-def node_lists(model):
-    """Per operation: its two node lists (the objects) and what they hold now (copies)."""
-    return {
-        path: (op._inbound_nodes, op._outbound_nodes, tuple(op._inbound_nodes), tuple(op._outbound_nodes))
-        for path, op in user_operations(model)
-    }
-
-
-def assert_same_node_lists(before, after):
-    """The very list objects, holding the very nodes they held."""
-    assert before.keys() == after.keys()
-    counts = {path: (len(v[2]), len(v[3])) for path, v in before.items()}
-    assert {path: (len(v[2]), len(v[3])) for path, v in after.items()} == counts
-    for path, (inbound, outbound, held_in, held_out) in before.items():
-        now_in, now_out, now_held_in, now_held_out = after[path]
-        assert now_in is inbound and now_out is outbound, path
-        assert all(a is b for a, b in zip(now_held_in + now_held_out, held_in + held_out)), path
 
 
 def summary_text(model):

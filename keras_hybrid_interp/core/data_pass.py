@@ -9,7 +9,7 @@ from it per sample on the device (``"raw"``: the tensor itself; ``"avg"``,
 channel; an int ``k``: adaptive average pooling to a k x k grid). The pass
 builds one side model with every tap as an output, runs it once per batch
 (in inference mode, through ``tf.distribute`` replicas when a strategy is
-active), and hands each batch to every reducer. So ``report()`` sends its
+active), and hands each batch to every reducer. So ``build_report()`` sends its
 samples through the backbone once for the layer table, correlation,
 association, similarity, explanations and the importance cache.
 

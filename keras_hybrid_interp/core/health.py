@@ -4,7 +4,7 @@ Every caveat the package finds (dead filters, missing classes, input drift,
 probes that did not converge, ...) is a :class:`InterpretationWarning`
 emitted through :func:`warn`. A public method runs inside :func:`collect`:
 while it runs, warnings are gathered, duplicates are dropped, and they are
-emitted once when the outermost call returns. So ``report()``, which runs
+emitted once when the outermost call returns. So ``build_report()``, which runs
 several analyses that each notice the same dead filter, warns once.
 
 The caveats stay available to the caller as data: ``collect()`` yields a

@@ -276,7 +276,7 @@ class GlobalAnalyzer:
                                 random_state=random_state, groups=groups, ablation_value=ablation_value,
                                 perturbations_per_eval=perturbations_per_eval)
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
-        if method == "permutation" and stream.num_samples is not None and stream.num_samples < 2:
+        if method == "permutation" and stream.num_samples is not None and 0 < stream.num_samples < 2:
             raise ValueError("Permutation importance shuffles across samples and needs at least 2 samples; "
                              f"`x` has {stream.num_samples}.")
         red = importance_reducer(engine, request, self.reader)

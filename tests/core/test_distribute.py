@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
 
 
 def test_mirrored_strategy_uses_every_replica_and_matches_one_device():
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
     root = os.path.dirname(here)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))

@@ -18,7 +18,7 @@ from keras_hybrid_interp.datasets import load_digits
 
 from models import small_cnn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env(**overrides):

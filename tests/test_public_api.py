@@ -1,0 +1,179 @@
+"""Every public analysis method through the same cross-cutting checks (as Captum's test_config.py).
+
+One row per public analysis: how to call it on the shared fixture. Every row
+goes through every check below; adding an analysis means adding a row (see
+CONTRIBUTING.md, "Adding an analysis"). CI runs this file on the TensorFlow,
+JAX and torch backends.
+
+Checks, per row:
+
+* the model is untouched: weights bit for bit, ``trainable`` flags, compile
+  state, predictions, and the very node lists of every user operation;
+* the result is a small object with ``.to_frame()`` (a non-empty tidy
+  DataFrame) and ``.plot()`` (returns the Axes or Figure it drew, and draws on
+  the ``ax``/``fig`` it is given);
+* the same ``random_state`` gives the same result, bit for bit;
+* a bad block name is a ``ValueError`` naming it and the available blocks;
+* an empty dataset is a ``ValueError`` that says the data is empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+import keras
+
+from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
+from models import assert_same_node_lists, assert_unchanged, node_lists, residual_cnn, snapshot
+
+
+@dataclasses.dataclass
+class Env:
+    model: keras.Model
+    interp: HybridInterpreter
+    analyzer: GlobalAnalyzer
+    x: np.ndarray
+    y: np.ndarray
+    block: str
+
+
+@pytest.fixture(scope="module")
+def env():
+    keras.utils.set_random_seed(0)
+    model = residual_cnn(input_shape=(12, 12, 3), classes=3)
+    model.compile("adam", "sparse_categorical_crossentropy")  # compile state must survive too
+    rng = np.random.default_rng(0)
+    x = rng.random((36, 12, 12, 3), dtype=np.float32)
+    y = np.arange(36) % 3
+    interp = HybridInterpreter(model).fit(x, y, verbose=0)
+    return Env(model, interp, GlobalAnalyzer(interp), x, y, interp.block_names[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One public analysis. ``call(env, x, y, block, **extra)`` returns its result."""
+
+    name: str
+    call: Callable
+    takes_block: str | None = "block"  # the argument naming the block(s), or None
+    seeded: bool = False  # takes random_state
+    plot_target: str = "ax"  # what .plot() draws on: "ax" or "fig"
+
+
+def _blocks(block):
+    return block if isinstance(block, list) else [block]
+
+
+ROWS = [
+    Row("evaluate_layers", lambda e, x, y, block, **kw: e.interp.evaluate_layers(x, y, **kw), takes_block=None),
+    Row("layer_predictions", lambda e, x, y, block, **kw: e.interp.layer_predictions(x, **kw), takes_block=None),
+    Row("explain", lambda e, x, y, block, **kw: e.interp.explain(x[0] if len(x) else x), takes_block=None,
+        plot_target="fig"),
+    Row("filter_correlation", lambda e, x, y, block, **kw: e.analyzer.filter_correlation(x, block=block, **kw)),
+    Row("filter_class_association",
+        lambda e, x, y, block, **kw: e.analyzer.filter_class_association(x, y, block=block, **kw)),
+    Row("filter_importance[permutation]",
+        lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="permutation",
+                                                                   n_repeats=2, **kw), seeded=True),
+    Row("filter_importance[ablation]",
+        lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="ablation", **kw)),
+    Row("filter_importance[taylor]",
+        lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="taylor", **kw)),
+    Row("layer_similarity", lambda e, x, y, block, **kw: e.analyzer.layer_similarity(x, blocks=_blocks(block), **kw),
+        takes_block="blocks"),
+]
+IDS = [r.name for r in ROWS]
+
+
+def run(row, env, *, x=None, y=None, block=None, **kw):
+    x = env.x if x is None else x
+    y = env.y if y is None else y
+    if block is None:
+        block = env.interp.block_names if row.takes_block == "blocks" else env.block
+    return row.call(env, x, y, block, **kw)
+
+
+def frame_of(result) -> pd.DataFrame:
+    frame = result.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) > 0
+    return frame
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_leaves_the_model_untouched(env, row):
+    before, nodes = snapshot(env.model, env.x), node_lists(env.model)
+    run(row, env, **({"random_state": 0} if row.seeded else {}))
+    assert_unchanged(before, snapshot(env.model, env.x))
+    assert_same_node_lists(nodes, node_lists(env.model))
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_returns_a_result_that_frames_and_draws_itself(env, row):
+    result = run(row, env, **({"random_state": 0} if row.seeded else {}))
+    frame_of(result)
+    if row.plot_target == "ax":
+        fig, ax = plt.subplots()
+        assert result.plot(ax=ax) is ax
+        assert ax.has_data() or ax.images or ax.collections or ax.patches
+        assert isinstance(result.plot(), Axes)
+    else:
+        fig = plt.figure()
+        assert result.plot(fig=fig) is fig and fig.axes
+        assert isinstance(result.plot(), Figure)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_same_seed_same_result(env, row):
+    kw = {"random_state": 7} if row.seeded else {}
+    a, b = frame_of(run(row, env, **kw)), frame_of(run(row, env, **kw))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    if row.seeded:  # and the seed matters: another one permutes differently
+        c = frame_of(run(row, env, random_state=8))
+        assert not a.equals(c)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.takes_block], ids=[r.name for r in ROWS if r.takes_block])
+def test_a_bad_block_name_names_it_and_the_available_ones(env, row):
+    bad = "no_such_layer"
+    with pytest.raises(ValueError) as info:
+        run(row, env, block=[bad] if row.takes_block == "blocks" else bad)
+    msg = str(info.value)
+    assert bad in msg and f"`{row.takes_block}`" in msg
+    assert env.block in msg, msg  # what is available
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.name != "explain"], ids=[r.name for r in ROWS if r.name != "explain"])
+def test_an_empty_dataset_is_refused_clearly(env, row):
+    with pytest.raises(ValueError, match=r"`x` is empty"):
+        run(row, env, x=env.x[:0], y=env.y[:0])
+
+
+def test_explain_refuses_an_empty_input(env):
+    with pytest.raises(ValueError, match=r"`x`"):
+        env.interp.explain(env.x[:0])
+
+
+def test_the_table_covers_every_public_analysis():
+    # A new public method of the two analysis classes needs a row here.
+    public = {
+        f"{name}" for cls in (HybridInterpreter, GlobalAnalyzer) for name in vars(cls)
+        if not name.startswith("_") and callable(getattr(cls, name))
+    }
+    not_analyses = {
+        # plumbing, training and persistence: covered by their own tests
+        "fit", "fit_probes", "compile", "train_on_batch", "call", "get_config", "from_config", "load",
+        "stream", "feature_taps", "output_tap", "probe_states", "probe_scores", "layer_table", "check_drift",
+        "explanation_taps", "explanations", "probe_model", "require_fitted", "run", "key", "engine",
+        "require_classifier", "similarity_blocks",
+    }
+    covered = {r.name.split("[")[0] for r in ROWS}
+    missing = public - not_analyses - covered
+    assert not missing, f"add a row to ROWS for {sorted(missing)}"

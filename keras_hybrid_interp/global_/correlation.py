@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import health as _health
+from ..core.clustering import average_linkage, flat_clusters
 from ..core.data_pass import ChannelRange, Tap
 
 __all__ = ["FilterCorrelation", "FilterMoments", "StreamingMoments", "correlation_result", "filter_correlation_reducer"]
@@ -190,19 +191,12 @@ class FilterCorrelation:
         """
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 <= threshold <= 1:
             raise ValueError(f"`threshold` must be a float in [0, 1] (a distance 1 - |r|); received {threshold!r}.")
-        from scipy.cluster.hierarchy import fcluster, linkage
-        from scipy.spatial.distance import squareform
-
         live = np.setdiff1d(np.arange(self.n_filters), self.dead_filters)
         if len(live) == 0:
             return []
         if len(live) == 1:
             return [live.copy()]
-        d = 1.0 - np.abs(self.values[np.ix_(live, live)])
-        d = np.clip((d + d.T) / 2, 0.0, None)
-        np.fill_diagonal(d, 0.0)
-        z = linkage(squareform(d, checks=False), method="average")
-        labels = fcluster(z, t=threshold, criterion="distance")
+        labels = flat_clusters(average_linkage(self.values[np.ix_(live, live)]), threshold)
         groups = [live[labels == lab] for lab in np.unique(labels)]
         groups.sort(key=lambda g: (-len(g), g[0]))
         return groups

@@ -22,9 +22,18 @@ Examples
 >>> ax.figure.savefig("correlation.png", dpi=150)   # saving is the caller's choice
 """
 
-from .global_ import (plot_filter_class_association, plot_filter_correlation, plot_filter_importance,
-                      plot_layer_similarity)
-from .local import plot_layer_accuracy, plot_layer_predictions, plot_local_explanation, upsample
+from .global_ import (
+                      plot_filter_class_association,
+                      plot_filter_correlation,
+                      plot_filter_importance,
+                      plot_layer_similarity,
+)
+from .local import (
+                      plot_layer_accuracy,
+                      plot_layer_predictions,
+                      plot_local_explanation,
+                      upsample,
+)
 from .training import plot_training_dynamics
 
 __all__ = [

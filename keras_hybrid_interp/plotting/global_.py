@@ -10,26 +10,29 @@ import seaborn as sns
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-
-from .common import DEAD_COLOR, as_square_matrix, check_top_k, common_scope, ellipsize, hatch_nan, label_size, new_ax, tick_step
+from ..core.clustering import average_linkage, flat_clusters, leaf_order
+from .common import (
+    DEAD_COLOR,
+    as_square_matrix,
+    check_top_k,
+    common_scope,
+    ellipsize,
+    hatch_nan,
+    label_size,
+    new_ax,
+    tick_step,
+)
 
 
 # ----------------------------------------------------------------------
 # Global: filter correlation
 # ----------------------------------------------------------------------
 def _cluster_order(sub):
-    """Leaf order of average linkage on 1 - |r| (NaN treated as r = 0)."""
-    from scipy.cluster.hierarchy import leaves_list, linkage
-    from scipy.spatial.distance import squareform
-
-    n = len(sub)
-    if n < 3:
-        return np.arange(n), None
-    d = 1.0 - np.abs(np.nan_to_num(sub, nan=0.0))
-    d = np.clip((d + d.T) / 2, 0.0, None)
-    np.fill_diagonal(d, 0.0)
-    z = linkage(squareform(d, checks=False), method="average")
-    return leaves_list(z), z
+    """Leaf order and linkage of the shown live filters (None when fewer than 3)."""
+    if len(sub) < 3:
+        return np.arange(len(sub)), None
+    z = average_linkage(sub)
+    return leaf_order(z), z
 
 
 def plot_filter_correlation(corr, *, ax=None, top_k=64, cluster=True, threshold=0.5, filters=None,
@@ -147,10 +150,7 @@ def plot_filter_correlation(corr, *, ax=None, top_k=64, cluster=True, threshold=
 
     n_out = 0
     if cluster and z is not None and threshold is not None:
-        from scipy.cluster.hierarchy import fcluster
-
-        lab = fcluster(z, t=float(threshold), criterion="distance")
-        lab = lab[leaves]
+        lab = flat_clusters(z, threshold)[leaves]
         start = 0
         for i in range(1, len(lab) + 1):
             if i == len(lab) or lab[i] != lab[start]:

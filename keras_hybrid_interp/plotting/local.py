@@ -13,9 +13,15 @@ import seaborn as sns
 from matplotlib import colors as mcolors
 from matplotlib.patches import Rectangle
 
-
-from .common import HIGHLIGHT, check_top_k, common_scope, ellipsize, label_size, new_ax, short_list
-
+from .common import (
+    HIGHLIGHT,
+    check_top_k,
+    common_scope,
+    ellipsize,
+    label_size,
+    new_ax,
+    short_list,
+)
 
 _METRICS = ("accuracy", "agreement")
 

@@ -210,7 +210,7 @@ CASES = [
       r"Layers with a 4-D output: " + LAYERS4D]),
     ("unknown_block_interpreter", lambda e: HybridInterpreter(e.model, blocks=["pool1", "nope"]), ValueError,
      [r"`blocks`: no layer named 'nope'", LAYERS4D]),
-    ("unknown_probe_block", lambda e: e.interp.probe_model("conv1"), ValueError,
+    ("unknown_probe_block", lambda e: e.interp.probe_model(block="conv1"), ValueError,
      [r"`block` must be one of the interpreter's blocks \['pool1', 'pool2', 'conv3'\]", r"received 'conv1'"]),
     ("dense_layer_as_block", lambda e: e.ga.filter_importance(e.x, e.y, block="head"), ValueError,
      [r"`block`: layer 'head' has output shape \(None, 3\), not 4-D", LAYERS4D]),

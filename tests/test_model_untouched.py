@@ -196,7 +196,7 @@ PUBLIC_CALLS = [
     ("evaluate_layers", lambda f: f.interp.evaluate_layers(f.x, f.y)),
     ("layer_predictions", lambda f: f.interp.layer_predictions(f.x)),
     ("explain", lambda f: f.interp.explain(f.x[0])),
-    ("probe_model", lambda f: f.interp.probe_model(0).predict_on_batch(f.x)),
+    ("probe_model", lambda f: f.interp.probe_model(block=0).predict_on_batch(f.x)),
     ("report", _report),
     ("global_analyzer", lambda f: GlobalAnalyzer(f.interp)),
     ("GlobalAnalyzer", lambda f: GlobalAnalyzer(f.model)),
@@ -233,7 +233,7 @@ def _analyse_everything(model, x, y):
     interp.evaluate_layers(x, y)
     interp.layer_predictions(x)
     interp.explain(x[0])
-    interp.probe_model(0).predict_on_batch(x)
+    interp.probe_model(block=0).predict_on_batch(x)
     analyzer = GlobalAnalyzer(interp)
     block = interp.block_names[0]
     analyzer.filter_correlation(x, block=block)

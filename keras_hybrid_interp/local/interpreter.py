@@ -644,7 +644,7 @@ class HybridInterpreter(keras.Model):
             pooling=self.pooling,
         )
 
-    def probe_model(self, block) -> keras.Model:
+    def probe_model(self, *, block) -> keras.Model:
         """A standalone ``keras.Model`` from image to the probabilities of ``block``'s probe.
 
         It shares the wrapped model's layers (no copy): use it for inference,

@@ -212,10 +212,10 @@ def test_call_and_probe_model_agree_with_layer_predictions(fitted, trained, digi
     np.testing.assert_allclose(ops.convert_to_numpy(out["output"]), trained.predict(x, verbose=0), rtol=1e-5, atol=1e-7)
     for i, name in enumerate(fitted.block_names):
         np.testing.assert_allclose(ops.convert_to_numpy(out[name]), preds.probabilities[i], rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(fitted.probe_model(name).predict(x, verbose=0), preds.probabilities[i],
+        np.testing.assert_allclose(fitted.probe_model(block=name).predict(x, verbose=0), preds.probabilities[i],
                                    rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="blocks"):
-        fitted.probe_model("gap")
+        fitted.probe_model(block="gap")
 
 
 @pytest.mark.parametrize("pooling", ["avg", 2])
@@ -465,7 +465,7 @@ def test_never_changes_the_wrapped_model(tmp_path):
     interp.evaluate_layers(x, y)
     interp.layer_predictions(x)
     interp.explain(x[0])
-    interp.probe_model(interp.block_names[0])(x)
+    interp.probe_model(block=interp.block_names[0])(x)
     interp(x)
     interp.save(tmp_path / "i.keras")
     assert_unchanged(before, snapshot(m, x))

@@ -184,7 +184,7 @@ CASES = [
     ("empty_tf_data", lambda e: e.ga.filter_correlation(ds(e.x[:0]), block="conv3"), ValueError,
      [r"`x` is empty: the tf\.data yielded no samples"]),
     ("empty_for_importance", lambda e: e.ga.filter_importance(e.x[:0], e.y[:0], block="conv3"), ValueError,
-     [r"needs at least 2 samples; `x` has 0"]),
+     [r"`x` is empty: received 0 samples"]),
     ("one_sample_permutation", lambda e: e.ga.filter_importance(e.x[:1], e.y[:1], block="conv3"), ValueError,
      [r"Permutation importance shuffles across samples and needs at least 2 samples; `x` has 1"]),
     ("one_sample_dataset_permutation",

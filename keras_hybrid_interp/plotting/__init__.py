@@ -22,6 +22,7 @@ Examples
 >>> ax.figure.savefig("correlation.png", dpi=150)   # saving is the caller's choice
 """
 
+from .atlas import plot_filter_examples
 from .global_ import (plot_filter_class_association, plot_filter_correlation, plot_filter_importance,
                       plot_layer_similarity)
 from .local import plot_layer_accuracy, plot_local_explanation, upsample
@@ -34,6 +35,7 @@ __all__ = [
     "plot_filter_importance",
     "plot_filter_class_association",
     "plot_layer_similarity",
+    "plot_filter_examples",
     "plot_training_dynamics",
     "upsample",
 ]

@@ -206,6 +206,18 @@ class FilterExamples:
         sl = tuple(slice(int(lo) - o, int(hi) - o) for (lo, hi), o in zip(box, origin))
         return np.asarray(self.crops[row, rank][sl])
 
+    def select(self, filters) -> "FilterExamples":
+        """The examples of ``filters`` only (a sequence of analysed filters), in that order."""
+        if isinstance(filters, (int, np.integer)) and not isinstance(filters, bool):
+            filters = [filters]
+        rows = [self._row(f) for f in filters]
+        if not rows:
+            raise ValueError("`filters` must name at least one filter.")
+        return dataclasses.replace(
+            self, filters=self.filters[rows].copy(), indices=self.indices[rows].copy(),
+            values=self.values[rows].copy(), locations=self.locations[rows].copy(), boxes=self.boxes[rows].copy(),
+            crops=None if self.crops is None else self.crops[rows].copy())
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy: one row per filter and rank (``filter``, ``rank``, ``sample``, ``value``, ``location``, ``box``)."""
         f, k = self.indices.shape

@@ -5,7 +5,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .common import check_top_k
+from matplotlib.colors import to_rgb
+
+from .common import NAN_FACE, check_top_k
 
 __all__ = ["plot_filter_examples"]
 
@@ -55,7 +57,7 @@ def plot_filter_examples(examples, *, filters=None, k=None, fig=None, cmap="gray
         Drawn on (its existing axes are kept); a new figure sized to the grid when None.
     cmap : str
         Colour map of single-channel inputs. One colour scale for every crop, so that crops compare;
-        positions outside the input (clipped fields) are left blank.
+        positions outside the input (where a field is clipped at the border) are light grey.
     size : float
         Inches per crop of a new figure.
     show_sample : bool
@@ -90,8 +92,9 @@ def plot_filter_examples(examples, *, filters=None, k=None, fig=None, cmap="gray
             im = images[i][c]
             if im.ndim == 3:  # RGB: the common scale, blanks white
                 rgb = np.clip((im - lo) / (hi - lo), 0.0, 1.0)
-                ax.imshow(np.where(np.isfinite(rgb), rgb, 1.0), interpolation="nearest")
+                ax.imshow(np.where(np.isfinite(rgb), rgb, np.array(to_rgb(NAN_FACE))), interpolation="nearest")
             else:
+                ax.set_facecolor(NAN_FACE)
                 ax.imshow(np.ma.masked_invalid(im), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])

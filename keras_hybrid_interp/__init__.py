@@ -27,6 +27,7 @@ _EXPORTS = {
     "FeaturePooling": ".local.probes",
     "FilterClassAssociation": ".global_.association",
     "FilterCorrelation": ".global_.correlation",
+    "FilterExamples": ".global_.atlas",
     "FilterImportance": ".global_.importance",
     "GlobalAnalyzer": ".global_.analyzer",
     "HybridInterpreter": ".local.interpreter",
@@ -58,6 +59,7 @@ if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __g
     from .core.health import InterpretationWarning as InterpretationWarning
     from .global_.analyzer import GlobalAnalyzer as GlobalAnalyzer
     from .global_.association import FilterClassAssociation as FilterClassAssociation
+    from .global_.atlas import FilterExamples as FilterExamples
     from .global_.correlation import FilterCorrelation as FilterCorrelation
     from .global_.importance import FilterImportance as FilterImportance
     from .global_.similarity import LayerSimilarity as LayerSimilarity

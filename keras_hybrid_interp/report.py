@@ -67,6 +67,13 @@ DEFINITIONS = {
         "intact; repeated with different permutations (mean and standard deviation shown). "
         "Positive means the model relies on the filter."
     ),
+    "atlas": (
+        "Filter atlas: the activation of a sample for a filter is the maximum of the filter's feature map "
+        "over spatial positions. Each row shows, for one of the most important filters, the samples with the "
+        "largest activations (strongest first, ties by sample order), each cropped to the filter's receptive "
+        "field at the position of the maximum: the input positions that can influence it, derived from the "
+        "kernel sizes, strides, dilations, padding and pooling on the way to the block, clipped at the border."
+    ),
     "similarity": (
         "Linear CKA (Kornblith et al., 2019) between the blocks' per-sample spatially averaged "
         "features: 1 means the two representations are the same up to rotation and scale, "
@@ -444,6 +451,8 @@ def build_report(
     random_state=0,
     title=None,
     verbose=0,
+    atlas_filters=4,
+    atlas_k=6,
 ) -> Report:
     """Runs the full hybrid analysis and assembles the standard report.
 
@@ -470,6 +479,12 @@ def build_report(
         batches) of ``x``; None: all.
     random_state : int
         Seeds the permutations.
+    atlas_filters, atlas_k : int
+        The filter atlas shows the ``atlas_k`` top-activating crops of the
+        ``atlas_filters`` most important filters (0: no atlas). The pass keeps
+        the top ``atlas_k`` of every filter of the block (the ranking is known
+        only after it); crops are skipped, with a health note, when they
+        would take more than 256 MiB.
 
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
@@ -479,6 +494,7 @@ def build_report(
     from .core import health as _health
     from .global_.analyzer import GlobalAnalyzer
     from .global_.association import AssociationMoments, association_result
+    from .global_.atlas import examples_reducer, examples_result
     from .global_.correlation import correlation_result, filter_correlation_reducer
     from .global_.importance import check_request, importance_reducer, importance_result
     from .global_.similarity import CKAMoments, similarity_result
@@ -507,6 +523,18 @@ def build_report(
         ex_x = _pass.Collect.first("x", n_ex) if n_ex else None
         reducers = [scores, moments, corr_red, assoc_red, imp_red] + ([sim_red] if sim_red else []) + ex_maps
         reducers += [ex_x] if ex_x is not None else []
+        atlas_red = None
+        if int(atlas_filters) > 0:
+            atlas_red = examples_reducer(interp.graph, key, block, k=atlas_k)
+            channels = interp.graph.tensors[interp.graph.input_keys[0]].shape[-1] or 1
+            need = atlas_red.crop_bytes(int(channels))
+            if need > 256 * 2 ** 20:
+                atlas_red.keep_crops = False
+                _health.warn("atlas_crops", f"Block {block!r}: the filter atlas keeps no crops; those of all "
+                             f"{len(atlas_red.filters)} filters would take {need / 2 ** 20:.0f} MiB. Its table "
+                             "lists the samples and boxes; ga.filter_examples(x, block=..., filters=[...]) "
+                             "draws the crops of chosen filters.")
+            reducers.append(atlas_red)
         log("  one pass over the data: layer table, explanations, correlation, association, similarity, cache")
         info = ga.run(stream, reducers)
         interp.check_drift(moments)
@@ -517,6 +545,9 @@ def build_report(
         log("  permutation importance: tail passes on the cached activations")
         imp = importance_result(engine, imp_red, request, ga.reader, y_given=y is not None, block=block)
         sim = similarity_result(sim_red, list(interp.block_names)) if sim_red is not None else None
+        atlas = None
+        if atlas_red is not None and atlas_red.n:
+            atlas = examples_result(atlas_red, block).select(imp.ranking[: int(atlas_filters)])
         explanations = []
         if ex_x is not None and ex_x.result() is not None:
             explanations = interp.explanations(ex_x.result(), [c.result() for c in ex_maps])
@@ -574,6 +605,15 @@ def build_report(
                   "whose error bar reaches 0 is not distinguishable from noise.", plotting.plot_filter_importance(imp))],
         tables=[("Importance per filter and repeat", imp.to_frame())],
     )
+    if atlas is not None:
+        report.add_section(
+            f"Filter atlas ({block})",
+            text=DEFINITIONS["atlas"],
+            figures=[(f"The {atlas.k} samples that activate each of the {len(atlas.filters)} most important filters "
+                      "most, cropped to the filter's receptive field at the maximum; the title is the activation.",
+                      plotting.plot_filter_examples(atlas))] if atlas.crops is not None else [],
+            tables=[("Top-activating samples of the most important filters", atlas.to_frame())],
+        )
     if sim is not None:
         report.add_section(
             "Layer similarity",

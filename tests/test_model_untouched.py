@@ -207,6 +207,7 @@ PUBLIC_CALLS = [
     ("filter_importance_ablation", lambda f: f.analyzer.filter_importance(f.x, f.y, block=f.block, method="ablation")),
     ("filter_importance_taylor", lambda f: f.analyzer.filter_importance(f.x, f.y, block=f.block, method="taylor")),
     ("layer_similarity", lambda f: f.analyzer.layer_similarity(f.x)),
+    ("filter_examples", lambda f: f.analyzer.filter_examples(f.x, block=f.block, k=2)),
     # Last: it trains (and compiles) the shared model.
     ("InterpretationCallback_in_fit", _fit_with_callback),
 ]

@@ -89,6 +89,8 @@ ROWS = [
         lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="taylor", **kw)),
     Row("layer_similarity", lambda e, x, y, block, **kw: e.analyzer.layer_similarity(x, blocks=_blocks(block), **kw),
         takes_block="blocks"),
+    Row("filter_examples", lambda e, x, y, block, **kw: e.analyzer.filter_examples(x, block=block, k=3, **kw),
+        plot_target="fig"),
 ]
 IDS = [r.name for r in ROWS]
 

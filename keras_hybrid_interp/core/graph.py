@@ -67,7 +67,7 @@ from keras.src.layers.pooling.base_pooling import BasePooling
 from keras.src.models.functional import Functional
 from keras.src.ops import numpy as _ops_numpy
 
-__all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block"]
+__all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block", "Window"]
 
 _CONV_TYPES = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
 
@@ -189,6 +189,39 @@ class Block:
     output_shape: tuple
     filters: int
     depth: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """How one operation maps positions of its input to positions of its output, per spatial axis.
+
+    Output position ``i`` reads input positions ``i * strides - pad_before``
+    to ``i * strides - pad_before + (kernel - 1) * dilation`` (a convolution
+    or a pooling window). ``padding`` is ``"valid"``, ``"same"`` (Keras'
+    convention: total padding ``max((ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)``,
+    its floor half before) or explicit ``((before, after), ...)`` per axis
+    (zero padding; negative for cropping).
+    """
+
+    kernel: tuple
+    strides: tuple
+    dilation: tuple
+    padding: object
+
+
+def _per_axis(value, n):
+    if isinstance(value, (int,)):
+        return (int(value),) * n
+    value = tuple(value)
+    return value if len(value) == n else (int(value[0]),) * n
+
+
+def _pairs(value):
+    """``((before, after), ...)`` from a ZeroPadding / Cropping attribute of any rank."""
+    value = tuple(value)
+    if value and all(isinstance(v, (int,)) for v in value):  # 1-D layers store (left, right)
+        return (tuple(int(v) for v in value),)
+    return tuple(tuple(int(v) for v in pair) for pair in value)
 
 
 def _is_model(op) -> bool:
@@ -723,6 +756,37 @@ class ModelGraph:
             axes = axis if isinstance(axis, (tuple, list)) else (axis,)
             return None in axes or {1, 2} <= {int(x) % 4 for x in axes}
         return False
+
+    def window(self, o: OpNode) -> Window | None:
+        """The sliding window of ``o`` (:class:`Window`), or None when ``o`` does not slide one.
+
+        Convolutions (any rank, depthwise and separable), pooling layers, and
+        ``ZeroPadding`` / ``Cropping`` layers (a window of size 1 with explicit
+        padding) have one; read from their public attributes (``kernel_size``,
+        ``pool_size``, ``strides``, ``dilation_rate``, ``padding``, ``cropping``).
+        Transposed convolutions have none (they are not a sliding window).
+        """
+        op = o.op
+        if isinstance(op, _CONV_TYPES) or isinstance(op, BasePooling):
+            size = getattr(op, "kernel_size", None) or getattr(op, "pool_size", None)
+            size = tuple(int(v) for v in (size if isinstance(size, (tuple, list)) else (size,)))
+            n = len(size)
+            strides = tuple(int(v) for v in _per_axis(op.strides if op.strides is not None else size, n))
+            dilation = tuple(int(v) for v in _per_axis(getattr(op, "dilation_rate", 1) or 1, n))
+            padding = str(op.padding).lower()
+            return Window(size, strides, dilation, padding)
+        if isinstance(op, (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)):
+            pads = _pairs(op.padding)
+        elif isinstance(op, (keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D)):
+            pads = tuple((-a, -b) for a, b in _pairs(op.cropping))
+        else:
+            return None
+        n = len(pads)
+        return Window((1,) * n, (1,) * n, (1,) * n, pads)
+
+    def data_format(self, o: OpNode) -> str:
+        """``o``'s ``data_format`` attribute ("channels_last" when it has none)."""
+        return getattr(o.op, "data_format", None) or "channels_last"
 
     def block_info(self, key: int, name: str | None = None) -> Block:
         t = self.tensors[key]

@@ -12,7 +12,9 @@ every forward pass at ``training=False``, and none changing the model:
   importance of each filter, at any 4-D layer, residual blocks included
   (:mod:`.importance`, engine in :mod:`._engine`);
 * :meth:`GlobalAnalyzer.layer_similarity` - linear CKA between blocks
-  (:mod:`.similarity`).
+  (:mod:`.similarity`);
+* :meth:`GlobalAnalyzer.filter_examples` - the top-k activating samples of
+  each filter and their crops at the filter's receptive field (:mod:`.atlas`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..core import health as _health
 from ..core.data import model_stream
 from ..core.engine import TailEngine
 from ..core.output import KINDS, output_activation, reader_for
+from .atlas import FilterExamples, examples_reducer, examples_result
 from .association import (
     AssociationMoments,
     FilterClassAssociation,
@@ -307,6 +310,41 @@ class GlobalAnalyzer:
         red = CKAMoments(self.graph, keys)
         self.run(self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return similarity_result(red, names)
+
+    @_health.collecting
+    def filter_examples(self, x, y=None, *, block, filters=None, k=9, batch_size=None, max_samples=None,
+                        steps=None) -> FilterExamples:
+        """The ``k`` samples each filter of ``block`` responds to most, with the input crops it sees (an atlas).
+
+        The activation of a sample for a filter is the maximum of the
+        filter's map over spatial positions; the ``k`` largest are kept while
+        the data streams once through the model (memory ``O(F x k)``: a running
+        top-k merged batch by batch), ties broken by sample order. For each,
+        the location of the maximum and the input crop at the filter's
+        receptive field there (computed from the graph's strides, kernel
+        sizes, dilations, padding and pooling; clipped at the border).
+
+        Parameters
+        ----------
+        x : array (N, H, W, ch), tf.data.Dataset or PyDataset
+        y : ignored labels, accepted so that a labelled dataset or ``(x, y)`` call works unchanged.
+        block : str, int or layer
+        filters : None, int or sequence of int
+            The filters to keep examples for (None: all).
+        k : int
+            Examples per filter (at most the number of samples).
+        batch_size, max_samples, steps : int, optional
+
+        Returns
+        -------
+        FilterExamples
+            ``indices``, ``values``, ``locations``, ``boxes``, ``crops`` (F, k, ...),
+            ``receptive_field``, ``.to_frame()``, ``.plot()``.
+        """
+        key, name = self.key(block)
+        red = examples_reducer(self.graph, key, name, filters=filters, k=k)
+        self.run(self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
+        return examples_result(red, name)
 
     def similarity_blocks(self, blocks=None):
         if blocks is None:

@@ -22,18 +22,14 @@ Examples
 >>> ax.figure.savefig("correlation.png", dpi=150)   # saving is the caller's choice
 """
 
+from .atlas import plot_filter_examples
 from .global_ import (
-                      plot_filter_class_association,
-                      plot_filter_correlation,
-                      plot_filter_importance,
-                      plot_layer_similarity,
+    plot_filter_class_association,
+    plot_filter_correlation,
+    plot_filter_importance,
+    plot_layer_similarity,
 )
-from .local import (
-                      plot_layer_accuracy,
-                      plot_layer_predictions,
-                      plot_local_explanation,
-                      upsample,
-)
+from .local import plot_layer_accuracy, plot_layer_predictions, plot_local_explanation, upsample
 from .training import plot_training_dynamics
 
 __all__ = [
@@ -44,6 +40,7 @@ __all__ = [
     "plot_filter_importance",
     "plot_filter_class_association",
     "plot_layer_similarity",
+    "plot_filter_examples",
     "plot_training_dynamics",
     "upsample",
 ]

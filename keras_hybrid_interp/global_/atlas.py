@@ -1,0 +1,279 @@
+"""A filter atlas: the samples (and the input crops) each filter responds to most.
+
+The **activation of a sample for a filter** is the maximum of the filter's
+feature map over its spatial positions; its **location** is the position of
+that maximum (the first one in row-major order when several positions tie).
+The **top-k examples** of a filter are the ``k`` samples with the largest
+activations, largest first; ties are broken by sample order (the earlier
+sample first). They are kept while the data streams through the one pass
+(:mod:`..core.data_pass`): per batch, the batch's activations are merged with
+the ``k`` kept so far, so memory is ``O(C x k)`` (plus one batch), never
+``N x C``.
+
+For each kept sample the atlas stores the input **crop** at the filter's
+receptive field at the location of the maximum (:mod:`..core.receptive_field`):
+the input positions the filter can see there, clipped at the input's border
+(the clipped ``box`` is recorded). Crops are copied out of the batch while it
+passes, for the kept samples only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from ..core import health as _health
+from ..core.data_pass import Tap
+from ..core.receptive_field import (ReceptiveField, UnsupportedReceptiveField, receptive_field, window_origin,
+                                    window_shape)
+
+__all__ = ["FilterExamples", "TopKExamples", "check_filters", "check_k", "examples_reducer", "examples_result"]
+
+
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"`k` must be a positive int (examples kept per filter); received {k!r}.")
+    return int(k)
+
+
+def check_filters(filters, c: int, block: str) -> np.ndarray:
+    """``filters`` (None: all, an int, or a sequence of distinct ints in ``0..c-1``) as an int array."""
+    if filters is None:
+        return np.arange(c)
+    if isinstance(filters, (int, np.integer)) and not isinstance(filters, bool):
+        filters = [filters]
+    try:
+        arr = np.asarray(list(filters))
+    except TypeError:
+        raise ValueError(f"`filters` must be None, an int or a sequence of ints; received {filters!r}.") from None
+    if arr.size == 0 or arr.ndim != 1 or arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"`filters` must be None, an int or a non-empty sequence of ints; received {filters!r}.")
+    bad = arr[(arr < 0) | (arr >= c)]
+    if bad.size:
+        raise ValueError(f"`filters` {bad.tolist()} out of range: block {block!r} has {c} filters (0..{c - 1}).")
+    if len(np.unique(arr)) != len(arr):
+        raise ValueError(f"`filters` must not repeat a filter; received {arr.tolist()}.")
+    return arr.astype(np.int64)
+
+
+class TopKExamples:
+    """Reducer: the running top-k samples per filter of tensor ``key``, with their crops.
+
+    Memory: ``F x k`` values, indices and locations, and ``F x k`` crops of
+    the receptive field's window (``min(size, input length)`` per axis).
+    ``crops=False`` keeps no crops (the boxes are still recorded).
+    """
+
+    def __init__(self, key: int, filters: np.ndarray, k: int, rf: ReceptiveField, *, crops: bool = True):
+        self.key = key
+        self.tap = Tap(key, "raw")
+        self.taps = (self.tap,)
+        self.filters = np.asarray(filters, dtype=np.int64)
+        self.k = int(k)
+        self.rf = rf
+        self.keep_crops = bool(crops)
+        f = len(self.filters)
+        self.values = np.empty((0, f), dtype=np.float64)  # (kept, F), largest first
+        self.indices = np.empty((0, f), dtype=np.int64)
+        self.locations = np.empty((0, f, rf.ndim), dtype=np.int64)
+        self.boxes = np.empty((0, f, rf.ndim, 2), dtype=np.int64)
+        self.crops = None  # (kept, F, *window, channels)
+        self.n = 0
+        self.input_shape = None
+
+    def crop_bytes(self, channels: int, input_shape=None) -> int:
+        """Bytes the crops will take (float32)."""
+        return int(len(self.filters) * self.k * np.prod(window_shape(self.rf, input_shape)) * channels * 4)
+
+    def update(self, batch):
+        a = np.asarray(batch.values[self.tap.ident])
+        b = len(a)
+        if b == 0:
+            return
+        x = np.asarray(batch.x)
+        spatial = a.shape[1:-1]
+        flat = a[..., self.filters].reshape(b, -1, len(self.filters))  # (B, P, F)
+        pos = np.argmax(flat, axis=1)  # (B, F): first maximum in row-major order
+        vals = np.take_along_axis(flat, pos[:, None, :], axis=1)[:, 0, :].astype(np.float64)
+        locs = np.stack(np.unravel_index(pos, spatial), axis=-1) if spatial else np.zeros((b, len(self.filters), 0), int)
+        if self.input_shape is None:
+            self.input_shape = tuple(int(n) for n in x.shape[1:-1])
+        elif tuple(x.shape[1:-1]) != self.input_shape:
+            raise ValueError(f"`x`: the filter atlas needs inputs of one spatial shape; a batch of shape "
+                             f"{tuple(x.shape[1:-1])} follows batches of shape {self.input_shape}.")
+        start = self.n
+        self.n += b
+        cand_vals = np.concatenate([self.values, vals], axis=0)
+        # Stable sort of -value: kept rows come first and are earlier samples, so ties go to the earlier sample.
+        # NaN sorts last.
+        order = np.argsort(-cand_vals, axis=0, kind="stable")[: self.k]  # (k', F)
+        kept = len(self.values)
+        cols = np.arange(len(self.filters))[None, :]
+        new_idx = np.concatenate([self.indices, start + np.broadcast_to(np.arange(b)[:, None], vals.shape)], axis=0)
+        new_loc = np.concatenate([self.locations, locs.astype(np.int64)], axis=0)
+        self.values = cand_vals[order, cols]
+        self.indices = new_idx[order, cols]
+        self.locations = new_loc[order, cols]
+        k_now, f = order.shape
+        from_old = order < kept
+        win = window_shape(self.rf, self.input_shape)
+        if kept:
+            rows = np.where(from_old, order, 0)
+            boxes = self.boxes[rows, cols]
+            crops = self.crops[rows, cols] if self.keep_crops else None
+        else:
+            boxes = np.empty((k_now, f, self.rf.ndim, 2), dtype=np.int64)
+            crops = np.full((k_now, f, *win, x.shape[-1]), np.nan, dtype=np.float32) if self.keep_crops else None
+        for r, c in zip(*np.nonzero(~from_old)):
+            loc = self.locations[r, c]
+            box = self.rf.box(loc, self.input_shape)
+            boxes[r, c] = box
+            if crops is not None:
+                origin = window_origin(self.rf, loc, self.input_shape)
+                crops[r, c] = np.nan
+                src_sl = tuple(slice(lo, hi) for lo, hi in box)
+                dst_sl = tuple(slice(lo - o, hi - o) for (lo, hi), o in zip(box, origin))
+                crops[(r, c) + dst_sl] = x[(order[r, c] - kept,) + src_sl]
+        self.boxes = boxes
+        self.crops = crops
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FilterExamples:
+    """The top-k activating samples of each analysed filter of one block (a filter atlas).
+
+    Attributes
+    ----------
+    filters : ndarray of int, shape (F,)
+        The filters, in the order asked for.
+    indices : ndarray of int, shape (F, k)
+        Index in the stream of each kept sample (0 = first sample), by rank (largest activation first).
+    values : ndarray of float64, shape (F, k)
+        The activation: the maximum of the filter's map over spatial positions.
+    locations : ndarray of int, shape (F, k, n_axes)
+        Position of that maximum in the block's feature map (first in row-major order on ties).
+    boxes : ndarray of int, shape (F, k, n_axes, 2)
+        ``[start, stop)`` per spatial axis of the receptive field at the location, in input positions,
+        clipped to the input.
+    crops : ndarray of float32, shape (F, k, *window, channels), or None
+        The input inside each box, placed in a window of ``min(field size, input length)`` per axis;
+        positions outside the input are NaN. :meth:`crop` returns the box's content alone.
+    receptive_field : ReceptiveField
+        Size, jump and start of the block's receptive field per spatial axis.
+    block : str
+    n_samples : int
+        Samples streamed. ``k`` is at most this.
+    """
+
+    filters: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    locations: np.ndarray
+    boxes: np.ndarray
+    crops: np.ndarray | None
+    receptive_field: ReceptiveField
+    block: str
+    n_samples: int
+
+    def __post_init__(self):
+        for a in (self.filters, self.indices, self.values, self.locations, self.boxes, self.crops):
+            if a is not None:
+                a.setflags(write=False)
+
+    @property
+    def k(self) -> int:
+        """Examples kept per filter."""
+        return self.indices.shape[1]
+
+    def _row(self, filter):
+        hits = np.flatnonzero(self.filters == filter)
+        if isinstance(filter, bool) or not isinstance(filter, (int, np.integer)) or not hits.size:
+            raise ValueError(f"`filter` must be one of the analysed filters {self.filters.tolist()}; "
+                             f"received {filter!r}.")
+        return int(hits[0])
+
+    def crop(self, filter: int, rank: int = 0) -> np.ndarray:
+        """The input inside the box of ``filter``'s example of rank ``rank`` (0 = strongest), unpadded."""
+        if self.crops is None:
+            raise ValueError("These examples were computed without crops (crops=False).")
+        row = self._row(filter)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.k:
+            raise ValueError(f"`rank` must be an int in 0..{self.k - 1}; received {rank!r}.")
+        box = self.boxes[row, rank]
+        origin = window_origin(self.receptive_field, self.locations[row, rank])
+        sl = tuple(slice(int(lo) - o, int(hi) - o) for (lo, hi), o in zip(box, origin))
+        return np.asarray(self.crops[row, rank][sl])
+
+    def select(self, filters) -> "FilterExamples":
+        """The examples of ``filters`` only (a sequence of analysed filters), in that order."""
+        if isinstance(filters, (int, np.integer)) and not isinstance(filters, bool):
+            filters = [filters]
+        rows = [self._row(f) for f in filters]
+        if not rows:
+            raise ValueError("`filters` must name at least one filter.")
+        return dataclasses.replace(
+            self, filters=self.filters[rows].copy(), indices=self.indices[rows].copy(),
+            values=self.values[rows].copy(), locations=self.locations[rows].copy(), boxes=self.boxes[rows].copy(),
+            crops=None if self.crops is None else self.crops[rows].copy())
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy: one row per filter and rank (``filter``, ``rank``, ``sample``, ``value``, ``location``, ``box``)."""
+        f, k = self.indices.shape
+        return pd.DataFrame({
+            "block": self.block,
+            "filter": np.repeat(self.filters, k),
+            "rank": np.tile(np.arange(k), f),
+            "sample": self.indices.ravel(),
+            "value": self.values.ravel(),
+            "location": [tuple(int(v) for v in loc) for loc in self.locations.reshape(f * k, -1)],
+            "box": [tuple((int(lo), int(hi)) for lo, hi in b) for b in self.boxes.reshape(f * k, -1, 2)],
+        })
+
+    def plot(self, **kwargs):
+        """:func:`keras_hybrid_interp.plotting.plot_filter_examples` of this result; returns the Figure."""
+        from ..plotting.atlas import plot_filter_examples
+
+        return plot_filter_examples(self, **kwargs)
+
+    def __repr__(self):
+        rf = self.receptive_field
+        return (f"FilterExamples(block={self.block!r}, filters={len(self.filters)}, k={self.k}, "
+                f"n_samples={self.n_samples}, receptive_field={'whole input' if rf.whole else rf.size})")
+
+
+def block_receptive_field(graph, key, block) -> ReceptiveField:
+    """The receptive field of ``key``; the whole input, with a warning, when it cannot be derived."""
+    try:
+        return receptive_field(graph, key)
+    except UnsupportedReceptiveField as exc:
+        in_sp = tuple(graph.tensors[graph.input_keys[0]].shape[1:-1])
+        _health.warn("receptive_field", f"Block {block!r}: {exc} The filter atlas crops the whole input instead.")
+        nd = len(in_sp)
+        return ReceptiveField(tuple(int(n or 0) for n in in_sp), (0,) * nd, (0,) * nd,
+                              tuple(None if n is None else int(n) for n in in_sp), whole=True)
+
+
+def examples_reducer(graph, key, block, *, filters=None, k=9, crops=True) -> TopKExamples:
+    """The :class:`TopKExamples` reducer of ``filter_examples`` (arguments checked)."""
+    shape = graph.tensors[key].shape
+    c = int(shape[-1])
+    filters = check_filters(filters, c, block)
+    k = check_k(k)
+    rf = block_receptive_field(graph, key, block)
+    return TopKExamples(key, filters, k, rf, crops=crops)
+
+
+def examples_result(red: TopKExamples, block: str) -> FilterExamples:
+    """The :class:`FilterExamples` of a reducer that has seen a pass."""
+    if red.n == 0:
+        raise ValueError("`x` holds no sample; the filter atlas needs at least one.")
+    rf = red.rf
+    if any(n is None for n in rf.input_shape):  # the static shape was not known: the data's
+        rf = dataclasses.replace(rf, input_shape=red.input_shape)
+        if rf.whole:
+            rf = dataclasses.replace(rf, size=red.input_shape)
+    return FilterExamples(red.filters.copy(), red.indices.T.copy(), red.values.T.copy(),
+                          red.locations.transpose(1, 0, 2).copy(), red.boxes.transpose(1, 0, 2, 3).copy(),
+                          None if red.crops is None else np.moveaxis(red.crops, 0, 1).copy(), rf, block, red.n)

@@ -211,6 +211,9 @@ class LayerTable:
     def __len__(self):
         return len(self.blocks)
 
+    def _repr_html_(self):  # a notebook shows the table
+        return self.to_frame()._repr_html_()
+
     @property
     def n_controls(self) -> int:
         return 0 if self.control_accuracies is None else int(self.control_accuracies.shape[0])

@@ -35,6 +35,7 @@ _EXPORTS = {
     "InterpretationCallback": ".callback",
     "InterpretationWarning": ".core.health",
     "LayerPredictions": ".local.results",
+    "LayerTable": ".local.results",
     "LayerSimilarity": ".global_.similarity",
     "LinearProbe": ".local.probes",
     "LocalExplanation": ".local.results",
@@ -70,6 +71,7 @@ if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __g
     from .local.probes import LinearProbe as LinearProbe
     from .local.probes import OutputProbabilities as OutputProbabilities
     from .local.results import LayerPredictions as LayerPredictions
+    from .local.results import LayerTable as LayerTable
     from .local.results import LocalExplanation as LocalExplanation
     from .report import Report as Report
     from .report import build_report as build_report

@@ -44,7 +44,7 @@ def _print_tables(interp, table):
         print("\nBlocks:")
         print(interp.blocks.to_frame().to_string(index=False))
         print("\nLayer-by-layer predictions (probe per block; last row = the model):")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(table.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def _write_report(interp, x, y, out, quiet, random_state):

@@ -41,7 +41,11 @@ DEFINITIONS = {
         "fraction of samples whose probe top class equals the label. loss: mean cross-entropy "
         "against the labels (or the model's own distribution without labels). agreement: fraction "
         "whose probe top class equals the model's. chance: frequency of the most common label. "
-        "The last row is the model itself."
+        "The last row is the model itself. control_accuracy (when the probes were fitted with controls): "
+        "mean accuracy of the same probe trained on the same samples with permuted labels (a control task, "
+        "Hewitt and Liang 2019); selectivity: accuracy minus control accuracy, what the probe reads from "
+        "the block beyond what it can memorise. <metric>_low and <metric>_high: percentile bootstrap "
+        "interval over the evaluated samples (Poisson bootstrap), with the probes held fixed."
     ),
     "local": (
         "For one input: the probabilities each block's probe assigns to each class; the decision "
@@ -449,6 +453,9 @@ def build_report(
     steps=None,
     batch_size=64,
     random_state=0,
+    controls=None,
+    bootstrap=1000,
+    confidence=0.95,
     title=None,
     verbose=0,
     atlas_filters=4,
@@ -478,13 +485,20 @@ def build_report(
         The report analyses the first ``max_samples`` samples (or ``steps``
         batches) of ``x``; None: all.
     random_state : int
-        Seeds the permutations.
+        Seeds the permutations and the bootstrap.
     atlas_filters, atlas_k : int
         The filter atlas shows the ``atlas_k`` top-activating crops of the
         ``atlas_filters`` most important filters (0: no atlas). The pass keeps
         the top ``atlas_k`` of every filter of the block (the ranking is known
         only after it); crops are skipped, with a health note, when they
         would take more than 256 MiB.
+    controls : int, optional
+        Control probes per block in the layer table (see
+        :meth:`HybridInterpreter.evaluate_layers`); None: all that
+        ``fit_probes(..., controls=n)`` fitted (none if it fitted none).
+        Needs labels; without them no controls are shown.
+    bootstrap, confidence : int, float
+        Bootstrap resamples and level of the layer table's intervals (0: none).
 
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
@@ -512,7 +526,11 @@ def build_report(
         request = check_request(engine, ga.reader, n_repeats=importance_repeats, random_state=random_state)
         stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
 
-        scores = interp.probe_scores()
+        if controls is None:
+            fitted_controls = getattr(interp, "control_states_", None)
+            controls = len(fitted_controls[0]) if fitted_controls else 0
+        scores = interp.probe_scores(controls=controls if y is not None else 0, bootstrap=bootstrap,
+                                     random_state=random_state)
         moments = _pass.InputMoments()
         corr_red = filter_correlation_reducer(interp.graph, key, "mean")
         assoc_red = AssociationMoments(interp.graph, key, "mean", ga.reader, y is not None)
@@ -538,7 +556,8 @@ def build_report(
         log("  one pass over the data: layer table, explanations, correlation, association, similarity, cache")
         info = ga.run(stream, reducers)
         interp.check_drift(moments)
-        table = interp.layer_table(scores)
+        layers = interp.layer_table(scores, confidence=confidence)
+        table = layers.to_frame()
         labelled = info.has_labels
         corr = correlation_result(corr_red, block, "mean")
         assoc = association_result(assoc_red, block, list(interp.class_names)) if labelled else None
@@ -562,6 +581,7 @@ def build_report(
         "model accuracy": float(out_row["accuracy"]) if labelled else "no labels",
         "deepest probe accuracy" if labelled else "deepest probe agreement":
             float(table.iloc[-2]["accuracy" if labelled else "agreement"]),
+        **({"deepest probe selectivity": float(layers.selectivity[-2])} if layers.selectivity is not None else {}),
         "block analysed globally": block,
         "dead filters in that block": [int(i) for i in corr.dead_filters],
         "redundancy (mean |r|)": float(corr.redundancy),
@@ -574,7 +594,12 @@ def build_report(
         "Layer-by-layer predictions",
         text=DEFINITIONS["layer_table"],
         figures=[("Probe accuracy and agreement per block, shallow to deep. Where the probe curve meets the model's "
-                  "accuracy, the class is linearly readable from that block on.", plotting.plot_layer_accuracy(table))],
+                  "accuracy, the class is linearly readable from that block on."
+                  + (" Selectivity is the accuracy minus that of control probes trained on permuted labels: "
+                     "near 0, the probe memorises rather than reads the block." if layers.selectivity is not None
+                     else "")
+                  + (f" Error bars: {confidence:.0%} bootstrap intervals over the evaluated samples."
+                     if layers.n_resamples else ""), plotting.plot_layer_accuracy(layers))],
         tables=[("Layer table", table)],
     )
     if explanations:

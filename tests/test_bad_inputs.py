@@ -304,7 +304,7 @@ def test_unlabelled_data_is_allowed_and_the_results_say_so(env):
     assert env.ga.filter_importance(env.x, env.y, block="conv3", n_repeats=1).label_source == "y"
     assoc = env.ga.filter_class_association(x_only, None, block="conv3")
     assert assoc.label_source == "model predictions"
-    table = env.interp.evaluate_layers(x_only)
+    table = env.interp.evaluate_layers(x_only).to_frame()
     assert table["accuracy"].isna().all() and table["agreement"].notna().all()
     # A regression model is still analysable with a callable score and without classes:
     # the callable receives the raw outputs (no probabilities are made up).

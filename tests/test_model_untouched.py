@@ -308,7 +308,7 @@ def test_results_follow_the_weights(tmp_path):
                                                       scoring="loss", random_state=0).importances,
             "ablation": analyzer.filter_importance(x, y, block=block, method="ablation", scoring="loss").importances,
             "correlation": analyzer.filter_correlation(x, block=block).values,
-            "evaluate_layers": interp.evaluate_layers(x, y)[["loss", "agreement"]].to_numpy(dtype=np.float64),
+            "evaluate_layers": interp.evaluate_layers(x, y).to_frame()[["loss", "agreement"]].to_numpy(dtype=np.float64),
         }
 
     before = results(interp, analyzer)

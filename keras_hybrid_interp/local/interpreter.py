@@ -12,6 +12,7 @@ from ..core import blocks as _blocks
 from ..core import data_pass as _pass
 from ..core import graph as _graph
 from ..core import health as _health
+from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
 from ..core.data import model_stream
 from ..core.output import OutputReader, reader_for
 from ..core.trainer import (
@@ -23,7 +24,7 @@ from ..core.trainer import (
     restandardize,
 )
 from .probes import FeaturePooling, LinearProbe, input_transform
-from .results import LayerPredictions, LocalExplanation
+from .results import INTERVAL_METRICS, LayerPredictions, LayerTable, LocalExplanation
 
 __all__ = ["HybridInterpreter", "BlockList", "ProbeScores", "drift_message"]
 
@@ -111,10 +112,17 @@ class ProbeScores:
     """Reducer of the layer table: per-block probe accuracy, loss and agreement (float64 sums).
 
     ``probes`` is a list of ``(tap, mean, scale, kernel, bias)``; the model
-    output tap is read with ``reader``.
+    output tap is read with ``reader``. ``controls``, if given, holds per
+    block a list of control probes ``(kernel, bias)`` in the probe's own
+    standardized coordinates (the same ``mean``, ``scale``): their accuracy
+    is summed too. ``bootstrap`` > 0 feeds every sample's correctness, loss,
+    agreement, mean control correctness and selectivity to a streaming
+    :class:`~keras_hybrid_interp.core.bootstrap.PoissonBootstrap` seeded by
+    ``random_state``: ``bootstrap x 5 (L + 1)`` float64 sums, whatever the
+    number of samples.
     """
 
-    def __init__(self, probes, output_tap, reader, num_classes):
+    def __init__(self, probes, output_tap, reader, num_classes, *, controls=None, bootstrap=0, random_state=None):
         self.probes = probes
         self.output_tap = output_tap
         self.reader = reader
@@ -128,6 +136,12 @@ class ProbeScores:
         self.model_counts = np.zeros(num_classes)
         self.n = 0
         self.labelled = None
+        self.controls = controls
+        self.n_controls = len(controls[0]) if controls else 0
+        #: (n_controls, L) summed correctness of each control probe against the labels.
+        self.control_correct = np.zeros((self.n_controls, L))
+        self.bootstrap = (PoissonBootstrap(bootstrap, len(INTERVAL_METRICS) * (L + 1), random_state)
+                          if bootstrap else None)
 
     def log_probabilities(self, batch):
         """Per-block probe log-probabilities and the model's, for one batch (float64)."""
@@ -142,19 +156,34 @@ class ProbeScores:
         model_cls = model_logp.argmax(axis=1)
         model_p = np.exp(model_logp)
         k = model_logp.shape[1]
+        b, L1 = len(model_cls), len(logps)
         self.model_counts += np.bincount(model_cls, minlength=k)
         self.labelled = batch.y is not None
         if batch.y is not None:
             self.counts += np.bincount(batch.y, minlength=k)
+        per_sample = np.full((len(INTERVAL_METRICS), b, L1), np.nan)  # metric, sample, row
         for i, logp in enumerate(logps):
             cls = logp.argmax(axis=1)
-            self.agree[i] += np.sum(cls == model_cls)
+            per_sample[2, :, i] = cls == model_cls
             if batch.y is not None:
-                self.correct[i] += np.sum(cls == batch.y)
-                self.loss[i] += -np.sum(logp[np.arange(len(cls)), batch.y])
+                per_sample[0, :, i] = cls == batch.y
+                per_sample[1, :, i] = -logp[np.arange(b), batch.y]
             else:
-                self.loss[i] += -np.sum(model_p * logp)
-        self.n += len(batch.x)
+                per_sample[1, :, i] = -np.sum(model_p * logp, axis=1)
+        self.correct += np.nansum(per_sample[0], axis=0)
+        self.loss += per_sample[1].sum(axis=0)
+        self.agree += per_sample[2].sum(axis=0)
+        if self.n_controls and batch.y is not None:
+            for i, ((tap, mean, scale, _, _), controls) in enumerate(zip(self.probes, self.controls)):
+                z = (np.asarray(batch.values[tap.ident], np.float64) - mean) * scale
+                hits = np.stack([(z @ kernel + bias).argmax(axis=1) == batch.y for kernel, bias in controls])
+                self.control_correct[:, i] += hits.sum(axis=1)
+                per_sample[3, :, i] = hits.mean(axis=0)
+            per_sample[4] = per_sample[0] - per_sample[3]
+        if self.bootstrap is not None:
+            # Metrics a table lacks (accuracy without labels, controls not asked for) stay NaN: 0 here.
+            self.bootstrap.update(np.nan_to_num(per_sample, nan=0.0).transpose(1, 0, 2).reshape(b, -1))
+        self.n += b
 
 
 def probe_logits(features, mean, scale, kernel, bias):
@@ -273,6 +302,8 @@ class HybridInterpreter(keras.Model):
         self.convergence_ = None
         #: Caveats found by the last fit (a list of ``_health.Caveat``).
         self.fit_health_ = []
+        #: Per block, the control probes ``(kernel, bias)`` of the last fit (``fit_probes(controls=n)``).
+        self.control_states_ = []
 
         # Pooling and probes compute in float32 whatever the global dtype policy:
         # under mixed_float16 the block outputs (float16) are cast up exactly.
@@ -365,11 +396,35 @@ class HybridInterpreter(keras.Model):
         """Per block ``(mean, scale, kernel, bias)`` of the probe, float64."""
         return [p.state() for p in self._probes]
 
-    def probe_scores(self) -> ProbeScores:
-        """A fresh reducer computing the layer table in a pass (see :meth:`evaluate_layers`)."""
+    def probe_scores(self, *, controls=0, bootstrap=0, random_state=None) -> ProbeScores:
+        """A fresh reducer computing the layer table in a pass (see :meth:`evaluate_layers`).
+
+        ``controls``: how many of the control probes fitted by :meth:`fit_probes` to evaluate;
+        ``bootstrap``: resamples of the streaming bootstrap, seeded by ``random_state``.
+        """
         self.require_fitted()
+        controls = self._check_controls(controls, fitting=False)
+        bootstrap = check_bootstrap(bootstrap)
         return ProbeScores(list(zip(self.feature_taps(), *zip(*self.probe_states()))), self.output_tap(),
-                           self._reader, self.num_classes)
+                           self._reader, self.num_classes,
+                           controls=[c[:controls] for c in self.control_states_] if controls else None,
+                           bootstrap=bootstrap, random_state=random_state)
+
+    def _check_controls(self, controls, *, fitting):
+        if isinstance(controls, bool) or not isinstance(controls, (int, np.integer)) or controls < 0:
+            raise ValueError(
+                "`controls` must be a non-negative int, the number of control probes (trained on permuted "
+                f"labels) per block; received {controls!r}."
+            )
+        controls = int(controls)
+        fitted = len(self.control_states_[0]) if self.control_states_ else 0
+        if not fitting and controls > fitted:
+            raise ValueError(
+                f"`controls`={controls} asks for {controls} control probes per block, but the probes were fitted "
+                f"with {fitted}. Control probes are fitted with the probes, from the same cached features: call "
+                f"interp.fit_probes(x_train, y_train, controls={controls}, random_state=...) first."
+            )
+        return controls
 
     def check_drift(self, moments) -> None:
         """Warns when the input statistics in ``moments`` (an InputMoments) differ grossly from the fit's."""
@@ -388,7 +443,7 @@ class HybridInterpreter(keras.Model):
     # Local interpretability
     # ------------------------------------------------------------------
     def fit_probes(self, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_start=False, batch_size=64,
-                   max_samples=None, steps=None, verbose="auto"):
+                   max_samples=None, steps=None, controls=0, random_state=None, verbose="auto"):
         """Fits every block probe on frozen, pooled block outputs.
 
         One forward pass of the wrapped model (in inference mode) computes
@@ -419,6 +474,21 @@ class HybridInterpreter(keras.Model):
         max_samples, steps : int, optional
             Use the first samples, or the first batches, only. One of them is
             required for a dataset that repeats forever.
+        controls : int
+            Also fit this many *control probes* per block (Hewitt and Liang,
+            2019): the same probe (same cached features, same standardization,
+            same trainer and ``C``) trained on the same fitting samples with
+            their targets (labels, or the model's distributions without
+            labels) permuted across samples. No extra pass over the data: the
+            controls are fitted from the features this fit caches anyway, then
+            only their ``(kernel, bias)`` are kept (``control_states_``, not
+            saved with the interpreter). :meth:`evaluate_layers` with
+            ``controls=n`` reports their accuracy and the selectivity.
+        random_state : int, numpy Generator or None
+            Seeds the permutations: with ``rng = np.random.default_rng(random_state)``,
+            control ``j`` is trained on ``targets[perm_j]`` where ``perm_j`` is
+            the ``j``-th draw of ``rng.permutation(n_samples)``; every block
+            shares the same permuted targets.
         verbose : "auto", 0, 1 or 2
             Progress of the backbone pass.
 
@@ -431,13 +501,16 @@ class HybridInterpreter(keras.Model):
         """
         with _health.collect() as caveats:
             n_before = len(caveats)
-            self._fit_probes(x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose)
+            self._fit_probes(x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose,
+                             controls, random_state)
             self.fit_health_ = list(caveats[n_before:])
         return self
 
-    def _fit_probes(self, x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose):
+    def _fit_probes(self, x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose,
+                    controls=0, random_state=None):
         C = check_C(C)
         check_solver(max_iter, tol)
+        controls = self._check_controls(controls, fitting=True)
         verbose = _resolve_verbose(verbose)
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
         feats = [_pass.Collect(t, dtype=np.float32) for t in self.feature_taps()]
@@ -458,7 +531,9 @@ class HybridInterpreter(keras.Model):
             targets = self._reader.probabilities(outputs.result())
             _health.check_classes(np.bincount(targets.argmax(axis=1), minlength=self.num_classes), self.class_names,
                                     "the model's predictions")
-        rows = []
+        rng = np.random.default_rng(random_state)
+        perms = [rng.permutation(info.n) for _ in range(controls)]
+        rows, control_states, control_not_conv = [], [], []
         for name, probe, f in zip(self.block_names, self._probes, feats):
             mean, scale = input_transform(f)
             z = (f.astype(np.float64) - mean) * scale
@@ -468,6 +543,13 @@ class HybridInterpreter(keras.Model):
             sol = fit_probe(z, targets, self.num_classes, C=C, max_iter=max_iter, tol=tol, init=init)
             probe.set_state(mean, scale, sol.kernel, sol.bias)
             rows.append((name, sol.n_iter, sol.converged, sol.loss))
+            block_controls = []
+            for perm in perms:  # control tasks: the same probe on permuted targets
+                ctl = fit_probe(z, targets[perm], self.num_classes, C=C, max_iter=max_iter, tol=tol)
+                block_controls.append((ctl.kernel, ctl.bias))
+                if not ctl.converged and name not in control_not_conv:
+                    control_not_conv.append(name)
+            control_states.append(block_controls)
             if z.shape[0] < z.shape[1]:
                 _health.warn(
                     "few_samples",
@@ -483,6 +565,14 @@ class HybridInterpreter(keras.Model):
                 "their accuracy may be understated. Raise `max_iter`, or lower `C` (stronger penalty) if the "
                 "classes are separable.",
             )
+        if control_not_conv:
+            _health.warn(
+                "not_converged",
+                f"Control probes (permuted labels) of blocks {control_not_conv} did not converge within "
+                f"max_iter={max_iter} L-BFGS iterations; their accuracy, and so the selectivity, may be off. "
+                "Raise `max_iter` or lower `C`.",
+            )
+        self.control_states_ = control_states if controls else []
         self.convergence_ = pd.DataFrame(rows, columns=["block", "n_iter", "converged", "loss"])
         self.input_statistics = {"mean": moments.mean, "std": moments.std}
         self.fitted = True
@@ -524,26 +614,63 @@ class HybridInterpreter(keras.Model):
         )
 
     @_health.collecting
-    def evaluate_layers(self, x, y=None, *, batch_size=64, max_samples=None, steps=None) -> pd.DataFrame:
+    def evaluate_layers(self, x, y=None, *, batch_size=64, max_samples=None, steps=None, controls=0, bootstrap=0,
+                        confidence=0.95, random_state=None) -> LayerTable:
         """Layer-by-layer table: one row per block, then one for the model output.
 
-        Columns: ``block``, ``depth``, ``filters``, ``accuracy`` (probe top
-        class equals the label; NaN without labels), ``loss`` (mean
-        cross-entropy against the labels, or against the model's own
-        distribution without labels), ``agreement`` (probe top class equals
-        the model's top class) and ``chance`` (frequency of the most common
-        label, or of the most common model prediction without labels).
-        Statistics stream in batches and accumulate in float64.
+        Per block: ``accuracy`` (probe top class equals the label; NaN without
+        labels), ``loss`` (mean cross-entropy against the labels, or against
+        the model's own distribution without labels), ``agreement`` (probe
+        top class equals the model's top class) and ``chance`` (frequency of
+        the most common label, or of the most common model prediction without
+        labels). Statistics stream in batches and accumulate in float64.
+
+        Parameters
+        ----------
+        x, y : evaluation data (arrays, tf.data or PyDataset) and optional labels.
+        batch_size, max_samples, steps : as in :meth:`fit_probes`.
+        controls : int
+            Report the first ``controls`` control probes fitted by
+            ``fit_probes(..., controls=n)`` (n >= ``controls``; a ValueError
+            otherwise): their mean ``control_accuracy``, evaluated on these
+            samples against these labels exactly as the probe is, and the
+            ``selectivity``, probe accuracy minus control accuracy. Needs labels.
+        bootstrap : int
+            Resamples (e.g. 1000) of a percentile bootstrap over the evaluation
+            samples, for intervals on accuracy, loss, agreement, control
+            accuracy and selectivity (the latter from each sample's probe
+            correctness minus its mean control correctness). It streams (a
+            Poisson bootstrap, :mod:`~keras_hybrid_interp.core.bootstrap`):
+            memory is ``bootstrap x 5 (L + 1)`` float64 sums, not the samples.
+            The intervals are over the evaluation samples with the probes held
+            fixed: they say how much the numbers would move on other data from
+            the same distribution, not how much refitting the probes would.
+        confidence : float
+            Level of the intervals.
+        random_state : int, numpy Generator or None
+            Seeds the bootstrap: the same seed and samples in the same order
+            give the same intervals, whatever ``batch_size``.
+
+        Returns
+        -------
+        LayerTable
+            ``.to_frame()`` is the tidy table, ``.plot()`` draws it.
         """
         self.require_fitted()
+        confidence = check_confidence(confidence)
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
-        scores = self.probe_scores()
+        scores = self.probe_scores(controls=controls, bootstrap=bootstrap, random_state=random_state)
         moments = _pass.InputMoments()
-        _pass.run(self._graph, stream, [scores, moments], num_classes=self.num_classes)
+        info = _pass.run(self._graph, stream, [scores, moments], num_classes=self.num_classes)
+        if scores.n_controls and not info.has_labels:
+            raise ValueError(
+                "`controls` needs labels: control accuracy is measured against the evaluation labels. Pass `y` "
+                "(or a dataset yielding (x, y)), or controls=0."
+            )
         self.check_drift(moments)
-        return self.layer_table(scores)
+        return self.layer_table(scores, confidence=confidence)
 
-    def layer_table(self, scores: ProbeScores) -> pd.DataFrame:
+    def layer_table(self, scores: ProbeScores, *, confidence=0.95) -> LayerTable:
         """The layer table from a :class:`ProbeScores` reducer that has seen a pass."""
         n, L = scores.n, len(self.block_names)
         labelled = bool(scores.labelled)
@@ -551,16 +678,40 @@ class HybridInterpreter(keras.Model):
         _health.check_classes(counts, self.class_names, "the labels" if labelled else "the model's predictions")
         names = list(self.block_names) + ["output"]
         depths = [b.depth for b in self.blocks] + [self._graph.tensors[self._graph.output_keys[0]].producer]
-        filters = pd.array([b.filters for b in self.blocks] + [None], dtype="Int64")
-        return pd.DataFrame({
-            "block": names,
-            "depth": depths,
-            "filters": filters,
-            "accuracy": scores.correct / n if labelled else np.full(L + 1, np.nan),
-            "loss": scores.loss / n,
-            "agreement": scores.agree / n,
-            "chance": np.full(L + 1, counts.max() / n),
-        })
+        accuracy = scores.correct / n if labelled else np.full(L + 1, np.nan)
+        control_accuracies = selectivity = None
+        if scores.n_controls and labelled:
+            control_accuracies = np.concatenate(
+                [scores.control_correct / n, np.full((scores.n_controls, 1), np.nan)], axis=1)
+            selectivity = accuracy - control_accuracies.mean(axis=0)
+        lower, upper = {}, {}
+        if scores.bootstrap is not None:
+            low, high = (a.reshape(len(INTERVAL_METRICS), L + 1) for a in scores.bootstrap.interval(confidence))
+            for j, metric in enumerate(INTERVAL_METRICS):
+                if metric == "accuracy" and not labelled:
+                    continue
+                if metric in ("control_accuracy", "selectivity"):
+                    if control_accuracies is None:
+                        continue
+                    low[j, -1] = high[j, -1] = np.nan  # the model has no control
+                lower[metric], upper[metric] = low[j], high[j]
+        return LayerTable(
+            blocks=tuple(names),
+            depths=np.asarray(depths),
+            filters=tuple(None if b.filters is None else int(b.filters) for b in self.blocks) + (None,),
+            accuracy=accuracy,
+            loss=scores.loss / n,
+            agreement=scores.agree / n,
+            chance=float(counts.max() / n),
+            n=int(n),
+            labelled=labelled,
+            control_accuracies=control_accuracies,
+            selectivity=selectivity,
+            lower=lower,
+            upper=upper,
+            confidence=confidence if lower else None,
+            n_resamples=scores.bootstrap.n_resamples if scores.bootstrap is not None else 0,
+        )
 
     def explanation_taps(self, limit):
         """Pass taps of :meth:`explain`: every block's raw map, for the first ``limit`` samples."""

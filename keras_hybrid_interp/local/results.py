@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-__all__ = ["LayerPredictions", "LocalExplanation"]
+__all__ = ["LayerPredictions", "LocalExplanation", "LayerTable"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,3 +154,128 @@ class LocalExplanation:
         from ..plotting import plot_local_explanation
 
         return plot_local_explanation(self, fig=fig, **kwargs)
+
+#: The metrics of the layer table that may carry a bootstrap interval, in column order.
+INTERVAL_METRICS = ("accuracy", "loss", "agreement", "control_accuracy", "selectivity")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerTable:
+    """The layer table of :meth:`HybridInterpreter.evaluate_layers`: per block, how well its probe reads the class.
+
+    One row per block, shallow to deep, then a last row ``"output"`` for the
+    model itself. Every array has that length, L + 1.
+
+    Attributes
+    ----------
+    blocks : tuple of str
+        Block names, then ``"output"``.
+    depths : ndarray of int
+        Graph depth of each block (the producing layer's position for the output row).
+    filters : tuple of int or None
+        Channels of each block (None for the output row).
+    accuracy : ndarray of float
+        Fraction of samples whose probe top class equals the label (NaN without labels).
+    loss : ndarray of float
+        Mean cross-entropy against the labels, or against the model's own
+        distribution without labels.
+    agreement : ndarray of float
+        Fraction of samples whose probe top class equals the model's.
+    chance : float
+        Frequency of the most common label (of the most common model prediction without labels).
+    n : int
+        Number of evaluated samples.
+    labelled : bool
+    control_accuracies : ndarray (n_controls, L + 1) or None
+        Accuracy of each control probe (trained on permuted labels, see
+        :meth:`HybridInterpreter.fit_probes`), against the true labels of the
+        evaluation data; NaN in the output row. None when no controls were asked for.
+    selectivity : ndarray or None
+        ``accuracy - control_accuracy`` (Hewitt and Liang, 2019).
+    lower, upper : dict of str to ndarray
+        Bootstrap percentile interval of each metric in
+        :data:`INTERVAL_METRICS` that was computed (empty without ``bootstrap``).
+    confidence : float or None
+        The intervals' confidence level.
+    n_resamples : int
+        Bootstrap resamples (0: no intervals).
+    """
+
+    blocks: tuple
+    depths: np.ndarray
+    filters: tuple
+    accuracy: np.ndarray
+    loss: np.ndarray
+    agreement: np.ndarray
+    chance: float
+    n: int
+    labelled: bool
+    control_accuracies: np.ndarray | None = None
+    selectivity: np.ndarray | None = None
+    lower: dict = dataclasses.field(default_factory=dict)
+    upper: dict = dataclasses.field(default_factory=dict)
+    confidence: float | None = None
+    n_resamples: int = 0
+
+    def __repr__(self):
+        extra = ""
+        if self.n_controls:
+            extra += f", controls={self.n_controls}"
+        if self.n_resamples:
+            extra += f", {100 * self.confidence:g}% intervals from {self.n_resamples} resamples"
+        return f"LayerTable(blocks={len(self.blocks) - 1}, samples={self.n}{extra})"
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def _repr_html_(self):  # a notebook shows the table
+        return self.to_frame()._repr_html_()
+
+    @property
+    def n_controls(self) -> int:
+        return 0 if self.control_accuracies is None else int(self.control_accuracies.shape[0])
+
+    @property
+    def control_accuracy(self) -> np.ndarray | None:
+        """Mean accuracy of the control probes per block (None without controls)."""
+        if self.control_accuracies is None:
+            return None
+        return self.control_accuracies.mean(axis=0)
+
+    def interval(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` bootstrap interval of ``metric`` per row."""
+        if metric not in self.lower:
+            raise KeyError(
+                f"No interval for {metric!r}; this table has intervals for {sorted(self.lower)} "
+                "(evaluate_layers(..., bootstrap=1000) computes them)."
+            )
+        return self.lower[metric], self.upper[metric]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per block, then ``output``: ``block``, ``depth``, ``filters``, ``accuracy``, ``loss``,
+        ``agreement``, ``chance``; with controls ``control_accuracy`` and ``selectivity``; with a bootstrap
+        ``<metric>_low`` and ``<metric>_high`` for each metric with an interval."""
+        L1 = len(self.blocks)
+        frame = pd.DataFrame({
+            "block": list(self.blocks),
+            "depth": np.asarray(self.depths),
+            "filters": pd.array(list(self.filters), dtype="Int64"),
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "agreement": self.agreement,
+            "chance": np.full(L1, self.chance),
+        })
+        if self.control_accuracies is not None:
+            frame["control_accuracy"] = self.control_accuracy
+            frame["selectivity"] = self.selectivity
+        for m in INTERVAL_METRICS:
+            if m in self.lower:
+                frame[f"{m}_low"] = self.lower[m]
+                frame[f"{m}_high"] = self.upper[m]
+        return frame
+
+    def plot(self, ax=None, **kwargs):
+        """:func:`keras_hybrid_interp.plotting.plot_layer_accuracy` of this table."""
+        from ..plotting import plot_layer_accuracy
+
+        return plot_layer_accuracy(self, ax=ax, **kwargs)

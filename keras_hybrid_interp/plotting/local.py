@@ -23,28 +23,33 @@ from .common import (
     short_list,
 )
 
-_METRICS = ("accuracy", "agreement")
+_METRICS = ("accuracy", "agreement", "control_accuracy", "selectivity")
+_DEFAULT_METRICS = ("accuracy", "agreement")
 
 
 # ----------------------------------------------------------------------
 # Local: layer table
 # ----------------------------------------------------------------------
-def plot_layer_accuracy(table, *, ax=None, metrics=_METRICS, title=None):
+def plot_layer_accuracy(table, *, ax=None, metrics=None, title=None):
     """Probe accuracy and agreement with the model, block by block.
 
     Parameters
     ----------
-    table : pandas.DataFrame
-        The table of :meth:`HybridInterpreter.evaluate_layers`: columns
-        ``block``, ``accuracy``, ``agreement``, ``chance`` (and ``depth``), one
-        row per block shallow to deep, and a last row ``block == "output"``
-        for the model itself.
+    table : LayerTable or pandas.DataFrame
+        The :class:`~keras_hybrid_interp.LayerTable` of
+        :meth:`HybridInterpreter.evaluate_layers`, or its ``.to_frame()``:
+        columns ``block``, ``accuracy``, ``agreement``, ``chance`` (and
+        ``depth``), one row per block shallow to deep, and a last row
+        ``block == "output"`` for the model itself; optionally
+        ``control_accuracy``, ``selectivity`` and ``<metric>_low`` /
+        ``<metric>_high`` bootstrap bounds, drawn as error bars.
     ax : matplotlib Axes, optional
         Draws on it; a new figure when None.
-    metrics : sequence of {"accuracy", "agreement"}
-        The columns drawn as lines. When ``accuracy`` is all NaN (the table
-        was computed without labels) only agreement is drawn, and the legend
-        says so.
+    metrics : sequence of {"accuracy", "agreement", "control_accuracy", "selectivity"}, optional
+        The columns drawn as lines; default accuracy and agreement, plus
+        control accuracy and selectivity when the table has them. When
+        ``accuracy`` is all NaN (the table was computed without labels) only
+        agreement is drawn, and the legend says so.
     title : str, optional
         Replaces the default title.
 
@@ -53,14 +58,23 @@ def plot_layer_accuracy(table, *, ax=None, metrics=_METRICS, title=None):
     matplotlib.axes.Axes
         x: the blocks in order (positions 0..L-1, labelled with the names);
         y: fraction of samples. Lines carry ``gid`` ``"accuracy"``,
-        ``"agreement"``, ``"chance"`` (majority-class rate) and
-        ``"model_accuracy"`` (the ``output`` row, a reference line).
+        ``"agreement"``, ``"control_accuracy"``, ``"selectivity"``,
+        ``"chance"`` (majority-class rate) and ``"model_accuracy"`` (the
+        ``output`` row, a reference line); the error bars of a metric carry
+        ``gid`` ``"<metric>_ci"``.
     """
+    confidence = None
+    if not isinstance(table, pd.DataFrame) and callable(getattr(table, "to_frame", None)) \
+            and hasattr(table, "selectivity"):
+        confidence = getattr(table, "confidence", None)
+        table = table.to_frame()
     if not isinstance(table, pd.DataFrame):
         raise TypeError(
-            "`table` must be the DataFrame returned by HybridInterpreter.evaluate_layers(); "
-            f"received {type(table).__name__}."
+            "`table` must be the LayerTable returned by HybridInterpreter.evaluate_layers() (or its "
+            f".to_frame()); received {type(table).__name__}."
         )
+    if metrics is None:
+        metrics = _DEFAULT_METRICS + tuple(m for m in _METRICS[2:] if m in table.columns)
     if isinstance(metrics, str):
         metrics = (metrics,)
     metrics = tuple(metrics)
@@ -71,7 +85,8 @@ def plot_layer_accuracy(table, *, ax=None, metrics=_METRICS, title=None):
     if missing:
         raise ValueError(
             f"`table` lacks column(s) {missing}; it has {list(table.columns)}. "
-            "Pass the DataFrame of HybridInterpreter.evaluate_layers()."
+            "Pass the LayerTable of HybridInterpreter.evaluate_layers() (controls and selectivity need "
+            "evaluate_layers(..., controls=n))."
         )
     is_out = table["block"].astype(str) == "output"
     blocks = table.loc[~is_out]
@@ -93,12 +108,30 @@ def plot_layer_accuracy(table, *, ax=None, metrics=_METRICS, title=None):
     longest = max(len(n) for n in names)
     rotate = len(names) > 6 or longest * len(names) > 60
     ax = new_ax(ax, (max(6.0, 0.5 * len(names) + 3.0), 4.4 if rotate else 4.0))
-    palette = dict(zip(_METRICS, sns.color_palette("deep", 2)))
-    label = {"accuracy": "Probe accuracy (vs. labels)", "agreement": "Probe agreement with the model"}
-    marker = {"accuracy": "o", "agreement": "s"}
+    palette = dict(zip(_METRICS, sns.color_palette("deep", 4)))
+    label = {"accuracy": "Probe accuracy (vs. labels)", "agreement": "Probe agreement with the model",
+             "control_accuracy": "Control accuracy (permuted labels)",
+             "selectivity": "Selectivity (accuracy \u2212 control)"}
+    marker = {"accuracy": "o", "agreement": "s", "control_accuracy": "v", "selectivity": "D"}
+    style = {"control_accuracy": "--", "selectivity": "-."}
+    intervals = []
     for m in drawn:
         y = blocks[m].to_numpy(dtype=float)
-        ax.plot(x, y, marker=marker[m], lw=2, ms=6, color=palette[m], label=label[m], gid=m, zorder=3)
+        ax.plot(x, y, marker=marker[m], lw=2, ms=6, color=palette[m], label=label[m], gid=m, zorder=3,
+                ls=style.get(m, "-"))
+        if f"{m}_low" in blocks.columns and f"{m}_high" in blocks.columns:
+            low, high = blocks[f"{m}_low"].to_numpy(dtype=float), blocks[f"{m}_high"].to_numpy(dtype=float)
+            intervals.append(low)
+            bars = ax.errorbar(x, y,
+                               yerr=np.vstack([np.clip(y - low, 0, None), np.clip(high - y, 0, None)]),
+                               fmt="none", ecolor=palette[m], elinewidth=1.5, capsize=3, zorder=3)
+            for part in bars.lines[2]:
+                part.set_gid(f"{m}_ci")
+    lowest = min([0.0] + [float(np.nanmin(v)) for v in intervals + [blocks[m].to_numpy(dtype=float) for m in drawn]
+                          if np.isfinite(v).any()])
+    if intervals:
+        what = f"{confidence:.0%} bootstrap interval" if confidence else "bootstrap interval"
+        ax.plot([], [], ls="none", marker="|", ms=10, mew=1.5, color="0.3", label=f"Error bars: {what}")
 
     if "chance" in table.columns and np.isfinite(table["chance"].to_numpy(dtype=float)).any():
         chance = float(np.nanmax(table["chance"].to_numpy(dtype=float)))
@@ -114,7 +147,9 @@ def plot_layer_accuracy(table, *, ax=None, metrics=_METRICS, title=None):
     ax.set_xticklabels(names, rotation=40 if rotate else 0, ha="right" if rotate else "center",
                        rotation_mode="anchor", fontsize=label_size(len(names), 10, 6))
     ax.set_xlim(-0.4, len(names) - 0.6)
-    ax.set_ylim(0.0, 1.05)
+    ax.set_ylim(0.0 if lowest >= 0 else lowest - 0.05, 1.05)
+    if lowest < 0:
+        ax.axhline(0.0, lw=0.8, color="0.6", zorder=1)
     ax.set_xlabel(f"Block{' in ' + scope.rstrip('/') if scope else ''} (shallow \u2192 deep)")
     ax.set_ylabel("Fraction of samples")
     ax.grid(axis="y", alpha=0.3)
@@ -123,6 +158,7 @@ def plot_layer_accuracy(table, *, ax=None, metrics=_METRICS, title=None):
     ax.legend(loc="best", fontsize=8.5, title=legend_title, title_fontsize=8.5, framealpha=0.9)
     if title is None:
         title = ("Layer-wise probe agreement with the model" if drawn == ["agreement"]
+                 else "Layer-wise probe accuracy and selectivity" if "selectivity" in drawn
                  else "Layer-wise probe accuracy")
     ax.set_title(title)
     return ax

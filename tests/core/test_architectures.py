@@ -64,7 +64,7 @@ def fit_and_check_unchanged(model, n=8, fit=True):
             for probe in interp.probes:
                 assert all(np.isfinite(a).all() for a in probe.state())
             # the probes read the same samples they were fitted on: their training loss is the table's
-            table = interp.evaluate_layers(x, y)
+            table = interp.evaluate_layers(x, y).to_frame()
             np.testing.assert_allclose(table["loss"].to_numpy()[:-1], conv["loss"].to_numpy(float),
                                        rtol=1e-4, atol=1e-6)
     assert_unchanged(before, snapshot(model, x))

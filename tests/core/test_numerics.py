@@ -146,7 +146,7 @@ def test_probes_are_scale_free(scale):
         interp.fit_probes(x, y, batch_size=32, verbose=0)
         assert interp.convergence_["converged"].all()
         pred = interp.layer_predictions(x).probabilities
-        table = interp.evaluate_layers(x, y)
+        table = interp.evaluate_layers(x, y).to_frame()
         assert np.all(np.isfinite(pred)) and np.all(np.isfinite(table[["accuracy", "loss"]].to_numpy(float)))
         mean, pscale, _, _ = interp.probes[0].state()
         s = oracle_activations(x, sc).mean(axis=(1, 2))
@@ -200,7 +200,7 @@ def test_dead_relu_filter_is_reported_as_nan_and_the_rest_matches_numpy():
     assert np.all(np.isfinite(w)) and np.all(np.isfinite(b))
     assert scale[DEAD] == 0.0 and np.all(w[DEAD] == 0.0)  # a constant feature gets weight 0
     np.testing.assert_allclose(scale[live], 1 / s[:, live].std(0), rtol=1e-4)
-    assert np.all(np.isfinite(interp.evaluate_layers(x, y)[["accuracy", "loss", "agreement"]].to_numpy(float)))
+    assert np.all(np.isfinite(interp.evaluate_layers(x, y).to_frame()[["accuracy", "loss", "agreement"]].to_numpy(float)))
 
 
 def test_constant_inputs_give_nan_statistics_and_a_prior_probe():
@@ -274,7 +274,7 @@ def _analyse(model, x, y):
         return {
             "dtypes": ([p.compute_dtype for p in interp.probes], _pass_dtypes(interp, x)),
             "probs": interp.layer_predictions(x).probabilities,
-            "table": interp.evaluate_layers(x, y),
+            "table": interp.evaluate_layers(x, y).to_frame(),
             "corr": ga.filter_correlation(x, block="conv2"),
             "assoc": ga.filter_class_association(x, y, block="conv2").values,
             "sim": ga.layer_similarity(x).values,

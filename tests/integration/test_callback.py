@@ -180,7 +180,7 @@ def test_probe_metrics_equal_evaluate_layers_on_the_evaluation_half(data):
     cb = driven(m, (xv, yv), epochs=2)
     fit, ev = cb.probe_fit_indices, cb.eval_indices
     assert len(fit) == 30 and len(ev) == 30 and not set(fit) & set(ev)
-    table = cb.interpreter.evaluate_layers(xv[ev], yv[ev]).set_index("block")
+    table = cb.interpreter.evaluate_layers(xv[ev], yv[ev]).to_frame().set_index("block")
     for metric in ("accuracy", "agreement"):
         rec = last(cb.history, metric)
         np.testing.assert_allclose(rec, table.loc[rec.index, metric], rtol=0, atol=1e-12)
@@ -237,7 +237,7 @@ def test_without_labels_probes_follow_the_model(data):
     cb = driven(m, xv, epochs=1)
     h = cb.history
     assert "accuracy" not in set(h.metric)
-    table = cb.interpreter.evaluate_layers(xv[cb.eval_indices]).set_index("block")
+    table = cb.interpreter.evaluate_layers(xv[cb.eval_indices]).to_frame().set_index("block")
     rec = last(h, "agreement")
     np.testing.assert_allclose(rec, table.loc[rec.index, "agreement"], atol=1e-12)
     rec = last(h, "loss")
@@ -398,7 +398,7 @@ def test_mixed_precision_model(data):
         keras.config.set_dtype_policy(policy)
     cb = driven(m, (xv, yv), epochs=1)
     assert np.isfinite(cb.history.value).all()
-    assert cb.interpreter.evaluate_layers(xv[:4], yv[:4]).shape[0] == 3
+    assert cb.interpreter.evaluate_layers(xv[:4], yv[:4]).to_frame().shape[0] == 3
 
 
 def test_non_finite_outputs_warn_and_skip(data):

@@ -61,7 +61,7 @@ def test_blocks_are_visible(fitted):
 
 def test_real_data_last_probe_beats_first_and_matches_model(fitted, trained, digits):
     _, (xte, yte) = digits
-    table = fitted.evaluate_layers(xte, yte)
+    table = fitted.evaluate_layers(xte, yte).to_frame()
     acc = table.set_index("block")["accuracy"]
     model_acc = float(np.mean(trained.predict(xte, verbose=0).argmax(1) == yte))
     assert acc["output"] == pytest.approx(model_acc)
@@ -81,7 +81,7 @@ def test_probe_accuracy_matches_logistic_regression(fitted, digits):
     from sklearn.preprocessing import StandardScaler
 
     (xtr, ytr), (xte, yte) = digits
-    acc = fitted.evaluate_layers(xte, yte).set_index("block")["accuracy"]
+    acc = fitted.evaluate_layers(xte, yte).to_frame().set_index("block")["accuracy"]
     train_probs = fitted.layer_predictions(xtr).probabilities
     for i, name in enumerate(fitted.block_names):
         a = block_features(fitted.wrapped_model, name, xtr)
@@ -166,7 +166,7 @@ def test_soft_target_probe_recovers_a_gap_dense_head_exactly():
     interp = HybridInterpreter(m, blocks=["c2"])
     # Soft targets without a penalty: the optimum is the head itself, p_probe = p_model.
     interp.fit_probes(x[:400], None, C=np.inf, verbose=0)
-    table = interp.evaluate_layers(x[400:])
+    table = interp.evaluate_layers(x[400:]).to_frame()
     assert np.isnan(table["accuracy"]).all()
     assert table.loc[0, "agreement"] >= 0.99
     preds = interp.layer_predictions(x[400:])
@@ -176,7 +176,7 @@ def test_soft_target_probe_recovers_a_gap_dense_head_exactly():
 def test_evaluate_layers_equals_numpy_oracle(fitted, digits):
     _, (xte, yte) = digits
     preds = fitted.layer_predictions(xte)
-    table = fitted.evaluate_layers(xte, yte, batch_size=17)
+    table = fitted.evaluate_layers(xte, yte, batch_size=17).to_frame()
     model_cls = preds.model_probabilities.argmax(1)
     for i, name in enumerate(fitted.block_names):
         p = preds.probabilities[i].astype(np.float64)
@@ -187,7 +187,7 @@ def test_evaluate_layers_equals_numpy_oracle(fitted, digits):
         ce = -np.mean(np.log(np.clip(p[np.arange(len(yte)), yte], 1e-7, 1)))
         assert row["loss"] == pytest.approx(ce, rel=1e-5)
     assert table["chance"].iloc[0] == pytest.approx(np.bincount(yte).max() / len(yte))
-    unlabeled = fitted.evaluate_layers(xte)
+    unlabeled = fitted.evaluate_layers(xte).to_frame()
     assert unlabeled["chance"].iloc[0] == pytest.approx(np.bincount(model_cls).max() / len(yte))
     np.testing.assert_allclose(unlabeled["agreement"], table["agreement"])
 
@@ -289,7 +289,7 @@ def test_inputs_as_tf_data_and_pydataset_give_the_same_table(fitted, digits):
     import tensorflow as tf
 
     _, (xte, yte) = digits
-    ref = fitted.evaluate_layers(xte, yte)
+    ref = fitted.evaluate_layers(xte, yte).to_frame()
     ds = tf.data.Dataset.from_tensor_slices((xte, yte)).batch(50)
 
     class Seq(keras.utils.PyDataset):
@@ -301,10 +301,10 @@ def test_inputs_as_tf_data_and_pydataset_give_the_same_table(fitted, digits):
             return xte[s], yte[s]
 
     for data in (ds, Seq()):
-        np.testing.assert_allclose(fitted.evaluate_layers(data)[["accuracy", "loss", "agreement"]],
+        np.testing.assert_allclose(fitted.evaluate_layers(data).to_frame()[["accuracy", "loss", "agreement"]],
                                    ref[["accuracy", "loss", "agreement"]], rtol=1e-6)
     x_only = tf.data.Dataset.from_tensor_slices(xte).batch(64)
-    np.testing.assert_allclose(fitted.evaluate_layers(x_only)["agreement"], ref["agreement"], rtol=1e-6)
+    np.testing.assert_allclose(fitted.evaluate_layers(x_only).to_frame()["agreement"], ref["agreement"], rtol=1e-6)
 
 
 def test_one_hot_labels_equal_integer_labels(digits):
@@ -427,7 +427,7 @@ def test_binary_logit_model():
     assert interp.convergence_["converged"].all()
     preds = interp.layer_predictions(x)
     np.testing.assert_allclose(preds.model_probabilities[:, 1], p1, rtol=1e-6)
-    table = interp.evaluate_layers(x, y).set_index("block")
+    table = interp.evaluate_layers(x, y).to_frame().set_index("block")
     assert table.loc["output", "accuracy"] == pytest.approx(np.mean((logit > 0) == y))
     ce = -np.mean(np.log(np.where(y == 1, p1, 1 - p1)))
     assert table.loc["output", "loss"] == pytest.approx(ce, rel=1e-5)
@@ -448,7 +448,7 @@ def test_structures_all_work():
         interp = HybridInterpreter(m, **kw)
         y = np.arange(40) % interp.num_classes
         interp.fit_probes(xx, y, verbose=0)
-        assert len(interp.evaluate_layers(xx, y)) == len(interp.blocks) + 1
+        assert len(interp.evaluate_layers(xx, y).to_frame()) == len(interp.blocks) + 1
 
 
 def test_never_changes_the_wrapped_model(tmp_path):
@@ -557,12 +557,12 @@ def test_repeating_dataset_needs_steps_and_steps_limits_the_pass(fitted, digits)
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     cols = ["accuracy", "loss", "agreement", "chance"]
-    ref = fitted.evaluate_layers(xte[:24], yte[:24])[cols].to_numpy(float)
-    table = fitted.evaluate_layers(ds, steps=3)
+    ref = fitted.evaluate_layers(xte[:24], yte[:24]).to_frame()[cols].to_numpy(float)
+    table = fitted.evaluate_layers(ds, steps=3).to_frame()
     np.testing.assert_allclose(table[cols].to_numpy(float), ref, rtol=1e-6)
     frac = table["agreement"].to_numpy() * 24  # rates over 24 samples
     np.testing.assert_allclose(frac, np.round(frac), atol=1e-9)
-    np.testing.assert_allclose(fitted.evaluate_layers(ds, max_samples=24)[cols].to_numpy(float), ref, rtol=1e-6)
+    np.testing.assert_allclose(fitted.evaluate_layers(ds, max_samples=24).to_frame()[cols].to_numpy(float), ref, rtol=1e-6)
 
 
 def test_class_sorted_data_cut_by_max_samples_warns_once(trained, digits):

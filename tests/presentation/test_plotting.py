@@ -517,7 +517,7 @@ def test_real_results_from_a_tiny_model_plot():
     interp = HybridInterpreter(model, class_names=["a", "b", "c"])
     interp.fit_probes(x, y, verbose=0)
 
-    table = interp.evaluate_layers(x, y)
+    table = interp.evaluate_layers(x, y).to_frame()
     ax = plot_layer_accuracy(table)
     np.testing.assert_allclose(line(ax, "accuracy").get_ydata(), table["accuracy"].to_numpy()[:-1])
     np.testing.assert_allclose(line(ax, "model_accuracy").get_ydata(), table["accuracy"].iloc[-1])

@@ -98,7 +98,7 @@ def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypa
     k, b = conv.get_weights()
     k[..., 0], b[0] = 0.0, -1.0  # filter 0 of conv3 is dead (ReLU of -1)
     conv.set_weights([k, b])
-    interp = HybridInterpreter(m).fit_probes(x[:40], y[:40], verbose=0)
+    interp = HybridInterpreter(m).fit_probes(x[:40], y[:40], controls=2, random_state=0, verbose=0)
 
     calls = []
     real_run = _pass.run
@@ -121,7 +121,9 @@ def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypa
     assert "dead filter(s) [0" in html[html.index("id='health'"):html.index("id='contents'")]
     # the sections computed from that one pass equal the methods run on their own
     monkeypatch.setattr(_pass, "run", real_run)
-    table = interp.evaluate_layers(x[40:], y[40:])
+    # the report's defaults: every fitted control, 1000 resamples seeded by random_state
+    table = interp.evaluate_layers(x[40:], y[40:], controls=2, bootstrap=1000, random_state=0).to_frame()
+    assert {"selectivity", "selectivity_low", "accuracy_high"} <= set(table.columns)
     got = next(t for s in report.sections for c, t in ((c, t) for _, c, t in s.tables) if c == "Layer table")
     pd.testing.assert_frame_equal(got, table)
     corr = GlobalAnalyzer(interp).filter_correlation(x[40:], block="conv3")

@@ -39,7 +39,7 @@ def analyse():
     ga = GlobalAnalyzer(interp)
     KEEP.append((interp, ga))
     return {
-        "table": interp.evaluate_layers(x[60:], y[60:])[["accuracy", "loss", "agreement"]].to_numpy(),
+        "table": interp.evaluate_layers(x[60:], y[60:]).to_frame()[["accuracy", "loss", "agreement"]].to_numpy(),
         "probs": interp.layer_predictions(x[60:]).probabilities,
         "corr": ga.filter_correlation(x, block="res_out").values,
         "assoc": ga.filter_class_association(x, y, block="res_out").values,

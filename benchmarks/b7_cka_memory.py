@@ -85,8 +85,8 @@ def main():
     if ok:
         r0 = ok[0]
         print(f"ResNet50 {args.size}x{args.size}, N={args.n}, batch={args.batch}: {r0['blocks']} blocks, "
-              f"sum C = {r0['sum_c']:,}; model.predict {r0['predict_s']:.1f} s, peak RSS {r0['predict_rss_mb']:.0f} MB")
-    print("| estimator | layer_similarity s | x predict | peak RSS (MB) | above predict's peak (MB) | accumulator (MB) |")
+              f"sum C = {r0['sum_c']:,}; model.predict {r0['predict_s']:.1f} s, peak RSS {r0['predict_rss_mb']:.0f} MiB")
+    print("| estimator | layer_similarity s | x predict | peak RSS (MiB) | above predict's peak (MiB) | accumulator (MiB) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         if "failed" in r:

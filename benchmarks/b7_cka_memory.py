@@ -16,7 +16,7 @@ definition: ``(sum C)^2`` float64 for "full", one ``B x B`` float64 Gram per
 block and ``L x L`` sums for "minibatch".
 
 Run: ``python benchmarks/b7_cka_memory.py [--size 64] [--n 64] [--batch 32]``
-(about 2 minutes on 2 CPU cores; the full estimator needs about 9 GB).
+(about 2 minutes on 2 CPU cores; the full estimator needs about 6.5 GB of RAM).
 """
 
 import argparse

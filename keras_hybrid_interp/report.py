@@ -81,7 +81,9 @@ DEFINITIONS = {
     "similarity": (
         "Linear CKA (Kornblith et al., 2019) between the blocks' per-sample spatially averaged "
         "features: 1 means the two representations are the same up to rotation and scale, "
-        "0 means unrelated."
+        "0 means unrelated. Estimated as in Nguyen, Raghu and Kornblith (2021): the unbiased HSIC "
+        "(Song et al., 2012) averaged over minibatches of the report's batch size, in memory that "
+        "does not grow with the number of channels."
     ),
 }
 
@@ -511,7 +513,7 @@ def build_report(
     from .global_.atlas import examples_reducer, examples_result
     from .global_.correlation import correlation_result, filter_correlation_reducer
     from .global_.importance import check_request, importance_reducer, importance_result
-    from .global_.similarity import CKAMoments, similarity_result
+    from .global_.similarity import similarity_reducer, similarity_result
 
     interp.require_fitted()
     model = interp.wrapped_model
@@ -535,7 +537,8 @@ def build_report(
         corr_red = filter_correlation_reducer(interp.graph, key, "mean")
         assoc_red = AssociationMoments(interp.graph, key, "mean", ga.reader, y is not None)
         imp_red = importance_reducer(engine, request, ga.reader)
-        sim_red = CKAMoments(interp.graph, interp.block_keys) if len(interp.block_names) > 1 else None
+        sim_red = (similarity_reducer(interp.graph, interp.block_keys, "minibatch")
+                   if len(interp.block_names) > 1 else None)
         n_ex = max(int(examples), 0)
         ex_maps = [_pass.Collect(t) for t in interp.explanation_taps(n_ex)] if n_ex else []
         ex_x = _pass.Collect.first("x", n_ex) if n_ex else None

@@ -152,7 +152,8 @@ def private_reads(path: pathlib.Path):
     """``obj._name`` reads where ``obj`` is not ``self``/``cls``/``super()``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and not (node.attr.startswith("_repr_") and node.attr.endswith("_"))):  # IPython's display protocol
             owner = node.value
             if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
                 continue

@@ -208,6 +208,10 @@ PUBLIC_CALLS = [
     ("filter_importance_taylor", lambda f: f.analyzer.filter_importance(f.x, f.y, block=f.block, method="taylor")),
     ("layer_similarity", lambda f: f.analyzer.layer_similarity(f.x)),
     ("filter_examples", lambda f: f.analyzer.filter_examples(f.x, block=f.block, k=2)),
+    ("layer_similarity_full", lambda f: f.analyzer.layer_similarity(f.x, estimator="full")),
+    # The model as the *other* model of a comparison (the analysed one is a fresh copy).
+    ("layer_similarity_other",
+     lambda f: GlobalAnalyzer(nested_model(input_shape=(12, 12, 3), classes=3)).layer_similarity(f.x, other=f.model)),
     # Last: it trains (and compiles) the shared model.
     ("InterpretationCallback_in_fit", _fit_with_callback),
 ]
@@ -242,6 +246,7 @@ def _analyse_everything(model, x, y):
     for method in ("permutation", "ablation", "taylor"):
         analyzer.filter_importance(x, y, block=block, method=method, n_repeats=1)
     analyzer.layer_similarity(x)
+    GlobalAnalyzer(nested_model(input_shape=(12, 12, 3), classes=3)).layer_similarity(x, other=model)
     GlobalAnalyzer(model).filter_importance(x, y, block=block, method="taylor")
     return interp
 

@@ -89,6 +89,9 @@ ROWS = [
         lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="taylor", **kw)),
     Row("layer_similarity", lambda e, x, y, block, **kw: e.analyzer.layer_similarity(x, blocks=_blocks(block), **kw),
         takes_block="blocks"),
+    Row("layer_similarity[two models]",
+        lambda e, x, y, block, **kw: e.analyzer.layer_similarity(x, blocks=_blocks(block), other=e.model, **kw),
+        takes_block="blocks"),
     Row("filter_examples", lambda e, x, y, block, **kw: e.analyzer.filter_examples(x, block=block, k=3, **kw),
         plot_target="fig"),
 ]
@@ -174,7 +177,7 @@ def test_the_table_covers_every_public_analysis():
         "fit", "fit_probes", "compile", "train_on_batch", "call", "get_config", "from_config", "load",
         "stream", "feature_taps", "output_tap", "probe_states", "probe_scores", "layer_table", "check_drift",
         "explanation_taps", "explanations", "probe_model", "require_fitted", "run", "key", "engine",
-        "require_classifier", "similarity_blocks",
+        "require_classifier", "similarity_blocks", "other_model",
     }
     covered = {r.name.split("[")[0] for r in ROWS}
     missing = public - not_analyses - covered

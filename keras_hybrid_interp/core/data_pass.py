@@ -36,7 +36,7 @@ import keras
 from .data import to_class_indices
 from .distribute import predict_on_batch
 
-__all__ = ["Tap", "Batch", "PassResult", "run", "InputMoments", "Collect"]
+__all__ = ["Tap", "Batch", "PassResult", "run", "forward_taps", "InputMoments", "Collect"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +163,22 @@ def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
     if bar is not None and stream.num_batches is None:
         bar.update(b + 1, finalize=True)
     return PassResult(n, bool(has_y), nonfinite)
+
+
+def forward_taps(graph, taps, x) -> dict:
+    """``{tap.ident: array}``: the taps of a *second* graph on one batch ``x`` of a pass.
+
+    For a reducer of :func:`run` over one graph that needs another graph's
+    values on the same samples (comparing two models): it calls this in its
+    ``update`` with ``batch.x``, so the data is still read by the one loop of
+    :func:`run`, and the second graph runs once per batch through the same
+    cached side model and forward call (inference mode, ``tf.distribute``
+    replicas) as the pass. Limits of the taps are ignored (every sample).
+    """
+    idents = list(dict.fromkeys(t.ident for t in taps))
+    if not idents:
+        return {}
+    return {i: np.asarray(v) for i, v in zip(idents, _forward(_side_model(graph, idents), x))}
 
 
 class InputMoments:

@@ -10,9 +10,9 @@ every forward pass at ``training=False``, and none changing the model:
   correlation of each filter with each class (:mod:`.association`);
 * :meth:`GlobalAnalyzer.filter_importance` - permutation, ablation or Taylor
   importance of each filter, at any 4-D layer, residual blocks included
-  (:mod:`.importance`, engine in :mod:`._engine`);
-* :meth:`GlobalAnalyzer.layer_similarity` - linear CKA between blocks
-  (:mod:`.similarity`);
+  (:mod:`.importance`, engine in :mod:`~keras_hybrid_interp.core.engine`);
+* :meth:`GlobalAnalyzer.layer_similarity` - linear CKA between blocks, of
+  this model or against another model's (:mod:`.similarity`);
 * :meth:`GlobalAnalyzer.filter_examples` - the top-k activating samples of
   each filter and their crops at the filter's receptive field (:mod:`.atlas`).
 """
@@ -20,6 +20,8 @@ every forward pass at ``training=False``, and none changing the model:
 from __future__ import annotations
 
 import numpy as np
+
+import keras
 
 from ..core import blocks as _blocks
 from ..core import data_pass as _pass
@@ -45,7 +47,7 @@ from .importance import (
     importance_reducer,
     importance_result,
 )
-from .similarity import CKAMoments, LayerSimilarity, similarity_result
+from .similarity import ESTIMATORS, LayerSimilarity, OtherModel, similarity_reducer, similarity_result
 
 __all__ = ["GlobalAnalyzer"]
 
@@ -287,29 +289,89 @@ class GlobalAnalyzer:
         return importance_result(engine, red, request, self.reader, y_given=y is not None, block=name)
 
     @_health.collecting
-    def layer_similarity(self, x, *, blocks=None, batch_size=None, max_samples=None, steps=None) -> LayerSimilarity:
+    def layer_similarity(self, x, *, blocks=None, other=None, other_blocks=None, estimator="minibatch", names=None,
+                         batch_size=None, max_samples=None, steps=None) -> LayerSimilarity:
         """Linear CKA (Kornblith et al. 2019) between blocks, on spatially averaged features.
 
         Each block ``l`` is represented by ``X_l`` (N x C_l), the per-sample
-        spatial mean of each channel; ``CKA(X, Y) = ||X^T Y||_F^2 /
-        (||X^T X||_F ||Y^T Y||_F)`` on column-centred features, with the
-        cross-products accumulated in float64 while streaming.
+        spatial mean of each channel. With ``other``, rows are this model's
+        blocks and columns ``other``'s (before and after fine-tuning, two
+        seeds, ...), both fed the same batches in one pass over the data.
 
         Parameters
         ----------
         x : array, tf.data.Dataset or PyDataset
         blocks : list of layer names, optional
-            Default: the analyser's blocks.
+            Row blocks. Default: the analyser's blocks.
+        other : keras.Model, GlobalAnalyzer or HybridInterpreter, optional
+            A second model taking the same inputs; it is run in inference
+            mode and never changed.
+        other_blocks : "auto" or list of layer names of ``other``, optional
+            Column blocks. Default: ``other``'s blocks when it is an analyzer
+            or interpreter, else its automatic blocks (``"auto"``).
+        estimator : {"minibatch", "full"}
+            "minibatch" (default): mean over minibatches of ``batch_size``
+            samples of the unbiased HSIC (Nguyen, Raghu and Kornblith 2021),
+            in ``O(L x batch_size^2)`` memory whatever the channels; batches of
+            fewer than 4 samples are gathered with the next ones, and a short
+            remainder joins the last minibatch (README, Definitions).
+            "full": ``||X^T Y||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` on all samples
+            (column-centred, biased HSIC), exact, but it holds ``(sum C)^2``
+            float64 numbers (1.8 GB for ResNet50's blocks; the sum runs over
+            both models' blocks with ``other``).
+        names : (str, str), optional
+            Labels of the row and column models (``other`` only). Default:
+            the two models' names, suffixed " (this)" and " (other)" when equal.
+        batch_size, max_samples, steps : int, optional
+            ``batch_size`` is also the minibatch size of the minibatch estimator.
 
         Returns
         -------
         LayerSimilarity
-            ``.matrix`` (L x L DataFrame), ``.to_frame()``.
+            ``.matrix`` (rows x columns DataFrame), ``.to_frame()``, ``.plot()``.
         """
-        keys, names = self.similarity_blocks(blocks)
-        red = CKAMoments(self.graph, keys)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"`estimator` must be one of {list(ESTIMATORS)}; received {estimator!r}.")
+        keys, row_names = self.similarity_blocks(blocks)
+        side, columns, models = None, None, None
+        if other is not None:
+            side, columns, models = self.other_model(other, other_blocks, names)
+        elif other_blocks is not None or names is not None:
+            raise TypeError("`other_blocks` and `names` are for comparing with another model: pass `other=` too.")
+        red = similarity_reducer(self.graph, keys, estimator, side)
         self.run(self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
-        return similarity_result(red, names)
+        return similarity_result(red, row_names, columns=columns, models=models)
+
+    def other_model(self, other, other_blocks=None, names=None):
+        """(:class:`OtherModel`, its block names, (row, column) model names) for ``layer_similarity(other=)``."""
+        if hasattr(other, "graph") and hasattr(other, "block_keys") and isinstance(other.graph, _graph.ModelGraph):
+            graph, default = other.graph, list(other.block_keys)
+        elif isinstance(other, keras.Model):
+            graph, default = (self.graph if other is self.graph.model else _graph.ModelGraph(other)), "auto"
+        else:
+            raise TypeError("`other` must be a keras.Model, a GlobalAnalyzer or a HybridInterpreter; "
+                            f"received {type(other).__name__}.")
+        if len(graph.input_keys) != 1:
+            raise ValueError(f"`other` must be a single-input model; model {graph.model.name!r} has "
+                             f"{len(graph.input_keys)} inputs.")
+        mine = tuple(self.graph.tensors[self.graph.input_keys[0]].shape[1:])
+        theirs = tuple(graph.tensors[graph.input_keys[0]].shape[1:])
+        if len(mine) != len(theirs) or any(a is not None and b is not None and a != b for a, b in zip(mine, theirs)):
+            raise ValueError(f"`other` must take the same inputs as model {self.graph.model.name!r} (one sample: "
+                             f"{mine}); model {graph.model.name!r} takes {theirs}.")
+        if other_blocks is None and default != "auto":
+            keys = default
+            col_names = [graph.tensors[k].name for k in keys]
+        else:
+            keys, col_names, _ = _blocks.select_blocks(graph, "auto" if other_blocks is None else other_blocks,
+                                                       "other_blocks")
+        if names is None:
+            a, b = self.graph.model.name, graph.model.name
+            names = (f"{a} (this)", f"{b} (other)") if a == b else (a, b)
+        elif (not isinstance(names, (tuple, list)) or len(names) != 2
+              or not all(isinstance(n, str) for n in names)):
+            raise TypeError(f"`names` must be a pair of strings (row model, column model); received {names!r}.")
+        return OtherModel(graph, keys), list(col_names), tuple(names)
 
     @_health.collecting
     def filter_examples(self, x, y=None, *, block, filters=None, k=9, batch_size=None, max_samples=None,

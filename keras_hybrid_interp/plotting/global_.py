@@ -456,16 +456,17 @@ def plot_filter_class_association(assoc, *, ax=None, top_k=32, class_names=None,
 # Global: layer similarity
 # ----------------------------------------------------------------------
 def plot_layer_similarity(sim, *, ax=None, annot="auto", cmap="rocket_r", title=None):
-    """Heatmap of the linear CKA between blocks.
+    """Heatmap of the linear CKA between blocks (of one model, or of two).
 
     Parameters
     ----------
     sim : LayerSimilarity or pandas.DataFrame
         From :meth:`GlobalAnalyzer.layer_similarity` (``.matrix``: ``L x L``
-        labelled by block), or an ``L x L`` DataFrame.
+        labelled by block, or ``L x L_other`` rows of one model and columns of
+        another, with ``.models`` naming them), or a DataFrame.
     ax : matplotlib Axes, optional
     annot : "auto" or bool
-        Writes the CKA in the cells; "auto" does it for at most 12 blocks.
+        Writes the CKA in the cells; "auto" does it for at most 12 blocks a side.
     cmap : str
         Sequential colour map over [0, 1].
     title : str, optional
@@ -473,46 +474,73 @@ def plot_layer_similarity(sim, *, ax=None, annot="auto", cmap="rocket_r", title=
     Returns
     -------
     matplotlib.axes.Axes
-        Rows and columns are the blocks in order, shallow (top/left) to deep.
+        Rows and columns are the blocks in order, shallow (top/left) to deep;
+        with two models, rows are the first model's blocks and columns the
+        other's, each axis labelled with its model's name.
     """
-    values, labels = as_square_matrix(sim, "sim", "LayerSimilarity")
-    if not isinstance(sim, pd.DataFrame) and getattr(sim, "blocks", None) is not None:
-        labels = list(sim.blocks)
-    full_names = [str(b) for b in labels]
-    scope = common_scope(full_names)
-    names = [ellipsize(n[len(scope):], 30) for n in full_names]
-    L = len(names)
+    models = None if isinstance(sim, pd.DataFrame) else getattr(sim, "models", None)
+    if isinstance(sim, pd.DataFrame) and sim.ndim == 2 and sim.shape[0] != sim.shape[1]:
+        values, rows, cols = np.asarray(sim.to_numpy(), dtype=np.float64), list(sim.index), list(sim.columns)
+    elif not isinstance(sim, pd.DataFrame) and getattr(sim, "columns", None) is not None and hasattr(sim, "matrix"):
+        df = sim.matrix
+        values, rows, cols = np.asarray(df.to_numpy(), dtype=np.float64), list(sim.blocks), list(sim.columns)
+        if values.shape != (len(rows), len(cols)):
+            raise ValueError(f"`sim` must hold a {len(rows)} x {len(cols)} matrix (its blocks by its columns); "
+                             f"received shape {values.shape}.")
+    else:
+        values, rows = as_square_matrix(sim, "sim", "LayerSimilarity")
+        if not isinstance(sim, pd.DataFrame) and getattr(sim, "blocks", None) is not None:
+            rows = list(sim.blocks)
+        cols = rows
+    row_full, col_full = [str(b) for b in rows], [str(b) for b in cols]
+    row_scope, col_scope = common_scope(row_full), common_scope(col_full)
+    row_names = [ellipsize(n[len(row_scope):], 30) for n in row_full]
+    col_names = [ellipsize(n[len(col_scope):], 30) for n in col_full]
+    # Two models may share block names: the heatmap's labels must stay unique per axis.
+    R, Cn = len(row_names), len(col_names)
+    L = max(R, Cn)
     if annot == "auto":
         annot = L <= 12
-    longest = max((len(n) for n in names), default=1)
-    side = float(np.clip(0.45 * L + 0.07 * longest + 2.5, 4.5, 11.0))
-    ax = new_ax(ax, (side + 1.2, side))
-    step = tick_step(L, 60)
-    sns.heatmap(pd.DataFrame(values, index=names, columns=names), ax=ax, vmin=0.0, vmax=1.0, cmap=cmap,
+    longest = max((len(n) for n in row_names + col_names), default=1)
+    height = float(np.clip(0.45 * R + 0.07 * longest + 2.5, 4.5, 11.0))
+    width = float(np.clip(0.45 * Cn + 0.07 * longest + 2.5, 4.5, 11.0))
+    ax = new_ax(ax, (width + 1.2, height))
+    rstep, cstep = tick_step(R, 60), tick_step(Cn, 60)
+    frame = pd.DataFrame(values, index=pd.RangeIndex(R), columns=pd.RangeIndex(Cn))
+    sns.heatmap(frame, ax=ax, vmin=0.0, vmax=1.0, cmap=cmap,
                 square=True, annot=bool(annot), fmt=".2f", annot_kws={"fontsize": 8 if L <= 8 else 6.5},
-                xticklabels=step, yticklabels=step, linewidths=0.5 if L <= 30 else 0, linecolor="white",
+                xticklabels=False, yticklabels=False, linewidths=0.5 if L <= 30 else 0, linecolor="white",
                 cbar_kws={"label": "Linear CKA", "shrink": 0.8})
+    ax.set_yticks(np.arange(0, R, rstep) + 0.5, [row_names[i] for i in range(0, R, rstep)])
+    ax.set_xticks(np.arange(0, Cn, cstep) + 0.5, [col_names[i] for i in range(0, Cn, cstep)])
     hatch_nan(ax)
-    fs = label_size(L / step, 9, 5)
-    ax.tick_params(axis="y", labelrotation=0, labelsize=fs)
-    ax.tick_params(axis="x", labelsize=fs)
-    if longest > 6 or L > 8:
+    ax.tick_params(axis="y", labelrotation=0, labelsize=label_size(R / rstep, 9, 5))
+    ax.tick_params(axis="x", labelsize=label_size(Cn / cstep, 9, 5))
+    if max((len(n) for n in col_names), default=1) > 6 or Cn > 8:
         for t in ax.get_xticklabels():
             t.set_rotation(45)
             t.set_ha("right")
             t.set_rotation_mode("anchor")
     else:
         ax.tick_params(axis="x", labelrotation=0)
-    where = f" (in {scope.rstrip('/')})" if scope else ""
-    ax.set_xlabel("Block" + where)
-    ax.set_ylabel("Block" + where)
+    row_where = f" (in {row_scope.rstrip('/')})" if row_scope else ""
+    col_where = f" (in {col_scope.rstrip('/')})" if col_scope else ""
+    if models is not None:
+        ax.set_ylabel(f"{models[0]}: block" + row_where)
+        ax.set_xlabel(f"{models[1]}: block" + col_where)
+    else:
+        ax.set_xlabel("Block" + col_where)
+        ax.set_ylabel("Block" + row_where)
     rep = getattr(sim, "representation", None)
     ns = getattr(sim, "n_samples", None)
-    sub = "; ".join(p for p in (f"features: {rep}" if rep else None, f"n={ns}" if ns is not None else None) if p)
+    est = None if isinstance(sim, pd.DataFrame) else getattr(sim, "estimator", None)
+    est = {"minibatch": "minibatch unbiased HSIC", "full": "full-data HSIC"}.get(est, est)
+    sub = "; ".join(p for p in (f"features: {rep}" if rep else None, f"n={ns}" if ns is not None else None,
+                                est) if p)
     if np.isnan(values).any():
         sub += ("; " if sub else "") + "hatched: undefined (constant features)"
     if title is None:
-        title = "Layer similarity (linear CKA)"
+        title = "Layer similarity (linear CKA)" if models is None else f"Linear CKA: {models[0]} vs {models[1]}"
     ax.set_title(title + (f"\n{sub}" if sub else ""), fontsize=10)
     return ax
 

@@ -42,9 +42,12 @@ def _pooled(ga, x, name):
 
 @pytest.mark.parametrize("batch_size", [1, 8, 64])
 def test_streaming_equals_reference(batch_size):
+    """The full estimator, in any batching, is the linear CKA of all samples (the minibatch one:
+    tests/test_cka_two_models.py)."""
     ga = GlobalAnalyzer(residual_model())
     x = np.random.default_rng(1).normal(size=(40, 12, 12, 3)).astype("float32")
-    res = ga.layer_similarity(x, batch_size=batch_size)
+    res = ga.layer_similarity(x, batch_size=batch_size, estimator="full")
+    assert res.estimator == "full"
     names = ga.block_names
     assert list(res.blocks) == names
     feats = [_pooled(ga, x, n) for n in names]
@@ -58,7 +61,8 @@ def test_streaming_equals_reference(batch_size):
     assert res.matrix.loc[names[0], names[1]] == res.values[0, 1]
 
 
-def test_orthogonal_and_scaled_copies_have_cka_one():
+@pytest.mark.parametrize("estimator", ["minibatch", "full"])
+def test_orthogonal_and_scaled_copies_have_cka_one(estimator):
     rng = np.random.default_rng(0)
     q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
     inp = keras.Input((10, 10, 2))
@@ -74,15 +78,16 @@ def test_orthogonal_and_scaled_copies_have_cka_one():
     scale.set_weights([(4.0 * np.eye(6))[None, None].astype("float32")])
     x = rng.normal(size=(64, 10, 10, 2)).astype("float32")
     ga = GlobalAnalyzer(model, blocks=["a", "rotated", "scaled", "other"])
-    res = ga.layer_similarity(x)
+    res = ga.layer_similarity(x, estimator=estimator)
     assert res.values[0, 1] == pytest.approx(1.0, abs=1e-5)
     assert res.values[0, 2] == pytest.approx(1.0, abs=1e-5)
     assert res.values[0, 3] < 0.999
-    sub = ga.layer_similarity(x, blocks=["a", "other"])
+    sub = ga.layer_similarity(x, blocks=["a", "other"], estimator=estimator)
     assert sub.values[0, 1] == pytest.approx(res.values[0, 3], abs=1e-10)
 
 
-def test_constant_block_is_nan_with_warning():
+@pytest.mark.parametrize("estimator", ["minibatch", "full"])
+def test_constant_block_is_nan_with_warning(estimator):
     inp = keras.Input((8, 8, 2))
     a = layers.Conv2D(4, 3, padding="same", activation="relu", name="a")(inp)
     dead = layers.Conv2D(3, 1, activation="relu", name="dead")
@@ -93,5 +98,5 @@ def test_constant_block_is_nan_with_warning():
     x = np.random.default_rng(0).normal(size=(20, 8, 8, 2)).astype("float32")
     ga = GlobalAnalyzer(model, blocks=["a", "dead"])
     with pytest.warns(UserWarning, match="constant"):
-        res = ga.layer_similarity(x)
+        res = ga.layer_similarity(x, estimator=estimator)
     assert np.isnan(res.values[1, 0]) and np.isnan(res.values[1, 1]) and res.values[0, 0] == pytest.approx(1.0)

@@ -6,6 +6,8 @@ both are registered for ``.keras`` serialization (``safe_mode=True``).
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 from keras import ops
@@ -23,15 +25,20 @@ def adaptive_bins(size: int, k: int) -> list[tuple[int, int]]:
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class FeaturePooling(keras.layers.Layer):
-    """Pools a (batch, H, W, C) feature map into a probe's input vector.
+    """Pools a feature map (batch, spatial axes..., C) into a probe's input vector.
+
+    The feature map may be 1-D (batch, T, C), 2-D (batch, H, W, C) or 3-D
+    (batch, D, H, W, C); pooling runs over all its spatial axes.
 
     Parameters
     ----------
     mode : {"avg", "max", "min"} or int
-        ``"avg"``: global average over H and W (C features). ``"max"`` /
-        ``"min"``: global maximum / minimum (C features). An int ``k``: adaptive average pooling
-        to a k x k grid, flattened in (row, column, channel) order
-        (k * k * C features).
+        ``"avg"``: global average over the spatial axes (C features).
+        ``"max"`` / ``"min"``: global maximum / minimum (C features). An int
+        ``k``: adaptive average pooling to a grid of k cells along each
+        spatial axis (k for 1-D, k x k for 2-D, k x k x k for 3-D),
+        flattened in (cell, channel) order with the cells in C order
+        (first spatial axis slowest): ``k**d * C`` features.
     """
 
     def __init__(self, mode="avg", **kwargs):
@@ -39,42 +46,47 @@ class FeaturePooling(keras.layers.Layer):
         self.mode = mode
 
     def call(self, x):
+        axes = tuple(range(1, len(x.shape) - 1))
         if self.mode == "avg":
-            return ops.mean(x, axis=(1, 2))
+            return ops.mean(x, axis=axes)
         if self.mode == "max":
-            return ops.max(x, axis=(1, 2))
+            return ops.max(x, axis=axes)
         if self.mode == "min":
-            return ops.min(x, axis=(1, 2))
+            return ops.min(x, axis=axes)
         k = int(self.mode)
-        h, w = x.shape[1], x.shape[2]
         cells = []
-        for r0, r1 in adaptive_bins(h, k):
-            for c0, c1 in adaptive_bins(w, k):
-                cells.append(ops.mean(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
+        for box in itertools.product(*(adaptive_bins(x.shape[a], k) for a in axes)):
+            index = (slice(None),) + tuple(slice(lo, hi) for lo, hi in box) + (slice(None),)
+            cells.append(ops.mean(x[index], axis=axes))
         return ops.concatenate(cells, axis=-1)
 
     def compute_output_shape(self, input_shape):
         c = input_shape[-1]
         if self.mode in ("avg", "max", "min"):
             return (input_shape[0], c)
-        return (input_shape[0], int(self.mode) ** 2 * c)
+        return (input_shape[0], int(self.mode) ** (len(input_shape) - 2) * c)
 
-    def position_weights(self, h: int, w: int) -> np.ndarray:
-        """Linear map from positions to pooled cells, shape (H*W, n_cells).
+    def position_weights(self, *spatial: int) -> np.ndarray:
+        """Linear map from positions to pooled cells, shape (prod(spatial), n_cells).
 
-        Entry (p, j) is the weight of spatial position p in pooled cell j, so
-        that for average-type pooling ``pooled[j*C + c] = sum_p W[p, j] * x[p, c]``.
+        ``spatial`` is the map's spatial shape (``T``; ``H, W``; or ``D, H, W``).
+        Entry (p, j) is the weight of spatial position p (C order) in pooled
+        cell j, so that for average-type pooling
+        ``pooled[j*C + c] = sum_p W[p, j] * x[p, c]``.
         """
+        spatial = tuple(int(s) for s in spatial)
+        size = int(np.prod(spatial))
         if self.mode == "avg":
-            return np.full((h * w, 1), 1.0 / (h * w))
-        if self.mode == "max":
-            raise ValueError("max pooling is not linear; it has no position weights.")
+            return np.full((size, 1), 1.0 / size)
+        if self.mode in ("max", "min"):
+            raise ValueError(f"{self.mode} pooling is not linear; it has no position weights.")
         k = int(self.mode)
-        weights = np.zeros((h, w, k * k))
-        for i, (r0, r1) in enumerate(adaptive_bins(h, k)):
-            for j, (c0, c1) in enumerate(adaptive_bins(w, k)):
-                weights[r0:r1, c0:c1, i * k + j] = 1.0 / ((r1 - r0) * (c1 - c0))
-        return weights.reshape(h * w, k * k)
+        boxes = list(itertools.product(*(adaptive_bins(s, k) for s in spatial)))
+        weights = np.zeros(spatial + (len(boxes),))
+        for j, box in enumerate(boxes):
+            index = tuple(slice(lo, hi) for lo, hi in box) + (j,)
+            weights[index] = 1.0 / np.prod([hi - lo for lo, hi in box])
+        return weights.reshape(size, len(boxes))
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}

@@ -24,7 +24,7 @@ Examples
 
 from .global_ import (plot_filter_class_association, plot_filter_correlation, plot_filter_importance,
                       plot_layer_similarity)
-from .local import plot_layer_accuracy, plot_local_explanation, upsample
+from .local import plot_layer_accuracy, plot_local_explanation, upsample, upsample_curve
 from .training import plot_training_dynamics
 
 __all__ = [
@@ -36,4 +36,5 @@ __all__ = [
     "plot_layer_similarity",
     "plot_training_dynamics",
     "upsample",
+    "upsample_curve",
 ]

@@ -319,8 +319,8 @@ def make_volumes(
     that factor:
 
     * ``factor="shape"``: class 0 ``"ball"`` is a ball of radius 2.5 to 3.5
-      voxels; class 1 ``"rod"`` is an elongated ellipsoid (half-length 2.5
-      times its radius of 1.2 to 1.8) along a random axis. The centre is
+      voxels; class 1 ``"rod"`` is an elongated ellipsoid (half-length 2.2
+      times its radius of 1.2 to 1.6) along a random axis. The centre is
       anywhere in the volume (the blob fully inside).
     * ``factor="position"``: a ball whose centre lies in the front half
       (depth index < size / 2, class 0 ``"front"``) or the back half
@@ -356,7 +356,7 @@ def make_volumes(
     rng.shuffle(y)
     grid = np.stack(np.meshgrid(*(np.arange(S, dtype=np.float64),) * 3, indexing="ij"), axis=-1)
     rod = (y == 1) if factor == "shape" else np.zeros(n, bool)
-    radius = np.where(rod, rng.uniform(1.2, 1.8, n), rng.uniform(2.5, 3.5, n))
+    radius = np.where(rod, rng.uniform(1.2, 1.6, n), rng.uniform(2.5, 3.5, n))
     axis = np.where(rod, rng.integers(0, 3, n), -1)
     intensity = rng.uniform(0.7, 1.0, n)
     centre = np.empty((n, 3))
@@ -364,7 +364,7 @@ def make_volumes(
     for i in range(n):
         half = np.full(3, radius[i])
         if rod[i]:
-            half[axis[i]] = 2.5 * radius[i]
+            half[axis[i]] = 2.2 * radius[i]
         margin = np.ceil(half) + 1
         c = rng.uniform(margin, S - 1 - margin)
         if factor == "position":

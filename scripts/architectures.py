@@ -288,6 +288,10 @@ def _shape(s) -> str:
     return "×".join("?" if d is None else str(d) for d in s)
 
 
+def _params(n: int) -> str:
+    return f"{n / 1e6:.1f} M" if n >= 100_000 else f"{n / 1e3:.1f} k"
+
+
 def _input(shape) -> str:
     """The summary's input column: spatial size (``32×32``; ``128``; ``16×16×16``)."""
     return _shape(shape[:-1])
@@ -465,7 +469,8 @@ def render(all_results: dict, total_wall: float) -> str:
         "`GlobalAveragePooling2D`, `Dense` softmax), whose block names carry the prefix "
         "`<backbone name>/`; **reloaded** is the *as is* model saved to `.keras` and loaded with "
         "`keras.models.load_model(path, safe_mode=True)`; **nested, reloaded** is the same for the nested "
-        "model. \"same\" means the same block names in the same order (after removing the prefix). Each "
+        "model (for the CNNs built in code, *nested* is the model without its head inside a model that "
+        "adds the head back). \"same\" means the same block names in the same order (after removing the prefix). Each "
         "model and form is built in a fresh process, because Keras numbers unnamed layers (`add_18`) "
         "per process.",
         "",
@@ -489,7 +494,7 @@ def render(all_results: dict, total_wall: float) -> str:
         verdict = compare(results)
         cells = [verdict.get(f, "not run").split(" (prefix")[0].replace("differs: ", "") for f in FORMS[1:]]
         lines.append(
-            f"| [{name}](#{name.lower()}) | {_input(base['input'])} | {base['params'] / 1e6:.1f} M | "
+            f"| [{name}](#{name.lower()}) | {_input(base['input'])} | {_params(base['params'])} | "
             f"{base['cut_points']} | {len(base['blocks'])} | " + " | ".join(cells) + " |"
         )
     lines += ["", "## Families", ""]

@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Block": ".core.graph",
     "BlockList": ".local.interpreter",
-    "FeaturePooling": ".local.probes",
+    "FeaturePooling": ".core.pooling",
     "FilterClassAssociation": ".global_.association",
     "FilterCorrelation": ".global_.correlation",
     "FilterExamples": ".global_.atlas",
@@ -50,7 +50,7 @@ __all__ = list(_EXPORTS)
 
 # Submodules whose classes register with keras.saving (what
 # keras.models.load_model needs to rebuild a saved interpreter).
-_SERIALIZABLE = (".local.probes", ".local.interpreter")
+_SERIALIZABLE = (".core.pooling", ".local.probes", ".local.interpreter")
 
 if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __getattr__)
     from .callback import ImportanceOptions as ImportanceOptions
@@ -67,7 +67,7 @@ if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __g
     from .global_.similarity import linear_cka as linear_cka
     from .local.interpreter import BlockList as BlockList
     from .local.interpreter import HybridInterpreter as HybridInterpreter
-    from .local.probes import FeaturePooling as FeaturePooling
+    from .core.pooling import FeaturePooling as FeaturePooling
     from .local.probes import LinearProbe as LinearProbe
     from .local.probes import OutputProbabilities as OutputProbabilities
     from .local.results import LayerPredictions as LayerPredictions

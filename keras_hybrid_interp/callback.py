@@ -210,7 +210,7 @@ class InterpretationCallback(keras.callbacks.Callback):
     ----------
     validation_data : tuple (x, y), array x, tf.data.Dataset or keras.utils.PyDataset
         Data the callback reads (never trained on by the model). ``x`` has
-        shape (N, H, W, C); ``y`` holds integer labels (N,) or one-hot rows
+        shape (N, spatial..., C) (a 1-D, 2-D or 3-D CNN input); ``y`` holds integer labels (N,) or one-hot rows
         (N, K); a third tuple element (sample weights) is ignored. Datasets
         yield batches of ``x`` or ``(x, y)``. Without labels, probes learn the
         model's own predicted distribution and ``accuracy`` is not recorded.
@@ -234,7 +234,7 @@ class InterpretationCallback(keras.callbacks.Callback):
     importance : ImportanceOptions, optional
         ``ImportanceOptions(block=name, n_repeats=5, top_k=10)``: record the
         permutation importance of the ``top_k`` most important filters of
-        ``block`` (any 4-D layer). Off by default: it costs
+        ``block`` (any feature-map layer). Off by default: it costs
         ``filters x n_repeats`` passes of the model tail per record.
     log_dir : str or path-like, optional
         Write TensorBoard summaries there as training goes: a scalar

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["load_digits", "make_synthetic", "class_names"]
+__all__ = ["load_digits", "make_synthetic", "class_names", "make_signals", "signal_class_names",
+           "make_volumes", "volume_class_names"]
 
 
 def load_digits(image_size: int = 8, *, test_size: float = 0.25, random_state: int = 0):
@@ -167,3 +168,220 @@ def class_names(factor: str) -> list[str]:
     if factor not in _FACTORS:
         raise ValueError(f"`factor` must be one of {sorted(_FACTORS)}; received {factor!r}.")
     return list(_FACTORS[factor])
+
+
+# ----------------------------------------------------------------------
+# 1-D: ECG-like signals
+# ----------------------------------------------------------------------
+_SIGNAL_FACTORS = {"width": ("narrow_qrs", "wide_qrs"), "extra_beat": ("regular", "extra_beat")}
+
+
+def _check_count(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}; received {value!r}.")
+    return int(value)
+
+
+def _beat(t, centre, period, qrs_width):
+    """One PQRST complex at sample ``centre``: Gaussian P, Q, R, S and T waves.
+
+    P and T sit at fixed fractions of the beat period; Q and S flank R at
+    2.2 QRS widths, so a wider QRS widens the whole complex.
+    """
+    waves = (  # (offset, standard deviation, amplitude)
+        (-0.22 * period, 0.025 * period, 0.12),  # P
+        (-2.2 * qrs_width, qrs_width, -0.12),    # Q
+        (0.0, qrs_width, 1.0),                   # R
+        (2.2 * qrs_width, qrs_width, -0.25),     # S
+        (0.28 * period, 0.05 * period, 0.3),     # T
+    )
+    out = np.zeros_like(t)
+    for off, sd, amp in waves:
+        out += amp * np.exp(-0.5 * ((t - centre - off) / sd) ** 2)
+    return out
+
+
+def make_signals(
+    n_samples: int = 600,
+    *,
+    factor: str = "width",
+    length: int = 128,
+    noise: float = 0.05,
+    drift: float = 0.3,
+    random_state: int | None = 0,
+    return_factors: bool = False,
+):
+    """Generated ECG-like signals whose class is one planted morphology.
+
+    Each signal is a train of beats (P wave, QRS complex, T wave, each a
+    Gaussian bump) at a random heart rate and phase, plus Gaussian noise and
+    a baseline drift (a slow sinusoid of random amplitude, period and
+    phase). The class is planted in one factor; everything else (rate, phase,
+    amplitude, drift) is drawn independently of it:
+
+    * ``factor="width"``: class 0 ``"narrow_qrs"`` has a narrow QRS complex
+      (R wave standard deviation 1.0 to 1.6 samples), class 1 ``"wide_qrs"``
+      a wide one (3.0 to 4.0 samples), as in a bundle-branch block.
+    * ``factor="extra_beat"``: class 1 ``"extra_beat"`` has one premature
+      extra beat between two regular beats; class 0 ``"regular"`` has none.
+
+    Parameters
+    ----------
+    n_samples : int
+    factor : {"width", "extra_beat"}
+    length : int
+        Samples per signal, at least 64.
+    noise : float
+        Standard deviation of the Gaussian noise.
+    drift : float
+        Largest amplitude of the baseline drift (0: none).
+    random_state : int or None
+        Seed; the same seed gives the same signals.
+    return_factors : bool
+        Also return a dict of the per-signal draws.
+
+    Returns
+    -------
+    x : ndarray, shape (n_samples, length, 1), float32
+    y : ndarray, shape (n_samples,), int64 in {0, 1} (balanced: alternating classes)
+    factors : dict of str -> ndarray, only with ``return_factors=True``
+        Keys "class", "qrs_width", "period", "phase", "extra_at" (sample of
+        the extra beat, -1 if none), "drift".
+    """
+    if factor not in _SIGNAL_FACTORS:
+        raise ValueError(f"`factor` must be one of {sorted(_SIGNAL_FACTORS)}; received {factor!r}.")
+    n = _check_count(n_samples, "n_samples", 1)
+    T = _check_count(length, "length", 64)
+    rng = np.random.default_rng(random_state)
+    y = (np.arange(n) % 2).astype(np.int64)
+    rng.shuffle(y)
+    t = np.arange(T, dtype=np.float64)
+    period = rng.uniform(0.3, 0.42, n) * T
+    phase = rng.uniform(0.0, 1.0, n) * period
+    if factor == "width":
+        qrs = np.where(y == 1, rng.uniform(3.0, 4.0, n), rng.uniform(1.0, 1.6, n))
+    else:
+        qrs = rng.uniform(1.0, 2.0, n)
+    amp = rng.uniform(0.8, 1.2, n)
+    drift_amp = rng.uniform(0.0, drift, n) if drift > 0 else np.zeros(n)
+    drift_period = rng.uniform(1.5, 4.0, n) * T
+    drift_phase = rng.uniform(0.0, 2 * np.pi, n)
+    extra_at = np.full(n, -1, dtype=np.int64)
+    x = np.empty((n, T, 1), dtype=np.float32)
+    for i in range(n):
+        centres = np.arange(phase[i] - period[i], T + period[i], period[i])
+        sig = np.zeros(T)
+        for c in centres:
+            sig += _beat(t, c, period[i], qrs[i])
+        if factor == "extra_beat" and y[i] == 1:
+            inside = [c for c in centres if 0.1 * T <= c <= 0.9 * T - 0.45 * period[i]]
+            c0 = inside[int(rng.integers(0, len(inside)))] if inside else centres[1]
+            extra = c0 + rng.uniform(0.45, 0.55) * period[i]
+            extra_at[i] = int(round(extra))
+            sig += 0.9 * _beat(t, extra, period[i], qrs[i])
+        sig *= amp[i]
+        sig += drift_amp[i] * np.sin(2 * np.pi * t / drift_period[i] + drift_phase[i])
+        x[i, :, 0] = sig
+    x += rng.normal(0.0, noise, x.shape).astype(np.float32)
+    if return_factors:
+        return x, y, {"class": y.copy(), "qrs_width": qrs, "period": period, "phase": phase,
+                      "extra_at": extra_at, "drift": drift_amp}
+    return x, y
+
+
+def signal_class_names(factor: str = "width") -> list[str]:
+    """Names of the classes of :func:`make_signals` for ``factor``."""
+    if factor not in _SIGNAL_FACTORS:
+        raise ValueError(f"`factor` must be one of {sorted(_SIGNAL_FACTORS)}; received {factor!r}.")
+    return list(_SIGNAL_FACTORS[factor])
+
+
+# ----------------------------------------------------------------------
+# 3-D: volumes with a planted blob
+# ----------------------------------------------------------------------
+_VOLUME_FACTORS = {"shape": ("ball", "rod"), "position": ("front", "back")}
+
+
+def make_volumes(
+    n_samples: int = 300,
+    *,
+    factor: str = "shape",
+    size: int = 16,
+    noise: float = 0.1,
+    random_state: int | None = 0,
+    return_factors: bool = False,
+):
+    """Generated volumes (as from CT or MRI) whose class is the shape or position of one planted blob.
+
+    Each volume holds one bright blob with soft edges on a noisy background.
+    Its radius, intensity, centre (and, for a rod, the axis it runs along)
+    are drawn at random, independently of the class unless the class is
+    that factor:
+
+    * ``factor="shape"``: class 0 ``"ball"`` is a ball of radius 2.5 to 3.5
+      voxels; class 1 ``"rod"`` is an elongated ellipsoid (half-length 2.2
+      times its radius of 1.2 to 1.6) along a random axis. The centre is
+      anywhere in the volume (the blob fully inside).
+    * ``factor="position"``: a ball whose centre lies in the front half
+      (depth index < size / 2, class 0 ``"front"``) or the back half
+      (class 1 ``"back"``) of the volume.
+
+    Parameters
+    ----------
+    n_samples : int
+    factor : {"shape", "position"}
+    size : int
+        Side of the cubic volumes, at least 12.
+    noise : float
+        Standard deviation of the Gaussian voxel noise.
+    random_state : int or None
+        Seed; the same seed gives the same volumes.
+    return_factors : bool
+        Also return a dict of the per-volume draws.
+
+    Returns
+    -------
+    x : ndarray, shape (n_samples, size, size, size, 1), float32
+    y : ndarray, shape (n_samples,), int64 in {0, 1} (balanced)
+    factors : dict of str -> ndarray, only with ``return_factors=True``
+        Keys "class", "centre" (n, 3: depth, height, width), "radius",
+        "axis" (the rod's axis, -1 for a ball), "intensity".
+    """
+    if factor not in _VOLUME_FACTORS:
+        raise ValueError(f"`factor` must be one of {sorted(_VOLUME_FACTORS)}; received {factor!r}.")
+    n = _check_count(n_samples, "n_samples", 1)
+    S = _check_count(size, "size", 12)
+    rng = np.random.default_rng(random_state)
+    y = (np.arange(n) % 2).astype(np.int64)
+    rng.shuffle(y)
+    grid = np.stack(np.meshgrid(*(np.arange(S, dtype=np.float64),) * 3, indexing="ij"), axis=-1)
+    rod = (y == 1) if factor == "shape" else np.zeros(n, bool)
+    radius = np.where(rod, rng.uniform(1.2, 1.6, n), rng.uniform(2.5, 3.5, n))
+    axis = np.where(rod, rng.integers(0, 3, n), -1)
+    intensity = rng.uniform(0.7, 1.0, n)
+    centre = np.empty((n, 3))
+    x = np.empty((n, S, S, S, 1), dtype=np.float32)
+    for i in range(n):
+        half = np.full(3, radius[i])
+        if rod[i]:
+            half[axis[i]] = 2.2 * radius[i]
+        margin = np.ceil(half) + 1
+        c = rng.uniform(margin, S - 1 - margin)
+        if factor == "position":
+            lo, hi = (margin[0], S / 2 - 0.5) if y[i] == 0 else (S / 2 - 0.5, S - 1 - margin[0])
+            c[0] = rng.uniform(lo, hi)
+        centre[i] = c
+        d = np.sqrt((((grid - c) / half) ** 2).sum(-1))
+        x[i, ..., 0] = intensity[i] / (1.0 + np.exp((d - 1.0) * 6.0))
+    x += rng.normal(0.0, noise, x.shape).astype(np.float32)
+    if return_factors:
+        return x, y, {"class": y.copy(), "centre": centre, "radius": radius, "axis": axis.astype(np.int64),
+                      "intensity": intensity}
+    return x, y
+
+
+def volume_class_names(factor: str = "shape") -> list[str]:
+    """Names of the classes of :func:`make_volumes` for ``factor``."""
+    if factor not in _VOLUME_FACTORS:
+        raise ValueError(f"`factor` must be one of {sorted(_VOLUME_FACTORS)}; received {factor!r}.")
+    return list(_VOLUME_FACTORS[factor])

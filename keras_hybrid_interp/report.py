@@ -29,7 +29,8 @@ _FORMATS = ("png", "pdf", "svg")
 #: The definitions printed in reports (the README states the same).
 DEFINITIONS = {
     "blocks": (
-        "A block end is a 4-D feature map (height x width x channels). Automatic discovery keeps "
+        "A block end is a feature map: (steps x channels) for a 1-D CNN, (height x width x channels) "
+        "for 2-D, (depth x height x width x channels) for 3-D. Automatic discovery keeps "
         "the cut points of the graph (tensors every input-to-output path passes through) that "
         "follow a convolution and are pooling outputs, close a multi-path region (Add, Concatenate, "
         "Multiply, or an operator such as x + y), or are the last feature map; each extends to the "
@@ -50,8 +51,9 @@ DEFINITIONS = {
     "local": (
         "For one input: the probabilities each block's probe assigns to each class; the decision "
         "depth, the first block from which the probe's top class equals the model's class and "
-        "stays equal; and class-evidence maps, the probe applied at every spatial position "
-        "(for average pooling the mean of a map over positions is exactly the probe's logit)."
+        "stays equal; and class-evidence maps, the probe applied at every spatial position: a "
+        "curve along time for a 1-D CNN, a map for 2-D, a volume for 3-D (for average pooling "
+        "the mean of a map over positions is exactly the probe's logit)."
     ),
     "correlation": (
         "Each filter is summarized per sample by the spatial mean of its feature map; the matrix "

@@ -1,5 +1,9 @@
 """Generates docs/ARCHITECTURES.md: what automatic block discovery finds on keras.applications.
 
+It also covers three small CNNs of other ranks built in code (``CUSTOM``): a
+1-D CNN with a residual block, a 3-D CNN and a Conv1D + LSTM hybrid; their
+*nested* form is the model without its head, nested in a model that adds it.
+
 For every architecture below, block discovery (``blocks="auto"``, see README
 "Blocks and block discovery") runs on four forms of the model, all with
 ``weights=None`` and the smallest input the architecture accepts:
@@ -56,6 +60,74 @@ ARCHITECTURES = {
     "Xception": (71, "residual_separable"),
     "ConvNeXtTiny": (32, "convnext"),
     "NASNetMobile": (32, "cells"),
+    # Not keras.applications: small CNNs of other ranks, built by ``CUSTOM`` below.
+    "ResNet1D": ((128, 1), "signals_1d"),
+    "CNN3D": ((16, 16, 16, 1), "volumes_3d"),
+    "Conv1DLSTM": ((128, 1), "conv_recurrent"),
+}
+
+
+def _resnet1d(include_top=True):
+    """A 1-D CNN for signals (ECG, audio): a stem, one residual block, a strided conv."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((128, 1))
+    x = layers.Conv1D(16, 7, padding="same", activation="relu", name="stem_conv")(inp)
+    x = layers.MaxPooling1D(2, name="stem_pool")(x)
+    y = layers.Conv1D(16, 5, padding="same", activation="relu", name="res1_conv1")(x)
+    y = layers.Conv1D(16, 5, padding="same", name="res1_conv2")(y)
+    x = layers.Add(name="res1_add")([x, y])
+    x = layers.Activation("relu", name="res1_out")(x)
+    x = layers.Conv1D(32, 5, strides=2, padding="same", activation="relu", name="down_conv")(x)
+    x = layers.SeparableConv1D(32, 5, padding="same", activation="relu", name="sep_conv")(x)
+    if not include_top:
+        return keras.Model(inp, x, name="resnet1d")
+    x = layers.GlobalAveragePooling1D(name="gap")(x)
+    return keras.Model(inp, layers.Dense(CLASSES, activation="softmax", name="predictions")(x), name="resnet1d")
+
+
+def _cnn3d(include_top=True):
+    """A 3-D CNN for volumes (CT, MRI): two conv stages with pooling."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((16, 16, 16, 1))
+    x = layers.Conv3D(8, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.MaxPooling3D(2, name="pool1")(x)
+    x = layers.Conv3D(16, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling3D(2, name="pool2")(x)
+    x = layers.Conv3D(32, 3, padding="same", activation="relu", name="conv3")(x)
+    if not include_top:
+        return keras.Model(inp, x, name="cnn3d")
+    x = layers.GlobalAveragePooling3D(name="gap")(x)
+    return keras.Model(inp, layers.Dense(CLASSES, activation="softmax", name="predictions")(x), name="cnn3d")
+
+
+def _conv1d_lstm(include_top=True):
+    """A Conv1D + LSTM hybrid: convolutional blocks, then a recurrent head."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((128, 1))
+    x = layers.Conv1D(16, 5, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.MaxPooling1D(2, name="pool1")(x)
+    x = layers.Conv1D(32, 5, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling1D(2, name="pool2")(x)
+    if not include_top:
+        return keras.Model(inp, x, name="conv1d_lstm")
+    x = layers.LSTM(16, return_sequences=True, name="lstm1")(x)
+    x = layers.LSTM(16, name="lstm2")(x)
+    return keras.Model(inp, layers.Dense(CLASSES, activation="softmax", name="predictions")(x),
+                       name="conv1d_lstm")
+
+
+#: name: (builder(include_top) -> model, head of the nested form). The head
+#: of a recurrent hybrid is recurrent; the others pool over all spatial axes.
+CUSTOM = {
+    "ResNet1D": (_resnet1d, "GlobalAveragePooling1D"),
+    "CNN3D": (_cnn3d, "GlobalAveragePooling3D"),
+    "Conv1DLSTM": (_conv1d_lstm, "LSTM"),
 }
 
 FORMS = ("as_is", "nested", "reloaded", "nested_reloaded")
@@ -76,6 +148,20 @@ def build(name: str, form: str):
     import keras
 
     size = ARCHITECTURES[name][0]
+    if name in CUSTOM:
+        builder, head = CUSTOM[name]
+        info = {"input": size}
+        if form == "as_is":
+            info["top"] = "built in code (scripts/architectures.py)"
+            return builder(include_top=True), info
+        base = builder(include_top=False)
+        inp = keras.Input(size)
+        x = base(inp, training=False)
+        x = keras.layers.LSTM(16, name="lstm")(x) if head == "LSTM" else getattr(keras.layers, head)(name="gap")(x)
+        out = keras.layers.Dense(CLASSES, activation="softmax", name="head")(x)
+        info["top"] = f"backbone without its head, then {head}"
+        info["prefix"] = base.name + "/"
+        return keras.Model(inp, out, name="transfer"), info
     app = getattr(keras.applications, name)
     shape = (size, size, 3)
     info = {"input": shape}
@@ -200,6 +286,15 @@ def compress(names: list[str]) -> list[tuple[int, int, str]]:
 
 def _shape(s) -> str:
     return "×".join("?" if d is None else str(d) for d in s)
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.1f} M" if n >= 100_000 else f"{n / 1e3:.1f} k"
+
+
+def _input(shape) -> str:
+    """The summary's input column: spatial size (``32×32``; ``128``; ``16×16×16``)."""
+    return _shape(shape[:-1])
 
 
 def _strip(names, prefix):
@@ -335,17 +430,38 @@ FAMILY_TEXT = {
         "(a real cut point), the ReLU after it (an unnamed `activation_N`): one block per cell. A "
         "warning says that the cell outputs are not cut points."
     ),
+    "signals_1d": (
+        "**1-D CNNs (ResNet1D).** A small CNN for signals, built in code: a `Conv1D` stem and "
+        "`MaxPooling1D`, one residual block closed by an `Add`, a strided `Conv1D` and a "
+        "`SeparableConv1D`. Block ends are rank-3 feature maps (batch, steps, channels), found by the "
+        "same rules as in 2-D: the stem's pooling output, the residual block (extended past its ReLU "
+        "to `res1_out`) and the last feature map before `GlobalAveragePooling1D`."
+    ),
+    "volumes_3d": (
+        "**3-D CNNs (CNN3D).** A small CNN for volumes (CT, MRI), built in code: three `Conv3D` stages, "
+        "the first two followed by `MaxPooling3D`. Block ends are rank-5 feature maps (batch, depth, "
+        "height, width, channels): the two pooling outputs and the last convolution before "
+        "`GlobalAveragePooling3D`, as for a plain 2-D stack."
+    ),
+    "conv_recurrent": (
+        "**Conv1D + LSTM hybrids (Conv1DLSTM).** Two `Conv1D`/`MaxPooling1D` stages feed two `LSTM` "
+        "layers (the first returns sequences, so its output is a rank-3 tensor after a convolution). "
+        "A recurrent layer starts the classifier head, like a global pooling: the blocks are the "
+        "convolutional ones before it (`pool1`, `pool2`), never the LSTM outputs."
+    ),
 }
 
 
 def render(all_results: dict, total_wall: float) -> str:
     any_result = next((r for rs in all_results.values() for r in rs.values() if "keras" in r), {})
     lines = [
-        "# Block discovery on `keras.applications`",
+        "# Block discovery on `keras.applications` (and on 1-D and 3-D CNNs)",
         "",
         "What `blocks=\"auto\"` (see README, *Blocks and block discovery*, and the docstring of "
         "`keras_hybrid_interp.core.blocks.discover_blocks`) finds on the Keras applications, built with `weights=None` and the "
-        "smallest input each accepts. Generated by `python scripts/architectures.py` "
+        "smallest input each accepts, and on three small CNNs of other ranks built in code "
+        "(`ResNet1D`, `CNN3D`, `Conv1DLSTM`: a 1-D CNN with a residual block, a 3-D CNN, a Conv1D + "
+        "LSTM hybrid). Generated by `python scripts/architectures.py` "
         f"(Keras {any_result.get('keras', '?')}); do not edit by hand.",
         "",
         "Forms: **as is** is `App(include_top=True, classes=10)`; **nested** is `App(include_top=False)` "
@@ -353,12 +469,14 @@ def render(all_results: dict, total_wall: float) -> str:
         "`GlobalAveragePooling2D`, `Dense` softmax), whose block names carry the prefix "
         "`<backbone name>/`; **reloaded** is the *as is* model saved to `.keras` and loaded with "
         "`keras.models.load_model(path, safe_mode=True)`; **nested, reloaded** is the same for the nested "
-        "model. \"same\" means the same block names in the same order (after removing the prefix). Each "
+        "model (for the CNNs built in code, *nested* is the model without its head inside a model that "
+        "adds the head back). \"same\" means the same block names in the same order (after removing the prefix). Each "
         "model and form is built in a fresh process, because Keras numbers unnamed layers (`add_18`) "
         "per process.",
         "",
         "The rule in short: block ends are *cut points* (tensors every input-to-output path passes "
-        "through) with a 4-D output after a convolution and before the classifier head; among them "
+        "through) with a feature-map output (rank 3, 4 or 5: 1-D, 2-D or 3-D convolutions) after a "
+        "convolution and before the classifier head (a global pooling or a recurrent layer); among them "
         "pooling outputs, merges that close a region holding a convolution or pooling, and the last one; "
         "each extended to the deepest cut point before the next convolution; and, in long stretches "
         "without any cut point, the cell outputs.",
@@ -375,9 +493,8 @@ def render(all_results: dict, total_wall: float) -> str:
             continue
         verdict = compare(results)
         cells = [verdict.get(f, "not run").split(" (prefix")[0].replace("differs: ", "") for f in FORMS[1:]]
-        size = base["input"][0]
         lines.append(
-            f"| [{name}](#{name.lower()}) | {size}×{size} | {base['params'] / 1e6:.1f} M | "
+            f"| [{name}](#{name.lower()}) | {_input(base['input'])} | {_params(base['params'])} | "
             f"{base['cut_points']} | {len(base['blocks'])} | " + " | ".join(cells) + " |"
         )
     lines += ["", "## Families", ""]
@@ -394,13 +511,12 @@ def render(all_results: dict, total_wall: float) -> str:
         if "error" in base:
             lines += ["Build failed:", "", "```", base["error"].strip(), "```", ""]
             continue
-        size = base["input"][0]
         lines.append(
-            f"Input {size}×{size}×3, {base['top']}, {base['ops']} operations, {base['cut_points']} cut "
+            f"Input {_shape(base['input'])}, {base['top']}, {base['ops']} operations, {base['cut_points']} cut "
             f"points, **{len(base['blocks'])} blocks**."
         )
         lines.append("")
-        lines += ["| # | Block (as is) | Output (H×W×C) | Layer |", "|---|---|---|---|"]
+        lines += ["| # | Block (as is) | Output (spatial×C) | Layer |", "|---|---|---|---|"]
         blocks = base["blocks"]
         for start, end, label in compress([b["name"] for b in blocks]):
             idx = str(start + 1) if start == end else f"{start + 1}–{end + 1}"

@@ -35,7 +35,7 @@ def _code_cells(nb):
 def test_there_are_tutorials():
     names = [p.name for p in TUTORIALS]
     assert {"01_quickstart.ipynb", "02_global_analysis.ipynb", "03_transfer_learning.ipynb",
-            "05_filter_atlas.ipynb"} <= set(names)
+            "05_filter_atlas.ipynb", "06_signals_1d.ipynb", "07_volumes_3d.ipynb"} <= set(names)
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)

@@ -18,13 +18,22 @@ from __future__ import annotations
 import keras
 
 from . import health as _health
-from .graph import ModelGraph, abbrev
+from .graph import RANKS_TEXT, ModelGraph, abbrev, is_feature_map
 
 __all__ = ["MAX_CONVS_WITHOUT_CUT", "cut_points", "discover_blocks", "select_blocks"]
 
 #: A stretch of graph without a single cut point that holds more convolutions
 #: than this is treated as a chain of cells (NASNet): see ``discover_blocks``.
 MAX_CONVS_WITHOUT_CUT = 24
+
+
+def is_map(graph, k) -> bool:
+    """Whether tensor ``k`` is a feature map of the rank of the convolutions before it."""
+    shape = graph.tensors[k].shape
+    if not is_feature_map(shape):
+        return False
+    rank = graph.conv_rank_before(k)
+    return rank is None or rank == len(shape)
 
 
 def relevant_mask(graph) -> list[bool]:
@@ -86,12 +95,18 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
     Rule (documented in README "Block discovery"; docs/ARCHITECTURES.md
     shows what it finds for each ``keras.applications`` family):
 
-    1. Candidates are cut points with a 4-D output (batch, H, W, C) and at
-       least one convolution before them, that come before the classifier
-       head: a cut point produced by a global pooling (``GlobalAveragePooling2D``,
-       also with ``keepdims=True``, or ``keras.ops.mean``/``max`` over the
-       spatial axes) starts the head, and it and every tensor after it are
-       no candidates (MobileNetV3's 1x1 ``Conv2D`` logits are not a block).
+    1. Candidates are cut points with a feature-map output, at least one
+       convolution before them, that come before the classifier head. A
+       feature map has rank 3, 4 or 5, (batch, spatial axes..., channels),
+       the rank of the convolutions before it (``Conv1D``, ``Conv2D`` or
+       ``Conv3D`` and their separable and depthwise variants; a ``Reshape``
+       of a 2-D map to rank 3 is no 1-D block). A cut point produced by a
+       global pooling (``GlobalAveragePooling1D/2D/3D``, also with
+       ``keepdims=True``, or ``keras.ops.mean``/``max`` over all the
+       spatial axes) or by a recurrent layer (``LSTM``, ``GRU``,
+       ``Bidirectional``: a Conv1D + LSTM hybrid) starts the head, and it
+       and every tensor after it are no candidates (MobileNetV3's 1x1
+       ``Conv2D`` logits are not a block).
     2. Natural block ends among them: pooling outputs; tensors that close
        a multi-path region (their operation merges two or more tensors,
        whether a ``keras.layers.Add``/``Concatenate``/``Multiply`` layer or
@@ -103,7 +118,7 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
        before the next convolution.
     4. A stretch of graph without a single cut point that holds more than
        ``MAX_CONVS_WITHOUT_CUT`` convolutions (NASNet's cells each read the
-       two previous cells) gets its *cell outputs*: the merges (4-D, after
+       two previous cells) gets its *cell outputs*: the merges (feature maps, after
        a convolution) that every input-to-output path passes through
        except the paths of one skip connection jumping over them. Formally,
        a merge ``m`` of the stretch for which some tensor ``u`` of the
@@ -126,8 +141,8 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
     cuts = [k for k in range(n) if relevant[k] and cover[k] == 0 and k not in graph.input_keys]
     notes: list[str] = []
 
-    def is4d(k):
-        return len(graph.tensors[k].shape) == 4
+    def is4d(k):  # a feature map of the convolutions' rank
+        return is_map(graph, k)
 
     def is_merge(k):
         p = graph.tensors[k].producer
@@ -138,7 +153,7 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
         return p is not None and graph.ops[p].is_pooling
 
     # The classifier head starts at the first cut point made by a global pooling.
-    head = next((k for k in cuts if graph.is_global_pool(graph.ops[graph.tensors[k].producer])), n)
+    head = next((k for k in cuts if graph.starts_head(graph.ops[graph.tensors[k].producer])), n)
     cuts = [k for k in cuts if k < head]
 
     # Convolutions (and local poolings) in each region (prev cut, cut]; region i ends at cuts[i].
@@ -197,15 +212,23 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
         )
     ends = sorted(ends)
     if not ends:
+        if not any(graph.is_conv(o) for o in graph.ops):
+            raise ValueError(
+                f"Model {graph.model.name!r} has no convolution: it is a Dense-only (or "
+                "otherwise convolution-free) model, with no filters to interpret. "
+                "keras-hybrid-interp analyses convolutional networks with 1-D, 2-D and 3-D "
+                "convolutional blocks (Conv1D, Conv2D, Conv3D and their separable and "
+                "depthwise variants), channels last."
+            )
         raise ValueError(
-            f"Model {graph.model.name!r} has no convolutional block: no 4-D tensor "
-            "(batch, height, width, channels) after a convolution lies on every path from "
-            "the input to the output. keras-hybrid-interp analyses CNNs; a Dense-only "
-            "model has no filters to interpret."
+            f"Model {graph.model.name!r} has no convolutional block: no feature map ({RANKS_TEXT}) "
+            "after a convolution lies on every path from the input to the output before the "
+            "classifier head (global pooling or a recurrent layer). Pass `blocks=[...]` to choose "
+            f"layers yourself; layers with a feature-map output: {abbrev(graph.feature_map_names())}."
         )
     if len(ends) == 1:
         notes.append(
-            f"Only one block ({graph.tensors[ends[0]].name!r}) was found: it is the only 4-D "
+            f"Only one block ({graph.tensors[ends[0]].name!r}) was found: it is the only feature map "
             "tensor after a convolution that every input-to-output path passes through, "
             "with no pooling or merge before it. Pass `blocks=[...]` to choose layers yourself."
         )
@@ -281,7 +304,7 @@ def cell_outputs(graph, a, b, relevant, conv_before) -> list[int]:
 
     cells = [
         k for k in inside
-        if len(graph.tensors[k].shape) == 4 and conv_before[k]
+        if is_map(graph, k) and conv_before[k]
         and sum(1 for i in graph.ops[graph.tensors[k].producer].inputs if relevant[i]) >= 2
         and crossed_by_one_skip(k)
     ]
@@ -319,7 +342,8 @@ def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
 
     ``blocks`` is ``"auto"`` (see :func:`discover_blocks`), one
     layer name / index / layer object, or a list of them. Every chosen tensor
-    must be 4-D (batch, height, width, channels). Notes on the automatic
+    must be a feature map: rank 3, 4 or 5 (batch, spatial axes..., channels).
+    Notes on the automatic
     choice are emitted as warnings.
     """
     cf = graph.channels_first_layers()
@@ -345,11 +369,11 @@ def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
         for spec in blocks:
             k = graph.resolve(spec, argname)
             t = graph.tensors[k]
-            if len(t.shape) != 4:
+            if not is_feature_map(t.shape):
                 raise ValueError(
-                    f"`{argname}`: layer {t.name!r} has output shape {t.shape}, not 4-D "
-                    "(batch, height, width, channels). Choose a convolutional layer; layers with "
-                    f"a 4-D output: {abbrev(graph.names_with_rank(4))}."
+                    f"`{argname}`: layer {t.name!r} has output shape {t.shape} (rank {len(t.shape)}), "
+                    f"not a feature map ({RANKS_TEXT}). Choose a convolutional layer; layers with "
+                    f"a feature-map output: {abbrev(graph.feature_map_names())}."
                 )
             if k in keys:
                 raise ValueError(f"`{argname}`: layer {t.name!r} is listed twice.")

@@ -240,20 +240,21 @@ class DataStream:
                 shape = self.input_shape
                 if (xb.ndim == want - 1 and shape[-1] == 1
                         and all(e is None or g == e for g, e in zip(xb.shape[1:], shape[:-1]))):
-                    hint = " The images lack the channel axis: use x[..., None]."
+                    hint = " The data lacks the channel axis: use x[..., None]."
                 elif xb.ndim == want - 1 and self.kind == "tf.data":
                     hint = " The dataset looks unbatched: call .batch(32) on it."
                 elif xb.ndim == want - 1:
-                    hint = " For a single image, add the batch axis: x[None]."
+                    hint = " For a single input (one image, signal or volume), add the batch axis: x[None]."
                 raise ValueError(
                     f"`{self.argname}`{where} must have shape (batch, {', '.join(str(d) for d in self.input_shape)}) "
                     f"(rank {want}) as the model input; received shape {tuple(xb.shape)} (rank {xb.ndim}).{hint}"
                 )
             if any(exp is not None and got != exp for got, exp in zip(xb.shape[1:], self.input_shape)):
                 extra = ""
-                if xb.ndim == 4 and xb.shape[1] == self.input_shape[-1]:
+                if xb.ndim in (3, 4, 5) and xb.shape[1] == self.input_shape[-1]:
+                    perm = (0,) + tuple(range(2, xb.ndim)) + (1,)
                     extra = (" The data looks channels_first; keras-hybrid-interp expects "
-                             "channels_last: use np.transpose(x, (0, 2, 3, 1)).")
+                             f"channels_last: use np.transpose(x, {perm}).")
                 raise ValueError(
                     f"`{self.argname}`{where} has sample shape {tuple(xb.shape[1:])}, but the model "
                     f"expects {self.input_shape} (None = any).{extra}"

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 import keras
+import numpy as np
 
 from .data import to_class_indices
 from .distribute import predict_on_batch
+from .pooling import FeaturePooling
 
 __all__ = ["Tap", "Batch", "PassResult", "run", "forward_taps", "InputMoments", "Collect"]
 
@@ -83,7 +83,6 @@ class PassResult:
 
 def _side_model(graph, idents):
     """The side model computing ``idents`` [(key, mode), ...] from the graph's input (built once per graph)."""
-    from ..local.probes import FeaturePooling
 
     idents = tuple(idents)
 

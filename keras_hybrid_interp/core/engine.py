@@ -97,9 +97,9 @@ class Job:
     kind : {"none", "permute", "fill"}
         ``"permute"``: sample ``i`` receives the maps of sample ``perm[i]`` for
         these channels (the other channels are left intact). ``"fill"``: the
-        maps are replaced by ``fill`` (broadcast to ``(H, W, k)``).
+        maps are replaced by ``fill`` (broadcast to ``(spatial..., k)``).
     perm : ndarray of shape (n,) or callable returning one, optional
-    fill : float or ndarray broadcastable to (H, W, k), optional
+    fill : float or ndarray broadcastable to (spatial..., k), optional
     """
 
     channels: np.ndarray
@@ -132,7 +132,7 @@ class TailEngine:
     ----------
     graph : ModelGraph
     key : int
-        Tensor key of the perturbed layer output (4-D, channels last).
+        Tensor key of the perturbed layer output (a feature map of rank 3, 4 or 5, channels last).
     """
 
     def __init__(self, graph, key: int):

@@ -67,9 +67,24 @@ from keras.src.layers.pooling.base_pooling import BasePooling
 from keras.src.models.functional import Functional
 from keras.src.ops import numpy as _ops_numpy
 
-__all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block", "Window"]
+__all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block", "Window", "FEATURE_MAP_RANKS", "is_feature_map", "RANKS_TEXT"]
 
 _CONV_TYPES = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
+
+#: Ranks of a feature map (batch, spatial axes..., channels): 1-D (Conv1D,
+#: signals), 2-D (Conv2D, images) and 3-D (Conv3D, volumes) convolutions.
+FEATURE_MAP_RANKS = (3, 4, 5)
+
+#: How messages name the feature maps the package analyses.
+RANKS_TEXT = (
+    "rank 3, 4 or 5: (batch, steps, channels) for 1-D, (batch, height, width, channels) for 2-D "
+    "or (batch, depth, height, width, channels) for 3-D convolutions"
+)
+
+
+def is_feature_map(shape) -> bool:
+    """Whether ``shape`` (batch axis first) is a channels-last feature map of a 1-D, 2-D or 3-D CNN."""
+    return len(shape) in FEATURE_MAP_RANKS
 
 
 _SUBCLASSED_HELP = (
@@ -461,6 +476,10 @@ class ModelGraph:
             t.name for t in self.tensors if t.producer is not None and len(t.shape) == rank
         ]
 
+    def feature_map_names(self) -> list[str]:
+        """Names of the tensors that are feature maps (rank 3, 4 or 5; see :func:`is_feature_map`)."""
+        return [t.name for t in self.tensors if t.producer is not None and is_feature_map(t.shape)]
+
     def resolve(self, spec, argname: str = "blocks") -> int:
         """Returns the tensor key for a layer name, top-level index or layer object."""
         if isinstance(spec, bool):
@@ -479,10 +498,10 @@ class ModelGraph:
                 )
             close = difflib.get_close_matches(spec, list(self._names), n=5, cutoff=0.5)
             hint = f" Closest names: {close}." if close else ""
-            available = self.names_with_rank(4)
+            available = self.feature_map_names()
             raise ValueError(
                 f"`{argname}`: no layer named {spec!r} in model {self.model.name!r}.{hint} "
-                f"Layers with a 4-D output: {abbrev(available)}."
+                f"Layers with a feature-map output (rank 3-5): {abbrev(available)}."
             )
         if isinstance(spec, int):
             layers = self.model.layers
@@ -737,24 +756,58 @@ class ModelGraph:
         return [key] + sorted(k for k in used if k != key)
 
     def is_conv(self, o: OpNode) -> bool:
-        """Whether ``o`` is a convolution (any rank, separable, depthwise, or a Dense on a 4-D tensor)."""
+        """Whether ``o`` is a convolution (1-D, 2-D or 3-D, separable, depthwise, or a Dense on a feature map).
+
+        A Dense layer applied to a rank-4 tensor is a 1x1 convolution
+        (ConvNeXt); so it is on a rank-5 tensor (1x1x1). On a rank-3 tensor
+        it is a 1-wide Conv1D only when a convolution precedes it, as
+        in a 1-D CNN; a Dense on a sequence of embeddings is no convolution.
+        """
         if isinstance(o.op, _CONV_TYPES):
             return True
-        # A Dense layer applied to a 4-D tensor is a 1x1 convolution (ConvNeXt).
-        return isinstance(o.op, keras.layers.Dense) and any(
-            len(self.tensors[i].shape) == 4 for i in o.inputs
-        )
+        if not isinstance(o.op, keras.layers.Dense):
+            return False
+        ranks = [len(self.tensors[i].shape) for i in o.inputs]
+        if any(r in (4, 5) for r in ranks):
+            return True
+        return 3 in ranks and any(self.conv_rank_before(i) == 3 for i in o.inputs)
+
+    def conv_rank_before(self, key: int) -> int | None:
+        """Output rank of the convolution(s) (layer classes only) upstream of tensor ``key``; None if none."""
+        cache = getattr(self, "_conv_rank_cache", None)
+        if cache is None:
+            cache = [None] * len(self.tensors)
+            for o in self.ops:  # topological order
+                if isinstance(o.op, _CONV_TYPES):
+                    r = max(len(self.tensors[k].shape) for k in o.outputs)
+                else:
+                    r = max((cache[i] or 0 for i in o.inputs), default=0) or None
+                for k in o.outputs:
+                    cache[k] = r
+            self._conv_rank_cache = cache
+        return cache[key]
+
+    def is_recurrent(self, o: OpNode) -> bool:
+        """Whether ``o`` is a recurrent layer (``keras.layers.RNN`` and its subclasses, ``Bidirectional``).
+
+        In a Conv1D + LSTM hybrid the recurrent part belongs to the head:
+        the blocks are the convolutional ones before it.
+        """
+        return isinstance(o.op, (keras.layers.RNN, keras.layers.Bidirectional))
 
     def is_global_pool(self, o: OpNode) -> bool:
-        """Whether ``o`` pools a 4-D tensor over both spatial axes (layer or ``keras.ops``)."""
+        """Whether ``o`` pools a feature map over all its spatial axes (layer or ``keras.ops``)."""
         if isinstance(o.op, BaseGlobalPooling):
             return True
-        if isinstance(o.op, (_ops_numpy.Mean, _ops_numpy.Max)) and any(
-            len(self.tensors[i].shape) == 4 for i in o.inputs
-        ):
-            axis = o.op.axis
-            axes = axis if isinstance(axis, (tuple, list)) else (axis,)
-            return None in axes or {1, 2} <= {int(x) % 4 for x in axes}
+        if isinstance(o.op, (_ops_numpy.Mean, _ops_numpy.Max)):
+            for i in o.inputs:
+                rank = len(self.tensors[i].shape)
+                if rank not in FEATURE_MAP_RANKS:
+                    continue
+                axis = o.op.axis
+                axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+                if None in axes or set(range(1, rank - 1)) <= {int(x) % rank for x in axes}:
+                    return True
         return False
 
     def window(self, o: OpNode) -> Window | None:
@@ -787,6 +840,9 @@ class ModelGraph:
     def data_format(self, o: OpNode) -> str:
         """``o``'s ``data_format`` attribute ("channels_last" when it has none)."""
         return getattr(o.op, "data_format", None) or "channels_last"
+    def starts_head(self, o: OpNode) -> bool:
+        """Whether ``o`` starts the classifier head: a global pooling or a recurrent layer."""
+        return self.is_global_pool(o) or self.is_recurrent(o)
 
     def block_info(self, key: int, name: str | None = None) -> Block:
         t = self.tensors[key]

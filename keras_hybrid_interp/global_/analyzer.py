@@ -9,7 +9,7 @@ every forward pass at ``training=False``, and none changing the model:
 * :meth:`GlobalAnalyzer.filter_class_association` - point-biserial
   correlation of each filter with each class (:mod:`.association`);
 * :meth:`GlobalAnalyzer.filter_importance` - permutation, ablation or Taylor
-  importance of each filter, at any 4-D layer, residual blocks included
+  importance of each filter, at any feature-map layer (1-D, 2-D or 3-D CNN), residual blocks included
   (:mod:`.importance`, engine in :mod:`~keras_hybrid_interp.core.engine`);
 * :meth:`GlobalAnalyzer.layer_similarity` - linear CKA between blocks, of
   this model or against another model's (:mod:`.similarity`);
@@ -64,7 +64,8 @@ class GlobalAnalyzer:
     blocks : "auto", str, int, layer or list of them
         Blocks analysed by default (:meth:`layer_similarity`); ignored when an
         interpreter is given (its blocks are used). Every method taking
-        ``block`` also accepts the name of any layer with a 4-D output.
+        ``block`` also accepts the name of any layer with a feature-map output
+        (rank 3, 4 or 5: a 1-D, 2-D or 3-D CNN).
     batch_size : int
         Batch size used to stream NumPy inputs.
     input_shape : tuple, optional
@@ -156,9 +157,9 @@ class GlobalAnalyzer:
         )
 
     def key(self, block, argname="block"):
-        """``(tensor key, name)`` of a layer with a 4-D output."""
+        """``(tensor key, name)`` of a layer with a feature-map output (rank 3, 4 or 5)."""
         if block is None:
-            raise TypeError(f"`{argname}` is required: a layer name with a 4-D output; default blocks: {self.block_names}.")
+            raise TypeError(f"`{argname}` is required: a layer name with a feature-map output (rank 3-5); default blocks: {self.block_names}.")
         keys, names, _ = _blocks.select_blocks(self.graph, [block] if not isinstance(block, list) else block, argname)
         if len(keys) != 1:
             raise TypeError(f"`{argname}` must name one layer; received {block!r}.")
@@ -183,9 +184,10 @@ class GlobalAnalyzer:
 
         Parameters
         ----------
-        x : array (N, H, W, ch), tf.data.Dataset or PyDataset
+        x : array (N, spatial..., ch), tf.data.Dataset or PyDataset
         block : str, int or layer
-            Any layer with a 4-D output (batch, H, W, C).
+            Any layer with a feature-map output: (batch, T, C), (batch, H, W, C)
+            or (batch, D, H, W, C).
         statistic : {"mean", "max"}
         batch_size, max_samples, steps : int, optional
 
@@ -233,17 +235,18 @@ class GlobalAnalyzer:
         Importance = baseline score - score after perturbing the filter
         (positive = important, as scikit-learn). Only the part of the model
         after ``block`` is re-run, with several perturbations stacked per
-        forward pass; ``block`` may be any 4-D layer, also inside a residual
+        forward pass; ``block`` may be any feature-map layer, also inside a residual
         block (the skip tensors crossing the cut are cached too).
 
         Parameters
         ----------
-        x : array (N, H, W, ch), tf.data.Dataset or PyDataset
+        x : array (N, spatial..., ch), tf.data.Dataset or PyDataset
         y : array (N,) or (N, K), optional
             Labels. None: labels from the dataset, else agreement with the
             model's own predictions.
         block : str, int or layer
-            Any layer with a 4-D output.
+            Any layer with a feature-map output (rank 3-5); a filter's whole map
+            (all its positions) is permuted or ablated, whatever its rank.
         method : {"permutation", "ablation", "taylor"}
             "permutation" shuffles the whole feature map of a filter across
             samples; "ablation" replaces it (``ablation_value`` "zero" or "mean":

@@ -1,6 +1,6 @@
 """Streaming filter correlation.
 
-Each filter (channel) of a 4-D layer output is summarised per sample by its
+Each filter (channel) of a feature-map layer output (1-D, 2-D or 3-D CNN) is summarised per sample by its
 spatial mean (or max), giving an ``N x C`` matrix that is never materialised:
 its mean vector and centred co-moment matrix are accumulated batch by batch in
 float64 (Chan et al.'s pairwise update, numerically as stable as a two-pass

@@ -15,6 +15,7 @@ from ..core import health as _health
 from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
 from ..core.data import model_stream
 from ..core.output import OutputReader, reader_for
+from ..core.pooling import FeaturePooling
 from ..core.trainer import (
     MAX_ITER,
     TOL,
@@ -23,7 +24,7 @@ from ..core.trainer import (
     fit_probe,
     restandardize,
 )
-from .probes import FeaturePooling, LinearProbe, input_transform
+from .probes import LinearProbe, input_transform
 from .results import INTERVAL_METRICS, LayerPredictions, LayerTable, LocalExplanation
 
 __all__ = ["HybridInterpreter", "BlockList", "ProbeScores", "drift_message"]
@@ -212,8 +213,9 @@ class HybridInterpreter(keras.Model):
         discovery"). Otherwise layer names (``"resnet50/conv3_block1_out"``
         for nested layers), indices into ``model.layers`` or layer objects.
     pooling : "avg", "max" or int
-        How a (H, W, C) block output becomes the probe input: global average
-        (default), global max, or adaptive average pooling to k x k.
+        How a block output (T, C), (H, W, C) or (D, H, W, C) becomes the probe
+        input: global average over its spatial axes (default), global max, or
+        adaptive average pooling to k cells along each spatial axis (k x k for 2-D).
     input_shape : tuple, optional
         Shape of one input (no batch axis); only needed for a Sequential
         model that was never built.
@@ -280,11 +282,14 @@ class HybridInterpreter(keras.Model):
                 f"`class_names` has {len(class_names)} names but the model has {self.num_classes} classes."
             )
         if isinstance(self.pooling, int):
-            small = [n for n, b in zip(names, infos) if min(b.output_shape[1:3]) < self.pooling]
+            small = [n for n, b in zip(names, infos)
+                     if any(d is not None and d < self.pooling for d in b.output_shape[1:-1])]
             if small:
+                grids = sorted({len(b.output_shape) - 2 for b in infos})
+                grid = " or ".join("x".join([str(self.pooling)] * d) for d in grids)
                 raise ValueError(
-                    f"`pooling`={self.pooling} needs feature maps of at least {self.pooling}x"
-                    f"{self.pooling}; blocks {small} are smaller. Use pooling='avg' or a smaller k."
+                    f"`pooling`={self.pooling} needs feature maps of at least {grid}; "
+                    f"blocks {small} are smaller. Use pooling='avg' or a smaller k."
                 )
 
         self.wrapped_model = model
@@ -311,7 +316,7 @@ class HybridInterpreter(keras.Model):
         self._probes = []
         for i, (k, info) in enumerate(zip(keys, infos)):
             c = int(info.filters)
-            dim = c if self.pooling in ("avg", "max") else self.pooling ** 2 * c
+            dim = c if self.pooling in ("avg", "max") else self.pooling ** (len(info.output_shape) - 2) * c
             probe = LinearProbe(self.num_classes, name=f"probe_{i}", dtype="float32")
             probe.build((None, dim))
             self._probes.append(probe)
@@ -719,7 +724,7 @@ class HybridInterpreter(keras.Model):
 
     @_health.collecting
     def explain(self, x) -> LocalExplanation:
-        """Local explanation of one input ``x`` of shape (H, W, C) or (1, H, W, C).
+        """Local explanation of one input ``x``: one sample (T, C), (H, W, C) or (D, H, W, C), or a batch of one.
 
         Gives per-block probe probabilities, the decision depth and the
         per-block class-evidence maps (see :class:`LocalExplanation`).
@@ -739,7 +744,7 @@ class HybridInterpreter(keras.Model):
     def explanations(self, x, maps=None) -> list:
         """Local explanations of the inputs ``x`` (n, ...), from their raw block maps if given.
 
-        ``maps`` is ``[block maps (n, H, W, C) for each block] + [model outputs (n, units)]``
+        ``maps`` is ``[block maps (n, spatial..., C) for each block] + [model outputs (n, units)]``
         as collected by :meth:`explanation_taps` in a pass; None runs a pass over ``x``.
         """
         if maps is None:
@@ -760,21 +765,22 @@ class HybridInterpreter(keras.Model):
         probs, evidence = [], []
         logits_reader = OutputReader("logits", self.num_classes)
         for (mean, scale, kernel, bias), pool, a in zip(states, self._pools, maps):
-            h, w, c = a.shape
+            spatial, c = a.shape[:-1], a.shape[-1]
+            size = int(np.prod(spatial))
             W = kernel * scale[:, None]
             b = bias - mean @ W
             pooled = np.asarray(keras.ops.convert_to_numpy(pool(a[None].astype(np.float32))), np.float64)[0]
             logits = pooled @ W + b
             probs.append(logits_reader.probabilities(logits[None])[0])
-            flat = a.reshape(h * w, c)
+            flat = a.reshape(size, c)
             if self.pooling in ("avg", "max"):
                 ev = flat @ W + b
             else:
-                pw = pool.position_weights(h, w)  # (HW, cells)
+                pw = pool.position_weights(*spatial)  # (positions, cells)
                 cells = pw.shape[1]
                 per_cell = np.einsum("pc,jck->pjk", flat, W.reshape(cells, c, -1))
-                ev = (h * w) * np.einsum("pj,pjk->pk", pw, per_cell) + b
-            evidence.append(ev.reshape(h, w, -1))
+                ev = size * np.einsum("pj,pjk->pk", pw, per_cell) + b
+            evidence.append(ev.reshape(tuple(spatial) + (-1,)))
         probs = np.array(probs)
         pred = probs.argmax(axis=1)
         model_cls = int(model_p.argmax())

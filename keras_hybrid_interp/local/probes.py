@@ -1,4 +1,4 @@
-"""Keras layers of the local interpreter: feature pooling and linear probes.
+"""Keras layers of the local interpreter: linear probes (pooling lives in :mod:`..core.pooling`).
 
 Both are written with ``keras.ops`` only, so they run on every backend, and
 both are registered for ``.keras`` serialization (``safe_mode=True``).
@@ -12,73 +12,9 @@ from keras import ops
 
 from ..core.output import OutputReader
 
-__all__ = ["FeaturePooling", "LinearProbe", "OutputProbabilities", "adaptive_bins", "input_transform"]
+__all__ = ["LinearProbe", "OutputProbabilities", "input_transform"]
 
 _PACKAGE = "keras_hybrid_interp"
-
-def adaptive_bins(size: int, k: int) -> list[tuple[int, int]]:
-    """Bins of adaptive pooling (as in PyTorch): [floor(i*n/k), ceil((i+1)*n/k))."""
-    return [((i * size) // k, -((-(i + 1) * size) // k)) for i in range(k)]
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class FeaturePooling(keras.layers.Layer):
-    """Pools a (batch, H, W, C) feature map into a probe's input vector.
-
-    Parameters
-    ----------
-    mode : {"avg", "max", "min"} or int
-        ``"avg"``: global average over H and W (C features). ``"max"`` /
-        ``"min"``: global maximum / minimum (C features). An int ``k``: adaptive average pooling
-        to a k x k grid, flattened in (row, column, channel) order
-        (k * k * C features).
-    """
-
-    def __init__(self, mode="avg", **kwargs):
-        super().__init__(**kwargs)
-        self.mode = mode
-
-    def call(self, x):
-        if self.mode == "avg":
-            return ops.mean(x, axis=(1, 2))
-        if self.mode == "max":
-            return ops.max(x, axis=(1, 2))
-        if self.mode == "min":
-            return ops.min(x, axis=(1, 2))
-        k = int(self.mode)
-        h, w = x.shape[1], x.shape[2]
-        cells = []
-        for r0, r1 in adaptive_bins(h, k):
-            for c0, c1 in adaptive_bins(w, k):
-                cells.append(ops.mean(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
-        return ops.concatenate(cells, axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        c = input_shape[-1]
-        if self.mode in ("avg", "max", "min"):
-            return (input_shape[0], c)
-        return (input_shape[0], int(self.mode) ** 2 * c)
-
-    def position_weights(self, h: int, w: int) -> np.ndarray:
-        """Linear map from positions to pooled cells, shape (H*W, n_cells).
-
-        Entry (p, j) is the weight of spatial position p in pooled cell j, so
-        that for average-type pooling ``pooled[j*C + c] = sum_p W[p, j] * x[p, c]``.
-        """
-        if self.mode == "avg":
-            return np.full((h * w, 1), 1.0 / (h * w))
-        if self.mode == "max":
-            raise ValueError("max pooling is not linear; it has no position weights.")
-        k = int(self.mode)
-        weights = np.zeros((h, w, k * k))
-        for i, (r0, r1) in enumerate(adaptive_bins(h, k)):
-            for j, (c0, c1) in enumerate(adaptive_bins(w, k)):
-                weights[r0:r1, c0:c1, i * k + j] = 1.0 / ((r1 - r0) * (c1 - c0))
-        return weights.reshape(h * w, k * k)
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
-
 
 #: Relative spread (std / |mean|) below which a feature is float32 rounding noise: about 8 ulp.
 FLOAT32_NOISE = 1e-6

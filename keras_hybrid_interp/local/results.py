@@ -85,8 +85,8 @@ class LocalExplanation:
 
     Attributes
     ----------
-    image : ndarray, shape (H, W, C)
-        The input.
+    image : ndarray, shape (T, C), (H, W, C) or (D, H, W, C)
+        The input (a signal, an image or a volume).
     blocks : list of str
     depths : ndarray of int, shape (L,)
     probabilities : ndarray, shape (L, K)
@@ -96,11 +96,13 @@ class LocalExplanation:
         Index (into ``blocks``) of the first block from which the probe's top
         class equals the model's class and stays equal in every deeper
         block; None if the last block disagrees with the model.
-    evidence_maps : list of ndarray, each (H_l, W_l, K)
+    evidence_maps : list of ndarray, each (spatial_l..., K)
         Class-evidence map per block: the probe's logits applied at every
-        spatial position. For average pooling (and adaptive average pooling,
-        where each position's contribution is rescaled by H_l * W_l) the
-        mean of a map over positions equals the probe's logits exactly.
+        spatial position: a curve (T_l, K) along time for a 1-D CNN, a map
+        (H_l, W_l, K) for 2-D, a volume (D_l, H_l, W_l, K) for 3-D. For
+        average pooling (and adaptive average pooling, where each position's
+        contribution is rescaled by the number of positions) the mean of a
+        map over positions equals the probe's logits exactly.
     class_names : list of str
     pooling : str or int
     """

@@ -29,7 +29,7 @@ from .global_ import (
     plot_filter_importance,
     plot_layer_similarity,
 )
-from .local import plot_layer_accuracy, plot_layer_predictions, plot_local_explanation, upsample
+from .local import plot_layer_accuracy, plot_layer_predictions, plot_local_explanation, upsample, upsample_curve
 from .training import plot_training_dynamics
 
 __all__ = [
@@ -43,4 +43,5 @@ __all__ = [
     "plot_filter_examples",
     "plot_training_dynamics",
     "upsample",
+    "upsample_curve",
 ]

@@ -334,7 +334,8 @@ def _resolve_blocks(blocks, names):
 
 
 def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsize=None, max_classes=12,
-                           upsampling="bilinear", alpha=0.55, cmap="inferno", scale="shared", fig=None):
+                           upsampling="bilinear", alpha=0.55, cmap="inferno", scale="shared", slice_at=None,
+                           fig=None):
     """Layer-by-layer explanation of one input, in one figure.
 
     Top left: the input image. Top right: a heatmap of the probe
@@ -344,6 +345,19 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
     predicts the model's class). Bottom: one small panel per block with the
     block's class-evidence map for the model's class (or ``class_index``),
     upsampled to the image size and overlaid on the image in grey.
+
+    The shape of the evidence maps says what the input is:
+
+    * 1-D CNN (maps (T_l, K), input (T, C)): the input panel draws the
+      signal; each block panel draws its evidence as a curve along time
+      (upsampled to the signal's length), with the signal underneath in grey.
+    * 2-D CNN (maps (H_l, W_l, K)): the panels described above.
+    * 3-D CNN (maps (D_l, H_l, W_l, K), input (D, H, W, C)): each block gets
+      one row of three orthogonal slices of the input (fixed depth, height,
+      width index), with the evidence slice through the same point overlaid.
+      The slices pass through the block's point of peak evidence for the
+      shown class, or through ``slice_at``. The input panel shows the fixed-depth
+      slice through the peak of the deepest shown block (or ``slice_at``).
 
     Parameters
     ----------
@@ -371,7 +385,11 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
         shown blocks, so blocks compare; the colour bar reads logits.
         ``"per_block"``: each panel scaled to its own minimum and maximum
         (the colour bar reads low to high within a panel). The figure title
-        states which.
+        states which. For a 1-D CNN the same choice sets the panels' y-axes.
+    slice_at : tuple of 3 ints, optional
+        3-D CNNs only: the input voxel ``(d, h, w)`` the three slices pass
+        through, for every block. Default: each block's point of peak
+        evidence (mapped to the centre of its cell in the input).
     fig : matplotlib Figure, optional
         Draw into this (empty) figure instead of a new one.
 
@@ -379,7 +397,10 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
     -------
     matplotlib.figure.Figure
         Axes labels (``Axes.get_label()``): ``"image"``, ``"probabilities"``
-        and ``"evidence:<block>"`` per panel.
+        and ``"evidence:<block>"`` per panel (1-D and 2-D), or
+        ``"evidence:<block>:axis<a>"`` for the slice at a fixed index along
+        spatial axis ``a`` (0: depth, 1: height, 2: width; 3-D). A 3-D panel's
+        ``gid`` is ``"slice:<d>,<h>,<w>"``, the voxel it passes through.
     """
     for attr in ("image", "blocks", "probabilities", "model_probabilities", "decision_index", "evidence_maps",
                  "class_names"):
@@ -402,6 +423,16 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
     cls = _resolve_class(class_index, class_names, model_cls)
     shown = _resolve_blocks(blocks, names)
     decision = explanation.decision_index
+    maps = [np.asarray(explanation.evidence_maps[i], dtype=np.float64) for i in range(len(names))]
+    rank = maps[0].ndim - 1
+    for i in shown:
+        if maps[i].ndim != rank + 1 or maps[i].ndim not in (2, 3, 4) or maps[i].shape[-1] != K:
+            raise ValueError(
+                f"evidence_maps[{i}] must have shape (T_l, {K}) for a 1-D CNN, (H_l, W_l, {K}) for 2-D or "
+                f"(D_l, H_l, W_l, {K}) for 3-D, the same rank for every block; received {maps[i].shape}."
+            )
+    if slice_at is not None and rank != 3:
+        raise ValueError(f"`slice_at` applies to 3-D CNNs (volume evidence maps); these maps are {rank}-D.")
 
     # Classes shown in the heatmap.
     if max_classes is not None and K > max_classes:
@@ -420,8 +451,8 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
 
     # Layout.
     n_panels = len(shown)
-    ncols = min(n_panels, 6)
-    nrows = int(math.ceil(n_panels / ncols))
+    ncols = min(n_panels, 6) if rank != 3 else 3
+    nrows = int(math.ceil(n_panels / ncols)) if rank != 3 else n_panels
     long_cols = max(len(c) for c in col_labels) > 3 or len(cols) > 12
     heat_h = 0.32 * len(row_labels) + (1.6 if long_cols else 1.0)
     top_h = max(2.8, heat_h)
@@ -435,12 +466,26 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
         fig.set_layout_engine("constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, 2.15 * nrows + 0.2], hspace=0.02)
 
-    ax_img, ax_heat = top.subplots(1, 2, width_ratios=[1.0, 2.4])
-    img, img_cmap = _display_image(explanation.image)
-    ax_img.imshow(img, cmap=img_cmap, interpolation="nearest")
+    ax_img, ax_heat = top.subplots(1, 2, width_ratios=[1.0 if rank == 2 else 1.6, 2.4])
+    if rank == 1:
+        signal = _display_signal(explanation.image)
+        ax_img.plot(np.arange(len(signal)), signal, color="0.3", lw=1)
+        ax_img.set_xlim(0, len(signal) - 1)
+        ax_img.set_xlabel("Time step", fontsize=8)
+        ax_img.set_yticks([])
+    elif rank == 3:
+        volume = _display_volume(explanation.image)
+        points = [_slice_point(maps[i][..., cls], volume.shape, slice_at) for i in shown]
+        ax_img.imshow(volume[points[-1][0]], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax_img.set_xticks([])
+        ax_img.set_yticks([])
+        ax_img.set_xlabel(f"depth slice {points[-1][0]}", fontsize=8)
+    else:
+        img, img_cmap = _display_image(explanation.image)
+        ax_img.imshow(img, cmap=img_cmap, interpolation="nearest")
+        ax_img.set_xticks([])
+        ax_img.set_yticks([])
     ax_img.set_label("image")
-    ax_img.set_xticks([])
-    ax_img.set_yticks([])
     ax_img.set_title(f"Input\nmodel: {ellipsize(class_names[model_cls], 18)}\n(p={model_p[model_cls]:.2f})",
                      fontsize=10)
 
@@ -480,16 +525,21 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
 
     # Evidence panels.
     axes = np.atleast_1d(bottom.subplots(nrows, ncols, squeeze=False)).ravel()
+    norm_cmap = plt.get_cmap(cmap)
+    which = "model's class" if cls == model_cls else "chosen class"
+    if rank == 1:
+        _signal_panels(bottom, axes, shown, maps, cls, signal, names, short, probs, decision, upsampling, scale,
+                       class_names, which)
+        return fig
+    if rank == 3:
+        _volume_panels(bottom, axes, shown, maps, cls, volume, points, names, short, probs, decision, upsampling,
+                       scale, alpha, norm_cmap, class_names, which, slice_at is not None)
+        return fig
     gray = _grayscale(img)
     H, W = gray.shape
-    maps = explanation.evidence_maps
-    norm_cmap = plt.get_cmap(cmap)
     ups = []
     for i in shown:
-        ev = np.asarray(maps[i], dtype=np.float64)
-        if ev.ndim != 3 or ev.shape[-1] != K:
-            raise ValueError(f"evidence_maps[{i}] must have shape (H_l, W_l, {K}); received {ev.shape}.")
-        ups.append(upsample(ev[..., cls], (H, W), upsampling))
+        ups.append(upsample(maps[i][..., cls], (H, W), upsampling))
     g_lo = min(float(u.min()) for u in ups)
     g_hi = max(float(u.max()) for u in ups)
     for ax, i, up in zip(axes, shown, ups):
@@ -520,9 +570,149 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
         cb.ax.set_yticklabels(["panel min", "panel max"])
         cb.set_label("Evidence, scaled per panel", fontsize=8.5)
         norm_text = "each panel scaled to its own range"
-    which = "model's class" if cls == model_cls else "chosen class"
     bottom.suptitle(f"Class evidence for '{ellipsize(class_names[cls], 30)}' ({which}) per block, "
                     f"upsampled ({upsampling}) onto the input ({norm_text}); p = probe probability of that class",
                     fontsize=10)
     return fig
 
+
+
+# ----------------------------------------------------------------------
+# Local: 1-D signals and 3-D volumes
+# ----------------------------------------------------------------------
+def _display_signal(image):
+    """A (T,) or (T, C) input as one curve scaled to [0, 1] (channels averaged)."""
+    sig = np.asarray(image, dtype=np.float64)
+    if sig.ndim == 2:
+        sig = sig.mean(axis=-1)
+    if sig.ndim != 1:
+        raise ValueError(f"`explanation.image` of a 1-D CNN must have shape (T,) or (T, C); received {sig.shape}.")
+    lo, hi = np.nanmin(sig), np.nanmax(sig)
+    return (sig - lo) / (hi - lo) if hi > lo else np.zeros_like(sig)
+
+
+def _display_volume(image):
+    """A (D, H, W) or (D, H, W, C) input as a grey volume in [0, 1] (channels averaged)."""
+    vol = np.asarray(image, dtype=np.float64)
+    if vol.ndim == 4:
+        vol = vol.mean(axis=-1)
+    if vol.ndim != 3:
+        raise ValueError(
+            f"`explanation.image` of a 3-D CNN must have shape (D, H, W) or (D, H, W, C); received {vol.shape}."
+        )
+    lo, hi = np.nanmin(vol), np.nanmax(vol)
+    return (vol - lo) / (hi - lo) if hi > lo else np.zeros_like(vol)
+
+
+def _slice_point(ev, shape, slice_at):
+    """Input voxel the slices pass through: ``slice_at``, or the centre of the cell of peak evidence."""
+    if slice_at is not None:
+        ok = (isinstance(slice_at, (tuple, list)) and len(slice_at) == 3
+              and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in slice_at)
+              and all(0 <= v < n for v, n in zip(slice_at, shape)))
+        if not ok:
+            raise ValueError(
+                f"`slice_at` must be a voxel (d, h, w) of the input, each within {tuple(shape)}; received {slice_at!r}."
+            )
+        return tuple(int(v) for v in slice_at)
+    peak = np.unravel_index(int(np.argmax(ev)), ev.shape)
+    return tuple(min(int((p + 0.5) * n / m), n - 1) for p, n, m in zip(peak, shape, ev.shape))
+
+
+def upsample_curve(a, length, method="bilinear"):
+    """Resizes a 1-D curve to ``length`` samples (linear or nearest), as :func:`upsample` does for maps."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"`a` must be a 1-D curve; received shape {a.shape}.")
+    return upsample(a[None], (1, int(length)), method)[0]
+
+
+def _signal_panels(fig, axes, shown, maps, cls, signal, names, short, probs, decision, upsampling, scale,
+                   class_names, which):
+    T = len(signal)
+    ups = [upsample_curve(maps[i][..., cls], T, upsampling) for i in shown]
+    g_lo = min(float(u.min()) for u in ups)
+    g_hi = max(float(u.max()) for u in ups)
+    t = np.arange(T)
+    for ax, i, up in zip(axes, shown, ups):
+        lo, hi = (g_lo, g_hi) if scale == "shared" else (float(up.min()), float(up.max()))
+        if hi <= lo:
+            hi = lo + 1.0
+        pad = 0.05 * (hi - lo)
+        # The signal underneath, drawn in the evidence axis' range.
+        ax.fill_between(t, lo - pad, lo - pad + signal * (hi - lo + 2 * pad), color="0.85", lw=0, zorder=1)
+        ax.plot(t, lo - pad + signal * (hi - lo + 2 * pad), color="0.55", lw=0.8, zorder=2, gid="signal")
+        ax.plot(t, up, color=HIGHLIGHT, lw=1.8, zorder=3, gid="evidence")
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlim(0, T - 1)
+        ax.set_label(f"evidence:{names[i]}")
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{ellipsize(short[i], 20)}\n{maps[i].shape[0]} steps, p={probs[i, cls]:.2f}", fontsize=8)
+        if decision is not None and i == decision:
+            for sp in ax.spines.values():
+                sp.set_edgecolor("#e67e22")
+                sp.set_linewidth(2.5)
+    for ax in axes[len(shown):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("Evidence (logit)" if scale == "shared" else "Evidence (own range)", fontsize=8)
+    norm_text = "one y-scale across blocks" if scale == "shared" else "each panel on its own y-scale"
+    fig.suptitle(f"Class evidence for '{ellipsize(class_names[cls], 30)}' ({which}) along time per block, "
+                 f"upsampled ({upsampling}) to the signal\n(grey, underneath; {norm_text}); "
+                 "p = probe probability of that class", fontsize=10)
+
+
+def _volume_panels(fig, axes, shown, maps, cls, volume, points, names, short, probs, decision, upsampling, scale,
+                   alpha, norm_cmap, class_names, which, chosen):
+    axes = np.asarray(axes).reshape(len(shown), 3)
+    D, H, W = volume.shape
+    rows = []
+    for i, point in zip(shown, points):
+        ev = maps[i][..., cls]
+        cell = tuple(min(int(p * m / n), m - 1) for p, n, m in zip(point, volume.shape, ev.shape))
+        row = []
+        for axis in range(3):
+            img = np.take(volume, point[axis], axis=axis)
+            sl = np.take(ev, cell[axis], axis=axis)
+            row.append((img, upsample(sl, img.shape, upsampling)))
+        rows.append(row)
+    g_lo = min(float(u.min()) for row in rows for _, u in row)
+    g_hi = max(float(u.max()) for row in rows for _, u in row)
+    axis_names = ("depth", "height", "width")
+    for r, (i, point, row) in enumerate(zip(shown, points, rows)):
+        ev_all = [u for _, u in row]
+        p_lo = min(float(u.min()) for u in ev_all)
+        p_hi = max(float(u.max()) for u in ev_all)
+        lo, hi = (g_lo, g_hi) if scale == "shared" else (p_lo, p_hi)
+        for axis, (img, up) in enumerate(row):
+            ax = axes[r, axis]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(up, cmap=norm_cmap, alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1,
+                      interpolation="nearest")
+            ax.set_label(f"evidence:{names[i]}:axis{axis}")
+            ax.set_gid("slice:" + ",".join(str(v) for v in point))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            title = f"{axis_names[axis]} = {point[axis]}"
+            if axis == 0:
+                title = f"{ellipsize(short[i], 20)} ({'x'.join(map(str, maps[i].shape[:3]))}), " \
+                        f"p={probs[i, cls]:.2f}\n" + title
+            ax.set_title(title, fontsize=8)
+            if decision is not None and i == decision:
+                for sp in ax.spines.values():
+                    sp.set_edgecolor("#e67e22")
+                    sp.set_linewidth(2.5)
+    if scale == "shared":
+        sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(g_lo, g_hi if g_hi > g_lo else g_lo + 1), cmap=norm_cmap)
+        cb = fig.colorbar(sm, ax=list(axes.ravel()), shrink=0.6, aspect=20)
+        cb.set_label("Evidence (logit), one scale for all blocks", fontsize=8.5)
+        norm_text = "one colour scale across blocks"
+    else:
+        sm = plt.cm.ScalarMappable(norm=mcolors.Normalize(0, 1), cmap=norm_cmap)
+        cb = fig.colorbar(sm, ax=list(axes.ravel()), shrink=0.6, aspect=20, ticks=[0, 1])
+        cb.ax.set_yticklabels(["row min", "row max"])
+        cb.set_label("Evidence, scaled per block", fontsize=8.5)
+        norm_text = "each block scaled to its own range"
+    fig.suptitle(f"Class evidence for '{ellipsize(class_names[cls], 30)}' ({which}) per block: three orthogonal "
+                 f"slices through {'the chosen voxel' if chosen else 'the peak evidence of each block'},\n"
+                 f"upsampled ({upsampling}) onto the input ({norm_text}); p = probe probability of that class",
+                 fontsize=10)

@@ -400,3 +400,72 @@ def check_importance_runs(model, interp, g, keys):
             assert res.importances.shape == (3, 1) and np.isfinite(res.importances).all()
             assert res.baseline_score == 1.0  # agreement with the model's own predictions
     assert_unchanged(before, snapshot(model, x))
+
+
+# ----------------------------------------------------------------------
+# Other ranks: 1-D CNNs (signals), 3-D CNNs (volumes), Conv1D + LSTM hybrids
+# (the rows of docs/ARCHITECTURES.md built in code, smaller)
+# ----------------------------------------------------------------------
+def resnet1d():
+    inp = keras.Input((32, 1))
+    x = layers.Conv1D(4, 5, padding="same", activation="relu", name="stem_conv")(inp)
+    x = layers.MaxPooling1D(name="stem_pool")(x)
+    y = layers.Conv1D(4, 3, padding="same", activation="relu", name="res_conv1")(x)
+    y = layers.Conv1D(4, 3, padding="same", name="res_conv2")(y)
+    x = layers.Activation("relu", name="res_out")(layers.Add(name="res_add")([x, y]))
+    x = layers.SeparableConv1D(6, 3, strides=2, padding="same", activation="relu", name="sep_conv")(x)
+    x = layers.Dense(6, name="pointwise")(x)  # a Dense after a Conv1D is a 1-wide convolution
+    x = layers.GlobalAveragePooling1D(name="gap")(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax", name="head")(x), name="resnet1d")
+
+
+def cnn3d():
+    inp = keras.Input((8, 8, 8, 1))
+    x = layers.Conv3D(3, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.MaxPooling3D(name="pool1")(x)
+    x = layers.Conv3D(4, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.ops.mean(x, axis=(1, 2, 3))  # the head starts at a mean over every spatial axis
+    return keras.Model(inp, layers.Dense(3, activation="softmax", name="head")(x), name="cnn3d")
+
+
+def conv1d_lstm(bidirectional=False):
+    inp = keras.Input((32, 1))
+    x = layers.Conv1D(4, 5, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.MaxPooling1D(name="pool1")(x)
+    x = layers.Conv1D(6, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling1D(name="pool2")(x)
+    first = layers.LSTM(4, return_sequences=True, name="lstm1")
+    x = (layers.Bidirectional(first, name="bi") if bidirectional else first)(x)
+    x = layers.Dense(4, name="after_rnn")(x)  # rank 3 after a convolution, but inside the head
+    x = layers.LSTM(4, name="lstm2")(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax", name="head")(x), name="conv1d_lstm")
+
+
+def image_cnn_reshaped_to_tokens():
+    """A 2-D CNN whose map is reshaped to rank 3 (tokens) before the head: no 1-D block."""
+    inp = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = layers.Reshape((16, 4), name="tokens")(x)
+    x = layers.Dense(4, name="token_dense")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x), name="tokens")
+
+
+@pytest.mark.parametrize("build, expected", [
+    (resnet1d, ["stem_pool", "res_out", "pointwise"]),
+    (cnn3d, ["pool1", "conv2"]),
+    (conv1d_lstm, ["pool1", "pool2"]),
+    (lambda: conv1d_lstm(bidirectional=True), ["pool1", "pool2"]),
+    (image_cnn_reshaped_to_tokens, ["pool1"]),
+], ids=["resnet1d", "cnn3d", "conv1d_lstm", "conv1d_bilstm", "2d_reshaped_to_tokens"])
+def test_blocks_of_1d_3d_and_recurrent_hybrids(build, expected):
+    m = build()
+    names, _ = block_names(m)
+    assert names == expected
+    g = ModelGraph(m)
+    rank = len(g.tensors[g.resolve(expected[0])].shape)
+    assert all(len(g.tensors[g.resolve(n)].shape) == rank for n in expected)
+    # the LSTM outputs and what follows them are head, never blocks
+    assert not any("lstm" in n or n in ("bi", "after_rnn") for n in names)
+    fit_and_check_unchanged(m)

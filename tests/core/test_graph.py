@@ -155,8 +155,9 @@ def test_not_a_model_is_a_type_error():
 def test_dense_only_model_has_no_block():
     inp = keras.Input((10,))
     m = keras.Model(inp, layers.Dense(3, activation="softmax")(layers.Dense(8)(inp)))
-    with pytest.raises(ValueError, match="no convolutional block"):
+    with pytest.raises(ValueError, match="no convolution: it is a Dense-only") as err:
         discover_blocks(ModelGraph(m))
+    assert "1-D, 2-D and 3-D convolutional blocks" in str(err.value)
 
 
 def test_single_block_is_explained():
@@ -184,7 +185,7 @@ def test_user_blocks_by_name_index_and_object():
     assert [b.filters for b in infos] == [8, 16, 16]
     assert infos[0].output_shape == (None, 8, 8, 8)
     assert infos[0].depth < infos[1].depth < infos[2].depth
-    with pytest.raises(ValueError, match="not 4-D"):
+    with pytest.raises(ValueError, match="not a feature map"):
         select_blocks(g, ["gap"])
     with pytest.raises(ValueError, match="out of range"):
         select_blocks(g, [99])

@@ -406,9 +406,9 @@ def test_errors():
         ga.filter_importance(x, y, block="res_out", perturbations_per_eval=0)
     with pytest.raises(TypeError, match="random_state"):
         ga.filter_importance(x, y, block="res_out", random_state="seed")
-    with pytest.raises(ValueError, match="no layer named 'nope'.*4-D output"):
+    with pytest.raises(ValueError, match="no layer named 'nope'.*feature-map output"):
         ga.filter_importance(x, y, block="nope")
-    with pytest.raises(ValueError, match="not 4-D"):
+    with pytest.raises(ValueError, match="not a feature map"):
         ga.filter_importance(x, y, block="gap")
     with pytest.raises(ValueError, match="labels outside"):
         ga.filter_importance(x, y + 10, block="res_out")

@@ -5,7 +5,8 @@ import pytest
 from keras import ops
 
 from keras_hybrid_interp.core import trainer as _trainer
-from keras_hybrid_interp.local.probes import FeaturePooling, LinearProbe, OutputProbabilities, adaptive_bins, input_transform
+from keras_hybrid_interp.core.pooling import FeaturePooling, adaptive_bins
+from keras_hybrid_interp.local.probes import LinearProbe, OutputProbabilities, input_transform
 
 
 def softmax(z):

@@ -20,9 +20,11 @@ input whose channel axis is broadcast (size 1, e.g. a spatial attention map
 channels: element-wise merges (``Add``, ``Subtract``, ``Multiply``,
 ``Maximum``, ``Minimum``, ``Average``), ``BatchNormalization``,
 element-wise activations, dropout and noise layers (identities at
-inference) and spatial pooling. Everything else stops the tie:
+inference) and spatial (not global) pooling. Everything else stops the tie:
 convolutions and Dense layers mix channels, softmax and layer normalisation
-normalise over them, concatenation and reshapes move them.
+normalise over them, concatenation and reshapes move them, global pooling
+summarises a map into one number (a squeeze-and-excitation scale is tied to
+its block through the ``Multiply`` instead).
 
 The tied set of a tensor is its connected component under this relation
 (the ties run both ways: from an ``Add`` output back into each branch up to
@@ -38,7 +40,7 @@ channel-wise function of the first).
 
 from __future__ import annotations
 
-__all__ = ["tied_tensors", "tied_names"]
+__all__ = ["tied_tensors", "tied_names", "tied_merges"]
 
 
 def _channel_shape(graph, key):
@@ -80,3 +82,13 @@ def tied_tensors(graph, key: int) -> list[int]:
 def tied_names(graph, keys) -> tuple:
     """The addressable names of tensors ``keys``."""
     return tuple(graph.tensors[k].name for k in keys)
+
+
+def tied_merges(graph, keys) -> list[str]:
+    """Paths of the operations that merge two or more of the tied tensors ``keys`` (the ``Add`` of a residual block).
+
+    Empty when the tie is only a chain of channel-wise operations, where
+    coupling changes nothing for permutation importance.
+    """
+    keys = set(keys)
+    return [o.path for o in graph.ops if graph.keeps_channels(o) and len(keys.intersection(o.inputs)) >= 2]

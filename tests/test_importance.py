@@ -179,10 +179,12 @@ def test_taylor_matches_hand_gradient_of_gap_dense_head():
     expected = np.abs(np.mean(f * dldf, axis=0))
     np.testing.assert_allclose(res.importances[:, 0], expected, rtol=2e-4, atol=1e-7)
     assert res.importances.shape == (6, 1)
-    # The default, Molchanov et al. (2019): the per-sample first-order change, squared, averaged.
-    mol = ga.filter_importance(x, y, block="block", method="taylor", batch_size=8)
-    assert mol.taylor == "molchanov"
+    # Molchanov et al. (2019): the per-sample first-order change, squared, averaged; the default: its size.
+    mol = ga.filter_importance(x, y, block="block", method="taylor", taylor="molchanov", batch_size=8)
     np.testing.assert_allclose(mol.importances[:, 0], np.mean((f * dldf) ** 2, axis=0), rtol=4e-4, atol=1e-9)
+    default = ga.filter_importance(x, y, block="block", method="taylor", batch_size=8)
+    assert default.taylor == "abs_per_sample"
+    np.testing.assert_allclose(default.importances[:, 0], np.mean(np.abs(f * dldf), axis=0), rtol=2e-4, atol=1e-7)
     np.testing.assert_allclose(res.baseline_score, np.mean(np.log(p[np.arange(30), y])), rtol=1e-5)
 
 

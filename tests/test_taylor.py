@@ -57,7 +57,7 @@ def test_molchanov_is_the_mean_of_per_sample_squares(batch_size):
     x, y = _data()
     z, loss = hand_z(model, x, y)
     ga = GlobalAnalyzer(model, blocks=["block", "after"])
-    res = ga.filter_importance(x, y, block="block", method="taylor", batch_size=batch_size)
+    res = ga.filter_importance(x, y, block="block", method="taylor", taylor="molchanov", batch_size=batch_size)
     assert res.taylor == "molchanov" and res.importances.shape == (F, 1)
     expect = np.mean(z ** 2, axis=0)  # square per sample, then average
     np.testing.assert_allclose(res.importances[:, 0], expect, rtol=1e-4, atol=1e-10)
@@ -88,9 +88,13 @@ def test_without_labels_the_target_is_the_model_prediction():
     model = tiny_model(seed=4)
     x, _ = _data(5)
     z, _ = hand_z(model, x, None)
-    res = GlobalAnalyzer(model, blocks=["block", "after"]).filter_importance(x, block="block", method="taylor")
+    ga = GlobalAnalyzer(model, blocks=["block", "after"])
+    res = ga.filter_importance(x, block="block", method="taylor", taylor="molchanov")
     assert res.label_source == "model predictions"
     np.testing.assert_allclose(res.importances[:, 0], np.mean(z ** 2, 0), rtol=1e-4, atol=1e-10)
+    default = ga.filter_importance(x, block="block", method="taylor")  # the default: mean_n |z_n|
+    assert default.taylor == "abs_per_sample"
+    np.testing.assert_allclose(default.importances[:, 0], np.mean(np.abs(z), 0), rtol=1e-4, atol=1e-10)
 
 
 def test_bad_variant_names_the_choices():

@@ -38,6 +38,7 @@ from .correlation import (
     filter_correlation_reducer,
 )
 from .importance import (
+    TAYLOR_DEFAULT,
     FilterImportance,
     check_request,
     importance_reducer,
@@ -232,7 +233,7 @@ class GlobalAnalyzer:
     def filter_importance(self, x, y=None, *, block, method="permutation", n_repeats=5, scoring="accuracy",
                           random_state=None, groups=None, max_samples=None, steps=None,
                           perturbations_per_eval="auto", ablation_value="zero", batch_size=None,
-                          taylor="molchanov") -> FilterImportance:
+                          taylor=TAYLOR_DEFAULT) -> FilterImportance:
         """Importance of each filter (or group of filters) of ``block``.
 
         Importance = baseline score - score after perturbing the filter
@@ -279,11 +280,11 @@ class GlobalAnalyzer:
             activation budget allows). Does not change the result.
         taylor : {"molchanov", "abs_mean", "abs_per_sample"}
             The estimator of ``method="taylor"``, with ``z_n = sum_hw a *
-            dL_n/da`` per sample: "molchanov" (default; Molchanov et al.,
-            2019, CVPR: the squared first-order loss change, per sample,
-            averaged) ``mean_n z_n**2``; "abs_mean" ``|mean_n z_n|``;
-            "abs_per_sample" ``mean_n |z_n|``. BENCHMARKS.md (B2) measures
-            their agreement with ablation.
+            dL_n/da`` per sample: "abs_per_sample" (default) ``mean_n |z_n|``;
+            "molchanov" (Molchanov et al., 2019, CVPR: the squared
+            first-order loss change, per sample, averaged) ``mean_n z_n**2``;
+            "abs_mean" ``|mean_n z_n|``. The default agreed best with
+            ablation in BENCHMARKS.md (B2).
 
         Returns
         -------

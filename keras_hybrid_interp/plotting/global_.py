@@ -308,8 +308,9 @@ def plot_filter_importance(imp, *, ax=None, top_k=20, color=None, title=None):
     if method == "taylor":
         z = "\u03a3 a\u00b7\u2202L/\u2202a"
         xlabel = {"abs_mean": f"Estimated loss increase |mean {z}| (cross-entropy)",
-                  "abs_per_sample": f"Estimated loss change, per-sample mean |{z}| (cross-entropy)"}.get(
-            meta.get("taylor"), f"Squared loss change (Molchanov et al. 2019), per-sample mean ({z})\u00b2")
+                  "abs_per_sample": f"Estimated loss change, per-sample mean |{z}| (cross-entropy)",
+                  "molchanov": f"Squared loss change (Molchanov et al. 2019), per-sample mean ({z})\u00b2"}.get(
+            meta.get("taylor"), "Estimated loss change (first-order Taylor, cross-entropy)")
         if base is not None:
             xlabel += f"\nbaseline loss {-float(base):.3g}"
     elif scoring == "loss":

@@ -163,3 +163,17 @@ def test_frame_names_the_tied_tensors_and_errors(stage):
         ga.filter_importance(x, y, block="b1_out", groups="coupled", method="taylor")
     with pytest.raises(ValueError, match="`groups` must be None, 'coupled'"):
         ga.filter_importance(x, y, block="b1_out", groups="tied")
+
+
+def test_coupled_importance_leaves_the_model_untouched():
+    from _models_global import assert_state_equal, model_state
+
+    model = resnet_stage_model()
+    x, y = _data(2)
+    before = model_state(model)
+    nodes = {layer.name: (len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers}
+    config = model.get_config()
+    GlobalAnalyzer(model).filter_importance(x, y, block="b1_out", groups="coupled", n_repeats=1, random_state=0)
+    assert_state_equal(model, before, x)
+    assert {layer.name: (len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers} == nodes
+    assert model.get_config() == config

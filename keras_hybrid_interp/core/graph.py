@@ -672,7 +672,8 @@ class ModelGraph:
             fresh = {}
             for k in inputs:
                 t = self._symbolic[k]
-                fresh[k] = keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=_safe(self.tensors[k].name) + "_in")
+                fresh[k] = keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype,
+                                       name=_safe(self.tensors[k].name) + "_in")
             values = self.replay(fresh, list(outputs), edits={k: wrap(k, f) for k, f in edits.items()})
             ins = [fresh[k] for k in inputs] + extras
             outs = [values[k] for k in outputs]

@@ -445,6 +445,23 @@ def model_summary_text(model, width=250) -> str:
     return "\n".join(lines)
 
 
+def importance_notes(graph, key, imp) -> str:
+    """The importance section's lines on noise and on the channels tied to the block through ``Add``."""
+    from .core.coupling import tied_merges, tied_names, tied_tensors
+
+    noisy = np.asarray(imp.within_noise)
+    text = (f" {int(noisy.sum())} of {len(noisy)} filters are within noise: the 95% interval of their mean over "
+            "the repeats covers 0 (columns ci_low, ci_high, within_noise of the table).")
+    tied = tied_tensors(graph, key)
+    merges = tied_merges(graph, tied)
+    if merges:
+        others = [n for k, n in zip(tied, tied_names(graph, tied)) if k != key]
+        text += (f" Channel i of this block is tied to channel i of {len(others)} other tensors through "
+                 f"{', '.join(merges)} ({', '.join(others)}): shuffling it alone is not an intervention the "
+                 "network could undergo; filter_importance(..., groups='coupled') perturbs them jointly.")
+    return text
+
+
 def build_report(
     interp,
     x,
@@ -591,6 +608,7 @@ def build_report(
         "dead filters in that block": [int(i) for i in corr.dead_filters],
         "redundancy (mean |r|)": float(corr.redundancy),
         "top 5 filters by permutation importance": [int(i) for i in imp.ranking[:5]],
+        "filters whose importance is within noise": f"{int(imp.within_noise.sum())} of {len(imp.within_noise)}",
     }
     report = Report(title or f"Hybrid interpretation of {model.name}", summary=summary,
                     model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in caveats])
@@ -630,7 +648,7 @@ def build_report(
         )
     report.add_section(
         f"Filter importance ({block})",
-        text=DEFINITIONS["importance"],
+        text=DEFINITIONS["importance"] + importance_notes(interp.graph, key, imp),
         figures=[("Permutation importance of the most important filters, with the spread over repeats: a bar "
                   "whose error bar reaches 0 is not distinguishable from noise.", plotting.plot_filter_importance(imp))],
         tables=[("Importance per filter and repeat", imp.to_frame())],

@@ -40,7 +40,8 @@ import numpy as np
 
 from .distribute import predict_on_batch
 
-__all__ = ["TailEngine", "Job", "FrontierCache", "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["TailEngine", "TiedTailEngine", "Job", "FrontierCache", "resolve_entropy", "job_permutation",
+           "DEFAULT_MEMORY_BUDGET"]
 
 #: Bytes of activations one stacked tail pass may use (estimate).
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -138,6 +139,7 @@ class TailEngine:
     def __init__(self, graph, key: int):
         self.graph = graph
         self.key = key
+        self.cut = key  # where the tail starts
         if len(graph.output_keys) != 1:
             raise ValueError(
                 f"Filter importance needs a single-output model; model {graph.model.name!r} has "
@@ -151,12 +153,17 @@ class TailEngine:
         self.output_shape = tuple(out_shape[1:])
         self._grad_fn = None
 
+    @property
+    def cache_keys(self) -> list[int]:
+        """Tensors the cache of this engine holds per sample (:class:`FrontierCache`): the frontier."""
+        return list(self.frontier)
+
     # ------------------------------------------------------------------
     def per_sample_bytes(self) -> int:
         """Estimated activation bytes of one sample through the tail."""
         total = 0
         for t in self.graph.tensors:
-            if t.key >= self.key or t.key in self.frontier:
+            if t.key >= self.cut or t.key in self.frontier:
                 dims = [d for d in t.shape[1:]]
                 if any(d is None for d in dims):
                     continue
@@ -315,6 +322,145 @@ class TailEngine:
         return self._grad_fn(list(arrays), labels)
 
 
+class TiedTailEngine(TailEngine):
+    """A tail that perturbs channel ``i`` of several tensors at once (``groups="coupled"``).
+
+    Parameters
+    ----------
+    graph : ModelGraph
+    key : int
+        The analysed tensor; its channels are the rows of the result.
+    tied : list of int
+        Tensors tied to ``key`` channel by channel (:func:`.coupling.tied_tensors`),
+        ``key`` included, all with ``key``'s channel count.
+
+    The tail starts at the earliest tied tensor (so that perturbing an
+    upstream one, such as a residual stage's input, reaches every branch
+    that reads it) and is built with :meth:`ModelGraph.build_edited`: every
+    tied tensor ``T`` the output needs is replaced, where the tail computes
+    it, by ``where(mask_T, replacement_T, T)``, with a boolean per-sample
+    channel mask and a replacement of ``T``'s shape fed as extra inputs. A
+    job on channels ``ch`` sets the mask on ``ch`` of every tied tensor and
+    feeds as replacement the cached *unperturbed* value of that tensor:
+    ``T[perm[n], ..., ch]`` for a permutation (the same permutation for
+    every tied tensor), or the job's fill. With the mask off the tail
+    computes exactly what the plain tail computes (``where`` selects).
+
+    The cache holds the frontier of the cut and every tied tensor for the
+    analysed samples.
+    """
+
+    def __init__(self, graph, key: int, tied):
+        self.graph = graph
+        self.key = key
+        if len(graph.output_keys) != 1:
+            raise ValueError(
+                f"Filter importance needs a single-output model; model {graph.model.name!r} has "
+                f"{len(graph.output_keys)} outputs."
+            )
+        self.tied = sorted(int(k) for k in tied)
+        if key not in self.tied:
+            raise ValueError("`tied` must contain `key`.")  # internal
+        self.cut = self.tied[0]
+        self.frontier = graph.frontier(self.cut)
+        self.shape = tuple(graph.tensors[key].shape[1:])
+        self.channels = int(self.shape[-1])
+        out_shape = graph.tensors[graph.output_keys[0]].shape
+        self.output_shape = tuple(out_shape[1:])
+        self._grad_fn = None
+        channels = self.channels
+
+        def edit_for(k):
+            t = graph.tensors[k]
+            rank = len(t.shape)
+
+            def edit(tensor):
+                mask = keras.Input(shape=(1,) * (rank - 2) + (channels,), dtype="bool", name=f"khi_mask_{k}")
+                repl = keras.Input(shape=tuple(tensor.shape[1:]), dtype=tensor.dtype, name=f"khi_repl_{k}")
+                return keras.ops.where(mask, repl, tensor), [mask, repl]
+
+            return edit
+
+        self.tail, self.edited = graph.build_edited(graph.output_keys, self.frontier,
+                                                    {k: edit_for(k) for k in self.tied}, name="khi_tied_tail")
+
+    @property
+    def cache_keys(self) -> list[int]:
+        """The frontier of the cut, then the tied tensors that are not in it."""
+        return list(self.frontier) + [k for k in self.tied if k not in self.frontier]
+
+    def per_sample_bytes(self) -> int:
+        # The tail's activations plus a replacement buffer per edited tensor.
+        extra = sum(int(np.prod([d or 1 for d in self.graph.tensors[k].shape[1:]], dtype=np.int64)) * 4
+                    for k in self.edited)
+        return TailEngine.per_sample_bytes(self) + extra
+
+    def frontier_bytes_per_sample(self) -> int:
+        total = 0
+        for k in self.cache_keys:
+            dims = self.graph.tensors[k].shape[1:]
+            total += int(np.prod([d or 1 for d in dims], dtype=np.int64)) * 4
+        return total
+
+    def run(self, cache: Cache, jobs: Sequence[Job], score: Callable[[np.ndarray], float],
+            perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET, progress=None) -> np.ndarray:
+        """Scores every job (as :meth:`TailEngine.run`); a job perturbs its channels in every tied tensor.
+
+        ``Job.fill`` may be one value for every tied tensor or a dict
+        ``{tensor key: fill}``.
+        """
+        n = cache.n
+        p, b = self.plan(n, len(jobs), perturbations_per_eval, memory_budget)
+        arrays = dict(zip(self.cache_keys, cache.arrays))
+        front = [arrays[k] for k in self.frontier]
+        members = [arrays[k] for k in self.edited]
+        c = self.channels
+        buf_front = [np.zeros((p, b) + a.shape[1:], dtype=a.dtype) for a in front]
+        buf_mask = [np.zeros((p, b) + (1,) * (a.ndim - 2) + (c,), dtype=bool) for a in members]
+        buf_repl = [np.zeros((p, b) + a.shape[1:], dtype=a.dtype) for a in members]
+        n_chunks = math.ceil(n / b)
+        scores = np.empty(len(jobs), dtype=np.float64)
+        for g0 in range(0, len(jobs), p):
+            group = list(jobs[g0:g0 + p])
+            perms = [(j.perm() if callable(j.perm) else j.perm) if j.kind == "permute" else None for j in group]
+            outs = [[] for _ in group]
+            for ci in range(n_chunks):
+                s, e = ci * b, min((ci + 1) * b, n)
+                m = e - s
+                for bf, a in zip(buf_front, front):
+                    bf[:, :m] = a[s:e][None]
+                    bf[:, m:] = 0
+                for bm in buf_mask:
+                    bm[...] = False
+                for slot, (job, perm) in enumerate(zip(group, perms)):
+                    if job.kind == "none":
+                        continue
+                    if job.kind not in ("permute", "fill"):  # pragma: no cover - internal
+                        raise ValueError(job.kind)
+                    ch = job.channels
+                    for k, bm, br, a in zip(self.edited, buf_mask, buf_repl, members):
+                        bm[slot, :m][..., ch] = True
+                        if job.kind == "permute":
+                            br[slot, :m][..., ch] = a[perm[s:e]][..., ch]
+                        else:
+                            br[slot, :m][..., ch] = job.fill[k] if isinstance(job.fill, dict) else job.fill
+                feed = [bf.reshape((p * b,) + bf.shape[2:]) for bf in buf_front]
+                for bm, br in zip(buf_mask, buf_repl):
+                    feed += [bm.reshape((p * b,) + bm.shape[2:]), br.reshape((p * b,) + br.shape[2:])]
+                out = np.asarray(predict_on_batch(self.tail, feed if len(feed) > 1 else feed[0]))
+                out = out.reshape((p, b) + out.shape[1:])
+                for slot in range(len(group)):
+                    outs[slot].append(out[slot, :m])
+            for slot in range(len(group)):
+                scores[g0 + slot] = float(score(np.concatenate(outs[slot], axis=0)))
+            if progress is not None:
+                progress(min(g0 + p, len(jobs)))
+        return scores
+
+    def input_gradient(self, arrays, loss_fn, labels=None):  # pragma: no cover - guarded by check_request
+        raise ValueError("The tied engine perturbs; Taylor importance uses the block's own engine.")
+
+
 class FrontierCache:
     """Reducer that keeps the frontier tensors of an engine for every sample of a pass (the tail's cache).
 
@@ -326,8 +472,8 @@ class FrontierCache:
         from .data_pass import Tap
 
         self.engine = engine
-        self.taps = tuple(Tap(k, "raw") for k in engine.frontier)
-        self._parts = [[] for _ in engine.frontier]
+        self.taps = tuple(Tap(k, "raw") for k in engine.cache_keys)
+        self._parts = [[] for _ in self.taps]
         self._labels = []
         self._per = engine.frontier_bytes_per_sample()
         self.n = 0

@@ -65,6 +65,7 @@ from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 from keras.src.layers.pooling.base_global_pooling import BaseGlobalPooling
 from keras.src.layers.pooling.base_pooling import BasePooling
 from keras.src.models.functional import Functional
+from keras.src.ops import nn as _ops_nn
 from keras.src.ops import numpy as _ops_numpy
 
 __all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block", "Window", "FEATURE_MAP_RANKS", "is_feature_map", "RANKS_TEXT"]
@@ -85,6 +86,29 @@ RANKS_TEXT = (
 def is_feature_map(shape) -> bool:
     """Whether ``shape`` (batch axis first) is a channels-last feature map of a 1-D, 2-D or 3-D CNN."""
     return len(shape) in FEATURE_MAP_RANKS
+# Operations whose output channel i depends on channel i of their inputs only, and keeps its index
+# (see ModelGraph.keeps_channels and core/coupling.py): element-wise merges, per-channel affine
+# normalisation, element-wise activations, inference-time identities, spatial pooling.
+_KEEPS_CHANNELS_LAYERS = (
+    keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Maximum,
+    keras.layers.Minimum, keras.layers.Average,
+    keras.layers.BatchNormalization,
+    keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU,
+    keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization, keras.layers.Identity,
+    BasePooling,
+)
+_KEEPS_CHANNELS_OPS = tuple(
+    getattr(mod, name) for mod, names in (
+        (_ops_numpy, ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Abs", "Negative", "Tanh", "Exp",
+                      "Square", "Sqrt", "Clip")),
+        (_ops_nn, ("Relu", "Relu6", "Sigmoid", "Silu", "Gelu", "Elu", "Selu", "Celu", "LeakyRelu", "Softplus",
+                   "Softsign", "HardSigmoid", "HardSilu", "HardTanh", "LogSigmoid", "BatchNorm")),
+    ) for name in names if hasattr(mod, name)
+)
+#: Activations that mix the channels (normalise over the channel axis): an Activation layer with
+#: one of these does not keep channels.
+_MIXING_ACTIVATIONS = ("softmax", "log_softmax", "sparsemax")
 
 
 _SUBCLASSED_HELP = (
@@ -671,6 +695,42 @@ class ModelGraph:
             ins = [self._symbolic[k] for k in self.input_keys]
             return keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
 
+    def build_edited(self, outputs: Sequence[int], inputs: Sequence[int], edits: dict, name: str | None = None):
+        """A tail like :meth:`build` (from fresh inputs for ``inputs``) in which tensors are edited.
+
+        ``edits`` maps tensor keys to ``f(tensor) -> (new tensor, extra inputs)``:
+        the tensor is replaced by ``f``'s result wherever the tail reads it,
+        and ``f`` may create ``keras.Input`` tensors (returned in ``extra
+        inputs``) that feed its computation, e.g. a mask and a replacement.
+        The model's inputs are the fresh inputs for ``inputs``, then the extra
+        inputs in the order the edits ran (graph order; a tensor the outputs
+        do not need is not edited).
+
+        Returns ``(model, edited keys in that order)``. Not cached.
+        """
+        extras: list = []
+        order: list = []
+
+        def wrap(k, f):
+            def run(t):
+                new, more = f(t)
+                extras.extend(more)
+                order.append(k)
+                return new
+            return run
+
+        with self.building():
+            fresh = {}
+            for k in inputs:
+                t = self._symbolic[k]
+                fresh[k] = keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype,
+                                       name=_safe(self.tensors[k].name) + "_in")
+            values = self.replay(fresh, list(outputs), edits={k: wrap(k, f) for k, f in edits.items()})
+            ins = [fresh[k] for k in inputs] + extras
+            outs = [values[k] for k in outputs]
+            model = keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
+        return model, order
+
     def _build(self, outputs, inputs, name):
         with self.building():
             if inputs is None:
@@ -689,7 +749,7 @@ class ModelGraph:
             outs = [values[k] for k in outputs]
             return keras.Model(ins if len(ins) > 1 else ins[0], outs if len(outs) > 1 else outs[0], name=name)
 
-    def replay(self, values: dict, outputs: Sequence[int]) -> dict:
+    def replay(self, values: dict, outputs: Sequence[int], *, edits: dict | None = None) -> dict:
         """Runs the ops needed for ``outputs`` given tensor ``values`` (key -> tensor).
 
         The calls are recorded where the user's operations currently keep
@@ -697,9 +757,17 @@ class ModelGraph:
         (what :meth:`build` does), outside it on the user's layers, as for
         any functional re-use of a layer. Replay and build the model from
         the results in the same place.
+
+        ``edits`` (key -> ``f(tensor) -> tensor``): each tensor named there is
+        replaced by ``f`` of it as soon as it is given or computed, before any
+        operation reads it (see :meth:`build_edited`).
         """
         needed = self._ancestors_ops(outputs, stop=set(values))
         values = dict(values)
+        edits = edits or {}
+        for k in list(values):
+            if k in edits:
+                values[k] = edits[k](values[k])
         for idx in sorted(needed):
             node = self.ops[idx]
             missing = [k for k in node.inputs if k not in values]
@@ -716,7 +784,7 @@ class ModelGraph:
             kwargs = tree.map_structure(fill, node.kwargs)
             out = tree.flatten(node.op(*args, **kwargs))
             for k, v in zip(node.outputs, out):
-                values[k] = v
+                values[k] = edits[k](v) if k in edits else v
         return values
 
     def _ancestors_ops(self, outputs, stop=frozenset()):
@@ -852,6 +920,25 @@ class ModelGraph:
             filters=int(t.shape[-1]) if t.shape and t.shape[-1] is not None else 0,
             depth=t.producer if t.producer is not None else -1,
         )
+
+    def keeps_channels(self, o: OpNode) -> bool:
+        """Whether channel ``i`` of ``o``'s output depends on channel ``i`` of its inputs only (index kept).
+
+        True for element-wise merges (``Add``, ``Subtract``, ``Multiply``,
+        ``Maximum``, ``Minimum``, ``Average``: layers and ``keras.ops``),
+        ``BatchNormalization``, element-wise activations (``Activation``
+        layers other than softmax, ``ReLU``, ``LeakyReLU``, ``PReLU``, ``ELU``,
+        and the ``keras.ops`` ones), inference-time identities (dropout and
+        noise layers, ``Identity``) and spatial pooling. False for everything
+        else: convolutions and Dense layers mix channels, softmax and layer
+        or group normalisation normalise over them, concatenation, reshapes
+        and padding move them.
+        """
+        op = o.op
+        if isinstance(op, keras.layers.Activation):
+            fn = getattr(op, "activation", None)
+            return getattr(fn, "__name__", "") not in _MIXING_ACTIVATIONS
+        return isinstance(op, _KEEPS_CHANNELS_LAYERS) or isinstance(op, _KEEPS_CHANNELS_OPS)
 
     def channels_first_layers(self) -> list[str]:
         return [

@@ -28,7 +28,8 @@ from ..core import data_pass as _pass
 from ..core import graph as _graph
 from ..core import health as _health
 from ..core.data import model_stream
-from ..core.engine import TailEngine
+from ..core.coupling import tied_tensors
+from ..core.engine import TailEngine, TiedTailEngine
 from ..core.output import KINDS, output_activation, reader_for
 from .atlas import FilterExamples, examples_reducer, examples_result
 from .association import (
@@ -42,6 +43,7 @@ from .correlation import (
     filter_correlation_reducer,
 )
 from .importance import (
+    TAYLOR_DEFAULT,
     FilterImportance,
     check_request,
     importance_reducer,
@@ -165,11 +167,19 @@ class GlobalAnalyzer:
             raise TypeError(f"`{argname}` must name one layer; received {block!r}.")
         return keys[0], names[0]
 
-    def engine(self, key) -> TailEngine:
-        """The tail engine cut at tensor ``key`` (built once per analyzer)."""
-        if key not in self._engines:
-            self._engines[key] = TailEngine(self.graph, key)
-        return self._engines[key]
+    def engine(self, key, *, coupled=False) -> TailEngine:
+        """The tail engine cut at tensor ``key`` (built once per analyzer).
+
+        ``coupled=True``: the engine that perturbs channel ``i`` of every
+        tensor tied to ``key`` (:func:`~keras_hybrid_interp.core.coupling.tied_tensors`).
+        """
+        ident = ("coupled", key) if coupled else key
+        if ident not in self._engines:
+            if coupled:
+                self._engines[ident] = TiedTailEngine(self.graph, key, tied_tensors(self.graph, key))
+            else:
+                self._engines[ident] = TailEngine(self.graph, key)
+        return self._engines[ident]
 
     # ------------------------------------------------------------------
     @_health.collecting
@@ -229,7 +239,8 @@ class GlobalAnalyzer:
     @_health.collecting
     def filter_importance(self, x, y=None, *, block, method="permutation", n_repeats=5, scoring="accuracy",
                           random_state=None, groups=None, max_samples=None, steps=None,
-                          perturbations_per_eval="auto", ablation_value="zero", batch_size=None) -> FilterImportance:
+                          perturbations_per_eval="auto", ablation_value="zero", batch_size=None,
+                          taylor=TAYLOR_DEFAULT) -> FilterImportance:
         """Importance of each filter (or group of filters) of ``block``.
 
         Importance = baseline score - score after perturbing the filter
@@ -250,17 +261,23 @@ class GlobalAnalyzer:
         method : {"permutation", "ablation", "taylor"}
             "permutation" shuffles the whole feature map of a filter across
             samples; "ablation" replaces it (``ablation_value`` "zero" or "mean":
-            the filter's mean map); "taylor": ``|mean_n sum_hw a * dL/da|``
-            from one forward/backward pass (no cache, ``scoring`` unused).
+            the filter's mean map); "taylor": a first-order Taylor estimate
+            from one forward/backward pass (no cache, ``scoring`` unused),
+            chosen by ``taylor``.
         n_repeats : int
             Permutations per filter (ablation and taylor are deterministic: 1).
         scoring : "accuracy", "loss" or callable(y_true, proba) -> float
             "loss" scores with the negative mean cross-entropy so that the
             sign convention holds.
         random_state : None, int, Generator or SeedSequence
-        groups : list of lists of int, optional
-            Filters perturbed jointly, one row per group (e.g.
-            ``FilterCorrelation.clusters(t)``).
+        groups : list of lists of int, "coupled" or None
+            A list: filters perturbed jointly, one row per group (e.g.
+            ``FilterCorrelation.clusters(t)``). ``"coupled"`` (permutation and
+            ablation): row ``i`` perturbs channel ``i`` of ``block`` *and of
+            every tensor tied to it* across the graph (through ``Add`` and the
+            operations that keep channels; :mod:`keras_hybrid_interp.core.coupling`),
+            with one permutation for all of them; ``.coupled`` names those
+            tensors. Caches every tied tensor too.
         max_samples, steps : int, optional
             Analyse the first samples (or batches). Permutation and ablation
             cache the activations at ``block`` (and the skip tensors) for these
@@ -269,6 +286,13 @@ class GlobalAnalyzer:
         perturbations_per_eval : "auto" or int
             Perturbed copies per forward pass ("auto": as many as a 512 MiB
             activation budget allows). Does not change the result.
+        taylor : {"molchanov", "abs_mean", "abs_per_sample"}
+            The estimator of ``method="taylor"``, with ``z_n = sum_hw a *
+            dL_n/da`` per sample: "abs_per_sample" (default) ``mean_n |z_n|``;
+            "molchanov" (Molchanov et al., 2019, CVPR: the squared
+            first-order loss change, per sample, averaged) ``mean_n z_n**2``;
+            "abs_mean" ``|mean_n z_n|``. The default agreed best with
+            ablation in BENCHMARKS.md (B2).
 
         Returns
         -------
@@ -279,10 +303,11 @@ class GlobalAnalyzer:
         key, name = self.key(block)
         if method == "taylor" or (method in ("permutation", "ablation") and scoring in ("accuracy", "loss")):
             self.require_classifier(f"filter_importance(method={method!r}, scoring={scoring!r})")
-        engine = self.engine(key)
+        coupled = isinstance(groups, str) and groups == "coupled" and method in ("permutation", "ablation")
+        engine = self.engine(key, coupled=coupled)
         request = check_request(engine, self.reader, method=method, n_repeats=n_repeats, scoring=scoring,
                                 random_state=random_state, groups=groups, ablation_value=ablation_value,
-                                perturbations_per_eval=perturbations_per_eval)
+                                perturbations_per_eval=perturbations_per_eval, taylor=taylor)
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
         if method == "permutation" and stream.num_samples is not None and 0 < stream.num_samples < 2:
             raise ValueError("Permutation importance shuffles across samples and needs at least 2 samples; "

@@ -27,19 +27,46 @@ ablation
     (``ablation_value="zero"``) or by the filter's mean map over the analysed
     samples (``"mean"``, an ``H x W`` map per filter). Deterministic: one repeat.
 taylor
-    First-order Taylor estimate of the loss change when the maps of ``g`` are
-    set to zero, from one forward and one backward pass per batch:
-    ``importances[g, 0] = | mean_n sum_{c in g} sum_{h,w} a[n,h,w,c] * dL_n/da[n,h,w,c] |``
-    with ``L_n`` the cross-entropy of sample ``n`` (against its label, or the
-    model's predicted class without labels). In loss units; ``scoring`` is not
-    used (``baseline_score`` is the negative mean loss). Streams: no cache.
+    First-order Taylor estimates of the loss change when the maps of ``g`` are
+    removed, from one forward and one backward pass per batch. With ``L_n``
+    the cross-entropy of sample ``n`` (against its label, or the model's
+    predicted class without labels) and, per sample,
+    ``z[n, g] = sum_{c in g} sum_{h,w} a[n,h,w,c] * dL_n/da[n,h,w,c]``
+    (the derivative of ``L_n`` with respect to a gate ``m_g = 1`` multiplying
+    the maps of ``g``), the keyword ``taylor`` chooses:
+
+    * ``"molchanov"``: ``importances[g, 0] = mean_n z[n, g]**2``.
+      Molchanov, Mallya, Tyree, Frosio and Kautz (2019), "Importance
+      Estimation for Neural Network Pruning" (CVPR), score a group ``S`` of
+      parameters (or a gate after a channel) by the squared first-order
+      change of the loss, ``I_S = (sum_{s in S} g_s w_s)**2`` with
+      ``g_s = dE/dw_s``; for a channel gate this is ``(dE/dm)**2 =
+      (sum_{h,w} a * dE/da)**2``. The paper squares the gradient of a
+      minibatch's mean loss and averages the squares over minibatches; here
+      the square is taken **per sample** (minibatches of one) and averaged
+      over the samples, so the number does not depend on ``batch_size``.
+      (Over random minibatches of size ``B`` the paper's estimator has the
+      expectation ``(1 - 1/B) * mean_n(z)**2 + mean_n(z**2) / B``: between
+      ``"abs_mean"`` squared and this.) In squared loss units.
+    * ``"abs_mean"``: ``| mean_n z[n, g] |``, the paper's form over one
+      batch holding all the samples (square root taken: same ranking). In
+      loss units. The package's only Taylor importance until the variants came.
+    * ``"abs_per_sample"`` (default): ``mean_n | z[n, g] |``, the size of the
+      per-sample first-order loss change. In loss units. Of the three it
+      agreed best with zero and mean ablation and with permutation on the
+      two trained models of BENCHMARKS.md (B2), closely followed by
+      ``"molchanov"``; ``"abs_mean"`` was last.
+
+    ``scoring`` is not used (``baseline_score`` is the negative mean loss).
+    Streams: no cache.
 dead filters
     A filter whose map takes one constant value at every position of every
     analysed sample (:class:`~keras_hybrid_interp.core.data_pass.ChannelRange`) has a
     permutation importance of exactly 0. Its ablation importance measures
     replacing that constant by zero (``"zero"``; 0 when the constant is 0) or
-    by itself (``"mean"``: exactly 0), and its Taylor estimate is
-    ``|constant * mean_n sum dL_n/da|``: both are in general not 0.
+    by itself (``"mean"``: exactly 0), and its Taylor estimate rests on
+    ``z[n] = constant * sum dL_n/da``: both are in general not 0 (0 when the
+    constant is 0).
 
 Permutation and ablation run on a cache of the activations at the layer (and
 of every tensor crossing the cut, e.g. a residual skip) for the first
@@ -56,6 +83,7 @@ import pandas as pd
 from keras import ops
 
 from ..core import health as _health
+from ..core.coupling import tied_names
 from ..core.data_pass import dead_filters_of
 from ..core.engine import (
     FrontierCache,
@@ -67,9 +95,13 @@ from ..core.engine import (
 from .correlation import warn_dead
 
 __all__ = ["FilterImportance", "ImportanceRequest", "check_request", "importance_reducer", "importance_result",
-           "noise_mask", "METHODS"]
+           "noise_mask", "noise_interval", "METHODS", "TAYLOR_VARIANTS", "TAYLOR_DEFAULT", "TaylorSums"]
 
 METHODS = ("permutation", "ablation", "taylor")
+#: Estimators of ``method="taylor"`` (see the module docstring).
+TAYLOR_VARIANTS = ("molchanov", "abs_mean", "abs_per_sample")
+#: The default: the estimator that agreed best with ablation in BENCHMARKS.md (B2).
+TAYLOR_DEFAULT = "abs_per_sample"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -99,6 +131,14 @@ class FilterImportance:
         Where the labels came from: ``"y"``, ``"dataset"`` (the ``(x, y)``
         batches), or ``"model predictions"`` when there were none (the score
         is then agreement with the model's own unperturbed predictions).
+    taylor : str or None
+        The Taylor estimator (one of :data:`TAYLOR_VARIANTS`) for
+        ``method="taylor"``; None otherwise.
+    coupled : tuple of str or None
+        With ``groups="coupled"``: the names of the tensors tied to the block
+        channel by channel (:mod:`keras_hybrid_interp.core.coupling`); row
+        ``i`` perturbed channel ``i`` of every one of them jointly. None
+        otherwise.
     """
 
     importances: np.ndarray
@@ -111,6 +151,8 @@ class FilterImportance:
     n_samples: int
     random_state: int | None = None
     label_source: str = "y"
+    taylor: str | None = None
+    coupled: tuple | None = None
 
     def __post_init__(self):
         self.importances.setflags(write=False)
@@ -138,18 +180,42 @@ class FilterImportance:
         """Row indices (filters or groups) by decreasing mean importance."""
         return np.argsort(-self.importances_mean, kind="stable")
 
+    @property
+    def interval(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` per row: the 95% interval of the mean over the repeats (NaN with one repeat).
+
+        See :func:`noise_interval`.
+        """
+        return noise_interval(self.importances)
+
     def to_frame(self) -> pd.DataFrame:
-        """Long form: one row per (filter or group, repeat) with ``importance``."""
+        """Long form: one row per (filter or group, repeat) with ``importance``.
+
+        Per filter (repeated on each of its rows): ``ci_low`` and ``ci_high``,
+        the 95% interval of the mean over the repeats (NaN with one repeat),
+        and ``within_noise`` (:attr:`within_noise`). With
+        ``groups="coupled"``, ``tied_tensors`` names the tensors whose channel
+        ``filter`` was perturbed jointly; for Taylor, ``taylor`` names the
+        estimator.
+        """
         g, r = self.importances.shape
         rows, reps = np.meshgrid(np.arange(g), np.arange(r), indexing="ij")
         df = {"block": self.block, "method": self.method}
+        if self.taylor is not None:
+            df["taylor"] = self.taylor
         if self.groups is None:
             df["filter"] = rows.ravel()
         else:
             df["group"] = rows.ravel()
             df["filters"] = [",".join(map(str, self.groups[i])) for i in rows.ravel()]
+        if self.coupled is not None:
+            df["tied_tensors"] = ",".join(self.coupled)
         df["repeat"] = reps.ravel()
         df["importance"] = self.importances.ravel()
+        low, high = self.interval
+        df["ci_low"] = low[rows.ravel()]
+        df["ci_high"] = high[rows.ravel()]
+        df["within_noise"] = self.within_noise[rows.ravel()]
         return pd.DataFrame(df)
 
     def plot(self, ax=None, **kwargs):
@@ -163,7 +229,9 @@ class FilterImportance:
 
     def __repr__(self):
         what = "filters" if self.groups is None else "groups"
-        return (f"FilterImportance(block={self.block!r}, method={self.method!r}, scoring={self.scoring!r}, "
+        how = f"method={self.method!r}" + (f", taylor={self.taylor!r}" if self.taylor else "") + (
+            f", coupled across {len(self.coupled)} tensors" if self.coupled is not None else "")
+        return (f"FilterImportance(block={self.block!r}, {how}, scoring={self.scoring!r}, "
                 f"{what}={self.importances.shape[0]}, n_repeats={self.importances.shape[1]}, "
                 f"baseline_score={self.baseline_score:.4g}, n_samples={self.n_samples}, "
                 f"labels from {self.label_source})")
@@ -250,17 +318,34 @@ class ImportanceRequest:
     ablation_value: str
     perturbations_per_eval: object
     entropy: int | None
+    taylor: str | None = None
+    coupled: bool = False
 
 
 def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats=5, scoring="accuracy",
                   random_state=None, groups=None, ablation_value="zero",
-                  perturbations_per_eval="auto") -> ImportanceRequest:
-    """Validates the arguments before any data is read (see :meth:`GlobalAnalyzer.filter_importance`)."""
+                  perturbations_per_eval="auto", taylor=TAYLOR_DEFAULT) -> ImportanceRequest:
+    """Validates the arguments before any data is read (see :meth:`GlobalAnalyzer.filter_importance`).
+
+    ``groups="coupled"`` needs ``engine`` to be the block's tied engine
+    (:class:`~keras_hybrid_interp.core.engine.TiedTailEngine`).
+    """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"`method` must be one of {list(METHODS)}; received {method!r}.")
+    if not isinstance(taylor, str) or taylor not in TAYLOR_VARIANTS:
+        raise ValueError(f"`taylor` must be one of {list(TAYLOR_VARIANTS)}; received {taylor!r}.")
     n_repeats = _positive_int(n_repeats, "n_repeats")
     c = engine.channels
-    groups_t = _check_groups(groups, c)
+    coupled = isinstance(groups, str) and groups == "coupled"
+    if isinstance(groups, str) and not coupled:
+        raise ValueError(f"`groups` must be None, 'coupled' or a list of lists of filter indices; received {groups!r}.")
+    if coupled and method == "taylor":
+        raise ValueError("`groups='coupled'` is for method='permutation' or 'ablation' (it perturbs channel i of "
+                         "every tied tensor jointly); method='taylor' scores the block's own channels only.")
+    if coupled and not getattr(engine, "tied", None):
+        raise ValueError("`groups='coupled'` needs the block's tied engine (GlobalAnalyzer.filter_importance "
+                         "builds it).")  # internal misuse
+    groups_t = None if coupled else _check_groups(groups, c)
     chan_sets = [np.array([i]) for i in range(c)] if groups_t is None else list(groups_t)
     if ablation_value not in ("zero", "mean"):
         raise ValueError(f"`ablation_value` must be 'zero' or 'mean'; received {ablation_value!r}.")
@@ -270,7 +355,8 @@ def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats
                              "the first-order change of the cross-entropy loss. Use 'loss' (or leave it).")
         if reader is None:
             raise ValueError("method='taylor' needs a classifier output (softmax, sigmoid or logits).")
-        return ImportanceRequest(method, 1, "loss", "loss", chan_sets, groups_t, ablation_value, "auto", None)
+        return ImportanceRequest(method, 1, "loss", "loss", chan_sets, groups_t, ablation_value, "auto", None,
+                                 taylor)
     score_name = _check_scoring(scoring, reader)
     if isinstance(perturbations_per_eval, str) and perturbations_per_eval != "auto":
         raise ValueError(f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}.")
@@ -279,13 +365,13 @@ def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats
     entropy = resolve_entropy(random_state) if method == "permutation" else None
     reps = n_repeats if method == "permutation" else 1
     return ImportanceRequest(method, reps, scoring, score_name, chan_sets, groups_t, ablation_value,
-                             perturbations_per_eval, entropy)
+                             perturbations_per_eval, entropy, None, coupled)
 
 
 def importance_reducer(engine: TailEngine, request: ImportanceRequest, reader):
     """The pass reducer an importance request needs: the tail's cache, or Taylor's sums."""
     if request.method == "taylor":
-        return TaylorSums(engine, reader)
+        return TaylorSums(engine, reader, request.chan_sets)
     return FrontierCache(engine)
 
 
@@ -301,8 +387,15 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     if request.method == "permutation" and n < 30:
         _health.warn("few_samples", f"Permutation importance on only {n} samples is noisy; use more samples.")
     kw = {} if memory_budget is None else {"memory_budget": memory_budget}
-    key = cache.arrays[0]
-    dead = dead_filters_of(key)
+    arrays = dict(zip(engine.cache_keys, cache.arrays))
+    key = arrays[engine.key]
+    if request.coupled:
+        # Dead across the tie: constant in every tied tensor (permuting it then changes nothing).
+        dead = dead_filters_of(key)
+        for k in engine.tied:
+            dead = np.intersect1d(dead, dead_filters_of(arrays[k]))
+    else:
+        dead = dead_filters_of(key)
     warn_dead(dead, block)
 
     n_jobs = len(request.chan_sets) * request.n_repeats
@@ -322,37 +415,56 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
             for r in range(request.n_repeats):
                 jobs.append(Job(ch, "permute", perm=(lambda g=g, r=r: job_permutation(entropy, g, r, n))))
     else:
-        for ch in request.chan_sets:
+        def fill_of(a, ch):
             if request.ablation_value == "zero":
-                fill = np.zeros((), dtype=key.dtype)
+                return np.zeros((), dtype=a.dtype)
+            return np.mean(a[..., ch], axis=0, dtype=np.float64).astype(a.dtype)
+
+        for ch in request.chan_sets:
+            if request.coupled:  # each tied tensor gets its own fill (its own mean map)
+                jobs.append(Job(ch, "fill", fill={k: fill_of(arrays[k], ch) for k in engine.tied}))
             else:
-                fill = np.mean(key[..., ch], axis=0, dtype=np.float64).astype(key.dtype)
-            jobs.append(Job(ch, "fill", fill=fill))
+                jobs.append(Job(ch, "fill", fill=fill_of(key, ch)))
     scores = engine.run(cache, jobs, score, request.perturbations_per_eval, progress=progress, **kw)
     imp = (baseline - scores).reshape(len(request.chan_sets), request.n_repeats)
     if request.method == "permutation":
         warn_noise(imp, block)
     source = "y" if y_given else ("dataset" if cache.labels is not None else "model predictions")
+    coupled = tied_names(engine.graph, engine.tied) if request.coupled else None
     return FilterImportance(imp, baseline, request.method, request.score_name, block, request.groups, dead, n,
-                            request.entropy, source)
+                            request.entropy, source, coupled=coupled)
 
 
-def noise_mask(importances: np.ndarray) -> np.ndarray:
-    """Rows whose importance cannot be told apart from 0: the 95% interval over the repeats covers 0.
+def noise_interval(importances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)`` per row: the 95% interval of the mean importance over the repeats.
 
-    The interval is ``mean +- t * sd / sqrt(R)`` with Student's t quantile for
-    ``R - 1`` degrees of freedom (R >= 2 repeats). With one repeat there is no
-    spread to judge by: every row is flagged.
+    ``mean +- t * sd / sqrt(R)`` with Student's t quantile for ``R - 1``
+    degrees of freedom and ``sd`` the sample standard deviation (``ddof=1``)
+    over the ``R >= 2`` repeats. With one repeat both are NaN.
     """
     from scipy.stats import t as student_t
 
     imp = np.asarray(importances, dtype=np.float64)
     r = imp.shape[1]
-    if r < 2:
-        return np.ones(imp.shape[0], dtype=bool)
-    half = student_t.ppf(0.975, r - 1) * imp.std(axis=1, ddof=1) / np.sqrt(r)
     mean = imp.mean(axis=1)
-    return (mean - half <= 0) & (mean + half >= 0)
+    if r < 2:
+        nan = np.full(imp.shape[0], np.nan)
+        return nan, nan.copy()
+    half = student_t.ppf(0.975, r - 1) * imp.std(axis=1, ddof=1) / np.sqrt(r)
+    return mean - half, mean + half
+
+
+def noise_mask(importances: np.ndarray) -> np.ndarray:
+    """Rows whose importance cannot be told apart from 0: the 95% interval over the repeats covers 0.
+
+    The interval is :func:`noise_interval`'s. With one repeat there is no
+    spread to judge by: every row is flagged.
+    """
+    imp = np.asarray(importances, dtype=np.float64)
+    if imp.shape[1] < 2:
+        return np.ones(imp.shape[0], dtype=bool)
+    low, high = noise_interval(imp)
+    return (low <= 0) & (high >= 0)
 
 
 def warn_noise(importances, block) -> None:
@@ -378,19 +490,31 @@ def warn_noise(importances, block) -> None:
 class TaylorSums:
     """Reducer of Taylor importance: per batch one forward and one backward pass of the tail.
 
-    Accumulates ``sum_n sum_pos a * dL_n/da`` per channel in float64, with
-    ``L_n`` the cross-entropy of the output reader (against the label, or the
-    model's own predicted class without labels).
+    Per row ``g`` of ``chan_sets`` (one filter, or a group) and sample ``n``,
+    ``z[n, g] = sum_{c in g} sum_pos a * dL_n/da``, with ``L_n`` the
+    cross-entropy of the output reader (against the label, or the model's own
+    predicted class without labels). Accumulates ``sum_n z``, ``sum_n z**2``
+    and ``sum_n |z|`` per row in float64, from which every estimator of
+    :data:`TAYLOR_VARIANTS` follows (module docstring).
     """
 
-    def __init__(self, engine: TailEngine, reader):
+    def __init__(self, engine: TailEngine, reader, chan_sets=None):
         from ..core.data_pass import ChannelRange, Tap
 
         self.engine = engine
         self.reader = reader
         self.range = ChannelRange(engine.key)  # the one definition of a dead filter
         self.taps = tuple(Tap(k, "raw") for k in engine.frontier) + self.range.taps
-        self.total = np.zeros(engine.channels, dtype=np.float64)
+        c = engine.channels
+        chan_sets = [np.array([i]) for i in range(c)] if chan_sets is None else list(chan_sets)
+        # Channel -> row indicator: z (n, C) @ member (C, G) sums the channels of each row.
+        self.member = np.zeros((c, len(chan_sets)), dtype=np.float64)
+        for g, ch in enumerate(chan_sets):
+            self.member[np.asarray(ch), g] = 1.0
+        g = len(chan_sets)
+        self.sum_z = np.zeros(g, dtype=np.float64)
+        self.sum_z2 = np.zeros(g, dtype=np.float64)
+        self.sum_abs = np.zeros(g, dtype=np.float64)
         self.loss_sum = 0.0
         self.n = 0
         self.has_y = False
@@ -408,17 +532,32 @@ class TaylorSums:
         self.has_y = labels is not None
         grad, out = self.engine.input_gradient(arrays, self.loss_fn, labels)
         a = arrays[0]
-        axes = tuple(range(a.ndim - 1))
-        self.total += np.sum(a.astype(np.float64) * grad.astype(np.float64), axis=axes)
+        axes = tuple(range(1, a.ndim - 1))  # the positions of one sample
+        z = np.sum(a.astype(np.float64) * grad.astype(np.float64), axis=axes) @ self.member  # (n, G)
+        self.sum_z += z.sum(axis=0)
+        self.sum_z2 += np.square(z).sum(axis=0)
+        self.sum_abs += np.abs(z).sum(axis=0)
         lab = labels if labels is not None else self.reader.predicted(out)
         self.loss_sum += float(np.sum(self.reader.cross_entropy(out, lab)))
         self.range.update(batch)
         self.n += len(a)
 
+    def estimate(self, variant: str) -> np.ndarray:
+        """Per row, the Taylor estimator ``variant`` (one of :data:`TAYLOR_VARIANTS`)."""
+        n = self.n
+        if variant == "molchanov":
+            return self.sum_z2 / n
+        if variant == "abs_mean":
+            return np.abs(self.sum_z) / n
+        if variant == "abs_per_sample":
+            return self.sum_abs / n
+        raise ValueError(f"`taylor` must be one of {list(TAYLOR_VARIANTS)}; received {variant!r}.")
+
     def result(self, request: ImportanceRequest, block: str, y_given: bool) -> FilterImportance:
         dead = self.range.dead
         warn_dead(dead, block)
         n = self.n
-        imp = np.array([abs(self.total[ch].sum()) / n for ch in request.chan_sets])[:, None]
+        imp = self.estimate(request.taylor)[:, None]
         source = "y" if y_given else ("dataset" if self.has_y else "model predictions")
-        return FilterImportance(imp, -self.loss_sum / n, "taylor", "loss", block, request.groups, dead, n, None, source)
+        return FilterImportance(imp, -self.loss_sum / n, "taylor", "loss", block, request.groups, dead, n, None, source,
+                                taylor=request.taylor)

@@ -235,7 +235,8 @@ def _importance_data(imp):
         labels = [f"filter {i}" + (" (dead)" if i in dead else "") for i in range(len(mean))]
     else:
         labels = [_group_label(i, g) for i, g in enumerate(groups)]
-    meta = {k: getattr(imp, k, None) for k in ("block", "method", "scoring", "baseline_score", "n_samples")}
+    meta = {k: getattr(imp, k, None) for k in ("block", "method", "scoring", "baseline_score", "n_samples", "taylor",
+                                               "coupled")}
     meta["grouped"] = groups is not None
     return mean, std, labels, arr.shape[1], dead, meta
 
@@ -305,7 +306,11 @@ def plot_filter_importance(imp, *, ax=None, top_k=20, color=None, title=None):
     scoring = meta.get("scoring")
     base = meta.get("baseline_score")
     if method == "taylor":
-        xlabel = "Estimated loss increase |mean a\u00b7\u2202L/\u2202a| (cross-entropy)"
+        z = "\u03a3 a\u00b7\u2202L/\u2202a"
+        xlabel = {"abs_mean": f"Estimated loss increase |mean {z}| (cross-entropy)",
+                  "abs_per_sample": f"Estimated loss change, per-sample mean |{z}| (cross-entropy)",
+                  "molchanov": f"Squared loss change (Molchanov et al. 2019), per-sample mean ({z})\u00b2"}.get(
+            meta.get("taylor"), "Estimated loss change (first-order Taylor, cross-entropy)")
         if base is not None:
             xlabel += f"\nbaseline loss {-float(base):.3g}"
     elif scoring == "loss":
@@ -327,6 +332,8 @@ def plot_filter_importance(imp, *, ax=None, top_k=20, color=None, title=None):
         parts.insert(0, f"{method}" + (f", {reps} repeats (error bars: std)" if reps > 1 else ""))
     if meta.get("n_samples") is not None:
         parts.append(f"n={meta['n_samples']}")
+    if meta.get("coupled"):
+        parts.append(f"coupled: channel i of {len(meta['coupled'])} tied tensors perturbed jointly")
     if noisy[order].any():
         parts.append(f"hatched: {int(noisy[order].sum())} within noise (95% interval covers 0)")
     if title is None:

@@ -169,7 +169,7 @@ def test_taylor_matches_hand_gradient_of_gap_dense_head():
     x = rng.normal(size=(30, 8, 8, 3)).astype("float32")
     y = rng.integers(0, 3, 30)
     ga = GlobalAnalyzer(model, blocks="block")
-    res = ga.filter_importance(x, y, block="block", method="taylor", batch_size=8)
+    res = ga.filter_importance(x, y, block="block", method="taylor", taylor="abs_mean", batch_size=8)
     f = ga.graph.build([ga.graph.resolve("gap")]).predict_on_batch(x).astype(np.float64)
     w, b = [a.astype(np.float64) for a in model.get_layer("head").get_weights()]
     logits = f @ w + b
@@ -179,6 +179,12 @@ def test_taylor_matches_hand_gradient_of_gap_dense_head():
     expected = np.abs(np.mean(f * dldf, axis=0))
     np.testing.assert_allclose(res.importances[:, 0], expected, rtol=2e-4, atol=1e-7)
     assert res.importances.shape == (6, 1)
+    # Molchanov et al. (2019): the per-sample first-order change, squared, averaged; the default: its size.
+    mol = ga.filter_importance(x, y, block="block", method="taylor", taylor="molchanov", batch_size=8)
+    np.testing.assert_allclose(mol.importances[:, 0], np.mean((f * dldf) ** 2, axis=0), rtol=4e-4, atol=1e-9)
+    default = ga.filter_importance(x, y, block="block", method="taylor", batch_size=8)
+    assert default.taylor == "abs_per_sample"
+    np.testing.assert_allclose(default.importances[:, 0], np.mean(np.abs(f * dldf), axis=0), rtol=2e-4, atol=1e-7)
     np.testing.assert_allclose(res.baseline_score, np.mean(np.log(p[np.arange(30), y])), rtol=1e-5)
 
 
@@ -296,9 +302,18 @@ def test_groups_and_to_frame():
                                    scoring="loss")
     assert grouped.importances.shape == (2, 2)
     df = grouped.to_frame()
-    assert list(df.columns) == ["block", "method", "group", "filters", "repeat", "importance"]
+    assert list(df.columns) == ["block", "method", "group", "filters", "repeat", "importance", "ci_low", "ci_high",
+                                "within_noise"]
     assert len(df) == 4 and df.filters.iloc[0] == "0,1,2"
     np.testing.assert_array_equal(df.importance.to_numpy(), grouped.importances.ravel())
+    # The interval per group: mean +- t(0.975, R-1) * sd / sqrt(R), repeated on each of its rows.
+    from scipy import stats
+
+    imp = grouped.importances
+    half = stats.t.ppf(0.975, 1) * imp.std(axis=1, ddof=1) / np.sqrt(2)
+    np.testing.assert_allclose(df.ci_low.to_numpy(), np.repeat(imp.mean(1) - half, 2))
+    np.testing.assert_allclose(df.ci_high.to_numpy(), np.repeat(imp.mean(1) + half, 2))
+    assert df.within_noise.tolist() == np.repeat(grouped.within_noise, 2).tolist()
     f = single.to_frame()
     assert len(f) == 12 and set(f["filter"]) == set(range(6))
     np.testing.assert_allclose(single.importances_std, single.importances.std(axis=1))

@@ -481,6 +481,8 @@ def build_report(
     verbose=0,
     atlas_filters=4,
     atlas_k=6,
+    compare=None,
+    compare_blocks=None,
 ) -> Report:
     """Runs the full hybrid analysis and assembles the standard report.
 
@@ -520,6 +522,13 @@ def build_report(
         Needs labels; without them no controls are shown.
     bootstrap, confidence : int, float
         Bootstrap resamples and level of the layer table's intervals (0: none).
+    compare : keras.Model, GlobalAnalyzer or HybridInterpreter, optional
+        Another model to compare with (the same model before fine-tuning,
+        another seed): the report gains a section with the CKA between this
+        model's blocks and ``compare``'s (``compare_blocks``, default its
+        automatic blocks), computed in the same pass (see
+        :meth:`GlobalAnalyzer.layer_similarity` with ``other=``). ``compare``
+        is read in inference mode and never changed.
 
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
@@ -558,11 +567,16 @@ def build_report(
         imp_red = importance_reducer(engine, request, ga.reader)
         sim_red = (similarity_reducer(interp.graph, interp.block_keys, "minibatch")
                    if len(interp.block_names) > 1 else None)
+        cmp_red = cmp_columns = cmp_models = None
+        if compare is not None:
+            side, cmp_columns, cmp_models = ga.other_model(compare, compare_blocks)
+            cmp_red = similarity_reducer(interp.graph, interp.block_keys, "minibatch", side)
         n_ex = max(int(examples), 0)
         ex_maps = [_pass.Collect(t) for t in interp.explanation_taps(n_ex)] if n_ex else []
         ex_x = _pass.Collect.first("x", n_ex) if n_ex else None
         reducers = [scores, moments, corr_red, assoc_red, imp_red] + ([sim_red] if sim_red else []) + ex_maps
         reducers += [ex_x] if ex_x is not None else []
+        reducers += [cmp_red] if cmp_red is not None else []
         atlas_red = None
         if int(atlas_filters) > 0:
             atlas_red = examples_reducer(interp.graph, key, block, k=atlas_k)
@@ -586,6 +600,8 @@ def build_report(
         log("  permutation importance: tail passes on the cached activations")
         imp = importance_result(engine, imp_red, request, ga.reader, y_given=y is not None, block=block)
         sim = similarity_result(sim_red, list(interp.block_names)) if sim_red is not None else None
+        cmp = (similarity_result(cmp_red, list(interp.block_names), columns=cmp_columns, models=cmp_models)
+               if cmp_red is not None else None)
         atlas = None
         if atlas_red is not None and atlas_red.n:
             atlas = examples_result(atlas_red, block).select(imp.ranking[: int(atlas_filters)])
@@ -669,5 +685,15 @@ def build_report(
             figures=[("Linear CKA between blocks: 1 means two blocks represent the data the same way up to rotation "
                       "and scale; a dark band marks where the representation changes.", plotting.plot_layer_similarity(sim))],
             tables=[("CKA", sim.to_frame())],
+        )
+    if cmp is not None:
+        report.add_section(
+            f"Comparison with {cmp.models[1]}",
+            text=DEFINITIONS["similarity"] + " Here the rows are this model's blocks and the columns the other "
+                 "model's, both fed the same samples.",
+            figures=[("Linear CKA between the blocks of the two models: a bright diagonal means the blocks at the "
+                      "same depth represent the data alike; where it fades, the models differ (for a fine-tuned "
+                      "model: the blocks fine-tuning changed).", plotting.plot_layer_similarity(cmp))],
+            tables=[("CKA between the two models", cmp.to_frame())],
         )
     return report

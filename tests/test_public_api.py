@@ -66,6 +66,7 @@ class Row:
     takes_block: str | None = "block"  # the argument naming the block(s), or None
     seeded: bool = False  # takes random_state
     plot_target: str = "ax"  # what .plot() draws on: "ax" or "fig"
+    block: str | None = None  # the block analysed (default: the interpreter's deepest)
 
 
 def _blocks(block):
@@ -87,6 +88,13 @@ ROWS = [
         lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="ablation", **kw)),
     Row("filter_importance[taylor]",
         lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="taylor", **kw)),
+    Row("filter_importance[taylor molchanov]",
+        lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="taylor",
+                                                                   taylor="molchanov", **kw)),
+    Row("filter_importance[coupled]",  # res_out is tied through the residual Add to stem_pool
+        lambda e, x, y, block, **kw: e.analyzer.filter_importance(x, y, block=block, method="permutation",
+                                                                   groups="coupled", n_repeats=2, **kw),
+        seeded=True, block="res_out"),
     Row("layer_similarity", lambda e, x, y, block, **kw: e.analyzer.layer_similarity(x, blocks=_blocks(block), **kw),
         takes_block="blocks"),
     Row("layer_similarity[two models]",
@@ -102,7 +110,7 @@ def run(row, env, *, x=None, y=None, block=None, **kw):
     x = env.x if x is None else x
     y = env.y if y is None else y
     if block is None:
-        block = env.interp.block_names if row.takes_block == "blocks" else env.block
+        block = row.block or (env.interp.block_names if row.takes_block == "blocks" else env.block)
     return row.call(env, x, y, block, **kw)
 
 

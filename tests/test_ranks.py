@@ -260,7 +260,7 @@ def test_taylor_importance_is_the_closed_form_of_the_tail(env):
     t = np.eye(K)[env.y]
     # dL_n/da[n, pos, c] = (p_n - t_n) . W[c] / P, so sum_pos a * dL/da = mean_pos(a) (p_n - t_n) . W[c]
     want = np.abs(np.mean(spatial_mean(a) * ((p - t) @ env.W.T), axis=0))
-    res = env.ga.filter_importance(env.x, env.y, block="c2", method="taylor")
+    res = env.ga.filter_importance(env.x, env.y, block="c2", method="taylor", taylor="abs_mean")  # |mean_n z_n|
     np.testing.assert_allclose(res.importances[:, 0], want, rtol=1e-4, atol=1e-7)
 
 
@@ -382,6 +382,7 @@ def _cli(*args, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # a subprocess per rank (about 18 s each); CI runs it in the slow group
 @pytest.mark.parametrize("rank", sorted(RANKS))
 def test_cli_analyzes_a_saved_model_of_the_rank(rank, tmp_path):
     keras.utils.set_random_seed(0)

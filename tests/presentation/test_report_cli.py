@@ -213,3 +213,33 @@ def test_the_health_section_lists_rare_classes_and_what_the_fit_found():
     assert "3: 6" in rare
     fit = [m for k, m in report.health if m.startswith("When the probes were fitted")]
     assert fit and "'3'" in fit[0]
+
+
+def test_report_compares_with_another_model_in_its_one_pass(monkeypatch):
+    from keras_hybrid_interp.core import data_pass as _pass
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    x = rng.random((48, 16, 16, 1), dtype=np.float32)
+    y = np.arange(48) % 4
+    m = small_cnn(classes=4)
+    twin = keras.models.clone_model(m)
+    twin.set_weights(m.get_weights())
+    other = small_cnn(classes=4, name="other_cnn")  # another initialisation
+    interp = HybridInterpreter(m).fit_probes(x[:24], y[:24], verbose=0)
+    calls = []
+    real_run = _pass.run
+    monkeypatch.setattr(_pass, "run", lambda *a, **kw: calls.append(1) or real_run(*a, **kw))
+    report = build_report(interp, x[24:], y[24:], examples=0, importance_repeats=1, compare=other)
+    assert len(calls) == 1  # the other model runs inside the same pass
+    monkeypatch.setattr(_pass, "run", real_run)
+    section = next(s for s in report.sections if s.title == "Comparison with other_cnn")
+    got = section.tables[0][2]
+    # Oracle: the standalone two-model CKA on the same samples.
+    want = GlobalAnalyzer(interp).layer_similarity(x[24:], other=other).to_frame()
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    # A model against its exact copy: 1 on the diagonal.
+    same = build_report(interp, x[24:], y[24:], examples=0, importance_repeats=1, compare=twin)
+    cka = next(s for s in same.sections if s.title.startswith("Comparison with")).tables[0][2]
+    diag = cka[cka["block_i"] == cka["block_j"]]["cka"].to_numpy()
+    np.testing.assert_allclose(diag, 1.0, atol=1e-6)

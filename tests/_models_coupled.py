@@ -50,7 +50,7 @@ def hand_forward(model, x, edit):
     L = model.get_layer
 
     def run(name, *args):
-        out = np.asarray(L(name)(*args, training=False))
+        out = keras.ops.convert_to_numpy(L(name)(*args, training=False))
         v[name] = edit(name, out)
         return v[name]
 

@@ -142,7 +142,7 @@ class GlobalAnalyzer:
                             max_samples=max_samples, steps=steps)
 
     def run(self, stream, reducers):
-        """One pass of ``stream`` through the model, feeding ``reducers`` (see :mod:`._pass`)."""
+        """One pass of ``stream`` through the model, feeding ``reducers`` (see :mod:`~keras_hybrid_interp.core.data_pass`)."""
         k = None if self.reader is None else self.reader.num_classes
         return _pass.run(self.graph, stream, reducers, num_classes=k)
 

@@ -6,7 +6,7 @@ score
     ``"accuracy"``: fraction of samples whose predicted class (argmax of the
     class probabilities) equals the label. ``"loss"``: the *negative* mean
     cross-entropy, so that higher is better. Both read the output with the
-    package's one output reader (:mod:`._output`: log-softmax of logits,
+    package's one output reader (:mod:`~keras_hybrid_interp.core.output`: log-softmax of logits,
     log-sigmoid of a binary logit, ``log(clip(p, 1e-7, 1))`` of probabilities).
     A callable ``scoring(y_true, y_pred) -> float`` (higher is better)
     receives the integer labels ``(n,)`` and the class-probability table
@@ -71,7 +71,7 @@ dead filters
 Permutation and ablation run on a cache of the activations at the layer (and
 of every tensor crossing the cut, e.g. a residual skip) for the first
 ``max_samples`` samples: ``max_samples x (H*W*C + skip tensors)`` numbers in
-the model dtype. Only the tail after the layer is re-run (see ``_engine``).
+the model dtype. Only the tail after the layer is re-run (see :mod:`~keras_hybrid_interp.core.engine`).
 """
 
 from __future__ import annotations

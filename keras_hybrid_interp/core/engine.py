@@ -126,6 +126,35 @@ def _as_list(out):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
+def score_jobs(tail, jobs: Sequence[Job], n: int, p: int, b: int, fill, score, progress=None) -> np.ndarray:
+    """The one loop over stacked perturbations, shared by every tail engine.
+
+    Jobs go in groups of ``p`` (one slot each), samples in chunks of ``b``;
+    ``fill(g0, group, perms, s, e)`` writes the chunk's perturbed inputs into
+    the engine's ``(p, b, ...)`` buffers and returns the tail's feed; each
+    (group, chunk) is one tail pass. ``score`` receives one job's outputs of
+    all ``n`` samples, in sample order.
+    """
+    scores = np.empty(len(jobs), dtype=np.float64)
+    n_chunks = math.ceil(n / b)
+    for g0 in range(0, len(jobs), p):
+        group = list(jobs[g0:g0 + p])
+        perms = [(j.perm() if callable(j.perm) else j.perm) if j.kind == "permute" else None for j in group]
+        outs = [[] for _ in group]
+        for ci in range(n_chunks):
+            s, e = ci * b, min((ci + 1) * b, n)
+            feed = fill(g0, group, perms, s, e)
+            out = np.asarray(predict_on_batch(tail, feed if len(feed) > 1 else feed[0]))
+            out = out.reshape((p, b) + out.shape[1:])
+            for slot in range(len(group)):
+                outs[slot].append(out[slot, :e - s])
+        for slot in range(len(group)):
+            scores[g0 + slot] = float(score(np.concatenate(outs[slot], axis=0)))
+        if progress is not None:
+            progress(min(g0 + p, len(jobs)))
+    return scores
+
+
 class TailEngine:
     """Prefix/tail split of a model at tensor ``key`` of a :class:`ModelGraph`.
 
@@ -223,61 +252,48 @@ class TailEngine:
         p, b = self.plan(n, len(jobs), perturbations_per_eval, memory_budget)
         key_arr = cache.arrays[0]
         others = cache.arrays[1:]
-        n_chunks = math.ceil(n / b)
+        single_chunk = math.ceil(n / b) == 1
         # Fixed-shape buffers: (p, b, ...) for every frontier tensor.
         buf_key = np.empty((p, b) + key_arr.shape[1:], dtype=key_arr.dtype)
         buf_others = [np.empty((p, b) + a.shape[1:], dtype=a.dtype) for a in others]
-        scores = np.empty(len(jobs), dtype=np.float64)
         grid = [np.arange(d) for d in key_arr.shape[1:-1]]
         dirty = [None] * p
-        for g0 in range(0, len(jobs), p):
-            group = list(jobs[g0:g0 + p])
-            perms = [
-                (j.perm() if callable(j.perm) else j.perm) if j.kind == "permute" else None for j in group
-            ]
-            outs = [[] for _ in group]
-            for ci in range(n_chunks):
-                s, e = ci * b, min((ci + 1) * b, n)
-                m = e - s
-                base = key_arr[s:e]
-                if n_chunks == 1 and g0 > 0:
-                    # Single chunk: the buffer already holds the samples; undo
-                    # only the channels the previous group perturbed.
-                    for slot, ch in enumerate(dirty):
-                        if ch is not None:
-                            buf_key[slot, :m][..., ch] = base[..., ch]
-                else:
-                    buf_key[:, :m] = base[None]
+
+        def fill(g0, group, perms, s, e):
+            nonlocal dirty
+            m = e - s
+            base = key_arr[s:e]
+            if single_chunk and g0 > 0:
+                # Single chunk: the buffer already holds the samples; undo
+                # only the channels the previous group perturbed.
+                for slot, ch in enumerate(dirty):
+                    if ch is not None:
+                        buf_key[slot, :m][..., ch] = base[..., ch]
+            else:
+                buf_key[:, :m] = base[None]
+                if m < b:
+                    buf_key[:, m:] = 0
+                for bo, a in zip(buf_others, others):
+                    bo[:, :m] = a[s:e][None]
                     if m < b:
-                        buf_key[:, m:] = 0
-                    for bo, a in zip(buf_others, others):
-                        bo[:, :m] = a[s:e][None]
-                        if m < b:
-                            bo[:, m:] = 0
-                dirty = [None] * p
-                for slot, (job, perm) in enumerate(zip(group, perms)):
-                    ch = job.channels
-                    if job.kind == "permute":
-                        idx = perm[s:e]
-                        buf_key[slot, :m][..., ch] = key_arr[np.ix_(idx, *grid, ch)]
-                        dirty[slot] = ch
-                    elif job.kind == "fill":
-                        buf_key[slot, :m][..., ch] = job.fill
-                        dirty[slot] = ch
-                    elif job.kind != "none":  # pragma: no cover - internal
-                        raise ValueError(job.kind)
-                feed = [buf_key.reshape((p * b,) + buf_key.shape[2:])] + [
-                    bo.reshape((p * b,) + bo.shape[2:]) for bo in buf_others
-                ]
-                out = np.asarray(predict_on_batch(self.tail, feed if len(feed) > 1 else feed[0]))
-                out = out.reshape((p, b) + out.shape[1:])
-                for slot in range(len(group)):
-                    outs[slot].append(out[slot, :m])
-            for slot in range(len(group)):
-                scores[g0 + slot] = float(score(np.concatenate(outs[slot], axis=0)))
-            if progress is not None:
-                progress(min(g0 + p, len(jobs)))
-        return scores
+                        bo[:, m:] = 0
+            dirty = [None] * p
+            for slot, (job, perm) in enumerate(zip(group, perms)):
+                ch = job.channels
+                if job.kind == "permute":
+                    idx = perm[s:e]
+                    buf_key[slot, :m][..., ch] = key_arr[np.ix_(idx, *grid, ch)]
+                    dirty[slot] = ch
+                elif job.kind == "fill":
+                    buf_key[slot, :m][..., ch] = job.fill
+                    dirty[slot] = ch
+                elif job.kind != "none":  # pragma: no cover - internal
+                    raise ValueError(job.kind)
+            return [buf_key.reshape((p * b,) + buf_key.shape[2:])] + [
+                bo.reshape((p * b,) + bo.shape[2:]) for bo in buf_others
+            ]
+
+        return score_jobs(self.tail, jobs, n, p, b, fill, score, progress)
 
     def baseline_outputs(self, cache: Cache, n_jobs: int, perturbations_per_eval="auto",
                          memory_budget=DEFAULT_MEMORY_BUDGET) -> np.ndarray:
@@ -418,44 +434,32 @@ class TiedTailEngine(TailEngine):
         buf_front = [np.zeros((p, b) + a.shape[1:], dtype=a.dtype) for a in front]
         buf_mask = [np.zeros((p, b) + (1,) * (a.ndim - 2) + (c,), dtype=bool) for a in members]
         buf_repl = [np.zeros((p, b) + a.shape[1:], dtype=a.dtype) for a in members]
-        n_chunks = math.ceil(n / b)
-        scores = np.empty(len(jobs), dtype=np.float64)
-        for g0 in range(0, len(jobs), p):
-            group = list(jobs[g0:g0 + p])
-            perms = [(j.perm() if callable(j.perm) else j.perm) if j.kind == "permute" else None for j in group]
-            outs = [[] for _ in group]
-            for ci in range(n_chunks):
-                s, e = ci * b, min((ci + 1) * b, n)
-                m = e - s
-                for bf, a in zip(buf_front, front):
-                    bf[:, :m] = a[s:e][None]
-                    bf[:, m:] = 0
-                for bm in buf_mask:
-                    bm[...] = False
-                for slot, (job, perm) in enumerate(zip(group, perms)):
-                    if job.kind == "none":
-                        continue
-                    if job.kind not in ("permute", "fill"):  # pragma: no cover - internal
-                        raise ValueError(job.kind)
-                    ch = job.channels
-                    for k, bm, br, a in zip(self.edited, buf_mask, buf_repl, members):
-                        bm[slot, :m][..., ch] = True
-                        if job.kind == "permute":
-                            br[slot, :m][..., ch] = a[perm[s:e]][..., ch]
-                        else:
-                            br[slot, :m][..., ch] = job.fill[k] if isinstance(job.fill, dict) else job.fill
-                feed = [bf.reshape((p * b,) + bf.shape[2:]) for bf in buf_front]
-                for bm, br in zip(buf_mask, buf_repl):
-                    feed += [bm.reshape((p * b,) + bm.shape[2:]), br.reshape((p * b,) + br.shape[2:])]
-                out = np.asarray(predict_on_batch(self.tail, feed if len(feed) > 1 else feed[0]))
-                out = out.reshape((p, b) + out.shape[1:])
-                for slot in range(len(group)):
-                    outs[slot].append(out[slot, :m])
-            for slot in range(len(group)):
-                scores[g0 + slot] = float(score(np.concatenate(outs[slot], axis=0)))
-            if progress is not None:
-                progress(min(g0 + p, len(jobs)))
-        return scores
+
+        def fill(g0, group, perms, s, e):
+            m = e - s
+            for bf, a in zip(buf_front, front):
+                bf[:, :m] = a[s:e][None]
+                bf[:, m:] = 0
+            for bm in buf_mask:
+                bm[...] = False
+            for slot, (job, perm) in enumerate(zip(group, perms)):
+                if job.kind == "none":
+                    continue
+                if job.kind not in ("permute", "fill"):  # pragma: no cover - internal
+                    raise ValueError(job.kind)
+                ch = job.channels
+                for k, bm, br, a in zip(self.edited, buf_mask, buf_repl, members):
+                    bm[slot, :m][..., ch] = True
+                    if job.kind == "permute":
+                        br[slot, :m][..., ch] = a[perm[s:e]][..., ch]
+                    else:
+                        br[slot, :m][..., ch] = job.fill[k] if isinstance(job.fill, dict) else job.fill
+            feed = [bf.reshape((p * b,) + bf.shape[2:]) for bf in buf_front]
+            for bm, br in zip(buf_mask, buf_repl):
+                feed += [bm.reshape((p * b,) + bm.shape[2:]), br.reshape((p * b,) + br.shape[2:])]
+            return feed
+
+        return score_jobs(self.tail, jobs, n, p, b, fill, score, progress)
 
     def input_gradient(self, arrays, loss_fn, labels=None):  # pragma: no cover - guarded by check_request
         raise ValueError("The tied engine perturbs; Taylor importance uses the block's own engine.")

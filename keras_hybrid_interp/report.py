@@ -445,13 +445,18 @@ def model_summary_text(model, width=250) -> str:
     return "\n".join(lines)
 
 
-def importance_notes(graph, key, imp) -> str:
-    """The importance section's lines on noise and on the channels tied to the block through ``Add``."""
+def importance_notes(graph, key, imp, engine=None) -> str:
+    """The importance section's lines on noise, on the engine, and on the channels tied to the block through ``Add``."""
     from .core.coupling import tied_merges, tied_names, tied_tensors
 
     noisy = np.asarray(imp.within_noise)
     text = (f" {int(noisy.sum())} of {len(noisy)} filters are within noise: the 95% interval of their mean over "
             "the repeats covers 0 (columns ci_low, ci_high, within_noise of the table).")
+    if engine is not None and not engine.caches_maps:
+        how = "average" if engine.reduce == "avg" else "max"
+        text += (f" The block is read only through a global {how} pooling, so each perturbation was applied to "
+                 "the pooled features and only the layers after the pooling were re-run: exactly what re-running "
+                 "the model after the block gives, up to float rounding.")
     tied = tied_tensors(graph, key)
     merges = tied_merges(graph, tied)
     if merges:
@@ -664,7 +669,7 @@ def build_report(
         )
     report.add_section(
         f"Filter importance ({block})",
-        text=DEFINITIONS["importance"] + importance_notes(interp.graph, key, imp),
+        text=DEFINITIONS["importance"] + importance_notes(interp.graph, key, imp, engine),
         figures=[("Permutation importance of the most important filters, with the spread over repeats: a bar "
                   "whose error bar reaches 0 is not distinguishable from noise.", plotting.plot_filter_importance(imp))],
         tables=[("Importance per filter and repeat", imp.to_frame())],

@@ -40,7 +40,7 @@ import numpy as np
 
 from .distribute import predict_on_batch
 
-__all__ = ["TailEngine", "TiedTailEngine", "Job", "FrontierCache", "resolve_entropy", "job_permutation",
+__all__ = ["TailEngine", "TiedTailEngine", "PooledHeadEngine", "MapSummary", "tail_engine", "Job", "FrontierCache", "resolve_entropy", "job_permutation",
            "DEFAULT_MEMORY_BUDGET"]
 
 #: Bytes of activations one stacked tail pass may use (estimate).
@@ -116,6 +116,9 @@ class Cache:
     arrays: list
     labels: np.ndarray | None
     n: int
+    #: For an engine that does not cache the block's maps (:class:`PooledHeadEngine`): their
+    #: per-channel range and float64 mean map over the samples (:class:`MapSummary`); None otherwise.
+    summary: "MapSummary | None" = None
 
     @property
     def nbytes(self) -> int:
@@ -164,6 +167,10 @@ class TailEngine:
     key : int
         Tensor key of the perturbed layer output (a feature map of rank 3, 4 or 5, channels last).
     """
+
+    #: Whether the cache holds the block's own maps (else only what the shortcut needs: see
+    #: :class:`PooledHeadEngine`).
+    caches_maps = True
 
     def __init__(self, graph, key: int):
         self.graph = graph
@@ -476,18 +483,23 @@ class FrontierCache:
         from .data_pass import Tap
 
         self.engine = engine
-        self.taps = tuple(Tap(k, "raw") for k in engine.cache_keys)
-        self._parts = [[] for _ in self.taps]
+        self.cached = tuple(Tap(k, "raw") for k in engine.cache_keys)
+        # An engine that caches the pooled features only summarises the block's maps on the way.
+        self.summary = MapSummary(engine.key) if not engine.caches_maps else None
+        self.taps = self.cached + (self.summary.taps if self.summary is not None else ())
+        self._parts = [[] for _ in self.cached]
         self._labels = []
         self._per = engine.frontier_bytes_per_sample()
         self.n = 0
         self._warned = False
 
     def update(self, batch):
-        for p, t in zip(self._parts, self.taps):
+        for p, t in zip(self._parts, self.cached):
             p.append(batch.values[t.ident])
         if batch.y is not None:
             self._labels.append(np.asarray(batch.y))
+        if self.summary is not None:
+            self.summary.update(batch)
         self.n += len(batch.x)
         if not self._warned and self.n * self._per > CACHE_WARN_BYTES:
             self._warned = True
@@ -503,7 +515,7 @@ class FrontierCache:
     def result(self) -> Cache:
         arrays = [np.concatenate(p, axis=0) for p in self._parts]
         labels = np.concatenate(self._labels, axis=0) if self._labels else None
-        return Cache(arrays, labels, self.n)
+        return Cache(arrays, labels, self.n, self.summary)
 
 
 def make_input_gradient(model, loss_fn):
@@ -584,3 +596,122 @@ def make_input_gradient(model, loss_fn):
         f"Taylor importance needs gradients; the Keras backend {backend!r} is not supported "
         "(supported: 'tensorflow', 'jax', 'torch')."
     )
+
+
+class MapSummary:
+    """Reducer: per-channel range (the dead-filter definition) and float64 mean map of tensor ``key``.
+
+    What permutation and ablation need of the block's maps when the engine
+    caches only the pooled features (:class:`PooledHeadEngine`): the dead
+    filters, and the mean map that ``ablation_value="mean"`` fills in.
+    Memory: one map (spatial x C) in float64, whatever the number of samples.
+    """
+
+    def __init__(self, key: int):
+        from .data_pass import ChannelRange, Tap
+
+        self.key = key
+        self.range = ChannelRange(key)
+        self.taps = self.range.taps + (Tap(key, "raw"),)
+        self._sum = None
+        self.n = 0
+
+    def update(self, batch):
+        self.range.update(batch)
+        maps = batch.values[(self.key, "raw")]
+        s = np.sum(maps, axis=0, dtype=np.float64)
+        self._sum = s if self._sum is None else self._sum + s
+        self.n += len(maps)
+
+    @property
+    def dead(self) -> np.ndarray:
+        return self.range.dead
+
+    @property
+    def mean_map(self) -> np.ndarray:
+        """The mean map over the samples (spatial..., C), float64."""
+        return self._sum / self.n
+
+
+class PooledHeadEngine(TailEngine):
+    """The exact shortcut for a block read only through a global pooling: block -> GAP/GMP -> head.
+
+    When the only thing the model does with the block's maps is pool each
+    channel over all positions (:meth:`ModelGraph.global_pool_after`: the
+    ``block -> GlobalAveragePooling -> Dropout -> Dense`` end of every
+    ``keras.applications`` model), channel ``c`` of the pooled vector is a
+    function of channel ``c`` of the maps alone. So
+
+    * permuting the maps of channels ``ch`` across samples permutes the pooled
+      features of ``ch`` the same way: sample ``i`` receives
+      ``pooled[perm[i], ch]``;
+    * filling the maps of ``ch`` with a map ``f`` sets the pooled features of
+      ``ch`` to ``pool(f)`` (the spatial mean of ``f``, or its maximum).
+
+    The engine therefore caches only the pooled features (``n x C`` numbers
+    instead of ``n x H x W x C``) and runs only the *head* (everything after
+    the pooling: dropout in inference, flatten, Dense layers, whatever it
+    holds) on the perturbed pooled features, stacked like any tail. The head
+    is the same layers the model runs, so the result equals
+    :class:`TailEngine`'s within float rounding (the spatial mean of a filled
+    map is computed here in float64, the model pools in its own dtype).
+
+    Used for permutation and ablation whenever it applies
+    (:meth:`GlobalAnalyzer.engine`); Taylor importance needs the gradient at
+    the maps and uses the plain engine.
+    """
+
+    caches_maps = False
+
+    def __init__(self, graph, key: int, pooled: int, reduce: str):
+        self.graph = graph
+        self.key = key
+        if len(graph.output_keys) != 1:
+            raise ValueError(
+                f"Filter importance needs a single-output model; model {graph.model.name!r} has "
+                f"{len(graph.output_keys)} outputs."
+            )
+        if reduce not in ("avg", "max"):  # pragma: no cover - internal
+            raise ValueError(reduce)
+        self.pooled = pooled
+        self.reduce = reduce
+        self.cut = pooled
+        self.frontier = [pooled]
+        self.tail = graph.build(graph.output_keys, inputs=self.frontier, name="khi_head")
+        self.shape = tuple(graph.tensors[key].shape[1:])
+        self.channels = int(self.shape[-1])
+        self.output_shape = tuple(graph.tensors[graph.output_keys[0]].shape[1:])
+        self._grad_fn = None
+
+    def pooled_job(self, job: Job) -> Job:
+        """``job`` on the maps, as the same perturbation of the pooled features."""
+        if job.kind != "fill":
+            return job
+        spatial = self.shape[:-1]
+        k = len(job.channels)
+        fill = np.broadcast_to(np.asarray(job.fill, dtype=np.float64), spatial + (k,))
+        axes = tuple(range(len(spatial)))
+        value = fill.mean(axis=axes) if self.reduce == "avg" else fill.max(axis=axes)
+        return Job(job.channels, "fill", fill=value)  # cast to the cache dtype where it is written
+
+    def run(self, cache: Cache, jobs: Sequence[Job], score: Callable[[np.ndarray], float],
+            perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET, progress=None) -> np.ndarray:
+        """Scores every job (as :meth:`TailEngine.run`), each applied to the pooled features."""
+        return TailEngine.run(self, cache, [self.pooled_job(j) for j in jobs], score, perturbations_per_eval,
+                              memory_budget, progress)
+
+    def input_gradient(self, arrays, loss_fn, labels=None):  # pragma: no cover - guarded by the analyzer
+        raise ValueError("The pooled-head engine perturbs pooled features; Taylor importance uses the plain engine.")
+
+
+def tail_engine(graph, key: int, *, shortcut: bool = True) -> TailEngine:
+    """The engine for perturbing tensor ``key``: :class:`PooledHeadEngine` where it applies, else :class:`TailEngine`.
+
+    ``shortcut=False`` always gives the plain tail (Taylor importance, and
+    the tests that check the shortcut against it).
+    """
+    if shortcut:
+        pooled = graph.global_pool_after(key)
+        if pooled is not None:
+            return PooledHeadEngine(graph, key, *pooled)
+    return TailEngine(graph, key)

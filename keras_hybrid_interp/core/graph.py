@@ -878,6 +878,40 @@ class ModelGraph:
                     return True
         return False
 
+    def global_pool_after(self, key: int) -> tuple[int, str] | None:
+        """``(pooled key, "avg" | "max")`` when tensor ``key`` is read only through one global pooling.
+
+        That is: ``key`` is not a model output, exactly one operation
+        consumes it, that operation pools over every spatial axis
+        (:meth:`is_global_pool`: a ``GlobalAveragePooling``/``GlobalMaxPooling``
+        layer, or ``keras.ops.mean``/``max`` over the spatial axes, with or
+        without ``keepdims``), and nothing computed before the pooled tensor
+        is read after it (its :meth:`frontier` is the pooled tensor alone).
+        Channel ``c`` of the pooled tensor then depends on channel ``c`` of
+        ``key`` alone, so the model output after ``key`` is a function of
+        the pooled features. None otherwise.
+        """
+        if key in self.output_keys:
+            return None
+        users = [o for o in self.ops if key in o.inputs]
+        if len(users) != 1 or len(users[0].outputs) != 1 or users[0].inputs != [key]:
+            return None
+        o = users[0]
+        if not self.is_global_pool(o):
+            return None
+        op = o.op
+        if isinstance(op, BaseGlobalPooling):
+            if getattr(op, "data_format", "channels_last") != "channels_last":
+                return None
+            reduce = "max" if isinstance(op, (keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D,
+                                              keras.layers.GlobalMaxPooling3D)) else "avg"
+        else:
+            reduce = "max" if isinstance(op, _ops_numpy.Max) else "avg"
+        pooled = o.outputs[0]
+        if self.tensors[pooled].shape[-1] != self.tensors[key].shape[-1] or self.frontier(pooled) != [pooled]:
+            return None
+        return pooled, reduce
+
     def window(self, o: OpNode) -> Window | None:
         """The sliding window of ``o`` (:class:`Window`), or None when ``o`` does not slide one.
 

@@ -29,7 +29,7 @@ from ..core import graph as _graph
 from ..core import health as _health
 from ..core.data import model_stream
 from ..core.coupling import tied_tensors
-from ..core.engine import TailEngine, TiedTailEngine
+from ..core.engine import TailEngine, TiedTailEngine, tail_engine
 from ..core.output import KINDS, output_activation, reader_for
 from .atlas import FilterExamples, examples_reducer, examples_result
 from .association import (
@@ -167,18 +167,25 @@ class GlobalAnalyzer:
             raise TypeError(f"`{argname}` must name one layer; received {block!r}.")
         return keys[0], names[0]
 
-    def engine(self, key, *, coupled=False) -> TailEngine:
-        """The tail engine cut at tensor ``key`` (built once per analyzer).
+    def engine(self, key, *, coupled=False, shortcut=True) -> TailEngine:
+        """The perturbation engine cut at tensor ``key`` (built once per analyzer).
 
         ``coupled=True``: the engine that perturbs channel ``i`` of every
         tensor tied to ``key`` (:func:`~keras_hybrid_interp.core.coupling.tied_tensors`).
+        Otherwise, where ``key`` is read only through a global pooling (the
+        last block of a ``keras.applications`` model), the exact pooled-head
+        shortcut (:class:`~keras_hybrid_interp.core.engine.PooledHeadEngine`);
+        ``shortcut=False`` gives the plain tail (Taylor importance needs it).
         """
-        ident = ("coupled", key) if coupled else key
+        if coupled:
+            ident = ("coupled", key)
+        else:
+            ident = ("shortcut" if shortcut else "tail", key)
         if ident not in self._engines:
             if coupled:
                 self._engines[ident] = TiedTailEngine(self.graph, key, tied_tensors(self.graph, key))
             else:
-                self._engines[ident] = TailEngine(self.graph, key)
+                self._engines[ident] = tail_engine(self.graph, key, shortcut=shortcut)
         return self._engines[ident]
 
     # ------------------------------------------------------------------
@@ -304,7 +311,7 @@ class GlobalAnalyzer:
         if method == "taylor" or (method in ("permutation", "ablation") and scoring in ("accuracy", "loss")):
             self.require_classifier(f"filter_importance(method={method!r}, scoring={scoring!r})")
         coupled = isinstance(groups, str) and groups == "coupled" and method in ("permutation", "ablation")
-        engine = self.engine(key, coupled=coupled)
+        engine = self.engine(key, coupled=coupled, shortcut=method != "taylor")
         request = check_request(engine, self.reader, method=method, n_repeats=n_repeats, scoring=scoring,
                                 random_state=random_state, groups=groups, ablation_value=ablation_value,
                                 perturbations_per_eval=perturbations_per_eval, taylor=taylor)

@@ -388,8 +388,10 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
         _health.warn("few_samples", f"Permutation importance on only {n} samples is noisy; use more samples.")
     kw = {} if memory_budget is None else {"memory_budget": memory_budget}
     arrays = dict(zip(engine.cache_keys, cache.arrays))
-    key = arrays[engine.key]
-    if request.coupled:
+    key = arrays.get(engine.key)  # None when the engine caches pooled features only (cache.summary)
+    if cache.summary is not None:
+        dead = cache.summary.dead
+    elif request.coupled:
         # Dead across the tie: constant in every tied tensor (permuting it then changes nothing).
         dead = dead_filters_of(key)
         for k in engine.tied:
@@ -417,7 +419,9 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     else:
         def fill_of(a, ch):
             if request.ablation_value == "zero":
-                return np.zeros((), dtype=a.dtype)
+                return np.zeros((), dtype=np.float32 if a is None else a.dtype)
+            if a is None:  # the float64 mean map the engine's cache summarised in the pass
+                return cache.summary.mean_map[..., ch]
             return np.mean(a[..., ch], axis=0, dtype=np.float64).astype(a.dtype)
 
         for ch in request.chan_sets:

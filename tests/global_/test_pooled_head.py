@@ -1,0 +1,190 @@
+"""The pooled-head shortcut: a block read only through a global pooling is perturbed on its pooled features.
+
+Oracle: the plain tail engine (:class:`TailEngine`, itself checked bit for bit
+against full-model re-runs in ``test_engine``) on the same model, samples and
+permutations. The shortcut must give the same importances, baseline and dead
+filters within float rounding, for permutation and both ablations, for every
+kind of head after the pooling.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from keras_hybrid_interp import GlobalAnalyzer
+from keras_hybrid_interp.core.engine import FrontierCache, PooledHeadEngine, TailEngine
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+N, K = 96, 4
+
+
+def _data(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(N,) + shape).astype("float32"), rng.integers(0, K, N)
+
+
+def _with_dead(conv, channel):
+    """Makes ``channel`` of a ReLU conv dead: zero kernel, negative bias (its map is 0 everywhere)."""
+    w, b = conv.get_weights()
+    w[..., channel] = 0.0
+    b[channel] = -1.0
+    conv.set_weights([w, b])
+
+
+def _backbone(inp, conv=layers.Conv2D):
+    h = conv(6, 3, activation="relu", name="c1")(inp)
+    c2 = conv(10, 3, activation="relu", name="blk")
+    return c2(h), c2
+
+
+def gap_dropout_dense():
+    inp = keras.Input((10, 10, 3))
+    h, c = _backbone(inp)
+    h = layers.GlobalAveragePooling2D()(h)
+    h = layers.Dropout(0.5)(h)
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(h)), c, "softmax"
+
+
+def gmp_logits():
+    inp = keras.Input((10, 10, 3))
+    h, c = _backbone(inp)
+    h = layers.GlobalMaxPooling2D()(h)
+    return keras.Model(inp, layers.Dense(K)(h)), c, "logits"
+
+
+def gap_keepdims_flatten_mlp():
+    inp = keras.Input((10, 10, 3))
+    h, c = _backbone(inp)
+    h = layers.GlobalAveragePooling2D(keepdims=True)(h)
+    h = layers.Flatten()(h)
+    h = layers.Dense(7, activation="relu")(h)
+    h = layers.BatchNormalization()(h)
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(h)), c, "softmax"
+
+
+def ops_mean_head():
+    inp = keras.Input((10, 10, 3))
+    h, c = _backbone(inp)
+    h = keras.ops.mean(h, axis=(1, 2))
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(h)), c, "softmax"
+
+
+def nested_backbone():
+    inner_in = keras.Input((10, 10, 3))
+    h, c = _backbone(inner_in)
+    backbone = keras.Model(inner_in, h, name="backbone")
+    inp = keras.Input((10, 10, 3))
+    h = layers.GlobalAveragePooling2D()(backbone(inp))
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(h)), c, "softmax"
+
+
+def conv1d_gap():
+    inp = keras.Input((20, 2))
+    h, c = _backbone(inp, layers.Conv1D)
+    h = layers.GlobalAveragePooling1D()(h)
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(h)), c, "softmax"
+
+
+MODELS = [gap_dropout_dense, gmp_logits, gap_keepdims_flatten_mlp, ops_mean_head, nested_backbone, conv1d_gap]
+REQUESTS = [
+    dict(method="permutation", n_repeats=3, random_state=0),
+    dict(method="permutation", n_repeats=2, random_state=1, scoring="loss"),
+    dict(method="ablation", scoring="loss"),
+    dict(method="ablation", ablation_value="mean", scoring="loss"),
+]
+
+
+def _pair(build):
+    keras.utils.set_random_seed(0)
+    model, conv, output = build()
+    _with_dead(conv, 3)
+    fast = GlobalAnalyzer(model, blocks=["blk"] if build is not nested_backbone else ["backbone/blk"],
+                          output=output)
+    slow = GlobalAnalyzer(model, blocks=fast.block_names, output=output)
+    key = fast.block_keys[0]
+    # The plain engine where the shortcut would go: the reference path.
+    slow._engines[("shortcut", key)] = slow.engine(key, shortcut=False)
+    return model, fast, slow
+
+
+@pytest.mark.parametrize("build", MODELS, ids=lambda f: f.__name__)
+def test_shortcut_equals_the_tail_engine(build):
+    model, fast, slow = _pair(build)
+    key = fast.block_keys[0]
+    assert isinstance(fast.engine(key), PooledHeadEngine)
+    assert type(slow.engine(key)) is TailEngine
+    x, y = _data(tuple(model.input_shape[1:]))
+    block = fast.block_names[0]
+    for kw in REQUESTS:
+        a = fast.filter_importance(x, y, block=block, **kw)
+        b = slow.filter_importance(x, y, block=block, **kw)
+        np.testing.assert_allclose(a.importances, b.importances, rtol=1e-5, atol=1e-6, err_msg=str(kw))
+        assert a.baseline_score == pytest.approx(b.baseline_score, rel=1e-6, abs=1e-7)
+        np.testing.assert_array_equal(a.dead_filters, b.dead_filters)
+        assert list(a.dead_filters) == [3]
+        if kw.get("scoring") == "loss":  # something was measured: a perturbation changed the loss
+            assert np.abs(b.importances).max() > 0
+
+
+def test_shortcut_caches_pooled_features_only():
+    model, fast, _ = _pair(gap_dropout_dense)
+    engine = fast.engine(fast.block_keys[0])
+    x, _ = _data((10, 10, 3))
+    red = FrontierCache(engine)
+    fast.run(fast.stream(x), [red])
+    cache = red.result()
+    assert [a.shape for a in cache.arrays] == [(N, 10)]
+    # The summary's mean map is the float64 mean of the block's maps (NumPy oracle).
+    maps = keras.Model(model.input, model.get_layer("blk").output).predict(x, verbose=0)
+    np.testing.assert_allclose(cache.summary.mean_map, maps.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-7)
+
+
+def test_groups_and_unlabelled_agree():
+    model, fast, slow = _pair(gmp_logits)
+    x, _ = _data((10, 10, 3))
+    groups = [[0, 1], [2, 5, 9], [3]]
+    for kw in (dict(method="permutation", n_repeats=2, random_state=3), dict(method="ablation")):
+        a = fast.filter_importance(x, block="blk", groups=groups, **kw)
+        b = slow.filter_importance(x, block="blk", groups=groups, **kw)
+        np.testing.assert_allclose(a.importances, b.importances, rtol=1e-5, atol=1e-6)
+        assert a.label_source == b.label_source == "model predictions"
+
+
+def _skip_past_pool():
+    inp = keras.Input((10, 10, 3))
+    h, _ = _backbone(inp)
+    pooled = layers.GlobalAveragePooling2D()(h)
+    side = layers.Flatten()(layers.Conv2D(2, 1)(h))  # the block is read a second time
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(layers.Concatenate()([pooled, side])))
+
+
+def _mid_block():
+    inp = keras.Input((10, 10, 3))
+    h, _ = _backbone(inp)
+    h = layers.Conv2D(4, 3, activation="relu")(h)
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(layers.GlobalAveragePooling2D()(h)))
+
+
+def _pool_then_skip():
+    inp = keras.Input((10, 10, 3))
+    h, _ = _backbone(inp)
+    early = layers.GlobalAveragePooling2D()(layers.Conv2D(3, 1, name="early")(inp))
+    pooled = layers.GlobalAveragePooling2D()(h)  # an earlier tensor crosses the cut after the pooling
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(layers.Concatenate()([pooled, early])))
+
+
+@pytest.mark.parametrize("build", [_skip_past_pool, _mid_block, _pool_then_skip], ids=lambda f: f.__name__)
+def test_no_shortcut_where_it_would_be_wrong(build):
+    keras.utils.set_random_seed(0)
+    ga = GlobalAnalyzer(build(), blocks=["blk"])
+    assert type(ga.engine(ga.block_keys[0])) is TailEngine
+
+
+def test_taylor_uses_the_plain_engine():
+    _, fast, _ = _pair(gap_dropout_dense)
+    x, y = _data((10, 10, 3))
+    imp = fast.filter_importance(x, y, block="blk", method="taylor")
+    assert imp.importances.shape == (10, 1) and np.isfinite(imp.importances).all()
+    assert type(fast.engine(fast.block_keys[0], shortcut=False)) is TailEngine

@@ -41,6 +41,7 @@ _EXPORTS = {
     "LocalExplanation": ".local.results",
     "OutputProbabilities": ".local.probes",
     "ProbeOptions": ".callback",
+    "REPORT_SECTIONS": ".report",
     "Report": ".report",
     "build_report": ".report",
     "linear_cka": ".global_.similarity",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __g
     from .local.results import LayerPredictions as LayerPredictions
     from .local.results import LayerTable as LayerTable
     from .local.results import LocalExplanation as LocalExplanation
+    from .report import REPORT_SECTIONS as REPORT_SECTIONS
     from .report import Report as Report
     from .report import build_report as build_report
 

@@ -11,6 +11,7 @@ analysis (local and global) and assembles the standard report;
 from __future__ import annotations
 
 import base64
+import difflib
 import dataclasses
 import datetime as _dt
 import html
@@ -22,7 +23,11 @@ import re
 import numpy as np
 import pandas as pd
 
-__all__ = ["Report", "Section", "build_report", "DEFINITIONS"]
+__all__ = ["Report", "Section", "build_report", "DEFINITIONS", "REPORT_SECTIONS", "check_sections"]
+
+#: The sections of :func:`build_report`, in report order (``sections=`` picks among them).
+REPORT_SECTIONS = ("blocks", "layers", "explanations", "correlation", "association", "importance", "atlas",
+                   "similarity", "comparison")
 
 _FORMATS = ("png", "pdf", "svg")
 
@@ -488,6 +493,7 @@ def build_report(
     atlas_k=6,
     compare=None,
     compare_blocks=None,
+    sections=None,
 ) -> Report:
     """Runs the full hybrid analysis and assembles the standard report.
 
@@ -534,6 +540,17 @@ def build_report(
         automatic blocks), computed in the same pass (see
         :meth:`GlobalAnalyzer.layer_similarity` with ``other=``). ``compare``
         is read in inference mode and never changed.
+    sections : list of str, optional
+        The sections to compute and show, from :data:`REPORT_SECTIONS`
+        (``"blocks"``, ``"layers"``, ``"explanations"``, ``"correlation"``,
+        ``"association"``, ``"importance"``, ``"atlas"``, ``"similarity"``,
+        ``"comparison"``); None: all that apply. A section left out is not
+        computed at all (no CKA accumulator, no importance cache, no tail
+        passes), so this is also how to make a report cheaper: e.g.
+        ``sections=[s for s in REPORT_SECTIONS if s != "similarity"]``.
+        ``"atlas"`` shows the most important filters and needs
+        ``"importance"``; ``"comparison"`` needs ``compare``. The summary
+        and the health section are always there.
 
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
@@ -544,12 +561,13 @@ def build_report(
     from .global_.analyzer import GlobalAnalyzer
     from .global_.association import AssociationMoments, association_result
     from .global_.atlas import examples_reducer, examples_result
-    from .global_.correlation import correlation_result, filter_correlation_reducer
+    from .global_.correlation import correlation_result, filter_correlation_reducer, warn_dead
     from .global_.importance import check_request, importance_reducer, importance_result
     from .global_.similarity import similarity_reducer, similarity_result
 
     interp.require_fitted()
     model = interp.wrapped_model
+    want = check_sections(sections, compare is not None)
     block = interp.block_names[-1] if block is None else block
     log = print if verbose else (lambda *a, **k: None)
     with _health.collect() as caveats:
@@ -557,33 +575,44 @@ def build_report(
             _health.warn(c.kind, f"When the probes were fitted: {c.message}")
         ga = GlobalAnalyzer(interp, batch_size=batch_size)
         key, block = ga.key(block)
-        engine = ga.engine(key)
-        request = check_request(engine, ga.reader, n_repeats=importance_repeats, random_state=random_state)
+        engine = request = None
+        if "importance" in want:
+            engine = ga.engine(key)
+            request = check_request(engine, ga.reader, n_repeats=importance_repeats, random_state=random_state)
         stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
 
         if controls is None:
             fitted_controls = getattr(interp, "control_states_", None)
             controls = len(fitted_controls[0]) if fitted_controls else 0
-        scores = interp.probe_scores(controls=controls if y is not None else 0, bootstrap=bootstrap,
-                                     random_state=random_state)
+        # The layer table's scores also give the summary's model accuracy: always kept (probe heads only).
+        scores = interp.probe_scores(controls=controls if y is not None and "layers" in want else 0,
+                                     bootstrap=bootstrap if "layers" in want else 0, random_state=random_state)
         moments = _pass.InputMoments()
-        corr_red = filter_correlation_reducer(interp.graph, key, "mean")
-        assoc_red = AssociationMoments(interp.graph, key, "mean", ga.reader, y is not None)
-        imp_red = importance_reducer(engine, request, ga.reader)
-        sim_red = (similarity_reducer(interp.graph, interp.block_keys, "minibatch")
-                   if len(interp.block_names) > 1 else None)
-        cmp_red = cmp_columns = cmp_models = None
-        if compare is not None:
+        reducers = [scores, moments]
+        corr_red = assoc_red = imp_red = sim_red = cmp_red = cmp_columns = cmp_models = atlas_red = None
+        if "correlation" in want:
+            corr_red = filter_correlation_reducer(interp.graph, key, "mean")
+        else:  # the summary's dead filters, by the one definition
+            corr_red = _pass.ChannelRange(key)
+        reducers.append(corr_red)
+        if "association" in want:
+            assoc_red = AssociationMoments(interp.graph, key, "mean", ga.reader, y is not None)
+            reducers.append(assoc_red)
+        if "importance" in want:
+            imp_red = importance_reducer(engine, request, ga.reader)
+            reducers.append(imp_red)
+        if "similarity" in want and len(interp.block_names) > 1:
+            sim_red = similarity_reducer(interp.graph, interp.block_keys, "minibatch")
+            reducers.append(sim_red)
+        if "comparison" in want:
             side, cmp_columns, cmp_models = ga.other_model(compare, compare_blocks)
             cmp_red = similarity_reducer(interp.graph, interp.block_keys, "minibatch", side)
-        n_ex = max(int(examples), 0)
+            reducers.append(cmp_red)
+        n_ex = max(int(examples), 0) if "explanations" in want else 0
         ex_maps = [_pass.Collect(t) for t in interp.explanation_taps(n_ex)] if n_ex else []
         ex_x = _pass.Collect.first("x", n_ex) if n_ex else None
-        reducers = [scores, moments, corr_red, assoc_red, imp_red] + ([sim_red] if sim_red else []) + ex_maps
-        reducers += [ex_x] if ex_x is not None else []
-        reducers += [cmp_red] if cmp_red is not None else []
-        atlas_red = None
-        if int(atlas_filters) > 0:
+        reducers += ex_maps + ([ex_x] if ex_x is not None else [])
+        if int(atlas_filters) > 0 and "atlas" in want:
             atlas_red = examples_reducer(interp.graph, key, block, k=atlas_k)
             channels = interp.graph.tensors[interp.graph.input_keys[0]].shape[-1] or 1
             need = atlas_red.crop_bytes(int(channels))
@@ -594,16 +623,21 @@ def build_report(
                              "lists the samples and boxes; ga.filter_examples(x, block=..., filters=[...]) "
                              "draws the crops of chosen filters.")
             reducers.append(atlas_red)
-        log("  one pass over the data: layer table, explanations, correlation, association, similarity, cache")
+        log(f"  one pass over the data for: {', '.join(s for s in REPORT_SECTIONS if s in want)}")
         info = ga.run(stream, reducers)
         interp.check_drift(moments)
         layers = interp.layer_table(scores, confidence=confidence)
         table = layers.to_frame()
         labelled = info.has_labels
-        corr = correlation_result(corr_red, block, "mean")
-        assoc = association_result(assoc_red, block, list(interp.class_names)) if labelled else None
-        log("  permutation importance: tail passes on the cached activations")
-        imp = importance_result(engine, imp_red, request, ga.reader, y_given=y is not None, block=block)
+        corr = correlation_result(corr_red, block, "mean") if "correlation" in want else None
+        if corr is None:
+            warn_dead(corr_red.dead, block)
+        dead = corr.dead_filters if corr is not None else corr_red.dead
+        assoc = association_result(assoc_red, block, list(interp.class_names)) if labelled and assoc_red else None
+        imp = None
+        if imp_red is not None:
+            log("  permutation importance: tail passes on the cached activations")
+            imp = importance_result(engine, imp_red, request, ga.reader, y_given=y is not None, block=block)
         sim = similarity_result(sim_red, list(interp.block_names)) if sim_red is not None else None
         cmp = (similarity_result(cmp_red, list(interp.block_names), columns=cmp_columns, models=cmp_models)
                if cmp_red is not None else None)
@@ -622,42 +656,54 @@ def build_report(
         "blocks": list(interp.block_names),
         "samples evaluated": int(info.n),
         "model accuracy": float(out_row["accuracy"]) if labelled else "no labels",
-        "deepest probe accuracy" if labelled else "deepest probe agreement":
-            float(table.iloc[-2]["accuracy" if labelled else "agreement"]),
-        **({"deepest probe selectivity": float(layers.selectivity[-2])} if layers.selectivity is not None else {}),
-        "block analysed globally": block,
-        "dead filters in that block": [int(i) for i in corr.dead_filters],
-        "redundancy (mean |r|)": float(corr.redundancy),
-        "top 5 filters by permutation importance": [int(i) for i in imp.ranking[:5]],
-        "filters whose importance is within noise": f"{int(imp.within_noise.sum())} of {len(imp.within_noise)}",
     }
+    if "layers" in want:
+        summary["deepest probe accuracy" if labelled else "deepest probe agreement"] = float(
+            table.iloc[-2]["accuracy" if labelled else "agreement"])
+        if layers.selectivity is not None:
+            summary["deepest probe selectivity"] = float(layers.selectivity[-2])
+    summary["block analysed globally"] = block
+    summary["dead filters in that block"] = [int(i) for i in dead]
+    if corr is not None:
+        summary["redundancy (mean |r|)"] = float(corr.redundancy)
+    if imp is not None:
+        summary["top 5 filters by permutation importance"] = [int(i) for i in imp.ranking[:5]]
+        summary["filters whose importance is within noise"] = f"{int(imp.within_noise.sum())} of {len(imp.within_noise)}"
+    left_out = [s for s in REPORT_SECTIONS if s not in want and (s != "comparison" or compare is not None)]
+    if sections is not None and left_out:
+        summary["sections left out (sections=)"] = left_out
     report = Report(title or f"Hybrid interpretation of {model.name}", summary=summary,
                     model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in caveats])
-    report.add_section("Blocks", text=DEFINITIONS["blocks"], tables=[("Blocks analysed", interp.blocks.to_frame())])
-    report.add_section(
-        "Layer-by-layer predictions",
-        text=DEFINITIONS["layer_table"],
-        figures=[("Probe accuracy and agreement per block, shallow to deep. Where the probe curve meets the model's "
-                  "accuracy, the class is linearly readable from that block on."
-                  + (" Selectivity is the accuracy minus that of control probes trained on permuted labels: "
-                     "near 0, the probe memorises rather than reads the block." if layers.selectivity is not None
-                     else "")
-                  + (f" Error bars: {confidence:.0%} bootstrap intervals over the evaluated samples."
-                     if layers.n_resamples else ""), plotting.plot_layer_accuracy(layers))],
-        tables=[("Layer table", table)],
-    )
+    if "blocks" in want:
+        report.add_section("Blocks", text=DEFINITIONS["blocks"],
+                           tables=[("Blocks analysed", interp.blocks.to_frame())])
+    if "layers" in want:
+        report.add_section(
+            "Layer-by-layer predictions",
+            text=DEFINITIONS["layer_table"],
+            figures=[("Probe accuracy and agreement per block, shallow to deep. Where the probe curve meets the "
+                      "model's accuracy, the class is linearly readable from that block on."
+                      + (" Selectivity is the accuracy minus that of control probes trained on permuted labels: "
+                         "near 0, the probe memorises rather than reads the block." if layers.selectivity is not None
+                         else "")
+                      + (f" Error bars: {confidence:.0%} bootstrap intervals over the evaluated samples."
+                         if layers.n_resamples else ""), plotting.plot_layer_accuracy(layers))],
+            tables=[("Layer table", table)],
+        )
     if explanations:
         figs = [(f"Local explanation of input {i}: what each block's probe predicts, and where in the image the "
                  "evidence for the model's class lies (one colour scale across blocks).",
                  plotting.plot_local_explanation(e)) for i, e in enumerate(explanations)]
         report.add_section("Local explanations", text=DEFINITIONS["local"], figures=figs)
-    report.add_section(
-        f"Filter correlation ({block})",
-        text=DEFINITIONS["correlation"],
-        figures=[("Filter correlation, clustered. Bright blocks along the diagonal are groups of filters that "
-                  "respond together (redundant); hatched rows are dead filters.", plotting.plot_filter_correlation(corr))],
-        tables=[("Dead filters", pd.DataFrame({"filter": np.asarray(corr.dead_filters, dtype=int)}))],
-    )
+    if corr is not None:
+        report.add_section(
+            f"Filter correlation ({block})",
+            text=DEFINITIONS["correlation"],
+            figures=[("Filter correlation, clustered. Bright blocks along the diagonal are groups of filters that "
+                      "respond together (redundant); hatched rows are dead filters.",
+                      plotting.plot_filter_correlation(corr))],
+            tables=[("Dead filters", pd.DataFrame({"filter": np.asarray(corr.dead_filters, dtype=int)}))],
+        )
     if assoc is not None:
         report.add_section(
             f"Filter-class association ({block})",
@@ -667,13 +713,15 @@ def build_report(
                       plotting.plot_filter_class_association(assoc, class_names=list(interp.class_names)))],
             tables=[("Association (long form)", assoc.to_frame())],
         )
-    report.add_section(
-        f"Filter importance ({block})",
-        text=DEFINITIONS["importance"] + importance_notes(interp.graph, key, imp, engine),
-        figures=[("Permutation importance of the most important filters, with the spread over repeats: a bar "
-                  "whose error bar reaches 0 is not distinguishable from noise.", plotting.plot_filter_importance(imp))],
-        tables=[("Importance per filter and repeat", imp.to_frame())],
-    )
+    if imp is not None:
+        report.add_section(
+            f"Filter importance ({block})",
+            text=DEFINITIONS["importance"] + importance_notes(interp.graph, key, imp, engine),
+            figures=[("Permutation importance of the most important filters, with the spread over repeats: a bar "
+                      "whose error bar reaches 0 is not distinguishable from noise.",
+                      plotting.plot_filter_importance(imp))],
+            tables=[("Importance per filter and repeat", imp.to_frame())],
+        )
     if atlas is not None:
         report.add_section(
             f"Filter atlas ({block})",
@@ -688,7 +736,8 @@ def build_report(
             "Layer similarity",
             text=DEFINITIONS["similarity"],
             figures=[("Linear CKA between blocks: 1 means two blocks represent the data the same way up to rotation "
-                      "and scale; a dark band marks where the representation changes.", plotting.plot_layer_similarity(sim))],
+                      "and scale; a dark band marks where the representation changes.",
+                      plotting.plot_layer_similarity(sim))],
             tables=[("CKA", sim.to_frame())],
         )
     if cmp is not None:
@@ -702,3 +751,28 @@ def build_report(
             tables=[("CKA between the two models", cmp.to_frame())],
         )
     return report
+
+
+def check_sections(sections, has_compare: bool) -> set:
+    """The set of sections ``build_report(sections=...)`` computes; a clear error for a bad request."""
+    if sections is None:
+        return set(REPORT_SECTIONS) - (set() if has_compare else {"comparison"})
+    if isinstance(sections, str) or not isinstance(sections, (list, tuple, set, frozenset)):
+        raise TypeError(f"`sections` must be None or a list of section names from {list(REPORT_SECTIONS)}; "
+                        f"received {type(sections).__name__}: {sections!r}.")
+    want = set()
+    for name in sections:
+        if not isinstance(name, str) or name not in REPORT_SECTIONS:
+            close = difflib.get_close_matches(str(name), REPORT_SECTIONS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"`sections` has an unknown section {name!r}; available: {list(REPORT_SECTIONS)}.{hint}")
+        want.add(name)
+    if not want:
+        raise ValueError(f"`sections` is empty; pass None for every section or some of {list(REPORT_SECTIONS)}.")
+    if "atlas" in want and "importance" not in want:
+        raise ValueError("`sections` has 'atlas' without 'importance': the atlas shows the most important filters, "
+                         "so it needs the importance section. Add 'importance', or draw chosen filters with "
+                         "GlobalAnalyzer(interp).filter_examples(x, block=..., filters=[...]).")
+    if "comparison" in want and not has_compare:
+        raise ValueError("`sections` has 'comparison' but `compare` is None: pass the other model as `compare=`.")
+    return want

@@ -243,3 +243,55 @@ def test_report_compares_with_another_model_in_its_one_pass(monkeypatch):
     cka = next(s for s in same.sections if s.title.startswith("Comparison with")).tables[0][2]
     diag = cka[cka["block_i"] == cka["block_j"]]["cka"].to_numpy()
     np.testing.assert_allclose(diag, 1.0, atol=1e-6)
+
+
+def test_sections_restrict_what_is_computed_and_shown(monkeypatch):
+    from keras_hybrid_interp import REPORT_SECTIONS
+    from keras_hybrid_interp.global_ import atlas, importance, similarity
+
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(2)
+    x = (rng.random((100, 16, 16, 1)) * rng.uniform(0.1, 3, (100, 1, 1, 1))).astype(np.float32)  # varied means
+    y = (x[:, :8].mean(axis=(1, 2, 3)) > x[:, 8:].mean(axis=(1, 2, 3))).astype(int) + 2 * (np.arange(100) % 2)
+    m = small_cnn(classes=4)
+    head = m.get_layer("head")
+    k, b = head.get_weights()
+    head.set_weights([50 * k, 0 * b])  # the class follows the features, so permuting a filter changes it
+    interp = HybridInterpreter(m).fit_probes(x[:40], y[:40], verbose=0)
+
+    def refuse(*a, **k):
+        raise AssertionError("a left-out section was computed")
+
+    # Left out: nothing of theirs is computed (no CKA accumulator, no atlas, no importance cache).
+    for mod, name in ((similarity, "similarity_reducer"), (atlas, "examples_reducer"),
+                      (importance, "importance_reducer")):
+        monkeypatch.setattr(mod, name, refuse)
+    r = build_report(interp, x[40:], y[40:], examples=1, sections=["layers", "correlation"])
+    assert [s.title for s in r.sections] == ["Layer-by-layer predictions", "Filter correlation (conv3)"]
+    assert r.summary["sections left out (sections=)"] == ["blocks", "explanations", "association", "importance",
+                                                          "atlas", "similarity"]
+    assert "top 5 filters by permutation importance" not in r.summary
+    monkeypatch.undo()
+
+    # Kept: the importance section equals the method run on its own (same samples, same seed).
+    r = build_report(interp, x[40:], y[40:], block="conv3", importance_repeats=2, random_state=5,
+                     sections=["importance", "atlas"])
+    assert [s.title.split(" (")[0] for s in r.sections] == ["Filter importance", "Filter atlas"]
+    got = next(t for s in r.sections for c, t in ((c, t) for _, c, t in s.tables) if c.startswith("Importance"))
+    alone = GlobalAnalyzer(interp).filter_importance(x[40:], y[40:], block="conv3", n_repeats=2, random_state=5)
+    assert np.abs(alone.importances).max() > 0  # the comparison has something to compare
+    pd.testing.assert_frame_equal(got, alone.to_frame())
+    # Every section by default (no comparison without compare=).
+    assert set(REPORT_SECTIONS) == {"blocks", "layers", "explanations", "correlation", "association",
+                                    "importance", "atlas", "similarity", "comparison"}
+
+    with pytest.raises(ValueError, match="unknown section 'similarty'.*Did you mean 'similarity'"):
+        build_report(interp, x[40:], y[40:], sections=["similarty"])
+    with pytest.raises(TypeError, match="`sections` must be None or a list"):
+        build_report(interp, x[40:], y[40:], sections="layers")
+    with pytest.raises(ValueError, match="'atlas' without 'importance'"):
+        build_report(interp, x[40:], y[40:], sections=["atlas"])
+    with pytest.raises(ValueError, match="`compare` is None"):
+        build_report(interp, x[40:], y[40:], sections=["comparison"])
+    with pytest.raises(ValueError, match="`sections` is empty"):
+        build_report(interp, x[40:], y[40:], sections=[])

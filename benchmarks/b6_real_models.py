@@ -57,6 +57,12 @@ Run:
     python benchmarks/b6_real_models.py --only report,fit_probes   # some rows (predict always runs)
     python benchmarks/b6_real_models.py --only densenet121:report
     python benchmarks/b6_real_models.py --json out.json     # also save the raw per-row records
+    python benchmarks/b6_real_models.py --row-timeout 3600  # give up on a row after an hour
+
+Duration: QUICK=1 about 7 minutes on 2 shared CPU cores (most of it is the 12
+subprocesses starting TensorFlow and building the model); the full run an
+estimated 20-40 minutes on 2 quiet cores (the report rows dominate), with peaks
+of a few GB per row.
 """
 
 import argparse
@@ -321,7 +327,7 @@ def table(model_name, recs):
           "| process peak RSS (GB) | target | met |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in recs:
-        label = LABELS[r["row"]]
+        label = LABELS[r["row"]].replace("max_samples=128", f"max_samples={min(MAX_SAMPLES, r.get('n', MAX_SAMPLES))}")
         if "failed" in r:
             print(f"| {label} | failed: {r['failed']} | | | | | | | | |")
             continue

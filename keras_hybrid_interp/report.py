@@ -2,8 +2,10 @@
 
 A :class:`Report` is a list of sections, each with a title, an explanatory
 text (the definitions of what it shows), figures and tables. Figures are
-rendered to PNG, SVG and PDF when they are added, then closed, so a report
-holds bytes and DataFrames only. :func:`build_report` runs the full hybrid
+released from pyplot when they are added (nothing is left open) and rendered
+to PNG, SVG or PDF the first time a format is needed (:class:`Rendered`):
+the HTML needs PNGs only, so building a report draws nothing and saving it
+as HTML never renders a vector format. :func:`build_report` runs the full hybrid
 analysis (local and global) and assembles the standard report;
 ``keras_hybrid_interp.build_report(interp, x, y)`` is the entry point.
 """
@@ -19,6 +21,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -101,7 +104,7 @@ class Section:
 
     title: str
     text: str = ""
-    figures: list = dataclasses.field(default_factory=list)  # (name, caption, {fmt: bytes})
+    figures: list = dataclasses.field(default_factory=list)  # (name, caption, Rendered: {fmt: bytes})
     tables: list = dataclasses.field(default_factory=list)  # (name, caption, DataFrame)
 
 
@@ -115,17 +118,42 @@ def _slug(text: str, max_len: int = 60) -> str:
     return s
 
 
-def _render(fig, dpi=150) -> dict:
-    """PNG, PDF and SVG bytes of ``fig``; the figure is released from pyplot (it stays drawable)."""
+class Rendered(Mapping):
+    """A figure's bytes per format (PNG, PDF, SVG), each rendered the first time it is read.
+
+    Building a report draws nothing: the HTML reads the PNGs when it is
+    written, :meth:`Report.save_dir` the formats it writes. Rendering is most
+    of a report's fixed cost (about 0.2-2 s per figure and format on a CPU),
+    so a report saved as HTML never pays for the SVG and PDF it does not use.
+    """
+
+    def __init__(self, fig, dpi=150):
+        self._fig = fig
+        self._dpi = dpi
+        self._bytes: dict = {}
+
+    def __getitem__(self, fmt):
+        if fmt not in _FORMATS:
+            raise KeyError(fmt)
+        if fmt not in self._bytes:
+            buf = io.BytesIO()
+            self._fig.savefig(buf, format=fmt, dpi=self._dpi, bbox_inches="tight")
+            self._bytes[fmt] = buf.getvalue()
+        return self._bytes[fmt]
+
+    def __iter__(self):
+        return iter(_FORMATS)
+
+    def __len__(self):
+        return len(_FORMATS)
+
+
+def _render(fig, dpi=150) -> Rendered:
+    """``fig``'s bytes per format, rendered when read; the figure is released from pyplot (it stays drawable)."""
     import matplotlib.pyplot as plt
 
-    out = {}
-    for fmt in _FORMATS:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
-        out[fmt] = buf.getvalue()
     plt.close(fig)
-    return out
+    return Rendered(fig, dpi)
 
 
 #: Tables longer than this are collapsed in the HTML report and cut in the PDF.

@@ -15,7 +15,10 @@ association, similarity, explanations and the importance cache.
 
 A tap may be *limited* to the first ``limit`` samples (the raw maps of a few
 explained inputs): batches that hold none of those samples run a leaner
-side model without it.
+side model without it, and a batch that holds some of them runs the lean
+model on all its samples and the limited taps on those samples only (its
+values then have fewer rows), so a pass never holds a whole batch of raw
+maps of every block.
 
 Labels are converted to class indices here, once, and their consistency
 (every batch labelled, or none) is checked here. Statistics are the
@@ -61,7 +64,8 @@ class Batch:
     """One batch as the reducers see it.
 
     ``values[(key, mode)]`` holds each tap's NumPy array (absent for a
-    limited tap once its samples are past). ``y`` holds class indices (or
+    limited tap once its samples are past; holding only the batch's first
+    samples that the tap's limit covers while they last). ``y`` holds class indices (or
     the raw labels when the pass was given no number of classes), or None.
     ``start`` is the index of the batch's first sample in the stream.
     """
@@ -127,9 +131,11 @@ def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
                 taps[t.ident] = t
     full = list(taps)
     lean = [i for i in full if taps[i].limit is None]
-    horizon = max([taps[i].limit for i in full if taps[i].limit is not None], default=0)
+    limited = [i for i in full if taps[i].limit is not None]
+    horizon = max([taps[i].limit for i in limited], default=0)
     full_model = _side_model(graph, full) if full else None
     lean_model = (_side_model(graph, lean) if lean else None) if horizon else full_model
+    limited_model = None
 
     bar = keras.utils.Progbar(stream.num_batches, verbose=verbose, unit_name="batch") if verbose else None
     n = 0
@@ -144,11 +150,22 @@ def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
             )
         if yb is not None and num_classes is not None:
             yb = to_class_indices(yb, num_classes, argname=stream.label_argname)
-        idents = full if n < horizon or not horizon else lean
-        model = full_model if idents is full else lean_model
+        runs = []  # (model, its taps, the samples of the batch it runs on)
+        if not horizon or n >= horizon:
+            runs.append((lean_model, lean, xb))
+        elif len(xb) <= horizon - n:  # every sample of the batch needs the limited taps
+            runs.append((full_model, full, xb))
+        else:
+            # Only the head of the batch needs the limited taps (raw maps of a few inputs): run them
+            # on those samples alone, so the pass never holds a whole batch of every raw map.
+            if limited_model is None:
+                limited_model = _side_model(graph, limited)
+            runs += [(lean_model, lean, xb), (limited_model, limited, xb[: horizon - n])]
         values = {}
-        if model is not None:
-            for ident, v in zip(idents, _forward(model, xb)):
+        for model, idents, xs in runs:
+            if model is None:
+                continue
+            for ident, v in zip(idents, _forward(model, xs)):
                 v = np.asarray(v)
                 if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
                     nonfinite.add(ident[0])

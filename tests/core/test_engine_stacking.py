@@ -137,8 +137,9 @@ def test_auto_chunked_plan_equals_one_per_pass(calibrate_always, fake_clock):
     loss_auto = ga.filter_importance(x, y, block="res_conv1", n_repeats=2, random_state=5, scoring="loss")
     loss_one = ga.filter_importance(x, y, block="res_conv1", n_repeats=2, random_state=5, scoring="loss",
                                     perturbations_per_eval=1)
-    # Loss sees the last ulp of a different batch size on kernels that are not batch-size invariant.
-    np.testing.assert_allclose(loss_auto.importances, loss_one.importances, rtol=0, atol=1e-6)
+    # Loss sees the last ulps of a different batch size on kernels that are not batch-size invariant:
+    # JAX's XLA:CPU on chunks of 10 against batches of 40 moved these by up to 2e-6 (the head is sharp).
+    np.testing.assert_allclose(loss_auto.importances, loss_one.importances, rtol=0, atol=1e-5)
 
 
 def test_auto_with_the_real_clock_equals_one_per_pass(calibrate_always):

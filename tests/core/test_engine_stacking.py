@@ -202,3 +202,44 @@ def test_small_runs_are_not_calibrated():
     # The memory plan: all 40 samples in one chunk (padded to 48), all 12 jobs stacked (4096 // 48 = 85 fit).
     assert eng.plan(N, 12) == (12, 48)
     assert eng.plan(N, 1) == (1, 40)
+
+
+def test_chunked_passes_in_place_equal_the_buffered_passes_and_leave_the_cache_unchanged():
+    # One perturbation per pass on chunks perturbs the cache's own rows and restores them.
+    # Oracle: the buffered path with the same chunks (taken when the cache is read-only).
+    from keras_hybrid_interp.core import data_pass as _pass
+    from keras_hybrid_interp.core.data import DataStream
+    from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
+
+    x, _ = _data(n=20)
+    ga = GlobalAnalyzer(residual_model())
+    eng = TailEngine(ga.graph, ga.graph.resolve("res_conv1"))  # crossed by the skip from stem_pool
+    red = FrontierCache(eng)
+    _pass.run(eng.graph, DataStream(x, batch_size=8), [red])
+    cache = red.result()
+    assert len(cache.arrays) == 2
+    before = [a.copy() for a in cache.arrays]
+    jobs = [Job(np.array([ch]), "permute", perm=job_permutation(5, ch, 0, 20)) for ch in range(6)]
+    jobs += [Job(np.array([1, 3]), "fill", fill=np.float32(0)), Job(np.array([], dtype=np.int64))]
+    budget = {"memory_budget": eng.per_sample_bytes() * 9}
+    assert eng.plan(20, len(jobs), 1, **budget) == (1, 7)  # chunks of 7, 7 and 6 (padded)
+    got = eng.outputs(cache, jobs, perturbations_per_eval=1, **budget)
+    for a, a0 in zip(cache.arrays, before):
+        np.testing.assert_array_equal(a, a0)
+    for a in cache.arrays:
+        a.flags.writeable = False
+    ref = eng.outputs(cache, jobs, perturbations_per_eval=1, **budget)
+    np.testing.assert_array_equal(got, ref)
+    assert not np.array_equal(got[0], got[-1])  # the permutation changed the outputs
+
+    # A score that raises mid-run leaves the cache as it was too.
+    for a in cache.arrays:
+        a.flags.writeable = True
+
+    def boom(out):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        eng.run(cache, jobs, boom, perturbations_per_eval=1, **budget)
+    for a, a0 in zip(cache.arrays, before):
+        np.testing.assert_array_equal(a, a0)

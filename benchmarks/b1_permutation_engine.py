@@ -33,9 +33,12 @@ Arms, all measured in the same run on each backend:
   per filter and one group for the other filters) for one repeat; it makes ``2 + groups`` full
   forward passes (the layer's activations, the baseline, one per group), counted, so the full run
   is extrapolated as R x (C + 2) forward passes.
-* ``engine, memory plan`` (diagnostic): the engine's tail passes (``TailEngine.run``) on
-  ``K_PLAN`` filters x R with the stacking ``"auto"`` used before calibration (as many
-  perturbations as the 512 MiB budget allows), against the same jobs with the calibrated plan.
+* diagnostics: the engine's time inside tail passes (its ``predict_on_batch`` wrapped with a
+  timer) against the rest; and, alternated in one loop so that the machine's load drifts alike
+  for all, on ``K_PLAN`` filters x R: the engine's tail passes (``TailEngine.run``) with the
+  stacking ``"auto"`` used before calibration (as many perturbations as the 512 MiB budget
+  allows), with the calibrated plan, and bare tail passes of the calibrated shape and of the
+  sweep's best batch size over the same samples.
 
 Targets: engine / bound <= 1.2 on every backend; Captum / engine >= 10 on the same model (torch).
 Checks: the engine's importances equal the naive tail loop's and the full-model loop's (same
@@ -62,8 +65,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 BLOCK, SEED = "s2b2_out", 0
-FULL = dict(N=512, R=5, K_NAIVE=16, K_FULL=2, K_CAPTUM=2, K_PLAN=8, SIZES=[2**k for k in range(3, 13)], ROUNDS=3)
-QUICK = dict(N=64, R=2, K_NAIVE=8, K_FULL=1, K_CAPTUM=1, K_PLAN=2, SIZES=[8, 32, 128], ROUNDS=1)
+FULL = dict(N=512, R=5, K_NAIVE=16, K_FULL=2, K_CAPTUM=2, K_PLAN=2, SIZES=[2**k for k in range(3, 13)],
+            ROUNDS=3, ROUNDS_PAIRED=3)
+QUICK = dict(N=64, R=2, K_NAIVE=8, K_FULL=1, K_CAPTUM=1, K_PLAN=2, SIZES=[8, 32, 128], ROUNDS=1,
+             ROUNDS_PAIRED=1)
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -198,10 +203,26 @@ def child(backend, weights, cfg, quick):
     sweep()
 
     # --- engine, end to end ------------------------------------------------
+    # The engine module's predict_on_batch is wrapped with a timer: the time inside tail passes
+    # (calibration included) splits the end-to-end time from the rest (analyzer, prefix pass,
+    # NumPy perturbation and scoring).
+    real_pob = _engine.predict_on_batch
+    in_tail = [0.0, 0]
+
+    def timed_pob(m, feed):
+        t = time.perf_counter()
+        r_ = real_pob(m, feed)
+        in_tail[0] += time.perf_counter() - t
+        in_tail[1] += 1
+        return r_
+
+    _engine.predict_on_batch = timed_pob
     t0 = time.perf_counter()
     ga = GlobalAnalyzer(model, blocks=[BLOCK])
     res = ga.filter_importance(x, block=BLOCK, n_repeats=R, random_state=SEED, batch_size=128)
     t_engine = time.perf_counter() - t0
+    _engine.predict_on_batch = real_pob
+    out["info"]["engine_in_tail"] = in_tail
     g = ga.graph
     key = g.resolve(BLOCK)
     eng = ga.engine(key)
@@ -228,7 +249,10 @@ def child(backend, weights, cfg, quick):
     out["info"]["bound_B"] = best_B
     print(f"[{backend}] bound {out['rows']['bound']:.1f} s (B = {best_B})", flush=True)
 
-    # --- engine, memory plan vs calibrated plan, same jobs (tail passes only) --
+    # --- paired diagnostics (alternated, so that the machine's load drifts alike for all) --------
+    # The engine's tail passes with the memory plan (the former "auto") and with the calibrated
+    # plan, on the same K_PLAN x R jobs, against bare tail passes of the calibrated shape and of the
+    # sweep's best batch size over the same samples.
     kp = min(cfg["K_PLAN"], C)
     sub = [Job(np.array([ch]), "permute", perm=job_permutation(res.random_state, ch, r, N))
            for ch in range(kp) for r in range(R)]
@@ -241,17 +265,31 @@ def child(backend, weights, cfg, quick):
     def agree(o):
         return float(np.mean(np.argmax(o, axis=1) == own))
 
+    p_c, b_c = plan
+    n_cal_passes = math.ceil(len(sub) / p_c) * math.ceil(N / b_c)
+    n_best_passes = math.ceil(len(sub) * N / best_B)
+    feed_cal = np.concatenate([acts] * math.ceil(p_c * b_c / N), axis=0)[:p_c * b_c]
+    arms = {
+        "memory": lambda: eng.run(cache, sub, agree, perturbations_per_eval=mem_plan[0]),
+        "calibrated": lambda: eng.run(cache, sub, agree),  # "auto": the cached calibrated plan
+        "bare_calibrated": lambda: [tail.predict_on_batch(feed_cal) for _ in range(n_cal_passes)],
+        "bare_best": lambda: [tail.predict_on_batch(feeds[best_B]) for _ in range(n_best_passes)],
+    }
     eng.run(cache, sub[:mem_plan[0]], agree, perturbations_per_eval=mem_plan[0])  # trace that shape
-    t0 = time.perf_counter()
-    s_mem = eng.run(cache, sub, agree, perturbations_per_eval=mem_plan[0])
-    t_mem = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    s_cal = eng.run(cache, sub, agree)  # "auto": the cached calibrated plan
-    t_cal = time.perf_counter() - t0
-    out["rows"]["memory_plan"] = t_mem * C / kp
-    out["rows"]["calibrated_plan"] = t_cal * C / kp
+    tail.predict_on_batch(feed_cal)
+    paired = {k: 0.0 for k in arms}
+    scores = {}
+    for _ in range(cfg["ROUNDS_PAIRED"]):
+        for k, f in arms.items():
+            t0 = time.perf_counter()
+            r_ = f()
+            paired[k] += time.perf_counter() - t0
+            if k in ("memory", "calibrated"):
+                scores[k] = r_
+    out["info"]["paired"] = paired
     out["info"]["memory_plan"] = list(mem_plan)
-    out["info"]["plan_scores_equal"] = bool(np.array_equal(s_mem, s_cal))
+    out["info"]["plan_scores_equal"] = bool(np.array_equal(scores["memory"], scores["calibrated"]))
+    out["info"]["K_PLAN"] = kp
 
     # --- naive tail loop, as a user writes it (K_NAIVE filters, extrapolated) ---
     kn = min(cfg["K_NAIVE"], C)
@@ -385,10 +423,6 @@ def table(results, cfg):
             row(f"Captum {c['version']} `LayerFeaturePermutation` ({c['filters']} filters, 1 repeat, "
                 f"{c['forward_calls']} forwards; extrapolated)", rows["captum"],
                 f"Captum / engine = **{rows['captum'] / eng:.1f}x**")
-        row(f"diagnostic: tail passes, memory plan {info['memory_plan'][0]} x {info['memory_plan'][1]} "
-            f"(extrapolated)", rows["memory_plan"],
-            f"memory / calibrated = {rows['memory_plan'] / rows['calibrated_plan']:.2f}x")
-        row(f"diagnostic: tail passes, calibrated plan {plan} (same jobs)", rows["calibrated_plan"], "")
     print("\n".join(lines))
     print()
     ref = np.asarray(results[0]["probe_outputs"])
@@ -408,6 +442,16 @@ def table(results, cfg):
         print(f"  tail time per sample (us) by batch size: {sweep}")
         print(f"  1-minute load average (2 CPUs) before the sweep / after the engine / at the end: "
               f"{' / '.join(f'{v:.1f}' for v in info['load'])}")
+        t_in, n_in = info["engine_in_tail"]
+        cal_wall = 0.0 if cal is None else cal["wall"]
+        print(f"  engine: {t_in:.1f} s in {n_in} tail passes (calibration's {cal_wall:.1f} s included), "
+              f"{res['rows']['engine'] - t_in:.1f} s outside them (analyzer, prefix pass, NumPy perturbation "
+              f"and scoring); tail passes / bound = {t_in / res['rows']['bound']:.2f}")
+        pr, mp = info["paired"], info["memory_plan"]
+        print(f"  paired, alternated ({info['K_PLAN']} filters x R, {len(pr)} arms): memory plan {mp[0]} x {mp[1]} / "
+              f"calibrated = {pr['memory'] / pr['calibrated']:.2f}; engine passes (calibrated) / bare tail "
+              f"passes of that shape = {pr['calibrated'] / pr['bare_calibrated']:.2f}; bare passes of the "
+              f"calibrated shape / of the best B = {pr['bare_calibrated'] / pr['bare_best']:.2f}")
         print(f"  full-model loop: {1e3 * res['rows']['full_model'] / info['jobs']:.0f} ms per `model.predict` call; "
               f"the same perturbed model through one `predict_on_batch`: {info['full_pob_ms']:.0f} ms")
         if "captum" in info:

@@ -320,12 +320,14 @@ def calibrate_stacking(tail, n: int, n_jobs: int, samples_per_pass: int, arrays=
 
     Times one tail pass of each candidate of :func:`stacking_candidates`
     (a warm-up call, which also traces or compiles the shape, then the
-    fastest of 1 to 5 timed calls, as many as fit in 0.1 s) and estimates the whole run as pass time
-    x ``ceil(n_jobs / p) * ceil(n / b)`` passes. It starts at one
-    perturbation per pass on all samples (``(1, min(n, cap))``), walks down
-    (smaller chunks) while the estimate improves and, if the first step down
-    did not improve it, up (more stacked perturbations) while it improves: the
-    time per sample is assumed to be unimodal in the pass size. It stops
+    fastest of 2 to 5 timed calls, at least 0.1 s of them where that takes
+    no more than 5) and estimates the whole run as pass time x
+    ``ceil(n_jobs / p) * ceil(n / b)`` passes. It starts at one perturbation
+    per pass on all samples (``(1, min(n, cap))``), walks down (smaller
+    chunks) while the estimate improves, tolerating one step that does not
+    (timings on a loaded machine are noisy), and, if no step down improved
+    it, up (more stacked perturbations) the same way: the time per sample is
+    assumed to be roughly unimodal in the pass size. It stops
     trying candidates when the next one would take the calibration past
     ``max_fraction`` of the best run estimate so far. Returns the fastest
     candidate timed. ``max_fraction`` and ``min_chunk`` default to
@@ -349,7 +351,7 @@ def calibrate_stacking(tail, n: int, n_jobs: int, samples_per_pass: int, arrays=
         predict_on_batch(tail, x)
         first = calibration_clock() - t0
         best, total, calls = math.inf, 0.0, 0
-        while calls < 1 or (total < 0.1 and calls < 5):  # a pass of 0.1 s or more is timed once
+        while calls < 2 or (total < 0.1 and calls < 5):
             t0 = calibration_clock()
             predict_on_batch(tail, x)
             dt = calibration_clock() - t0
@@ -368,16 +370,19 @@ def calibrate_stacking(tail, n: int, n_jobs: int, samples_per_pass: int, arrays=
         return (calibration_clock() - start) + cost <= max_fraction * best_run
 
     def walk(path):
-        improved_any = False
+        improved_any, misses = False, 0
         for plan in path:
             if plan in seconds:
                 continue
             if not affordable(plan):
                 break
             best_before = min(seconds.values())
-            if time_plan(plan) >= best_before:
-                break
-            improved_any = True
+            if time_plan(plan) < best_before:
+                improved_any, misses = True, 0
+            else:
+                misses += 1
+                if misses > 1:  # one step that does not improve is tolerated: timings are noisy
+                    break
         return improved_any
 
     time_plan(down[0])

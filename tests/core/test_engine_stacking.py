@@ -53,7 +53,7 @@ def fake_clock(monkeypatch):
 
     The cost per sample is lowest at ``best`` samples per pass (1 + |log2(S / best)|),
     and every pass takes at least 0.1 fake seconds, so calibration times each
-    candidate with one warm-up and one timed call.
+    candidate with one warm-up and two timed calls.
     """
     state = {"t": 0.0, "sizes": [], "best": 192}
     real = _engine.predict_on_batch
@@ -93,13 +93,14 @@ def test_auto_picks_the_fastest_plan_and_reuses_it_for_baseline_and_run(calibrat
     eng = ga.engine(ga.graph.resolve("res_out"))
     (key, cal), = eng.calibrations.items()
     assert key == (N, _engine.DEFAULT_MEMORY_BUDGET)
-    # Down from (1, 40): (1, 20) is dearer; up: 2 and 4 copies of 48 (40 padded) improve, 8 do not.
+    # Down from (1, 40): (1, 20) and (1, 10) are dearer; up: 2 and 4 copies of 48 (40 padded)
+    # improve, 8 and 12 (the job count) do not.
     assert cal.plan == (4, 48)
-    assert list(cal.pass_seconds) == [(1, 40), (1, 20), (2, 48), (4, 48), (8, 48)]
+    assert list(cal.pass_seconds) == [(1, 40), (1, 20), (1, 10), (2, 48), (4, 48), (8, 48), (12, 48)]
     assert cal.n_jobs == n_jobs
     sizes = fake_clock["sizes"]
-    calib = 2 * len(cal.pass_seconds)  # one warm-up and one timed call per candidate
-    assert sizes[:calib] == [40, 40, 20, 20, 96, 96, 192, 192, 384, 384]
+    calib = 3 * len(cal.pass_seconds)  # one warm-up and two timed calls per candidate
+    assert sizes[:calib] == [s for s in [40, 20, 10, 96, 192, 384, 576] for _ in range(3)]
     # Then the baseline (4 unperturbed copies: one pass) and the 12 jobs in groups of 4: one shape.
     assert sizes[calib:] == [192] * (1 + math.ceil(n_jobs / 4))
     assert eng.plan(N, n_jobs) == (4, 48)
@@ -127,7 +128,7 @@ def test_auto_chunked_plan_equals_one_per_pass(calibrate_always, fake_clock):
     eng = ga.engine(ga.graph.resolve("res_conv1"))
     (cal,) = eng.calibrations.values()
     assert cal.plan == (1, 10)
-    calib = 2 * len(cal.pass_seconds)
+    calib = 3 * len(cal.pass_seconds)
     assert set(fake_clock["sizes"][calib:]) == {10}
     assert len(fake_clock["sizes"][calib:]) == 4 * (1 + 6 * 2)  # 4 chunks for the baseline and each job
     one = ga.filter_importance(x, y, block="res_conv1", n_repeats=2, random_state=5, scoring="accuracy",

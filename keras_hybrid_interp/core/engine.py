@@ -9,7 +9,13 @@ perturbation then re-runs only the *tail* (cut -> model output), a
 chunk of samples are stacked along the batch axis, so one forward pass
 evaluates ``perturbations_per_eval`` perturbations. Every forward pass of the
 tail gets the same input shape (short groups and the last chunk are padded
-and the padding discarded), so the tail is traced once.
+and the padding discarded), so the tail is traced once. With
+``perturbations_per_eval="auto"`` a big run first times a few candidate
+stackings (:func:`calibrate_stacking`, once per engine, sample count and
+memory budget) and takes the fastest: a pass of more stacked samples is not
+always cheaper per sample (it can be several times dearer on CPUs, whose
+caches favour small batches). Those calibration passes are the only other
+shapes the tail sees.
 
 The tail computes exactly what the full model computes after the cut (same
 layer objects, same operations, ``training=False``), so an ablation gives
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Callable, Sequence
 
 import keras
@@ -40,8 +47,8 @@ import numpy as np
 
 from .distribute import predict_on_batch
 
-__all__ = ["TailEngine", "TiedTailEngine", "PooledHeadEngine", "MapSummary", "tail_engine", "Job", "FrontierCache", "resolve_entropy", "job_permutation",
-           "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["TailEngine", "TiedTailEngine", "PooledHeadEngine", "MapSummary", "tail_engine", "Job", "FrontierCache",
+           "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET", "Calibration", "calibrate_stacking"]
 
 #: Bytes of activations one stacked tail pass may use (estimate).
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -49,6 +56,21 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 CACHE_WARN_BYTES = 2**30
 #: Upper bound on samples per tail forward pass.
 MAX_SAMPLES_PER_PASS = 4096
+#: ``perturbations_per_eval="auto"`` times candidate stackings only for runs of at
+#: least this many (perturbation x sample) tail evaluations (smaller runs take the
+#: memory plan: timing would cost more than it saves, and JAX compiles once per shape).
+CALIBRATE_MIN_WORK = 2**16
+#: Calibration stops trying candidates once it would exceed this fraction of the
+#: estimated run time (estimated from the fastest candidate timed so far).
+CALIBRATE_MAX_FRACTION = 0.05
+#: Smallest chunk of samples calibration tries.
+CALIBRATE_MIN_CHUNK = 8
+#: With several perturbations stacked, chunks are padded to a multiple of this many
+#: samples (where the memory budget allows), so that every slot of a pass starts at the
+#: same offset modulo the CPU's vector width: TensorFlow's CPU kernels on an AVX2 machine
+#: gave a sample a last-ulp different output in slot 1 of a 2 x 30 pass than in slot 0
+#: (never at multiples of 8), which broke the exact baseline of an unused filter.
+STACK_ALIGN = 16
 
 
 def resolve_entropy(random_state, argname="random_state") -> int:
@@ -158,6 +180,221 @@ def score_jobs(tail, jobs: Sequence[Job], n: int, p: int, b: int, fill, score, p
     return scores
 
 
+def chunk_fill_in_place(key_arr: np.ndarray, others: Sequence[np.ndarray], b: int):
+    """``(fill, undo)`` for :func:`score_jobs` with one job per pass on chunks of ``b`` samples, copy-free.
+
+    Each pass perturbs the cache's own rows of its chunk (``key_arr[s:e]``, the
+    job's channels only, their values saved first) and feeds views of the
+    cache; the next ``fill`` (and ``undo``, which the caller runs at the end,
+    also on error) puts the saved values back, so between passes the cache is
+    unchanged. Only a short last chunk is copied, into a zero-padded buffer.
+    A permutation reads rows of other chunks, which are unperturbed then.
+    """
+    grid = [np.arange(d) for d in key_arr.shape[1:-1]]
+    pad_key = np.zeros((b,) + key_arr.shape[1:], dtype=key_arr.dtype)
+    pad_others = [np.zeros((b,) + a.shape[1:], dtype=a.dtype) for a in others]
+    saved = []
+
+    def undo():
+        while saved:
+            s, e, ch, orig = saved.pop()
+            key_arr[s:e, ..., ch] = orig
+
+    def fill(g0, group, perms, s, e):
+        undo()
+        (job,), (perm,) = group, perms
+        ch = job.channels
+        if job.kind in ("permute", "fill"):
+            rows = key_arr[s:e]
+            orig = rows[..., ch]  # advanced indexing: a copy
+            rows[..., ch] = key_arr[np.ix_(perm[s:e], *grid, ch)] if job.kind == "permute" else job.fill
+            saved.append((s, e, ch, orig))
+        elif job.kind != "none":  # pragma: no cover - internal
+            raise ValueError(job.kind)
+        m = e - s
+        if m == b:
+            return [key_arr[s:e]] + [a[s:e] for a in others]
+        pad_key[:m] = key_arr[s:e]
+        for pb, a in zip(pad_others, others):
+            pb[:m] = a[s:e]
+        return [pad_key] + pad_others
+
+    return fill, undo
+
+
+#: The timer of :func:`calibrate_stacking` (a module attribute so that tests can replace it).
+calibration_clock = time.perf_counter
+
+
+@dataclasses.dataclass
+class Calibration:
+    """What ``perturbations_per_eval="auto"`` measured for one (n, memory budget) of an engine.
+
+    Attributes
+    ----------
+    plan : (int, int)
+        The chosen (perturbations per pass ``p``, samples per chunk ``b``).
+    seconds : dict
+        ``{(p, b): estimated seconds of the whole run}`` for every candidate timed:
+        the fastest pass of the candidate times its passes per run,
+        ``ceil(n_jobs / p) * ceil(n / b)``.
+    pass_seconds : dict
+        ``{(p, b): seconds of one tail pass}`` (the fastest timed call after a warm-up call).
+    wall : float
+        Seconds spent calibrating (warm-ups included).
+    n_jobs : int
+        The job count of the run that calibrated.
+    """
+
+    plan: tuple
+    seconds: dict
+    pass_seconds: dict
+    wall: float
+    n_jobs: int
+
+
+def balanced_chunk(n: int, b: int) -> int:
+    """Samples per chunk when ``n`` samples go in chunks of at most ``b``, balanced so that padding wastes little."""
+    n_chunks = math.ceil(n / b)
+    return math.ceil(n / n_chunks)
+
+
+def stacked_chunk(b: int, p: int, samples_per_pass: int) -> int:
+    """``b`` rounded up to a multiple of ``STACK_ALIGN`` when ``p > 1`` copies of it still fit in a pass."""
+    if p <= 1:
+        return b
+    a = math.ceil(b / STACK_ALIGN) * STACK_ALIGN
+    return a if p * a <= samples_per_pass else b
+
+
+def stacking_candidates(n: int, n_jobs: int, samples_per_pass: int, min_chunk: int | None = None):
+    """The (p, b) plans calibration may try, as two lists that start from ``(1, min(n, samples_per_pass))``.
+
+    ``up``: ``p`` = 1, 2, 4, ... perturbations stacked on chunks of
+    ``b = min(n, samples_per_pass)`` samples (padded by :func:`stacked_chunk`
+    when ``p > 1``), up to the memory cap ``min(n_jobs, samples_per_pass // b)``
+    (the cap itself included).
+    ``down``: one perturbation per pass on chunks of ``b/2, b/4, ...``
+    samples (balanced by :func:`balanced_chunk`), down to ``min_chunk``
+    (default ``CALIBRATE_MIN_CHUNK``).
+    """
+    min_chunk = CALIBRATE_MIN_CHUNK if min_chunk is None else min_chunk
+    b_max = balanced_chunk(n, max(1, min(n, samples_per_pass)))
+    b_stack = stacked_chunk(b_max, 2, samples_per_pass)
+    p_cap = max(1, min(n_jobs, samples_per_pass // b_stack))
+    up, p = [(1, b_max)], 2
+    while p < p_cap:
+        up.append((p, b_stack))
+        p *= 2
+    if p_cap > 1:
+        up.append((p_cap, b_stack))
+    down, s = [], b_max // 2
+    while s >= max(1, min_chunk):
+        cand = (1, balanced_chunk(n, s))
+        if cand not in down and cand[1] < b_max:
+            down.append(cand)
+        s //= 2
+    return up, [up[0]] + down
+
+
+def calibration_feed(tail, arrays, samples: int) -> list:
+    """A feed of ``samples`` rows for every input of ``tail``.
+
+    Input ``i < len(arrays)`` repeats the rows of ``arrays[i]`` (the cached
+    activations, so the timing sees real values); the other inputs, and all of
+    them when ``arrays`` is empty, are zeros of the input's shape and dtype
+    (for a tied tail: masks off).
+    """
+    feed = []
+    for i, t in enumerate(tail.inputs):
+        shape = (samples,) + tuple(int(d) for d in t.shape[1:])
+        if i < len(arrays) and tuple(arrays[i].shape[1:]) == shape[1:] and len(arrays[i]):
+            a = arrays[i]
+            reps = math.ceil(samples / len(a))
+            feed.append(np.concatenate([a] * reps, axis=0)[:samples] if reps > 1 else np.ascontiguousarray(a[:samples]))
+        else:
+            feed.append(np.zeros(shape, dtype=keras.backend.standardize_dtype(t.dtype)))
+    return feed
+
+
+def calibrate_stacking(tail, n: int, n_jobs: int, samples_per_pass: int, arrays=(),
+                       max_fraction: float | None = None, min_chunk: int | None = None) -> Calibration:
+    """Chooses the stacking of a run by measured throughput (``perturbations_per_eval="auto"``).
+
+    Times one tail pass of each candidate of :func:`stacking_candidates`
+    (a warm-up call, which also traces or compiles the shape, then the
+    fastest of 2 to 5 timed calls, at least 0.1 s of them where that takes
+    no more than 5) and estimates the whole run as pass time x
+    ``ceil(n_jobs / p) * ceil(n / b)`` passes. It starts at one perturbation
+    per pass on all samples (``(1, min(n, cap))``), walks down (smaller
+    chunks) while the estimate improves, tolerating one step that does not
+    (timings on a loaded machine are noisy), and, if no step down improved
+    it, up (more stacked perturbations) the same way: the time per sample is
+    assumed to be roughly unimodal in the pass size. It stops
+    trying candidates when the next one would take the calibration past
+    ``max_fraction`` of the best run estimate so far. Returns the fastest
+    candidate timed. ``max_fraction`` and ``min_chunk`` default to
+    ``CALIBRATE_MAX_FRACTION`` and ``CALIBRATE_MIN_CHUNK``.
+    """
+    max_fraction = CALIBRATE_MAX_FRACTION if max_fraction is None else max_fraction
+    up, down = stacking_candidates(n, n_jobs, samples_per_pass, min_chunk)
+    start = calibration_clock()
+    seconds, pass_seconds = {}, {}
+    overhead = [0.0]  # warm-up minus steady pass time of the last candidate: the compile cost of a shape
+
+    def passes(plan):
+        p, b = plan
+        return math.ceil(n_jobs / p) * math.ceil(n / b)
+
+    def time_plan(plan):
+        p, b = plan
+        feed = calibration_feed(tail, arrays, p * b)
+        x = feed if len(feed) > 1 else feed[0]
+        t0 = calibration_clock()
+        predict_on_batch(tail, x)
+        first = calibration_clock() - t0
+        best, total, calls = math.inf, 0.0, 0
+        while calls < 2 or (total < 0.1 and calls < 5):
+            t0 = calibration_clock()
+            predict_on_batch(tail, x)
+            dt = calibration_clock() - t0
+            best, total, calls = min(best, dt), total + dt, calls + 1
+        overhead[0] = max(0.0, first - best)
+        pass_seconds[plan] = best
+        seconds[plan] = best * passes(plan)
+        return seconds[plan]
+
+    def affordable(plan):
+        if not seconds:
+            return True
+        best_run = min(seconds.values())
+        per_sample = min(pass_seconds[q] / (q[0] * q[1]) for q in pass_seconds)
+        cost = overhead[0] + 3 * per_sample * plan[0] * plan[1]
+        return (calibration_clock() - start) + cost <= max_fraction * best_run
+
+    def walk(path):
+        improved_any, misses = False, 0
+        for plan in path:
+            if plan in seconds:
+                continue
+            if not affordable(plan):
+                break
+            best_before = min(seconds.values())
+            if time_plan(plan) < best_before:
+                improved_any, misses = True, 0
+            else:
+                misses += 1
+                if misses > 1:  # one step that does not improve is tolerated: timings are noisy
+                    break
+        return improved_any
+
+    time_plan(down[0])
+    if not walk(down[1:]):
+        walk(up[1:])
+    best = min(seconds, key=seconds.get)
+    return Calibration(best, seconds, pass_seconds, calibration_clock() - start, int(n_jobs))
+
+
 class TailEngine:
     """Prefix/tail split of a model at tensor ``key`` of a :class:`ModelGraph`.
 
@@ -166,6 +403,12 @@ class TailEngine:
     graph : ModelGraph
     key : int
         Tensor key of the perturbed layer output (a feature map of rank 3, 4 or 5, channels last).
+
+    Attributes
+    ----------
+    calibrations : dict
+        ``{(n, memory_budget): Calibration}``: the stackings ``perturbations_per_eval="auto"``
+        measured and chose (:meth:`plan`); empty until a run is big enough to calibrate.
     """
 
     #: Whether the cache holds the block's own maps (else only what the shortcut needs: see
@@ -214,8 +457,32 @@ class TailEngine:
         return total
 
     # ------------------------------------------------------------------
-    def plan(self, n: int, n_jobs: int, perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
-        """Returns (jobs per pass P, samples per chunk b)."""
+    def plan(self, n: int, n_jobs: int, perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET, *,
+             cache: Cache | None = None):
+        """Returns (jobs per pass P, samples per chunk b).
+
+        Every pass holds at most ``memory_budget / per_sample_bytes()`` samples
+        (and at most ``MAX_SAMPLES_PER_PASS``). An int ``perturbations_per_eval``
+        stacks that many jobs on chunks of as many samples as then fit.
+
+        ``"auto"`` chooses by measured throughput when the run is big enough to
+        pay for measuring: if ``n_jobs * n >= CALIBRATE_MIN_WORK`` and there is
+        more than one candidate, :func:`calibrate_stacking` times one tail pass
+        of candidate plans (1, 2, 4, ... perturbations stacked on all samples,
+        up to the memory cap; or one perturbation on smaller chunks, down to
+        ``CALIBRATE_MIN_CHUNK`` samples), spending at most
+        ``CALIBRATE_MAX_FRACTION`` of the estimated run time, and keeps the
+        fastest. The choice is cached on the engine (:attr:`calibrations`) under
+        ``(n, memory_budget)``: later calls with the same ``n`` and budget reuse
+        it (with ``P`` capped at their ``n_jobs``), so that the baseline and the
+        perturbations of one run (:meth:`baseline_outputs`, :meth:`run`) get
+        passes of one shape. Smaller runs take the memory plan: all samples in
+        one chunk (if they fit) and as many perturbations stacked as fit.
+        Stacked chunks are padded to a multiple of ``STACK_ALIGN`` samples
+        where the budget allows (:func:`stacked_chunk`).
+        Stacking never changes which outputs a job gets, only the batch shape.
+        ``cache`` supplies real activations for the timing (else zeros).
+        """
         per = self.per_sample_bytes()
         samples_per_pass = int(max(1, min(MAX_SAMPLES_PER_PASS, memory_budget // per)))
         if isinstance(perturbations_per_eval, str):
@@ -223,8 +490,27 @@ class TailEngine:
                 raise ValueError(
                     f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}."
                 )
-            b = min(n, samples_per_pass)
+            calibrations = getattr(self, "calibrations", None)
+            if calibrations is None:
+                calibrations = self.calibrations = {}
+            known = calibrations.get((int(n), int(memory_budget)))
+            if known is not None:
+                p, b = known.plan
+                return max(1, min(p, int(n_jobs))), b
+            if n_jobs * n >= CALIBRATE_MIN_WORK:
+                up, down = stacking_candidates(n, n_jobs, samples_per_pass)
+                if len(set(up + down)) > 1:
+                    arrays = () if cache is None else cache.arrays[:len(self.frontier)]
+                    cal = calibrate_stacking(self.tail, n, n_jobs, samples_per_pass, arrays)
+                    calibrations[(int(n), int(memory_budget))] = cal
+                    return cal.plan
+            b = balanced_chunk(n, min(n, samples_per_pass))
             p = max(1, min(n_jobs, samples_per_pass // b))
+            if p > 1:
+                a = stacked_chunk(b, 2, samples_per_pass)
+                if min(p, samples_per_pass // a) > 1:
+                    p, b = min(p, samples_per_pass // a), a
+            return p, b
         else:
             if (
                 isinstance(perturbations_per_eval, bool)
@@ -235,11 +521,9 @@ class TailEngine:
                     f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}."
                 )
             p = int(min(perturbations_per_eval, max(n_jobs, 1)))
-            b = min(n, max(1, samples_per_pass // p))
-        # Balance the chunks so that padding the last one wastes little.
-        n_chunks = math.ceil(n / b)
-        b = math.ceil(n / n_chunks)
-        return p, b
+            # Balanced chunks, so that padding the last one wastes little; aligned slots.
+            b = balanced_chunk(n, min(n, max(1, samples_per_pass // p)))
+            return p, stacked_chunk(b, p, samples_per_pass)
 
     def run(
         self,
@@ -256,10 +540,18 @@ class TailEngine:
         job, shape ``(n, *output_shape)``, in sample order.
         """
         n = cache.n
-        p, b = self.plan(n, len(jobs), perturbations_per_eval, memory_budget)
+        p, b = self.plan(n, len(jobs), perturbations_per_eval, memory_budget, cache=cache)
         key_arr = cache.arrays[0]
         others = cache.arrays[1:]
         single_chunk = math.ceil(n / b) == 1
+        if p == 1 and not single_chunk and all(a.flags.writeable for a in cache.arrays):
+            # One perturbation per pass on chunks: perturb the cache's rows in place and feed views
+            # (a copy of every chunk into a buffer cost 3 % of a run on the B1 model, TensorFlow).
+            fill, undo = chunk_fill_in_place(key_arr, others, b)
+            try:
+                return score_jobs(self.tail, jobs, n, p, b, fill, score, progress)
+            finally:
+                undo()
         # Fixed-shape buffers: (p, b, ...) for every frontier tensor.
         buf_key = np.empty((p, b) + key_arr.shape[1:], dtype=key_arr.dtype)
         buf_others = [np.empty((p, b) + a.shape[1:], dtype=a.dtype) for a in others]
@@ -312,9 +604,11 @@ class TailEngine:
         ignores, a dead filter permuted) then gives exactly the baseline, even on
         kernels that are not batch-size invariant.
         """
-        p, _ = self.plan(cache.n, max(int(n_jobs), 1), perturbations_per_eval, memory_budget)
+        p, _ = self.plan(cache.n, max(int(n_jobs), 1), perturbations_per_eval, memory_budget, cache=cache)
         none = Job(np.array([], dtype=np.int64))
-        return self.outputs(cache, [none] * p, perturbations_per_eval=p, memory_budget=memory_budget)[0]
+        # "auto" stays "auto": the plan it chose is cached under (n, budget), chunk size included.
+        ppe = perturbations_per_eval if isinstance(perturbations_per_eval, str) else p
+        return self.outputs(cache, [none] * p, perturbations_per_eval=ppe, memory_budget=memory_budget)[0]
 
     def outputs(self, cache: Cache, jobs: Sequence[Job], perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
         """Tail outputs for every job, shape (len(jobs), n, *output_shape). For tests and small runs."""
@@ -433,7 +727,7 @@ class TiedTailEngine(TailEngine):
         ``{tensor key: fill}``.
         """
         n = cache.n
-        p, b = self.plan(n, len(jobs), perturbations_per_eval, memory_budget)
+        p, b = self.plan(n, len(jobs), perturbations_per_eval, memory_budget, cache=cache)
         arrays = dict(zip(self.cache_keys, cache.arrays))
         front = [arrays[k] for k in self.frontier]
         members = [arrays[k] for k in self.edited]

@@ -291,8 +291,16 @@ class GlobalAnalyzer:
             samples: ``max_samples x H x W x C`` numbers. None: all samples (a
             warning is emitted above 1 GiB).
         perturbations_per_eval : "auto" or int
-            Perturbed copies per forward pass ("auto": as many as a 512 MiB
-            activation budget allows). Does not change the result.
+            Perturbed copies per forward pass of the tail. "auto": for a run of
+            at least ``CALIBRATE_MIN_WORK`` (65,536) perturbation x sample
+            evaluations, chosen by measured throughput: one pass of each of a
+            few candidates is timed (1, 2, 4, ... copies of all samples up to a
+            512 MiB activation budget, or one copy on smaller chunks of samples),
+            for at most 5 % of the estimated run time, and the fastest kept for
+            the baseline and every perturbation (cached per analyzer, block and
+            sample count; :meth:`TailEngine.plan <keras_hybrid_interp.core.engine.TailEngine.plan>`).
+            Smaller runs stack as many copies as the budget allows. Does not
+            change which perturbations are made, only the batch shape.
         taylor : {"molchanov", "abs_mean", "abs_per_sample"}
             The estimator of ``method="taylor"``, with ``z_n = sum_hw a *
             dL_n/da`` per sample: "abs_per_sample" (default) ``mean_n |z_n|``;

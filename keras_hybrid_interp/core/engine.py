@@ -73,6 +73,15 @@ CALIBRATE_MIN_CHUNK = 8
 STACK_ALIGN = 16
 
 
+def check_single_output(graph) -> None:
+    """The engines perturb towards one output: a clear error for a multi-output model."""
+    if len(graph.output_keys) != 1:
+        raise ValueError(
+            f"Filter importance needs a single-output model; model {graph.model.name!r} has "
+            f"{len(graph.output_keys)} outputs."
+        )
+
+
 def resolve_entropy(random_state, argname="random_state") -> int:
     """Integer entropy for :class:`numpy.random.SeedSequence` from ``random_state``.
 
@@ -419,11 +428,7 @@ class TailEngine:
         self.graph = graph
         self.key = key
         self.cut = key  # where the tail starts
-        if len(graph.output_keys) != 1:
-            raise ValueError(
-                f"Filter importance needs a single-output model; model {graph.model.name!r} has "
-                f"{len(graph.output_keys)} outputs."
-            )
+        check_single_output(graph)
         self.frontier = graph.frontier(key)
         self.tail = graph.build(graph.output_keys, inputs=self.frontier, name="khi_tail")
         self.shape = tuple(graph.tensors[key].shape[1:])
@@ -670,11 +675,7 @@ class TiedTailEngine(TailEngine):
     def __init__(self, graph, key: int, tied):
         self.graph = graph
         self.key = key
-        if len(graph.output_keys) != 1:
-            raise ValueError(
-                f"Filter importance needs a single-output model; model {graph.model.name!r} has "
-                f"{len(graph.output_keys)} outputs."
-            )
+        check_single_output(graph)
         self.tied = sorted(int(k) for k in tied)
         if key not in self.tied:
             raise ValueError("`tied` must contain `key`.")  # internal
@@ -960,11 +961,7 @@ class PooledHeadEngine(TailEngine):
     def __init__(self, graph, key: int, pooled: int, reduce: str):
         self.graph = graph
         self.key = key
-        if len(graph.output_keys) != 1:
-            raise ValueError(
-                f"Filter importance needs a single-output model; model {graph.model.name!r} has "
-                f"{len(graph.output_keys)} outputs."
-            )
+        check_single_output(graph)
         if reduce not in ("avg", "max"):  # pragma: no cover - internal
             raise ValueError(reduce)
         self.pooled = pooled

@@ -101,9 +101,14 @@ def test_package_root_is_lazy_and_exports_every_name():
 
 def test_every_public_name_resolves_and_unknown_names_raise():
     assert keras_hybrid_interp.__all__ == list(keras_hybrid_interp._EXPORTS)
+    import importlib
+
     for name, module in keras_hybrid_interp._EXPORTS.items():
         obj = getattr(keras_hybrid_interp, name)
-        assert obj.__module__ == f"keras_hybrid_interp{module}", name
+        home = importlib.import_module(f"keras_hybrid_interp{module}")
+        assert getattr(home, name) is obj, name  # the root hands out the object of the module the map names
+        if isinstance(obj, type) or callable(obj):  # classes and functions are defined there, too
+            assert obj.__module__ == f"keras_hybrid_interp{module}", name
     from keras_hybrid_interp import HybridInterpreter, Report, linear_cka  # noqa: F401
 
     with pytest.raises(AttributeError, match="no attribute 'NotAName'"):

@@ -269,11 +269,20 @@ def balanced_chunk(n: int, b: int) -> int:
 
 
 def stacked_chunk(b: int, p: int, samples_per_pass: int) -> int:
-    """``b`` rounded up to a multiple of ``STACK_ALIGN`` when ``p > 1`` copies of it still fit in a pass."""
+    """The chunk of ``p > 1`` stacked slots: ``b`` rounded up to a multiple of ``STACK_ALIGN``.
+
+    When ``p`` copies of ``b`` fit in a pass but ``p`` rounded-up copies do not,
+    the largest multiple of ``STACK_ALIGN`` that fits instead (every slot must
+    start aligned: an unaligned offset changed the sums of some CPU kernels).
+    ``b`` itself when ``p`` is 1, or when not even ``p`` copies of ``b`` fit.
+    """
     if p <= 1:
         return b
     a = math.ceil(b / STACK_ALIGN) * STACK_ALIGN
-    return a if p * a <= samples_per_pass else b
+    if p * a <= samples_per_pass:
+        return a
+    cap = (samples_per_pass // p) // STACK_ALIGN * STACK_ALIGN
+    return cap if p * b <= samples_per_pass and cap >= STACK_ALIGN else b
 
 
 def stacking_candidates(n: int, n_jobs: int, samples_per_pass: int, min_chunk: int | None = None):
@@ -306,8 +315,20 @@ def stacking_candidates(n: int, n_jobs: int, samples_per_pass: int, min_chunk: i
     return up, [up[0]] + down
 
 
+def _fits(t, a) -> bool:
+    """Whether array ``a`` (non-empty) can feed tail input ``t`` (free dimensions match anything)."""
+    return len(a) > 0 and len(a.shape) == len(t.shape) and all(
+        d is None or int(d) == m for d, m in zip(t.shape[1:], a.shape[1:]))
+
+
+def can_calibrate(tail, arrays) -> bool:
+    """Whether :func:`calibration_feed` can feed ``tail``: each input has a cached array or a static shape."""
+    return all((i < len(arrays) and _fits(t, arrays[i])) or None not in tuple(t.shape[1:])
+               for i, t in enumerate(tail.inputs))
+
+
 def calibration_feed(tail, arrays, samples: int) -> list:
-    """A feed of ``samples`` rows for every input of ``tail``.
+    """A feed of ``samples`` rows for every input of ``tail`` (see :func:`can_calibrate`).
 
     Input ``i < len(arrays)`` repeats the rows of ``arrays[i]`` (the cached
     activations, so the timing sees real values); the other inputs, and all of
@@ -316,12 +337,12 @@ def calibration_feed(tail, arrays, samples: int) -> list:
     """
     feed = []
     for i, t in enumerate(tail.inputs):
-        shape = (samples,) + tuple(int(d) for d in t.shape[1:])
-        if i < len(arrays) and tuple(arrays[i].shape[1:]) == shape[1:] and len(arrays[i]):
+        if i < len(arrays) and _fits(t, arrays[i]):
             a = arrays[i]
             reps = math.ceil(samples / len(a))
             feed.append(np.concatenate([a] * reps, axis=0)[:samples] if reps > 1 else np.ascontiguousarray(a[:samples]))
         else:
+            shape = (samples,) + tuple(int(d) for d in t.shape[1:])
             feed.append(np.zeros(shape, dtype=keras.backend.standardize_dtype(t.dtype)))
     return feed
 
@@ -502,10 +523,10 @@ class TailEngine:
             if known is not None:
                 p, b = known.plan
                 return max(1, min(p, int(n_jobs))), b
-            if n_jobs * n >= CALIBRATE_MIN_WORK:
+            arrays = () if cache is None else cache.arrays[:len(self.frontier)]
+            if n_jobs * n >= CALIBRATE_MIN_WORK and can_calibrate(self.tail, arrays):
                 up, down = stacking_candidates(n, n_jobs, samples_per_pass)
                 if len(set(up + down)) > 1:
-                    arrays = () if cache is None else cache.arrays[:len(self.frontier)]
                     cal = calibrate_stacking(self.tail, n, n_jobs, samples_per_pass, arrays)
                     calibrations[(int(n), int(memory_budget))] = cal
                     return cal.plan
@@ -975,15 +996,36 @@ class PooledHeadEngine(TailEngine):
         self._grad_fn = None
 
     def pooled_job(self, job: Job) -> Job:
-        """``job`` on the maps, as the same perturbation of the pooled features."""
+        """``job`` on the maps, as the same perturbation of the pooled features.
+
+        A fill of scalar or per-channel shape (``()`` or ``(k,)``) is a constant map, whose
+        average and maximum are that constant; a fill map (``spatial... x k``, of any spatial
+        shape: the block's may be free) pools to its mean or maximum over the positions.
+        """
         if job.kind != "fill":
             return job
-        spatial = self.shape[:-1]
         k = len(job.channels)
-        fill = np.broadcast_to(np.asarray(job.fill, dtype=np.float64), spatial + (k,))
-        axes = tuple(range(len(spatial)))
-        value = fill.mean(axis=axes) if self.reduce == "avg" else fill.max(axis=axes)
+        fill = np.asarray(job.fill, dtype=np.float64)
+        if fill.ndim <= 1:
+            value = np.broadcast_to(fill, (k,))
+        else:
+            flat = fill.reshape(-1, k)
+            value = flat.mean(axis=0) if self.reduce == "avg" else flat.max(axis=0)
         return Job(job.channels, "fill", fill=value)  # cast to the cache dtype where it is written
+
+    def mean_fill(self, cache: Cache, channels) -> np.ndarray:
+        """The fill of mean ablation of ``channels``: the mean map, as this engine perturbs it.
+
+        Under an average pooling the mean map pools to the mean over samples of the pooled
+        features, taken here from the cache (float64, cast to its dtype): a channel whose pooled
+        value is the same on every sample (a dead filter) is then filled with exactly that value,
+        and its importance is exactly 0, as with :class:`TailEngine`. Under a maximum the mean
+        map's maximum is not the mean of the maxima: the float64 mean map of the pass.
+        """
+        if self.reduce == "avg":
+            pooled = cache.arrays[0].reshape(cache.n, -1)[:, channels]
+            return np.mean(pooled, axis=0, dtype=np.float64).astype(cache.arrays[0].dtype)
+        return cache.summary.mean_map[..., channels]
 
     def run(self, cache: Cache, jobs: Sequence[Job], score: Callable[[np.ndarray], float],
             perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET, progress=None) -> np.ndarray:

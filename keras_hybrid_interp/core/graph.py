@@ -280,6 +280,23 @@ def _check_analysable(model, argname="model"):
         )
 
 
+#: Keras' own global pooling layers, and how each reduces (subclasses are not trusted to reduce alike).
+_GLOBAL_POOL_REDUCE = {
+    keras.layers.GlobalAveragePooling1D: "avg", keras.layers.GlobalAveragePooling2D: "avg",
+    keras.layers.GlobalAveragePooling3D: "avg", keras.layers.GlobalMaxPooling1D: "max",
+    keras.layers.GlobalMaxPooling2D: "max", keras.layers.GlobalMaxPooling3D: "max",
+}
+
+
+def _keras_mask(tensor):
+    """The Keras mask a symbolic tensor carries (``Embedding(mask_zero=True)`` downstream), or None."""
+    try:
+        from keras.src.backend import get_keras_mask
+    except ImportError:  # older Keras 3
+        return getattr(tensor, "_keras_mask", None)
+    return get_keras_mask(tensor)
+
+
 class ModelGraph:
     """Flattened, replayable graph of a Keras 3 model.
 
@@ -494,11 +511,6 @@ class ModelGraph:
     def layer_names(self) -> list[str]:
         """Addressable tensor names in graph order (nested ones as ``outer/inner``)."""
         return [t.name for t in self.tensors if t.producer is not None]
-
-    def names_with_rank(self, rank: int) -> list[str]:
-        return [
-            t.name for t in self.tensors if t.producer is not None and len(t.shape) == rank
-        ]
 
     def feature_map_names(self) -> list[str]:
         """Names of the tensors that are feature maps (rank 3, 4 or 5; see :func:`is_feature_map`)."""
@@ -881,34 +893,40 @@ class ModelGraph:
     def global_pool_after(self, key: int) -> tuple[int, str] | None:
         """``(pooled key, "avg" | "max")`` when tensor ``key`` is read only through one global pooling.
 
-        That is: ``key`` is not a model output, exactly one operation
-        consumes it, that operation pools over every spatial axis
-        (:meth:`is_global_pool`: a ``GlobalAveragePooling``/``GlobalMaxPooling``
-        layer, or ``keras.ops.mean``/``max`` over the spatial axes, with or
-        without ``keepdims``), and nothing computed before the pooled tensor
-        is read after it (its :meth:`frontier` is the pooled tensor alone).
-        Channel ``c`` of the pooled tensor then depends on channel ``c`` of
-        ``key`` alone, so the model output after ``key`` is a function of
-        the pooled features. None otherwise.
+        That is: ``key`` is not a model output and carries no Keras mask,
+        exactly one operation consumes it, that operation is one of Keras'
+        own ``GlobalAveragePooling1D/2D/3D`` or ``GlobalMaxPooling1D/2D/3D``
+        layers (``channels_last``; a subclass may pool otherwise and is not
+        trusted) or ``keras.ops.mean``/``max`` over exactly the spatial axes
+        (with or without ``keepdims``; not over the batch axis), and nothing
+        computed before the pooled tensor is read after it (its
+        :meth:`frontier` is the pooled tensor alone). Channel ``c`` of the
+        pooled tensor then depends on channel ``c`` of ``key`` alone, so the
+        model output after ``key`` is a function of the pooled features.
+        None otherwise.
         """
-        if key in self.output_keys:
+        if key in self.output_keys or _keras_mask(self._symbolic[key]) is not None:
             return None
         users = [o for o in self.ops if key in o.inputs]
         if len(users) != 1 or len(users[0].outputs) != 1 or users[0].inputs != [key]:
             return None
         o = users[0]
-        if not self.is_global_pool(o):
-            return None
         op = o.op
-        if isinstance(op, BaseGlobalPooling):
+        rank = len(self.tensors[key].shape)
+        if type(op) in _GLOBAL_POOL_REDUCE:
             if getattr(op, "data_format", "channels_last") != "channels_last":
                 return None
-            reduce = "max" if isinstance(op, (keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D,
-                                              keras.layers.GlobalMaxPooling3D)) else "avg"
+            reduce = _GLOBAL_POOL_REDUCE[type(op)]
+        elif type(op) in (_ops_numpy.Mean, _ops_numpy.Max) and rank in FEATURE_MAP_RANKS:
+            axes = op.axis if isinstance(op.axis, (tuple, list)) else (op.axis,)
+            if None in axes or {int(a) % rank for a in axes} != set(range(1, rank - 1)):
+                return None  # all axes, the batch axis, or not every spatial one
+            reduce = "max" if type(op) is _ops_numpy.Max else "avg"
         else:
-            reduce = "max" if isinstance(op, _ops_numpy.Max) else "avg"
+            return None
         pooled = o.outputs[0]
-        if self.tensors[pooled].shape[-1] != self.tensors[key].shape[-1] or self.frontier(pooled) != [pooled]:
+        shape = self.tensors[pooled].shape
+        if len(shape) < 2 or shape[-1] != self.tensors[key].shape[-1] or self.frontier(pooled) != [pooled]:
             return None
         return pooled, reduce
 

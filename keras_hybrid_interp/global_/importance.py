@@ -400,7 +400,12 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
         dead = dead_filters_of(key)
     warn_dead(dead, block)
 
-    n_jobs = len(request.chan_sets) * request.n_repeats
+    # Groups whose perturbation leaves the maps bit for bit as they are: permuting dead filters
+    # (constant across samples and positions). Their importance is exactly 0 without a tail pass
+    # (a pooled cache could differ from the constant in its last bits, batch by batch).
+    unchanged = np.array([request.method == "permutation" and bool(np.isin(ch, dead).all())
+                          for ch in request.chan_sets], dtype=bool)
+    n_jobs = max(1, int((~unchanged).sum()) * request.n_repeats)  # the passes' shape: the baseline's too
     # Baseline outputs (also the labels when none are given), in passes shaped like the jobs'.
     base = engine.baseline_outputs(cache, n_jobs, request.perturbations_per_eval, **kw)
     if cache.labels is not None:
@@ -414,14 +419,16 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     if request.method == "permutation":
         entropy = request.entropy
         for g, ch in enumerate(request.chan_sets):
+            if unchanged[g]:
+                continue
             for r in range(request.n_repeats):
                 jobs.append(Job(ch, "permute", perm=(lambda g=g, r=r: job_permutation(entropy, g, r, n))))
     else:
         def fill_of(a, ch):
             if request.ablation_value == "zero":
                 return np.zeros((), dtype=np.float32 if a is None else a.dtype)
-            if a is None:  # the float64 mean map the engine's cache summarised in the pass
-                return cache.summary.mean_map[..., ch]
+            if a is None:  # the engine caches pooled features: the mean map, as it perturbs them
+                return engine.mean_fill(cache, ch)
             return np.mean(a[..., ch], axis=0, dtype=np.float64).astype(a.dtype)
 
         for ch in request.chan_sets:
@@ -429,8 +436,11 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
                 jobs.append(Job(ch, "fill", fill={k: fill_of(arrays[k], ch) for k in engine.tied}))
             else:
                 jobs.append(Job(ch, "fill", fill=fill_of(key, ch)))
-    scores = engine.run(cache, jobs, score, request.perturbations_per_eval, progress=progress, **kw)
-    imp = (baseline - scores).reshape(len(request.chan_sets), request.n_repeats)
+    scores = np.full((len(request.chan_sets), request.n_repeats), baseline, dtype=np.float64)
+    if jobs:
+        run = engine.run(cache, jobs, score, request.perturbations_per_eval, progress=progress, **kw)
+        scores[~unchanged] = np.asarray(run, dtype=np.float64).reshape(-1, request.n_repeats)
+    imp = baseline - scores
     if request.method == "permutation":
         warn_noise(imp, block)
     source = "y" if y_given else ("dataset" if cache.labels is not None else "model predictions")

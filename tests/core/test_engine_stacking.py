@@ -85,6 +85,27 @@ def test_candidates_closed_form():
     assert down == [(1, 500), (1, 250), (1, 125)]
 
 
+@pytest.mark.parametrize("b, p, spp, want", [
+    (40, 4, 4096, 48),    # rounded up: 4 x 48 fit
+    (300, 2, 607, 288),   # 2 x 300 fit, 2 x 304 do not: the largest aligned chunk that fits
+    (300, 2, 599, 300),   # not even 2 x 300 fit: unchanged (the caller stacks less)
+    (10, 2, 24, 10),      # no aligned chunk fits at all
+    (37, 1, 100, 37),     # one slot: nothing to align
+])
+def test_stacked_slots_start_aligned_where_they_fit(b, p, spp, want):
+    got = _engine.stacked_chunk(b, p, spp)
+    assert got == want
+    if got != b or p > 1 and got % 16 == 0:
+        assert got % _engine.STACK_ALIGN == 0 and p * got <= spp
+
+
+def test_an_int_stacking_with_no_room_to_round_up_keeps_aligned_slots():
+    eng = _engine.TailEngine.__new__(_engine.TailEngine)
+    eng.per_sample_bytes = lambda: 1
+    p, b = eng.plan(300, 10, perturbations_per_eval=2, memory_budget=607)
+    assert (p, b) == (2, 288)
+
+
 def test_auto_picks_the_fastest_plan_and_reuses_it_for_baseline_and_run(calibrate_always, fake_clock):
     x, y = _data()
     ga = GlobalAnalyzer(_varied(residual_model(), x))

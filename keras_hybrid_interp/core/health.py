@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["InterpretationWarning", "Caveat", "warn", "collect", "collecting", "check_classes"]
+__all__ = ["InterpretationWarning", "Caveat", "warn", "collect", "collecting", "check_classes", "listing"]
 
 
 class InterpretationWarning(UserWarning):
@@ -111,6 +111,13 @@ def collecting(fn):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def listing(items, limit: int = 20) -> str:
+    """``items`` as a list for a message: the first ``limit``, then how many more (``[3, 7] (and 12 more)``)."""
+    items = [int(i) if isinstance(i, (int, np.integer)) else i for i in list(items)]
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return f"{items[:limit]}{more}"
 
 
 #: A class with fewer samples than this is reported as rare.

@@ -15,6 +15,12 @@ receptive field at the location of the maximum (:mod:`..core.receptive_field`):
 the input positions the filter can see there, clipped at the input's border
 (the clipped ``box`` is recorded). Crops are copied out of the batch while it
 passes, for the kept samples only.
+
+A filter whose activation is the same for every streamed sample (a dead
+filter: 0 everywhere after a ReLU; or one saturated everywhere) has no
+ranking: its "top" examples are just the first ``k`` samples. Such filters are
+listed in ``FilterExamples.constant_filters``, flagged in ``to_frame()``,
+marked in the plot and reported with an :class:`InterpretationWarning`.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class TopKExamples:
         self.locations = np.empty((0, f, rf.ndim), dtype=np.int64)
         self.boxes = np.empty((0, f, rf.ndim, 2), dtype=np.int64)
         self.crops = None  # (kept, F, *window, channels)
+        self.lowest = np.full(f, np.inf)  # the smallest activation seen per filter (NaN ignored)
         self.n = 0
         self.input_shape = None
 
@@ -97,6 +104,7 @@ class TopKExamples:
         flat = a[..., self.filters].reshape(b, -1, len(self.filters))  # (B, P, F)
         pos = np.argmax(flat, axis=1)  # (B, F): first maximum in row-major order
         vals = np.take_along_axis(flat, pos[:, None, :], axis=1)[:, 0, :].astype(np.float64)
+        self.lowest = np.fmin(self.lowest, np.fmin.reduce(vals, axis=0))
         locs = np.stack(np.unravel_index(pos, spatial), axis=-1) if spatial else np.zeros((b, len(self.filters), 0), int)
         if self.input_shape is None:
             self.input_shape = tuple(int(n) for n in x.shape[1:-1])
@@ -165,6 +173,9 @@ class FilterExamples:
     block : str
     n_samples : int
         Samples streamed. ``k`` is at most this.
+    constant_filters : ndarray of int
+        The analysed filters whose activation is the same for every streamed sample (dead filters
+        among them): their examples are the first ``k`` samples in stream order, not a ranking.
     """
 
     filters: np.ndarray
@@ -176,9 +187,11 @@ class FilterExamples:
     receptive_field: ReceptiveField
     block: str
     n_samples: int
+    constant_filters: np.ndarray
 
     def __post_init__(self):
-        for a in (self.filters, self.indices, self.values, self.locations, self.boxes, self.crops):
+        for a in (self.filters, self.indices, self.values, self.locations, self.boxes, self.crops,
+                  self.constant_filters):
             if a is not None:
                 a.setflags(write=False)
 
@@ -216,10 +229,12 @@ class FilterExamples:
         return dataclasses.replace(
             self, filters=self.filters[rows].copy(), indices=self.indices[rows].copy(),
             values=self.values[rows].copy(), locations=self.locations[rows].copy(), boxes=self.boxes[rows].copy(),
-            crops=None if self.crops is None else self.crops[rows].copy())
+            crops=None if self.crops is None else self.crops[rows].copy(),
+            constant_filters=self.constant_filters[np.isin(self.constant_filters, self.filters[rows])].copy())
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy: one row per filter and rank (``filter``, ``rank``, ``sample``, ``value``, ``location``, ``box``)."""
+        """Tidy: one row per filter and rank (``filter``, ``rank``, ``sample``, ``value``, ``location``, ``box``,
+        ``constant``: the filter's activation is the same for every sample, so its rows are no ranking)."""
         f, k = self.indices.shape
         return pd.DataFrame({
             "block": self.block,
@@ -229,6 +244,7 @@ class FilterExamples:
             "value": self.values.ravel(),
             "location": [tuple(int(v) for v in loc) for loc in self.locations.reshape(f * k, -1)],
             "box": [tuple((int(lo), int(hi)) for lo, hi in b) for b in self.boxes.reshape(f * k, -1, 2)],
+            "constant": np.repeat(np.isin(self.filters, self.constant_filters), k),
         })
 
     def plot(self, **kwargs):
@@ -265,8 +281,12 @@ def examples_reducer(graph, key, block, *, filters=None, k=9, crops=True) -> Top
     return TopKExamples(key, filters, k, rf, crops=crops)
 
 
-def examples_result(red: TopKExamples, block: str) -> FilterExamples:
-    """The :class:`FilterExamples` of a reducer that has seen a pass."""
+def examples_result(red: TopKExamples, block: str, *, keep=None, known_dead=()) -> FilterExamples:
+    """The :class:`FilterExamples` of a reducer that has seen a pass (of the filters ``keep`` only, if given).
+
+    The constant filters among them are listed in the result and warned about, except those
+    in ``known_dead`` (dead filters that the caller reports already, as the report does).
+    """
     if red.n == 0:
         raise ValueError("`x` holds no sample; the filter atlas needs at least one.")
     rf = red.rf
@@ -274,6 +294,20 @@ def examples_result(red: TopKExamples, block: str) -> FilterExamples:
         rf = dataclasses.replace(rf, input_shape=red.input_shape)
         if rf.whole:
             rf = dataclasses.replace(rf, size=red.input_shape)
-    return FilterExamples(red.filters.copy(), red.indices.T.copy(), red.values.T.copy(),
-                          red.locations.transpose(1, 0, 2).copy(), red.boxes.transpose(1, 0, 2, 3).copy(),
-                          None if red.crops is None else np.moveaxis(red.crops, 0, 1).copy(), rf, block, red.n)
+    constant = red.filters[red.lowest == red.values[0]].astype(np.int64)  # values[0]: the largest per filter
+    result = FilterExamples(red.filters.copy(), red.indices.T.copy(), red.values.T.copy(),
+                            red.locations.transpose(1, 0, 2).copy(), red.boxes.transpose(1, 0, 2, 3).copy(),
+                            None if red.crops is None else np.moveaxis(red.crops, 0, 1).copy(), rf, block, red.n,
+                            constant)
+    if keep is not None:
+        result = result.select(keep)
+    unreported = np.setdiff1d(result.constant_filters, np.asarray(known_dead, dtype=np.int64))
+    if len(unreported):
+        _health.warn(
+            "constant_filters",
+            f"Block {block!r}: filter(s) {_health.listing(unreported)} reach the same maximum activation on every "
+            f"one of the {red.n} samples (a dead filter, or one saturated everywhere), so their atlas examples are "
+            "the first samples in stream order, not the samples they respond to most. They are marked in the atlas; "
+            "check for dying ReLUs, or analyse more varied data.",
+        )
+    return result

@@ -93,11 +93,9 @@ def check_statistic(statistic) -> str:
 def warn_dead(dead: np.ndarray, block: str) -> None:
     """The one dead-filter warning (see :class:`~keras_hybrid_interp.core.data_pass.ChannelRange`)."""
     if len(dead):
-        shown = dead[:20].tolist()
-        more = f" (and {len(dead) - 20} more)" if len(dead) > 20 else ""
         _health.warn(
             "dead_filters",
-            f"Block {block!r}: {len(dead)} dead filter(s) {shown}{more} take one constant value at every "
+            f"Block {block!r}: {len(dead)} dead filter(s) {_health.listing(dead)} take one constant value at every "
             "position of every analysed sample. Their correlation and class association are undefined (NaN) "
             "and their permutation importance is exactly 0; ablation and Taylor importance measure replacing "
             "that constant by 0, which is not 0 when the constant is not. Check for dying ReLUs, or analyse "

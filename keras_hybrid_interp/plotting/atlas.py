@@ -66,7 +66,9 @@ def plot_filter_examples(examples, *, filters=None, k=None, fig=None, cmap="gray
     Returns
     -------
     matplotlib.figure.Figure
-        Each crop's title is the activation (the maximum of the filter's map).
+        Each crop's title is the activation (the maximum of the filter's map). A filter whose
+        activation is the same for every sample (``examples.constant_filters``) has no ranking: its
+        row is labelled "constant" and its crops are drawn faded.
     """
     crops = getattr(examples, "crops", None)
     if crops is None:
@@ -86,7 +88,9 @@ def plot_filter_examples(examples, *, filters=None, k=None, fig=None, cmap="gray
     if hi <= lo:
         hi = lo + 1.0
     axes = fig.subplots(len(rows), n_col, squeeze=False)
+    constant = set(np.asarray(getattr(examples, "constant_filters", [])).tolist())
     for i, r in enumerate(rows):
+        flat = int(np.asarray(examples.filters)[r]) in constant
         for c in range(n_col):
             ax = axes[i, c]
             im = images[i][c]
@@ -96,13 +100,16 @@ def plot_filter_examples(examples, *, filters=None, k=None, fig=None, cmap="gray
             else:
                 ax.set_facecolor(NAN_FACE)
                 ax.imshow(np.ma.masked_invalid(im), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            if flat:
+                ax.images[-1].set_alpha(0.35)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{values[r, c]:.3g}", fontsize=8)
             if show_sample:
                 ax.set_xlabel(f"#{int(indices[r, c])}", fontsize=7)
             if c == 0:
-                ax.set_ylabel(f"filter {int(np.asarray(examples.filters)[r])}", fontsize=8)
+                label = f"filter {int(np.asarray(examples.filters)[r])}"
+                ax.set_ylabel(label + "\n(constant:\nno ranking)" if flat else label, fontsize=8)
     rf = getattr(examples, "receptive_field", None)
     field = ("" if rf is None else " (whole input)" if getattr(rf, "whole", False)
              else f" (receptive field {' x '.join(str(s) for s in rf.size)})")

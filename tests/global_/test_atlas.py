@@ -100,6 +100,38 @@ def test_ties_go_to_the_earlier_sample(batch_size):
                 assert ex.indices[f, r] < ex.indices[f, r + 1]
 
 
+@pytest.mark.parametrize("batch_size", [3, 40])
+def test_filters_with_the_same_activation_on_every_sample_are_flagged(batch_size):
+    model = _integer_cnn()
+    kernel = model.get_layer("conv").get_weights()[0]
+    kernel[..., 0] = 0.0  # filter 0: dead (0 everywhere after the ReLU)
+    kernel[..., 2] = 0.0
+    kernel[1, 1, 0, 2] = 1.0  # filter 2: the pixel itself, whose maximum is 2 on every image below
+    model.get_layer("conv").set_weights([kernel])
+    x = np.random.default_rng(1).integers(0, 3, (30, 6, 6, 1)).astype(np.float32)
+    x[:, 0, 0, 0] = 2.0
+    mx = _activations(model, "conv", x).reshape(30, -1, 3).max(axis=1)
+    want = np.flatnonzero(np.ptp(mx, axis=0) == 0)  # oracle: the brute-force spread of each filter's maxima
+    np.testing.assert_array_equal(want, [0, 2])
+    with pytest.warns(InterpretationWarning, match=r"filter\(s\) \[0, 2\] reach the same maximum.*30 samples"):
+        ex = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", k=5, batch_size=batch_size)
+    np.testing.assert_array_equal(ex.constant_filters, want)
+    np.testing.assert_array_equal(ex.indices[want], np.tile(np.arange(5), (2, 1)))  # stream order, no ranking
+    frame = ex.to_frame()
+    assert frame.groupby("filter")["constant"].all().to_dict() == {0: True, 1: False, 2: True}
+    np.testing.assert_array_equal(ex.select([2, 1]).constant_filters, [2])
+    fig = ex.plot()
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels == ["filter 0\n(constant:\nno ranking)", "filter 1", "filter 2\n(constant:\nno ranking)"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    with warnings.catch_warnings():  # a varied filter alone: no warning, nothing flagged
+        warnings.simplefilter("error", InterpretationWarning)
+        one = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", filters=[1], k=5)
+    assert one.constant_filters.size == 0
+
+
 def test_top_k_on_tf_data_with_labels_and_chosen_filters(cnn_data):
     tf = pytest.importorskip("tensorflow")
     model, x = cnn_data
@@ -183,7 +215,7 @@ def test_to_frame_is_tidy_and_select_keeps_rows(cnn_data):
     model, x = cnn_data
     ex = GlobalAnalyzer(model).filter_examples(x, block="conv2", filters=[3, 1], k=2)
     df = ex.to_frame()
-    assert list(df.columns) == ["block", "filter", "rank", "sample", "value", "location", "box"]
+    assert list(df.columns) == ["block", "filter", "rank", "sample", "value", "location", "box", "constant"]
     assert df["filter"].tolist() == [3, 3, 1, 1] and df["rank"].tolist() == [0, 1, 0, 1]
     assert df["sample"].tolist() == ex.indices.ravel().tolist()
     assert df["location"].iloc[2] == tuple(ex.locations[1, 0].tolist())

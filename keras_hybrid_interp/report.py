@@ -194,9 +194,12 @@ class Report:
     def add_section(self, title, *, text="", figures=(), tables=()) -> Section:
         """Adds a section.
 
-        ``figures`` is a sequence of ``(caption, matplotlib Figure or Axes)``
-        (rendered now and closed); ``tables`` a sequence of
-        ``(caption, DataFrame)``.
+        ``figures`` is a sequence of ``(caption, matplotlib Figure or Axes)``;
+        each figure is released from pyplot and kept, and rendered (PNG, PDF,
+        SVG) when a format is first read (:class:`Rendered`): the report shows
+        the figure as it is then, so do not draw on it after adding it (add a
+        new figure instead). ``tables`` is a sequence of ``(caption, DataFrame)``
+        (copied now).
         """
         section = Section(str(title), str(text))
         for caption, fig in figures:
@@ -572,9 +575,11 @@ def build_report(
         The sections to compute and show, from :data:`REPORT_SECTIONS`
         (``"blocks"``, ``"layers"``, ``"explanations"``, ``"correlation"``,
         ``"association"``, ``"importance"``, ``"atlas"``, ``"similarity"``,
-        ``"comparison"``); None: all that apply. A section left out is not
-        computed at all (no CKA accumulator, no importance cache, no tail
-        passes), so this is also how to make a report cheaper: e.g.
+        ``"comparison"``); None: all that apply. A section left out adds no
+        work of its own (no CKA accumulator, no importance cache, no tail
+        passes; the probes' scores, which give the summary's accuracy, and the
+        block's dead filters are computed in the one pass anyway), so this is
+        also how to make a report cheaper: e.g.
         ``sections=[s for s in REPORT_SECTIONS if s != "similarity"]``.
         ``"atlas"`` shows the most important filters and needs
         ``"importance"``; ``"comparison"`` needs ``compare``. The summary
@@ -633,7 +638,8 @@ def build_report(
             sim_red = similarity_reducer(interp.graph, interp.block_keys, "minibatch")
             reducers.append(sim_red)
         if "comparison" in want:
-            side, cmp_columns, cmp_models = ga.other_model(compare, compare_blocks)
+            side, cmp_columns, cmp_models = ga.other_model(compare, compare_blocks,
+                                                              argnames=("compare", "compare_blocks"))
             cmp_red = similarity_reducer(interp.graph, interp.block_keys, "minibatch", side)
             reducers.append(cmp_red)
         n_ex = max(int(examples), 0) if "explanations" in want else 0
@@ -671,7 +677,7 @@ def build_report(
                if cmp_red is not None else None)
         atlas = None
         if atlas_red is not None and atlas_red.n:
-            atlas = examples_result(atlas_red, block).select(imp.ranking[: int(atlas_filters)])
+            atlas = examples_result(atlas_red, block, keep=imp.ranking[: int(atlas_filters)], known_dead=dead)
         explanations = []
         if ex_x is not None and ex_x.result() is not None:
             explanations = interp.explanations(ex_x.result(), [c.result() for c in ex_maps])

@@ -385,29 +385,34 @@ class GlobalAnalyzer:
         self.run(self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return similarity_result(red, row_names, columns=columns, models=models)
 
-    def other_model(self, other, other_blocks=None, names=None):
-        """(:class:`OtherModel`, its block names, (row, column) model names) for ``layer_similarity(other=)``."""
+    def other_model(self, other, other_blocks=None, names=None, *, argnames=("other", "other_blocks")):
+        """(:class:`OtherModel`, its block names, (row, column) model names) for ``layer_similarity(other=)``.
+
+        ``argnames`` are the caller's names of ``other`` and ``other_blocks``, used in error messages
+        (:func:`~keras_hybrid_interp.build_report` passes ``("compare", "compare_blocks")``).
+        """
+        arg, blocks_arg = argnames
         if hasattr(other, "graph") and hasattr(other, "block_keys") and isinstance(other.graph, _graph.ModelGraph):
             graph, default = other.graph, list(other.block_keys)
         elif isinstance(other, keras.Model):
             graph, default = (self.graph if other is self.graph.model else _graph.ModelGraph(other)), "auto"
         else:
-            raise TypeError("`other` must be a keras.Model, a GlobalAnalyzer or a HybridInterpreter; "
+            raise TypeError(f"`{arg}` must be a keras.Model, a GlobalAnalyzer or a HybridInterpreter; "
                             f"received {type(other).__name__}.")
         if len(graph.input_keys) != 1:
-            raise ValueError(f"`other` must be a single-input model; model {graph.model.name!r} has "
+            raise ValueError(f"`{arg}` must be a single-input model; model {graph.model.name!r} has "
                              f"{len(graph.input_keys)} inputs.")
         mine = tuple(self.graph.tensors[self.graph.input_keys[0]].shape[1:])
         theirs = tuple(graph.tensors[graph.input_keys[0]].shape[1:])
         if len(mine) != len(theirs) or any(a is not None and b is not None and a != b for a, b in zip(mine, theirs)):
-            raise ValueError(f"`other` must take the same inputs as model {self.graph.model.name!r} (one sample: "
+            raise ValueError(f"`{arg}` must take the same inputs as model {self.graph.model.name!r} (one sample: "
                              f"{mine}); model {graph.model.name!r} takes {theirs}.")
         if other_blocks is None and default != "auto":
             keys = default
             col_names = [graph.tensors[k].name for k in keys]
         else:
             keys, col_names, _ = _blocks.select_blocks(graph, "auto" if other_blocks is None else other_blocks,
-                                                       "other_blocks")
+                                                       blocks_arg)
         if names is None:
             a, b = self.graph.model.name, graph.model.name
             names = (f"{a} (this)", f"{b} (other)") if a == b else (a, b)

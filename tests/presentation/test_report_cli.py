@@ -243,6 +243,11 @@ def test_report_compares_with_another_model_in_its_one_pass(monkeypatch):
     cka = next(s for s in same.sections if s.title.startswith("Comparison with")).tables[0][2]
     diag = cka[cka["block_i"] == cka["block_j"]]["cka"].to_numpy()
     np.testing.assert_allclose(diag, 1.0, atol=1e-6)
+    # Bad comparisons are reported under the report's own argument names.
+    with pytest.raises(TypeError, match="`compare` must be a keras.Model.*received str"):
+        build_report(interp, x[24:], y[24:], compare="other_cnn")
+    with pytest.raises(ValueError, match="`compare_blocks`"):
+        build_report(interp, x[24:], y[24:], compare=other, compare_blocks=["no_such_layer"])
 
 
 def test_sections_restrict_what_is_computed_and_shown(monkeypatch):

@@ -54,7 +54,6 @@ def main():
         sys.exit("B11 needs KERAS_BACKEND=torch and captum (pip install '.[bench]').")
     import captum
     import torch
-    from captum.attr import LayerFeaturePermutation
 
     import b1_permutation_engine as b1
     from keras_hybrid_interp import GlobalAnalyzer
@@ -68,7 +67,6 @@ def main():
         model.load_weights(weights)
     x = b1.images(n)
     own = np.argmax(np.asarray(model.predict(x, batch_size=128, verbose=0)), axis=1)
-    own_t, xt = torch.as_tensor(own), torch.as_tensor(x)
     full_macs = b1.macs(model)
     print(f"B11 ({'QUICK: timings not meaningful' if args.quick else 'full'}): torch {torch.__version__}, "
           f"Captum {captum.__version__}, N = {n}, 1 repeat, {torch.get_num_threads()} torch threads", flush=True)
@@ -86,20 +84,10 @@ def main():
         t_engine = time.perf_counter() - t0
         c = res.importances.shape[0]
 
-        calls = [0]
-
-        def forward(t):
-            calls[0] += 1
-            return (torch.argmax(model(t, training=False), dim=1) == own_t).float().mean()
-
-        lfp = LayerFeaturePermutation(forward, model.get_layer(cut))
-        mask = torch.as_tensor(np.minimum(np.arange(c), k_captum)).reshape(1, 1, 1, c)
-        t0 = time.perf_counter()
-        lfp.attribute(xt, layer_mask=mask)
-        t_cap = time.perf_counter() - t0
-        captum_block = t_cap / calls[0] * (c + 2)
-        rows.append((cut, c, kind, full_macs / tail_macs, t_engine, captum_block, calls[0]))
-        print(f"[{cut}] engine ({kind}) {t_engine:.1f} s; Captum {t_cap:.1f} s for {calls[0]} forwards "
+        t_cap, n_calls, _ = b1.run_captum(model, cut, x, own, c, k_captum)
+        captum_block = t_cap / n_calls * (c + 2)
+        rows.append((cut, c, kind, full_macs / tail_macs, t_engine, captum_block, n_calls))
+        print(f"[{cut}] engine ({kind}) {t_engine:.1f} s; Captum {t_cap:.1f} s for {n_calls} forwards "
               f"-> {captum_block:.1f} s for the block", flush=True)
 
     print()

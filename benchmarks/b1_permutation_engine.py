@@ -135,6 +135,29 @@ def macs(model):
     return total
 
 
+def run_captum(model, layer, x, own, c, k):
+    """Captum's ``LayerFeaturePermutation`` on ``layer`` (torch backend): filters ``0..k-1`` one group each, the
+    other ``c - k`` filters one group; forward = agreement with the model's own predictions ``own`` over ``x``.
+
+    Returns (seconds, forward passes made, attributions as NumPy).
+    """
+    import numpy as np
+    import torch
+    from captum.attr import LayerFeaturePermutation
+
+    own_t, calls = torch.as_tensor(own), [0]
+
+    def forward(t):
+        calls[0] += 1
+        return (torch.argmax(model(t, training=False), dim=1) == own_t).float().mean()
+
+    lfp = LayerFeaturePermutation(forward, model.get_layer(layer))
+    mask = torch.as_tensor(np.minimum(np.arange(c), k)).reshape(1, 1, 1, c)
+    t0 = time.perf_counter()
+    attr = lfp.attribute(torch.as_tensor(x), layer_mask=mask)
+    return time.perf_counter() - t0, calls[0], np.asarray(attr.detach().cpu().numpy())
+
+
 # ----------------------------------------------------------------------
 # One backend (child process)
 # ----------------------------------------------------------------------
@@ -362,29 +385,13 @@ def child(backend, weights, cfg, quick):
     # --- Captum (torch) ---------------------------------------------------
     if backend == "torch" and importlib.util.find_spec("captum") is not None:
         import captum
-        import torch
-        from captum.attr import LayerFeaturePermutation
 
         kc = min(cfg["K_CAPTUM"], C - 1)
-        own_t = torch.as_tensor(own_u)
-        calls = [0]
-
-        def forward(t):
-            calls[0] += 1
-            return (torch.argmax(model(t, training=False), dim=1) == own_t).float().mean()
-
-        lfp = LayerFeaturePermutation(forward, model.get_layer(BLOCK))
-        mask = torch.as_tensor(np.minimum(np.arange(C), kc)).reshape(1, 1, 1, C)
-        xt = torch.as_tensor(x)
-        t0 = time.perf_counter()
-        attr = lfp.attribute(xt, layer_mask=mask)
-        t_cap = time.perf_counter() - t0
-        per_forward = t_cap / calls[0]
-        out["rows"]["captum"] = per_forward * R * (C + 2)
-        attr = np.asarray(attr.detach().cpu().numpy())
-        out["info"]["captum"] = {"version": captum.__version__, "filters": kc, "forward_calls": calls[0],
+        t_cap, n_calls, attr = run_captum(model, BLOCK, x, own_u, C, kc)
+        out["rows"]["captum"] = t_cap / n_calls * R * (C + 2)
+        out["info"]["captum"] = {"version": captum.__version__, "filters": kc, "forward_calls": n_calls,
                                  "seconds": t_cap, "nonzero": bool(np.any(attr[0, 0, 0, :kc] != 0))}
-        print(f"[{backend}] Captum {t_cap:.1f} s for {calls[0]} forward passes", flush=True)
+        print(f"[{backend}] Captum {t_cap:.1f} s for {n_calls} forward passes", flush=True)
 
     load.append(os.getloadavg()[0])
     out["info"]["load"] = load

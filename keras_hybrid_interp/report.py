@@ -582,7 +582,8 @@ def build_report(
         also how to make a report cheaper: e.g.
         ``sections=[s for s in REPORT_SECTIONS if s != "similarity"]``.
         ``"atlas"`` shows the most important filters and needs
-        ``"importance"``; ``"comparison"`` needs ``compare``. The summary
+        ``"importance"``; ``"comparison"`` needs ``compare``, and a ``compare``
+        with ``sections`` that leave it out is refused. The summary
         and the health section are always there.
 
     The first section, "Health", lists every caveat the analyses found
@@ -809,4 +810,7 @@ def check_sections(sections, has_compare: bool) -> set:
                          "GlobalAnalyzer(interp).filter_examples(x, block=..., filters=[...]).")
     if "comparison" in want and not has_compare:
         raise ValueError("`sections` has 'comparison' but `compare` is None: pass the other model as `compare=`.")
+    if has_compare and "comparison" not in want:
+        raise ValueError("`compare` is given but `sections` leaves out 'comparison', so the other model would be "
+                         "ignored: add 'comparison' to `sections`, or drop `compare`.")
     return want

@@ -297,5 +297,7 @@ def test_sections_restrict_what_is_computed_and_shown(monkeypatch):
         build_report(interp, x[40:], y[40:], sections=["atlas"])
     with pytest.raises(ValueError, match="`compare` is None"):
         build_report(interp, x[40:], y[40:], sections=["comparison"])
+    with pytest.raises(ValueError, match="`compare` is given but `sections` leaves out 'comparison'"):
+        build_report(interp, x[40:], y[40:], sections=["layers"], compare=m)
     with pytest.raises(ValueError, match="`sections` is empty"):
         build_report(interp, x[40:], y[40:], sections=[])

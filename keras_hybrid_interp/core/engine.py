@@ -272,8 +272,9 @@ def stacked_chunk(b: int, p: int, samples_per_pass: int) -> int:
     """The chunk of ``p > 1`` stacked slots: ``b`` rounded up to a multiple of ``STACK_ALIGN``.
 
     When ``p`` copies of ``b`` fit in a pass but ``p`` rounded-up copies do not,
-    the largest multiple of ``STACK_ALIGN`` that fits instead (every slot must
-    start aligned: an unaligned offset changed the sums of some CPU kernels).
+    ``b`` split into the fewest equal parts that do fit, each rounded up (every
+    slot must start aligned: an unaligned offset changed the sums of some CPU
+    kernels; equal parts keep the padding of the extra chunk small).
     ``b`` itself when ``p`` is 1, or when not even ``p`` copies of ``b`` fit.
     """
     if p <= 1:
@@ -282,7 +283,11 @@ def stacked_chunk(b: int, p: int, samples_per_pass: int) -> int:
     if p * a <= samples_per_pass:
         return a
     cap = (samples_per_pass // p) // STACK_ALIGN * STACK_ALIGN
-    return cap if p * b <= samples_per_pass and cap >= STACK_ALIGN else b
+    if p * b > samples_per_pass or cap < STACK_ALIGN:
+        return b
+    # b split into the fewest equal parts that fit under cap, each rounded up (still <= cap): little padding.
+    parts = math.ceil(b / cap)
+    return math.ceil(math.ceil(b / parts) / STACK_ALIGN) * STACK_ALIGN
 
 
 def stacking_candidates(n: int, n_jobs: int, samples_per_pass: int, min_chunk: int | None = None):
@@ -313,6 +318,14 @@ def stacking_candidates(n: int, n_jobs: int, samples_per_pass: int, min_chunk: i
             down.append(cand)
         s //= 2
     return up, [up[0]] + down
+
+
+def free_dim_of(cache) -> int | None:
+    """The largest spatial length among a cache's arrays (what a free dimension of the tail is taken as), or None."""
+    if cache is None:
+        return None
+    lengths = [int(n) for a in cache.arrays for n in a.shape[1:-1]]
+    return max(lengths) if lengths else None
 
 
 def _fits(t, a) -> bool:
@@ -464,12 +477,18 @@ class TailEngine:
         return list(self.frontier)
 
     # ------------------------------------------------------------------
-    def per_sample_bytes(self) -> int:
-        """Estimated activation bytes of one sample through the tail."""
+    def per_sample_bytes(self, free_dim: int | None = None) -> int:
+        """Estimated activation bytes of one sample through the tail.
+
+        A free dimension (``None`` in the graph) counts as ``free_dim``: the
+        largest spatial length of the cached data (:meth:`plan` passes it), an
+        upper bound where the tail only keeps or shrinks its maps; a tensor
+        with a free dimension is left out when ``free_dim`` is None.
+        """
         total = 0
         for t in self.graph.tensors:
             if t.key >= self.cut or t.key in self.frontier:
-                dims = [d for d in t.shape[1:]]
+                dims = [free_dim if d is None else d for d in t.shape[1:]]
                 if any(d is None for d in dims):
                     continue
                 total += int(np.prod(dims, dtype=np.int64)) * 4
@@ -509,7 +528,7 @@ class TailEngine:
         Stacking never changes which outputs a job gets, only the batch shape.
         ``cache`` supplies real activations for the timing (else zeros).
         """
-        per = self.per_sample_bytes()
+        per = self.per_sample_bytes(free_dim_of(cache))
         samples_per_pass = int(max(1, min(MAX_SAMPLES_PER_PASS, memory_budget // per)))
         if isinstance(perturbations_per_eval, str):
             if perturbations_per_eval != "auto":
@@ -728,11 +747,11 @@ class TiedTailEngine(TailEngine):
         """The frontier of the cut, then the tied tensors that are not in it."""
         return list(self.frontier) + [k for k in self.tied if k not in self.frontier]
 
-    def per_sample_bytes(self) -> int:
+    def per_sample_bytes(self, free_dim: int | None = None) -> int:
         # The tail's activations plus a replacement buffer per edited tensor.
-        extra = sum(int(np.prod([d or 1 for d in self.graph.tensors[k].shape[1:]], dtype=np.int64)) * 4
+        extra = sum(int(np.prod([d or free_dim or 1 for d in self.graph.tensors[k].shape[1:]], dtype=np.int64)) * 4
                     for k in self.edited)
-        return TailEngine.per_sample_bytes(self) + extra
+        return TailEngine.per_sample_bytes(self, free_dim) + extra
 
     def frontier_bytes_per_sample(self) -> int:
         total = 0
@@ -930,13 +949,17 @@ class MapSummary:
         self.range = ChannelRange(key)
         self.taps = self.range.taps + (Tap(key, "raw"),)
         self._sum = None
+        self.varied = False
         self.n = 0
 
     def update(self, batch):
         self.range.update(batch)
         maps = batch.values[(self.key, "raw")]
         s = np.sum(maps, axis=0, dtype=np.float64)
-        self._sum = s if self._sum is None else self._sum + s
+        if self._sum is not None and self._sum.shape != s.shape:
+            self.varied = True  # maps of another spatial shape: no mean map (see :attr:`mean_map`)
+        elif not self.varied:
+            self._sum = s if self._sum is None else self._sum + s
         self.n += len(maps)
 
     @property
@@ -946,6 +969,10 @@ class MapSummary:
     @property
     def mean_map(self) -> np.ndarray:
         """The mean map over the samples (spatial..., C), float64."""
+        if self.varied:
+            raise ValueError("`x`: mean ablation through a global max pooling needs the mean map, and the batches "
+                             "gave maps of different spatial shapes; pass inputs of one size, or use "
+                             "ablation_value='zero' or permutation.")
         return self._sum / self.n
 
 

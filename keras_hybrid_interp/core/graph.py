@@ -288,6 +288,12 @@ _GLOBAL_POOL_REDUCE = {
 }
 
 
+def _reduced_axes(op, rank: int) -> set | None:
+    """The axes (in ``0..rank-1``) that a ``keras.ops`` reduction reduces; None for all of them."""
+    axes = op.axis if isinstance(op.axis, (tuple, list)) else (op.axis,)
+    return None if None in axes else {int(a) % rank for a in axes}
+
+
 def _keras_mask(tensor):
     """The Keras mask a symbolic tensor carries (``Embedding(mask_zero=True)`` downstream), or None."""
     try:
@@ -326,8 +332,8 @@ class ModelGraph:
     None of them adds a node to the user's layers: see :meth:`building`.
     """
 
-    def __init__(self, model, input_shape: Sequence[int] | None = None):
-        _check_analysable(model)
+    def __init__(self, model, input_shape: Sequence[int] | None = None, *, argname: str = "model"):
+        _check_analysable(model, argname)
         self.model = model
         self.tensors: list[TensorInfo] = []
         self.ops: list[OpNode] = []
@@ -882,11 +888,8 @@ class ModelGraph:
         if isinstance(o.op, (_ops_numpy.Mean, _ops_numpy.Max)):
             for i in o.inputs:
                 rank = len(self.tensors[i].shape)
-                if rank not in FEATURE_MAP_RANKS:
-                    continue
-                axis = o.op.axis
-                axes = axis if isinstance(axis, (tuple, list)) else (axis,)
-                if None in axes or set(range(1, rank - 1)) <= {int(x) % rank for x in axes}:
+                if rank in FEATURE_MAP_RANKS and (_reduced_axes(o.op, rank) is None
+                                                  or set(range(1, rank - 1)) <= _reduced_axes(o.op, rank)):
                     return True
         return False
 
@@ -918,9 +921,10 @@ class ModelGraph:
                 return None
             reduce = _GLOBAL_POOL_REDUCE[type(op)]
         elif type(op) in (_ops_numpy.Mean, _ops_numpy.Max) and rank in FEATURE_MAP_RANKS:
-            axes = op.axis if isinstance(op.axis, (tuple, list)) else (op.axis,)
-            if None in axes or {int(a) % rank for a in axes} != set(range(1, rank - 1)):
+            if _reduced_axes(op, rank) != set(range(1, rank - 1)):
                 return None  # all axes, the batch axis, or not every spatial one
+            if getattr(op, "initial", None) is not None:
+                return None  # ops.max(..., initial=v) is max(v, the maximum): not a plain pooling
             reduce = "max" if type(op) is _ops_numpy.Max else "avg"
         else:
             return None

@@ -66,7 +66,8 @@ dead filters
     replacing that constant by zero (``"zero"``; 0 when the constant is 0) or
     by itself (``"mean"``: exactly 0), and its Taylor estimate rests on
     ``z[n] = constant * sum dL_n/da``: both are in general not 0 (0 when the
-    constant is 0).
+    constant is 0). A group made only of dead filters is not run for
+    permutation or mean ablation (the maps would be unchanged bit for bit).
 
 Permutation and ablation run on a cache of the activations at the layer (and
 of every tensor crossing the cut, e.g. a residual skip) for the first
@@ -401,10 +402,12 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     warn_dead(dead, block)
 
     # Groups whose perturbation leaves the maps bit for bit as they are: permuting dead filters
-    # (constant across samples and positions). Their importance is exactly 0 without a tail pass
-    # (a pooled cache could differ from the constant in its last bits, batch by batch).
-    unchanged = np.array([request.method == "permutation" and bool(np.isin(ch, dead).all())
-                          for ch in request.chan_sets], dtype=bool)
+    # (constant across samples and positions), or filling them with their mean map (the float64
+    # mean of a constant, cast back, is that constant). Their importance is exactly 0 without a
+    # tail pass (a pooled cache could differ from the constant in its last bits, batch by batch).
+    keeps_dead = request.method == "permutation" or (request.method == "ablation"
+                                                     and request.ablation_value == "mean")
+    unchanged = np.array([keeps_dead and bool(np.isin(ch, dead).all()) for ch in request.chan_sets], dtype=bool)
     n_jobs = max(1, int((~unchanged).sum()) * request.n_repeats)  # the passes' shape: the baseline's too
     # Baseline outputs (also the labels when none are given), in passes shaped like the jobs'.
     base = engine.baseline_outputs(cache, n_jobs, request.perturbations_per_eval, **kw)
@@ -431,7 +434,9 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
                 return engine.mean_fill(cache, ch)
             return np.mean(a[..., ch], axis=0, dtype=np.float64).astype(a.dtype)
 
-        for ch in request.chan_sets:
+        for g, ch in enumerate(request.chan_sets):
+            if unchanged[g]:
+                continue
             if request.coupled:  # each tied tensor gets its own fill (its own mean map)
                 jobs.append(Job(ch, "fill", fill={k: fill_of(arrays[k], ch) for k in engine.tied}))
             else:

@@ -87,7 +87,8 @@ def test_candidates_closed_form():
 
 @pytest.mark.parametrize("b, p, spp, want", [
     (40, 4, 4096, 48),    # rounded up: 4 x 48 fit
-    (300, 2, 607, 288),   # 2 x 300 fit, 2 x 304 do not: the largest aligned chunk that fits
+    (300, 2, 607, 160),   # 2 x 300 fit, 2 x 304 do not: 300 in two equal parts of 150, each rounded up
+    (300, 2, 1000, 304),  # rounded up, it fits
     (300, 2, 599, 300),   # not even 2 x 300 fit: unchanged (the caller stacks less)
     (10, 2, 24, 10),      # no aligned chunk fits at all
     (37, 1, 100, 37),     # one slot: nothing to align
@@ -101,9 +102,9 @@ def test_stacked_slots_start_aligned_where_they_fit(b, p, spp, want):
 
 def test_an_int_stacking_with_no_room_to_round_up_keeps_aligned_slots():
     eng = _engine.TailEngine.__new__(_engine.TailEngine)
-    eng.per_sample_bytes = lambda: 1
+    eng.per_sample_bytes = lambda free_dim=None: 1
     p, b = eng.plan(300, 10, perturbations_per_eval=2, memory_budget=607)
-    assert (p, b) == (2, 288)
+    assert (p, b) == (2, 160)
 
 
 def test_auto_picks_the_fastest_plan_and_reuses_it_for_baseline_and_run(calibrate_always, fake_clock):
@@ -265,3 +266,27 @@ def test_chunked_passes_in_place_equal_the_buffered_passes_and_leave_the_cache_u
         eng.run(cache, jobs, boom, perturbations_per_eval=1, **budget)
     for a, a0 in zip(cache.arrays, before):
         np.testing.assert_array_equal(a, a0)
+
+
+def test_free_spatial_dimensions_count_in_the_memory_budget():
+    """A tail of free spatial size counts them at the cached maps' size, so the budget still bounds a pass."""
+    from keras import layers
+
+    def build(shape):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input(shape)
+        h = layers.Conv2D(6, 3, activation="relu", name="c1")(inp)
+        h = layers.Conv2D(8, 3, activation="relu", name="c2")(h)
+        return keras.Model(inp, layers.Dense(3)(layers.GlobalAveragePooling2D()(h)))
+
+    free = GlobalAnalyzer(build((None, None, 3)), blocks=["c1"])
+    fixed = GlobalAnalyzer(build((12, 12, 3)), blocks=["c1"])
+    eng_free = _engine.TailEngine(free.graph, free.block_keys[0])
+    eng_fixed = _engine.TailEngine(fixed.graph, fixed.block_keys[0])
+    cache = _engine.Cache([np.zeros((40, 10, 10, 6), np.float32)], None, 40)  # c1's maps of 12 x 12 inputs
+    exact = eng_fixed.per_sample_bytes()
+    assert eng_free.per_sample_bytes() < exact  # without the cache, free dims would count as nothing
+    assert eng_free.per_sample_bytes(_engine.free_dim_of(cache)) >= exact  # with it, an upper bound
+    budget = 10 * exact
+    p, b = eng_free.plan(40, 30, perturbations_per_eval="auto", memory_budget=budget, cache=cache)
+    assert p * b * exact <= budget

@@ -211,16 +211,27 @@ def _subclassed_pool():
 def _mean_over_the_batch_too():
     inp = keras.Input((10, 10, 3))
     h, _ = _backbone(inp)
-    pooled = keras.ops.mean(h, axis=(0, 1, 2), keepdims=True)  # mixes samples: (1, 1, 1, C)
-    return keras.Model(inp, layers.Dense(K, activation="softmax")(layers.GlobalAveragePooling2D()(h) + pooled[0, 0]))
+    pooled = keras.ops.mean(h, axis=(0, 1, 2), keepdims=True)  # the block's only reader; mixes samples
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(layers.Flatten()(pooled)))
 
 
-@pytest.mark.parametrize("build", [_subclassed_pool, _mean_over_the_batch_too], ids=lambda f: f.__name__)
+def _max_with_an_initial_value():
+    inp = keras.Input((10, 10, 3))
+    h, _ = _backbone(inp)
+    pooled = keras.ops.max(h, axis=(1, 2), initial=0.5)  # max(0.5, the maximum): not a plain pooling
+    return keras.Model(inp, layers.Dense(K, activation="softmax")(pooled))
+
+
+@pytest.mark.parametrize("build", [_subclassed_pool, _mean_over_the_batch_too, _max_with_an_initial_value],
+                         ids=lambda f: f.__name__)
 def test_no_shortcut_through_other_reductions(build):
+    from keras_hybrid_interp.core.graph import ModelGraph
+
     keras.utils.set_random_seed(0)
-    ga = GlobalAnalyzer(build(), blocks=["blk"])
-    assert ga.graph.global_pool_after(ga.block_keys[0]) is None
-    assert type(ga.engine(ga.block_keys[0])) is TailEngine
+    graph = ModelGraph(build())
+    key = graph.resolve("blk")
+    assert len([o for o in graph.ops if key in o.inputs]) == 1  # one reader: only the reduction's kind decides
+    assert graph.global_pool_after(key) is None
 
 
 def test_no_shortcut_where_a_mask_rides_on_the_block():
@@ -282,3 +293,33 @@ def test_dead_filters_with_a_non_round_constant_score_exactly_zero():
         assert list(imp.dead_filters) == [3]
         np.testing.assert_array_equal(imp.importances[3], 0.0)
         assert np.abs(imp.importances).max() > 1e-4  # the others were measured
+
+
+def test_batches_of_different_spatial_sizes():
+    """The pooled cache does not care about spatial sizes; only GMP's mean ablation needs one, and says so."""
+    tf = pytest.importorskip("tensorflow")
+
+    def model_with(pool):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((None, None, 3))
+        h, _ = _backbone(inp)
+        return keras.Model(inp, layers.Dense(K, activation="softmax")(pool()(h)))
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(48, 10, 10, 3)).astype("float32")
+    large = rng.normal(size=(48, 12, 12, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices(small).batch(16).concatenate(
+        tf.data.Dataset.from_tensor_slices(large).batch(16))
+    for pool in (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D):
+        ga = GlobalAnalyzer(model_with(pool), blocks=["blk"])
+        assert isinstance(ga.engine(ga.block_keys[0]), PooledHeadEngine)
+        perm = ga.filter_importance(ds, block="blk", n_repeats=2, random_state=0, scoring="loss")
+        assert perm.n_samples == 96 and np.isfinite(perm.importances).all()
+        zero = ga.filter_importance(ds, block="blk", method="ablation", scoring="loss")
+        assert np.isfinite(zero.importances).all()
+        if pool is layers.GlobalMaxPooling2D:
+            with pytest.raises(ValueError, match="`x`: mean ablation through a global max pooling"):
+                ga.filter_importance(ds, block="blk", method="ablation", ablation_value="mean")
+        else:
+            mean = ga.filter_importance(ds, block="blk", method="ablation", ablation_value="mean", scoring="loss")
+            assert np.isfinite(mean.importances).all()

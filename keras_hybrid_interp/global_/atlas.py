@@ -16,11 +16,13 @@ the input positions the filter can see there, clipped at the input's border
 (the clipped ``box`` is recorded). Crops are copied out of the batch while it
 passes, for the kept samples only.
 
-A filter whose activation is the same for every streamed sample (a dead
-filter: 0 everywhere after a ReLU; or one saturated everywhere) has no
-ranking: its "top" examples are just the first ``k`` samples. Such filters are
-listed in ``FilterExamples.constant_filters``, flagged in ``to_frame()``,
-marked in the plot and reported with an :class:`InterpretationWarning`.
+A filter whose activation (the maximum of its map) is the same for every
+streamed sample has no ranking: all samples tie, and its "top" examples are
+just the first ``k`` samples. That happens to a dead filter (0 everywhere
+after a ReLU) and to a capped one that reaches its cap somewhere in every
+sample (ReLU6's 6, a sigmoid's 1). Such filters are listed in
+``FilterExamples.constant_filters``, flagged in ``to_frame()``, marked in the
+plot and reported with an :class:`InterpretationWarning`.
 """
 
 from __future__ import annotations
@@ -174,8 +176,9 @@ class FilterExamples:
     n_samples : int
         Samples streamed. ``k`` is at most this.
     constant_filters : ndarray of int
-        The analysed filters whose activation is the same for every streamed sample (dead filters
-        among them): their examples are the first ``k`` samples in stream order, not a ranking.
+        The analysed filters whose activation (the maximum of the map) is the same for every
+        streamed sample (dead filters, or capped ones that reach their cap in every sample): all
+        samples tie, so their examples are the first ``k`` samples in stream order, not a ranking.
     """
 
     filters: np.ndarray
@@ -306,8 +309,10 @@ def examples_result(red: TopKExamples, block: str, *, keep=None, known_dead=()) 
         _health.warn(
             "constant_filters",
             f"Block {block!r}: filter(s) {_health.listing(unreported)} reach the same maximum activation on every "
-            f"one of the {red.n} samples (a dead filter, or one saturated everywhere), so their atlas examples are "
-            "the first samples in stream order, not the samples they respond to most. They are marked in the atlas; "
-            "check for dying ReLUs, or analyse more varied data.",
+            f"one of the {red.n} samples (a dead filter, 0 everywhere; or a capped activation such as ReLU6 that "
+            "reaches its cap somewhere in every sample), so all samples tie and their atlas examples are the first "
+            "samples in stream order, not the samples they respond to most. They are marked in the atlas. A dead "
+            "filter suggests a dying ReLU; a capped one is better read through its mean activation "
+            "(ga.filter_class_association(x, y, block=..., statistic='mean')).",
         )
     return result

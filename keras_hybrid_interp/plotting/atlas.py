@@ -67,8 +67,8 @@ def plot_filter_examples(examples, *, filters=None, k=None, fig=None, cmap="gray
     -------
     matplotlib.figure.Figure
         Each crop's title is the activation (the maximum of the filter's map). A filter whose
-        activation is the same for every sample (``examples.constant_filters``) has no ranking: its
-        row is labelled "constant" and its crops are drawn faded.
+        activation is the same for every sample (``examples.constant_filters``: all samples tie) has
+        no ranking: its row is labelled "all tied" and its crops are drawn faded.
     """
     crops = getattr(examples, "crops", None)
     if crops is None:
@@ -109,7 +109,7 @@ def plot_filter_examples(examples, *, filters=None, k=None, fig=None, cmap="gray
                 ax.set_xlabel(f"#{int(indices[r, c])}", fontsize=7)
             if c == 0:
                 label = f"filter {int(np.asarray(examples.filters)[r])}"
-                ax.set_ylabel(label + "\n(constant:\nno ranking)" if flat else label, fontsize=8)
+                ax.set_ylabel(label + "\n(all tied:\nno ranking)" if flat else label, fontsize=8)
     rf = getattr(examples, "receptive_field", None)
     field = ("" if rf is None else " (whole input)" if getattr(rf, "whole", False)
              else f" (receptive field {' x '.join(str(s) for s in rf.size)})")

@@ -122,7 +122,7 @@ def test_filters_with_the_same_activation_on_every_sample_are_flagged(batch_size
     np.testing.assert_array_equal(ex.select([2, 1]).constant_filters, [2])
     fig = ex.plot()
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
-    assert labels == ["filter 0\n(constant:\nno ranking)", "filter 1", "filter 2\n(constant:\nno ranking)"]
+    assert labels == ["filter 0\n(all tied:\nno ranking)", "filter 1", "filter 2\n(all tied:\nno ranking)"]
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -130,6 +130,37 @@ def test_filters_with_the_same_activation_on_every_sample_are_flagged(batch_size
         warnings.simplefilter("error", InterpretationWarning)
         one = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", filters=[1], k=5)
     assert one.constant_filters.size == 0
+
+
+def test_the_report_path_warns_only_about_kept_filters_it_has_not_reported():
+    from keras_hybrid_interp.global_.atlas import examples_reducer, examples_result
+
+    model = _integer_cnn()
+    kernel = model.get_layer("conv").get_weights()[0]
+    kernel[..., 0] = 0.0  # filter 0: dead
+    kernel[..., 2] = 0.0
+    kernel[1, 1, 0, 2] = 1.0  # filter 2: its maximum is 2 on every image below
+    model.get_layer("conv").set_weights([kernel])
+    x = np.random.default_rng(1).integers(0, 3, (30, 6, 6, 1)).astype(np.float32)
+    x[:, 0, 0, 0] = 2.0
+    ga = GlobalAnalyzer(model, blocks=["conv"])
+    red = examples_reducer(ga.graph, ga.block_keys[0], "conv", k=3)
+    ga.run(ga.stream(x), [red])
+
+    def caught(**kw):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            ex = examples_result(red, "conv", **kw)
+        return ex, [str(w.message) for w in got if issubclass(w.category, InterpretationWarning)]
+
+    ex, msgs = caught(keep=[1, 0], known_dead=[0])  # the dead one is reported elsewhere; 2 is not shown
+    np.testing.assert_array_equal(ex.filters, [1, 0])
+    np.testing.assert_array_equal(ex.constant_filters, [0])  # still listed in the result
+    assert msgs == []
+    ex, msgs = caught(keep=[2, 0], known_dead=[0])
+    assert len(msgs) == 1 and "filter(s) [2] reach the same maximum" in msgs[0]
+    ex, msgs = caught()
+    assert len(msgs) == 1 and "filter(s) [0, 2] reach the same maximum" in msgs[0]
 
 
 def test_top_k_on_tf_data_with_labels_and_chosen_filters(cnn_data):

@@ -602,6 +602,9 @@ def build_report(
     interp.require_fitted()
     model = interp.wrapped_model
     want = check_sections(sections, compare is not None)
+    if compare is None and compare_blocks is not None:
+        raise ValueError("`compare_blocks` is given but `compare` is None: pass the other model as `compare=` "
+                         "(its blocks are then `compare_blocks`), or drop `compare_blocks`.")
     block = interp.block_names[-1] if block is None else block
     log = print if verbose else (lambda *a, **k: None)
     with _health.collect() as caveats:

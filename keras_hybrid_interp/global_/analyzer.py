@@ -395,7 +395,8 @@ class GlobalAnalyzer:
         if hasattr(other, "graph") and hasattr(other, "block_keys") and isinstance(other.graph, _graph.ModelGraph):
             graph, default = other.graph, list(other.block_keys)
         elif isinstance(other, keras.Model):
-            graph, default = (self.graph if other is self.graph.model else _graph.ModelGraph(other)), "auto"
+            graph = self.graph if other is self.graph.model else _graph.ModelGraph(other, argname=arg)
+            default = "auto"
         else:
             raise TypeError(f"`{arg}` must be a keras.Model, a GlobalAnalyzer or a HybridInterpreter; "
                             f"received {type(other).__name__}.")

@@ -248,6 +248,15 @@ def test_report_compares_with_another_model_in_its_one_pass(monkeypatch):
         build_report(interp, x[24:], y[24:], compare="other_cnn")
     with pytest.raises(ValueError, match="`compare_blocks`"):
         build_report(interp, x[24:], y[24:], compare=other, compare_blocks=["no_such_layer"])
+    with pytest.raises(ValueError, match="`compare_blocks` is given but `compare` is None"):
+        build_report(interp, x[24:], y[24:], compare_blocks=["conv1"])
+
+    class Subclassed(keras.Model):
+        def call(self, t):
+            return t
+
+    with pytest.raises(TypeError, match="`compare` is a subclassed model"):
+        build_report(interp, x[24:], y[24:], compare=Subclassed())
 
 
 def test_sections_restrict_what_is_computed_and_shown(monkeypatch):

@@ -830,7 +830,14 @@ class FrontierCache:
 
     def update(self, batch):
         for p, t in zip(self._parts, self.cached):
-            p.append(batch.values[t.ident])
+            a = batch.values[t.ident]
+            if p and tuple(a.shape[1:]) != tuple(p[0].shape[1:]):
+                raise ValueError(
+                    f"`x`: filter importance caches {self.engine.graph.tensors[t.key].name!r} for every sample, so "
+                    f"the batches must give it one shape; a batch gives {tuple(a.shape[1:])} after batches of "
+                    f"{tuple(p[0].shape[1:])}. Pass inputs of one spatial size (resize them), or analyse a block "
+                    "read only through a global pooling, whose cache has no spatial axes.")
+            p.append(a)
         if batch.y is not None:
             self._labels.append(np.asarray(batch.y))
         if self.summary is not None:

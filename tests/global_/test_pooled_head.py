@@ -311,8 +311,8 @@ def test_batches_of_different_spatial_sizes():
     ds = tf.data.Dataset.from_tensor_slices(small).batch(16).concatenate(
         tf.data.Dataset.from_tensor_slices(large).batch(16))
     for pool in (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D):
-        ga = GlobalAnalyzer(model_with(pool), blocks=["blk"])
-        assert isinstance(ga.engine(ga.block_keys[0]), PooledHeadEngine)
+        ga = GlobalAnalyzer(model_with(pool), blocks=["c1", "blk"])
+        assert isinstance(ga.engine(ga.block_keys[1]), PooledHeadEngine)
         perm = ga.filter_importance(ds, block="blk", n_repeats=2, random_state=0, scoring="loss")
         assert perm.n_samples == 96 and np.isfinite(perm.importances).all()
         zero = ga.filter_importance(ds, block="blk", method="ablation", scoring="loss")
@@ -323,3 +323,7 @@ def test_batches_of_different_spatial_sizes():
         else:
             mean = ga.filter_importance(ds, block="blk", method="ablation", ablation_value="mean", scoring="loss")
             assert np.isfinite(mean.importances).all()
+    # The plain tail caches the maps themselves: one spatial size, or a clear error.
+    with pytest.raises(ValueError,
+                       match=r"`x`: filter importance caches 'c1' for every sample.*after batches of \(8, 8, 6\)"):
+        ga.filter_importance(ds, block="c1", n_repeats=1, random_state=0)

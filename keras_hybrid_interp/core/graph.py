@@ -888,8 +888,10 @@ class ModelGraph:
         if isinstance(o.op, (_ops_numpy.Mean, _ops_numpy.Max)):
             for i in o.inputs:
                 rank = len(self.tensors[i].shape)
-                if rank in FEATURE_MAP_RANKS and (_reduced_axes(o.op, rank) is None
-                                                  or set(range(1, rank - 1)) <= _reduced_axes(o.op, rank)):
+                if rank not in FEATURE_MAP_RANKS:
+                    continue
+                axes = _reduced_axes(o.op, rank)
+                if axes is None or set(range(1, rank - 1)) <= axes:
                     return True
         return False
 

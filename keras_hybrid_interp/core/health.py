@@ -138,12 +138,10 @@ def check_classes(counts, class_names, source="the labels"):
         )
     missing = np.flatnonzero(counts == 0)
     if len(missing):
-        names = [class_names[i] for i in missing[:20]]
-        more = f" (and {len(missing) - 20} more)" if len(missing) > 20 else ""
         warn(
             "missing_classes",
-            f"Classes {names}{more} have no sample among the {int(np.sum(counts))} analysed (classes from "
-            f"{source}); every number computed for them is NaN, and a probe trained without them never "
+            f"Classes {listing(class_names[i] for i in missing)} have no sample among the {int(np.sum(counts))} "
+            f"analysed (classes from {source}); every number computed for them is NaN, and a probe trained without them never "
             "predicts them. Shuffle class-sorted data before cutting it with `max_samples`, or pass more data.",
         )
     return missing

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["load_digits", "make_synthetic", "class_names", "make_signals", "signal_class_names",
-           "make_volumes", "volume_class_names"]
+           "make_volumes", "volume_class_names", "make_multilabel_signals", "multilabel_signal_names",
+           "make_shapes_segmentation", "segmentation_class_names", "make_blob_regression",
+           "blob_target_names"]
 
 
 def load_digits(image_size: int = 8, *, test_size: float = 0.25, random_state: int = 0):
@@ -182,22 +184,29 @@ def _check_count(value, name, minimum):
     return int(value)
 
 
-def _beat(t, centre, period, qrs_width):
+def _beat(t, centre, period, qrs_width, *, t_offset=None, t_amp=0.3, st=0.0):
     """One PQRST complex at sample ``centre``: Gaussian P, Q, R, S and T waves.
 
     P and T sit at fixed fractions of the beat period; Q and S flank R at
-    2.2 QRS widths, so a wider QRS widens the whole complex.
+    2.2 QRS widths, so a wider QRS widens the whole complex. ``t_offset``
+    (default 0.28 periods) places the T wave, ``t_amp`` is its amplitude
+    (negative: an inverted T wave), and ``st`` raises the ST segment (from
+    1.5 QRS widths after S to the T peak) by that much, with soft edges.
     """
+    t_off = 0.28 * period if t_offset is None else t_offset
     waves = (  # (offset, standard deviation, amplitude)
         (-0.22 * period, 0.025 * period, 0.12),  # P
         (-2.2 * qrs_width, qrs_width, -0.12),    # Q
         (0.0, qrs_width, 1.0),                   # R
         (2.2 * qrs_width, qrs_width, -0.25),     # S
-        (0.28 * period, 0.05 * period, 0.3),     # T
+        (t_off, 0.05 * period, t_amp),           # T
     )
     out = np.zeros_like(t)
     for off, sd, amp in waves:
         out += amp * np.exp(-0.5 * ((t - centre - off) / sd) ** 2)
+    if st:
+        start, stop = centre + 3.7 * qrs_width, centre + t_off
+        out += st / ((1.0 + np.exp(-(t - start))) * (1.0 + np.exp(t - stop)))
     return out
 
 
@@ -385,3 +394,340 @@ def volume_class_names(factor: str = "shape") -> list[str]:
     if factor not in _VOLUME_FACTORS:
         raise ValueError(f"`factor` must be one of {sorted(_VOLUME_FACTORS)}; received {factor!r}.")
     return list(_VOLUME_FACTORS[factor])
+
+
+# ----------------------------------------------------------------------
+# Tasks beyond single-label classification
+# ----------------------------------------------------------------------
+def _check_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0; received {value!r}.")
+    return float(value)
+
+
+_FINDINGS = ("wide_qrs", "st_elevation", "tachycardia", "inverted_t", "noise_burst")
+
+
+def make_multilabel_signals(
+    n_samples: int = 800,
+    *,
+    length: int = 256,
+    prevalence=0.4,
+    noise: float = 0.05,
+    drift: float = 0.2,
+    random_state: int | None = 0,
+    return_factors: bool = False,
+):
+    """Generated ECG-like signals carrying several planted findings at once (multi-label).
+
+    Each signal is a train of beats as in :func:`make_signals` (P wave, QRS
+    complex, T wave, each a Gaussian bump) at a random phase and amplitude,
+    with Gaussian noise and a slow baseline drift. Five findings are planted,
+    each present independently of the others with probability
+    ``prevalence``; ``y[i, k]`` is 1 where finding ``k`` is present. They act
+    at different scales, from a few samples to several beats:
+
+    ====  ================  ====================================================
+    k     name              signature (present / absent)
+    ====  ================  ====================================================
+    0     ``wide_qrs``      R wave standard deviation 2.6 to 3.2 samples / 1.0 to 1.5
+    1     ``st_elevation``  the ST segment (S to T peak) raised by 0.25 to 0.35 / flat
+    2     ``tachycardia``   beat period 26 to 32 samples / 48 to 64
+    3     ``inverted_t``    T wave amplitude -0.4 to -0.3 / +0.25 to +0.35
+    4     ``noise_burst``   one burst of 0.35-0.48 cycles/sample oscillation, amplitude
+                            0.2 to 0.3 under a Hann window of 24 to 40 samples / none
+    ====  ================  ====================================================
+
+    The T wave sits 0.3 periods plus 3 QRS widths after R, so it never meets
+    the S wave, even in a fast beat with a wide QRS. The period is in
+    samples (a fixed sampling rate), so ``length`` sets how many beats a
+    signal holds (about 4 to 5, or 8 to 10 with tachycardia, at 256).
+
+    Parameters
+    ----------
+    n_samples : int
+    length : int
+        Samples per signal, at least 128.
+    prevalence : float or sequence of 5 floats
+        Probability that each finding is present, in [0, 1]: one for all, or
+        one per finding in the order of :func:`multilabel_signal_names`.
+    noise : float
+        Standard deviation of the Gaussian noise.
+    drift : float
+        Largest amplitude of the baseline drift (0: none).
+    random_state : int or None
+        Seed; the same seed gives the same signals, bit for bit.
+    return_factors : bool
+        Also return a dict of the per-signal draws.
+
+    Returns
+    -------
+    x : ndarray, shape (n_samples, length, 1), float32
+    y : ndarray, shape (n_samples, 5), int64 in {0, 1}
+    factors : dict of str -> ndarray, only with ``return_factors=True``
+        Keys "qrs_width", "period", "phase", "st" (elevation, 0 if none),
+        "t_amp", "t_offset", "burst_at" (first sample of the burst, -1 if
+        none), "burst_length" (0 if none), "burst_freq", "amplitude", "drift".
+    """
+    n = _check_count(n_samples, "n_samples", 1)
+    T = _check_count(length, "length", 128)
+    noise = _check_positive(noise, "noise")
+    drift = _check_positive(drift, "drift")
+    K = len(_FINDINGS)
+    try:
+        p = np.broadcast_to(np.asarray(prevalence, dtype=np.float64), (K,)).copy()
+    except (TypeError, ValueError):
+        raise ValueError(f"`prevalence` must be a float or a sequence of {K} floats in [0, 1]; "
+                         f"received {prevalence!r}.") from None
+    if isinstance(prevalence, bool) or not np.all((p >= 0) & (p <= 1)):
+        raise ValueError(f"`prevalence` must be a float or a sequence of {K} floats in [0, 1]; "
+                         f"received {prevalence!r}.")
+    rng = np.random.default_rng(random_state)
+    y = (rng.random((n, K)) < p).astype(np.int64)
+    wide, st_el, tachy, inv_t, burst = (y[:, k] == 1 for k in range(K))
+    t = np.arange(T, dtype=np.float64)
+    qrs = np.where(wide, rng.uniform(2.6, 3.2, n), rng.uniform(1.0, 1.5, n))
+    period = np.where(tachy, rng.uniform(26.0, 32.0, n), rng.uniform(48.0, 64.0, n))
+    phase = rng.uniform(0.0, 1.0, n) * period
+    st = np.where(st_el, rng.uniform(0.25, 0.35, n), 0.0)
+    t_amp = np.where(inv_t, -rng.uniform(0.3, 0.4, n), rng.uniform(0.25, 0.35, n))
+    t_offset = 0.3 * period + 3.0 * qrs
+    burst_length = np.where(burst, rng.integers(24, 41, n), 0)
+    burst_at = np.where(burst, [int(rng.integers(0, T - b + 1)) for b in np.maximum(burst_length, 1)], -1)
+    burst_freq = rng.uniform(0.35, 0.48, n)
+    burst_amp = rng.uniform(0.2, 0.3, n)
+    burst_phase = rng.uniform(0.0, 2 * np.pi, n)
+    amp = rng.uniform(0.8, 1.2, n)
+    drift_amp = rng.uniform(0.0, drift, n) if drift > 0 else np.zeros(n)
+    drift_period = rng.uniform(1.5, 4.0, n) * T
+    drift_phase = rng.uniform(0.0, 2 * np.pi, n)
+    x = np.empty((n, T, 1), dtype=np.float32)
+    for i in range(n):
+        sig = np.zeros(T)
+        for c in np.arange(phase[i] - period[i], T + period[i], period[i]):
+            sig += _beat(t, c, period[i], qrs[i], t_offset=t_offset[i], t_amp=t_amp[i], st=st[i])
+        sig *= amp[i]
+        if burst[i]:
+            b0, bl = burst_at[i], burst_length[i]
+            u = np.arange(bl, dtype=np.float64)
+            sig[b0:b0 + bl] += burst_amp[i] * np.hanning(bl) * np.sin(2 * np.pi * burst_freq[i] * u + burst_phase[i])
+        sig += drift_amp[i] * np.sin(2 * np.pi * t / drift_period[i] + drift_phase[i])
+        x[i, :, 0] = sig
+    x += rng.normal(0.0, noise, x.shape).astype(np.float32)
+    if return_factors:
+        return x, y, {"qrs_width": qrs, "period": period, "phase": phase, "st": st, "t_amp": t_amp,
+                      "t_offset": t_offset, "burst_at": burst_at.astype(np.int64),
+                      "burst_length": burst_length.astype(np.int64), "burst_freq": np.where(burst, burst_freq, 0.0),
+                      "amplitude": amp, "drift": drift_amp}
+    return x, y
+
+
+def multilabel_signal_names() -> list[str]:
+    """Names of the findings of :func:`make_multilabel_signals`, in the order of ``y``'s columns."""
+    return list(_FINDINGS)
+
+
+_SEG_CLASSES = ("background", "square", "disc", "textured")
+
+
+def make_shapes_segmentation(
+    n_samples: int = 400,
+    *,
+    size: int = 32,
+    max_shapes: int = 3,
+    noise: float = 0.1,
+    random_state: int | None = 0,
+    return_factors: bool = False,
+):
+    """Generated grey images of planted shapes with a per-pixel class mask (segmentation).
+
+    Each image holds 1 to ``max_shapes`` objects on a noisy background of
+    level 0.1. Each object is one of three classes, drawn uniformly:
+
+    * 1 ``"square"``: a filled square of uniform intensity;
+    * 2 ``"disc"``: a filled disc of uniform intensity;
+    * 3 ``"textured"``: a square or a disc (either, at random) filled with a
+      checkerboard of period 2 pixels alternating between its intensity and
+      0.3 times it, so its class is its texture, not its outline.
+
+    Intensities are drawn from 0.55 to 1.0 for every class, so no class can
+    be told from brightness alone; squares and discs differ only in their
+    outline. The half-width (square) or radius (disc) is drawn from
+    ``size // 10`` to ``size // 5`` pixels (3 to 6 at 32), the centre so that
+    the object lies inside the image. Objects are painted in order and may
+    overlap; a later object covers an earlier one, in the image and in the
+    mask alike. The mask is exactly the painted class of every pixel
+    (0: background).
+
+    Parameters
+    ----------
+    n_samples : int
+    size : int
+        Side of the square images, at least 16.
+    max_shapes : int
+        Most objects per image, at least 1 (the count is drawn uniformly from
+        1 to ``max_shapes``).
+    noise : float
+        Standard deviation of the Gaussian pixel noise (added to the image,
+        not to the mask).
+    random_state : int or None
+        Seed; the same seed gives the same images and masks, bit for bit.
+    return_factors : bool
+        Also return a dict of the objects drawn.
+
+    Returns
+    -------
+    x : ndarray, shape (n_samples, size, size, 1), float32
+    masks : ndarray, shape (n_samples, size, size), int64 in 0..3
+    factors : dict of str -> ndarray, only with ``return_factors=True``
+        Arrays of shape (n_samples, max_shapes), in painting order, padded
+        with -1 (ints) or NaN (floats) after an image's last object:
+        "cls" (class 1..3), "outline" (0 square, 1 disc), "row", "col"
+        (centre), "radius", "intensity", "phase" (the checkerboard's, 0 or 1).
+    """
+    n = _check_count(n_samples, "n_samples", 1)
+    S = _check_count(size, "size", 16)
+    m = _check_count(max_shapes, "max_shapes", 1)
+    noise = _check_positive(noise, "noise")
+    rng = np.random.default_rng(random_state)
+    lo, hi = max(2, S // 10), max(3, S // 5)
+    yy, xx = np.mgrid[0:S, 0:S]
+    fac = {k: np.full((n, m), -1, dtype=np.int64) for k in ("cls", "outline", "row", "col", "radius", "phase")}
+    fac["intensity"] = np.full((n, m), np.nan)
+    x = np.empty((n, S, S, 1), dtype=np.float32)
+    masks = np.zeros((n, S, S), dtype=np.int64)
+    for i in range(n):
+        img = np.full((S, S), 0.1)
+        for j in range(int(rng.integers(1, m + 1))):
+            cls = int(rng.integers(1, 4))
+            outline = {1: 0, 2: 1}.get(cls, int(rng.integers(0, 2)))
+            r = int(rng.integers(lo, hi + 1))
+            cy, cx = (int(v) for v in rng.integers(r, S - r, 2))
+            inten = float(rng.uniform(0.55, 1.0))
+            ph = int(rng.integers(0, 2))
+            if outline == 0:
+                inside = (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
+            else:
+                inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 0.5) ** 2
+            fill = np.where((yy + xx + ph) % 2 == 0, inten, 0.3 * inten) if cls == 3 else inten
+            img = np.where(inside, fill, img)
+            masks[i][inside] = cls
+            for k, v in (("cls", cls), ("outline", outline), ("row", cy), ("col", cx), ("radius", r),
+                         ("phase", ph), ("intensity", inten)):
+                fac[k][i, j] = v
+        x[i, :, :, 0] = img
+    x += rng.normal(0.0, noise, x.shape).astype(np.float32)
+    if return_factors:
+        return x, masks, fac
+    return x, masks
+
+
+def segmentation_class_names() -> list[str]:
+    """Names of the mask values of :func:`make_shapes_segmentation` (0 is the background)."""
+    return list(_SEG_CLASSES)
+
+
+_BLOB_TARGETS = {"count": ("count",), "area": ("area",), "both": ("count", "area")}
+
+
+def make_blob_regression(
+    n_samples: int = 600,
+    *,
+    size: int = 32,
+    max_blobs: int = 8,
+    target: str = "count",
+    noise: float = 0.1,
+    random_state: int | None = 0,
+    return_factors: bool = False,
+):
+    """Generated grey images of separate bright discs ("blobs"), with their count or total area as the target.
+
+    Each image holds 0 to ``max_blobs`` discs (the count drawn uniformly) on
+    a noisy background of level 0.1. Each disc has its own radius (1.5 to
+    ``size / 16 + 0.5`` pixels, 1.5 to 2.5 at 32) and intensity (0.5 to
+    1.0), and lies inside the image at least 2 pixels (edge to edge) from
+    every other disc, so that the discs never touch: in the noise-free image,
+    the connected components above the background are exactly the discs.
+    Because the radius varies, the count is not the bright area, and the
+    intensity varies, so neither is the total brightness.
+
+    Parameters
+    ----------
+    n_samples : int
+    size : int
+        Side of the square images, at least 16.
+    max_blobs : int
+        Most discs per image, at least 1, and at most what fits apart at
+        random (9 at 32 pixels, 16 at 64).
+    target : {"count", "area", "both"}
+        ``"count"``: the number of discs; ``"area"``: their total area in
+        pixels (the number of pixels painted); ``"both"``: the two as
+        columns, in the order of :func:`blob_target_names`.
+    noise : float
+        Standard deviation of the Gaussian pixel noise.
+    random_state : int or None
+        Seed; the same seed gives the same images, bit for bit.
+    return_factors : bool
+        Also return a dict of the discs drawn.
+
+    Returns
+    -------
+    x : ndarray, shape (n_samples, size, size, 1), float32
+    y : ndarray, float32, shape (n_samples,) for "count" and "area", (n_samples, 2) for "both"
+    factors : dict of str -> ndarray, only with ``return_factors=True``
+        "count" and "area" (n_samples,), and "row", "col", "radius",
+        "intensity" of shape (n_samples, max_blobs), NaN after an image's
+        last disc.
+    """
+    if target not in _BLOB_TARGETS:
+        raise ValueError(f"`target` must be one of {sorted(_BLOB_TARGETS)}; received {target!r}.")
+    n = _check_count(n_samples, "n_samples", 1)
+    S = _check_count(size, "size", 16)
+    m = _check_count(max_blobs, "max_blobs", 1)
+    noise = _check_positive(noise, "noise")
+    r_hi = S / 16 + 0.5
+    most = int(0.45 * S * S / (np.pi * (r_hi + 1.5) ** 2))  # leaves room to place them at random
+    if m > most:
+        raise ValueError(f"`max_blobs` must be at most {most} at `size`={S} (the discs must fit apart); "
+                         f"received {m}.")
+    rng = np.random.default_rng(random_state)
+    yy, xx = np.mgrid[0:S, 0:S]
+    fac = {k: np.full((n, m), np.nan) for k in ("row", "col", "radius", "intensity")}
+    count = rng.integers(0, m + 1, n)
+    area = np.zeros(n)
+    x = np.empty((n, S, S, 1), dtype=np.float32)
+    for i in range(n):
+        img = np.full((S, S), 0.1)
+        placed, misses = [], 0
+        while len(placed) < count[i]:
+            r = rng.uniform(1.5, r_hi)
+            cy, cx = rng.uniform(r, S - 1 - r, 2)
+            # 2 pixels of gap plus one for the rounding of both edges to the grid
+            if all(np.hypot(cy - py, cx - px) > r + pr + 3.0 for py, px, pr in placed):
+                placed.append((cy, cx, r))
+            else:
+                misses += 1
+                if misses == 500:  # jammed: start this image again
+                    placed, misses = [], 0
+        for j, (cy, cx, r) in enumerate(placed):
+            inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+            inten = rng.uniform(0.5, 1.0)
+            img[inside] = inten
+            area[i] += inside.sum()
+            fac["row"][i, j], fac["col"][i, j], fac["radius"][i, j], fac["intensity"][i, j] = cy, cx, r, inten
+        x[i, :, :, 0] = img
+    x += rng.normal(0.0, noise, x.shape).astype(np.float32)
+    targets = {"count": count.astype(np.float32), "area": area.astype(np.float32)}
+    cols = _BLOB_TARGETS[target]
+    y = targets[cols[0]] if len(cols) == 1 else np.stack([targets[c] for c in cols], axis=1)
+    if return_factors:
+        return x, y, {"count": count.astype(np.int64), "area": area.astype(np.int64), **fac}
+    return x, y
+
+
+def blob_target_names(target: str = "both") -> list[str]:
+    """Names of the target columns of :func:`make_blob_regression` for ``target``."""
+    if target not in _BLOB_TARGETS:
+        raise ValueError(f"`target` must be one of {sorted(_BLOB_TARGETS)}; received {target!r}.")
+    return list(_BLOB_TARGETS[target])

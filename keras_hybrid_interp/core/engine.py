@@ -47,7 +47,7 @@ import numpy as np
 
 from .distribute import predict_on_batch
 
-__all__ = ["TailEngine", "TiedTailEngine", "PooledHeadEngine", "MapSummary", "tail_engine", "Job", "FrontierCache",
+__all__ = ["TailEngine", "TiedTailEngine", "PooledHeadEngine", "LinearHeadEngine", "MapSummary", "tail_engine", "Job", "FrontierCache",
            "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET", "Calibration", "calibrate_stacking"]
 
 #: Bytes of activations one stacked tail pass may use (estimate).
@@ -842,7 +842,7 @@ class FrontierCache:
             self._labels.append(np.asarray(batch.y))
         if self.summary is not None:
             self.summary.update(batch)
-        self.n += len(batch.x)
+        self.n += len(batch.values[self.cached[0].ident])
         if not self._warned and self.n * self._per > CACHE_WARN_BYTES:
             self._warned = True
             from . import health as _health
@@ -1071,14 +1071,76 @@ class PooledHeadEngine(TailEngine):
         raise ValueError("The pooled-head engine perturbs pooled features; Taylor importance uses the plain engine.")
 
 
+class LinearHeadEngine(PooledHeadEngine):
+    """The closed form where the pooled features go through one Dense layer: no head pass at all.
+
+    Applies where :class:`PooledHeadEngine` does and the head after the pooling
+    is one ``Dense`` layer and the output activation (softmax, sigmoid or none),
+    inactive dropout allowed (:meth:`ModelGraph.dense_head_after`): the
+    ``GAP -> Dense(softmax)`` end of every ``keras.applications`` classifier.
+    It caches the same pooled features and perturbs them the same way
+    (:meth:`PooledHeadEngine.pooled_job`, :meth:`PooledHeadEngine.mean_fill`),
+    then computes each job's logits by a rank-``k`` update of the baseline
+    logits in NumPy (:class:`~keras_hybrid_interp.core.linear_head.LinearHead`),
+    applies the activation and calls ``score`` with the model's outputs, as
+    every engine does. Equal to :class:`PooledHeadEngine` to float32 rounding of
+    the logits; the tie rule for predicted classes is in :mod:`.linear_head`.
+    ``perturbations_per_eval`` has nothing to stack here and is ignored; the
+    jobs go in chunks of at most ``min(memory_budget, linear_head.CHUNK_BYTES)``
+    bytes of work arrays.
+    """
+
+    def __init__(self, graph, key: int, pooled: int, reduce: str, head):
+        from .linear_head import LinearHead
+
+        self.graph = graph
+        self.key = key
+        check_single_output(graph)
+        if reduce not in ("avg", "max"):  # pragma: no cover - internal
+            raise ValueError(reduce)
+        self.pooled = pooled
+        self.reduce = reduce
+        self.cut = pooled
+        self.frontier = [pooled]
+        self.shape = tuple(graph.tensors[key].shape[1:])
+        self.channels = int(self.shape[-1])
+        self.output_shape = tuple(graph.tensors[graph.output_keys[0]].shape[1:])
+        self.linear = LinearHead(head)
+        self.calibrations = {}
+        self._grad_fn = None
+
+    @property
+    def tail(self):
+        """The head as a Keras model (built on first use only: the closed form never runs it)."""
+        return self.graph.build(self.graph.output_keys, inputs=self.frontier, name="khi_head")
+
+    def run(self, cache: Cache, jobs: Sequence[Job], score: Callable[[np.ndarray], float],
+            perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET, progress=None) -> np.ndarray:
+        """Scores every job (as :meth:`TailEngine.run`) by rank-k logit updates of the pooled features."""
+        from .linear_head import CHUNK_BYTES
+
+        pooled = cache.arrays[0].reshape(cache.n, -1)
+        return self.linear.run(pooled, [self.pooled_job(j) for j in jobs], score,
+                               min(int(memory_budget), CHUNK_BYTES), progress)
+
+    def baseline_outputs(self, cache: Cache, n_jobs: int, perturbations_per_eval="auto",
+                         memory_budget=DEFAULT_MEMORY_BUDGET) -> np.ndarray:
+        """The model's outputs (n, K) on the cached pooled features, float64 (the jobs' arithmetic)."""
+        return self.linear.outputs(cache.arrays[0].reshape(cache.n, -1))
+
+
 def tail_engine(graph, key: int, *, shortcut: bool = True) -> TailEngine:
-    """The engine for perturbing tensor ``key``: :class:`PooledHeadEngine` where it applies, else :class:`TailEngine`.
+    """The engine for perturbing tensor ``key``: :class:`LinearHeadEngine` or :class:`PooledHeadEngine`
+    where they apply (in that order), else :class:`TailEngine`.
 
     ``shortcut=False`` always gives the plain tail (Taylor importance, and
-    the tests that check the shortcut against it).
+    the tests that check the shortcuts against it).
     """
     if shortcut:
         pooled = graph.global_pool_after(key)
         if pooled is not None:
+            head = graph.dense_head_after(pooled[0])
+            if head is not None:
+                return LinearHeadEngine(graph, key, *pooled, head)
             return PooledHeadEngine(graph, key, *pooled)
     return TailEngine(graph, key)

@@ -68,7 +68,7 @@ from keras.src.models.functional import Functional
 from keras.src.ops import nn as _ops_nn
 from keras.src.ops import numpy as _ops_numpy
 
-__all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block", "Window", "FEATURE_MAP_RANKS", "is_feature_map", "RANKS_TEXT"]
+__all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block", "DenseHead", "Window", "FEATURE_MAP_RANKS", "is_feature_map", "RANKS_TEXT"]
 
 _CONV_TYPES = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
 
@@ -105,6 +105,11 @@ _KEEPS_CHANNELS_OPS = tuple(
         (_ops_nn, ("Relu", "Relu6", "Sigmoid", "Silu", "Gelu", "Elu", "Selu", "Celu", "LeakyRelu", "Softplus",
                    "Softsign", "HardSigmoid", "HardSilu", "HardTanh", "LogSigmoid", "BatchNorm")),
     ) for name in names if hasattr(mod, name)
+)
+#: Layers that are the identity in inference (exact types: :meth:`ModelGraph.dense_head_after`).
+_INFERENCE_IDENTITIES = (
+    keras.layers.Dropout, keras.layers.GaussianDropout, keras.layers.GaussianNoise, keras.layers.AlphaDropout,
+    keras.layers.Identity,
 )
 #: Activations that mix the channels (normalise over the channel axis): an Activation layer with
 #: one of these does not keep channels.
@@ -222,12 +227,42 @@ class Block:
     depth : int
         Position of the producing operation in the flattened graph, counted
         from the input (0-based). Larger is deeper.
+    branch : str or None
+        Models with several inputs: the name of the input the block depends
+        on (the branch it lies on), or the names of several inputs joined by
+        ``"+"`` for a block after their branches merge. None for a
+        single-input model.
+    image_input : str or None
+        Models with several inputs: the first input of ``branch`` that is a
+        feature map (an image, signal or volume, not a tabular vector), the
+        one the atlas and the explanations draw. None for a single-input model.
     """
 
     name: str
     output_shape: tuple
     filters: int
     depth: int
+    branch: str | None = None
+    image_input: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseHead:
+    """A head that is one Dense layer and an output activation (:meth:`ModelGraph.dense_head_after`).
+
+    Attributes
+    ----------
+    dense : keras.layers.Dense
+        The user's layer (its ``kernel`` and ``bias`` are read when needed, never changed).
+    activation : {"softmax", "sigmoid", "linear"}
+        What the model applies to the Dense layer's output.
+    output : int
+        Key of the model's output tensor.
+    """
+
+    dense: Any
+    activation: str
+    output: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,6 +388,9 @@ class ModelGraph:
         flat_out = tree.flatten(outputs)
         self.output_keys = [self._key_of[id(t)] for t in flat_out]
         self._names = self._index_names()
+        #: The model's input names, in :attr:`input_keys` order: the keys of a model built on a dict of
+        #: inputs, else the names of its ``keras.Input`` layers (what ``x`` as a dict is keyed by).
+        self.input_names = self._model_input_names(model, len(self.input_keys))
 
     # ------------------------------------------------------------------
     # Construction
@@ -402,6 +440,20 @@ class ModelGraph:
             keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=f"input_{i}" if i else "input")
             for i, t in enumerate(model_inputs)
         ]
+
+    @staticmethod
+    def _model_input_names(model, n) -> list[str]:
+        struct = getattr(model, "_inputs_struct", None)
+        if isinstance(struct, dict) and len(struct) == n:
+            keys = sorted(struct)  # tree.flatten orders a dict by its sorted keys, as model.inputs does
+            return [str(k) for k in keys]
+        try:
+            names = [str(t.name) for t in model.inputs]
+        except (AttributeError, ValueError):
+            names = []
+        if len(names) != n or len(set(names)) != n:
+            names = ["input" if i == 0 else f"input_{i}" for i in range(n)]
+        return names
 
     def _register(self, tensor, producer, name) -> int:
         key = len(self._symbolic)
@@ -499,6 +551,20 @@ class ModelGraph:
         ]
         self.ops.append(OpNode(index, path, op, in_keys, out_keys, t_args, t_kwargs))
         return outputs
+
+    def select_output(self, key: int) -> None:
+        """Analyses read output ``key`` only: it becomes the graph's one output (tails, frontiers, side models).
+
+        For a model with several outputs, called once, right after construction,
+        before any side model is built. The user's model is not touched.
+        """
+        if key not in self.output_keys:
+            raise ValueError(f"tensor {key} is not an output of model {self.model.name!r}")  # internal misuse
+        if self._side_models or self._models:
+            raise RuntimeError("select_output must be called before any side model is built")  # internal misuse
+        #: All outputs of the model, in order (``output_keys`` holds the analysed one).
+        self.model_output_keys = list(self.output_keys)
+        self.output_keys = [key]
 
     def _index_names(self) -> dict[str, list[int]]:
         names: dict[str, list[int]] = {}
@@ -936,6 +1002,61 @@ class ModelGraph:
             return None
         return pooled, reduce
 
+    def dense_head_after(self, pooled: int) -> DenseHead | None:
+        """The head after tensor ``pooled`` when it is one Dense layer and an output activation, else None.
+
+        That is the chain ``pooled -> [inference identities] -> Dense -> [activation] -> model output``,
+        in which each tensor has exactly one reader (which reads nothing else) and is no model output
+        but the last, which is the model's only output; ``pooled`` has shape ``(batch, C)``.
+
+        * Inference identities: Keras' own ``Dropout``, ``GaussianDropout``, ``GaussianNoise``,
+          ``AlphaDropout`` and ``Identity`` layers (exact types), not called with ``training=True``.
+        * The Dense layer: ``keras.layers.Dense`` itself (a subclass may compute otherwise), not
+          quantized, computing in float32 or float64, with activation softmax, sigmoid or linear.
+        * The activation after it (only after a linear Dense): an ``Activation`` layer with softmax,
+          sigmoid or linear, or a ``Softmax`` layer over the last axis called without a mask.
+
+        The model output is then ``activation(pooled @ kernel + bias)`` (see ``core/linear_head.py``).
+        """
+        if len(self.tensors[pooled].shape) != 2:
+            return None
+        acts = {keras.activations.softmax: "softmax", keras.activations.sigmoid: "sigmoid",
+                keras.activations.linear: "linear"}
+        key, dense, activation = pooled, None, None
+        while True:
+            if key in self.output_keys:
+                break
+            users = [o for o in self.ops if key in o.inputs]
+            if len(users) != 1 or users[0].inputs != [key] or len(users[0].outputs) != 1:
+                return None
+            o = users[0]
+            op = o.op
+            kwargs = o.kwargs if isinstance(o.kwargs, dict) else {}
+            if type(op) in _INFERENCE_IDENTITIES and dense is None:
+                if kwargs.get("training") not in (None, False):
+                    return None
+            elif type(op) is keras.layers.Dense and dense is None:
+                if getattr(op, "quantization_mode", None) is not None or op.compute_dtype not in ("float32", "float64"):
+                    return None
+                activation = acts.get(getattr(op, "activation", None))
+                if activation is None:
+                    return None
+                dense = op
+            elif dense is not None and activation == "linear" and type(op) is keras.layers.Activation:
+                activation = acts.get(getattr(op, "activation", None))
+                if activation is None:
+                    return None
+            elif dense is not None and activation == "linear" and type(op) is keras.layers.Softmax:
+                if kwargs.get("mask") is not None or getattr(op, "axis", None) not in (-1, 1):
+                    return None
+                activation = "softmax"
+            else:
+                return None
+            key = o.outputs[0]
+        if dense is None or self.output_keys != [key]:
+            return None
+        return DenseHead(dense, activation, key)
+
     def window(self, o: OpNode) -> Window | None:
         """The sliding window of ``o`` (:class:`Window`), or None when ``o`` does not slide one.
 
@@ -972,12 +1093,38 @@ class ModelGraph:
 
     def block_info(self, key: int, name: str | None = None) -> Block:
         t = self.tensors[key]
+        branch = image = None
+        if len(self.input_keys) > 1:
+            ins = self.inputs_of(key)
+            branch = "+".join(self.input_names[self.input_keys.index(k)] for k in ins)
+            image = self.image_input_of(key)
+            image = None if image is None else self.input_names[self.input_keys.index(image)]
         return Block(
             name=name or t.name,
             output_shape=t.shape,
             filters=int(t.shape[-1]) if t.shape and t.shape[-1] is not None else 0,
             depth=t.producer if t.producer is not None else -1,
+            branch=branch,
+            image_input=image,
         )
+
+    def inputs_of(self, key: int) -> list[int]:
+        """The input keys tensor ``key`` depends on, in :attr:`input_keys` order."""
+        deps = getattr(self, "_input_deps", None)
+        if deps is None:
+            deps = [frozenset()] * len(self.tensors)
+            for k in self.input_keys:
+                deps[k] = frozenset([k])
+            for o in self.ops:  # topological order
+                d = frozenset().union(*(deps[i] for i in o.inputs))
+                for k in o.outputs:
+                    deps[k] = d
+            self._input_deps = deps
+        return [k for k in self.input_keys if k in deps[key]]
+
+    def image_input_of(self, key: int) -> int | None:
+        """The first input tensor ``key`` depends on whose shape is a feature map (not a tabular vector)."""
+        return next((k for k in self.inputs_of(key) if is_feature_map(self.tensors[k].shape)), None)
 
     def keeps_channels(self, o: OpNode) -> bool:
         """Whether channel ``i`` of ``o``'s output depends on channel ``i`` of its inputs only (index kept).

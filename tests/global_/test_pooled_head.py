@@ -13,7 +13,7 @@ import pytest
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer
-from keras_hybrid_interp.core.engine import FrontierCache, PooledHeadEngine, TailEngine
+from keras_hybrid_interp.core.engine import FrontierCache, LinearHeadEngine, PooledHeadEngine, TailEngine
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -98,6 +98,18 @@ REQUESTS = [
 ]
 
 
+def _pooled_head(ga, key):
+    """Installs :class:`PooledHeadEngine` as ``ga``'s shortcut at ``key`` and returns it.
+
+    Where the head is one Dense layer, ``tail_engine`` now picks the closed form
+    (:class:`LinearHeadEngine`, tested in ``tests/core/test_linear_head.py``); this file
+    tests the engine that runs the head, so it puts that one in place.
+    """
+    engine = PooledHeadEngine(ga.graph, key, *ga.graph.global_pool_after(key))
+    ga._engines[("shortcut", key)] = engine
+    return engine
+
+
 def _pair(build):
     keras.utils.set_random_seed(0)
     model, conv, output = build()
@@ -106,6 +118,7 @@ def _pair(build):
                           output=output)
     slow = GlobalAnalyzer(model, blocks=fast.block_names, output=output)
     key = fast.block_keys[0]
+    _pooled_head(fast, key)
     # The plain engine where the shortcut would go: the reference path.
     slow._engines[("shortcut", key)] = slow.engine(key, shortcut=False)
     return model, fast, slow
@@ -115,7 +128,7 @@ def _pair(build):
 def test_shortcut_equals_the_tail_engine(build):
     model, fast, slow = _pair(build)
     key = fast.block_keys[0]
-    assert isinstance(fast.engine(key), PooledHeadEngine)
+    assert type(fast.engine(key)) is PooledHeadEngine
     assert type(slow.engine(key)) is TailEngine
     x, y = _data(tuple(model.input_shape[1:]))
     block = fast.block_names[0]
@@ -255,7 +268,8 @@ def test_free_spatial_dimensions():
     slow = GlobalAnalyzer(model, blocks=["c1", "blk"])
     key = fast.block_keys[1]
     slow._engines[("shortcut", key)] = slow.engine(key, shortcut=False)
-    assert isinstance(fast.engine(key), PooledHeadEngine)
+    assert type(fast.engine(key)) is LinearHeadEngine  # GAP -> Dense: the closed form, by default
+    assert type(_pooled_head(fast, key)) is PooledHeadEngine
     x, y = _data((10, 10, 3))
     for kw in REQUESTS:
         a = fast.filter_importance(x, y, block="blk", **kw)
@@ -275,7 +289,8 @@ def test_free_spatial_dimensions():
     assert np.abs(one.importances).max() > 1e-4
 
 
-def test_dead_filters_with_a_non_round_constant_score_exactly_zero():
+@pytest.mark.parametrize("engine", [PooledHeadEngine, LinearHeadEngine], ids=lambda e: e.__name__)
+def test_dead_filters_with_a_non_round_constant_score_exactly_zero(engine):
     """A dead filter whose map is 0.1 everywhere (not exact in float32 sums): permutation and mean ablation 0."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((7, 7, 3))
@@ -285,7 +300,9 @@ def test_dead_filters_with_a_non_round_constant_score_exactly_zero():
     w[..., 3], b[3] = 0.0, 0.1
     conv.set_weights([w, b])
     ga = GlobalAnalyzer(model, blocks=["blk"])
-    assert isinstance(ga.engine(ga.block_keys[0]), PooledHeadEngine)
+    if engine is PooledHeadEngine:
+        _pooled_head(ga, ga.block_keys[0])
+    assert type(ga.engine(ga.block_keys[0])) is engine
     x, y = _data((7, 7, 3))
     for kw in (dict(method="permutation", n_repeats=2, random_state=0, scoring="loss"),
                dict(method="ablation", ablation_value="mean", scoring="loss")):
@@ -310,9 +327,12 @@ def test_batches_of_different_spatial_sizes():
     large = rng.normal(size=(48, 12, 12, 3)).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices(small).batch(16).concatenate(
         tf.data.Dataset.from_tensor_slices(large).batch(16))
-    for pool in (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D):
+    for pool, engine in [(p, e) for p in (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D)
+                         for e in (PooledHeadEngine, LinearHeadEngine)]:
         ga = GlobalAnalyzer(model_with(pool), blocks=["c1", "blk"])
-        assert isinstance(ga.engine(ga.block_keys[1]), PooledHeadEngine)
+        if engine is PooledHeadEngine:
+            _pooled_head(ga, ga.block_keys[1])
+        assert type(ga.engine(ga.block_keys[1])) is engine
         perm = ga.filter_importance(ds, block="blk", n_repeats=2, random_state=0, scoring="loss")
         assert perm.n_samples == 96 and np.isfinite(perm.importances).all()
         zero = ga.filter_importance(ds, block="blk", method="ablation", scoring="loss")

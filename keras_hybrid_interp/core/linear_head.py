@@ -1,0 +1,162 @@
+"""Closed-form permutation and ablation through a linear head: rank-k logit updates, no head pass.
+
+Where the analysed block is read only through a global pooling
+(:meth:`ModelGraph.global_pool_after`) and the pooled features go through one
+Dense layer and the output activation, inactive dropout allowed
+(:meth:`ModelGraph.dense_head_after`), the model's output is
+
+    out = act(x @ W + b)          x: (n, C) pooled features, W: (C, K), b: (K,)
+
+with ``act`` softmax, sigmoid or the identity. A perturbation of the filters
+``G`` (their pooled features replaced by ``x'_G``: another sample's, for a
+permutation, or a constant, for an ablation) changes the logits by
+
+    z' = z + (x'_G - x_G) @ W_G
+
+so every perturbation costs ``n x |G| x K`` multiply-adds in NumPy, with no
+forward pass of the head at all. :class:`LinearHead` computes the baseline
+logits ``z`` once per run (float64, from the cached pooled features and the
+layer's current weights), the updated logits of a chunk of jobs at once (``J x n
+x K`` numbers, ``J`` chosen so that a chunk stays under a memory budget),
+applies the output activation (float64), and hands each job's outputs, shape
+``(n, K)``, to the same ``score`` callable as the engines that run the head
+(:class:`~keras_hybrid_interp.core.engine.LinearHeadEngine` wraps it).
+
+Agreement with running the head
+-------------------------------
+The head's own float32 matmul sums ``C`` products in an order its kernel
+chooses; here the sums are float64. The outputs therefore agree with the
+pooled-head engine's to float32 rounding of the logits (about ``1e-7`` of
+their size: probabilities and losses within ``1e-6``), and a sample's
+predicted class agrees except where its two largest outputs are within that
+rounding of each other (a near tie). **Tie rule**: such near ties are
+resolved by the float64 outputs here, by the model's float32 kernels there;
+an exact tie of the float64 outputs goes to the lower class, as everywhere
+(:meth:`OutputReader.predicted`). A perturbation that leaves the pooled
+features unchanged gives exactly the baseline outputs (the update is an exact
+zero).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["LinearHead", "CHUNK_BYTES"]
+
+#: Bytes of float64 work arrays one chunk of jobs may use (a few arrays of ``J x n x (K + |G|)``):
+#: small enough to stay in the CPU's caches, large enough to amortise NumPy's per-call costs.
+CHUNK_BYTES = 16 * 2**20
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(z)
+
+
+_ACTIVATIONS = {"softmax": _softmax, "sigmoid": _sigmoid, "linear": lambda z: z}
+
+
+class LinearHead:
+    """The model's output as ``act(pooled @ kernel + bias)``, and its rank-k updates.
+
+    Parameters
+    ----------
+    head : DenseHead
+        From :meth:`ModelGraph.dense_head_after`: the user's Dense layer and the activation.
+        The layer's weights are read at every call (:meth:`weights`), so a head that trains
+        between analyses (the callback) is read as it is then; they are never changed.
+    """
+
+    def __init__(self, head):
+        if head.activation not in _ACTIVATIONS:  # pragma: no cover - the graph gives one of them
+            raise ValueError(head.activation)
+        self.head = head
+        self.activation = head.activation
+        self.activate: Callable[[np.ndarray], np.ndarray] = _ACTIVATIONS[head.activation]
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(kernel (C, K), bias (K,))`` of the Dense layer as they are now, float64."""
+        import keras
+
+        dense = self.head.dense
+        w = np.asarray(keras.ops.convert_to_numpy(dense.kernel), dtype=np.float64)
+        bias = getattr(dense, "bias", None)
+        b = np.zeros(w.shape[-1]) if bias is None else np.asarray(keras.ops.convert_to_numpy(bias), dtype=np.float64)
+        return w, b
+
+    def outputs(self, pooled: np.ndarray) -> np.ndarray:
+        """The model's outputs (n, K) on pooled features ``pooled`` (n, C), float64."""
+        w, b = self.weights()
+        return self.activate(np.asarray(pooled, dtype=np.float64) @ w + b)
+
+    def run(self, pooled: np.ndarray, jobs: Sequence, score: Callable[[np.ndarray], float],
+            chunk_bytes: int = CHUNK_BYTES, progress=None) -> np.ndarray:
+        """Scores every job on the pooled features; returns an array of shape (len(jobs),).
+
+        ``pooled`` (n, C) is the cache of pooled features (its dtype is the model's: a fill is cast
+        to it first, as the head engines write it into their float buffers). Each job has
+        ``channels`` (k,), ``kind`` ("none", "permute" or "fill"), ``perm`` (an array or a callable
+        returning one) and ``fill`` (a scalar or ``(k,)`` pooled values). ``score`` receives one
+        job's outputs ``(n, K)`` (float64, activation applied), in sample order. Jobs are evaluated
+        in chunks of jobs with the same number of channels, ``chunk_bytes`` of work arrays at most
+        (at least one job per chunk); ``progress(done)`` is called after each chunk.
+        """
+        n = int(pooled.shape[0])
+        x32 = pooled.reshape(n, -1)
+        x = x32.astype(np.float64)
+        w, b = self.weights()
+        z0 = x @ w + b
+        n_out = z0.shape[1]
+        scores = np.empty(len(jobs), dtype=np.float64)
+        rows = np.arange(n)
+        i = 0
+        while i < len(jobs):
+            k = len(jobs[i].channels)
+            per_job = 8 * n * (3 * k + 3 * n_out)
+            cap = max(1, int(chunk_bytes) // max(per_job, 1))
+            j = i + 1
+            while j < len(jobs) and j - i < cap and len(jobs[j].channels) == k:
+                j += 1
+            chunk = jobs[i:j]
+            ch = np.stack([np.asarray(job.channels, dtype=np.int64) for job in chunk])  # (J, k)
+            # The perturbed pooled features of the chunk's channels, (J, n, k): gathered at once.
+            src = np.empty((len(chunk), n), dtype=np.int64)
+            fills = []
+            for t, job in enumerate(chunk):
+                if job.kind == "permute":
+                    src[t] = job.perm() if callable(job.perm) else job.perm
+                elif job.kind in ("fill", "none"):
+                    src[t] = rows
+                    if job.kind == "fill":
+                        # Cast to the cache's dtype first, as the engines write a fill into their buffers.
+                        value = np.broadcast_to(np.asarray(job.fill).astype(x32.dtype), (k,))
+                        fills.append((t, value.astype(np.float64)))
+                else:  # pragma: no cover - internal
+                    raise ValueError(job.kind)
+            old = x[rows[None, :, None], ch[:, None, :]]  # (J, n, k)
+            new = x[src[:, :, None], ch[:, None, :]]
+            for t, value in fills:
+                new[t] = value
+            delta = new - old
+            wg = w[ch]  # (J, k, K)
+            if k == 1:
+                z = delta * wg  # (J, n, 1) * (J, 1, K)
+            else:
+                z = np.matmul(delta, wg)
+            z += z0
+            out = self.activate(z)
+            for t in range(len(chunk)):
+                scores[i + t] = float(score(out[t]))
+            i = j
+            if progress is not None:
+                progress(i)
+        return scores

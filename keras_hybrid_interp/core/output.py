@@ -187,8 +187,8 @@ def cross_entropy_from_log_probabilities(logp, targets, xp=np):
     return -xp.sum(xp.cast(targets, logp.dtype) * logp, axis=1)
 
 
-def output_activation(graph):
-    """What the operation producing the graph's output applies last.
+def output_activation(graph, key=None):
+    """What the operation producing the graph's output (or tensor ``key``) applies last.
 
     ``"softmax"``, ``"sigmoid"``, ``"linear"`` (a layer with no activation,
     e.g. ``Dense(k)``), or None when it cannot be told (a custom layer).
@@ -196,7 +196,7 @@ def output_activation(graph):
     """
     import keras
 
-    producer = graph.tensors[graph.output_keys[0]].producer
+    producer = graph.tensors[graph.output_keys[0] if key is None else key].producer
     if producer is None:
         return None
     op = graph.ops[producer].op

@@ -32,7 +32,8 @@ import numpy as np
 
 from .output import OutputReader, cross_entropy_from_log_probabilities
 
-__all__ = ["ProbeSolution", "fit_probe", "objective", "check_C", "check_solver", "restandardize"]
+__all__ = ["ProbeSolution", "RidgeSolution", "fit_probe", "fit_ridge", "fit_task_probe", "probe_logits", "objective",
+           "check_C", "check_solver", "restandardize"]
 
 #: Default iteration cap of L-BFGS.
 MAX_ITER = 1000
@@ -193,3 +194,103 @@ def fit_probe(z, targets, num_classes, *, C=1.0, max_iter=MAX_ITER, tol=TOL, ini
         b = np.concatenate([[0.0], b])
     converged = bool(res.success or np.max(np.abs(grad), initial=0.0) <= tol)
     return ProbeSolution(w, b, loss, value, int(res.nit), converged)
+
+
+# ----------------------------------------------------------------------
+# Probes of every task: one entry point
+# ----------------------------------------------------------------------
+#: The ridge penalties a regression probe chooses from (on standardized features).
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))
+
+
+@dataclasses.dataclass
+class RidgeSolution(ProbeSolution):
+    """A ridge probe: ``kernel`` (D, K), ``bias`` (K,), and the chosen penalty ``alpha``."""
+
+    alpha: float = float("nan")
+    loo_mse: float = float("nan")
+
+
+def fit_ridge(z, y, alphas=RIDGE_ALPHAS) -> RidgeSolution:
+    """Ridge regression of targets ``y`` (n, K) on standardized features ``z`` (n, D), penalty by leave-one-out.
+
+    Minimises ``||y - z w - b||^2 + alpha ||w||^2`` (intercept not penalised)
+    for every ``alpha`` of ``alphas`` and keeps the one with the smallest
+    efficient leave-one-out squared error, averaged over samples and targets
+    (scikit-learn's ``RidgeCV(alphas, fit_intercept=True)``, its default
+    ``gcv_mode``; the first alpha wins a tie). With ``U S V^T`` the SVD of
+    the centred ``z``, the fit's hat matrix is ``1/n + U diag(s^2 / (s^2 +
+    alpha)) U^T``, and the leave-one-out residual is the residual over
+    ``1 - h_ii``: one SVD serves every alpha.
+    """
+    z = np.asarray(z, np.float64)
+    y = np.asarray(y, np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    n = z.shape[0]
+    alphas = np.asarray(alphas, np.float64)
+    if alphas.ndim != 1 or len(alphas) == 0 or not np.all(alphas > 0):
+        raise ValueError(f"`alphas` must be a non-empty list of positive penalties; received {alphas!r}.")
+    zm, ym = z.mean(axis=0), y.mean(axis=0)
+    zc, yc = z - zm, y - ym
+    with single_thread_blas(n * z.shape[1] * min(n, z.shape[1])):
+        u, s, vt = np.linalg.svd(zc, full_matrices=False)
+        uty = u.T @ yc  # (r, K)
+        s2 = s * s
+        best = None
+        for a in alphas:
+            shrink = s2 / (s2 + a)
+            fitted = u @ (shrink[:, None] * uty)
+            h = 1.0 / n + np.einsum("ij,j,ij->i", u, shrink, u)
+            loo = (yc - fitted) / (1.0 - h)[:, None]
+            err = float(np.mean(loo * loo))
+            if best is None or err < best[0]:
+                best = (err, a)
+        err, a = best
+        w = vt.T @ ((s / (s2 + a))[:, None] * uty)
+    b = ym - zm @ w
+    mse = float(np.mean(np.square(z @ w + b - y)))
+    return RidgeSolution(w, b, mse, mse + a * float(np.sum(w * w)) / n, 0, True, alpha=float(a), loo_mse=err)
+
+
+def fit_task_probe(task, z, targets, *, C=1.0, max_iter=MAX_ITER, tol=TOL, init=None) -> ProbeSolution:
+    """The probe of ``task`` (a :class:`~keras_hybrid_interp.core.task.Task`) on standardized features ``z``.
+
+    - classification: multinomial (binary for 2 classes) logistic regression, :func:`fit_probe`;
+    - multi-label: one binary logistic regression per label, each :func:`fit_probe` with the same ``C``
+      (targets (n, K) of 0/1, or probabilities for label-free probes); ``kernel`` (D, K) holds each label's
+      logit weights;
+    - regression: ridge with its penalty chosen by leave-one-out, :func:`fit_ridge` (``C`` is not used).
+
+    ``init``: a warm start ``(kernel, bias)`` in the same coordinates (ignored by ridge, which is closed-form).
+    """
+    name = task.name
+    if name in ("multiclass", "binary"):
+        return fit_probe(z, targets, task.num_classes, C=C, max_iter=max_iter, tol=tol, init=init)
+    if name == "regression":
+        return fit_ridge(z, targets)
+    if name != "multilabel":
+        raise ValueError(f"fit_task_probe does not fit {name!r} probes (a per-position probe fits those).")
+    targets = np.asarray(targets, np.float64)
+    d, k = z.shape[1], targets.shape[1]
+    kernel, bias = np.zeros((d, k)), np.zeros(k)
+    n_iter, converged, loss, value = 0, True, 0.0, 0.0
+    for j in range(k):
+        t = targets[:, j]
+        tj = t.astype(np.int64) if np.all((t == 0) | (t == 1)) else np.stack([1.0 - t, t], axis=1)
+        init_j = None
+        if init is not None:
+            init_j = (np.stack([np.zeros(d), np.asarray(init[0])[:, j]], axis=1), np.array([0.0, init[1][j]]))
+        sol = fit_probe(z, tj, 2, C=C, max_iter=max_iter, tol=tol, init=init_j)
+        kernel[:, j], bias[j] = sol.kernel[:, 1], sol.bias[1]
+        n_iter = max(n_iter, sol.n_iter)
+        converged &= sol.converged
+        loss += sol.loss / k
+        value += sol.objective / k
+    return ProbeSolution(kernel, bias, loss, value, n_iter, converged)
+
+
+def probe_logits(features, mean, scale, kernel, bias):
+    """Probe outputs (logits, or values for regression) of pooled ``features`` (n, D), float64:
+    ``((f - mean) * scale) @ kernel + bias``."""
+    return ((np.asarray(features, np.float64) - mean) * scale) @ kernel + bias

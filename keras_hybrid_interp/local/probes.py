@@ -63,11 +63,21 @@ class LinearProbe(keras.layers.Layer):
     column of ``kernel`` and of ``bias`` stays 0, so that
     ``p(class 1) = sigmoid(z @ kernel[:, 1] + bias[1])``: exactly a binary
     logistic regression.
+
+    ``activation`` is how the probe's outputs are read, after its task:
+    ``"softmax"`` (classes, above), ``"sigmoid"`` (independent labels: one
+    binary logistic regression per column) or ``"linear"`` (ridge regression
+    values).
     """
 
-    def __init__(self, units, **kwargs):
+    ACTIVATIONS = ("softmax", "sigmoid", "linear")
+
+    def __init__(self, units, activation="softmax", **kwargs):
         super().__init__(**kwargs)
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {list(self.ACTIVATIONS)}; received {activation!r}.")
         self.units = int(units)
+        self.activation = activation
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
@@ -81,6 +91,10 @@ class LinearProbe(keras.layers.Layer):
         return ops.matmul(f, self.kernel) + self.bias
 
     def call(self, f):
+        if self.activation == "sigmoid":
+            return ops.sigmoid(self.logits(f))
+        if self.activation == "linear":
+            return self.logits(f)
         return OutputReader("logits", self.units).probabilities(self.logits(f), xp=ops)
 
     def compute_output_shape(self, input_shape):
@@ -103,7 +117,7 @@ class LinearProbe(keras.layers.Layer):
         return w, bias - mean @ w
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "activation": self.activation}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -1,0 +1,582 @@
+"""Layer probes of a segmentation network: a per-position linear probe (a 1x1 convolution) on every block.
+
+The model outputs a map of per-position class scores (batch, *S, K) (see
+:class:`~keras_hybrid_interp.core.task.SegmentationTask`). A block's map is
+(batch, *s, C), at its own resolution ``s`` (smaller than ``S`` in a U-Net's
+encoder, equal in its last decoder block). The probe of a block is the
+block's :class:`~.probes.LinearProbe` applied at every position: on the
+standardized C features of one position it gives K class logits, i.e. a 1x1
+convolution. Its prediction is a mask at the *model's output resolution*:
+
+**How block and mask resolutions meet (nearest neighbour,** :mod:`~keras_hybrid_interp.core.resolution`**).** Output
+position ``i`` (along each spatial axis ``a``) reads block position
+``floor(i * s_a / S_a)``: the block cell that covers it when the block map is
+stretched over the output. The probe's logits are computed at block
+resolution and copied to the output positions that read them (nearest
+upsampling of the logits, which for a linear probe is the same as upsampling
+the features first). Fitting uses the same rule: a sampled output position's
+target (its label, or the model's distribution there) is paired with the
+features of the block position it reads. A block larger than the output is
+read at the positions the rule picks.
+
+**Fitting on a seeded subsample of positions.** For every sample, at most
+``positions_per_sample`` (P) output positions are drawn uniformly without
+replacement (all of them when the map has fewer), from a generator seeded
+by ``(random_state, index of the sample in the stream)``: the same seed and
+samples in the same order give the same positions bit for bit, whatever the
+batch size. What is kept grows as ``N x P x (C_1 + ... + C_L)`` float32
+features plus ``N x P`` targets (``N x P x K`` float64 for the label-free
+distribution), never with the map sizes ``H x W`` nor with the batch. The
+probe is then fitted by the one trainer (:func:`~keras_hybrid_interp.core.trainer.fit_probe`)
+on the standardized features of those positions (``StandardScaler`` then L2
+multinomial logistic regression, binary for K = 2), against the masks' classes at
+those positions or, without masks, the model's per-position class
+distribution (label-free soft targets, as the tuned lens).
+
+**Evaluation over every position.** :class:`SegmentationScores`, a reducer of
+the one pass, computes each block's full mask batch by batch and accumulates
+a (K, K) confusion matrix (float64) against the masks (or the model's own
+mask without masks), the summed pixel cross-entropy and the agreement with
+the model's mask. From the confusion: per-class IoU ``tp / (tp + fp + fn)``
+and Dice ``2 tp / (2 tp + fp + fn)``, each averaged (macro) over the classes
+*present* in the targets or the predictions (scikit-learn's
+``jaccard_score`` / ``f1_score`` with ``average="macro"`` on flattened
+pixels), and the pixel accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from ..core import data_pass as _pass
+from ..core import health as _health
+from ..core.engine import resolve_entropy
+from ..core.output import OutputReader
+from ..core.resolution import block_positions, index_maps, spatial_shape, upsample
+from ..core.task import confusion, confusion_scores
+from ..core.trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe
+from .probes import input_transform
+from .results import LayerTable
+
+__all__ = [
+    "POSITIONS_PER_SAMPLE",
+    "sample_positions",
+    "PositionSample",
+    "SegmentationScores",
+    "SegmentationPredictions",
+    "SegmentationExplanation",
+    "fit_probes",
+    "evaluate_layers",
+    "layer_predictions",
+    "explain",
+]
+
+#: Output positions drawn per sample to fit the probes (see the module docstring).
+POSITIONS_PER_SAMPLE = 64
+
+
+def sample_positions(entropy: int, start: int, n: int, size: int, per_sample: int) -> np.ndarray:
+    """(n, P) flat output positions of samples ``start .. start + n - 1``, drawn without replacement.
+
+    Sample ``i``'s positions come from ``numpy.random.default_rng([entropy, i])``
+    alone, so they do not depend on the batching. P = ``min(per_sample, size)``;
+    with ``per_sample >= size`` every position is taken (in order).
+    """
+    if per_sample >= size:
+        return np.broadcast_to(np.arange(size, dtype=np.int64), (n, size)).copy()
+    out = np.empty((n, per_sample), np.int64)
+    for j in range(n):
+        out[j] = np.random.default_rng([entropy, start + j]).choice(size, per_sample, replace=False)
+    return out
+
+
+# ----------------------------------------------------------------------
+# Fitting: features and targets at sampled positions
+# ----------------------------------------------------------------------
+class PositionSample:
+    """Reducer: every block's features and the target at ``positions_per_sample`` output positions per sample.
+
+    ``features[l]`` is a list of float32 (n_b * P, C_l) chunks; ``targets`` the
+    labels' classes (int) at those positions, or without labels the model's
+    class distribution there (float64, (n_b * P, K)). See the module docstring.
+    """
+
+    def __init__(self, block_taps, output_tap, task, per_sample, entropy):
+        self.block_taps = list(block_taps)
+        self.output_tap = output_tap
+        self.taps = self.block_taps + [output_tap]
+        self.task = task
+        self.per_sample = int(per_sample)
+        self.entropy = int(entropy)
+        self.features = [[] for _ in self.block_taps]
+        self.labels, self.soft = [], []
+        self.positions = []
+
+    def update(self, batch):
+        out = batch.values[self.output_tap.ident]
+        n = len(out)
+        S = spatial_shape(out.shape)
+        size = int(np.prod(S))
+        pos = sample_positions(self.entropy, batch.start, n, size, self.per_sample)
+        self.positions.append(pos)
+        rows = np.arange(n)[:, None]
+        flat_out = out.reshape(n, size, out.shape[-1])
+        self.soft.append(self.task.reader.probabilities(flat_out[rows, pos].reshape(-1, out.shape[-1])))
+        if batch.y is not None:
+            self.labels.append(np.asarray(batch.y).reshape(n, size)[rows, pos].ravel())
+        for store, tap in zip(self.features, self.block_taps):
+            a = batch.values[tap.ident]
+            s = spatial_shape(a.shape)
+            idx = block_positions(pos, S, s)
+            store.append(a.reshape(n, -1, a.shape[-1])[rows, idx].reshape(-1, a.shape[-1]).astype(np.float32))
+
+    def result(self, l):
+        return np.concatenate(self.features[l]) if self.features[l] else None
+
+    def targets(self, labelled):
+        return np.concatenate(self.labels) if labelled else np.concatenate(self.soft)
+
+
+def _check_finite(graph, info):
+    bad = [graph.tensors[k].name for k in sorted(info.nonfinite)]
+    if bad:
+        raise ValueError(
+            f"{bad} produced NaN or infinite values on finite inputs; the model is numerically unstable "
+            "there, and probes on it would be meaningless."
+        )
+
+
+def _check_per_sample(positions_per_sample):
+    v = positions_per_sample
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(
+            "`positions_per_sample` must be a positive int, the number of output positions per sample the probes "
+            f"are fitted on; received {v!r}."
+        )
+    return int(v)
+
+
+def _check_probe_dims(interp):
+    bad = [n for n, p, b in zip(interp.block_names, interp.probes, interp.blocks)
+           if int(p.state()[2].shape[0]) != int(b.filters)]
+    if bad:
+        raise ValueError(
+            f"`pooling`={interp.pooling!r}: a segmentation probe reads every position's channels (a 1x1 "
+            f"convolution), so the probes of blocks {bad} cannot be pooled to a grid. Create the interpreter with "
+            "pooling='avg' (the default), which segmentation probes do not use."
+        )
+
+
+def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_start=False, batch_size=64,
+               max_samples=None, steps=None, controls=0, random_state=None, verbose="auto",
+               positions_per_sample=POSITIONS_PER_SAMPLE):
+    """Fits every block's per-position probe of a segmentation ``interp`` (see the module docstring).
+
+    ``y``: masks (N, *S) of class indices or one-hot (N, *S, K) at the
+    model's output resolution, optional (label-free without). Returns ``interp``.
+    """
+    task = interp.reader
+    C = check_C(C)
+    check_solver(max_iter, tol)
+    per_sample = _check_per_sample(positions_per_sample)
+    if controls:
+        raise ValueError(
+            "`controls`: control probes are not available for segmentation probes yet; pass controls=0."
+        )
+    _check_probe_dims(interp)
+    entropy = resolve_entropy(random_state)
+    stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+    sample = PositionSample([_pass.Tap(k, "raw") for k in interp.block_keys], interp.output_tap(), task,
+                            per_sample, entropy)
+    moments = _pass.InputMoments()
+    info = _pass.run(interp.graph, stream, [sample, moments], task=task, verbose=0 if verbose == "auto" else verbose)
+    if info.n == 0:
+        raise ValueError("`x` holds no samples: the probes need at least one.")
+    _check_finite(interp.graph, info)
+    targets = sample.targets(info.has_labels)
+    K = task.num_classes
+    rows, not_conv = [], []
+    for l, (name, probe) in enumerate(zip(interp.block_names, interp.probes)):
+        f = sample.result(l)
+        mean, scale = input_transform(f)
+        z = (f.astype(np.float64) - mean) * scale
+        init = None
+        if warm_start and interp.fitted:
+            old_mean, old_scale, kernel, bias = probe.state()
+            from ..core.trainer import restandardize
+
+            init = restandardize(old_mean, old_scale, kernel, bias, mean, scale)
+        sol = fit_probe(z, targets, K, C=C, max_iter=max_iter, tol=tol, init=init)
+        probe.set_state(mean, scale, sol.kernel, sol.bias)
+        rows.append((name, sol.n_iter, sol.converged, sol.loss))
+        if not sol.converged:
+            not_conv.append(name)
+        del z
+    if not_conv:
+        _health.warn(
+            "not_converged",
+            f"Segmentation probes of blocks {not_conv} did not converge within max_iter={max_iter} L-BFGS "
+            "iterations; their scores may be understated. Raise `max_iter`, or lower `C`.",
+        )
+    interp.control_states_ = []
+    interp.convergence_ = pd.DataFrame(rows, columns=["block", "n_iter", "converged", "loss"])
+    interp.input_statistics = {"mean": moments.mean, "std": moments.std}
+    interp.fitted = True
+    return interp
+
+
+# ----------------------------------------------------------------------
+# Evaluation: every position, streamed
+# ----------------------------------------------------------------------
+def _effective(states):
+    out = []
+    for mean, scale, kernel, bias in states:
+        w = kernel * scale[:, None]
+        out.append((w, bias - mean @ w))
+    return out
+
+
+def block_logits(a, w, b, out_spatial):
+    """Probe logits (n, *S, K) at the output resolution of block maps ``a`` (n, *s, C), float64."""
+    s = spatial_shape(a.shape)
+    logits = np.asarray(a, np.float64).reshape(-1, a.shape[-1]) @ w + b
+    return upsample(logits.reshape((len(a),) + s + (w.shape[1],)), index_maps(s, out_spatial))
+
+
+class SegmentationScores:
+    """Reducer of the segmentation layer table (float64 sums).
+
+    Per block and for the model (the last row): a (K, K) confusion matrix
+    against the targets (masks, or the model's own mask without masks), the
+    summed per-pixel cross-entropy (against the masks, or the model's
+    per-pixel distribution), and the pixels where the mask equals the model's.
+    """
+
+    def __init__(self, block_taps, states, output_tap, task):
+        self.block_taps = list(block_taps)
+        self.output_tap = output_tap
+        self.taps = self.block_taps + [output_tap]
+        self.task = task
+        self.weights = _effective(states)
+        K = task.num_classes
+        L1 = len(self.block_taps) + 1
+        self.cm = np.zeros((L1, K, K))
+        self.loss = np.zeros(L1)
+        self.agree = np.zeros(L1)
+        self.n = 0
+        self.pixels = 0
+        self.labelled = None
+        self.logits_reader = OutputReader("logits", K)
+
+    def update(self, batch):
+        task, K = self.task, self.task.num_classes
+        out = batch.values[self.output_tap.ident]
+        S = spatial_shape(out.shape)
+        probs = task.probabilities(out).reshape(-1, K)
+        model_mask = probs.argmax(axis=1)
+        labelled = batch.y is not None
+        self.labelled = labelled
+        hard = np.asarray(batch.y).ravel() if labelled else model_mask
+        soft = hard if labelled else probs
+        L = len(self.block_taps)
+        self.cm[L] += confusion(hard, model_mask, K)
+        self.loss[L] += float(np.sum(task.reader.cross_entropy(out.reshape(-1, task.units), soft)))
+        self.agree[L] += len(model_mask)
+        for l, (tap, (w, b)) in enumerate(zip(self.block_taps, self.weights)):
+            logits = block_logits(batch.values[tap.ident], w, b, S).reshape(-1, K)
+            pred = logits.argmax(axis=1)
+            self.cm[l] += confusion(hard, pred, K)
+            self.loss[l] += float(np.sum(self.logits_reader.cross_entropy(logits, soft)))
+            self.agree[l] += float(np.sum(pred == model_mask))
+        self.n += len(out)
+        self.pixels += len(model_mask)
+
+    def metrics(self) -> dict:
+        """Per row (blocks, then the model): mean_iou, dice, pixel_accuracy, loss, agreement."""
+        scores = [confusion_scores(cm) for cm in self.cm]
+        with np.errstate(all="ignore"), _nan_mean_quiet():
+            return {
+                "mean_iou": np.array([np.nanmean(s["iou"]) for s in scores]),
+                "dice": np.array([np.nanmean(s["dice"]) for s in scores]),
+                "pixel_accuracy": np.array([s["pixel_accuracy"] for s in scores]),
+                "loss": self.loss / self.pixels,
+                "agreement": self.agree / self.pixels,
+            }
+
+
+class _nan_mean_quiet:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)
+
+
+def evaluate_layers(interp, x, y=None, *, batch_size=64, max_samples=None, steps=None, controls=0, bootstrap=0,
+                    confidence=0.95, random_state=None) -> LayerTable:
+    """The segmentation layer table: one row per block, then ``output`` (see the module docstring).
+
+    ``metrics``: ``mean_iou``, ``dice``, ``pixel_accuracy`` (against the
+    masks ``y``, or the model's own mask without masks), ``loss`` (mean pixel
+    cross-entropy against the masks, or the model's per-pixel distribution)
+    and ``agreement`` (fraction of pixels where the block's mask equals the
+    model's). ``accuracy`` is the pixel accuracy against the masks (NaN without).
+    """
+    interp.require_fitted()
+    if controls:
+        raise ValueError("`controls`: control probes are not available for segmentation probes yet; pass controls=0.")
+    if bootstrap:
+        raise ValueError(
+            "`bootstrap`: intervals on the segmentation metrics are not available yet; pass bootstrap=0."
+        )
+    task = interp.reader
+    stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+    scores = SegmentationScores([_pass.Tap(k, "raw") for k in interp.block_keys], interp.probe_states(),
+                                interp.output_tap(), task)
+    moments = _pass.InputMoments()
+    info = _pass.run(interp.graph, stream, [scores, moments], task=task)
+    if info.n == 0:
+        raise ValueError("`x` holds no samples to evaluate.")
+    interp.check_drift(moments)
+    return segmentation_table(interp, scores, confidence)
+
+
+def segmentation_table(interp, scores: SegmentationScores, confidence=0.95) -> LayerTable:
+    """The :class:`LayerTable` of a :class:`SegmentationScores` reducer that has seen a pass."""
+    graph = interp.graph
+    labelled = bool(scores.labelled)
+    m = scores.metrics()
+    counts = scores.cm[-1].sum(axis=1) if labelled else scores.cm[-1].sum(axis=0)
+    _health.check_classes(counts, interp.class_names, "the masks" if labelled else "the model's masks")
+    depths = [b.depth for b in interp.blocks] + [graph.tensors[graph.output_keys[0]].producer]
+    return LayerTable(
+        blocks=tuple(interp.block_names) + ("output",),
+        depths=np.asarray(depths),
+        filters=tuple(None if b.filters is None else int(b.filters) for b in interp.blocks) + (None,),
+        accuracy=m["pixel_accuracy"] if labelled else np.full(len(depths), np.nan),
+        loss=m["loss"],
+        agreement=m["agreement"],
+        chance=float(counts.max() / max(counts.sum(), 1)),
+        n=int(scores.n),
+        labelled=labelled,
+        task="segmentation",
+        metrics=m,
+        headline="mean_iou",
+    )
+
+
+# ----------------------------------------------------------------------
+# Per-sample masks and one input's explanation
+# ----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SegmentationPredictions:
+    """Every block's predicted mask of every sample.
+
+    Attributes
+    ----------
+    blocks : list of str
+    depths : ndarray (L,)
+    masks : ndarray (L, N, *S) of int
+        Each block's probe mask at the model's output resolution.
+    model_masks : ndarray (N, *S) of int
+    class_names : list of str
+    """
+
+    blocks: list
+    depths: np.ndarray
+    masks: np.ndarray
+    model_masks: np.ndarray
+    class_names: list
+
+    @property
+    def agreement(self) -> np.ndarray:
+        """(L, N): fraction of each sample's pixels where the block's mask equals the model's."""
+        axes = tuple(range(2, self.masks.ndim))
+        return np.mean(self.masks == self.model_masks[None], axis=axes)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per block and sample: ``block``, ``depth``, ``sample``, ``agreement``, and per class
+        ``fraction_<class>`` (the share of the sample's pixels the block assigns to it)."""
+        L, N = self.masks.shape[:2]
+        flat = self.masks.reshape(L, N, -1)
+        frame = pd.DataFrame({
+            "block": np.repeat(self.blocks, N),
+            "depth": np.repeat(np.asarray(self.depths), N),
+            "sample": np.tile(np.arange(N), L),
+            "agreement": self.agreement.ravel(),
+        })
+        for k, name in enumerate(self.class_names):
+            frame[f"fraction_{name}"] = np.mean(flat == k, axis=2).ravel()
+        return frame
+
+    def plot(self, ax=None, **kwargs):
+        """Mean agreement with the model's mask per block (a line over depth)."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 3))
+        line = ax.plot(np.arange(len(self.blocks)), self.agreement.mean(axis=1), marker="o", **kwargs)
+        ax.set_xticks(np.arange(len(self.blocks)))
+        ax.set_xticklabels(self.blocks, rotation=45, ha="right")
+        ax.set_ylabel("pixel agreement with the model's mask")
+        ax.set_ylim(0, 1.02)
+        return line
+
+
+class MaskCollector:
+    """Reducer: every block's mask (and the model's) of every sample, kept as small ints."""
+
+    def __init__(self, block_taps, states, output_tap, task):
+        self.block_taps = list(block_taps)
+        self.output_tap = output_tap
+        self.taps = self.block_taps + [output_tap]
+        self.task = task
+        self.weights = _effective(states)
+        self.masks = [[] for _ in self.block_taps]
+        self.model = []
+
+    def update(self, batch):
+        out = batch.values[self.output_tap.ident]
+        S = spatial_shape(out.shape)
+        self.model.append(self.task.predicted(out).astype(np.int32))
+        for store, tap, (w, b) in zip(self.masks, self.block_taps, self.weights):
+            store.append(block_logits(batch.values[tap.ident], w, b, S).argmax(axis=-1).astype(np.int32))
+
+
+def layer_predictions(interp, x, *, batch_size=64, max_samples=None, steps=None) -> SegmentationPredictions:
+    """Every block's mask of every sample of ``x``: holds L x N x H x W ints (use ``max_samples`` on large data)."""
+    interp.require_fitted()
+    stream = interp.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps)
+    red = MaskCollector([_pass.Tap(k, "raw") for k in interp.block_keys], interp.probe_states(),
+                        interp.output_tap(), interp.reader)
+    moments = _pass.InputMoments()
+    info = _pass.run(interp.graph, stream, [red, moments])
+    if info.n == 0:
+        raise ValueError("`x` holds no samples.")
+    interp.check_drift(moments)
+    return SegmentationPredictions(
+        blocks=list(interp.block_names),
+        depths=np.array([b.depth for b in interp.blocks]),
+        masks=np.stack([np.concatenate(m) for m in red.masks]),
+        model_masks=np.concatenate(red.model),
+        class_names=list(interp.class_names),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationExplanation:
+    """What every block believes about one input's mask.
+
+    Attributes
+    ----------
+    image : ndarray (*S_in, channels)
+        The input.
+    blocks : list of str
+    depths : ndarray (L,)
+    probabilities : ndarray (L, *S, K)
+        Each block's per-position class probabilities at the model's output resolution.
+    masks : ndarray (L, *S) of int
+        Each block's predicted mask (argmax; ties to the lower class).
+    model_probabilities : ndarray (*S, K)
+    model_mask : ndarray (*S) of int
+    iou_with_model : ndarray (L,)
+        Mean IoU of each block's mask against the model's mask (macro over the
+        classes present in either): at what depth the model's mask forms.
+    class_names : list of str
+    """
+
+    image: np.ndarray
+    blocks: list
+    depths: np.ndarray
+    probabilities: np.ndarray
+    masks: np.ndarray
+    model_probabilities: np.ndarray
+    model_mask: np.ndarray
+    iou_with_model: np.ndarray
+    class_names: list
+
+    @property
+    def agreement(self) -> np.ndarray:
+        """(L,): fraction of pixels where each block's mask equals the model's."""
+        return np.mean(self.masks.reshape(len(self.blocks), -1) == self.model_mask.ravel()[None], axis=1)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per block, then ``output``: ``block``, ``depth``, ``iou_with_model``, ``agreement`` and
+        per class ``fraction_<class>`` (share of pixels assigned to it)."""
+        names = list(self.blocks) + ["output"]
+        masks = np.concatenate([self.masks, self.model_mask[None]]).reshape(len(names), -1)
+        frame = pd.DataFrame({
+            "block": names,
+            "depth": list(np.asarray(self.depths)) + [np.nan],
+            "iou_with_model": list(self.iou_with_model) + [1.0],
+            "agreement": list(self.agreement) + [1.0],
+        })
+        for k, name in enumerate(self.class_names):
+            frame[f"fraction_{name}"] = np.mean(masks == k, axis=1)
+        return frame
+
+    def plot(self, fig=None, **kwargs):
+        """A row of masks over the input, shallow to deep, then the model's (see :func:`plot_segmentation_masks`)."""
+        from ..plotting.segmentation import plot_segmentation_masks
+
+        return plot_segmentation_masks(self, fig=fig, **kwargs)
+
+    def __repr__(self):
+        ious = ", ".join(f"{b}: {v:.2f}" for b, v in zip(self.blocks, self.iou_with_model))
+        return f"SegmentationExplanation(IoU with the model's mask: {ious})"
+
+
+def _mean_iou(t, p, k):
+    with _nan_mean_quiet():
+        return float(np.nanmean(confusion_scores(confusion(t, p, k))["iou"]))
+
+
+def explain(interp, x) -> SegmentationExplanation:
+    """The segmentation explanation of one input ``x`` (a sample, or a batch of one)."""
+    interp.require_fitted()
+    task = interp.reader
+    graph = interp.graph
+    shape = tuple(graph.tensors[graph.input_keys[0]].shape[1:])
+    x = np.asarray(x)
+    if x.ndim == len(shape):
+        x = x[None]
+    if x.ndim != len(shape) + 1 or x.shape[0] != 1:
+        raise ValueError(
+            f"`x` must be one input of shape {shape} or (1, {', '.join(map(str, shape))}); received shape "
+            f"{x.shape}. For several inputs use layer_predictions()."
+        )
+    collects = [_pass.Collect(_pass.Tap(k, "raw")) for k in interp.block_keys] + [_pass.Collect(interp.output_tap())]
+    moments = _pass.InputMoments()
+    _pass.run(graph, interp.stream(x), collects + [moments])
+    interp.check_drift(moments)
+    maps = [c.result() for c in collects]
+    out = maps[-1]
+    S = spatial_shape(out.shape)
+    K = task.num_classes
+    model_p = task.probabilities(out)[0]
+    model_mask = model_p.argmax(axis=-1)
+    reader = OutputReader("logits", K)
+    probs, masks = [], []
+    for a, (w, b) in zip(maps[:-1], _effective(interp.probe_states())):
+        logits = block_logits(a, w, b, S)[0]
+        probs.append(reader.probabilities(logits.reshape(-1, K)).reshape(S + (K,)))
+        masks.append(logits.argmax(axis=-1))
+    masks = np.stack(masks)
+    return SegmentationExplanation(
+        image=x[0],
+        blocks=list(interp.block_names),
+        depths=np.array([b.depth for b in interp.blocks]),
+        probabilities=np.stack(probs),
+        masks=masks,
+        model_probabilities=model_p,
+        model_mask=model_mask,
+        iou_with_model=np.array([_mean_iou(model_mask, m, K) for m in masks]),
+        class_names=list(interp.class_names),
+    )

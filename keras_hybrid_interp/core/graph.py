@@ -258,11 +258,14 @@ class DenseHead:
         What the model applies to the Dense layer's output.
     output : int
         Key of the model's output tensor.
+    dtype : str
+        The output tensor's dtype (``"float32"``, or ``"float64"``).
     """
 
     dense: Any
     activation: str
     output: int
+    dtype: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1055,7 +1058,10 @@ class ModelGraph:
             key = o.outputs[0]
         if dense is None or self.output_keys != [key]:
             return None
-        return DenseHead(dense, activation, key)
+        dtype = keras.backend.standardize_dtype(self._symbolic[key].dtype)
+        if dtype not in ("float32", "float64"):
+            return None
+        return DenseHead(dense, activation, key, dtype)
 
     def window(self, o: OpNode) -> Window | None:
         """The sliding window of ``o`` (:class:`Window`), or None when ``o`` does not slide one.

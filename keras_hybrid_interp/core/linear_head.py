@@ -81,7 +81,10 @@ class LinearHead:
             raise ValueError(head.activation)
         self.head = head
         self.activation = head.activation
-        self.activate: Callable[[np.ndarray], np.ndarray] = _ACTIVATIONS[head.activation]
+        self.dtype = np.dtype(getattr(head, "dtype", "float32"))
+        act = _ACTIVATIONS[head.activation]
+        # Activation in float64, then the model's output dtype: the outputs are rounded as the model's are.
+        self.activate: Callable[[np.ndarray], np.ndarray] = lambda z: act(z).astype(self.dtype, copy=False)
 
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(kernel (C, K), bias (K,))`` of the Dense layer as they are now, float64."""
@@ -94,7 +97,7 @@ class LinearHead:
         return w, b
 
     def outputs(self, pooled: np.ndarray) -> np.ndarray:
-        """The model's outputs (n, K) on pooled features ``pooled`` (n, C), float64."""
+        """The model's outputs (n, K) on pooled features ``pooled`` (n, C), in the output's dtype."""
         w, b = self.weights()
         return self.activate(np.asarray(pooled, dtype=np.float64) @ w + b)
 
@@ -106,7 +109,8 @@ class LinearHead:
         to it first, as the head engines write it into their float buffers). Each job has
         ``channels`` (k,), ``kind`` ("none", "permute" or "fill"), ``perm`` (an array or a callable
         returning one) and ``fill`` (a scalar or ``(k,)`` pooled values). ``score`` receives one
-        job's outputs ``(n, K)`` (float64, activation applied), in sample order. Jobs are evaluated
+        job's outputs ``(n, K)`` (activation applied in float64, then cast to the model's output dtype),
+        in sample order. Jobs are evaluated
         in chunks of jobs with the same number of channels, ``chunk_bytes`` of work arrays at most
         (at least one job per chunk); ``progress(done)`` is called after each chunk.
         """

@@ -435,8 +435,8 @@ def make_multilabel_signals(
     1     ``st_elevation``  the ST segment (S to T peak) raised by 0.25 to 0.35 / flat
     2     ``tachycardia``   beat period 26 to 32 samples / 48 to 64
     3     ``inverted_t``    T wave amplitude -0.4 to -0.3 / +0.25 to +0.35
-    4     ``noise_burst``   one burst of 0.35-0.48 cycles/sample oscillation, amplitude
-                            0.2 to 0.3 under a Hann window of 24 to 40 samples / none
+    4     ``noise_burst``   one burst of white noise (standard deviation 0.25 to 0.35)
+                            over 24 to 40 samples, as from a muscle artefact / none
     ====  ================  ====================================================
 
     The T wave sits 0.3 periods plus 3 QRS widths after R, so it never meets
@@ -468,7 +468,8 @@ def make_multilabel_signals(
     factors : dict of str -> ndarray, only with ``return_factors=True``
         Keys "qrs_width", "period", "phase", "st" (elevation, 0 if none),
         "t_amp", "t_offset", "burst_at" (first sample of the burst, -1 if
-        none), "burst_length" (0 if none), "burst_freq", "amplitude", "drift".
+        none), "burst_length" (0 if none), "burst_sd" (0 if none), "amplitude",
+        "drift".
     """
     n = _check_count(n_samples, "n_samples", 1)
     T = _check_count(length, "length", 128)
@@ -495,9 +496,7 @@ def make_multilabel_signals(
     t_offset = 0.3 * period + 3.0 * qrs
     burst_length = np.where(burst, rng.integers(24, 41, n), 0)
     burst_at = np.where(burst, [int(rng.integers(0, T - b + 1)) for b in np.maximum(burst_length, 1)], -1)
-    burst_freq = rng.uniform(0.35, 0.48, n)
-    burst_amp = rng.uniform(0.2, 0.3, n)
-    burst_phase = rng.uniform(0.0, 2 * np.pi, n)
+    burst_sd = np.where(burst, rng.uniform(0.25, 0.35, n), 0.0)
     amp = rng.uniform(0.8, 1.2, n)
     drift_amp = rng.uniform(0.0, drift, n) if drift > 0 else np.zeros(n)
     drift_period = rng.uniform(1.5, 4.0, n) * T
@@ -510,15 +509,14 @@ def make_multilabel_signals(
         sig *= amp[i]
         if burst[i]:
             b0, bl = burst_at[i], burst_length[i]
-            u = np.arange(bl, dtype=np.float64)
-            sig[b0:b0 + bl] += burst_amp[i] * np.hanning(bl) * np.sin(2 * np.pi * burst_freq[i] * u + burst_phase[i])
+            sig[b0:b0 + bl] += rng.normal(0.0, burst_sd[i], bl)
         sig += drift_amp[i] * np.sin(2 * np.pi * t / drift_period[i] + drift_phase[i])
         x[i, :, 0] = sig
     x += rng.normal(0.0, noise, x.shape).astype(np.float32)
     if return_factors:
         return x, y, {"qrs_width": qrs, "period": period, "phase": phase, "st": st, "t_amp": t_amp,
                       "t_offset": t_offset, "burst_at": burst_at.astype(np.int64),
-                      "burst_length": burst_length.astype(np.int64), "burst_freq": np.where(burst, burst_freq, 0.0),
+                      "burst_length": burst_length.astype(np.int64), "burst_sd": burst_sd,
                       "amplitude": amp, "drift": drift_amp}
     return x, y
 

@@ -129,7 +129,84 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
        together with each other and do not count. Of two cell outputs with
        no convolution between them the deeper is kept, as in 3. They are
        not cut points, and a note says so.
+
+    A model with several inputs: rules 1 to 4 run on the *branch* of every
+    input whose shape is a feature map (an image, signal or volume; a
+    tabular input of shape (batch, features) has no branch and no block),
+    the tensors that depend on that input alone, with the tensors where the
+    branch meets another input's as its outputs; then on the whole graph,
+    for the blocks after the branches merge (every path from every input
+    passes through them). Each block's ``branch`` names its input(s).
     """
+    if len(graph.input_keys) > 1:
+        ends, notes = branch_ends(graph)
+    else:
+        ends, notes = natural_ends(graph)
+    if not ends:
+        if not any(graph.is_conv(o) for o in graph.ops):
+            raise ValueError(
+                f"Model {graph.model.name!r} has no convolution: it is a Dense-only (or "
+                "otherwise convolution-free) model, with no filters to interpret. "
+                "keras-hybrid-interp analyses convolutional networks with 1-D, 2-D and 3-D "
+                "convolutional blocks (Conv1D, Conv2D, Conv3D and their separable and "
+                "depthwise variants), channels last."
+            )
+        raise ValueError(
+            f"Model {graph.model.name!r} has no convolutional block: no feature map ({RANKS_TEXT}) "
+            "after a convolution lies on every path from the input to the output before the "
+            "classifier head (global pooling or a recurrent layer). Pass `blocks=[...]` to choose "
+            f"layers yourself; layers with a feature-map output: {abbrev(graph.feature_map_names())}."
+        )
+    if len(ends) == 1:
+        notes.append(
+            f"Only one block ({graph.tensors[ends[0]].name!r}) was found: it is the only feature map "
+            "tensor after a convolution that every input-to-output path passes through, "
+            "with no pooling or merge before it. Pass `blocks=[...]` to choose layers yourself."
+        )
+    return ends, notes
+
+
+class _Branch:
+    """``graph`` seen from one input: its ``input_keys`` are that input, its ``output_keys`` the branch's exits."""
+
+    def __init__(self, graph, key, exits):
+        self._graph = graph
+        self.input_keys = [key]
+        self.output_keys = list(exits)
+
+    def __getattr__(self, name):
+        return getattr(self._graph, name)
+
+
+def branch_exits(graph, key) -> list[int]:
+    """Tensors that depend on input ``key`` alone and are read by an operation that also reads another input."""
+    only = [key]
+    exits = set(k for k in graph.output_keys if graph.inputs_of(k) == only)
+    for o in graph.ops:
+        if any(graph.inputs_of(k) != only for k in o.outputs):
+            exits.update(i for i in o.inputs if graph.inputs_of(i) == only)
+    return sorted(exits)
+
+
+def branch_ends(graph) -> tuple[list[int], list[str]]:
+    """Block ends of a model with several inputs: on each feature-map input's branch, then after the merge."""
+    ends: set = set()
+    notes: list[str] = []
+    for key in graph.input_keys:
+        if not is_feature_map(graph.tensors[key].shape):
+            continue  # a tabular input: no spatial axes, no blocks
+        exits = branch_exits(graph, key)
+        if exits:
+            found, more = natural_ends(_Branch(graph, key, exits))
+            ends.update(found)
+            notes += more
+    found, more = natural_ends(graph)
+    ends.update(found)
+    return sorted(ends), notes + more
+
+
+def natural_ends(graph) -> tuple[list[int], list[str]]:
+    """Rules 1 to 4 of :func:`discover_blocks` on ``graph`` (or a branch of it); no error when none is found."""
     relevant = relevant_mask(graph)
     cover = jump_cover(graph, relevant)
     n = len(graph.tensors)
@@ -210,29 +287,7 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
             "reads the two cells before it): merges that every path passes through except the "
             "paths of one skip connection jumping over them. They are not cut points."
         )
-    ends = sorted(ends)
-    if not ends:
-        if not any(graph.is_conv(o) for o in graph.ops):
-            raise ValueError(
-                f"Model {graph.model.name!r} has no convolution: it is a Dense-only (or "
-                "otherwise convolution-free) model, with no filters to interpret. "
-                "keras-hybrid-interp analyses convolutional networks with 1-D, 2-D and 3-D "
-                "convolutional blocks (Conv1D, Conv2D, Conv3D and their separable and "
-                "depthwise variants), channels last."
-            )
-        raise ValueError(
-            f"Model {graph.model.name!r} has no convolutional block: no feature map ({RANKS_TEXT}) "
-            "after a convolution lies on every path from the input to the output before the "
-            "classifier head (global pooling or a recurrent layer). Pass `blocks=[...]` to choose "
-            f"layers yourself; layers with a feature-map output: {abbrev(graph.feature_map_names())}."
-        )
-    if len(ends) == 1:
-        notes.append(
-            f"Only one block ({graph.tensors[ends[0]].name!r}) was found: it is the only feature map "
-            "tensor after a convolution that every input-to-output path passes through, "
-            "with no pooling or merge before it. Pass `blocks=[...]` to choose layers yourself."
-        )
-    return ends, notes
+    return sorted(ends), notes
 
 def cell_outputs(graph, a, b, relevant, conv_before) -> list[int]:
     """Cell outputs in the stretch between cut points ``a`` and ``b`` (rule 4).

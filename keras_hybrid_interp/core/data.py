@@ -18,7 +18,17 @@ import numpy as np
 
 import keras
 
-__all__ = ["DataStream", "as_stream", "model_stream", "to_class_indices"]
+__all__ = ["DataStream", "as_stream", "model_stream", "to_class_indices", "x_rows", "x_take"]
+
+
+def x_rows(x) -> int:
+    """Number of samples of a batch ``x``: one array, or a list of arrays (one per model input)."""
+    return len(x[0]) if isinstance(x, list) else len(x)
+
+
+def x_take(x, index):
+    """``x[index]`` for one array, or for each array of a list (one per model input)."""
+    return [a[index] for a in x] if isinstance(x, list) else x[index]
 
 
 class _FreshModelTracingFilter(logging.Filter):
@@ -88,8 +98,10 @@ class DataStream:
     """
 
     def __init__(self, x, y=None, *, batch_size=32, input_shape=None, max_samples=None, steps=None,
-                 argname="x"):
+                 argname="x", inputs=None):
         self.argname = argname
+        #: Several model inputs: ``[(name, sample shape), ...]`` in the model's input order, else None.
+        self.inputs = None if inputs is None or len(inputs) < 2 else [(str(n), tuple(s)) for n, s in inputs]
         #: How error messages name the labels: the `y` argument, or those a dataset yields.
         self.label_argname = "y" if y is not None else f"y (the labels yielded by {argname})"
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -105,7 +117,10 @@ class DataStream:
             raise ValueError(f"`steps` must be a positive int or None; received {steps!r}.")
         self.steps = None if steps is None else int(steps)
 
-        if isinstance(x, (list, tuple)) and len(x) and not isinstance(x[0], (int, float)):
+        multi_arrays = self.inputs is not None and not (_is_tf_dataset(x) or isinstance(x, keras.utils.PyDataset))
+        if multi_arrays:
+            self._init_multi_arrays(x, y)
+        elif isinstance(x, (list, tuple)) and len(x) and not isinstance(x[0], (int, float)):
             try:
                 x = np.asarray(x)
             except ValueError:
@@ -115,7 +130,9 @@ class DataStream:
                     f"received a {type(x).__name__} of {len(x)} items of different shapes {shapes} that do not "
                     "stack into one array. Pass the images and the labels as separate arguments: f(x, y)."
                 ) from None
-        if isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "dtype") and not _is_tf_dataset(x)):
+        if multi_arrays:
+            pass
+        elif isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "dtype") and not _is_tf_dataset(x)):
             self.kind = "array"
             self._x = _to_numpy(x)
             if self._x.dtype == object:
@@ -198,7 +215,7 @@ class DataStream:
     def num_samples(self) -> int | None:
         """Number of samples if known without iterating, else None."""
         if self.kind == "array":
-            n = len(self._x)
+            n = x_rows(self._x)
         else:
             return None
         if self.steps is not None:
@@ -229,15 +246,17 @@ class DataStream:
             return _to_numpy(xb), _to_numpy(yb)
         return _to_numpy(element), None
 
-    def _check_x(self, xb, batch_index):
+    def _check_x(self, xb, batch_index, argname=None, input_shape=None):
         where = "" if batch_index is None else f" (batch {batch_index})"
+        argname = self.argname if argname is None else argname
+        input_shape = self.input_shape if input_shape is None else input_shape
         if not np.issubdtype(xb.dtype, np.number) and xb.dtype != bool:
-            raise TypeError(f"`{self.argname}`{where} must hold numbers; received dtype {xb.dtype}.")
-        if self.input_shape is not None:
-            want = len(self.input_shape) + 1
+            raise TypeError(f"`{argname}`{where} must hold numbers; received dtype {xb.dtype}.")
+        if input_shape is not None:
+            want = len(input_shape) + 1
             if xb.ndim != want:
                 hint = ""
-                shape = self.input_shape
+                shape = input_shape
                 if (xb.ndim == want - 1 and shape[-1] == 1
                         and all(e is None or g == e for g, e in zip(xb.shape[1:], shape[:-1]))):
                     hint = " The data lacks the channel axis: use x[..., None]."
@@ -246,25 +265,114 @@ class DataStream:
                 elif xb.ndim == want - 1:
                     hint = " For a single input (one image, signal or volume), add the batch axis: x[None]."
                 raise ValueError(
-                    f"`{self.argname}`{where} must have shape (batch, {', '.join(str(d) for d in self.input_shape)}) "
+                    f"`{argname}`{where} must have shape (batch, {', '.join(str(d) for d in input_shape)}) "
                     f"(rank {want}) as the model input; received shape {tuple(xb.shape)} (rank {xb.ndim}).{hint}"
                 )
-            if any(exp is not None and got != exp for got, exp in zip(xb.shape[1:], self.input_shape)):
+            if any(exp is not None and got != exp for got, exp in zip(xb.shape[1:], input_shape)):
                 extra = ""
-                if xb.ndim in (3, 4, 5) and xb.shape[1] == self.input_shape[-1]:
+                if xb.ndim in (3, 4, 5) and xb.shape[1] == input_shape[-1]:
                     perm = (0,) + tuple(range(2, xb.ndim)) + (1,)
                     extra = (" The data looks channels_first; keras-hybrid-interp expects "
                              f"channels_last: use np.transpose(x, {perm}).")
                 raise ValueError(
-                    f"`{self.argname}`{where} has sample shape {tuple(xb.shape[1:])}, but the model "
-                    f"expects {self.input_shape} (None = any).{extra}"
+                    f"`{argname}`{where} has sample shape {tuple(xb.shape[1:])}, but the model "
+                    f"expects {input_shape} (None = any).{extra}"
                 )
         if np.issubdtype(xb.dtype, np.floating) and not np.all(np.isfinite(xb)):
             bad = int(np.sum(~np.isfinite(xb)))
             raise ValueError(
-                f"`{self.argname}`{where} contains {bad} NaN or infinite values; clean or impute them "
+                f"`{argname}`{where} contains {bad} NaN or infinite values; clean or impute them "
                 "first (an analysis on them would be silently wrong)."
             )
+
+    # ------------------------------------------------------------------
+    # Several model inputs: x is a list or a dict of arrays, as model.predict takes it; the stream
+    # yields a list of arrays in the model's input order (the order of ModelGraph.input_keys).
+    def _init_multi_arrays(self, x, y):
+        self.kind = "array"
+        self._x = self._to_input_list(x, None)
+        self._y = None if y is None else _to_numpy(np.asarray(y) if isinstance(y, (list, tuple)) else y)
+        if self._y is not None and len(self._y) != x_rows(self._x):
+            raise ValueError(
+                f"`y` has {len(self._y)} labels but `{self.argname}` has {x_rows(self._x)} samples; "
+                "they must have the same length."
+            )
+
+    def _to_input_list(self, x, batch_index):
+        """``x`` (a list, tuple or dict of arrays) as a checked list of NumPy arrays in model input order."""
+        where = "" if batch_index is None else f" (batch {batch_index})"
+        names = [n for n, _ in self.inputs]
+        k = len(names)
+        if isinstance(x, dict):
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise ValueError(
+                    f"`{self.argname}`{where} is a dict without the model input(s) {missing}: the model takes "
+                    f"{k} inputs {names}; received the keys {list(x)}."
+                )
+            extra = [key for key in x if key not in names]
+            if extra:
+                raise ValueError(
+                    f"`{self.argname}`{where} has the key(s) {extra}, which name no model input; the model "
+                    f"takes {k} inputs {names}."
+                )
+            arrays, labels = [x[n] for n in names], [f"{self.argname}[{n!r}]" for n in names]
+        elif isinstance(x, (list, tuple)):
+            if len(x) != k:
+                raise ValueError(
+                    f"`{self.argname}`{where} must hold {k} arrays, one per model input {names} (or be a dict "
+                    f"keyed by those names); received a {type(x).__name__} of {len(x)}."
+                )
+            arrays = list(x)
+            labels = [f"{self.argname}[{i}] (input {n!r})" for i, n in enumerate(names)]
+        else:
+            got = (f"one array of shape {tuple(np.shape(x))}" if hasattr(x, "shape")
+                   else f"{type(x).__module__}.{type(x).__name__}")
+            raise TypeError(
+                f"`{self.argname}`{where}: the model has {k} inputs {names}, so it must be a list of {k} "
+                f"arrays in that order or a dict keyed by input name, as model.predict takes it; received {got}."
+            )
+        out = []
+        for a, label, (_, shape) in zip(arrays, labels, self.inputs):
+            if isinstance(a, (list, tuple)):
+                a = np.asarray(a)
+            if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+                raise TypeError(f"`{label}`{where} must be an array; received {type(a).__name__}.")
+            a = _to_numpy(a)
+            if a.dtype == object:
+                raise TypeError(f"`{label}`{where} must be a numeric array; received dtype object.")
+            self._check_x(a, batch_index, argname=label, input_shape=shape)
+            out.append(a)
+        counts = [len(a) for a in out]
+        if len(set(counts)) > 1:
+            listing = ", ".join(f"`{label}` {n}" for label, n in zip(labels, counts))
+            raise ValueError(
+                f"`{self.argname}`{where}: every input must hold the same number of samples; received {listing}."
+            )
+        return out
+
+    def _split_multi(self, element):
+        """``(x structure, y)`` from a dataset element of a model with several inputs."""
+        names = [n for n, _ in self.inputs]
+        if isinstance(element, dict):
+            return element, None
+        if isinstance(element, (tuple, list)):
+            if len(element) == 0 or len(element) > 3:
+                raise ValueError(
+                    f"`{self.argname}` must yield x, (x,), (x, y) or (x, y, sample_weight); "
+                    f"received a tuple of length {len(element)}."
+                )
+            if not isinstance(element[0], (tuple, list, dict)):
+                raise ValueError(
+                    f"`{self.argname}`: the model has {len(names)} inputs {names}, so the dataset must yield "
+                    "((x1, x2, ...), y) or ({name: x, ...}, y), as Keras' fit and predict take it; its elements' "
+                    f"first item is one array of shape {tuple(np.shape(element[0]))}."
+                )
+            return element[0], _to_numpy(element[1]) if len(element) > 1 else None
+        raise TypeError(
+            f"`{self.argname}`: the model has {len(names)} inputs {names}, so the dataset must yield "
+            f"((x1, x2, ...), y) or ({{name: x, ...}}, y); it yields {type(element).__name__}."
+        )
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         with quiet_fresh_model_tracing():
@@ -274,7 +382,7 @@ class DataStream:
         seen = 0
         limit = self.max_samples
         if self.kind == "array":
-            n = len(self._x)
+            n = x_rows(self._x)
             if n == 0:
                 raise ValueError(f"`{self.argname}` is empty: received 0 samples.")
             stop = n if limit is None else min(n, limit)
@@ -282,7 +390,7 @@ class DataStream:
                 stop = min(stop, self.steps * self.batch_size)
             for start in range(0, stop, self.batch_size):
                 end = min(start + self.batch_size, stop)
-                yield self._x[start:end], None if self._y is None else self._y[start:end]
+                yield x_take(self._x, slice(start, end)), None if self._y is None else self._y[start:end]
             return
         if self.kind == "tf.data":
             iterator = self._x.as_numpy_iterator()
@@ -292,18 +400,22 @@ class DataStream:
         for b, element in enumerate(iterator):
             if self.steps is not None and b >= self.steps:
                 break
-            xb, yb = self._split(element)
-            self._check_x(xb, b)
-            if yb is not None and len(yb) != len(xb):
+            if self.inputs is not None:
+                xpart, yb = self._split_multi(element)
+                xb = self._to_input_list(xpart, b)
+            else:
+                xb, yb = self._split(element)
+                self._check_x(xb, b)
+            if yb is not None and len(yb) != x_rows(xb):
                 raise ValueError(
-                    f"`{self.argname}` batch {b} has {len(xb)} inputs but {len(yb)} labels."
+                    f"`{self.argname}` batch {b} has {x_rows(xb)} inputs but {len(yb)} labels."
                 )
-            if limit is not None and seen + len(xb) > limit:
+            if limit is not None and seen + x_rows(xb) > limit:
                 k = limit - seen
-                xb, yb = xb[:k], None if yb is None else yb[:k]
-            if len(xb):
+                xb, yb = x_take(xb, slice(None, k)), None if yb is None else yb[:k]
+            if x_rows(xb):
                 yield xb, yb
-            seen += len(xb)
+            seen += x_rows(xb)
             if limit is not None and seen >= limit:
                 break
         if seen == 0:
@@ -318,10 +430,17 @@ def as_stream(x, y=None, **kwargs) -> DataStream:
 
 
 def model_stream(graph, x, y=None, *, batch_size=64, max_samples=None, steps=None, argname="x") -> DataStream:
-    """A :class:`DataStream` over ``x`` checked against the input shape of ``graph``'s model."""
+    """A :class:`DataStream` over ``x`` checked against the input shape(s) of ``graph``'s model.
+
+    For a model with several inputs, ``x`` is a list (model input order) or a dict (keyed by input
+    name) of arrays, or a dataset yielding such ``x``; the stream yields lists in model input order.
+    """
     shape = graph.tensors[graph.input_keys[0]].shape[1:]
+    inputs = None
+    if len(graph.input_keys) > 1:
+        inputs = [(name, graph.tensors[k].shape[1:]) for name, k in zip(graph.input_names, graph.input_keys)]
     return as_stream(x, y, batch_size=batch_size, input_shape=shape, max_samples=max_samples, steps=steps,
-                     argname=argname)
+                     argname=argname, inputs=inputs)
 
 
 def to_class_indices(y, num_classes: int, argname: str = "y") -> np.ndarray:

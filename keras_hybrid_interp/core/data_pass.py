@@ -35,7 +35,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from .data import to_class_indices
+from .data import to_class_indices, x_rows, x_take
 from .distribute import predict_on_batch
 from .pooling import FeaturePooling
 
@@ -68,9 +68,12 @@ class Batch:
     samples that the tap's limit covers while they last). ``y`` holds class indices (or
     the raw labels when the pass was given no number of classes), or None.
     ``start`` is the index of the batch's first sample in the stream.
+    ``x`` is one array, or for a model with several inputs a list of arrays
+    in the model's input order (``graph.input_keys``); :func:`~.data.x_rows`
+    counts its samples.
     """
 
-    x: np.ndarray
+    x: np.ndarray | list
     y: np.ndarray | None
     start: int
     values: dict
@@ -153,14 +156,14 @@ def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
         runs = []  # (model, its taps, the samples of the batch it runs on)
         if not horizon or n >= horizon:
             runs.append((lean_model, lean, xb))
-        elif len(xb) <= horizon - n:  # every sample of the batch needs the limited taps
+        elif x_rows(xb) <= horizon - n:  # every sample of the batch needs the limited taps
             runs.append((full_model, full, xb))
         else:
             # Only the head of the batch needs the limited taps (raw maps of a few inputs): run them
             # on those samples alone, so the pass never holds a whole batch of every raw map.
             if limited_model is None:
                 limited_model = _side_model(graph, limited)
-            runs += [(lean_model, lean, xb), (limited_model, limited, xb[: horizon - n])]
+            runs += [(lean_model, lean, xb), (limited_model, limited, x_take(xb, slice(None, horizon - n)))]
         values = {}
         for model, idents, xs in runs:
             if model is None:
@@ -170,10 +173,10 @@ def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
                 if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
                     nonfinite.add(ident[0])
                 values[ident] = v
-        batch = Batch(np.asarray(xb), yb, n, values)
+        batch = Batch([np.asarray(a) for a in xb] if isinstance(xb, list) else np.asarray(xb), yb, n, values)
         for r in reducers:
             r.update(batch)
-        n += len(xb)
+        n += x_rows(xb)
         if bar is not None:
             bar.update(b + 1)
     if bar is not None and stream.num_batches is None:
@@ -202,6 +205,11 @@ class InputMoments:
 
     For the input-drift check: the statistics recorded when the probes are
     fitted are compared with those of later data.
+
+    A model with several inputs (``batch.x`` a list): the statistics are kept
+    per input (an image's channels over samples and positions, a tabular
+    input's features over samples) and :attr:`mean` and :attr:`std`
+    concatenate them in model input order, so every input is checked for drift.
     """
 
     taps: tuple = ()
@@ -209,10 +217,30 @@ class InputMoments:
     def __init__(self):
         self.count = 0
         self.samples = 0
-        self.mean = None
+        self._mean = None
         self.m2 = None
+        self._parts = None  # one InputMoments per input, for several inputs
+
+    @property
+    def mean(self):
+        if self._parts is not None:
+            if any(p.mean is None for p in self._parts):
+                return None
+            return np.concatenate([p.mean for p in self._parts])
+        return self._mean
+
+    @mean.setter
+    def mean(self, value):
+        self._mean = value
 
     def update(self, batch):
+        if isinstance(batch.x, list):
+            if self._parts is None:
+                self._parts = [InputMoments() for _ in batch.x]
+            for part, xi in zip(self._parts, batch.x):
+                part.update(Batch(xi, None, batch.start, {}))
+            self.samples = self._parts[0].samples
+            return
         x = np.asarray(batch.x)
         if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
             return
@@ -232,6 +260,8 @@ class InputMoments:
 
     @property
     def std(self) -> np.ndarray:
+        if self._parts is not None:
+            return np.concatenate([p.std for p in self._parts])
         return np.sqrt(self.m2 / max(self.count, 1))
 
 
@@ -269,12 +299,17 @@ class Collect:
         if v is None:
             return
         if self.limit is not None:
-            v = v[: self.limit - batch.start]
+            v = x_take(v, slice(None, self.limit - batch.start))
+        if isinstance(v, list):  # the inputs of a model with several inputs
+            self._parts.append([np.asarray(a) if self.dtype is None else np.asarray(a, dtype=self.dtype) for a in v])
+            return
         self._parts.append(np.asarray(v) if self.dtype is None else np.asarray(v, dtype=self.dtype))
 
     def result(self):
         if not self._parts:
             return None
+        if isinstance(self._parts[0], list):
+            return [np.concatenate(p, axis=0) for p in zip(*self._parts)]
         return np.concatenate(self._parts, axis=0)
 
 

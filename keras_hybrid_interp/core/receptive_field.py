@@ -124,17 +124,22 @@ def _same_pad(n, k_eff, s):
     return total // 2
 
 
-def receptive_field(graph, key: int) -> ReceptiveField:
-    """The :class:`ReceptiveField` of tensor ``key`` of ``graph`` (a single-input ``ModelGraph``).
+def receptive_field(graph, key: int, input_key: int | None = None) -> ReceptiveField:
+    """The :class:`ReceptiveField` of tensor ``key`` of ``graph`` on input ``input_key``.
+
+    ``input_key`` may be left out for a single-input ``ModelGraph``. With
+    several inputs it names the (image) input the field is measured on; the
+    other inputs add no positions (a tabular vector merged in is as a constant).
 
     Raises :class:`UnsupportedReceptiveField` (a ValueError) naming the
     operation when the path holds one whose spatial mapping is not known
     (upsampling, transposed convolution, a reshape that changes the spatial
     shape, channels-first layers).
     """
-    if len(graph.input_keys) != 1:
-        raise ValueError(f"The receptive field needs a single-input model; this one has {len(graph.input_keys)} inputs.")
-    in_key = graph.input_keys[0]
+    if input_key is None and len(graph.input_keys) != 1:
+        raise ValueError(f"The receptive field of a model with {len(graph.input_keys)} inputs needs `input_key`, "
+                         "the input it is measured on.")
+    in_key = graph.input_keys[0] if input_key is None else input_key
     in_spatial = _spatial(graph.tensors[in_key].shape)
     if in_spatial is None:
         raise UnsupportedReceptiveField("The model input has no spatial axes (its shape is "
@@ -148,8 +153,8 @@ def receptive_field(graph, key: int) -> ReceptiveField:
 
     def compute(k):
         info = graph.tensors[k]
-        if info.producer is None:  # another input (not reached: single-input graphs)
-            return tuple((1, 1, 0) for _ in range(nd))
+        if info.producer is None:  # another input: it adds no position of this one
+            return None
         o = graph.ops[info.producer]
         out_sp = _spatial(info.shape)
         in_fields = [(i, fields[i]) for i in o.inputs if fields.get(i) is not None]

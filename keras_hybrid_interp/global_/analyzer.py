@@ -102,8 +102,6 @@ class GlobalAnalyzer:
             self.block_keys, _, _ = _blocks.select_blocks(self.graph, blocks)
             self.model = obj
         g = self.graph
-        if len(g.input_keys) != 1:
-            raise ValueError(f"GlobalAnalyzer needs a single-input model; model {g.model.name!r} has {len(g.input_keys)} inputs.")
         if len(g.output_keys) != 1:
             raise ValueError(
                 f"GlobalAnalyzer needs a single-output model; model {g.model.name!r} has {len(g.output_keys)} "

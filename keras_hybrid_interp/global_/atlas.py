@@ -74,8 +74,12 @@ class TopKExamples:
     ``crops=False`` keeps no crops (the boxes are still recorded).
     """
 
-    def __init__(self, key: int, filters: np.ndarray, k: int, rf: ReceptiveField, *, crops: bool = True):
+    def __init__(self, key: int, filters: np.ndarray, k: int, rf: ReceptiveField, *, crops: bool = True,
+                 input_index: int | None = None, input_name: str | None = None):
         self.key = key
+        #: Several inputs: which of ``batch.x`` the crops come from (its position, its name).
+        self.input_index = input_index
+        self.input_name = input_name
         self.tap = Tap(key, "raw")
         self.taps = (self.tap,)
         self.filters = np.asarray(filters, dtype=np.int64)
@@ -101,7 +105,7 @@ class TopKExamples:
         b = len(a)
         if b == 0:
             return
-        x = np.asarray(batch.x)
+        x = np.asarray(batch.x if self.input_index is None else batch.x[self.input_index])
         spatial = a.shape[1:-1]
         flat = a[..., self.filters].reshape(b, -1, len(self.filters))  # (B, P, F)
         pos = np.argmax(flat, axis=1)  # (B, F): first maximum in row-major order
@@ -179,6 +183,9 @@ class FilterExamples:
         The analysed filters whose activation (the maximum of the map) is the same for every
         streamed sample (dead filters, or capped ones that reach their cap in every sample): all
         samples tie, so their examples are the first ``k`` samples in stream order, not a ranking.
+    input_name : str or None
+        A model with several inputs: the input the crops come from (the block's image input,
+        :attr:`Block.image_input`); None for a single-input model.
     """
 
     filters: np.ndarray
@@ -191,6 +198,7 @@ class FilterExamples:
     block: str
     n_samples: int
     constant_filters: np.ndarray
+    input_name: str | None = None
 
     def __post_init__(self):
         for a in (self.filters, self.indices, self.values, self.locations, self.boxes, self.crops,
@@ -262,12 +270,37 @@ class FilterExamples:
                 f"n_samples={self.n_samples}, receptive_field={'whole input' if rf.whole else rf.size})")
 
 
-def block_receptive_field(graph, key, block) -> ReceptiveField:
+def block_input(graph, key, block) -> int:
+    """The input key the atlas crops ``key``'s examples from: the model input, or the block's image input.
+
+    A model with several inputs: the first input the block depends on that is an image (signal,
+    volume), never a tabular one; a block after the merge of several image inputs warns that its
+    crops come from the first of them only.
+    """
+    if len(graph.input_keys) == 1:
+        return graph.input_keys[0]
+    image = graph.image_input_of(key)
+    if image is None:
+        raise ValueError(
+            f"`block`: block {block!r} depends on no image input (only on {[graph.input_names[graph.input_keys.index(k)] for k in graph.inputs_of(key)]}), "
+            "so it has no input positions to crop; choose a block on a convolutional branch.")
+    images = [k for k in graph.inputs_of(key) if graph.image_input_of(k) == k]
+    if len(images) > 1:
+        names = [graph.input_names[graph.input_keys.index(k)] for k in images]
+        _health.warn("receptive_field",
+                     f"Block {block!r} depends on several image inputs {names}; the filter atlas crops the examples "
+                     f"from {names[0]!r} only, the others' share of a filter is not shown. Analyse a block of each "
+                     "branch (before the merge) to see every input.")
+    return image
+
+
+def block_receptive_field(graph, key, block, input_key=None) -> ReceptiveField:
     """The receptive field of ``key``; the whole input, with a warning, when it cannot be derived."""
+    in_key = graph.input_keys[0] if input_key is None else input_key
     try:
-        return receptive_field(graph, key)
+        return receptive_field(graph, key, input_key=input_key)
     except UnsupportedReceptiveField as exc:
-        in_sp = tuple(graph.tensors[graph.input_keys[0]].shape[1:-1])
+        in_sp = tuple(graph.tensors[in_key].shape[1:-1])
         _health.warn("receptive_field", f"Block {block!r}: {exc} The filter atlas crops the whole input instead.")
         nd = len(in_sp)
         return ReceptiveField(tuple(int(n or 0) for n in in_sp), (0,) * nd, (0,) * nd,
@@ -280,8 +313,12 @@ def examples_reducer(graph, key, block, *, filters=None, k=9, crops=True) -> Top
     c = int(shape[-1])
     filters = check_filters(filters, c, block)
     k = check_k(k)
-    rf = block_receptive_field(graph, key, block)
-    return TopKExamples(key, filters, k, rf, crops=crops)
+    in_key = block_input(graph, key, block)
+    rf = block_receptive_field(graph, key, block, input_key=in_key)
+    if len(graph.input_keys) == 1:
+        return TopKExamples(key, filters, k, rf, crops=crops)
+    i = graph.input_keys.index(in_key)
+    return TopKExamples(key, filters, k, rf, crops=crops, input_index=i, input_name=graph.input_names[i])
 
 
 def examples_result(red: TopKExamples, block: str, *, keep=None, known_dead=()) -> FilterExamples:
@@ -301,7 +338,7 @@ def examples_result(red: TopKExamples, block: str, *, keep=None, known_dead=()) 
     result = FilterExamples(red.filters.copy(), red.indices.T.copy(), red.values.T.copy(),
                             red.locations.transpose(1, 0, 2).copy(), red.boxes.transpose(1, 0, 2, 3).copy(),
                             None if red.crops is None else np.moveaxis(red.crops, 0, 1).copy(), rf, block, red.n,
-                            constant)
+                            constant, getattr(red, "input_name", None))
     if keep is not None:
         result = result.select(keep)
     unreported = np.setdiff1d(result.constant_filters, np.asarray(known_dead, dtype=np.int64))

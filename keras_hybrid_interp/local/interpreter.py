@@ -13,7 +13,7 @@ from ..core import data_pass as _pass
 from ..core import graph as _graph
 from ..core import health as _health
 from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
-from ..core.data import model_stream
+from ..core.data import model_stream, x_rows
 from ..core.output import OutputReader, reader_for
 from ..core.pooling import FeaturePooling
 from ..core.trainer import (
@@ -61,12 +61,15 @@ class BlockList(Sequence):
         return [b.name for b in self]
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "block": [b.name for b in self],
             "output_shape": [b.output_shape for b in self],
             "filters": [b.filters for b in self],
             "depth": [b.depth for b in self],
         })
+        if any(getattr(b, "branch", None) is not None for b in self):  # a model with several inputs
+            frame["branch"] = [b.branch for b in self]
+        return frame
 
 
 def _resolve_verbose(verbose):
@@ -262,11 +265,6 @@ class HybridInterpreter(keras.Model):
                 f"{model.name!r} has {len(graph.output_keys)} outputs. Wrap the output you want: "
                 "keras.Model(model.inputs, model.outputs[i])."
             )
-        if len(graph.input_keys) != 1:
-            raise ValueError(
-                f"HybridInterpreter needs a single-input model; model {model.name!r} has "
-                f"{len(graph.input_keys)} inputs."
-            )
         self._reader = reader_for(graph, output, model.name)
         self.output_kind = self._reader.kind
         self.pooling = _check_pooling(pooling)
@@ -351,7 +349,12 @@ class HybridInterpreter(keras.Model):
     def call(self, inputs, training=False):
         """Returns ``{block_name: probe probabilities, ..., "output": model probabilities}``."""
         g = self._graph
-        values = g.replay({g.input_keys[0]: inputs}, list(self.block_keys) + list(g.output_keys))
+        if len(g.input_keys) > 1:  # several inputs: a list in model input order, or a dict by input name
+            given = [inputs[n] for n in g.input_names] if isinstance(inputs, dict) else list(inputs)
+            feed = dict(zip(g.input_keys, given))
+        else:
+            feed = {g.input_keys[0]: inputs}
+        values = g.replay(feed, list(self.block_keys) + list(g.output_keys))
         result = {name: probe(pool(values[k])) for name, probe, pool, k
                   in zip(self.block_names, self._probes, self._pools, self.block_keys)}
         result["output"] = self._reader.probabilities(values[g.output_keys[0]], xp=keras.ops)
@@ -730,6 +733,8 @@ class HybridInterpreter(keras.Model):
         per-block class-evidence maps (see :class:`LocalExplanation`).
         """
         self.require_fitted()
+        if len(self._graph.input_keys) > 1:
+            return self.explanations(self._one_sample(x))[0]
         x = np.asarray(keras.ops.convert_to_numpy(x) if not isinstance(x, np.ndarray) else x)
         shape = self._graph.tensors[self._graph.input_keys[0]].shape[1:]
         if x.ndim == len(shape):
@@ -741,14 +746,43 @@ class HybridInterpreter(keras.Model):
             )
         return self.explanations(x)[0]
 
+    def _one_sample(self, x) -> list:
+        """One sample of a model with several inputs (a list or dict; each with or without the batch axis of 1)."""
+        g = self._graph
+        names = g.input_names
+        if isinstance(x, dict):
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise ValueError(f"`x` is a dict without the model input(s) {missing}: the model takes "
+                                 f"{len(names)} inputs {names}; received the keys {list(x)}.")
+            items, labels = [x[n] for n in names], [f"x[{n!r}]" for n in names]
+        elif isinstance(x, (list, tuple)) and len(x) == len(names):
+            items, labels = list(x), [f"x[{i}] (input {n!r})" for i, n in enumerate(names)]
+        else:
+            raise TypeError(f"`x` must be one sample of each of the model's {len(names)} inputs {names}: a list in "
+                            f"that order or a dict keyed by input name; received {type(x).__name__}"
+                            f"{f' of {len(x)}' if isinstance(x, (list, tuple)) else ''}.")
+        out = []
+        for a, label, k in zip(items, labels, g.input_keys):
+            a = np.asarray(a if isinstance(a, np.ndarray) else keras.ops.convert_to_numpy(a))
+            shape = g.tensors[k].shape[1:]
+            if a.ndim == len(shape):
+                a = a[None]
+            if a.ndim != len(shape) + 1 or a.shape[0] != 1:
+                raise ValueError(f"`{label}` must be one input of shape {tuple(shape)} or (1, "
+                                 f"{', '.join(map(str, shape))}); received shape {a.shape}.")
+            out.append(a)
+        return out
+
     def explanations(self, x, maps=None) -> list:
         """Local explanations of the inputs ``x`` (n, ...), from their raw block maps if given.
 
         ``maps`` is ``[block maps (n, spatial..., C) for each block] + [model outputs (n, units)]``
         as collected by :meth:`explanation_taps` in a pass; None runs a pass over ``x``.
         """
+        n = x_rows(x)
         if maps is None:
-            collects = [_pass.Collect(t) for t in self.explanation_taps(len(x))]
+            collects = [_pass.Collect(t) for t in self.explanation_taps(n)]
             moments = _pass.InputMoments()
             info = _pass.run(self._graph, self.stream(x), collects + [moments])
             self._check_finite(info)
@@ -757,11 +791,24 @@ class HybridInterpreter(keras.Model):
         model_probs = self._reader.probabilities(maps[-1])
         states = self.probe_states()
         out = []
-        for j in range(len(x)):
-            out.append(self._explain_one(x[j], [m[j].astype(np.float64) for m in maps[:-1]], model_probs[j], states))
+        for j in range(n):
+            image, inputs = self._sample_images(x, j)
+            out.append(self._explain_one(image, [m[j].astype(np.float64) for m in maps[:-1]], model_probs[j], states,
+                                         inputs))
         return out
 
-    def _explain_one(self, image, maps, model_p, states):
+    def _sample_images(self, x, j):
+        """``(image, extra LocalExplanation fields)`` of sample ``j``: several inputs show each block's image input."""
+        if not isinstance(x, list):
+            return x[j], None
+        g = self._graph
+        images = {n: x[i][j] for i, (n, k) in enumerate(zip(g.input_names, g.input_keys))
+                  if _graph.is_feature_map(g.tensors[k].shape)}  # tabular inputs are never drawn
+        block_images = tuple(b.image_input for b in self.blocks)
+        first = next((b for b in block_images if b is not None), next(iter(images), None))
+        return images.get(first), {"images": images, "block_images": block_images}
+
+    def _explain_one(self, image, maps, model_p, states, inputs=None):
         probs, evidence = [], []
         logits_reader = OutputReader("logits", self.num_classes)
         for (mean, scale, kernel, bias), pool, a in zip(states, self._pools, maps):
@@ -799,6 +846,7 @@ class HybridInterpreter(keras.Model):
             evidence_maps=evidence,
             class_names=list(self.class_names),
             pooling=self.pooling,
+            **(inputs or {}),
         )
 
     def probe_model(self, *, block) -> keras.Model:

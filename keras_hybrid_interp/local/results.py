@@ -105,6 +105,13 @@ class LocalExplanation:
         map over positions equals the probe's logits exactly.
     class_names : list of str
     pooling : str or int
+    images : dict or None
+        A model with several inputs: ``{input name: this sample's input}`` for
+        its image inputs (tabular inputs are never drawn); None otherwise.
+    block_images : tuple or None
+        A model with several inputs: per block, the name of the image input
+        it depends on (:attr:`Block.image_input`), over which its evidence map
+        is drawn; ``image`` is the first block's. None otherwise.
     """
 
     image: np.ndarray
@@ -116,6 +123,8 @@ class LocalExplanation:
     evidence_maps: list
     class_names: list
     pooling: object = "avg"
+    images: dict | None = None
+    block_images: tuple | None = None
 
     def __repr__(self):
         decided = "never" if self.decision_block is None else repr(self.decision_block)

@@ -536,16 +536,19 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
                        scale, alpha, norm_cmap, class_names, which, slice_at is not None)
         return fig
     gray = _grayscale(img)
-    H, W = gray.shape
+    # A model with several inputs: each block's map is drawn over the image input it depends on.
+    images, block_images = getattr(explanation, "images", None), getattr(explanation, "block_images", None)
+    grays = {i: gray if not images or block_images is None or block_images[i] not in images
+             else _grayscale(_display_image(images[block_images[i]])[0]) for i in shown}
     ups = []
     for i in shown:
-        ups.append(upsample(maps[i][..., cls], (H, W), upsampling))
+        ups.append(upsample(maps[i][..., cls], grays[i].shape, upsampling))
     g_lo = min(float(u.min()) for u in ups)
     g_hi = max(float(u.max()) for u in ups)
     for ax, i, up in zip(axes, shown, ups):
         ev = np.asarray(maps[i], dtype=np.float64)
         lo, hi = (g_lo, g_hi) if scale == "shared" else (float(up.min()), float(up.max()))
-        ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(grays[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.imshow(up, cmap=norm_cmap, alpha=alpha, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
         ax.set_label(f"evidence:{names[i]}")
         ax.set_xticks([])

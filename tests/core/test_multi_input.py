@@ -132,6 +132,19 @@ def test_a_tabular_only_branch_is_never_an_image():
 # ----------------------------------------------------------------------
 # The stream: lists, dicts, tf.data, slicing, checks
 # ----------------------------------------------------------------------
+class _Pairs(keras.utils.PyDataset):
+    def __init__(self, img, tab, y, bs):
+        super().__init__()
+        self.img, self.tab, self.y, self.bs = img, tab, y, bs
+
+    def __len__(self):
+        return int(np.ceil(len(self.y) / self.bs))
+
+    def __getitem__(self, i):
+        s = slice(i * self.bs, (i + 1) * self.bs)
+        return {"image": self.img[s], "age_sex": self.tab[s]}, self.y[s]
+
+
 def test_stream_takes_lists_dicts_and_tf_data_in_model_input_order():
     tf = pytest.importorskip("tensorflow")
     model = image_tabular()
@@ -147,7 +160,7 @@ def test_stream_takes_lists_dicts_and_tf_data_in_model_input_order():
     ds_tuple = tf.data.Dataset.from_tensor_slices(((img, tab), y)).batch(4)
     ds_dict = tf.data.Dataset.from_tensor_slices((dict_rev, y)).batch(4)
     for got in (batches([img, tab], y), batches((img, tab), y), batches(dict_rev, y), batches(ds_tuple),
-                batches(ds_dict)):
+                batches(ds_dict), batches(_Pairs(img, tab, y, 4))):
         assert len(got) == len(want)
         for (a, b, c), (ea, eb, ec) in zip(got, want):
             np.testing.assert_array_equal(a, ea)
@@ -155,19 +168,6 @@ def test_stream_takes_lists_dicts_and_tf_data_in_model_input_order():
             np.testing.assert_array_equal(c, ec)
     # steps= counts batches
     assert len(batches([img, tab], y, steps=1)) == 1
-
-
-class _Pairs(keras.utils.PyDataset):
-    def __init__(self, img, tab, y, bs):
-        super().__init__()
-        self.img, self.tab, self.y, self.bs = img, tab, y, bs
-
-    def __len__(self):
-        return int(np.ceil(len(self.y) / self.bs))
-
-    def __getitem__(self, i):
-        s = slice(i * self.bs, (i + 1) * self.bs)
-        return {"image": self.img[s], "age_sex": self.tab[s]}, self.y[s]
 
 
 @pytest.mark.parametrize("bad, err, words", [

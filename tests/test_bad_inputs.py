@@ -59,6 +59,26 @@ def regression(units=1):
     return keras.Model(inp, layers.Dense(units, name="regressor")(h), name="regression")
 
 
+def multilabel(labels=3):
+    inp = keras.Input((16, 16, 1))
+    h = layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    h = layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, layers.Dense(labels, activation="sigmoid", name="findings")(h), name="multilabel")
+
+
+def segmenter(classes=3):
+    inp = keras.Input((16, 16, 1))
+    h = layers.Conv2D(4, 3, padding="same", activation="relu", name="enc")(inp)
+    return keras.Model(inp, layers.Conv2D(classes, 1, activation="softmax", name="mask")(h), name="segmenter")
+
+
+def two_heads():
+    inp = keras.Input((16, 16, 1))
+    h = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu", name="conv")(inp))
+    return keras.Model(inp, [layers.Dense(3, activation="softmax", name="diagnosis")(h),
+                             layers.Dense(1, name="severity")(h)], name="two_heads")
+
+
 def channels_first():
     inp = keras.Input((1, 16, 16))
     h = layers.Conv2D(4, 3, data_format="channels_first", name="conv_cf")(inp)
@@ -225,14 +245,14 @@ CASES = [
     ("dense_only_model_analyzer", lambda e: GlobalAnalyzer(dense_only()), ValueError,
      [r"has no convolution:", r"1-D, 2-D and 3-D convolutional blocks"]),
     ("regression_model", lambda e: HybridInterpreter(regression()), ValueError,
-     [r"Model 'regression' does not end in a softmax or sigmoid", r"output='logits'",
-      r"regression models are not supported"]),
+     [r"`task`='auto' cannot tell what this output means: model 'regression' outputs shape \(None, 1\)",
+      r"task='regression' for real values", r"task='multiclass' \(or 'binary' for one unit\)"]),
     ("regression_model_class_analysis", lambda e: GlobalAnalyzer(regression(3), blocks="conv").filter_class_association(
         e.x, e.y, block="conv"), ValueError,
-     [r"filter_class_association reads the model output as class probabilities",
-      r"output shape \(None, 3\)", r"output='logits'", r"callable `scoring"]),
+     [r"filter_class_association reads the model output through its task",
+      r"output shape \(None, 3\)", r"task='regression'", r"callable `scoring"]),
     ("regression_model_importance", lambda e: GlobalAnalyzer(regression(3), blocks="conv").filter_importance(e.x, e.y, block="conv"),
-     ValueError, [r"filter_importance\(method='permutation', scoring='accuracy'\)", r"not look like a classifier"]),
+     ValueError, [r"filter_importance\(method='permutation', scoring='auto'\)", r"Pass task= to GlobalAnalyzer"]),
     ("subclassed_model", lambda e: HybridInterpreter(Subclassed()), TypeError,
      [r"`model` is a subclassed model \(Subclassed\)", r"Functional models", r"keras\.Model\(inputs, outputs\)"]),
     ("subclassed_model_analyzer", lambda e: GlobalAnalyzer(Subclassed()), TypeError,
@@ -252,7 +272,7 @@ CASES = [
     ("n_repeats_negative", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", n_repeats=-2), ValueError,
      [r"`n_repeats` must be a positive int; received -2"]),
     ("bad_scoring", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", scoring="f1"), ValueError,
-     [r"`scoring` must be 'accuracy', 'loss' or a callable", r"received 'f1'"]),
+     [r"`scoring` must be 'auto' \(the task's default\), a named score", r"or a callable", r"received 'f1'"]),
     ("bad_method", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", method="shap"), ValueError,
      [r"`method` must be one of \['permutation', 'ablation', 'taylor'\]", r"received 'shap'"]),
     ("bad_statistic", lambda e: e.ga.filter_correlation(e.x, block="conv3", statistic="median"), ValueError,
@@ -268,11 +288,76 @@ CASES = [
     ("analyzer_batch_size", lambda e: GlobalAnalyzer(e.model, batch_size=0), ValueError,
      [r"`batch_size` must be a positive int; received 0"]),
     ("analyzer_output", lambda e: GlobalAnalyzer(e.model, output="probabilities"), ValueError,
-     [r"`output` must be one of \['auto', 'softmax', 'sigmoid', 'logits'\]", r"received 'probabilities'"]),
+     [r"`output` must be 'auto', the name or index of one of the model's outputs, or an output kind",
+      r"received 'probabilities'", r"has outputs 0: "]),
     ("digits_image_size", lambda e: load_digits(image_size=4), ValueError,
      [r"`image_size` must be an int >= 8; received 4"]),
     ("synthetic_factor", lambda e: make_synthetic(10, factor="size"), ValueError,
      [r"`factor` must be one of \['colour', 'shape', 'texture'\]", r"received 'size'"]),
+    # --- tasks: targets, task= against the output, output= ------------------------
+    ("multilabel_y_as_class_indices", lambda e: HybridInterpreter(multilabel(), blocks="conv").fit_probes(e.x, e.y, verbose=0),
+     ValueError, [r"`y` must be multi-label indicators of shape \(n, 3\)", r"received shape \(40,\)",
+                  r"integer class indices", r"MultiLabelBinarizer"]),
+    ("multilabel_y_not_binary", lambda e: HybridInterpreter(multilabel(), blocks="conv").fit_probes(
+        e.x, np.full((40, 3), 0.7), verbose=0), ValueError,
+     [r"`y` must hold only 0 and 1", r"\[0\.7\]"]),
+    ("multilabel_y_wrong_width", lambda e: HybridInterpreter(multilabel(), blocks="conv").fit_probes(
+        e.x, np.zeros((40, 5)), verbose=0), ValueError,
+     [r"`y` must be multi-label indicators of shape \(n, 3\) for a model with 3 labels", r"received shape \(40, 5\)"]),
+    ("regression_y_nan", lambda e: HybridInterpreter(regression(), blocks="conv", task="regression").fit_probes(
+        e.x, np.where(np.arange(40) == 3, np.nan, 1.0), verbose=0), ValueError,
+     [r"`y` holds 1 NaN or infinite regression targets", r"drop or impute"]),
+    ("regression_y_wrong_width", lambda e: HybridInterpreter(regression(2), blocks="conv", task="regression").fit_probes(
+        e.x, np.zeros((40, 3)), verbose=0), ValueError,
+     [r"`y` must be regression targets of shape \(n, 2\)", r"received shape \(40, 3\)"]),
+    ("regression_y_strings", lambda e: HybridInterpreter(regression(), blocks="conv", task="regression").fit_probes(
+        e.x, np.array(["a"] * 40), verbose=0), TypeError,
+     [r"`y` must hold numbers \(regression targets\); received dtype <U1"]),
+    ("regression_y_from_dataset", lambda e: HybridInterpreter(regression(), blocks="conv", task="regression").fit_probes(
+        tf.data.Dataset.from_tensor_slices((e.x, np.full(40, np.inf))).batch(8), verbose=0), ValueError,
+     [r"`y \(the labels yielded by x\)` holds 8 NaN or infinite regression targets"]),
+    ("masks_wrong_size", lambda e: GlobalAnalyzer(segmenter(), blocks="enc").filter_importance(
+        e.x, np.zeros((40, 8, 8), int), block="enc"), ValueError,
+     [r"`y` must be masks of shape \(n, 16, 16\) of class indices, or \(n, 16, 16, 3\) one-hot",
+      r"received shape \(40, 8, 8\)"]),
+    ("masks_wrong_class_count", lambda e: GlobalAnalyzer(segmenter(), blocks="enc").filter_importance(
+        e.x, np.full((40, 16, 16), 5), block="enc"), ValueError,
+     [r"`y` masks hold classes outside 0\.\.2 \(the model outputs 3 classes per position\)", r"\[5\]"]),
+    ("masks_one_hot_wrong_channels", lambda e: GlobalAnalyzer(segmenter(), blocks="enc").filter_importance(
+        e.x, np.eye(4)[np.zeros((40, 16, 16), int)], block="enc"), ValueError,
+     [r"`y`: one-hot masks must have 3 channels \(the model's classes\)", r"received shape \(40, 16, 16, 4\)"]),
+    ("task_regression_on_softmax", lambda e: HybridInterpreter(e.model, task="regression"), ValueError,
+     [r"`task`='regression' was declared, but model 'small_cnn' outputs shape \(None, 3\) and ends in a softmax",
+      r"probabilities, not regression targets"]),
+    ("task_multilabel_on_softmax", lambda e: HybridInterpreter(e.model, task="multilabel"), ValueError,
+     [r"`task`='multilabel' was declared, but .* ends in a softmax", r"labels exclusive"]),
+    ("task_binary_on_sigmoid_units", lambda e: HybridInterpreter(multilabel(), task="binary"), ValueError,
+     [r"`task`='binary' means one output unit", r"outputs shape \(None, 3\)", r"task='multilabel'"]),
+    ("task_segmentation_on_vector", lambda e: HybridInterpreter(e.model, task="segmentation"), ValueError,
+     [r"`task`='segmentation' needs a spatial output map", r"outputs shape \(None, 3\)"]),
+    ("task_unknown", lambda e: HybridInterpreter(e.model, task="detection"), ValueError,
+     [r"`task` must be 'auto' or one of \['multiclass', 'binary', 'multilabel', 'regression', 'segmentation'\]",
+      r"received 'detection'"]),
+    ("output_several_unnamed", lambda e: HybridInterpreter(two_heads()), ValueError,
+     [r"Model 'two_heads' has 2 outputs \(0: 'diagnosis' \(None, 3\), 1: 'severity' \(None, 1\)\)",
+      r"pass `output=` with the name or index"]),
+    ("output_unknown_name", lambda e: HybridInterpreter(two_heads(), output="grade"), ValueError,
+     [r"`output` must be 'auto', the name or index of one of the model's outputs", r"received 'grade'",
+      r"'diagnosis'", r"'severity'"]),
+    ("output_index_out_of_range", lambda e: HybridInterpreter(two_heads(), output=2), ValueError,
+     [r"`output`=2 is not an output index of model 'two_heads'", r"1: 'severity'"]),
+    ("output_kind_on_two_heads", lambda e: HybridInterpreter(two_heads(), output="logits"), ValueError,
+     [r"`output`='logits' declares how a single output is read, but model 'two_heads' has 2 outputs",
+      r"`task=`"]),
+    ("scoring_of_another_task", lambda e: GlobalAnalyzer(multilabel(), blocks="conv").filter_importance(
+        e.x, np.zeros((40, 3)), block="conv", scoring="r2"), ValueError,
+     [r"`scoring` must be 'auto', one of \['average_precision', 'loss'\] \(the scores of a multilabel model\)",
+      r"received 'r2'"]),
+    ("label_names_wrong_length", lambda e: HybridInterpreter(multilabel(), blocks="conv", class_names=["a", "b"]), ValueError,
+     [r"`class_names` has 2 names but the model has 3 labels"]),
+    ("taylor_regression_without_targets", lambda e: GlobalAnalyzer(regression(), blocks="conv", task="regression").filter_importance(
+        e.x, block="conv", method="taylor"), ValueError,
+     [r"method='taylor' on a regression model needs targets `y`", r"zero gradient"]),
     # --- files ----------------------------------------------------------------
     ("load_a_plain_model", lambda e: HybridInterpreter.load(e.dir / "model.keras"), TypeError,
      [r"holds a Functional 'small_cnn', not a HybridInterpreter", r"interp\.save\(\)",
@@ -407,7 +492,7 @@ CLI_CASES = [
     ("dense_only_model", ["analyze", "mlp.keras", "--data", "data.npz", "--out", "o"],
      ["Model 'mlp' has no convolution:", "1-D, 2-D and 3-D convolutional blocks"]),
     ("regression_model", ["analyze", "regression.keras", "--data", "data.npz", "--out", "o"],
-     ["does not end in a softmax or sigmoid", "regression models are not supported"]),
+     ["`task`='auto' cannot tell what this output means", "task='regression' for real values"]),
     ("dense_layer_as_block", ["analyze", "model.keras", "--data", "data.npz", "--blocks", "head", "--out", "o"],
      ["`blocks`: layer 'head' has output shape (None, 3) (rank 2), not a feature map", "['conv1', 'pool1', 'conv2', 'pool2', 'conv3']"]),
     ("test_fraction_out_of_range", ["analyze", "model.keras", "--data", "data.npz", "--test-fraction", "1.5",

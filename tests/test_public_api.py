@@ -185,7 +185,7 @@ def test_the_table_covers_every_public_analysis():
         "fit", "fit_probes", "compile", "train_on_batch", "call", "get_config", "from_config", "load",
         "stream", "feature_taps", "output_tap", "probe_states", "probe_scores", "layer_table", "check_drift",
         "explanation_taps", "explanations", "probe_model", "require_fitted", "run", "key", "engine",
-        "require_classifier", "similarity_blocks", "other_model",
+        "require_classifier", "similarity_blocks", "other_model", "probe_task", "probe_values", "output_values",
     }
     covered = {r.name.split("[")[0] for r in ROWS}
     missing = public - not_analyses - covered

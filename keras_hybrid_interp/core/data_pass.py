@@ -110,7 +110,7 @@ def _forward(model, xb):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
+def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> PassResult:
     """Streams ``stream`` once through ``graph``'s model and feeds every reducer.
 
     Parameters
@@ -121,6 +121,9 @@ def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
         ``update(batch)``
     num_classes : int, optional
         Labels are converted to class indices ``0..num_classes-1`` (checked).
+    task : Task, optional
+        Labels are converted to the task's targets (checked, naming the
+        labels' argument): :meth:`~keras_hybrid_interp.core.task.Task.targets`.
     verbose : int
         A Keras progress bar (batches; its total is known when the data has a length).
     """
@@ -151,7 +154,9 @@ def run(graph, stream, reducers, *, num_classes=None, verbose=0) -> PassResult:
             raise ValueError(
                 f"`{stream.argname}` yields labels for some batches but not for others; label every batch or none."
             )
-        if yb is not None and num_classes is not None:
+        if yb is not None and task is not None:
+            yb = task.targets(yb, argname=stream.label_argname)
+        elif yb is not None and num_classes is not None:
             yb = to_class_indices(yb, num_classes, argname=stream.label_argname)
         runs = []  # (model, its taps, the samples of the batch it runs on)
         if not horizon or n >= horizon:

@@ -30,8 +30,9 @@ from ..core import health as _health
 from ..core.data import model_stream
 from ..core.coupling import tied_tensors
 from ..core.engine import TailEngine, TiedTailEngine, tail_engine
-from ..core.output import KINDS, output_activation, reader_for
+from ..core.task import resolve_output, task_for
 from .atlas import FilterExamples, examples_reducer, examples_result
+from .dissection import QUANTILE, segmentation_association, segmentation_task_of
 from .association import (
     AssociationMoments,
     FilterClassAssociation,
@@ -87,14 +88,17 @@ class GlobalAnalyzer:
     """
 
     def __init__(self, model_or_interpreter, blocks="auto", *, batch_size=64, input_shape=None, output="auto",
-                 class_names=None):
+                 class_names=None, task="auto"):
         obj = model_or_interpreter
+        #: The model's task (:class:`~keras_hybrid_interp.core.task.Task`); None when task="auto" could not
+        #: tell what a linear output means (the target-based analyses then ask for `task=`).
+        self.reader = None
         if hasattr(obj, "graph") and hasattr(obj, "block_keys") and isinstance(getattr(obj, "graph"), _graph.ModelGraph):
-            self.graph = obj.graph
+            self.graph = obj.graph  # already reads the interpreter's one output
             self.block_keys = list(obj.block_keys)
             self.model = getattr(obj, "wrapped_model", None) or self.graph.model
-            if output == "auto":
-                output = getattr(obj, "output_kind", "auto") or "auto"
+            if task == "auto" and output == "auto":
+                self.reader = getattr(obj, "reader", None)
             if class_names is None:
                 class_names = getattr(obj, "class_names", None)
         else:
@@ -102,25 +106,26 @@ class GlobalAnalyzer:
             self.block_keys, _, _ = _blocks.select_blocks(self.graph, blocks)
             self.model = obj
         g = self.graph
-        if len(g.output_keys) != 1:
-            raise ValueError(
-                f"GlobalAnalyzer needs a single-output model; model {g.model.name!r} has {len(g.output_keys)} "
-                "outputs. Wrap the one you want: keras.Model(model.inputs, model.outputs[i])."
-            )
-        if output not in ("auto",) + KINDS:
-            raise ValueError(f"`output` must be one of {['auto', *KINDS]}; received {output!r}.")
-        out_shape = g.tensors[g.output_keys[0]].shape
-        #: How the output is read; None when output="auto" found no softmax or sigmoid (not taken
-        #: for a classifier: the class-based analyses then ask for output="logits").
-        self.reader = None
-        if output != "auto" or (len(out_shape) == 2 and output_activation(g) in ("softmax", "sigmoid")):
-            self.reader = reader_for(g, output, g.model.name)
+        if self.reader is None:
+            key, kind = resolve_output(g, output, g.model.name)
+            if len(g.output_keys) > 1:
+                g.select_output(key)
+            try:
+                _, self.reader = task_for(g, task, kind, g.model.name)
+            except ValueError:
+                if task != "auto" or kind != "auto":
+                    raise
+                # task="auto" on linear units (logits or regression values) or an unreadable last
+                # operation: no task. Correlation, CKA and the atlas need none; the target-based
+                # analyses ask for `task=` (require_classifier).
         self.output_kind = None if self.reader is None else self.reader.kind
+        #: The task's name, or None.
+        self.task = None if self.reader is None else self.reader.name
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
         self.batch_size = int(batch_size)
         self.block_names = [g.tensors[k].name for k in self.block_keys]
-        k = None if self.reader is None else self.reader.num_classes
+        k = None if self.reader is None else self.reader.num_outputs
         self.class_names = None if k is None else (
             [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)])
         self._engines: dict[int, TailEngine] = {}
@@ -141,19 +146,19 @@ class GlobalAnalyzer:
 
     def run(self, stream, reducers):
         """One pass of ``stream`` through the model, feeding ``reducers`` (see :mod:`~keras_hybrid_interp.core.data_pass`)."""
-        k = None if self.reader is None else self.reader.num_classes
-        return _pass.run(self.graph, stream, reducers, num_classes=k)
+        return _pass.run(self.graph, stream, reducers, task=self.reader)
 
     def require_classifier(self, what):
         if self.reader is not None:
             return
         shape = self.graph.tensors[self.graph.output_keys[0]].shape
         raise ValueError(
-            f"{what} reads the model output as class probabilities, but model {self.graph.model.name!r} "
-            f"(output shape {shape}) does not end in a softmax or sigmoid, so it does not look like a "
-            "classifier. If it outputs class logits, pass output='logits' to GlobalAnalyzer; for a regression "
-            "model, filter_importance takes a callable `scoring(y_true, y_pred)`, and filter_correlation "
-            "and layer_similarity need no classes."
+            f"{what} reads the model output through its task, but model {self.graph.model.name!r} "
+            f"(output shape {shape}) ends in linear units (or an operation whose activation cannot be read), "
+            "which may be class logits, label logits or regression values. Pass task= to GlobalAnalyzer: "
+            "task='regression', 'multiclass' or 'binary' (class logits, as output='logits' did) or 'multilabel'. "
+            "Without a task, filter_importance takes a callable `scoring(y_true, y_pred)` of the raw outputs, "
+            "and filter_correlation and layer_similarity need none."
         )
 
     def key(self, block, argname="block"):
@@ -219,7 +224,7 @@ class GlobalAnalyzer:
 
     @_health.collecting
     def filter_class_association(self, x, y=None, *, block, statistic="mean", batch_size=None,
-                                 max_samples=None, steps=None) -> FilterClassAssociation:
+                                 max_samples=None, steps=None, quantile=QUANTILE) -> FilterClassAssociation:
         """Point-biserial correlation between each filter of ``block`` and each class.
 
         ``r_ck = corr_n(s_nc, 1[y_n = k])`` with ``s_nc`` the spatial mean (or
@@ -230,19 +235,30 @@ class GlobalAnalyzer:
         (with a warning naming them). Labels come from ``y``, else from the
         dataset, else the model's predicted class.
 
+        A segmentation model (a spatial output map) gets NetDissect's IoU of
+        each filter's top-``quantile`` mask with each class mask instead, in
+        two passes (:mod:`~keras_hybrid_interp.global_.dissection`;
+        ``statistic`` is not used): a :class:`SegmentationAssociation`.
+
         Returns
         -------
         FilterClassAssociation
             ``.values`` / ``.table``: shape (C, K).
         """
         key, name = self.key(block)
+        seg = segmentation_task_of(self.graph, self.output_kind)
+        if seg is not None:  # filter-class IoU (global_/dissection.py)
+            return segmentation_association(
+                self.graph, key, name, seg,
+                lambda: self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps),
+                quantile=quantile, class_names=self.class_names)
         self.require_classifier("filter_class_association")
         red = AssociationMoments(self.graph, key, statistic, self.reader, y is not None)
         self.run(self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return association_result(red, name, self.class_names)
 
     @_health.collecting
-    def filter_importance(self, x, y=None, *, block, method="permutation", n_repeats=5, scoring="accuracy",
+    def filter_importance(self, x, y=None, *, block, method="permutation", n_repeats=5, scoring="auto",
                           random_state=None, groups=None, max_samples=None, steps=None,
                           perturbations_per_eval="auto", ablation_value="zero", batch_size=None,
                           taylor=TAYLOR_DEFAULT) -> FilterImportance:
@@ -271,9 +287,15 @@ class GlobalAnalyzer:
             chosen by ``taylor``.
         n_repeats : int
             Permutations per filter (ablation and taylor are deterministic: 1).
-        scoring : "accuracy", "loss" or callable(y_true, proba) -> float
-            "loss" scores with the negative mean cross-entropy so that the
-            sign convention holds.
+        scoring : "auto", a named score, or callable(y_true, y_pred) -> float
+            The task's scores (:mod:`~keras_hybrid_interp.core.task`), higher is
+            better: classification "accuracy" (the default of "auto") or "loss";
+            multi-label "average_precision" (macro; the default) or "loss"
+            (binary cross-entropy); regression "r2" (the default), "neg_mse" or
+            "loss"; segmentation "mean_iou" (the default) or "loss" (pixel
+            cross-entropy). "loss" scores with the negative mean loss so that the
+            sign convention holds. A callable gets the targets and the task's
+            probabilities (values for regression).
         random_state : None, int, Generator or SeedSequence
         groups : list of lists of int, "coupled" or None
             A list: filters perturbed jointly, one row per group (e.g.
@@ -314,7 +336,7 @@ class GlobalAnalyzer:
             ``importances_std``, ``baseline_score``, ``.to_frame()``.
         """
         key, name = self.key(block)
-        if method == "taylor" or (method in ("permutation", "ablation") and scoring in ("accuracy", "loss")):
+        if method == "taylor" or (method in ("permutation", "ablation") and not callable(scoring)):
             self.require_classifier(f"filter_importance(method={method!r}, scoring={scoring!r})")
         coupled = isinstance(groups, str) and groups == "coupled" and method in ("permutation", "ablation")
         engine = self.engine(key, coupled=coupled, shortcut=method != "taylor")

@@ -17,6 +17,21 @@ is scale-free, so filters of different magnitude compare. It is NaN for a
 dead (constant) filter and for a class that is absent from, or makes up all
 of, the analysed samples. Statistics are accumulated in one streaming pass in
 float64 (per-class means and per-filter variance, Chan's update).
+
+Other tasks
+-----------
+The same Pearson correlation, between ``s_nc`` and the task's target:
+
+- **multi-label**: label ``k``'s 0/1 indicator ``y_nk`` (a point-biserial
+  correlation per label; samples carry several labels at once, so a filter
+  may associate with several); ``class_means`` is the mean summary over the
+  samples that carry label ``k``;
+- **regression**: target ``k``'s value (the filter-target correlation);
+  ``class_means`` is NaN, ``class_counts`` the number of samples.
+
+Without labels the target is the model's own (its label decisions at 0.5,
+its predicted values). A label present in every sample or in none, and a
+constant target, have no correlation (NaN).
 """
 
 from __future__ import annotations
@@ -27,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.data_pass import ChannelRange, Tap
-from ..core.health import check_classes
+from ..core.health import check_classes, listing, warn
 from .correlation import PASS_MODES, check_statistic, warn_dead
 
 __all__ = ["FilterClassAssociation", "AssociationMoments", "association_result"]
@@ -150,6 +165,53 @@ class _ClassMoments:
         return r.T.copy(), cm.T.copy(), np.flatnonzero(dead)
 
 
+class _TargetMoments:
+    """Streaming Pearson correlation between per-sample summaries ``s`` (n, C) and targets ``t`` (n, K), float64."""
+
+    def __init__(self, c, k):
+        self.n = 0
+        self.shift_s = self.shift_t = None
+        self.ss = np.zeros(c)
+        self.ss2 = np.zeros(c)
+        self.st = np.zeros(k)
+        self.st2 = np.zeros(k)
+        self.cross = np.zeros((c, k))
+        self.pos_sums = np.zeros((c, k))  # sums of s over samples whose target is 1 (multi-label)
+        self.counts = np.zeros(k)
+        self.min = np.full(c, np.inf)
+        self.max = np.full(c, -np.inf)
+
+    def update(self, s, t):
+        if self.shift_s is None:
+            self.shift_s, self.shift_t = s[0].copy(), t[0].copy()
+        a, b = s - self.shift_s, t - self.shift_t
+        self.ss += a.sum(0)
+        self.ss2 += np.einsum("ij,ij->j", a, a)
+        self.st += b.sum(0)
+        self.st2 += np.einsum("ij,ij->j", b, b)
+        self.cross += a.T @ b
+        self.pos_sums += s.T @ t
+        self.counts += t.sum(0)
+        self.n += len(s)
+        np.minimum(self.min, s.min(0), out=self.min)
+        np.maximum(self.max, s.max(0), out=self.max)
+
+    def result(self, indicator: bool):
+        n = self.n
+        dead = self.max == self.min
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var_s = self.ss2 / n - np.square(self.ss / n)
+            var_t = self.st2 / n - np.square(self.st / n)
+            cov = self.cross / n - np.outer(self.ss / n, self.st / n)
+            r = cov / np.sqrt(np.outer(var_s, var_t))
+            means = self.pos_sums / self.counts[None, :] if indicator else np.full(r.shape, np.nan)
+        r[dead] = np.nan
+        r[:, ~(var_t > 0)] = np.nan
+        if indicator:
+            means[:, self.counts == 0] = np.nan
+        return np.clip(r, -1.0, 1.0), means, np.flatnonzero(dead)
+
+
 class AssociationMoments:
     """Reducer of the association: per-class moments of the per-sample filter summaries.
 
@@ -166,7 +228,10 @@ class AssociationMoments:
         self.taps = (self.tap, self.out_tap) + self.range.taps
         self.reader = reader
         self.y_given = y_given
-        self.acc = _ClassMoments(int(graph.tensors[key].shape[-1]), reader.num_classes)
+        c = int(graph.tensors[key].shape[-1])
+        #: Class indicators (classification) or a target matrix (multi-label, regression).
+        self.by_class = reader.is_classification
+        self.acc = _ClassMoments(c, reader.num_classes) if self.by_class else _TargetMoments(c, reader.num_outputs)
         self.source = None
 
     def update(self, batch):
@@ -174,9 +239,9 @@ class AssociationMoments:
         if batch.y is not None:
             src, labels = ("y" if self.y_given else "dataset"), batch.y
         else:
-            src, labels = "model predictions", self.reader.predicted(batch.values[self.out_tap.ident])
+            src, labels = "model predictions", self.reader.hard_targets(batch.values[self.out_tap.ident])
         self.source = src
-        self.acc.update(s, labels)
+        self.acc.update(s, labels if self.by_class else np.asarray(labels, np.float64))
         self.range.update(batch)
 
 
@@ -185,10 +250,21 @@ def association_result(red: AssociationMoments, block: str, class_names=None) ->
     acc = red.acc
     if acc.n < 2:
         raise ValueError(f"`x` must hold at least 2 samples; received {acc.n}.")
-    r, cm, _ = acc.result()  # NaN rows for constant summaries (the dead filters among them)
+    source = "the model's predictions" if red.source == "model predictions" else "the labels"
+    names = class_names or [str(k) for k in range(len(acc.counts))]
     dead = red.range.dead
     warn_dead(dead, block)
-    names = class_names or [str(k) for k in range(len(acc.counts))]
-    check_classes(acc.counts, names, "the model's predictions" if red.source == "model predictions" else "the labels")
-    return FilterClassAssociation(r, cm, acc.counts.copy(), dead, block, red.statistic, red.source, acc.n,
-                                  tuple(names))
+    if red.by_class:
+        r, cm, _ = acc.result()  # NaN rows for constant summaries (the dead filters among them)
+        check_classes(acc.counts, names, source)
+        counts = acc.counts.copy()
+    else:
+        multilabel = red.reader.name == "multilabel"
+        r, cm, _ = acc.result(indicator=multilabel)
+        counts = acc.counts.astype(np.int64) if multilabel else np.full(len(acc.counts), acc.n, dtype=np.int64)
+        flat = [names[k] for k in np.flatnonzero(np.all(np.isnan(r), axis=0))] if r.size else []
+        if flat and len(dead) < r.shape[0]:
+            what = "are present in every sample or in none" if multilabel else "are constant"
+            warn("missing_classes", f"{'Labels' if multilabel else 'Targets'} {listing(flat)} {what} in {source}: "
+                                    "they have no correlation with any filter (NaN).")
+    return FilterClassAssociation(r, cm, counts, dead, block, red.statistic, red.source, acc.n, tuple(names))

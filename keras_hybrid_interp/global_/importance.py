@@ -242,30 +242,30 @@ class FilterImportance:
 # Scores
 # ----------------------------------------------------------------------
 def _score_fn(scoring, reader, labels: np.ndarray):
-    """``score(raw outputs) -> float`` (higher is better), read with the output ``reader``."""
-    if callable(scoring):
-        if reader is None:  # not a classifier: the callable gets the raw outputs
-            return lambda out: float(scoring(labels, np.asarray(out, dtype=np.float64)))
-        return lambda out: float(scoring(labels, reader.probabilities(out)))
-    if scoring == "accuracy":
-        return lambda out: float(np.mean(reader.predicted(out) == labels))
-    return lambda out: float(-np.mean(reader.cross_entropy(out, labels)))
+    """``score(raw outputs) -> float`` (higher is better): the task's (``reader``, a Task) score."""
+    if callable(scoring) and reader is None:  # no task: the callable gets the raw outputs
+        return lambda out: float(scoring(labels, np.asarray(out, dtype=np.float64)))
+    return reader.score_fn(scoring, labels)
+
+
+#: The named scores, whatever the task (each task accepts its own, see Task.scorings).
+SCORINGS = ("auto", "accuracy", "loss", "average_precision", "r2", "neg_mse", "mean_iou")
 
 
 def _check_scoring(scoring, reader):
     if callable(scoring):
         return getattr(scoring, "__name__", type(scoring).__name__)
-    if not isinstance(scoring, str) or scoring not in ("accuracy", "loss"):
+    if not isinstance(scoring, str) or scoring not in SCORINGS:
         raise ValueError(
-            f"`scoring` must be 'accuracy', 'loss' or a callable scoring(y_true, y_pred) -> float "
-            f"(higher is better); received {scoring!r}."
+            f"`scoring` must be 'auto' (the task's default), a named score ({', '.join(SCORINGS[1:])}) or a "
+            f"callable scoring(y_true, y_pred) -> float (higher is better); received {scoring!r}."
         )
     if reader is None:
         raise ValueError(
-            f"`scoring={scoring!r}` needs a classifier output (softmax, sigmoid or logits, declared with "
-            "`output=`); pass a callable `scoring` for other models."
+            f"`scoring={scoring!r}` needs the model's task (declared with `task=`, e.g. task='regression', or "
+            "task='multiclass' for class logits); pass a callable `scoring` for other models."
         )
-    return scoring
+    return reader.check_scoring(scoring)
 
 
 def _check_groups(groups, c: int):
@@ -323,7 +323,7 @@ class ImportanceRequest:
     coupled: bool = False
 
 
-def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats=5, scoring="accuracy",
+def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats=5, scoring="auto",
                   random_state=None, groups=None, ablation_value="zero",
                   perturbations_per_eval="auto", taylor=TAYLOR_DEFAULT) -> ImportanceRequest:
     """Validates the arguments before any data is read (see :meth:`GlobalAnalyzer.filter_importance`).
@@ -353,12 +353,15 @@ def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats
     if method == "taylor":
         if callable(scoring):
             raise ValueError("`scoring` cannot be a callable for method='taylor': Taylor importance is "
-                             "the first-order change of the cross-entropy loss. Use 'loss' (or leave it).")
+                             "the first-order change of the task's loss. Use 'loss' (or leave it).")
         if reader is None:
-            raise ValueError("method='taylor' needs a classifier output (softmax, sigmoid or logits).")
+            raise ValueError("method='taylor' needs the model's task (its loss): pass task= (e.g. "
+                             "task='regression', or task='multiclass' for class logits).")
         return ImportanceRequest(method, 1, "loss", "loss", chan_sets, groups_t, ablation_value, "auto", None,
                                  taylor)
     score_name = _check_scoring(scoring, reader)
+    if isinstance(scoring, str):
+        scoring = score_name  # "auto" resolved to the task's default
     if isinstance(perturbations_per_eval, str) and perturbations_per_eval != "auto":
         raise ValueError(f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}.")
     if not isinstance(perturbations_per_eval, str):
@@ -414,7 +417,7 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     if cache.labels is not None:
         labels = cache.labels
     else:
-        labels = reader.predicted(base) if reader is not None else np.asarray(base, dtype=np.float64)
+        labels = reader.hard_targets(base) if reader is not None else np.asarray(base, dtype=np.float64)
     score = _score_fn(request.scoring, reader, labels)
     baseline = score(base)
 
@@ -506,6 +509,16 @@ def warn_noise(importances, block) -> None:
         )
 
 
+def _decisions(task, out):
+    """The model's own decisions from backend outputs ``out`` (traceable): class, 0/1 labels, or mask."""
+    if task.name == "multilabel":
+        return ops.cast(task.probabilities(out, xp=ops) >= 0.5, "float32")
+    if task.name == "segmentation":  # per position, as its classifier reads it (one sigmoid unit: 2 classes)
+        flat = ops.reshape(out, (-1, task.units))
+        return ops.reshape(ops.argmax(task.reader.log_probabilities(flat, xp=ops), axis=1), ops.shape(out)[:-1])
+    return ops.argmax(task.log_probabilities(out, xp=ops), axis=1)
+
+
 class TaylorSums:
     """Reducer of Taylor importance: per batch one forward and one backward pass of the tail.
 
@@ -539,15 +552,26 @@ class TaylorSums:
         self.has_y = False
 
         def loss_fn(out, labels):
-            if labels is None:
-                labels = ops.argmax(reader.log_probabilities(out, xp=ops), axis=1)
-            return reader.cross_entropy(out, labels, xp=ops)
+            if labels is None:  # the model's own decisions, held constant
+                labels = ops.stop_gradient(_decisions(reader, out))
+            return reader.loss(out, labels, xp=ops)
 
         self.loss_fn = loss_fn
 
     def update(self, batch):
         arrays = [batch.values[(k, "raw")] for k in self.engine.frontier]
-        labels = None if batch.y is None else np.asarray(batch.y, dtype=np.int32)
+        if batch.y is None:
+            if self.reader.name == "regression":
+                raise ValueError(
+                    "method='taylor' on a regression model needs targets `y`: without them the loss is the "
+                    "model's squared error against its own outputs, 0 with a zero gradient everywhere. Pass y, "
+                    "or use method='permutation' or 'ablation'."
+                )
+            labels = None
+        elif self.reader.is_classification:
+            labels = np.asarray(batch.y, dtype=np.int32)
+        else:
+            labels = np.asarray(batch.y, dtype=np.int32 if self.reader.name == "segmentation" else np.float32)
         self.has_y = labels is not None
         grad, out = self.engine.input_gradient(arrays, self.loss_fn, labels)
         a = arrays[0]
@@ -556,8 +580,8 @@ class TaylorSums:
         self.sum_z += z.sum(axis=0)
         self.sum_z2 += np.square(z).sum(axis=0)
         self.sum_abs += np.abs(z).sum(axis=0)
-        lab = labels if labels is not None else self.reader.predicted(out)
-        self.loss_sum += float(np.sum(self.reader.cross_entropy(out, lab)))
+        lab = labels if labels is not None else self.reader.hard_targets(out)
+        self.loss_sum += float(np.sum(self.reader.loss(out, lab)))
         self.range.update(batch)
         self.n += len(a)
 

@@ -14,7 +14,9 @@ from ..core import graph as _graph
 from ..core import health as _health
 from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
 from ..core.data import model_stream, x_rows
-from ..core.output import OutputReader, reader_for
+from ..core.metrics import MetricSums
+from ..core.output import OutputReader
+from ..core.task import ClassificationTask, Task, task_for
 from ..core.pooling import FeaturePooling
 from ..core.trainer import (
     MAX_ITER,
@@ -22,8 +24,11 @@ from ..core.trainer import (
     check_C,
     check_solver,
     fit_probe,
+    fit_task_probe,
+    probe_logits,
     restandardize,
 )
+from . import segmentation as _segmentation
 from .probes import LinearProbe, input_transform
 from .results import INTERVAL_METRICS, LayerPredictions, LayerTable, LocalExplanation
 
@@ -190,9 +195,48 @@ class ProbeScores:
         self.n += b
 
 
-def probe_logits(features, mean, scale, kernel, bias):
-    """Probe logits of pooled ``features`` (n, D), float64: ``((f - mean) * scale) @ kernel + bias``."""
-    return ((np.asarray(features, np.float64) - mean) * scale) @ kernel + bias
+class TaskProbeScores:
+    """Reducer of the layer table of a multi-label or regression model (see :mod:`~keras_hybrid_interp.core.metrics`).
+
+    ``probes`` is a list of ``(tap, mean, scale, kernel, bias)``; ``probe_task``
+    reads the probes' outputs (logits, or values), ``task`` the model's. The
+    targets are the labels, or the model's own decisions (values) without
+    labels. ``controls`` as in :class:`ProbeScores`: their headline metric is
+    scored against the labels.
+    """
+
+    def __init__(self, probes, output_tap, task, probe_task, *, controls=None, bootstrap=0, random_state=None):
+        self.probes = probes
+        self.output_tap = output_tap
+        self.task = task
+        self.taps = tuple(p[0] for p in probes) + (output_tap,)
+        L = len(probes)
+        self.sums = MetricSums(task, [probe_task] * L + [task], bootstrap=bootstrap, random_state=random_state)
+        self.controls = controls
+        self.n_controls = len(controls[0]) if controls else 0
+        self.control_sums = (MetricSums(task, [probe_task] * (L * self.n_controls)) if self.n_controls else None)
+        self.labelled = None
+        self.n = 0
+
+    @property
+    def bootstrap(self):
+        return self.sums.bootstrap
+
+    def update(self, batch):
+        out = np.asarray(batch.values[self.output_tap.ident], np.float64)
+        model_targets = self.task.hard_targets(out)
+        self.labelled = batch.y is not None
+        targets = batch.y if batch.y is not None else model_targets
+        feats = [np.asarray(batch.values[tap.ident], np.float64) for tap, *_ in self.probes]
+        outputs = [probe_logits(f, *w) for f, (_, *w) in zip(feats, self.probes)] + [out]
+        decisions = model_targets if self.task.name == "multilabel" else None
+        self.sums.update(outputs, targets, decisions)
+        if self.control_sums is not None and batch.y is not None:
+            ctl = [((f - mean) * scale) @ kernel + bias
+                   for f, (_, mean, scale, _, _), controls in zip(feats, self.probes, self.controls)
+                   for kernel, bias in controls]
+            self.control_sums.update(ctl, batch.y, decisions)
+        self.n += len(out)
 
 
 @keras.saving.register_keras_serializable(package="keras_hybrid_interp")
@@ -222,13 +266,21 @@ class HybridInterpreter(keras.Model):
     input_shape : tuple, optional
         Shape of one input (no batch axis); only needed for a Sequential
         model that was never built.
-    output : "auto", "softmax", "sigmoid" or "logits"
-        What the model outputs. "auto" reads the final activation (softmax
-        or sigmoid) and refuses other models; "logits" declares class logits
-        (K units, or one unit for a binary model). A declaration that
-        contradicts the final activation is refused.
+    task : "auto", "multiclass", "binary", "multilabel", "regression" or "segmentation"
+        What the output means (see :mod:`~keras_hybrid_interp.core.task`).
+        "auto" infers it from the output's shape and final activation
+        (softmax: multi-class; one sigmoid unit: binary; K sigmoid units:
+        multi-label; a spatial output map: segmentation) and refuses linear
+        units, which may be logits or regression values. A declared task
+        that contradicts the output is refused.
+    output : "auto", an output's name or index, or "softmax", "sigmoid", "logits"
+        Which output to interpret, for a model with several outputs (by
+        its layer's name or its index; the error lists them). For a
+        single-output model, an output kind as in earlier versions:
+        "logits" declares class logits (the same as ``task="multiclass"``
+        or ``"binary"`` on linear units).
     class_names : list of str, optional
-        Names of the K classes, used in tables and plots.
+        Names of the K classes (labels, regression targets), used in tables and plots.
 
     Examples
     --------
@@ -246,6 +298,7 @@ class HybridInterpreter(keras.Model):
         pooling="avg",
         input_shape=None,
         output="auto",
+        task="auto",
         class_names=None,
         input_statistics=None,
         name="hybrid_interpreter",
@@ -259,25 +312,29 @@ class HybridInterpreter(keras.Model):
                 "HybridInterpreter(interp.wrapped_model)."
             )
         graph = _graph.ModelGraph(model, input_shape=input_shape)
-        if len(graph.output_keys) != 1:
-            raise ValueError(
-                f"HybridInterpreter needs a model with one classification output; model "
-                f"{model.name!r} has {len(graph.output_keys)} outputs. Wrap the output you want: "
-                "keras.Model(model.inputs, model.outputs[i])."
-            )
-        self._reader = reader_for(graph, output, model.name)
-        self.output_kind = self._reader.kind
+        out_key, self._task = task_for(graph, task, output, model.name)
+        graph.select_output(out_key)
+        self._output_arg = output if isinstance(output, str) else int(output)
+        self._reader = self._task
+        #: How the output is read ("softmax", "sigmoid", "logits"; "linear" for regression).
+        self.output_kind = self._task.kind
+        #: The task's name (see ``task``).
+        self.task = self._task.name
         self.pooling = _check_pooling(pooling)
         keys, names, infos = _blocks.select_blocks(graph, blocks)
         if "output" in names:
             raise ValueError("A block named 'output' would clash with the model output key; rename that layer.")
-        self.num_classes = self._reader.num_classes
+        #: Classes, labels or regression targets (K).
+        self.num_classes = self._task.num_outputs
         if class_names is None:
-            class_names = [str(i) for i in range(self.num_classes)]
+            class_names = self._task.default_names()
+        if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__"):
+            raise TypeError(f"`class_names` must be a list of {self.num_classes} names; received {class_names!r}.")
         class_names = [str(c) for c in class_names]
         if len(class_names) != self.num_classes:
+            what = {"multilabel": "labels", "regression": "targets"}.get(self._task.name, "classes")
             raise ValueError(
-                f"`class_names` has {len(class_names)} names but the model has {self.num_classes} classes."
+                f"`class_names` has {len(class_names)} names but the model has {self.num_classes} {what}."
             )
         if isinstance(self.pooling, int):
             small = [n for n, b in zip(names, infos)
@@ -315,7 +372,8 @@ class HybridInterpreter(keras.Model):
         for i, (k, info) in enumerate(zip(keys, infos)):
             c = int(info.filters)
             dim = c if self.pooling in ("avg", "max") else self.pooling ** (len(info.output_shape) - 2) * c
-            probe = LinearProbe(self.num_classes, name=f"probe_{i}", dtype="float32")
+            probe = LinearProbe(self.num_classes, activation=self._probe_activation(), name=f"probe_{i}",
+                                dtype="float32")
             probe.build((None, dim))
             self._probes.append(probe)
         self.built = True  # every part is built above; saving needs no build() call
@@ -327,9 +385,35 @@ class HybridInterpreter(keras.Model):
         return self._graph
 
     @property
-    def reader(self) -> OutputReader:
-        """How the model's output is read (:class:`~keras_hybrid_interp.core.output.OutputReader`)."""
+    def reader(self) -> Task:
+        """The model's task (:class:`~keras_hybrid_interp.core.task.Task`): how its output is read."""
         return self._reader
+
+    def _probe_activation(self) -> str:
+        return {"multilabel": "sigmoid", "regression": "linear"}.get(self._task.name, "softmax")
+
+    def probe_task(self) -> Task:
+        """The probes' own task: the model's task read from logits (values for regression)."""
+        from ..core.task import MultiLabelTask, RegressionTask
+
+        name = self._task.name
+        if name == "multilabel":
+            return MultiLabelTask("logits", self.num_classes)
+        if name == "regression":
+            return RegressionTask(self.num_classes)
+        return ClassificationTask("logits", self.num_classes)
+
+    def probe_values(self, logits):
+        """Probe outputs in the task's terms, from their logits (values for regression), float64."""
+        if self._task.name == "regression":
+            return np.asarray(logits, np.float64)
+        return self.probe_task().probabilities(logits)
+
+    def output_values(self, out, xp=np):
+        """The model's outputs in the task's terms: class or label probabilities, or regression values."""
+        if self._task.name == "regression":
+            return self._task.values(out, xp=xp)
+        return self._task.probabilities(out, xp=xp)
 
     @property
     def probes(self) -> list:
@@ -357,7 +441,7 @@ class HybridInterpreter(keras.Model):
         values = g.replay(feed, list(self.block_keys) + list(g.output_keys))
         result = {name: probe(pool(values[k])) for name, probe, pool, k
                   in zip(self.block_names, self._probes, self._pools, self.block_keys)}
-        result["output"] = self._reader.probabilities(values[g.output_keys[0]], xp=keras.ops)
+        result["output"] = self.output_values(values[g.output_keys[0]], xp=keras.ops)
         return result
 
     def fit(self, x, y=None, **kwargs):
@@ -413,9 +497,12 @@ class HybridInterpreter(keras.Model):
         self.require_fitted()
         controls = self._check_controls(controls, fitting=False)
         bootstrap = check_bootstrap(bootstrap)
-        return ProbeScores(list(zip(self.feature_taps(), *zip(*self.probe_states()))), self.output_tap(),
-                           self._reader, self.num_classes,
-                           controls=[c[:controls] for c in self.control_states_] if controls else None,
+        probes = list(zip(self.feature_taps(), *zip(*self.probe_states())))
+        ctl = [c[:controls] for c in self.control_states_] if controls else None
+        if not self._task.is_classification:
+            return TaskProbeScores(probes, self.output_tap(), self._task, self.probe_task(), controls=ctl,
+                                   bootstrap=bootstrap, random_state=random_state)
+        return ProbeScores(probes, self.output_tap(), self._reader, self.num_classes, controls=ctl,
                            bootstrap=bootstrap, random_state=random_state)
 
     def _check_controls(self, controls, *, fitting):
@@ -516,6 +603,10 @@ class HybridInterpreter(keras.Model):
 
     def _fit_probes(self, x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose,
                     controls=0, random_state=None):
+        if self._task.spatial:  # per-position probes (local/segmentation.py)
+            return _segmentation.fit_probes(self, x, y, C=C, max_iter=max_iter, tol=tol, warm_start=warm_start,
+                                            batch_size=batch_size, max_samples=max_samples, steps=steps,
+                                            controls=controls, random_state=random_state, verbose=verbose)
         C = check_C(C)
         check_solver(max_iter, tol)
         controls = self._check_controls(controls, fitting=True)
@@ -525,35 +616,31 @@ class HybridInterpreter(keras.Model):
         outputs = _pass.Collect(self.output_tap())
         labels = _pass.Collect.first("y", None)
         moments = _pass.InputMoments()
-        info = _pass.run(self._graph, stream, feats + [outputs, labels, moments], num_classes=self.num_classes,
+        info = _pass.run(self._graph, stream, feats + [outputs, labels, moments], task=self._task,
                          verbose=verbose)
         self._check_finite(info)
         feats = [f.result() for f in feats]
         y_idx = labels.result()
         if info.n < 2:
             raise ValueError(f"Probes need at least 2 training samples; received {info.n}.")
-        if y_idx is not None:
-            targets = y_idx
-            _health.check_classes(np.bincount(y_idx, minlength=self.num_classes), self.class_names, "the labels")
-        else:
-            targets = self._reader.probabilities(outputs.result())
-            _health.check_classes(np.bincount(targets.argmax(axis=1), minlength=self.num_classes), self.class_names,
-                                    "the model's predictions")
+        targets = y_idx if y_idx is not None else self._task.model_targets(outputs.result())
+        self._check_targets(targets, labelled=y_idx is not None)
         rng = np.random.default_rng(random_state)
         perms = [rng.permutation(info.n) for _ in range(controls)]
         rows, control_states, control_not_conv = [], [], []
+        ridge = self._task.name == "regression"
         for name, probe, f in zip(self.block_names, self._probes, feats):
             mean, scale = input_transform(f)
             z = (f.astype(np.float64) - mean) * scale
             init = None
             if warm_start and self.fitted:
                 init = restandardize(*probe.state(), mean, scale)
-            sol = fit_probe(z, targets, self.num_classes, C=C, max_iter=max_iter, tol=tol, init=init)
+            sol = fit_task_probe(self._task, z, targets, C=C, max_iter=max_iter, tol=tol, init=init)
             probe.set_state(mean, scale, sol.kernel, sol.bias)
-            rows.append((name, sol.n_iter, sol.converged, sol.loss))
+            rows.append((name, sol.n_iter, sol.converged, sol.loss) + ((sol.alpha,) if ridge else ()))
             block_controls = []
             for perm in perms:  # control tasks: the same probe on permuted targets
-                ctl = fit_probe(z, targets[perm], self.num_classes, C=C, max_iter=max_iter, tol=tol)
+                ctl = fit_task_probe(self._task, z, targets[perm], C=C, max_iter=max_iter, tol=tol)
                 block_controls.append((ctl.kernel, ctl.bias))
                 if not ctl.converged and name not in control_not_conv:
                     control_not_conv.append(name)
@@ -581,9 +668,28 @@ class HybridInterpreter(keras.Model):
                 "Raise `max_iter` or lower `C`.",
             )
         self.control_states_ = control_states if controls else []
-        self.convergence_ = pd.DataFrame(rows, columns=["block", "n_iter", "converged", "loss"])
+        self.convergence_ = pd.DataFrame(rows, columns=["block", "n_iter", "converged", "loss"]
+                                         + (["alpha"] if ridge else []))
         self.input_statistics = {"mean": moments.mean, "std": moments.std}
         self.fitted = True
+
+    def _check_targets(self, targets, *, labelled):
+        """Warns about classes (labels) the probes never see: missing classes, or labels of one value only."""
+        source = "the labels" if labelled else "the model's predictions"
+        if self._task.is_classification:
+            cls = targets if labelled else targets.argmax(axis=1)
+            _health.check_classes(np.bincount(cls, minlength=self.num_classes), self.class_names, source)
+        elif self._task.name == "multilabel":
+            t = targets if labelled else (np.asarray(targets) >= 0.5)
+            pos = np.asarray(t).sum(axis=0)
+            one_valued = [self.class_names[k] for k in np.flatnonzero((pos == 0) | (pos == len(t)))]
+            if one_valued:
+                _health.warn(
+                    "missing_classes",
+                    f"Labels {_health.listing(one_valued)} are not both present and absent in {source}: "
+                    "their probes learn a constant, and their AUROC and average precision are "
+                    "undefined (left out of the macro averages). Use data where every label occurs and is absent.",
+                )
 
     def _check_finite(self, info):
         bad = [self._graph.tensors[k].name for k in sorted(info.nonfinite)]
@@ -600,6 +706,9 @@ class HybridInterpreter(keras.Model):
         Holds (L, N, K) probabilities in memory: use ``max_samples`` or
         :meth:`evaluate_layers` for large data.
         """
+        if self._task.spatial:  # every block's mask (local/segmentation.py)
+            return _segmentation.layer_predictions(self, x, batch_size=batch_size, max_samples=max_samples,
+                                                   steps=steps)
         self.require_fitted()
         stream = self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps)
         feats = [_pass.Collect(t) for t in self.feature_taps()]
@@ -608,17 +717,17 @@ class HybridInterpreter(keras.Model):
         info = _pass.run(self._graph, stream, feats + [outputs, moments])
         self._check_finite(info)
         self.check_drift(moments)
-        logits_reader = OutputReader("logits", self.num_classes)
         block_probs = np.stack([
-            logits_reader.probabilities(probe_logits(f.result(), *state))
+            self.probe_values(probe_logits(f.result(), *state))
             for f, state in zip(feats, self.probe_states())
         ])
         return LayerPredictions(
             blocks=list(self.block_names),
             depths=np.array([b.depth for b in self.blocks]),
             probabilities=block_probs,
-            model_probabilities=self._reader.probabilities(outputs.result()),
+            model_probabilities=self.output_values(outputs.result()),
             class_names=list(self.class_names),
+            task=self._task.name,
         )
 
     @_health.collecting
@@ -664,12 +773,16 @@ class HybridInterpreter(keras.Model):
         LayerTable
             ``.to_frame()`` is the tidy table, ``.plot()`` draws it.
         """
+        if self._task.spatial:  # mean IoU, Dice, pixel accuracy (local/segmentation.py)
+            return _segmentation.evaluate_layers(self, x, y, batch_size=batch_size, max_samples=max_samples,
+                                                 steps=steps, controls=controls, bootstrap=bootstrap,
+                                                 confidence=confidence, random_state=random_state)
         self.require_fitted()
         confidence = check_confidence(confidence)
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
         scores = self.probe_scores(controls=controls, bootstrap=bootstrap, random_state=random_state)
         moments = _pass.InputMoments()
-        info = _pass.run(self._graph, stream, [scores, moments], num_classes=self.num_classes)
+        info = _pass.run(self._graph, stream, [scores, moments], task=self._task)
         if scores.n_controls and not info.has_labels:
             raise ValueError(
                 "`controls` needs labels: control accuracy is measured against the evaluation labels. Pass `y` "
@@ -680,6 +793,8 @@ class HybridInterpreter(keras.Model):
 
     def layer_table(self, scores: ProbeScores, *, confidence=0.95) -> LayerTable:
         """The layer table from a :class:`ProbeScores` reducer that has seen a pass."""
+        if isinstance(scores, TaskProbeScores):
+            return self._task_layer_table(scores, confidence)
         n, L = scores.n, len(self.block_names)
         labelled = bool(scores.labelled)
         counts = scores.counts if labelled else scores.model_counts
@@ -721,6 +836,50 @@ class HybridInterpreter(keras.Model):
             n_resamples=scores.bootstrap.n_resamples if scores.bootstrap is not None else 0,
         )
 
+    def _task_layer_table(self, scores: TaskProbeScores, confidence) -> LayerTable:
+        """The layer table of a multi-label or regression model (metrics of :mod:`~keras_hybrid_interp.core.metrics`)."""
+        n, L = scores.n, len(self.block_names)
+        labelled = bool(scores.labelled)
+        metrics = scores.sums.result()
+        one_valued = scores.sums.missing_labels()
+        if one_valued:
+            source = "the labels" if labelled else "the model's predictions"
+            _health.warn(
+                "missing_classes",
+                f"Labels {_health.listing([self.class_names[k] for k in one_valued])} are not both present and "
+                f"absent in {source} of this data: their AUROC and average precision are undefined and left out "
+                "of the macro averages.",
+            )
+        headline = self._task.metric_names[0]
+        if scores.control_sums is not None and labelled:
+            ctl = scores.control_sums.result()[headline].reshape(L, scores.n_controls)
+            control = np.concatenate([ctl.mean(axis=1), [np.nan]])
+            metrics[f"control_{headline}"] = control
+            metrics["selectivity"] = metrics[headline] - control
+        lower, upper = scores.sums.intervals(confidence) if scores.bootstrap is not None else ({}, {})
+        nan = np.full(L + 1, np.nan)
+        ordered = {m: metrics[m] for m in self._task.metric_names if m in metrics}
+        ordered.update({m: v for m, v in metrics.items() if m not in ordered})
+        return LayerTable(
+            blocks=tuple(self.block_names) + ("output",),
+            depths=np.asarray([b.depth for b in self.blocks]
+                              + [self._graph.tensors[self._graph.output_keys[0]].producer]),
+            filters=tuple(None if b.filters is None else int(b.filters) for b in self.blocks) + (None,),
+            accuracy=nan,
+            loss=metrics["loss"],
+            agreement=metrics.get("agreement", nan.copy()),
+            chance=float("nan"),
+            n=int(n),
+            labelled=labelled,
+            lower=lower,
+            upper=upper,
+            confidence=confidence if lower else None,
+            n_resamples=scores.bootstrap.n_resamples if scores.bootstrap is not None else 0,
+            task=self._task.name,
+            metrics=ordered,
+            headline=headline,
+        )
+
     def explanation_taps(self, limit):
         """Pass taps of :meth:`explain`: every block's raw map, for the first ``limit`` samples."""
         return [_pass.Tap(k, "raw", limit) for k in self.block_keys] + [_pass.Tap(self._graph.output_keys[0], "raw", limit)]
@@ -732,6 +891,8 @@ class HybridInterpreter(keras.Model):
         Gives per-block probe probabilities, the decision depth and the
         per-block class-evidence maps (see :class:`LocalExplanation`).
         """
+        if self._task.spatial:  # every block's mask (local/segmentation.py)
+            return _segmentation.explain(self, x)
         self.require_fitted()
         if len(self._graph.input_keys) > 1:
             return self.explanations(self._one_sample(x))[0]
@@ -788,7 +949,7 @@ class HybridInterpreter(keras.Model):
             self._check_finite(info)
             self.check_drift(moments)
             maps = [c.result() for c in collects]
-        model_probs = self._reader.probabilities(maps[-1])
+        model_probs = self.output_values(maps[-1])
         states = self.probe_states()
         out = []
         for j in range(n):
@@ -810,7 +971,6 @@ class HybridInterpreter(keras.Model):
 
     def _explain_one(self, image, maps, model_p, states, inputs=None):
         probs, evidence = [], []
-        logits_reader = OutputReader("logits", self.num_classes)
         for (mean, scale, kernel, bias), pool, a in zip(states, self._pools, maps):
             spatial, c = a.shape[:-1], a.shape[-1]
             size = int(np.prod(spatial))
@@ -818,7 +978,7 @@ class HybridInterpreter(keras.Model):
             b = bias - mean @ W
             pooled = np.asarray(keras.ops.convert_to_numpy(pool(a[None].astype(np.float32))), np.float64)[0]
             logits = pooled @ W + b
-            probs.append(logits_reader.probabilities(logits[None])[0])
+            probs.append(self.probe_values(logits[None])[0])
             flat = a.reshape(size, c)
             if self.pooling in ("avg", "max"):
                 ev = flat @ W + b
@@ -829,13 +989,15 @@ class HybridInterpreter(keras.Model):
                 ev = size * np.einsum("pj,pjk->pk", pw, per_cell) + b
             evidence.append(ev.reshape(tuple(spatial) + (-1,)))
         probs = np.array(probs)
-        pred = probs.argmax(axis=1)
-        model_cls = int(model_p.argmax())
         decision = None
-        for i in range(len(pred) - 1, -1, -1):
-            if pred[i] != model_cls:
-                break
-            decision = i
+        if self._task.name != "regression":  # a value has no decision to reach
+            decide = self.probe_task().predicted if self._task.name == "multilabel" else None
+            pred = (probs >= 0.5).astype(np.int64) if decide else probs.argmax(axis=1)
+            model_dec = (model_p >= 0.5).astype(np.int64) if decide else int(model_p.argmax())
+            for i in range(len(pred) - 1, -1, -1):
+                if np.any(pred[i] != model_dec):
+                    break
+                decision = i
         return LocalExplanation(
             image=image,
             blocks=list(self.block_names),
@@ -846,6 +1008,7 @@ class HybridInterpreter(keras.Model):
             evidence_maps=evidence,
             class_names=list(self.class_names),
             pooling=self.pooling,
+            task=self._task.name,
             **(inputs or {}),
         )
 
@@ -875,12 +1038,17 @@ class HybridInterpreter(keras.Model):
             "blocks": list(self.block_names),
             "pooling": self.pooling,
             "input_shape": self._input_shape_arg,
-            "output": self.output_kind,
+            "output": self._output_arg if self._output_arg not in ("auto",) else self._config_kind(),
+            "task": self._task.name,
             "class_names": list(self.class_names),
             "fitted": bool(self.fitted),
             "input_statistics": None if self.input_statistics is None else {
                 k: [float(v) for v in np.ravel(a)] for k, a in self.input_statistics.items()},
         }
+
+    def _config_kind(self):
+        """The output kind a saved single-label classifier is reloaded with ("auto" for the other tasks)."""
+        return self.output_kind if self._task.is_classification and self._task.kind != "logits" else "auto"
 
     @classmethod
     def from_config(cls, config):

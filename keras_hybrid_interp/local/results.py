@@ -10,6 +10,16 @@ import pandas as pd
 __all__ = ["LayerPredictions", "LocalExplanation", "LayerTable"]
 
 
+def _decide(values, task):
+    """Decisions from probabilities (last axis K): top class, 0/1 labels at 0.5, or the values themselves."""
+    values = np.asarray(values)
+    if task == "multilabel":
+        return (values >= 0.5).astype(np.int64)
+    if task == "regression":
+        return values
+    return np.argmax(values, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerPredictions:
     """Per-block probe predictions for a set of inputs.
@@ -21,10 +31,14 @@ class LayerPredictions:
     depths : ndarray of int, shape (L,)
         Graph depth of each block.
     probabilities : ndarray, shape (L, N, K)
-        Probe class probabilities per block and sample.
+        Probe class probabilities per block and sample (per-label
+        probabilities for a multi-label model, predicted values for a
+        regression model).
     model_probabilities : ndarray, shape (N, K)
-        The model's own class probabilities.
+        The model's own class probabilities (label probabilities, values).
     class_names : list of str
+    task : str
+        The model's task.
     """
 
     blocks: list
@@ -32,6 +46,7 @@ class LayerPredictions:
     probabilities: np.ndarray
     model_probabilities: np.ndarray
     class_names: list
+    task: str = "multiclass"
 
     def __repr__(self):
         L, N, K = np.shape(self.probabilities)
@@ -39,18 +54,25 @@ class LayerPredictions:
 
     @property
     def predicted(self) -> np.ndarray:
-        """Probe top class per block and sample, shape (L, N)."""
-        return np.argmax(self.probabilities, axis=-1)
+        """Probe top class per block and sample, shape (L, N); multi-label: 0/1 decisions (L, N, K) at
+        probability 0.5; regression: the values (L, N, K)."""
+        return _decide(self.probabilities, self.task)
 
     @property
     def model_predicted(self) -> np.ndarray:
-        """Model top class per sample, shape (N,)."""
-        return np.argmax(self.model_probabilities, axis=-1)
+        """Model top class per sample, shape (N,) (decisions (N, K), values (N, K), as :attr:`predicted`)."""
+        return _decide(self.model_probabilities, self.task)
 
     @property
     def agreement(self) -> np.ndarray:
-        """Fraction of samples where each block's probe agrees with the model, shape (L,)."""
-        return np.mean(self.predicted == self.model_predicted[None, :], axis=1)
+        """Per block, shape (L,): the fraction of samples whose probe's top class is the model's; multi-label:
+        of label decisions equal to the model's; regression: R^2 of the probe's values against the model's."""
+        if self.task == "regression":
+            from ..core.task import r2
+
+            return np.array([r2(self.model_probabilities, v) for v in self.probabilities])
+        same = self.predicted == self.model_predicted[None]
+        return same.reshape(len(same), -1).mean(axis=1)
 
     def __getitem__(self, block: str) -> np.ndarray:
         try:
@@ -66,7 +88,7 @@ class LayerPredictions:
             "block": np.repeat(np.array(self.blocks, dtype=object), N * K),
             "depth": np.repeat(self.depths, N * K),
             "class": np.tile(np.array(self.class_names, dtype=object), L * N),
-            "probability": self.probabilities.reshape(-1),
+            "value" if self.task == "regression" else "probability": self.probabilities.reshape(-1),
         })
 
     def plot(self, ax=None, **kwargs):
@@ -125,20 +147,34 @@ class LocalExplanation:
     pooling: object = "avg"
     images: dict | None = None
     block_images: tuple | None = None
+    task: str = "multiclass"
 
     def __repr__(self):
         decided = "never" if self.decision_block is None else repr(self.decision_block)
-        return (f"LocalExplanation(model_class={self.class_names[self.model_class]!r}, blocks={len(self.blocks)}, "
-                f"decision_block={decided})")
+        if self.task == "multilabel":
+            on = [n for n, d in zip(self.class_names, self.model_prediction) if d]
+            what = f"model_labels={on!r}"
+        elif self.task == "regression":
+            what = "model_values=[" + ", ".join(f"{v:.4g}" for v in np.ravel(self.model_probabilities)) + "]"
+        else:
+            what = f"model_class={self.class_names[self.model_class]!r}"
+        return f"LocalExplanation({what}, blocks={len(self.blocks)}, decision_block={decided})"
 
     @property
     def predicted(self) -> np.ndarray:
-        """Probe top class per block, shape (L,)."""
-        return np.argmax(self.probabilities, axis=-1)
+        """Probe top class per block, shape (L,); multi-label: 0/1 decisions (L, K); regression: values (L, K)."""
+        return _decide(self.probabilities, self.task)
 
     @property
     def model_class(self) -> int:
+        """The model's top class (classification and segmentation); multi-label: its most probable label;
+        regression: the index of its largest output."""
         return int(np.argmax(self.model_probabilities))
+
+    @property
+    def model_prediction(self) -> np.ndarray:
+        """The model's decision: its top class, its 0/1 label decisions, or its values."""
+        return _decide(np.asarray(self.model_probabilities)[None], self.task)[0]
 
     @property
     def decision_block(self) -> str | None:
@@ -148,14 +184,23 @@ class LocalExplanation:
         """Tidy frame: one row per (block, class) with probability and flags."""
         L, K = self.probabilities.shape
         pred = self.predicted
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "block": np.repeat(np.array(self.blocks, dtype=object), K),
             "depth": np.repeat(self.depths, K),
             "class": np.tile(np.array(self.class_names, dtype=object), L),
-            "probability": self.probabilities.reshape(-1),
-            "is_top_class": (pred[:, None] == np.arange(K)[None, :]).reshape(-1),
-            "is_model_class": np.tile(np.arange(K) == self.model_class, L),
         })
+        if self.task == "regression":  # one predicted value per block and target
+            frame["value"] = self.probabilities.reshape(-1)
+            frame["model_value"] = np.tile(np.ravel(self.model_probabilities), L)
+        elif self.task == "multilabel":  # one probability and decision per block and label
+            frame["probability"] = self.probabilities.reshape(-1)
+            frame["is_predicted"] = pred.reshape(-1).astype(bool)
+            frame["is_model_label"] = np.tile(self.model_prediction.astype(bool), L)
+        else:
+            frame["probability"] = self.probabilities.reshape(-1)
+            frame["is_top_class"] = (pred[:, None] == np.arange(K)[None, :]).reshape(-1)
+            frame["is_model_class"] = np.tile(np.arange(K) == self.model_class, L)
+        return frame
 
     def plot(self, fig=None, **kwargs):
         """Draws this result with :func:`~keras_hybrid_interp.plotting.plot_local_explanation`; returns the Figure.
@@ -210,6 +255,18 @@ class LayerTable:
         The intervals' confidence level.
     n_resamples : int
         Bootstrap resamples (0: no intervals).
+    task : str
+        The model's task (``"multiclass"``, ``"binary"``, ``"multilabel"``,
+        ``"regression"``, ``"segmentation"``).
+    metrics : dict of str to ndarray
+        The task's metrics per row (empty for classification, whose metrics
+        are ``accuracy``, ``loss`` and ``agreement``): multi-label
+        ``auroc``, ``average_precision``, ``f1``, ``hamming``; regression
+        ``r2``, ``mae``, ``rmse``; segmentation ``mean_iou``, ``dice``,
+        ``pixel_accuracy``. Against the labels, or against the model's own
+        outputs without labels. ``loss`` and ``agreement`` are the task's too.
+    headline : str
+        The metric plots and summaries lead with (``"accuracy"`` for classification).
     """
 
     blocks: tuple
@@ -227,6 +284,17 @@ class LayerTable:
     upper: dict = dataclasses.field(default_factory=dict)
     confidence: float | None = None
     n_resamples: int = 0
+    task: str = "multiclass"
+    metrics: dict = dataclasses.field(default_factory=dict)
+    headline: str = "accuracy"
+
+    def metric(self, name: str) -> np.ndarray:
+        """The values of metric ``name`` per row (``accuracy``, ``loss``, ``agreement`` or a task metric)."""
+        if name in self.metrics:
+            return self.metrics[name]
+        if name in ("accuracy", "loss", "agreement"):
+            return getattr(self, name)
+        raise KeyError(f"No metric {name!r}; this table has {['accuracy', 'loss', 'agreement'] + list(self.metrics)}.")
 
     def __repr__(self):
         extra = ""
@@ -276,10 +344,13 @@ class LayerTable:
             "agreement": self.agreement,
             "chance": np.full(L1, self.chance),
         })
+        for name, values in self.metrics.items():
+            if name not in frame:
+                frame[name] = values
         if self.control_accuracies is not None:
             frame["control_accuracy"] = self.control_accuracy
             frame["selectivity"] = self.selectivity
-        for m in INTERVAL_METRICS:
+        for m in list(INTERVAL_METRICS) + [m for m in self.lower if m not in INTERVAL_METRICS]:
             if m in self.lower:
                 frame[f"{m}_low"] = self.lower[m]
                 frame[f"{m}_high"] = self.upper[m]

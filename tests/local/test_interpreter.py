@@ -391,12 +391,15 @@ def test_sigmoid_binary_model():
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
 
 
-def test_regression_model_is_refused_and_logits_can_be_declared():
+def test_linear_output_needs_a_task_and_logits_can_be_declared():
+    # Linear units are ambiguous (class logits, label logits, regression values): "auto" asks for task=.
     inp = keras.Input((8, 8, 1))
     x = layers.Conv2D(4, 3)(inp)
     m = keras.Model(inp, layers.Dense(3)(layers.Flatten()(x)))
-    with pytest.raises(ValueError, match="classifier"):
+    with pytest.raises(ValueError, match=r"task='regression' for real values"):
         HybridInterpreter(m)
+    assert HybridInterpreter(m, task="regression").task == "regression"
+    assert HybridInterpreter(m, task="multiclass").output_kind == "logits"
     interp = HybridInterpreter(m, output="logits")
     x = rand((2, 8, 8, 1))
     out = ops.convert_to_numpy(interp(x)["output"])

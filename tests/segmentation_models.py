@@ -10,7 +10,8 @@ def planted_unet(size=16, seed=0):
     """2 levels: enc1 (16x16, planted 1x1), bottleneck (8x8, random 3x3), dec1 (16x16, planted), softmax mask (3).
 
     enc1's filter 0 is relu(x - 0.5): it fires exactly on class 1's squares (intensity 1); filter 1 is
-    relu(-x - 0.5), on class 2 (intensity -1); filters 2 and 3 fire on the background and class 2. The output
+    relu(-x - 0.5), on class 2 (intensity -1); filter 2 fires on the background and class 2; filter 3 is
+    constant. The output
     reads filters 0 and 1 through dec1: the model's mask is the planted one.
     """
     init = keras.initializers.GlorotUniform(seed=seed)
@@ -28,7 +29,7 @@ def planted_unet(size=16, seed=0):
     w1[..., 0], b1[0] = 1.0, -0.5
     w1[..., 1], b1[1] = -1.0, -0.5
     w1[..., 2], b1[2] = -0.3, 0.1
-    w1[..., 3], b1[3] = -0.2, 0.05
+    w1[..., 3], b1[3] = 0.0, 0.05  # constant: its top-quantile mask is empty
     m.get_layer("enc1").set_weights([w1, b1])
     w3 = np.zeros((1, 1, 10, 4), "float32")
     for j in range(4):

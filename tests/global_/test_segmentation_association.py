@@ -97,3 +97,31 @@ def test_bad_quantile(setup):
         ga.filter_class_association(x, y, block="enc1", quantile=1.5)
     with pytest.raises(ValueError, match=r"`y` must be masks of shape \(n, 16, 16\)"):
         ga.filter_class_association(x, y[:, :8], block="enc1")
+
+
+@pytest.mark.parametrize("scoring", ["mean_iou", "loss"])
+def test_ablation_importance_with_the_tasks_scores_equals_a_zeroed_copy(setup, scoring):
+    """Through the tail engine, scored by SegmentationTask: equal to a copy of the model with the filter zeroed."""
+    from sklearn.metrics import jaccard_score
+
+    model, ga, x, y = setup
+    res = ga.filter_importance(x, y, block="enc1", method="ablation", scoring=scoring, batch_size=7)
+
+    def score(m):
+        p = m.predict(x, verbose=0).astype(np.float64)
+        if scoring == "mean_iou":
+            return jaccard_score(y.ravel(), p.argmax(-1).ravel(), average="macro")
+        logp = np.log(np.clip(p, 1e-7, 1.0))  # the package's EPS for probabilities
+        return np.take_along_axis(logp, y[..., None], axis=-1).mean()
+
+    base = score(model)
+    expected = []
+    for c in range(4):
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        w, b = copy.get_layer("enc1").get_weights()
+        w[..., c], b[c] = 0.0, 0.0  # relu(0) = 0: the filter's map is zero
+        copy.get_layer("enc1").set_weights([w, b])
+        expected.append(base - score(copy))
+    np.testing.assert_allclose(res.importances_mean, expected, atol=2e-5)
+    assert res.importances_mean[0] > 0.1 and res.importances_mean[2] == pytest.approx(0, abs=1e-6)

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 from keras_hybrid_interp import GlobalAnalyzer  # noqa: E402
-from keras_hybrid_interp.core.engine import LinearHeadEngine, PooledHeadEngine  # noqa: E402
+from keras_hybrid_interp.core.engine import LinearHeadEngine, PooledHeadEngine, job_permutation  # noqa: E402
 from keras_hybrid_interp.global_.importance import check_request, importance_reducer, importance_result  # noqa: E402
 
 
@@ -96,6 +96,14 @@ def main():
             diff = (f"{int(np.sum(a != b))} of {a.size} differ" if scoring == "accuracy"
                     else f"{np.abs(a - b).max():.1e} (up to {np.abs(b).max():.1e})")
             rows.append((method, scoring, a.shape, times["linear head"], times["pooled-head engine"], diff))
+    # What every arm pays before any arithmetic: drawing the permutations (one SeedSequence per job).
+    t0 = time.perf_counter()
+    for g in range(linear.channels):
+        for r in range(args.repeats):
+            job_permutation(0, g, r, args.n)
+    t_perms = time.perf_counter() - t0
+    print(f"drawing the {linear.channels * args.repeats:,} permutations alone (part of every permutation row): "
+          f"{t_perms:.3f} s; load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print()
     print("| method | scoring | jobs | linear head (s) | pooled-head engine (s) | engine / linear head | "
           "largest difference |")

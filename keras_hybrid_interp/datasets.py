@@ -632,23 +632,26 @@ _BLOB_TARGETS = {"count": ("count",), "area": ("area",), "both": ("count", "area
 def make_blob_regression(
     n_samples: int = 600,
     *,
-    size: int = 32,
-    max_blobs: int = 8,
+    size: int = 48,
+    max_blobs: int = 10,
     target: str = "count",
     noise: float = 0.1,
+    gradient: float = 0.4,
     random_state: int | None = 0,
     return_factors: bool = False,
 ):
     """Generated grey images of separate bright discs ("blobs"), with their count or total area as the target.
 
-    Each image holds 0 to ``max_blobs`` discs (the count drawn uniformly) on
-    a noisy background of level 0.1. Each disc has its own radius (1.5 to
-    ``size / 16 + 0.5`` pixels, 1.5 to 2.5 at 32) and intensity (0.5 to
-    1.0), and lies inside the image at least 2 pixels (edge to edge) from
-    every other disc, so that the discs never touch: in the noise-free image,
-    the connected components above the background are exactly the discs.
-    Because the radius varies, the count is not the bright area, and the
-    intensity varies, so neither is the total brightness.
+    Each image holds 0 to ``max_blobs`` discs (the count drawn uniformly).
+    Each disc has its own radius (1.2 to 4.0 pixels, drawn uniformly) and
+    contrast (0.4 to 1.0, added to the background), and lies inside the image
+    more than 2 pixels (centre to centre: the two radii plus 2.5) from every
+    other disc, so that the discs never touch: in the noise-free image, the
+    connected components above the background are exactly the discs. The
+    background is an uneven illumination: 0.1 plus a linear ramp in a random
+    direction rising by up to ``gradient`` across the image. Because radius,
+    contrast and illumination vary, neither the bright area nor the mean
+    brightness is the count: counting needs each disc found as an object.
 
     Parameters
     ----------
@@ -657,13 +660,17 @@ def make_blob_regression(
         Side of the square images, at least 16.
     max_blobs : int
         Most discs per image, at least 1, and at most what fits apart at
-        random (9 at 32 pixels, 16 at 64).
+        random (``int(0.4 * size**2 / (pi * 5.25**2))``: 10 at 48 pixels,
+        4 at 32, 18 at 64).
     target : {"count", "area", "both"}
         ``"count"``: the number of discs; ``"area"``: their total area in
         pixels (the number of pixels painted); ``"both"``: the two as
         columns, in the order of :func:`blob_target_names`.
     noise : float
         Standard deviation of the Gaussian pixel noise.
+    gradient : float
+        Largest rise of the background's illumination ramp (0: a flat
+        background at 0.1).
     random_state : int or None
         Seed; the same seed gives the same images, bit for bit.
     return_factors : bool
@@ -674,8 +681,9 @@ def make_blob_regression(
     x : ndarray, shape (n_samples, size, size, 1), float32
     y : ndarray, float32, shape (n_samples,) for "count" and "area", (n_samples, 2) for "both"
     factors : dict of str -> ndarray, only with ``return_factors=True``
-        "count" and "area" (n_samples,), and "row", "col", "radius",
-        "intensity" of shape (n_samples, max_blobs), NaN after an image's
+        "count" and "area" (n_samples,), "background" (n_samples, size,
+        size: the noise-free illumination), and "row", "col", "radius",
+        "contrast" of shape (n_samples, max_blobs), NaN after an image's
         last disc.
     """
     if target not in _BLOB_TARGETS:
@@ -684,25 +692,30 @@ def make_blob_regression(
     S = _check_count(size, "size", 16)
     m = _check_count(max_blobs, "max_blobs", 1)
     noise = _check_positive(noise, "noise")
-    r_hi = S / 16 + 0.5
-    most = int(0.45 * S * S / (np.pi * (r_hi + 1.5) ** 2))  # leaves room to place them at random
+    gradient = _check_positive(gradient, "gradient")
+    r_lo, r_hi, gap = 1.2, 4.0, 2.5
+    most = int(0.4 * S * S / (np.pi * (r_hi + gap / 2) ** 2))  # leaves room to place them at random
     if m > most:
         raise ValueError(f"`max_blobs` must be at most {most} at `size`={S} (the discs must fit apart); "
                          f"received {m}.")
     rng = np.random.default_rng(random_state)
-    yy, xx = np.mgrid[0:S, 0:S]
-    fac = {k: np.full((n, m), np.nan) for k in ("row", "col", "radius", "intensity")}
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
+    fac = {k: np.full((n, m), np.nan) for k in ("row", "col", "radius", "contrast")}
     count = rng.integers(0, m + 1, n)
-    area = np.zeros(n)
+    area = np.zeros(n, dtype=np.int64)
+    rise = rng.uniform(0.0, gradient, n)
+    angle = rng.uniform(0.0, 2 * np.pi, n)
+    background = np.empty((n, S, S))
     x = np.empty((n, S, S, 1), dtype=np.float32)
     for i in range(n):
-        img = np.full((S, S), 0.1)
+        ramp = np.cos(angle[i]) * yy + np.sin(angle[i]) * xx
+        background[i] = 0.1 + rise[i] * (ramp - ramp.min()) / (ramp.max() - ramp.min())
+        img = background[i].copy()
         placed, misses = [], 0
         while len(placed) < count[i]:
-            r = rng.uniform(1.5, r_hi)
+            r = rng.uniform(r_lo, r_hi)
             cy, cx = rng.uniform(r, S - 1 - r, 2)
-            # 2 pixels of gap plus one for the rounding of both edges to the grid
-            if all(np.hypot(cy - py, cx - px) > r + pr + 3.0 for py, px, pr in placed):
+            if all(np.hypot(cy - py, cx - px) > r + pr + gap for py, px, pr in placed):
                 placed.append((cy, cx, r))
             else:
                 misses += 1
@@ -710,17 +723,17 @@ def make_blob_regression(
                     placed, misses = [], 0
         for j, (cy, cx, r) in enumerate(placed):
             inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
-            inten = rng.uniform(0.5, 1.0)
-            img[inside] = inten
-            area[i] += inside.sum()
-            fac["row"][i, j], fac["col"][i, j], fac["radius"][i, j], fac["intensity"][i, j] = cy, cx, r, inten
+            contrast = rng.uniform(0.4, 1.0)
+            img[inside] += contrast
+            area[i] += int(inside.sum())
+            fac["row"][i, j], fac["col"][i, j], fac["radius"][i, j], fac["contrast"][i, j] = cy, cx, r, contrast
         x[i, :, :, 0] = img
     x += rng.normal(0.0, noise, x.shape).astype(np.float32)
     targets = {"count": count.astype(np.float32), "area": area.astype(np.float32)}
     cols = _BLOB_TARGETS[target]
     y = targets[cols[0]] if len(cols) == 1 else np.stack([targets[c] for c in cols], axis=1)
     if return_factors:
-        return x, y, {"count": count.astype(np.int64), "area": area.astype(np.int64), **fac}
+        return x, y, {"count": count.astype(np.int64), "area": area, "background": background, **fac}
     return x, y
 
 

@@ -170,19 +170,24 @@ def test_segmentation_bad_arguments(kwargs, match):
 # Regression: count and area of planted blobs
 # ----------------------------------------------------------------------
 def test_blob_count_and_area_are_the_connected_components_of_the_clean_image():
-    x, y, f = make_blob_regression(200, target="both", noise=0.0, random_state=4, return_factors=True)
-    assert x.shape == (200, 32, 32, 1) and x.dtype == np.float32
-    assert y.shape == (200, 2) and y.dtype == np.float32
-    assert blob_target_names() == ["count", "area"]
-    fg = x[..., 0] > 0.3
     full = np.ones((3, 3), dtype=int)  # 8-connectivity: diagonal neighbours join too
-    found = np.array([ndimage.label(img, structure=full)[1] for img in fg])
-    np.testing.assert_array_equal(found, y[:, 0])
-    np.testing.assert_array_equal(fg.sum((1, 2)), y[:, 1])
-    assert set(np.unique(y[:, 0])) == set(range(9))  # 0..max_blobs
-    # the count is not the bright area: the radii vary
-    assert np.corrcoef(y[:, 0], y[:, 1])[0, 1] < 0.99
+    for gradient in (0.0, 0.4):
+        x, y, f = make_blob_regression(200, target="both", noise=0.0, gradient=gradient, random_state=4,
+                                       return_factors=True)
+        assert x.shape == (200, 48, 48, 1) and x.dtype == np.float32
+        assert y.shape == (200, 2) and y.dtype == np.float32
+        # flat background at 0.1 and contrast >= 0.4: a fixed threshold; under a ramp, subtract it first
+        fg = x[..., 0] > 0.3 if gradient == 0 else x[..., 0] - f["background"] > 0.3
+        found = np.array([ndimage.label(img, structure=full)[1] for img in fg])
+        np.testing.assert_array_equal(found, y[:, 0])
+        np.testing.assert_array_equal(fg.sum((1, 2)), y[:, 1])
+    assert blob_target_names() == ["count", "area"]
+    assert set(np.unique(y[:, 0])) == set(range(11))  # 0..max_blobs
     np.testing.assert_array_equal(np.isfinite(f["radius"]).sum(1), f["count"])
+    # the count is neither the bright area (the radii vary) nor the mean brightness (so does the light)
+    assert np.corrcoef(y[:, 0], y[:, 1])[0, 1] < 0.95
+    xn = make_blob_regression(200, target="count", random_state=4)[0]
+    assert np.corrcoef(xn.mean((1, 2, 3)), y[:, 0])[0, 1] ** 2 < 0.3
 
 
 def test_blob_targets_and_reproducibility():
@@ -194,14 +199,16 @@ def test_blob_targets_and_reproducibility():
     np.testing.assert_array_equal(np.stack([yc, ya], 1), yb)
     np.testing.assert_array_equal(xb, make_blob_regression(30, target="both", random_state=1)[0])
     assert not np.array_equal(xb, make_blob_regression(30, random_state=2)[0])
-    x64, y64 = make_blob_regression(5, size=64, max_blobs=16, random_state=0)
+    x64, y64 = make_blob_regression(5, size=64, max_blobs=18, random_state=0)
     assert x64.shape == (5, 64, 64, 1)
+    assert make_blob_regression(5, size=32, max_blobs=4)[0].shape == (5, 32, 32, 1)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"target": "volume"}, "target"), ({"max_blobs": 10}, "max_blobs"), ({"max_blobs": 0}, "max_blobs"),
-     ({"size": 10}, "size"), ({"noise": -0.5}, "noise"), ({"n_samples": True}, "n_samples")],
+    [({"target": "volume"}, "target"), ({"max_blobs": 11}, "max_blobs"), ({"max_blobs": 0}, "max_blobs"),
+     ({"size": 32}, "max_blobs"), ({"size": 10}, "size"), ({"noise": -0.5}, "noise"),
+     ({"gradient": "steep"}, "gradient"), ({"n_samples": True}, "n_samples")],
 )
 def test_blob_regression_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -28,6 +28,18 @@ accuracy, loss, agreement (per block, evaluation half)
     labels; fraction whose probe top class equals the model's top class.
     ``accuracy`` is only recorded when the data has labels. Block ``"output"``
     is the model itself (``accuracy`` and ``loss``).
+task metrics (per block, evaluation half; multi-label and regression models)
+    A model whose task (``task=``, or inferred from its output) is multi-label
+    or regression records its task's metrics instead, exactly as
+    :meth:`HybridInterpreter.evaluate_layers` defines them: multi-label
+    ``auroc``, ``average_precision``, ``f1``, ``hamming``, ``loss`` and
+    ``agreement`` (one logistic probe per label); regression ``r2``, ``mae``,
+    ``rmse`` and ``loss`` (a ridge probe, its penalty by leave-one-out).
+    Against the labels, or against the model's own outputs without labels.
+    Block ``"output"`` is the model itself (every metric but ``agreement``).
+    The probes and the numbers come from the interpreter's one path: the
+    trainer's ``fit_task_probe`` and the layer table's reducer
+    (``ProbeScores``, ``TaskProbeScores``) fed the evaluation half.
 dead_filters (per block, whole subset)
     Number of filters whose spatially averaged activation is exactly the same
     for every sample of the subset (``FilterCorrelation.dead_filters``).
@@ -36,8 +48,8 @@ redundancy (per block, whole subset)
     activations of every pair of live filters (``FilterCorrelation.redundancy``;
     NaN with fewer than two live filters).
 importance (one block, whole subset, optional)
-    Permutation importance (``GlobalAnalyzer.filter_importance``, accuracy
-    scoring, mean over ``n_repeats``) of the ``top_k`` most important filters
+    Permutation importance (``GlobalAnalyzer.filter_importance`` with the
+    task's default score: accuracy, macro average precision, R^2; mean over ``n_repeats``) of the ``top_k`` most important filters
     at that epoch; the ``filter`` column says which. The permutations are the
     same at every epoch (common random numbers), so the curves move only
     because the model does.
@@ -72,20 +84,21 @@ import numpy as np
 import pandas as pd
 
 from .core import data_pass as _pass
-from .core.data import as_stream
+from .core import health as _health
+from .core.data import as_stream, x_rows
 from .core.engine import FrontierCache, resolve_entropy
-from .core.output import OutputReader
 from .core.trainer import (
     MAX_ITER,
     TOL,
     check_C,
     check_solver,
-    fit_probe,
+    fit_task_probe,
     restandardize,
     single_thread_blas,
 )
 from .global_.correlation import FilterCorrelation, StreamingMoments
 from .global_.importance import check_request, importance_result
+from .local.interpreter import ProbeScores, TaskProbeScores
 from .local.probes import input_transform
 from .plotting import (
     plot_training_dynamics,  # re-exported: drawn by the presentation layer
@@ -169,22 +182,6 @@ def _options(value, cls, name):
     return value
 
 
-class _ProbeFit:
-    """One probe as fitted by the callback (float64): standardization and solution."""
-
-    __slots__ = ("mean", "scale", "kernel", "bias")
-
-    def __init__(self, mean, scale, kernel, bias):
-        self.mean, self.scale, self.kernel, self.bias = mean, scale, kernel, bias
-
-    def logits(self, f):
-        return ((f.astype(np.float64) - self.mean) * self.scale) @ self.kernel + self.bias
-
-    def init_for(self, mean, scale):
-        """This probe's linear map of the raw features, in coordinates standardized by (mean, scale)."""
-        return restandardize(self.mean, self.scale, self.kernel, self.bias, mean, scale)
-
-
 class InterpretationCallback(keras.callbacks.Callback):
     """Records layer-wise probes and filter statistics while a model trains.
 
@@ -251,8 +248,14 @@ class InterpretationCallback(keras.callbacks.Callback):
         permutations. None draws fresh OS entropy (kept in ``random_state_``).
     batch_size : int
         Batch size of the inference pass.
-    output : "auto", "softmax", "sigmoid" or "logits"
-        What the model outputs, as for :class:`HybridInterpreter`.
+    output : "auto", an output's name or index, "softmax", "sigmoid" or "logits"
+        Which output, or what it holds, as for :class:`HybridInterpreter`.
+    task : "auto", "multiclass", "binary", "multilabel" or "regression"
+        What the output means, as for :class:`HybridInterpreter` (linear
+        units need it). ``validation_data``'s ``y`` has the task's shape:
+        (N,) class indices or (N, K) one-hot; (N, K) 0/1 labels; (N,) or
+        (N, K) floats. Segmentation models are refused (their probes are not
+        refitted while training).
 
     Attributes
     ----------
@@ -317,6 +320,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         random_state=None,
         batch_size=256,
         output="auto",
+        task="auto",
     ):
         super().__init__()
         self.every = _positive_int(every, "every")
@@ -329,6 +333,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         self.importance_options = _options(importance, ImportanceOptions, "importance")
         self.blocks_arg = blocks
         self.output = output
+        self.task = task
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self.random_state_ = resolve_entropy(random_state)
@@ -421,14 +426,20 @@ class InterpretationCallback(keras.callbacks.Callback):
                              "or call callback.set_model(model) first.")
         if self._interp is not None and self._interp.wrapped_model is model:
             return
-        interp = HybridInterpreter(model, self.blocks_arg, output=self.output)
+        interp = HybridInterpreter(model, self.blocks_arg, output=self.output, task=self.task)
+        if interp.reader.spatial:
+            raise ValueError(
+                "InterpretationCallback records pooled probes (classification, multi-label, regression); model "
+                f"{model.name!r} is a segmentation model (task 'segmentation'), whose per-position probes it does not "
+                "refit yet. Record them after training: HybridInterpreter(model).fit_probes(...) and evaluate_layers."
+            )
         stream = interp.stream(self._x_arg, self._y_arg, batch_size=self.batch_size,
                                max_samples=self.max_samples, argname="validation_data")
         # The subset is copied once (it stays fixed even if the caller edits its array); no model pass.
         xs, ys = _pass.Collect.first("x", None), _pass.Collect.first("y", None)
-        info = _pass.run(interp.graph, stream, [xs, ys], num_classes=interp.num_classes)
+        info = _pass.run(interp.graph, stream, [xs, ys], task=interp.reader)
         x, y = xs.result(), (ys.result() if info.has_labels else None)
-        n = len(x)
+        n = x_rows(x)
         if self.probe_options is not None and n < 4:
             raise ValueError(f"`validation_data` must hold at least 4 samples (2 to fit the probes, 2 to "
                              f"score them); received {n}.")
@@ -493,7 +504,7 @@ class InterpretationCallback(keras.callbacks.Callback):
             cache = FrontierCache(engine)
             reducers.append(cache)
         stream = interp.stream(self._x, self._y, batch_size=self.batch_size, argname="validation_data")
-        _pass.run(interp.graph, stream, reducers, num_classes=interp.num_classes)
+        _pass.run(interp.graph, stream, reducers, task=interp.reader)
         return [f.result() for f in feats], [r.dead for r in ranges], outputs.result(), cache
 
     def _record(self, epoch):
@@ -534,20 +545,16 @@ class InterpretationCallback(keras.callbacks.Callback):
         return rows, means
 
     def _probe_rows(self, epoch, feats, outputs, finite):
+        """Refits every block's probe on the probe-fit half (the one trainer, warm-started) and scores it."""
         interp = self._interp
         opts = self.probe_options
-        fit, ev = self._fit_idx, self._eval_idx
-        k = interp.num_classes
-        reader = interp.reader
-        targets = self._y[fit] if self._y is not None else reader.probabilities(outputs[fit])
-        model_logp = reader.log_probabilities(outputs[ev])
-        model_p = np.exp(model_logp)
-        model_cls = model_logp.argmax(axis=1)
+        task = interp.reader
+        fit = self._fit_idx
+        # Labels, or the model's own outputs as label-free targets (as fit_probes without labels).
+        targets = self._y[fit] if self._y is not None else task.model_targets(outputs[fit])
         if self._probe_fits is None:
             self._probe_fits = [None] * len(feats)
-        logits_reader = OutputReader("logits", k)
-        rows = []
-        for i, (name, f, ok) in enumerate(zip(interp.block_names, feats, finite)):
+        for i, (f, ok) in enumerate(zip(feats, finite)):
             if not ok:
                 continue
             f_fit = f[fit]
@@ -555,13 +562,58 @@ class InterpretationCallback(keras.callbacks.Callback):
             mean, scale = input_transform(f_fit)
             z = (f_fit.astype(np.float64) - mean) * scale
             previous = self._probe_fits[i]
-            init = None if previous is None else previous.init_for(mean, scale)
-            sol = fit_probe(z, targets, k, C=opts.C, max_iter=opts.max_iter, tol=opts.tol, init=init)
-            new = self._probe_fits[i] = _ProbeFit(mean, scale, sol.kernel, sol.bias)
-            logp = logits_reader.log_probabilities(new.logits(f[ev]))
-            rows += self._scores(epoch, name, logp, model_p, model_cls, agreement=True)
+            init = None if previous is None else restandardize(*previous, mean, scale)
+            sol = fit_task_probe(task, z, targets, C=opts.C, max_iter=opts.max_iter, tol=opts.tol, init=init)
+            self._probe_fits[i] = (mean, scale, sol.kernel, sol.bias)
         self._probes_synced = False
-        rows += self._scores(epoch, "output", model_logp, model_p, model_cls, agreement=False)
+        return self._score_rows(epoch, self._evaluate(feats, outputs, finite), finite)
+
+    def _evaluate(self, feats, outputs, finite):
+        """The layer table of the probes on the evaluation half: the interpreter's own reducer and table.
+
+        The evaluation half is one batch of the layer table's reducer (:class:`ProbeScores` for classifiers,
+        :class:`TaskProbeScores` with the task's metrics otherwise), fed the cached features.
+        """
+        interp = self._interp
+        task = interp.reader
+        ev = self._eval_idx
+        probes, values = [], {}
+        for tap, f, ok, fitted in zip(interp.feature_taps(), feats, finite, self._probe_fits):
+            if not ok:  # non-finite features: a zero probe on zeros keeps the table's shape; its rows are dropped
+                d, k = f.shape[1], interp.num_classes
+                fitted, f = (np.zeros(d), np.ones(d), np.zeros((d, k)), np.zeros(k)), np.zeros_like(f)
+            probes.append((tap,) + tuple(fitted))
+            values[tap.ident] = f[ev]
+        out_tap = interp.output_tap()
+        values[out_tap.ident] = outputs[ev]
+        if task.is_classification:
+            scores = ProbeScores(probes, out_tap, task, interp.num_classes)
+        else:
+            scores = TaskProbeScores(probes, out_tap, task, interp.probe_task())
+        scores.update(_pass.Batch(x=None, y=None if self._y is None else self._y[ev], start=0, values=values))
+        with warnings.catch_warnings():
+            # Recorded every epoch: a missing class in the evaluation half would warn at every record.
+            warnings.simplefilter("ignore", _health.InterpretationWarning)
+            with _health.collect():
+                return interp.layer_table(scores)
+
+    def _score_rows(self, epoch, table, finite):
+        """History rows of a layer table: per block its metrics, then the model's (agreement is for probes only).
+
+        Classifiers: ``accuracy`` (with labels), ``loss``, ``agreement``; other tasks: the task's metrics
+        (:attr:`LayerTable.metrics`: multi-label ``auroc``, ``average_precision``, ``f1``, ``hamming``, ...;
+        regression ``r2``, ``mae``, ``rmse``, ``loss``).
+        """
+        if table.metrics:
+            names = list(table.metrics)
+        else:
+            names = (["accuracy"] if self._y is not None else []) + ["loss", "agreement"]
+        rows = []
+        for i, name in enumerate(table.blocks):
+            if name != "output" and not finite[i]:
+                continue
+            rows += [(epoch, name, m, float(table.metric(m)[i]), None) for m in names
+                     if not (name == "output" and m == "agreement")]
         return rows
 
     def _sync_probes(self):
@@ -570,24 +622,9 @@ class InterpretationCallback(keras.callbacks.Callback):
             return
         for probe, fitted in zip(self._interp.probes, self._probe_fits):
             if fitted is not None:
-                probe.set_state(fitted.mean, fitted.scale, fitted.kernel, fitted.bias)
+                probe.set_state(*fitted)
         self._interp.fitted = True
         self._probes_synced = True
-
-    def _scores(self, epoch, name, logp, model_p, model_cls, agreement):
-        """Accuracy, loss and agreement on the evaluation half, from log-probabilities (the output reader's)."""
-        cls = logp.argmax(axis=1)
-        rows = []
-        if self._y is not None:
-            y = self._y[self._eval_idx]
-            rows.append((epoch, name, "accuracy", float(np.mean(cls == y)), None))
-            loss = -np.mean(logp[np.arange(len(y)), y])
-        else:
-            loss = -np.mean(np.sum(model_p * logp, axis=1))
-        rows.append((epoch, name, "loss", float(loss), None))
-        if agreement:
-            rows.append((epoch, name, "agreement", float(np.mean(cls == model_cls)), None))
-        return rows
 
     def _importance_rows(self, epoch, cache):
         opts = self.importance_options

@@ -98,6 +98,109 @@ DEFINITIONS = {
 }
 
 
+#: The definitions of the sections that change with the task (multi-label, regression, segmentation);
+#: a classifier's report prints :data:`DEFINITIONS`.
+TASK_DEFINITIONS = {
+    "layer_table": {
+        "multilabel": (
+            "One L2 logistic probe per label per block reads the block's globally pooled output (the model's "
+            "labels are independent). auroc and average_precision: macro averages over the labels that are both "
+            "present and absent in the data (scikit-learn's roc_auc_score and average_precision_score); f1: micro "
+            "F1 of the label decisions at probability 0.5; hamming: fraction of wrong label decisions; loss: binary "
+            "cross-entropy averaged over the labels; agreement: fraction of label decisions equal to the model's. "
+            "Against the labels, or against the model's own label decisions without labels. The last row is the "
+            "model itself. control_auroc and selectivity (with control probes): the AUROC of the same probe "
+            "trained on permuted labels, and the AUROC minus it. <metric>_low and <metric>_high: percentile "
+            "bootstrap interval over the evaluated samples (Poisson bootstrap), with the probes held fixed; the "
+            "ranking metrics (AUROC, average precision) get none."
+        ),
+        "regression": (
+            "One ridge probe per block reads the block's globally pooled output, standardized, all targets at "
+            "once; its penalty is chosen by efficient leave-one-out (scikit-learn's RidgeCV). r2: coefficient of "
+            "determination averaged uniformly over the targets (scikit-learn's r2_score); mae: mean absolute error; "
+            "rmse: root mean squared error; loss: mean squared error (over samples and targets). Against the "
+            "targets, or against the model's own predicted values without targets. The last row is the model "
+            "itself. control_r2 and selectivity (with control probes): the R^2 of the same probe fitted on "
+            "permuted targets, and the R^2 minus it. <metric>_low and <metric>_high: percentile bootstrap interval "
+            "over the evaluated samples (Poisson bootstrap), with the probes held fixed."
+        ),
+        "segmentation": (
+            "One per-position linear probe (a 1x1 convolution) per block predicts each position's class from the "
+            "block's map; its mask is read at the model's output resolution by nearest neighbour (output position "
+            "i reads block position floor(i * s / S)). mean_iou and dice: per-class IoU and Dice averaged over the "
+            "classes present in the targets or the predictions (scikit-learn's jaccard_score and f1_score with "
+            "average='macro' on the flattened pixels); pixel_accuracy: fraction of pixels of the right class; loss: "
+            "mean pixel cross-entropy; agreement: fraction of pixels where the block's mask equals the model's. "
+            "Against the masks, or against the model's own mask without masks. The last row is the model itself."
+        ),
+    },
+    "local": {
+        "multilabel": (
+            "For one input: the probability each block's probe gives every label, then the model's (a label is "
+            "predicted at probability 0.5, and several may be); the decision depth, the first block from which "
+            "every label decision equals the model's and stays equal; and label-evidence maps, the probe applied "
+            "at every spatial position (for average pooling the mean of a map over positions is exactly the "
+            "probe's logit)."
+        ),
+        "regression": (
+            "For one input: the value each block's probe predicts for every target, then the model's value "
+            "(regression has no decision depth); and evidence maps, the probe applied at every spatial position "
+            "(for average pooling the mean of a map over positions is exactly the probe's prediction)."
+        ),
+        "segmentation": (
+            "For one input: the mask each block's per-position probe predicts at the model's output resolution, "
+            "shallow to deep, then the model's mask, each with its mean IoU against the model's mask: the depth at "
+            "which the model's mask forms."
+        ),
+    },
+    "association": {
+        "multilabel": (
+            "Point-biserial correlation between each filter's per-sample spatial mean and each label's 0/1 "
+            "indicator (a sample may carry several labels, so a filter may associate with several): positive when "
+            "the filter responds more strongly on samples carrying the label. NaN for dead filters and for labels "
+            "present in every sample or in none."
+        ),
+        "regression": (
+            "Pearson correlation between each filter's per-sample spatial mean and each regression target across "
+            "samples: positive when the filter responds more strongly on samples with larger values. NaN for dead "
+            "filters and constant targets."
+        ),
+    },
+}
+
+#: The importance scores, in words (the importance section names the one it used).
+SCORE_WORDS = {
+    "accuracy": "accuracy against the labels, or agreement with the model's own predictions without labels",
+    "loss": "the negative mean loss of the task against the labels, or against the model's own unperturbed "
+            "outputs without labels",
+    "average_precision": "the macro average precision of the model's label probabilities against the labels, or "
+                         "against its own unperturbed label decisions without labels",
+    "r2": "the R^2 of the model's predictions against the targets, or against its own unperturbed predictions "
+          "without targets",
+    "neg_mse": "the negative mean squared error of the model's predictions against the targets, or against its own "
+               "unperturbed predictions without targets",
+    "mean_iou": "the mean IoU of the model's mask against the masks, or against its own unperturbed mask without "
+                "masks",
+}
+
+
+def task_definition(section: str, task: str) -> str:
+    """The definition printed in ``section`` of a report on a ``task`` model (:data:`DEFINITIONS` for classifiers)."""
+    base = {"layer_table": "layer_table", "local": "local", "association": "association"}[section]
+    return TASK_DEFINITIONS[section].get(task, DEFINITIONS[base])
+
+
+def importance_definition(task: str, score_name: str) -> str:
+    """The importance section's definition, naming the score it used (the classifier's text for classifiers)."""
+    if task in ("multiclass", "binary"):
+        return DEFINITIONS["importance"]
+    words = SCORE_WORDS.get(score_name, f"the callable score {score_name!r}")
+    return (f"Permutation importance with the {task} model's score '{score_name}': {words}, on the unperturbed "
+            "data minus the same score after shuffling one filter's whole feature map across samples, leaving the "
+            "other filters intact; repeated with different permutations (mean and standard deviation shown). "
+            "Positive means the model relies on the filter.")
+
+
 @dataclasses.dataclass
 class Section:
     """One report section: title, explanatory text, figures (rendered bytes) and tables."""
@@ -591,6 +694,7 @@ def build_report(
     """
     from . import plotting
     from .core import data_pass as _pass
+    from .local import segmentation as _segmentation
     from .core import health as _health
     from .global_.analyzer import GlobalAnalyzer
     from .global_.association import AssociationMoments, association_result
@@ -602,6 +706,8 @@ def build_report(
     interp.require_fitted()
     model = interp.wrapped_model
     want = check_sections(sections, compare is not None)
+    task = interp.reader
+    spatial = task.spatial  # segmentation: per-position probes, masks (local/segmentation.py)
     if compare is None and compare_blocks is not None:
         raise ValueError("`compare_blocks` is given but `compare` is None: pass the other model as `compare=` "
                          "(its blocks are then `compare_blocks`), or drop `compare_blocks`.")
@@ -622,8 +728,12 @@ def build_report(
             fitted_controls = getattr(interp, "control_states_", None)
             controls = len(fitted_controls[0]) if fitted_controls else 0
         # The layer table's scores also give the summary's model accuracy: always kept (probe heads only).
-        scores = interp.probe_scores(controls=controls if y is not None and "layers" in want else 0,
-                                     bootstrap=bootstrap if "layers" in want else 0, random_state=random_state)
+        if spatial:  # the segmentation table's reducer (no controls nor intervals for it yet)
+            scores = _segmentation.SegmentationScores([_pass.Tap(k, "raw") for k in interp.block_keys],
+                                                      interp.probe_states(), interp.output_tap(), task)
+        else:
+            scores = interp.probe_scores(controls=controls if y is not None and "layers" in want else 0,
+                                         bootstrap=bootstrap if "layers" in want else 0, random_state=random_state)
         moments = _pass.InputMoments()
         reducers = [scores, moments]
         corr_red = assoc_red = imp_red = sim_red = cmp_red = cmp_columns = cmp_models = atlas_red = None
@@ -632,7 +742,12 @@ def build_report(
         else:  # the summary's dead filters, by the one definition
             corr_red = _pass.ChannelRange(key)
         reducers.append(corr_red)
-        if "association" in want:
+        if "association" in want and spatial:
+            _health.warn("association_not_in_report", "The filter-class association of a segmentation model is "
+                         "NetDissect's IoU of thresholded filter maps with the class masks, which needs two passes "
+                         "over the data (a threshold, then the overlaps); the report makes one. Run "
+                         "GlobalAnalyzer(interp).filter_class_association(x, y, block=...) for it.")
+        elif "association" in want:
             assoc_red = AssociationMoments(interp.graph, key, "mean", ga.reader, y is not None)
             reducers.append(assoc_red)
         if "importance" in want:
@@ -664,7 +779,8 @@ def build_report(
         log(f"  one pass over the data for: {', '.join(s for s in REPORT_SECTIONS if s in want)}")
         info = ga.run(stream, reducers)
         interp.check_drift(moments)
-        layers = interp.layer_table(scores, confidence=confidence)
+        layers = (_segmentation.segmentation_table(interp, scores, confidence) if spatial
+                  else interp.layer_table(scores, confidence=confidence))
         table = layers.to_frame()
         labelled = info.has_labels
         corr = correlation_result(corr_red, block, "mean") if "correlation" in want else None
@@ -683,19 +799,26 @@ def build_report(
         if atlas_red is not None and atlas_red.n:
             atlas = examples_result(atlas_red, block, keep=imp.ranking[: int(atlas_filters)], known_dead=dead)
         explanations = []
-        if ex_x is not None and ex_x.result() is not None:
+        if ex_x is not None and ex_x.result() is not None and spatial:
+            explanations = [_segmentation.explanation_from_maps(interp, ex_x.result()[j],
+                                                                [c.result()[j:j + 1] for c in ex_maps])
+                            for j in range(len(ex_x.result()))]
+        elif ex_x is not None and ex_x.result() is not None:
             explanations = interp.explanations(ex_x.result(), [c.result() for c in ex_maps])
 
     out_row = table[table["block"] == "output"].iloc[0]
-    summary = {
-        "model": model.name,
-        "parameters": int(model.count_params()),
-        "classes": interp.num_classes,
-        "blocks": list(interp.block_names),
-        "samples evaluated": int(info.n),
-        "model accuracy": float(out_row["accuracy"]) if labelled else "no labels",
-    }
-    if "layers" in want:
+    if task.is_classification:
+        summary = {
+            "model": model.name,
+            "parameters": int(model.count_params()),
+            "classes": interp.num_classes,
+            "blocks": list(interp.block_names),
+            "samples evaluated": int(info.n),
+            "model accuracy": float(out_row["accuracy"]) if labelled else "no labels",
+        }
+    else:
+        summary = task_summary(interp, layers, int(info.n), "layers" in want)
+    if "layers" in want and task.is_classification:
         summary["deepest probe accuracy" if labelled else "deepest probe agreement"] = float(
             table.iloc[-2]["accuracy" if labelled else "agreement"])
         if layers.selectivity is not None:
@@ -715,7 +838,11 @@ def build_report(
     if "blocks" in want:
         report.add_section("Blocks", text=DEFINITIONS["blocks"],
                            tables=[("Blocks analysed", interp.blocks.to_frame())])
-    if "layers" in want:
+    if "layers" in want and not task.is_classification:
+        report.add_section("Layer-by-layer predictions", text=task_definition("layer_table", task.name),
+                           figures=[(_layer_caption(layers), plotting.plot_layer_metrics(layers))],
+                           tables=[("Layer table", table)])
+    elif "layers" in want:
         report.add_section(
             "Layer-by-layer predictions",
             text=DEFINITIONS["layer_table"],
@@ -728,7 +855,10 @@ def build_report(
                          if layers.n_resamples else ""), plotting.plot_layer_accuracy(layers))],
             tables=[("Layer table", table)],
         )
-    if explanations:
+    if explanations and not task.is_classification:
+        report.add_section("Local explanations", text=task_definition("local", task.name),
+                           **_task_explanations(explanations, task.name, plotting))
+    elif explanations:
         figs = [(f"Local explanation of input {i}: what each block's probe predicts, and where in the image the "
                  "evidence for the model's class lies (one colour scale across blocks).",
                  plotting.plot_local_explanation(e)) for i, e in enumerate(explanations)]
@@ -742,7 +872,17 @@ def build_report(
                       plotting.plot_filter_correlation(corr))],
             tables=[("Dead filters", pd.DataFrame({"filter": np.asarray(corr.dead_filters, dtype=int)}))],
         )
-    if assoc is not None:
+    if assoc is not None and not task.is_classification:
+        what = "label" if task.name == "multilabel" else "target"
+        report.add_section(
+            f"Filter-{what} association ({block})",
+            text=task_definition("association", task.name),
+            figures=[(f"Filter-{what} correlation: a filter with a strong positive value for one {what} and weak "
+                      f"ones for the others responds to that {what}.",
+                      plotting.plot_filter_class_association(assoc, class_names=list(interp.class_names)))],
+            tables=[("Association (long form)", assoc.to_frame())],
+        )
+    elif assoc is not None:
         report.add_section(
             f"Filter-class association ({block})",
             text=DEFINITIONS["association"],
@@ -754,7 +894,7 @@ def build_report(
     if imp is not None:
         report.add_section(
             f"Filter importance ({block})",
-            text=DEFINITIONS["importance"] + importance_notes(interp.graph, key, imp, engine),
+            text=importance_definition(task.name, imp.scoring) + importance_notes(interp.graph, key, imp, engine),
             figures=[("Permutation importance of the most important filters, with the spread over repeats: a bar "
                       "whose error bar reaches 0 is not distinguishable from noise.",
                       plotting.plot_filter_importance(imp))],
@@ -789,6 +929,81 @@ def build_report(
             tables=[("CKA between the two models", cmp.to_frame())],
         )
     return report
+
+
+def _label(name) -> str:
+    from .plotting.local import metric_label
+
+    return metric_label(name)
+
+
+def task_summary(interp, layers, n, with_layers) -> dict:
+    """The summary of a report on a multi-label, regression or segmentation model: its task and its metrics.
+
+    ``"model <headline>"`` is the model's own headline metric (AUROC, R^2, mean IoU) against the labels;
+    ``"best probe"`` says in words which block's probe reads the task best; ``"layer metrics"`` holds every
+    metric of the layer table per block (``{metric: {block: value}}``, the output row as ``"output"``).
+    """
+    task = interp.reader
+    what = {"multilabel": "labels", "regression": "targets"}.get(task.name, "classes")
+    head = layers.headline
+    values = np.asarray(layers.metric(head), np.float64)
+    summary = {
+        "model": interp.wrapped_model.name,
+        "parameters": int(interp.wrapped_model.count_params()),
+        "task": task.name,
+        what: list(interp.class_names),
+        "blocks": list(interp.block_names),
+        "samples evaluated": int(n),
+        f"model {_label(head)}": float(values[-1]) if layers.labelled else "no labels",
+    }
+    if not with_layers:
+        return summary
+    against = "" if layers.labelled else " (against the model's own outputs)"
+    probes = values[:-1]
+    summary[f"deepest probe {_label(head)}{against}"] = float(probes[-1])
+    if np.isfinite(probes).any():
+        higher = task.higher_is_better.get(head, True)
+        best = int(np.nanargmax(probes if higher else -probes))
+        line = f"the probe reaches {_label(head)} {probes[best]:.3g} at block {layers.blocks[best]!r}"
+        if layers.labelled and np.isfinite(values[-1]):
+            line += f" (the model: {values[-1]:.3g})"
+        summary["best probe" + against] = line
+    if "selectivity" in layers.metrics:
+        summary["deepest probe selectivity"] = float(layers.metrics["selectivity"][-2])
+    summary["layer metrics"] = {m: {b: float(v) for b, v in zip(layers.blocks, np.asarray(vals, np.float64))}
+                                for m, vals in layers.metrics.items()}
+    return summary
+
+
+def _layer_caption(layers) -> str:
+    head = _label(layers.headline)
+    text = (f"Probe {head} per block, shallow to deep; the dashed line is the model's own {head}. Where the probe "
+            "curve meets the model's line, the task is linearly readable from that block on.")
+    if layers.headline in layers.lower:
+        text += f" Error bars: {layers.confidence:.0%} bootstrap intervals over the evaluated samples."
+    elif layers.n_resamples:
+        text += f" {head} gets no bootstrap interval (a ranking metric); the table has those of the other metrics."
+    return text
+
+
+def _task_explanations(explanations, task, plotting) -> dict:
+    """The figures and tables of the local explanations of a multi-label, regression or segmentation model."""
+    figures, tables = [], []
+    for i, e in enumerate(explanations):
+        if task == "segmentation":
+            figures.append((f"Input {i}: the mask of every block's probe over the input, shallow to deep, then the "
+                            "model's; each title gives the mean IoU with the model's mask.", e.plot()))
+            tables.append((f"Input {i}: each block's mask against the model's (IoU, agreement, class fractions)",
+                           e.to_frame()))
+            continue
+        what = ("the probability each block's probe gives every label (a label is predicted at 0.5)"
+                if task == "multilabel" else "the value each block's probe predicts for every target")
+        figures.append((f"Local explanation of input {i}: {what}, and where in the input the evidence for the "
+                        "model's first output lies (one colour scale across blocks).",
+                        plotting.plot_local_explanation(e)))
+        tables.append((f"Input {i}: {what}, and the model's", e.to_frame()))
+    return {"figures": figures, "tables": tables}
 
 
 def check_sections(sections, has_compare: bool) -> set:

@@ -701,7 +701,8 @@ def resolve_output(graph, output=None, model_name="model", argname="output"):
                 "index of the one to interpret."
             )
         return keys[0], "auto"
-    if isinstance(output, str) and output in names:
+    if isinstance(output, str) and output in names and not (output in KINDS and len(keys) == 1):
+        # (a single output layer named "logits" still reads output="logits" as the kind, as before)
         return keys[names.index(output)], "auto"
     if isinstance(output, str) and output in KINDS:
         if len(keys) != 1:

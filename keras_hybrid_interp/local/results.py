@@ -357,7 +357,10 @@ class LayerTable:
         return frame
 
     def plot(self, ax=None, **kwargs):
-        """:func:`keras_hybrid_interp.plotting.plot_layer_accuracy` of this table."""
-        from ..plotting import plot_layer_accuracy
+        """:func:`keras_hybrid_interp.plotting.plot_layer_accuracy` of this table; a table with task metrics
+        (multi-label, regression, segmentation) draws :func:`~keras_hybrid_interp.plotting.plot_layer_metrics`."""
+        from ..plotting import plot_layer_accuracy, plot_layer_metrics
 
+        if self.metrics:
+            return plot_layer_metrics(self, ax=ax, **kwargs)
         return plot_layer_accuracy(self, ax=ax, **kwargs)

@@ -72,6 +72,7 @@ __all__ = [
     "evaluate_layers",
     "layer_predictions",
     "explain",
+    "explanation_from_maps",
 ]
 
 #: Output positions drawn per sample to fit the probes (see the module docstring).
@@ -541,7 +542,6 @@ def _mean_iou(t, p, k):
 def explain(interp, x) -> SegmentationExplanation:
     """The segmentation explanation of one input ``x`` (a sample, or a batch of one)."""
     interp.require_fitted()
-    task = interp.reader
     graph = interp.graph
     shape = tuple(graph.tensors[graph.input_keys[0]].shape[1:])
     x = np.asarray(x)
@@ -556,7 +556,17 @@ def explain(interp, x) -> SegmentationExplanation:
     moments = _pass.InputMoments()
     _pass.run(graph, interp.stream(x), collects + [moments])
     interp.check_drift(moments)
-    maps = [c.result() for c in collects]
+    return explanation_from_maps(interp, x[0], [c.result()[:1] for c in collects])
+
+
+def explanation_from_maps(interp, image, maps) -> SegmentationExplanation:
+    """The :class:`SegmentationExplanation` of one input from its raw maps (no pass).
+
+    ``maps`` is ``[block maps (1, *s, C) for each block] + [model output (1, *S, K)]``, as
+    ``interp.explanation_taps`` collects them in a pass (the report's); ``image`` the input.
+    """
+    task = interp.reader
+    x = np.asarray(image)[None]
     out = maps[-1]
     S = spatial_shape(out.shape)
     K = task.num_classes

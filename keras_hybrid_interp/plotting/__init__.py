@@ -29,11 +29,19 @@ from .global_ import (
     plot_filter_importance,
     plot_layer_similarity,
 )
-from .local import plot_layer_accuracy, plot_layer_predictions, plot_local_explanation, upsample, upsample_curve
+from .local import (
+    plot_layer_accuracy,
+    plot_layer_metrics,
+    plot_layer_predictions,
+    plot_local_explanation,
+    upsample,
+    upsample_curve,
+)
 from .training import plot_training_dynamics
 
 __all__ = [
     "plot_layer_accuracy",
+    "plot_layer_metrics",
     "plot_layer_predictions",
     "plot_local_explanation",
     "plot_filter_correlation",

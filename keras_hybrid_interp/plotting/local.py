@@ -164,6 +164,126 @@ def plot_layer_accuracy(table, *, ax=None, metrics=None, title=None):
     return ax
 
 
+#: How the task metrics of a layer table are named in plots and reports.
+METRIC_LABELS = {
+    "accuracy": "accuracy", "loss": "loss", "agreement": "agreement",
+    "auroc": "AUROC", "average_precision": "average precision", "f1": "micro F1", "hamming": "Hamming loss",
+    "r2": "R\u00b2", "mae": "MAE", "rmse": "RMSE",
+    "mean_iou": "mean IoU", "dice": "Dice", "pixel_accuracy": "pixel accuracy",
+    "selectivity": "selectivity",
+}
+
+
+def metric_label(name: str) -> str:
+    """The display name of a layer-table metric (``"r2"`` -> ``"R²"``, ``"control_auroc"`` -> ``"control AUROC"``)."""
+    if name.startswith("control_"):
+        return "control " + METRIC_LABELS.get(name[len("control_"):], name[len("control_"):])
+    return METRIC_LABELS.get(name, name)
+
+
+def plot_layer_metrics(table, *, metrics=None, ax=None, title=None):
+    """The task's metrics of a layer table, block by block: the headline first, with its interval.
+
+    For the tables of multi-label, regression and segmentation models
+    (:attr:`LayerTable.metrics`; a classification table draws
+    :func:`plot_layer_accuracy`). Each metric is one line over the blocks,
+    shallow to deep; where the table has a bootstrap interval for it
+    (``LayerTable.lower`` / ``upper``), error bars; the model's own value (the
+    ``output`` row) is a dashed reference line of the same colour.
+
+    Parameters
+    ----------
+    table : LayerTable
+        From :meth:`HybridInterpreter.evaluate_layers` (or the report's).
+    metrics : sequence of str, optional
+        Metric names of ``table.metrics``; default the headline only
+        (``table.headline``: AUROC, R², mean IoU), and the control probes'
+        headline when the table has it.
+    ax : matplotlib Axes, optional
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        Lines carry ``gid`` ``"<metric>"``, the model's reference line
+        ``"model_<metric>"``, the error bars ``"<metric>_ci"``.
+    """
+    for attr in ("blocks", "metrics", "headline", "lower", "upper"):
+        if not hasattr(table, attr):
+            raise TypeError("`table` must be the LayerTable of HybridInterpreter.evaluate_layers(); "
+                            f"{type(table).__name__} has no `{attr}`.")
+    available = dict(table.metrics)
+    if not available:
+        return plot_layer_accuracy(table, ax=ax, title=title)
+    if metrics is None:
+        metrics = (table.headline,) + tuple(m for m in (f"control_{table.headline}",) if m in available)
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = tuple(metrics)
+    bad = [m for m in metrics if m not in available]
+    if bad or not metrics:
+        raise ValueError(f"`metrics` must be a non-empty list of the table's metrics {list(available)}; "
+                         f"received {list(metrics)!r}.")
+    full_names = [str(b) for b in table.blocks]
+    is_out = np.array([b == "output" for b in full_names])
+    rows = np.flatnonzero(~is_out)
+    if len(rows) == 0:
+        raise ValueError("`table` has no block rows (only the 'output' row).")
+    scope = common_scope([full_names[i] for i in rows])
+    names = [ellipsize(full_names[i][len(scope):], 30) for i in rows]
+    x = np.arange(len(names))
+    longest = max(len(n) for n in names)
+    rotate = len(names) > 6 or longest * len(names) > 60
+    ax = new_ax(ax, (max(6.0, 0.5 * len(names) + 3.0), 4.4 if rotate else 4.0))
+    palette = sns.color_palette("deep", max(len(metrics), 3))
+    confidence = getattr(table, "confidence", None)
+    values_drawn, intervals = [], False
+    for j, m in enumerate(metrics):
+        v = np.asarray(available[m], dtype=float)
+        y = v[rows]
+        ax.plot(x, y, marker="os^vD"[j % 5], lw=2, ms=6, color=palette[j], gid=m, zorder=3,
+                ls="--" if m.startswith("control_") else "-", label=f"Probe {metric_label(m)}")
+        values_drawn.append(y)
+        if m in table.lower and m in table.upper:
+            low, high = np.asarray(table.lower[m], float)[rows], np.asarray(table.upper[m], float)[rows]
+            bars = ax.errorbar(x, y, yerr=np.vstack([np.clip(y - low, 0, None), np.clip(high - y, 0, None)]),
+                               fmt="none", ecolor=palette[j], elinewidth=1.5, capsize=3, zorder=3)
+            for part in bars.lines[2]:
+                part.set_gid(f"{m}_ci")
+            values_drawn += [low, high]
+            intervals = True
+        if is_out.any() and np.isfinite(v[is_out][-1]):
+            ref = float(v[is_out][-1])
+            ax.axhline(ref, ls="--", lw=1.5, color=palette[j], alpha=0.7, gid=f"model_{m}",
+                       label=f"Model {metric_label(m)} ({ref:.3g})", zorder=2)
+            values_drawn.append(np.array([ref]))
+    if intervals:
+        what = f"{confidence:.0%} bootstrap interval" if confidence else "bootstrap interval"
+        ax.plot([], [], ls="none", marker="|", ms=10, mew=1.5, color="0.3", label=f"Error bars: {what}")
+    finite = np.concatenate([np.ravel(a) for a in values_drawn])
+    finite = finite[np.isfinite(finite)]
+    bounded = all(m.split("control_")[-1] in ("auroc", "average_precision", "f1", "hamming", "mean_iou", "dice",
+                                              "pixel_accuracy", "agreement") for m in metrics)
+    if bounded:
+        ax.set_ylim(min(0.0, float(finite.min()) - 0.05) if finite.size else 0.0, 1.05)
+    if finite.size and finite.min() < 0:
+        ax.axhline(0.0, lw=0.8, color="0.6", zorder=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=40 if rotate else 0, ha="right" if rotate else "center",
+                       rotation_mode="anchor", fontsize=label_size(len(names), 10, 6))
+    ax.set_xlim(-0.4, len(names) - 0.6)
+    ax.set_xlabel(f"Block{' in ' + scope.rstrip('/') if scope else ''} (shallow \u2192 deep)")
+    ax.set_ylabel(", ".join(metric_label(m) for m in metrics))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    against = "against the labels" if getattr(table, "labelled", True) else "against the model's own outputs"
+    ax.legend(loc="best", fontsize=8.5, framealpha=0.9)
+    if title is None:
+        title = f"Layer-wise probe {metric_label(metrics[0])} ({against})"
+    ax.set_title(title)
+    return ax
+
+
 # ----------------------------------------------------------------------
 # Local: layer predictions over a set of inputs
 # ----------------------------------------------------------------------

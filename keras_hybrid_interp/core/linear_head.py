@@ -31,7 +31,10 @@ a float64 sigmoid of 1 - 1e-6 read by the loss's ``log(1 - p)`` would
 otherwise differ from the model's float32 one by far more than its rounding).
 The outputs therefore agree with the pooled-head engine's to float32 rounding
 of the logits (about ``1e-7`` of the size of the dot products' terms:
-probabilities and losses within ``1e-6``), and a sample's predicted class
+probabilities and losses within ``1e-6``; a loss through a saturated sigmoid
+reads ``log(1 - p)`` of a float32 ``p`` and agrees only to that rounding,
+amplified by ``1 / (1 - p)``, as the backends' own heads do among themselves),
+and a sample's predicted class
 agrees except where its two largest outputs are within that rounding of each
 other (a near tie). **Tie rule**: such near ties are resolved by the float64
 arithmetic rounded once here, by the model's float32 kernels there; an exact

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -141,7 +142,8 @@ def split_train_test(labels, n, test_fraction, seed, *, label_flag="--y-key"):
     With ``labels`` (class indices of shape (n,)) the split is stratified:
     both parts keep the class proportions, so that data sorted by class
     still gives probes that see every class. ``labels=None`` (unlabeled
-    data) only shuffles. ``test_fraction`` of the samples, rounded up as
+    data, or a model that is not a classifier: multi-label, regression,
+    segmentation) only shuffles. ``test_fraction`` of the samples, rounded up as
     scikit-learn does, are held out; ``seed`` makes the split repeatable.
     Raises :class:`CLIError` (one line) for a single class, a class with
     fewer than two samples, and parts too small to hold every class.
@@ -217,24 +219,33 @@ def run_analyze(args) -> int:
         ) from None
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc).replace("`MODEL`", "MODEL")) from None
+    task, output = args.task, _output_arg(args.output)
     if isinstance(model, HybridInterpreter):
         _log(f"{args.model} holds a saved HybridInterpreter: analysing its model {model.wrapped_model.name!r} "
              "(the probes are fitted again).", args.quiet)
         if not args.blocks:
             args.blocks = list(model.block_names)
+        if task == "auto":  # the saved interpreter knows its task
+            task = model.task
         model = model.wrapped_model
     blocks = args.blocks if args.blocks else "auto"
     try:
-        interp = HybridInterpreter(model, blocks=blocks)
+        interp = HybridInterpreter(model, blocks=blocks, task=task, output=output)
         # Check the whole arrays against the model before splitting them, so that
         # errors name the .npz arrays and their full shapes.
         interp.stream(x, y)
-        labels = None if y is None else to_class_indices(y, interp.num_classes, argname="y")
+        classes = interp.reader.is_classification
+        if y is not None and not classes:  # the task's targets: 0/1 labels, finite values, masks (checked)
+            interp.reader.targets(y, argname="y")
+        labels = None if y is None or not classes else to_class_indices(y, interp.num_classes, argname="y")
         train, test = split_train_test(labels, len(x), args.test_fraction, args.seed,
                                        label_flag=f"--y-key array {args.y_key!r}")
         if y is None:
             _log("No labels (--y-key ''): the probes learn the model's own predictions.", args.quiet)
-        how = "stratified by label, shuffled" if y is not None else "shuffled"
+        if not classes:
+            _log(f"Task: {interp.task} ({interp.num_classes} "
+                 f"{ {'multilabel': 'labels', 'regression': 'targets'}.get(interp.task, 'classes') }).", args.quiet)
+        how = "stratified by label, shuffled" if labels is not None else "shuffled"
         _log(f"Fitting probes on {len(train)} samples, evaluating on {len(test)} ({how}, --seed {args.seed})...",
              args.quiet)
         y_train, y_test = (None, None) if y is None else (y[train], y[test])
@@ -246,8 +257,18 @@ def run_analyze(args) -> int:
         _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed)
     except (TypeError, ValueError) as exc:
         msg = str(exc).replace("`x`", f"--x-key array {args.x_key!r}")
+        # The interpreter's `task` / `output` (and task='...' advice) are this command's --task / --output.
+        msg = re.sub(r"`(task|output)`(=?)", lambda m: f"--{m.group(1)}" + (" " if m.group(2) else ""), msg)
+        msg = re.sub(r"(?<![-\w])(task|output)=", r"--\1 ", msg)
         raise CLIError(msg.replace("`y`", f"--y-key array {args.y_key!r}")) from None
     return 0
+
+
+def _output_arg(value):
+    """``--output``: an output's name, or its index (digits)."""
+    if value is None:
+        return "auto"
+    return int(value) if value.lstrip("-").isdigit() else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,10 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--x-key", default="x", help="name of the image array in the .npz (default x)")
     ana.add_argument("--y-key", default="y", help="name of the label array (default y; '' for none)")
     ana.add_argument("--blocks", nargs="+", default=None, help="layer names of the blocks (default: automatic)")
+    ana.add_argument("--task", default="auto",
+                     help="what the model's output means: auto (default: softmax -> multiclass, one sigmoid -> binary, "
+                     "K sigmoids -> multilabel, a spatial map -> segmentation), multiclass, binary, multilabel, "
+                     "regression or segmentation (linear units need it). The .npz's y has the task's shape: (N,) "
+                     "class indices or (N, K) one-hot; (N, K) 0/1 labels; (N,) or (N, K) floats; (N, H, W) masks")
+    ana.add_argument("--output", default=None,
+                     help="for a model with several outputs: the name or index of the one to interpret")
     ana.add_argument("--out", required=True, help="folder for the report")
     ana.add_argument("--test-fraction", type=float, default=0.3,
-                     help="fraction of the samples held out for evaluation and the report, drawn at random and "
-                     "stratified by label, so every class is in both parts (default 0.3)")
+                     help="fraction of the samples held out for evaluation and the report, drawn at random "
+                     "(stratified by label for a classifier, so every class is in both parts; shuffled only for the "
+                     "other tasks) (default 0.3)")
     ana.add_argument("--seed", type=int, default=0,
                      help="random seed of the train/test split and the report's permutations (default 0)")
     ana.add_argument("--unsafe", action="store_true",

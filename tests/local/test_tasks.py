@@ -159,11 +159,11 @@ def test_regression_layer_table_equals_sklearn_and_bootstrap_equals_a_slow_refer
         assert table.metrics["rmse"][i] == pytest.approx(np.sqrt(mean_squared_error(ye, pred)), abs=1e-4)
         assert table.loss[i] == pytest.approx(mean_squared_error(ye, pred), abs=1e-4)
     out = model.predict(x[60:], verbose=0).astype(np.float64)
-    assert table.metrics["r2"][-1] == pytest.approx(r2_score(ye, out), abs=1e-9)
+    assert table.metrics["r2"][-1] == pytest.approx(r2_score(ye, out), abs=1e-6)  # float32 outputs, other batches
     # The Poisson bootstrap: the same weights drawn sample by sample in stream order, whatever the batch size
-    # (sums in another order: equal to rounding).
+    # (features of other batch shapes may differ in float32 rounding on JAX: equal to that).
     for m in ("r2", "mae", "rmse", "loss"):
-        np.testing.assert_allclose(table.lower[m], same.lower[m], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(table.lower[m], same.lower[m], rtol=1e-5, atol=1e-7)
     w = np.random.default_rng(5).poisson(1.0, size=(len(ye), 200)).astype(np.float64)
     ok = w.sum(axis=0) > 0
     w = w[:, ok]

@@ -339,7 +339,8 @@ class InterpretationCallback(keras.callbacks.Callback):
         self.random_state_ = resolve_entropy(random_state)
         self.importance_random_state_ = None
         self._x_arg, self._y_arg = self._unpack(validation_data)
-        as_stream(self._x_arg, self._y_arg, argname="validation_data")  # kind and label length, early
+        if not isinstance(self._x_arg, (list, dict)):  # several inputs are checked against the model's inputs later
+            as_stream(self._x_arg, self._y_arg, argname="validation_data")  # kind and label length, early
 
         self._rows: list[tuple] = []
         self._interp = None

@@ -58,32 +58,31 @@ CHUNK_BYTES = 16 * 2**20
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, float64; each row's result depends on that row alone (same order of operations).
+    """Softmax over axis -2 of class-major logits ``(..., K, n)``, float64, in place.
 
-    For few classes the row maximum and sum go column by column (element-wise
-    over the rows): NumPy's reductions over a short last axis were 5-15x slower.
+    Each sample's result depends on its own logits alone, always by the same
+    operations in the same order (the maximum and the sum go class by class,
+    element-wise over the samples: NumPy's reductions over a short axis were
+    several times slower), so a job that leaves the logits unchanged gets the
+    baseline's probabilities bit for bit.
     """
-    k = z.shape[-1]
-    if k > 64:
-        e = np.exp(z - z.max(axis=-1, keepdims=True))
-        e /= e.sum(axis=-1, keepdims=True)
-        return e
-    m = z[..., 0].copy()
+    k = z.shape[-2]
+    m = z[..., 0, :].copy()
     for i in range(1, k):
-        np.maximum(m, z[..., i], out=m)
-    e = z - m[..., None]
-    np.exp(e, out=e)
-    s = e[..., 0].copy()
+        np.maximum(m, z[..., i, :], out=m)
+    z -= m[..., None, :]
+    np.exp(z, out=z)
+    s = z[..., 0, :].copy()
     for i in range(1, k):
-        s += e[..., i]
-    e /= s[..., None]
-    return e
+        s += z[..., i, :]
+    z /= s[..., None, :]
+    return z
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     from scipy.special import expit
 
-    return expit(z)
+    return expit(z, out=z)
 
 
 _ACTIVATIONS = {"softmax": _softmax, "sigmoid": _sigmoid, "linear": lambda z: z}
@@ -106,9 +105,18 @@ class LinearHead:
         self.head = head
         self.activation = head.activation
         self.dtype = np.dtype(getattr(head, "dtype", "float32"))
-        act = _ACTIVATIONS[head.activation]
-        # Activation in float64, then the model's output dtype: the outputs are rounded as the model's are.
-        self.activate: Callable[[np.ndarray], np.ndarray] = lambda z: act(z).astype(self.dtype, copy=False)
+        self.act: Callable[[np.ndarray], np.ndarray] = _ACTIVATIONS[head.activation]
+
+    def activate(self, zt: np.ndarray) -> np.ndarray:
+        """The model's outputs ``(..., n, K)`` in its output dtype, from class-major float64 logits ``(..., K, n)``.
+
+        The activation runs in float64 (in place), then the outputs are rounded once to the model's
+        output dtype, as the model's own outputs are, and laid out sample-major (C-contiguous).
+        """
+        zt = self.act(zt)
+        out = np.empty(zt.shape[:-2] + (zt.shape[-1], zt.shape[-2]), dtype=self.dtype)
+        out[...] = np.swapaxes(zt, -1, -2)
+        return out
 
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(kernel (C, K), bias (K,))`` of the Dense layer as they are now, float64."""
@@ -123,7 +131,8 @@ class LinearHead:
     def outputs(self, pooled: np.ndarray) -> np.ndarray:
         """The model's outputs (n, K) on pooled features ``pooled`` (n, C), in the output's dtype."""
         w, b = self.weights()
-        return self.activate(np.asarray(pooled, dtype=np.float64) @ w + b)
+        z = np.asarray(pooled, dtype=np.float64) @ w + b
+        return self.activate(np.ascontiguousarray(z.T))
 
     def run(self, pooled: np.ndarray, jobs: Sequence, score: Callable[[np.ndarray], float],
             chunk_bytes: int = CHUNK_BYTES, progress=None) -> np.ndarray:
@@ -142,8 +151,11 @@ class LinearHead:
         x32 = pooled.reshape(n, -1)
         x = x32.astype(np.float64)
         w, b = self.weights()
-        z0 = x @ w + b
-        n_out = z0.shape[1]
+        # Class-major layouts, (K, n) and (J, K, n): each class's row of samples is contiguous, so the
+        # update, the activation and its per-class maximum and sum run on long contiguous rows.
+        z0t = np.ascontiguousarray((x @ w + b).T)
+        xt = np.ascontiguousarray(x.T)  # (C, n)
+        n_out = z0t.shape[0]
         scores = np.empty(len(jobs), dtype=np.float64)
         rows = np.arange(n)
         i = 0
@@ -156,32 +168,32 @@ class LinearHead:
                 j += 1
             chunk = jobs[i:j]
             ch = np.stack([np.asarray(job.channels, dtype=np.int64) for job in chunk])  # (J, k)
-            # The perturbed pooled features of the chunk's channels, (J, n, k): gathered at once.
-            src = np.empty((len(chunk), n), dtype=np.int64)
+            # The perturbed pooled features of the chunk's channels, (J, k, n): gathered at once.
+            src = np.empty((len(chunk), 1, n), dtype=np.int64)
             fills = []
             for t, job in enumerate(chunk):
                 if job.kind == "permute":
-                    src[t] = job.perm() if callable(job.perm) else job.perm
+                    src[t, 0] = job.perm() if callable(job.perm) else job.perm
                 elif job.kind in ("fill", "none"):
-                    src[t] = rows
+                    src[t, 0] = rows
                     if job.kind == "fill":
                         # Cast to the cache's dtype first, as the engines write a fill into their buffers.
                         value = np.broadcast_to(np.asarray(job.fill).astype(x32.dtype), (k,))
                         fills.append((t, value.astype(np.float64)))
                 else:  # pragma: no cover - internal
                     raise ValueError(job.kind)
-            old = x[rows[None, :, None], ch[:, None, :]]  # (J, n, k)
-            new = x[src[:, :, None], ch[:, None, :]]
+            old = xt[ch]  # (J, k, n)
+            new = np.take_along_axis(old, np.broadcast_to(src, old.shape), axis=2)
             for t, value in fills:
-                new[t] = value
+                new[t] = value[:, None]
             delta = new - old
-            wg = w[ch]  # (J, k, K)
+            wgt = np.swapaxes(w[ch], 1, 2)  # (J, K, k)
             if k == 1:
-                z = delta * wg  # (J, n, 1) * (J, 1, K)
+                zt = wgt * delta  # (J, K, 1) * (J, 1, n)
             else:
-                z = np.matmul(delta, wg)
-            z += z0
-            out = self.activate(z)
+                zt = np.matmul(wgt, delta)
+            zt += z0t
+            out = self.activate(zt)  # (J, n, K)
             for t in range(len(chunk)):
                 scores[i + t] = float(score(out[t]))
             i = j

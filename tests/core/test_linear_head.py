@@ -354,3 +354,27 @@ def test_a_saturated_sigmoid_loss_agrees_to_the_rounding_of_the_float32_probabil
         assert diff <= 1e-6 + bound, (job.kind, job.channels, diff, bound)
         saturated = max(saturated, bound)
     assert saturated > 1e-5  # the case is one where 1e-6 could not hold
+
+
+def test_softmax_of_large_logits_is_stable():
+    """Logits of size 1e3 (exp overflows beyond 709): the probabilities equal SciPy's softmax, finite."""
+    from scipy.special import softmax
+
+    from keras_hybrid_interp.core.graph import DenseHead
+    from keras_hybrid_interp.core.linear_head import LinearHead
+
+    rng = np.random.default_rng(0)
+    dense = layers.Dense(K, activation="softmax")
+    dense.build((None, C))
+    w = (rng.normal(size=(C, K)) * 300).astype("float32")
+    dense.set_weights([w, np.zeros(K, "float32")])
+    head = LinearHead(DenseHead(dense, "softmax", 0, "float32"))
+    pooled = rng.normal(size=(N, C)).astype("float32")
+    jobs = [Job(np.array([c]), "permute", perm=job_permutation(0, c, 0, N)) for c in range(C)]
+    outs = []
+    head.run(pooled, jobs, lambda out: outs.append(out.copy()) or 0.0)
+    for job, out in zip(jobs, outs):
+        xp = pooled.astype(np.float64)
+        xp[:, job.channels] = xp[job.perm][:, job.channels]
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, softmax(xp @ w.astype(np.float64), axis=1), rtol=2 ** -23, atol=1e-30)

@@ -35,7 +35,8 @@ def _code_cells(nb):
 def test_there_are_tutorials():
     names = [p.name for p in TUTORIALS]
     assert {"01_quickstart.ipynb", "02_global_analysis.ipynb", "03_transfer_learning.ipynb",
-            "05_filter_atlas.ipynb", "06_signals_1d.ipynb", "07_volumes_3d.ipynb"} <= set(names)
+            "05_filter_atlas.ipynb", "06_signals_1d.ipynb", "07_volumes_3d.ipynb", "08_multilabel_signals.ipynb",
+            "09_segmentation_unet.ipynb", "10_regression_blobs.ipynb"} <= set(names)
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)

@@ -127,14 +127,14 @@ class GlobalAnalyzer:
         self.block_names = [g.tensors[k].name for k in self.block_keys]
         k = None if self.reader is None else self.reader.num_outputs
         self.class_names = None if k is None else (
-            [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)])
+            [str(c) for c in class_names] if class_names is not None else self.reader.default_names())
         self._engines: dict[int, TailEngine] = {}
 
     # ------------------------------------------------------------------
     @property
     def blocks(self):
         """The default blocks (:class:`Block` list)."""
-        return [self.graph.block_info(k) for k in self.block_keys]
+        return _blocks.block_infos(self.graph, self.block_keys)
 
     def __repr__(self):
         return f"GlobalAnalyzer(model={self.graph.model.name!r}, blocks={self.block_names})"

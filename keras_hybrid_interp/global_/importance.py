@@ -410,7 +410,9 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     # tail pass (a pooled cache could differ from the constant in its last bits, batch by batch).
     keeps_dead = request.method == "permutation" or (request.method == "ablation"
                                                      and request.ablation_value == "mean")
-    unchanged = np.array([keeps_dead and bool(np.isin(ch, dead).all()) for ch in request.chan_sets], dtype=bool)
+    is_dead = np.zeros(engine.channels, dtype=bool)  # a mask: np.isin per group took 0.15 s at 2,048 filters
+    is_dead[np.asarray(dead, dtype=np.int64)] = True
+    unchanged = np.array([keeps_dead and bool(is_dead[ch].all()) for ch in request.chan_sets], dtype=bool)
     n_jobs = max(1, int((~unchanged).sum()) * request.n_repeats)  # the passes' shape: the baseline's too
     # Baseline outputs (also the labels when none are given), in passes shaped like the jobs'.
     base = engine.baseline_outputs(cache, n_jobs, request.perturbations_per_eval, **kw)

@@ -78,3 +78,45 @@ def unet(size=32, classes=3, name="unet"):
     d1 = layers.Conv2D(8, 3, padding="same", activation="relu", name="dec1_conv2")(d1)
     out = layers.Conv2D(classes, 1, activation="softmax", name="mask")(d1)
     return keras.Model(inp, out, name=name)
+
+
+def unet_nd(rank=1, size=32, classes=3, levels=2, transpose=False, batchnorm=False, free=False, sigmoid=False,
+            name=None):
+    """A standard U-Net of ``rank`` 1, 2 or 3 (Conv1D/2D/3D), random init: for block discovery and end-to-end runs.
+
+    ``levels`` poolings, two convolutions per level (the second as conv + BatchNormalization + Activation when
+    ``batchnorm``), upsampling by UpSampling or by a strided ConvTranspose (``transpose``), a Concatenate of each
+    encoder map into the decoder, a 1x1 head (softmax over ``classes``, or one sigmoid unit when ``sigmoid``).
+    ``free``: spatial axes of size None. Layer names: enc{i}_out, bott_out, dec{i}_out are the planted block ends.
+    """
+    conv = {1: layers.Conv1D, 2: layers.Conv2D, 3: layers.Conv3D}[rank]
+    pool = {1: layers.MaxPooling1D, 2: layers.MaxPooling2D, 3: layers.MaxPooling3D}[rank]
+    up = {1: layers.UpSampling1D, 2: layers.UpSampling2D, 3: layers.UpSampling3D}[rank]
+    tconv = {1: layers.Conv1DTranspose, 2: layers.Conv2DTranspose, 3: layers.Conv3DTranspose}[rank]
+    init = keras.initializers.GlorotUniform(seed=1)
+
+    def double(x, f, tag):
+        x = conv(f, 3, padding="same", activation="relu", kernel_initializer=init, name=f"{tag}_conv1")(x)
+        if batchnorm:
+            x = conv(f, 3, padding="same", kernel_initializer=init, name=f"{tag}_conv2")(x)
+            x = layers.BatchNormalization(name=f"{tag}_bn")(x)
+            return layers.Activation("relu", name=f"{tag}_out")(x)
+        return conv(f, 3, padding="same", activation="relu", kernel_initializer=init, name=f"{tag}_out")(x)
+
+    inp = keras.Input(((None,) if free else (size,)) * rank + (1,))
+    x, skips = inp, []
+    for i in range(1, levels + 1):
+        x = double(x, 4 * i, f"enc{i}")
+        skips.append(x)
+        x = pool(2, name=f"enc{i}_pool")(x)
+    x = double(x, 4 * (levels + 1), "bott")
+    for i in range(levels, 0, -1):
+        if transpose:
+            x = tconv(4 * i, 2, strides=2, padding="same", kernel_initializer=init, name=f"dec{i}_up")(x)
+        else:
+            x = up(2, name=f"dec{i}_up")(x)
+        x = layers.Concatenate(name=f"dec{i}_cat")([x, skips[i - 1]])
+        x = double(x, 4 * i, f"dec{i}")
+    out = conv(1 if sigmoid else classes, 1, activation="sigmoid" if sigmoid else "softmax",
+               kernel_initializer=init, name="mask")(x)
+    return keras.Model(inp, out, name=name or f"unet{rank}d")

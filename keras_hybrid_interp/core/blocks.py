@@ -20,7 +20,10 @@ import keras
 from . import health as _health
 from .graph import RANKS_TEXT, ModelGraph, abbrev, is_feature_map
 
-__all__ = ["MAX_CONVS_WITHOUT_CUT", "cut_points", "discover_blocks", "select_blocks"]
+__all__ = [
+    "MAX_CONVS_WITHOUT_CUT", "EncoderDecoder", "block_infos", "cut_points", "discover_blocks", "encoder_decoder",
+    "select_blocks", "spatial_levels",
+]
 
 #: A stretch of graph without a single cut point that holds more convolutions
 #: than this is treated as a chain of cells (NASNet): see ``discover_blocks``.
@@ -89,6 +92,180 @@ def cut_points(graph) -> list[int]:
         if relevant[k] and cover[k] == 0 and k not in graph.input_keys
     ]
 
+class EncoderDecoder:
+    """The encoder-decoder structure of a graph (:func:`encoder_decoder`).
+
+    Attributes
+    ----------
+    levels : list
+        Per tensor key, the log2 of its downsampling factor relative to the
+        input (the mean over the spatial axes; 0 at the input, 1 after a 2x2
+        pooling), or None for a tensor without spatial axes.
+    decoder : list of bool
+        Per tensor key, whether it lies after an upsampling (on the way up).
+    bottleneck_level : float
+        The deepest level reached on the way down.
+    """
+
+    def __init__(self, levels, decoder, bottleneck_level):
+        self.levels = levels
+        self.decoder = decoder
+        self.bottleneck_level = bottleneck_level
+
+    def stage(self, k) -> str | None:
+        """``"encoder"``, ``"bottleneck"`` or ``"decoder"`` for tensor ``k``; None for one without spatial axes."""
+        if self.levels[k] is None:
+            return None
+        if self.decoder[k]:
+            return "decoder"
+        return "bottleneck" if self.levels[k] >= self.bottleneck_level - LEVEL_TOL else "encoder"
+
+
+#: Tolerance when comparing the levels of :class:`EncoderDecoder` (log2 units).
+LEVEL_TOL = 1e-6
+
+
+def spatial_levels(graph, relevant=None) -> list:
+    """Per tensor key, log2 of its downsampling factor relative to the input (see :class:`EncoderDecoder`).
+
+    Propagated in graph order from the operations, so free spatial sizes
+    (``keras.Input((None, None, 1))``) are no obstacle: a convolution or
+    pooling adds the log2 of its strides, an upsampling (``UpSampling``,
+    ``Conv...Transpose``) subtracts the log2 of its factor, an operation
+    with one input whose static spatial size changes otherwise (``Resizing``)
+    adds the log2 of the ratio of the sizes, and every other operation keeps
+    the level of its first input with one (a merge, an activation). A tensor
+    whose rank is not a feature map's has none.
+    """
+    import math
+
+    n = len(graph.tensors)
+    levels: list = [None] * n
+    for k in graph.input_keys:
+        if is_feature_map(graph.tensors[k].shape):
+            levels[k] = 0.0
+    for o in graph.ops:
+        ins = [i for i in o.inputs if levels[i] is not None and (relevant is None or relevant[i])]
+        for k in o.outputs:
+            shape = graph.tensors[k].shape
+            if not ins or not is_feature_map(shape):
+                continue
+            first = ins[0]
+            lv = levels[first]
+            up = graph.upsampling(o)
+            win = graph.window(o)
+            in_shape = graph.tensors[first].shape
+            if len(in_shape) != len(shape):
+                continue  # a reshape to another rank: no level
+            if up is not None:
+                lv -= sum(math.log2(f) for f in up) / len(up)
+            elif win is not None:
+                lv += sum(math.log2(s) for s in win.strides) / len(win.strides)
+            elif len(ins) == 1:
+                a, b = in_shape[1:-1], shape[1:-1]
+                if all(d is not None for d in a + b) and tuple(a) != tuple(b) and all(d > 0 for d in a + b):
+                    lv += sum(math.log2(x / y) for x, y in zip(a, b)) / len(a)
+            levels[k] = lv
+    return levels
+
+
+def encoder_decoder(graph) -> EncoderDecoder | None:
+    """The encoder-decoder structure of a single-input network, or None when it has none.
+
+    A network is an encoder-decoder (a U-Net, with or without skip
+    connections; an autoencoder) when, on some input-to-output path before
+    any classifier head, the spatial size goes down and then up again: an
+    upsampling (``UpSampling1D/2D/3D``, ``Conv1D/2D/3DTranspose`` with
+    strides, or a resizing) whose input lies below the input's resolution.
+    No ``keras.applications`` classifier has one. Models with several
+    inputs are left to the other rules.
+    """
+    if len(graph.input_keys) != 1:
+        return None
+    relevant = relevant_mask(graph)
+    levels = spatial_levels(graph, relevant)
+    n = len(graph.tensors)
+    head = [False] * n
+    decoder = [False] * n
+    found = False
+    for o in graph.ops:
+        if head_op := (graph.starts_head(o) or any(head[i] for i in o.inputs)):
+            for k in o.outputs:
+                head[k] = True
+        if head_op or not any(relevant[k] for k in o.outputs):
+            continue
+        ins = [i for i in o.inputs if relevant[i] and levels[i] is not None]
+        up = bool(ins) and any(
+            levels[k] is not None and levels[k] < levels[ins[0]] - LEVEL_TOL for k in o.outputs
+        ) and levels[ins[0]] > LEVEL_TOL
+        found |= up
+        if up or any(decoder[i] for i in o.inputs):
+            for k in o.outputs:
+                decoder[k] = True
+    if not found:
+        return None
+    down = [levels[k] for k in range(n) if relevant[k] and not decoder[k] and not head[k] and levels[k] is not None]
+    return EncoderDecoder(levels, decoder, max(down))
+
+
+def encoder_decoder_ends(graph, ed: EncoderDecoder) -> tuple[list[int], list[str]]:
+    """Block ends of an encoder-decoder network (rule 5 of :func:`discover_blocks`)."""
+    relevant = relevant_mask(graph)
+    n = len(graph.tensors)
+    conv_before = [False] * n
+    for o in graph.ops:
+        c = graph.is_conv(o) or any(conv_before[i] for i in o.inputs)
+        for k in o.outputs:
+            conv_before[k] = c
+    # The output head: the outputs, and the tensors before them through single-input
+    # operations that are no convolution, up to the output of the last convolution.
+    head = set()
+    for out in graph.output_keys:
+        k = out
+        head.add(k)
+        while graph.tensors[k].producer is not None:
+            o = graph.ops[graph.tensors[k].producer]
+            ins = [i for i in o.inputs if relevant[i]]
+            if graph.is_conv(o) or graph.starts_head(o) or len(ins) != 1:
+                break
+            k = ins[0]
+            head.add(k)
+    after_head = [False] * n  # a classifier head after a global pooling
+    for o in graph.ops:
+        if graph.starts_head(o) or any(after_head[i] for i in o.inputs):
+            for k in o.outputs:
+                after_head[k] = True
+    cands = [
+        k for k in range(n)
+        if relevant[k] and k not in graph.input_keys and k not in head and not after_head[k]
+        and is_map(graph, k) and conv_before[k] and ed.levels[k] is not None
+    ]
+    last: dict = {}
+    for k in cands:  # graph order: the last tensor at each (part, level) wins
+        last[(ed.decoder[k], round(ed.levels[k] / LEVEL_TOL))] = k
+    ends = sorted(last.values())
+    counts = {s: sum(1 for k in ends if ed.stage(k) == s) for s in ("encoder", "bottleneck", "decoder")}
+    notes = [
+        f"Model {graph.model.name!r} is an encoder-decoder network (its spatial size goes down, then up "
+        f"again): its blocks are the last tensor at each spatial size on the way down ({counts['encoder']} "
+        f"encoder blocks), the bottleneck ({counts['bottleneck']}) and the last tensor at each size on the way "
+        f"up, after the merge and its convolutions ({counts['decoder']} decoder blocks). Encoder blocks read by "
+        "a skip connection are not cut points."
+    ]
+    return ends, notes
+
+
+def block_infos(graph, keys) -> list:
+    """:class:`~.graph.Block` of each key, with its ``stage`` in an encoder-decoder network."""
+    import dataclasses
+
+    infos = [graph.block_info(k) for k in keys]
+    ed = encoder_decoder(graph)
+    if ed is None:
+        return infos
+    return [dataclasses.replace(b, stage=ed.stage(k)) for b, k in zip(infos, keys)]
+
+
 def discover_blocks(graph) -> tuple[list[int], list[str]]:
     """Automatic block ends. Returns (tensor keys, notes explaining the choice).
 
@@ -130,6 +307,19 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
        no convolution between them the deeper is kept, as in 3. They are
        not cut points, and a note says so.
 
+    5. An encoder-decoder network (:func:`encoder_decoder`: a U-Net,
+       whose skip connections, a ``Concatenate`` of each encoder map into
+       the decoder, leave no cut point but the last merge; an autoencoder)
+       replaces rules 1 to 4: its blocks are the last tensor at each
+       spatial size on the way down (``stage="encoder"``), the last tensor
+       at the deepest size (``"bottleneck"``), and the last tensor at each
+       size on the way up (``"decoder"``: after the upsampling, the merge
+       with the skip and the convolutions), each a feature map after a
+       convolution. The output head (the output, back through
+       single-input operations to the last convolution's output, such as
+       a 1x1 ``Conv2D`` with a softmax) is no block. Encoder blocks are
+       not cut points: the tail engine caches what crosses them (the skip).
+
     A model with several inputs: rules 1 to 4 run on the *branch* of every
     input whose shape is a feature map (an image, signal or volume; a
     tabular input of shape (batch, features) has no branch and no block),
@@ -138,7 +328,10 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
     for the blocks after the branches merge (every path from every input
     passes through them). Each block's ``branch`` names its input(s).
     """
-    if len(graph.input_keys) > 1:
+    ed = encoder_decoder(graph)
+    if ed is not None:
+        ends, notes = encoder_decoder_ends(graph, ed)
+    elif len(graph.input_keys) > 1:
         ends, notes = branch_ends(graph)
     else:
         ends, notes = natural_ends(graph)
@@ -435,4 +628,4 @@ def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
             keys.append(k)
         keys.sort()
     names = [graph.tensors[k].name for k in keys]
-    return keys, names, [graph.block_info(k) for k in keys]
+    return keys, names, block_infos(graph, keys)

@@ -236,6 +236,12 @@ class Block:
         Models with several inputs: the first input of ``branch`` that is a
         feature map (an image, signal or volume, not a tabular vector), the
         one the atlas and the explanations draw. None for a single-input model.
+    stage : str or None
+        Encoder-decoder networks (a U-Net, an autoencoder: the spatial size
+        goes down, then up again): ``"encoder"``, ``"bottleneck"`` or
+        ``"decoder"``, the part of the network the block lies in (see
+        :func:`~keras_hybrid_interp.core.blocks.encoder_decoder`). None for
+        other networks.
     """
 
     name: str
@@ -244,6 +250,7 @@ class Block:
     depth: int
     branch: str | None = None
     image_input: str | None = None
+    stage: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1089,6 +1096,24 @@ class ModelGraph:
             return None
         n = len(pads)
         return Window((1,) * n, (1,) * n, (1,) * n, pads)
+
+    def upsampling(self, o: OpNode) -> tuple | None:
+        """Per spatial axis, the factor by which ``o`` enlarges its input, or None when ``o`` is no upsampling.
+
+        ``UpSampling1D/2D/3D`` (their ``size``) and ``Conv1D/2D/3DTranspose``
+        (their ``strides``), read from their public attributes; a factor of 1
+        on every axis is no upsampling (None).
+        """
+        op = o.op
+        if isinstance(op, (keras.layers.UpSampling1D, keras.layers.UpSampling2D, keras.layers.UpSampling3D)):
+            value, n = op.size, {keras.layers.UpSampling1D: 1, keras.layers.UpSampling2D: 2}.get(type(op), 3)
+        elif isinstance(op, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                             keras.layers.Conv3DTranspose)):
+            value, n = op.strides, len(op.kernel_size)
+        else:
+            return None
+        factors = tuple(int(v) for v in _per_axis(value, n))
+        return factors if any(f > 1 for f in factors) else None
 
     def data_format(self, o: OpNode) -> str:
         """``o``'s ``data_format`` attribute ("channels_last" when it has none)."""

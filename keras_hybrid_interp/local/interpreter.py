@@ -74,6 +74,8 @@ class BlockList(Sequence):
         })
         if any(getattr(b, "branch", None) is not None for b in self):  # a model with several inputs
             frame["branch"] = [b.branch for b in self]
+        if any(getattr(b, "stage", None) is not None for b in self):  # an encoder-decoder network (a U-Net)
+            frame["stage"] = [b.stage for b in self]
         return frame
 
 

@@ -153,3 +153,34 @@ def test_taylor_uses_the_tasks_loss():
                                                                  taylor="abs_per_sample")
         np.testing.assert_allclose(res.importances[:, 0], np.abs(z).mean(axis=0), rtol=2e-4, atol=1e-8)
         assert np.abs(z).max() > 1e-4
+
+
+@pytest.mark.parametrize("which", ["multilabel", "regression"])
+def test_the_last_blocks_closed_form_head_scores_the_task_as_a_full_rerun(which, multilabel, regression):
+    # GAP -> Dense after the block: the closed-form linear head (or the pooled head) replaces the tail.
+    model, x, y = multilabel if which == "multilabel" else regression
+    head = model.layers[-1]
+    inp = model.input
+    last = keras.Model(inp, head.__class__.from_config(head.get_config())(
+        layers.GlobalAveragePooling2D()(model.get_layer("after").output)))
+    last.layers[-1].set_weights(head.get_weights())
+    ga = GlobalAnalyzer(last, task="auto" if which == "multilabel" else "regression")
+    key = ga.graph.resolve("after")
+    assert type(ga.engine(key)).__name__ != "TailEngine"  # a shortcut is taken
+    base = last.predict_on_batch(x).astype(np.float64)
+    scoring = "average_precision" if which == "multilabel" else "r2"
+    perm = ga.filter_importance(x, y, block="after", n_repeats=2, random_state=1, scoring=scoring)
+    abl = ga.filter_importance(x, y, block="after", method="ablation", ablation_value="mean", scoring="loss")
+    for c in range(4):
+        for r in range(2):
+            p = job_permutation(perm.random_state, c, r, N)
+            ref = full_model_with_perturbation(ga.graph, key, Perturb([c], 4, perm=p)).predict_on_batch(x)
+            assert perm.importances[c, r] == pytest.approx(
+                _scores(which, y, base)[0] - _scores(which, y, ref.astype(np.float64))[0], abs=1e-5)
+        a = keras.Model(inp, model.get_layer("after").output).predict_on_batch(x)
+        fill = np.zeros(a.shape[1:], np.float32)
+        fill[..., c] = a[..., c].mean(axis=0, dtype=np.float64)  # the filter's mean map
+        ref = full_model_with_perturbation(ga.graph, key, Perturb([c], 4, fill=fill)).predict_on_batch(x)
+        assert abl.importances[c, 0] == pytest.approx(
+            _scores(which, y, base)[1] - _scores(which, y, ref.astype(np.float64))[1], abs=1e-5)
+    assert np.abs(abl.importances).max() > 1e-4

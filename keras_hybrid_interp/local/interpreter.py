@@ -540,7 +540,8 @@ class HybridInterpreter(keras.Model):
     # Local interpretability
     # ------------------------------------------------------------------
     def fit_probes(self, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_start=False, batch_size=64,
-                   max_samples=None, steps=None, controls=0, random_state=None, verbose="auto"):
+                   max_samples=None, steps=None, controls=0, random_state=None, verbose="auto",
+                   positions_per_sample=None):
         """Fits every block probe on frozen, pooled block outputs.
 
         One forward pass of the wrapped model (in inference mode) computes
@@ -588,6 +589,14 @@ class HybridInterpreter(keras.Model):
             shares the same permuted targets.
         verbose : "auto", 0, 1 or 2
             Progress of the backbone pass.
+        positions_per_sample : int, optional
+            Segmentation models only: the output positions drawn per sample
+            (seeded by ``random_state`` and the sample's index) on which the
+            per-position probes are fitted; memory grows as ``N x P x C``.
+            None: :data:`~keras_hybrid_interp.local.segmentation.POSITIONS_PER_SAMPLE`
+            (64). At least the map's size: every position. Segmentation
+            controls move each sample's drawn targets, whole, to another
+            sample (see :func:`~keras_hybrid_interp.local.segmentation.fit_probes`).
 
         Returns
         -------
@@ -599,16 +608,24 @@ class HybridInterpreter(keras.Model):
         with _health.collect() as caveats:
             n_before = len(caveats)
             self._fit_probes(x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose,
-                             controls, random_state)
+                             controls, random_state, positions_per_sample)
             self.fit_health_ = list(caveats[n_before:])
         return self
 
     def _fit_probes(self, x, y, C, max_iter, tol, warm_start, batch_size, max_samples, steps, verbose,
-                    controls=0, random_state=None):
+                    controls=0, random_state=None, positions_per_sample=None):
         if self._task.spatial:  # per-position probes (local/segmentation.py)
+            per = _segmentation.POSITIONS_PER_SAMPLE if positions_per_sample is None else positions_per_sample
             return _segmentation.fit_probes(self, x, y, C=C, max_iter=max_iter, tol=tol, warm_start=warm_start,
                                             batch_size=batch_size, max_samples=max_samples, steps=steps,
-                                            controls=controls, random_state=random_state, verbose=verbose)
+                                            controls=controls, random_state=random_state, verbose=verbose,
+                                            positions_per_sample=per)
+        if positions_per_sample is not None:
+            raise ValueError(
+                "`positions_per_sample` applies to segmentation models only (per-position probes on a spatial "
+                f"output map); this model's task is {self._task.name!r}. Leave it out (None); received "
+                f"{positions_per_sample!r}."
+            )
         C = check_C(C)
         check_solver(max_iter, tol)
         controls = self._check_controls(controls, fitting=True)
@@ -754,6 +771,10 @@ class HybridInterpreter(keras.Model):
             otherwise): their mean ``control_accuracy``, evaluated on these
             samples against these labels exactly as the probe is, and the
             ``selectivity``, probe accuracy minus control accuracy. Needs labels.
+            Segmentation: ``control_mean_iou`` and ``selectivity`` (mean IoU
+            minus control mean IoU), and the bootstrap's intervals cover the
+            mean IoU, Dice and pixel accuracy too, from per-sample confusion
+            sums (see :func:`~keras_hybrid_interp.local.segmentation.evaluate_layers`).
         bootstrap : int
             Resamples (e.g. 1000) of a percentile bootstrap over the evaluation
             samples, for intervals on accuracy, loss, agreement, control

@@ -53,6 +53,7 @@ import pandas as pd
 
 from ..core import data_pass as _pass
 from ..core import health as _health
+from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
 from ..core.engine import resolve_entropy
 from ..core.output import OutputReader
 from ..core.resolution import block_positions, index_maps, spatial_shape, upsample
@@ -171,6 +172,15 @@ def _check_probe_dims(interp):
         )
 
 
+def check_controls(controls) -> int:
+    if isinstance(controls, bool) or not isinstance(controls, (int, np.integer)) or controls < 0:
+        raise ValueError(
+            "`controls` must be a non-negative int, the number of control probes (trained on masks permuted "
+            f"across samples) per block; received {controls!r}."
+        )
+    return int(controls)
+
+
 def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_start=False, batch_size=64,
                max_samples=None, steps=None, controls=0, random_state=None, verbose="auto",
                positions_per_sample=POSITIONS_PER_SAMPLE):
@@ -178,15 +188,21 @@ def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_sta
 
     ``y``: masks (N, *S) of class indices or one-hot (N, *S, K) at the
     model's output resolution, optional (label-free without). Returns ``interp``.
+
+    ``controls`` (Hewitt and Liang, 2019): per block, this many control
+    probes, the same per-position probe (same features, standardization,
+    trainer and ``C``) fitted on the targets permuted across samples: with
+    ``rng = numpy.random.default_rng(random_state)``, control ``j`` gives
+    sample ``i``'s features the targets of sample ``perm_j[i]`` (the ``j``-th
+    ``rng.permutation(N)``), at the positions drawn for that sample: whole
+    masks move between samples when every position is drawn. Only their
+    ``(kernel, bias)`` are kept (``interp.control_states_``).
     """
     task = interp.reader
     C = check_C(C)
     check_solver(max_iter, tol)
     per_sample = _check_per_sample(positions_per_sample)
-    if controls:
-        raise ValueError(
-            "`controls`: control probes are not available for segmentation probes yet; pass controls=0."
-        )
+    controls = check_controls(controls)
     _check_probe_dims(interp)
     entropy = resolve_entropy(random_state)
     stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
@@ -199,7 +215,12 @@ def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_sta
     _check_finite(interp.graph, info)
     targets = sample.targets(info.has_labels)
     K = task.num_classes
-    rows, not_conv = [], []
+    # Control tasks: each sample's targets (at its drawn positions) moved to another sample, whole.
+    rng = np.random.default_rng(random_state)
+    perms = [rng.permutation(info.n) for _ in range(controls)]
+    per = len(targets) // info.n
+    by_sample = targets.reshape((info.n, per) + targets.shape[1:])
+    rows, not_conv, control_states, control_not_conv = [], [], [], []
     for l, (name, probe) in enumerate(zip(interp.block_names, interp.probes)):
         f = sample.result(l)
         mean, scale = input_transform(f)
@@ -215,6 +236,13 @@ def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_sta
         rows.append((name, sol.n_iter, sol.converged, sol.loss))
         if not sol.converged:
             not_conv.append(name)
+        block_controls = []
+        for perm in perms:  # the same probe on the permuted targets
+            ctl = fit_probe(z, by_sample[perm].reshape(targets.shape), K, C=C, max_iter=max_iter, tol=tol)
+            block_controls.append((ctl.kernel, ctl.bias))
+            if not ctl.converged and name not in control_not_conv:
+                control_not_conv.append(name)
+        control_states.append(block_controls)
         del z
     if not_conv:
         _health.warn(
@@ -222,7 +250,14 @@ def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_sta
             f"Segmentation probes of blocks {not_conv} did not converge within max_iter={max_iter} L-BFGS "
             "iterations; their scores may be understated. Raise `max_iter`, or lower `C`.",
         )
-    interp.control_states_ = []
+    if control_not_conv:
+        _health.warn(
+            "not_converged",
+            f"Control probes (permuted masks) of blocks {control_not_conv} did not converge within "
+            f"max_iter={max_iter} L-BFGS iterations; their mean IoU, and so the selectivity, may be off. "
+            "Raise `max_iter` or lower `C`.",
+        )
+    interp.control_states_ = control_states if controls else []
     interp.convergence_ = pd.DataFrame(rows, columns=["block", "n_iter", "converged", "loss"])
     interp.input_statistics = {"mean": moments.mean, "std": moments.std}
     interp.fitted = True
@@ -256,7 +291,7 @@ class SegmentationScores:
     per-pixel distribution), and the pixels where the mask equals the model's.
     """
 
-    def __init__(self, block_taps, states, output_tap, task):
+    def __init__(self, block_taps, states, output_tap, task, *, controls=None, bootstrap=0, random_state=None):
         self.block_taps = list(block_taps)
         self.output_tap = output_tap
         self.taps = self.block_taps + [output_tap]
@@ -264,6 +299,16 @@ class SegmentationScores:
         self.weights = _effective(states)
         K = task.num_classes
         L1 = len(self.block_taps) + 1
+        #: Per block, the control probes' effective (w, b) (the probe's standardization, the control's kernel).
+        self.controls = [
+            [(kernel * scale[:, None], bias - mean @ (kernel * scale[:, None])) for kernel, bias in ctl]
+            for (mean, scale, _, _), ctl in zip(states, controls)
+        ] if controls else None
+        self.n_controls = len(controls[0]) if controls else 0
+        #: (L, n_controls, K, K) confusion of each control probe against the masks.
+        self.control_cm = np.zeros((L1 - 1, self.n_controls, K, K))
+        self.bootstrap = (PoissonBootstrap(bootstrap, self.bootstrap_width(L1, K, self.n_controls), random_state)
+                          if bootstrap else None)
         self.cm = np.zeros((L1, K, K))
         self.loss = np.zeros(L1)
         self.agree = np.zeros(L1)
@@ -272,9 +317,15 @@ class SegmentationScores:
         self.labelled = None
         self.logits_reader = OutputReader("logits", K)
 
+    @staticmethod
+    def bootstrap_width(L1, K, n_controls) -> int:
+        """Per-sample statistics fed to the bootstrap: per row ``3K + 2``, per control ``3K``, and the pixels."""
+        return L1 * (3 * K + 2) + (L1 - 1) * n_controls * 3 * K + 1
+
     def update(self, batch):
         task, K = self.task, self.task.num_classes
         out = batch.values[self.output_tap.ident]
+        n = len(out)
         S = spatial_shape(out.shape)
         probs = task.probabilities(out).reshape(-1, K)
         model_mask = probs.argmax(axis=1)
@@ -283,17 +334,98 @@ class SegmentationScores:
         hard = np.asarray(batch.y).ravel() if labelled else model_mask
         soft = hard if labelled else probs
         L = len(self.block_taps)
+        boot = self.bootstrap is not None
+        rows = []  # per row, per sample: (n, 3K + 2) [tp_k, predicted_k, true_k, loss, agreement]
+        sample = np.repeat(np.arange(n), len(hard) // n)
+
+        def per_sample(pred, loss, agree):
+            tp = np.bincount(sample * K + pred, weights=(pred == hard), minlength=n * K).reshape(n, K)
+            pk = np.bincount(sample * K + pred, minlength=n * K).reshape(n, K)
+            tk = np.bincount(sample * K + hard, minlength=n * K).reshape(n, K)
+            parts = [tp, pk, tk]
+            if loss is not None:
+                parts += [np.bincount(sample, weights=loss, minlength=n)[:, None],
+                          np.bincount(sample, weights=agree, minlength=n)[:, None]]
+            return np.concatenate(parts, axis=1).astype(np.float64)
+
+        model_loss = task.reader.cross_entropy(out.reshape(-1, task.units), soft)
         self.cm[L] += confusion(hard, model_mask, K)
-        self.loss[L] += float(np.sum(task.reader.cross_entropy(out.reshape(-1, task.units), soft)))
+        self.loss[L] += float(np.sum(model_loss))
         self.agree[L] += len(model_mask)
+        ctl_rows = []
         for l, (tap, (w, b)) in enumerate(zip(self.block_taps, self.weights)):
-            logits = block_logits(batch.values[tap.ident], w, b, S).reshape(-1, K)
+            a = batch.values[tap.ident]
+            logits = block_logits(a, w, b, S).reshape(-1, K)
             pred = logits.argmax(axis=1)
+            loss = self.logits_reader.cross_entropy(logits, soft)
             self.cm[l] += confusion(hard, pred, K)
-            self.loss[l] += float(np.sum(self.logits_reader.cross_entropy(logits, soft)))
+            self.loss[l] += float(np.sum(loss))
             self.agree[l] += float(np.sum(pred == model_mask))
-        self.n += len(out)
+            if boot:
+                rows.append(per_sample(pred, loss, (pred == model_mask).astype(np.float64)))
+            if self.controls is not None and labelled:
+                for j, (cw, cb) in enumerate(self.controls[l]):
+                    cpred = block_logits(a, cw, cb, S).reshape(-1, K).argmax(axis=1)
+                    self.control_cm[l, j] += confusion(hard, cpred, K)
+                    if boot:
+                        ctl_rows.append(per_sample(cpred, None, None))
+        if boot:
+            rows.append(per_sample(model_mask, model_loss, np.ones(len(model_mask))))
+            if self.controls is not None and not labelled:
+                ctl_rows = [np.zeros((n, 3 * K))] * (L * self.n_controls)
+            pixels = np.full((n, 1), len(hard) // n, np.float64)
+            self.bootstrap.update(np.concatenate(rows + ctl_rows + [pixels], axis=1))
+        self.n += n
         self.pixels += len(model_mask)
+
+    def resampled_metrics(self) -> dict:
+        """Per bootstrap resample (B, L + 1): every metric of :meth:`metrics` from the resample's weighted sums.
+
+        A resample's confusion sums are ``sum_n w_n c_n`` over the samples' own
+        sums ``c_n`` (``w_n`` its Poisson multiplicities), so its IoU, Dice and
+        pixel accuracy are those of the resampled data; a class absent from
+        the resample's targets and predictions is left out of its means.
+        """
+        boot, K = self.bootstrap, self.task.num_classes
+        keep = boot.weights > 0
+        sums = boot.sums[keep]
+        B, L1, J = len(sums), len(self.cm), self.n_controls
+        head = sums[:, :L1 * (3 * K + 2)].reshape(B, L1, 3 * K + 2)
+        ctl = sums[:, L1 * (3 * K + 2):-1].reshape(B, L1 - 1, J, 3 * K)
+        pixels = sums[:, -1][:, None]
+
+        def scores(block):  # (..., 3K) -> mean IoU, Dice, pixel accuracy
+            tp, pk, tk = block[..., :K], block[..., K:2 * K], block[..., 2 * K:3 * K]
+            union, denom = pk + tk - tp, pk + tk
+            with np.errstate(all="ignore"), _nan_mean_quiet():
+                iou = np.nanmean(np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan), axis=-1)
+                dice = np.nanmean(np.where(union > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan), axis=-1)
+            return iou, dice, tp.sum(axis=-1)
+
+        iou, dice, correct = scores(head[..., :3 * K])
+        out = {
+            "mean_iou": iou,
+            "dice": dice,
+            "pixel_accuracy": correct / pixels,
+            "loss": head[..., 3 * K] / pixels,
+            "agreement": head[..., 3 * K + 1] / pixels,
+        }
+        if J and self.labelled:
+            c_iou = scores(ctl)[0].mean(axis=2)  # (B, L): mean over the controls
+            out["control_mean_iou"] = np.concatenate([c_iou, np.full((B, 1), np.nan)], axis=1)
+            out["selectivity"] = iou - out["control_mean_iou"]
+        return out
+
+    def intervals(self, confidence) -> tuple[dict, dict]:
+        """``(lower, upper)``: per metric, the percentile interval of the resampled values (NaN where undefined)."""
+        alpha = 1.0 - confidence
+        lower, upper = {}, {}
+        for name, values in self.resampled_metrics().items():
+            with np.errstate(all="ignore"), _nan_mean_quiet():
+                lo, hi = np.nanquantile(values, [alpha / 2, 1 - alpha / 2], axis=0) if len(values) else (
+                    np.full(values.shape[1], np.nan),) * 2
+            lower[name], upper[name] = np.asarray(lo), np.asarray(hi)
+        return lower, upper
 
     def metrics(self) -> dict:
         """Per row (blocks, then the model): mean_iou, dice, pixel_accuracy, loss, agreement."""
@@ -306,6 +438,12 @@ class SegmentationScores:
                 "loss": self.loss / self.pixels,
                 "agreement": self.agree / self.pixels,
             }
+
+    def control_mean_iou(self) -> np.ndarray:
+        """(L + 1,) mean IoU of the control probes against the masks, averaged over the controls; NaN at the output."""
+        with np.errstate(all="ignore"), _nan_mean_quiet():
+            per = np.array([[np.nanmean(confusion_scores(cm)["iou"]) for cm in block] for block in self.control_cm])
+        return np.concatenate([per.mean(axis=1), [np.nan]])
 
 
 class _nan_mean_quiet:
@@ -329,22 +467,48 @@ def evaluate_layers(interp, x, y=None, *, batch_size=64, max_samples=None, steps
     cross-entropy against the masks, or the model's per-pixel distribution)
     and ``agreement`` (fraction of pixels where the block's mask equals the
     model's). ``accuracy`` is the pixel accuracy against the masks (NaN without).
+
+    ``controls``: the first ``controls`` control probes of the fit
+    (:func:`fit_probes`), evaluated on every pixel as the probe is:
+    ``control_mean_iou`` (their mean IoU against the masks, averaged over the
+    controls) and ``selectivity`` (``mean_iou - control_mean_iou``). Needs masks.
+
+    ``bootstrap``: resamples of a streaming Poisson bootstrap over the
+    samples (:class:`~keras_hybrid_interp.core.bootstrap.PoissonBootstrap`,
+    seeded by ``random_state``), fed per sample with each row's per-class
+    true positives, predicted and true pixel counts, summed loss and
+    agreement (and each control's counts): every resample's mean IoU, Dice,
+    pixel accuracy, loss, agreement, control mean IoU and selectivity are
+    those of its weighted sums. Memory ``bootstrap x (L + 1) x (3K + 2)``
+    float64 (plus ``bootstrap x L x controls x 3K``), whatever N and the map
+    sizes. Percentile intervals at ``confidence`` in ``lower``/``upper``.
     """
     interp.require_fitted()
-    if controls:
-        raise ValueError("`controls`: control probes are not available for segmentation probes yet; pass controls=0.")
-    if bootstrap:
+    controls = check_controls(controls)
+    fitted = len(interp.control_states_[0]) if interp.control_states_ else 0
+    if controls > fitted:
         raise ValueError(
-            "`bootstrap`: intervals on the segmentation metrics are not available yet; pass bootstrap=0."
+            f"`controls`={controls} asks for {controls} control probes per block, but the probes were fitted "
+            f"with {fitted}. Fit them with interp.fit_probes(x_train, y_train, controls={controls}, "
+            "random_state=...) first."
         )
+    bootstrap = check_bootstrap(bootstrap)
+    confidence = check_confidence(confidence)
     task = interp.reader
     stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+    ctl = [c[:controls] for c in interp.control_states_] if controls else None
     scores = SegmentationScores([_pass.Tap(k, "raw") for k in interp.block_keys], interp.probe_states(),
-                                interp.output_tap(), task)
+                                interp.output_tap(), task, controls=ctl, bootstrap=bootstrap,
+                                random_state=random_state)
     moments = _pass.InputMoments()
     info = _pass.run(interp.graph, stream, [scores, moments], task=task)
     if info.n == 0:
         raise ValueError("`x` holds no samples to evaluate.")
+    if controls and not info.has_labels:
+        raise ValueError(
+            "`controls` needs masks: the control probes' mean IoU is measured against the evaluation masks. Pass "
+            "`y` (or a dataset yielding (x, y)), or controls=0."
+        )
     interp.check_drift(moments)
     return segmentation_table(interp, scores, confidence)
 
@@ -354,6 +518,10 @@ def segmentation_table(interp, scores: SegmentationScores, confidence=0.95) -> L
     graph = interp.graph
     labelled = bool(scores.labelled)
     m = scores.metrics()
+    if scores.n_controls and labelled:
+        m["control_mean_iou"] = scores.control_mean_iou()
+        m["selectivity"] = m["mean_iou"] - m["control_mean_iou"]
+    lower, upper = scores.intervals(confidence) if scores.bootstrap is not None else ({}, {})
     counts = scores.cm[-1].sum(axis=1) if labelled else scores.cm[-1].sum(axis=0)
     _health.check_classes(counts, interp.class_names, "the masks" if labelled else "the model's masks")
     depths = [b.depth for b in interp.blocks] + [graph.tensors[graph.output_keys[0]].producer]
@@ -370,6 +538,10 @@ def segmentation_table(interp, scores: SegmentationScores, confidence=0.95) -> L
         task="segmentation",
         metrics=m,
         headline="mean_iou",
+        lower=lower,
+        upper=upper,
+        confidence=confidence if lower else None,
+        n_resamples=scores.bootstrap.n_resamples if scores.bootstrap is not None else 0,
     )
 
 

@@ -184,3 +184,33 @@ def test_the_last_blocks_closed_form_head_scores_the_task_as_a_full_rerun(which,
         assert abl.importances[c, 0] == pytest.approx(
             _scores(which, y, base)[1] - _scores(which, y, ref.astype(np.float64))[1], abs=1e-5)
     assert np.abs(abl.importances).max() > 1e-4
+
+
+def test_correlation_cka_and_atlas_work_on_a_unets_decoder_and_on_task_models(regression):
+    # They do not depend on the task; they must simply work on these models (decoder blocks included).
+    from segmentation_models import unet
+
+    model = unet(size=16)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 16, 16, 1)).astype("float32")
+    ga = GlobalAnalyzer(model, blocks=["enc1_conv2", "bott_conv2", "dec1_conv2"])
+    assert ga.task == "segmentation"
+    maps = {b: keras.Model(model.input, model.get_layer(b).output).predict_on_batch(x).astype(np.float64)
+            for b in ("enc1_conv2", "bott_conv2", "dec1_conv2")}
+    corr = ga.filter_correlation(x, block="dec1_conv2", batch_size=7)
+    s = maps["dec1_conv2"].mean(axis=(1, 2))
+    live = np.ptp(s, axis=0) > 0
+    np.testing.assert_allclose(corr.matrix.to_numpy()[np.ix_(live, live)], np.corrcoef(s[:, live].T), atol=1e-6)
+    sim = ga.layer_similarity(x, estimator="full", batch_size=7)
+    a, b = (maps[k].mean(axis=(1, 2)) for k in ("enc1_conv2", "dec1_conv2"))
+    a, b = a - a.mean(axis=0), b - b.mean(axis=0)
+    ref = np.sum((b.T @ a) ** 2) / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))  # linear CKA, by hand
+    assert 0 < ref < 1 and sim.matrix.loc["enc1_conv2", "dec1_conv2"] == pytest.approx(ref, abs=1e-6)
+    atlas = ga.filter_examples(x, block="dec1_conv2", k=3, batch_size=7)
+    peak = maps["dec1_conv2"].max(axis=(1, 2))  # (N, C): each filter's top samples by their maximum
+    for c in np.flatnonzero(np.ptp(peak, axis=0) > 0)[:4]:
+        np.testing.assert_array_equal(np.sort(atlas.to_frame().query("filter == @c")["sample"].to_numpy()),
+                                      np.sort(np.argsort(-peak[:, c], kind="stable")[:3]))
+    # a regression model's correlation and atlas need no task
+    model, x, _ = regression
+    assert GlobalAnalyzer(model).filter_correlation(x, block="block").n_filters == F

@@ -32,7 +32,7 @@ from ..core.coupling import tied_tensors
 from ..core.engine import TailEngine, TiedTailEngine, tail_engine
 from ..core.task import resolve_output, task_for
 from .atlas import FilterExamples, examples_reducer, examples_result
-from .dissection import QUANTILE, segmentation_association, segmentation_task_of
+from .dissection import QUANTILE, segmentation_association
 from .association import (
     AssociationMoments,
     FilterClassAssociation,
@@ -246,7 +246,7 @@ class GlobalAnalyzer:
             ``.values`` / ``.table``: shape (C, K).
         """
         key, name = self.key(block)
-        seg = segmentation_task_of(self.graph, self.output_kind)
+        seg = self.reader if self.reader is not None and self.reader.spatial else None  # its own task
         if seg is not None:  # filter-class IoU (global_/dissection.py)
             return segmentation_association(
                 self.graph, key, name, seg,

@@ -259,13 +259,3 @@ def segmentation_association(graph, key, name, task, make_stream, *, quantile=QU
         labelled=bool(counts.labelled), n=int(counts.n),
     )
 
-
-def segmentation_task_of(graph, kind=None):
-    """The :class:`~keras_hybrid_interp.core.task.SegmentationTask` of ``graph``'s output if it is a spatial
-    map (rank >= 3), else None. ``kind``: a declared output kind (``"logits"``...), or None for "auto"."""
-    from ..core.task import task_for
-
-    shape = graph.tensors[graph.output_keys[0]].shape
-    if len(shape) < 3:
-        return None
-    return task_for(graph, "segmentation", kind)[1]

@@ -190,3 +190,61 @@ def test_the_table_covers_every_public_analysis():
     covered = {r.name.split("[")[0] for r in ROWS}
     missing = public - not_analyses - covered
     assert not missing, f"add a row to ROWS for {sorted(missing)}"
+
+
+def _task_model(task):
+    """The fixture's residual CNN with a multi-label, a regression, a segmentation head, or two heads."""
+    from keras import layers
+
+    keras.utils.set_random_seed(1)
+    base = residual_cnn(input_shape=(12, 12, 3), classes=3, name=f"{task}_cnn")
+    feats = base.get_layer("gap").output
+    if task == "multilabel":
+        return keras.Model(base.input, layers.Dense(3, activation="sigmoid", name="labels")(feats))
+    if task == "regression":
+        return keras.Model(base.input, layers.Dense(2, name="values")(feats))
+    if task == "two_outputs":
+        return keras.Model(base.input, [layers.Dense(3, activation="softmax", name="diagnosis")(feats),
+                                        layers.Dense(1, name="severity")(feats)])
+    m = base.get_layer("res_out").output  # segmentation: a class map at the block's resolution
+    return keras.Model(base.input, layers.Conv2D(3, 1, activation="softmax", name="mask")(m))
+
+
+def _task_targets(task, rng, n=36):
+    if task == "multilabel":
+        return (rng.random((n, 3)) < 0.5).astype(int)
+    if task in ("regression", "two_outputs"):
+        return rng.normal(size=(n, 2) if task == "regression" else n)
+    return rng.integers(0, 3, (n, 6, 6))
+
+
+TASKS = ("multilabel", "regression", "segmentation", "two_outputs")
+
+
+@pytest.fixture(scope="module", params=TASKS)
+def task_env(request):
+    task = request.param
+    model = _task_model(task)
+    model.compile("adam", "mse")
+    rng = np.random.default_rng(0)
+    x = rng.random((36, 12, 12, 3), dtype=np.float32)
+    y = _task_targets(task, rng)
+    kw = {"task": "regression", "output": "severity"} if task == "two_outputs" else (
+        {"task": "regression"} if task == "regression" else {})
+    blocks = ["stem_pool", "res_out"]
+    interp = HybridInterpreter(model, blocks, **kw).fit(x, y, verbose=0)
+    return Env(model, interp, GlobalAnalyzer(interp), x, y, "res_out")
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.block is None], ids=[r.name for r in ROWS if r.block is None])
+def test_every_task_leaves_the_model_untouched_and_returns_a_drawable_seeded_result(task_env, row):
+    before, nodes = snapshot(task_env.model, task_env.x), node_lists(task_env.model)
+    kw = {"random_state": 7} if row.seeded else {}
+    result = run(row, task_env, **kw)
+    assert_unchanged(before, snapshot(task_env.model, task_env.x))
+    assert_same_node_lists(nodes, node_lists(task_env.model))
+    a = frame_of(result)
+    pd.testing.assert_frame_equal(a, frame_of(run(row, task_env, **kw)), check_exact=True)
+    plotted = result.plot()
+    assert isinstance(plotted, (Axes, Figure))
+    plt.close("all")

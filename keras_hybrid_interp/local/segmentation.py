@@ -590,17 +590,11 @@ class SegmentationPredictions:
         return frame
 
     def plot(self, ax=None, **kwargs):
-        """Mean agreement with the model's mask per block (a line over depth)."""
-        import matplotlib.pyplot as plt
+        """Mean agreement with the model's mask per block (:func:`~keras_hybrid_interp.plotting.segmentation.
+        plot_segmentation_agreement`); returns the Axes."""
+        from ..plotting.segmentation import plot_segmentation_agreement
 
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 3))
-        line = ax.plot(np.arange(len(self.blocks)), self.agreement.mean(axis=1), marker="o", **kwargs)
-        ax.set_xticks(np.arange(len(self.blocks)))
-        ax.set_xticklabels(self.blocks, rotation=45, ha="right")
-        ax.set_ylabel("pixel agreement with the model's mask")
-        ax.set_ylim(0, 1.02)
-        return line
+        return plot_segmentation_agreement(self, ax=ax, **kwargs)
 
 
 class MaskCollector:

@@ -7,7 +7,7 @@ import numpy as np
 
 from .common import check_top_k, new_ax
 
-__all__ = ["plot_segmentation_masks", "plot_segmentation_association"]
+__all__ = ["plot_segmentation_masks", "plot_segmentation_association", "plot_segmentation_agreement"]
 
 
 def _background(image):
@@ -99,4 +99,22 @@ def plot_segmentation_association(assoc, ax=None, *, top_k=32, cmap="viridis"):
     ax.set_title(f"{assoc.block}: IoU of each filter's top-{100 * assoc.quantile:g}% mask with each class"
                  + (f" ({left} filters not shown)" if left else ""), fontsize=9)
     ax.figure.colorbar(im, ax=ax, label="IoU")
+    return ax
+
+
+def plot_segmentation_agreement(predictions, ax=None, **kwargs):
+    """Per block, the mean fraction of pixels whose probe class equals the model's (a line over depth).
+
+    ``predictions`` is the result of ``layer_predictions`` on a segmentation model; returns the Axes.
+    """
+    blocks = list(predictions.blocks)
+    ax = new_ax(ax, (max(6.0, 0.6 * len(blocks) + 3.0), 3.2))
+    x = np.arange(len(blocks))
+    ax.plot(x, np.asarray(predictions.agreement, np.float64).mean(axis=1), marker="o", gid="agreement", **kwargs)
+    ax.set_xticks(x)
+    ax.set_xticklabels(blocks, rotation=45, ha="right")
+    ax.set_xlabel("Block (shallow \u2192 deep)")
+    ax.set_ylabel("Pixel agreement with the model's mask")
+    ax.set_ylim(0, 1.02)
+    ax.grid(axis="y", alpha=0.3)
     return ax

@@ -593,9 +593,17 @@ def importance_notes(graph, key, imp, engine=None) -> str:
             "the repeats covers 0 (columns ci_low, ci_high, within_noise of the table).")
     if engine is not None and not engine.caches_maps:
         how = "average" if engine.reduce == "avg" else "max"
-        text += (f" The block is read only through a global {how} pooling, so each perturbation was applied to "
-                 "the pooled features and only the layers after the pooling were re-run: exactly what re-running "
-                 "the model after the block gives, up to float rounding.")
+        from .core.engine import LinearHeadEngine
+
+        if isinstance(engine, LinearHeadEngine):
+            text += (f" The block is read only through a global {how} pooling and one Dense layer, so each "
+                     "perturbation was applied to the pooled features and its outputs computed in closed form "
+                     "(the logits change by (x' - x) W for the perturbed filters): no layer was re-run, and the "
+                     "result is what re-running the model after the block gives, up to float rounding.")
+        else:
+            text += (f" The block is read only through a global {how} pooling, so each perturbation was applied "
+                     "to the pooled features and only the layers after the pooling were re-run: exactly what "
+                     "re-running the model after the block gives, up to float rounding.")
     tied = tied_tensors(graph, key)
     merges = tied_merges(graph, tied)
     if merges:

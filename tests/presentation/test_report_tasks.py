@@ -162,6 +162,7 @@ def test_multilabel_association_and_importance_equal_numpy(multilabel):
         np.testing.assert_allclose(got, want, atol=1e-6)
     sec = _section(report, "Filter importance")
     assert "'average_precision'" in sec.text and "macro average precision" in sec.text
+    assert "outputs computed in closed form" in sec.text  # GAP + Dense after c2: the linear head, said so
     imp = _table(sec, "Importance").sort_values(["filter", "repeat"])
     want = _importance_oracle(model, xe, lambda q: average_precision_score(ye, q, average="macro"), 2)
     np.testing.assert_allclose(imp["importance"].to_numpy(), want.ravel(), atol=1e-4)

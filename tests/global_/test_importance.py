@@ -9,6 +9,7 @@ from keras_hybrid_interp.core import data_pass as _pass
 from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
+from oracles import assert_not_all_zero
 from _models_global import (
     Perturb,
     assert_state_equal,
@@ -291,32 +292,97 @@ def test_random_state_and_perturbations_per_eval():
     np.testing.assert_array_equal(a.importances, e.importances)
 
 
+def _documented_permutation(random_state, group, repeat, n):
+    """The module docstring's permutation of (group, repeat): ``SeedSequence(random_state, spawn_key=(g, r))``."""
+    return np.random.default_rng(np.random.SeedSequence(random_state, spawn_key=(group, repeat))).permutation(n)
+
+
 def test_groups_and_to_frame():
+    # A random residual model scored by its loss: every importance is a real non-zero number (with
+    # accuracy the untrained model's predictions never move and every value would be exactly 0).
     model = residual_model()
     x, y = _data(n=30)
     ga = GlobalAnalyzer(model)
-    single = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1)
-    as_groups = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1, groups=[[i] for i in range(6)])
+    single = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1, scoring="loss")
+    as_groups = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1, scoring="loss",
+                                     groups=[[i] for i in range(6)])
+    assert_not_all_zero(single.importances, as_groups.importances)
     np.testing.assert_array_equal(single.importances, as_groups.importances)
-    grouped = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1, groups=[[0, 1, 2], [3, 4, 5]],
+    groups = [[0, 1, 2], [3, 4, 5], [5]]
+    grouped = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=1, groups=groups,
                                    scoring="loss")
-    assert grouped.importances.shape == (2, 2)
+    assert grouped.importances.shape == (3, 2)
+
+    # Independent oracle: the full model with the group's maps moved jointly by the documented
+    # permutation of (group, repeat), inserted by a test-only layer; the loss by hand.
+    g = ga.graph
+    key = g.resolve("res_out")
+    c = g.tensors[key].shape[-1]
+
+    def neg_loss(p):
+        return np.mean(np.log(np.clip(p[np.arange(len(y)), y].astype(np.float64), 1e-7, 1)))
+
+    base = neg_loss(model.predict_on_batch(x))
+    expected = np.zeros((len(groups), 2))
+    for gi, ch in enumerate(groups):
+        for r in range(2):
+            perm = _documented_permutation(1, gi, r, len(x))
+            ref = full_model_with_perturbation(g, key, Perturb(ch, c, perm=perm)).predict_on_batch(x)
+            expected[gi, r] = base - neg_loss(ref)
+    assert_not_all_zero(expected, grouped.importances)
+    np.testing.assert_allclose(grouped.importances, expected, rtol=0, atol=1e-6)
+    # The singleton group [5] is filter 5 shuffled by group 2's permutations, not filter 5's own.
+    assert np.abs(grouped.importances[2] - single.importances[5]).max() > 1e-6
+    # importances_mean / importances_std: over the repeats, ddof=0 (scikit-learn's permutation_importance).
+    np.testing.assert_allclose(grouped.importances_mean, expected.mean(axis=1), rtol=0, atol=1e-6)
+    std = np.array([np.std(expected[i], ddof=0) for i in range(len(groups))])
+    assert_not_all_zero(std)
+    np.testing.assert_allclose(grouped.importances_std, std, rtol=1e-4, atol=1e-7)
+
     df = grouped.to_frame()
     assert list(df.columns) == ["block", "method", "group", "filters", "repeat", "importance", "ci_low", "ci_high",
                                 "within_noise"]
-    assert len(df) == 4 and df.filters.iloc[0] == "0,1,2"
-    np.testing.assert_array_equal(df.importance.to_numpy(), grouped.importances.ravel())
+    assert len(df) == 6 and df.filters.tolist() == ["0,1,2"] * 2 + ["3,4,5"] * 2 + ["5"] * 2
+    np.testing.assert_allclose(df.importance.to_numpy(), expected.ravel(), rtol=0, atol=1e-6)
     # The interval per group: mean +- t(0.975, R-1) * sd / sqrt(R), repeated on each of its rows.
     from scipy import stats
 
-    imp = grouped.importances
-    half = stats.t.ppf(0.975, 1) * imp.std(axis=1, ddof=1) / np.sqrt(2)
-    np.testing.assert_allclose(df.ci_low.to_numpy(), np.repeat(imp.mean(1) - half, 2))
-    np.testing.assert_allclose(df.ci_high.to_numpy(), np.repeat(imp.mean(1) + half, 2))
-    assert df.within_noise.tolist() == np.repeat(grouped.within_noise, 2).tolist()
+    half = stats.t.ppf(0.975, 1) * np.array([np.std(e, ddof=1) for e in expected]) / np.sqrt(2)
+    np.testing.assert_allclose(df.ci_low.to_numpy(), np.repeat(expected.mean(1) - half, 2), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(df.ci_high.to_numpy(), np.repeat(expected.mean(1) + half, 2), rtol=1e-4, atol=1e-6)
+    assert df.within_noise.tolist() == np.repeat((expected.mean(1) - half <= 0) & (expected.mean(1) + half >= 0),
+                                                 2).tolist()
     f = single.to_frame()
     assert len(f) == 12 and set(f["filter"]) == set(range(6))
-    np.testing.assert_allclose(single.importances_std, single.importances.std(axis=1))
+
+
+def test_importances_std_uses_ddof_0_over_repeats():
+    # Five repeats on a model whose filters matter: the spread is real, and ddof=0 and ddof=1 differ by
+    # a factor sqrt(5/4); the reference is NumPy on permutation importances computed by hand.
+    model = gap_head_model(filters=4, classes=3, seed=2)
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(40, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 3, 40)
+    ga = GlobalAnalyzer(model, blocks="block")
+    res = ga.filter_importance(x, y, block="block", n_repeats=5, random_state=4, scoring="loss")
+    feats = ga.graph.build([ga.graph.resolve("gap")]).predict_on_batch(x).astype(np.float64)
+    w, b = [a.astype(np.float64) for a in model.get_layer("head").get_weights()]
+
+    def neg_loss(f):
+        z = f @ w + b
+        z = z - z.max(1, keepdims=True)
+        return np.mean(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1)))
+
+    expected = np.zeros((4, 5))
+    for ch in range(4):
+        for r in range(5):
+            f = feats.copy()
+            f[:, ch] = feats[_documented_permutation(4, ch, r, len(x)), ch]  # GAP commutes with the shuffle
+            expected[ch, r] = neg_loss(feats) - neg_loss(f)
+    assert_not_all_zero(expected, res.importances)
+    np.testing.assert_allclose(res.importances, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.importances_std, np.std(expected, axis=1, ddof=0), rtol=1e-3, atol=1e-7)
+    assert np.abs(np.std(expected, axis=1, ddof=1) - res.importances_std).max() > 1e-4
 
 
 def test_no_labels_scores_agreement_with_model():

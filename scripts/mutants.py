@@ -1,0 +1,440 @@
+#!/usr/bin/env python
+"""Plants bugs (mutants) into the numerical core, one at a time, and checks that the tests catch each.
+
+Each mutant is ``(name, file, original, replacement, tests)``: ``original`` is an exact snippet
+that must occur exactly once in the package (the file is where it lives today; if the code moved
+to another module of the package the snippet is still found there, and the table names the file
+it was found in; if it occurs nowhere, or more than once, the script stops with an error: update
+the snippet). For each mutant the script replaces the snippet, runs ``tests`` (a short list of
+pytest node ids, seconds each), and puts the original text back in a ``finally`` (also on
+Ctrl-C). A mutant is *caught* when the tests fail, *survived* when they pass.
+
+    python scripts/mutants.py             # every mutant; exit status 1 if any survives
+    python scripts/mutants.py --list      # one line per mutant, runs nothing
+    python scripts/mutants.py --only NAME [--only NAME2]
+    python scripts/mutants.py --subprocess  # one fresh interpreter per mutant (slower, no fork)
+
+Speed: TensorFlow, Keras, scikit-learn and pytest are imported once; each mutant's tests run in
+a forked child that imports the (mutated) package afresh. Bytecode is not written while a mutant
+is planted, and the cached bytecode of the mutated module is removed after the restore, so a
+mutant can never survive in a ``.pyc``.
+
+See CONTRIBUTING.md, "Mutants".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = os.path.join(ROOT, "keras_hybrid_interp")
+
+T = "tests/"
+IMP = T + "global_/test_importance.py::"
+ORC = T + "core/test_metric_oracles.py::"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to keras_hybrid_interp/ (where the snippet lives today)
+    original: str
+    replacement: str
+    tests: tuple
+    why: str = ""
+
+
+M = Mutant
+MUTANTS = [
+    # ---------------- importance ----------------
+    M("importance_sign", "global_/importance.py", "imp = baseline - scores", "imp = scores - baseline",
+      (IMP + "test_importance_equals_full_rerun_scores",), "flipped sign"),
+    M("group_perturbs_next_filter", "global_/importance.py",
+      "chan_sets = [np.array([i]) for i in range(c)] if groups_t is None else list(groups_t)",
+      "chan_sets = [np.array([i]) for i in range(c)] if groups_t is None else [(g + 1) % c for g in groups_t]",
+      (IMP + "test_groups_and_to_frame",), "each group perturbs the next filter"),
+    M("importances_std_ddof", "global_/importance.py", "return self.importances.std(axis=1)",
+      "return self.importances.std(axis=1, ddof=1)", (IMP + "test_importances_std_uses_ddof_0_over_repeats",),
+      "the other ddof"),
+    M("mean_ablation_fill", "global_/importance.py",
+      "return np.mean(a[..., ch], axis=0, dtype=np.float64).astype(a.dtype)",
+      "return np.mean(a[..., ch], axis=(0, 1), dtype=np.float64).astype(a.dtype)",
+      (IMP + "test_mean_ablation_uses_dataset_mean_map",), "mean over samples and rows"),
+    M("zero_ablation_fill", "global_/importance.py",
+      'return np.zeros((), dtype=np.float32 if a is None else a.dtype)',
+      'return np.ones((), dtype=np.float32 if a is None else a.dtype)',
+      (IMP + "test_importance_equals_full_rerun_scores",), "ablation fills ones"),
+    M("t_interval_dof", "global_/importance.py", "student_t.ppf(0.975, r - 1)", "student_t.ppf(0.975, r)",
+      (IMP + "test_groups_and_to_frame",), "t quantile with R degrees of freedom"),
+    M("t_interval_sd_ddof", "global_/importance.py", "imp.std(axis=1, ddof=1) / np.sqrt(r)",
+      "imp.std(axis=1, ddof=0) / np.sqrt(r)", (IMP + "test_groups_and_to_frame",), "interval sd with ddof=0"),
+    M("taylor_abs_per_sample", "global_/importance.py", "return self.sum_abs / n", "return np.abs(self.sum_z) / n",
+      (IMP + "test_taylor_matches_hand_gradient_of_gap_dense_head",), "default Taylor = abs of the mean"),
+    M("taylor_molchanov", "global_/importance.py", "return self.sum_z2 / n", "return self.sum_z2 / (n - 1)",
+      (IMP + "test_taylor_matches_hand_gradient_of_gap_dense_head",), "Molchanov divided by n - 1"),
+    # ---------------- the engine and its stacking ----------------
+    M("permutation_spawn_key", "core/engine.py", "spawn_key=(int(group), int(repeat))",
+      "spawn_key=(int(repeat), int(group))", (IMP + "test_groups_and_to_frame",),
+      "(group, repeat) swapped: not the documented permutation"),
+    M("stacked_slot_outputs", "core/engine.py", "outs[slot].append(out[slot, :e - s])",
+      "outs[slot].append(out[0, :e - s])", (IMP + "test_tail_equals_full_rerun_inside_residual_block[3-None]",),
+      "every stacked job scored on slot 0"),
+    M("single_chunk_undo", "core/engine.py", "buf_key[slot, :m][..., ch] = base[..., ch]",
+      "buf_key[slot, :m][..., ch] = 0", (IMP + "test_tail_equals_full_rerun_inside_residual_block[3-None]",),
+      "the previous group's perturbation is not undone"),
+    M("in_place_undo", "core/engine.py", "key_arr[s:e, ..., ch] = orig", "key_arr[s:e, ..., ch] = 0 * orig",
+      (T + "core/test_engine_stacking.py::"
+       "test_chunked_passes_in_place_equal_the_buffered_passes_and_leave_the_cache_unchanged",),
+      "in-place chunks leave the cache perturbed"),
+    M("in_place_permutation", "core/engine.py",
+      'rows[..., ch] = key_arr[np.ix_(perm[s:e], *grid, ch)] if job.kind == "permute" else job.fill',
+      'rows[..., ch] = key_arr[np.ix_(perm[s:e][::-1], *grid, ch)] if job.kind == "permute" else job.fill',
+      (T + "core/test_engine_stacking.py::"
+       "test_chunked_passes_in_place_equal_the_buffered_passes_and_leave_the_cache_unchanged",),
+      "in-place chunks permute with the wrong order"),
+    M("calibration_picks_slowest", "core/engine.py", "best = min(seconds, key=seconds.get)",
+      "best = max(seconds, key=seconds.get)",
+      (T + "core/test_engine_stacking.py::test_auto_picks_the_fastest_plan_and_reuses_it_for_baseline_and_run",),
+      "stacking calibration takes the slowest plan"),
+    M("pooled_mean_fill", "core/engine.py",
+      "return np.mean(pooled, axis=0, dtype=np.float64).astype(cache.arrays[0].dtype)",
+      "return np.mean(pooled, axis=1, keepdims=True, dtype=np.float64).mean(axis=0).astype(cache.arrays[0].dtype)",
+      (T + "global_/test_pooled_head.py",), "pooled mean ablation fills the channel-average"),
+    M("linear_head_delta", "core/linear_head.py", "delta = new - old", "delta = old - new",
+      (T + "core/test_linear_head.py::test_outputs_equal_a_numpy_reference_and_the_head",),
+      "closed-form head moves logits the wrong way"),
+    M("linear_head_softmax_shift", "core/linear_head.py", "np.maximum(m, z[..., i, :], out=m)",
+      "np.minimum(m, z[..., i, :], out=m)", (T + "core/test_linear_head.py::test_softmax_of_large_logits_is_stable",),
+      "softmax shifted by the minimum logit (overflow)"),
+    # ---------------- trainer and probes ----------------
+    M("probe_penalty_scale", "core/trainer.py", "penalty = 0.0 if math.isinf(C) else 1.0 / (C * n)",
+      "penalty = 0.0 if math.isinf(C) else 1.0 / C",
+      (T + "local/test_probes.py::test_fit_probe_reaches_the_optimum_and_ignores_the_start",),
+      "penalty not divided by n (not scikit-learn's objective)"),
+    M("probe_bias_gradient", "core/trainer.py", "gb = resid.sum(axis=0)", "gb = resid.mean(axis=0)",
+      (T + "local/test_probes.py::test_objective_gradient_matches_finite_differences",),
+      "bias gradient divided by n twice"),
+    M("ridge_loo_leverage", "core/trainer.py", "loo = (yc - fitted) / (1.0 - h)[:, None]", "loo = (yc - fitted)",
+      (T + "core/test_trainer_tasks.py",), "ridge picks alpha by training error"),
+    M("ridge_intercept", "core/trainer.py", "b = ym - zm @ w", "b = ym",
+      (T + "core/test_trainer_tasks.py",), "ridge intercept ignores the feature means"),
+    M("multilabel_probe_bias", "core/trainer.py", "kernel[:, j], bias[j] = sol.kernel[:, 1], sol.bias[1]",
+      "kernel[:, j], bias[j] = sol.kernel[:, 1], sol.bias[0]",
+      (T + "core/test_trainer_tasks.py::"
+       "test_multilabel_probe_is_one_logistic_regression_per_label_with_soft_targets_too",),
+      "multi-label probe drops its bias"),
+    M("multilabel_soft_targets", "core/trainer.py", "np.stack([1.0 - t, t], axis=1)", "np.stack([t, 1.0 - t], axis=1)",
+      (T + "core/test_trainer_tasks.py::"
+       "test_multilabel_probe_is_one_logistic_regression_per_label_with_soft_targets_too",),
+      "soft multi-label targets swapped"),
+    M("probe_logits_scale", "core/trainer.py",
+      "return ((np.asarray(features, np.float64) - mean) * scale) @ kernel + bias",
+      "return (np.asarray(features, np.float64) - mean) @ kernel + bias",
+      (T + "local/test_interpreter.py::test_evaluate_layers_equals_sklearn_on_independent_features",),
+      "probe logits lose the standardization"),
+    M("input_transform_variance", "local/probes.py", "var /= max(n, 1)", "var /= max(n - 1, 1)",
+      (T + "local/test_probes.py::test_input_transform_is_standard_scaler_and_drops_constant_features",),
+      "standardization with ddof=1 (StandardScaler uses 0)"),
+    M("effective_bias", "local/probes.py", "return w, bias - mean @ w", "return w, bias + mean @ w",
+      (T + "local/test_probes.py::test_state_round_trip_and_effective_weights_reproduce_the_layer",),
+      "effective bias with the wrong sign"),
+    # ---------------- correlation, association, CKA ----------------
+    M("correlation_merge_term", "global_/correlation.py",
+      "self.comoment += cb + np.outer(delta, delta) * (n * nb / tot)", "self.comoment += cb",
+      (T + "global_/test_correlation.py::test_streaming_equals_corrcoef",),
+      "batch merge drops the between-batch term"),
+    M("correlation_mean_update", "global_/correlation.py",
+      "self.comoment += cb + np.outer(delta, delta) * (n * nb / tot)\n        self.mean += delta * (nb / tot)",
+      "self.comoment += cb + np.outer(delta, delta) * (n * nb / tot)\n        self.mean += delta * (n / tot)", (T + "global_/test_correlation.py::test_streaming_equals_corrcoef",),
+      "running mean weighted by the wrong count"),
+    M("association_prior_factor", "global_/association.py", "np.sqrt(p / (1 - p))[:, None]",
+      "np.sqrt(p)[:, None]", (T + "global_/test_association.py::test_equals_point_biserial_reference",),
+      "point-biserial without its prior factor"),
+    M("association_sd_ddof", "global_/association.py", "sd = np.sqrt(self.m2 / self.n)",
+      "sd = np.sqrt(self.m2 / (self.n - 1))",
+      (T + "global_/test_association.py::test_equals_point_biserial_reference",), "sd with ddof=1"),
+    M("target_moments_covariance", "global_/association.py",
+      "cov = self.cross / n - np.outer(self.ss / n, self.st / n)", "cov = self.cross / n",
+      (T + "global_/test_tasks_global.py::test_association_is_the_pearson_correlation_with_labels_and_targets",),
+      "Pearson r of targets from uncentred cross products"),
+    M("target_moments_positive_means", "global_/association.py", "self.pos_sums += s.T @ t",
+      "self.pos_sums += s.T @ (1 - t)",
+      (T + "global_/test_tasks_global.py::test_association_is_the_pearson_correlation_with_labels_and_targets",),
+      "multi-label class means over the negatives"),
+    M("linear_cka_numerator", "global_/similarity.py", "return float(np.sum(sxy * sxy) / den)",
+      "return float(np.sum(np.abs(sxy)) / den)",
+      (T + "global_/test_similarity.py::test_linear_cka_reference_formula_and_invariances",),
+      "CKA numerator not the squared Frobenius norm"),
+    M("unbiased_hsic_term", "global_/similarity.py", "- (2.0 / (n - 2)) * (rows @ rows.T)",
+      "- (2.0 / (n - 1)) * (rows @ rows.T)", (T + "global_/test_similarity.py",),
+      "unbiased HSIC with a wrong correction"),
+    M("full_cka_normalization", "global_/similarity.py", "out[a, b] = np.sum(blk * blk) / den",
+      "out[a, b] = np.sum(blk * blk) / np.sqrt(den)",
+      (T + "global_/test_similarity.py::test_streaming_equals_reference",), "full CKA wrongly normalized"),
+    # ---------------- atlas ----------------
+    M("atlas_order", "global_/atlas.py", 'order = np.argsort(-cand_vals, axis=0, kind="stable")[: self.k]',
+      'order = np.argsort(cand_vals, axis=0, kind="stable")[: self.k]',
+      (T + "global_/test_atlas.py::test_top_k_equals_brute_force_argsort_across_batches",),
+      "atlas keeps the weakest samples"),
+    M("atlas_ties", "global_/atlas.py", 'order = np.argsort(-cand_vals, axis=0, kind="stable")[: self.k]',
+      'order = np.argsort(-cand_vals[::-1], axis=0, kind="stable")[: self.k]',
+      (T + "global_/test_atlas.py::test_ties_go_to_the_earlier_sample",), "ties go to the later sample"),
+    M("atlas_location", "global_/atlas.py", "pos = np.argmax(flat, axis=1)", "pos = np.argmin(flat, axis=1)",
+      (T + "global_/test_atlas.py::test_each_crop_is_the_input_sliced_at_its_box",),
+      "location of the minimum, not the maximum"),
+    # ---------------- bootstrap ----------------
+    M("bootstrap_poisson_rate", "core/bootstrap.py", "self.rng.poisson(1.0,", "self.rng.poisson(4.0,",
+      (T + "local/test_controls.py::test_interval_coverage_on_a_planted_classifier_is_the_nominal_level",),
+      "resample weights Poisson(4): intervals too narrow"),
+    M("bootstrap_quantiles", "core/bootstrap.py", "np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=0)",
+      "np.quantile(means, [alpha, 1 - alpha], axis=0)",
+      (T + "local/test_controls.py::test_interval_coverage_on_a_planted_classifier_is_the_nominal_level",),
+      "percentile interval at alpha, not alpha / 2"),
+    M("bootstrap_resample_mean", "core/bootstrap.py", "return self.sums[keep] / self.weights[keep, None]",
+      "return self.sums[keep] / self.n", (ORC + "test_poisson_bootstrap_equals_a_slow_reference",),
+      "resampled means divided by n, not the resample's weight"),
+    # ---------------- the task layer ----------------
+    M("auroc_fpr", "core/task.py", "fpr = np.r_[0.0, fps / (len(y) - pos)]", "fpr = np.r_[0.0, fps / len(y)]",
+      (ORC + "test_binary_metrics_equal_sklearn",), "AUROC false-positive rate over all samples"),
+    M("average_precision_steps", "core/task.py", "ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))",
+      "ap = float(np.mean(precision))", (ORC + "test_binary_metrics_equal_sklearn",),
+      "AP as the mean precision"),
+    M("ranking_ties", "core/task.py", "distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]",
+      "distinct = np.arange(len(s))", (ORC + "test_binary_metrics_equal_sklearn",),
+      "tied scores treated as distinct thresholds"),
+    M("r2_constant_target", "core/task.py", "out = np.where(sse == 0, 1.0, 0.0)", "out = np.where(sse == 0, 0.0, 0.0)",
+      (ORC + "test_r2_equals_sklearn_with_constant_targets",), "a perfectly predicted constant target scores 0"),
+    M("confusion_transposed", "core/task.py", "np.bincount(t * k + p, minlength=k * k)",
+      "np.bincount(p * k + t, minlength=k * k)", (ORC + "test_confusion_and_iou_equal_sklearn",),
+      "confusion matrix transposed"),
+    M("iou_union", "core/task.py", "union = tp + fp + fn", "union = tp + fp",
+      (ORC + "test_confusion_and_iou_equal_sklearn",), "IoU without the false negatives"),
+    M("multilabel_loss_mean", "core/task.py", "return -xp.mean(t * log_p + (1.0 - t) * log_q, axis=1)",
+      "return -xp.sum(t * log_p + (1.0 - t) * log_q, axis=1)", (ORC + "test_task_losses_equal_sklearn",),
+      "multi-label loss summed over labels"),
+    M("regression_loss_mean", "core/task.py", "return xp.mean(xp.square(out - t), axis=1)",
+      "return xp.sum(xp.square(out - t), axis=1)", (ORC + "test_task_losses_equal_sklearn",),
+      "regression loss summed over targets"),
+    M("segmentation_target_range", "core/task.py", "if y.size and (y.min() < 0 or y.max() >= k):",
+      "if y.size and (y.min() < 0 or y.max() > k):", (ORC + "test_targets_checks_refuse_out_of_range",),
+      "a mask class equal to K is accepted"),
+    M("regression_target_finite", "core/task.py", "y = y.astype(np.float64)\n        if not np.all(np.isfinite(y)):",
+      "y = y.astype(np.float64)\n        if False:",
+      (ORC + "test_targets_checks_refuse_out_of_range",), "NaN regression targets accepted"),
+    M("metrics_f1", "core/metrics.py", "denom = 2 * self.tp + self.fp + self.fn", "denom = 2 * self.tp + self.fp",
+      (T + "local/test_tasks.py::test_multilabel_layer_table_equals_sklearn_metrics",), "F1 without false negatives"),
+    M("metrics_rmse", "core/metrics.py", 'out["rmse"] = np.sqrt(self.sse.mean(axis=1) / n)',
+      'out["rmse"] = np.sqrt(self.sse.sum(axis=1) / n)',
+      (T + "local/test_tasks.py::test_regression_layer_table_equals_sklearn_and_bootstrap_equals_a_slow_reference",),
+      "RMSE summed over targets"),
+    # ---------------- segmentation ----------------
+    M("resolution_nearest", "core/resolution.py", "(np.arange(S, dtype=np.int64) * s) // S",
+      "(np.arange(S, dtype=np.int64) * s + S - 1) // S",
+      (T + "global_/test_segmentation_association.py::test_iou_equals_numpy_reference",),
+      "ceil instead of floor: another block cell per pixel"),
+    M("dissection_threshold", "global_/dissection.py", "out[c] = self.lo[c] + (j + 1 - frac) * self.width[c]",
+      "out[c] = self.lo[c] + (j + frac) * self.width[c]",
+      (T + "global_/test_segmentation_association.py::test_iou_equals_numpy_reference",),
+      "quantile threshold interpolated the wrong way"),
+    M("segmentation_true_positives", "local/segmentation.py", "weights=(pred == hard)", "weights=(pred != hard)",
+      (T + "local/test_segmentation.py::test_streamed_metrics_equal_sklearn_on_flattened_pixels",),
+      "per-class true positives counted on the errors"),
+    M("segmentation_probe_bias", "local/segmentation.py", "out.append((w, bias - mean @ w))",
+      "out.append((w, bias))", (T + "local/test_segmentation.py::test_explain_masks_and_plot",),
+      "per-position probe loses its centring"),
+]
+
+
+# ----------------------------------------------------------------------
+def package_files():
+    return sorted(glob.glob(os.path.join(PKG, "**", "*.py"), recursive=True))
+
+
+def locate(m: Mutant) -> str:
+    """The file holding ``m.original`` exactly once (in the whole package); a clear error otherwise."""
+    hint = os.path.join(PKG, m.file)
+    where = []
+    for path in package_files():
+        with open(path, encoding="utf-8") as fh:
+            k = fh.read().count(m.original)
+        if k:
+            where.append((path, k))
+    total = sum(k for _, k in where)
+    if total != 1:
+        places = ", ".join(f"{os.path.relpath(p, ROOT)} x{k}" for p, k in where) or "nowhere"
+        raise SystemExit(
+            f"mutant {m.name!r}: its snippet must occur exactly once in keras_hybrid_interp/, found {places} "
+            f"(the code moved or changed; update the snippet in scripts/mutants.py):\n    {m.original!r}"
+        )
+    path = where[0][0]
+    if path != hint:
+        print(f"note: mutant {m.name!r}: snippet now in {os.path.relpath(path, ROOT)} (listed as {m.file})",
+              file=sys.stderr)
+    return path
+
+
+def drop_bytecode(path: str) -> None:
+    base = os.path.splitext(os.path.basename(path))[0]
+    for pyc in glob.glob(os.path.join(os.path.dirname(path), "__pycache__", base + ".*.pyc")):
+        try:
+            os.remove(pyc)
+        except OSError:
+            pass
+
+
+def restore(path: str, original_text: str, mutated_text: str, m: Mutant) -> None:
+    """Puts the original snippet back. If someone else edited the file meanwhile, only the
+    mutated snippet is reverted (their edit stays); otherwise the original file is written back."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            now = fh.read()
+    except OSError:
+        now = mutated_text
+    if now == mutated_text or now.count(m.replacement) != 1:
+        text = original_text
+    else:
+        text = now.replace(m.replacement, m.original)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    drop_bytecode(path)
+
+
+def run_tests_forked(tests) -> tuple[int, str]:
+    """Runs pytest on ``tests`` in a forked child (the package is imported afresh there)."""
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                import pytest
+
+                rc = pytest.main(["-q", "-x", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", *tests])
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(int(rc))
+            except BaseException:  # noqa: BLE001 - the child must never return into the parent's loop
+                import traceback
+
+                traceback.print_exc()
+                sys.stderr.flush()
+                os._exit(99)
+        _, status = os.waitpid(pid, 0)
+        rc = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        return rc, log.read().decode("utf-8", "replace")
+
+
+def run_tests_subprocess(tests) -> tuple[int, str]:
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header",
+                        "-W", "ignore", *tests], cwd=ROOT, capture_output=True, text=True)
+    return p.returncode, p.stdout + p.stderr
+
+
+def preload():
+    """Imports the heavy dependencies once, in the parent (never the package itself)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import keras  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+    import pandas  # noqa: F401
+    import pytest  # noqa: F401
+    import scipy.optimize  # noqa: F401
+    import scipy.stats  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+
+    assert "keras_hybrid_interp" not in sys.modules
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--list", action="store_true", help="print the mutants, run nothing")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this mutant (repeatable)")
+    ap.add_argument("--subprocess", action="store_true", help="one fresh interpreter per mutant instead of a fork")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print the test output of each mutant")
+    args = ap.parse_args(argv)
+
+    names = [m.name for m in MUTANTS]
+    if len(set(names)) != len(names):
+        raise SystemExit("duplicate mutant names")
+    chosen = MUTANTS
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            raise SystemExit(f"unknown mutant(s) {unknown}; see --list")
+        chosen = [m for m in MUTANTS if m.name in args.only]
+    paths, stale = {}, []
+    for m in chosen:  # every snippet checked before anything is planted
+        try:
+            paths[m.name] = locate(m)
+        except SystemExit as e:
+            stale.append(str(e))
+    if stale:
+        raise SystemExit("\n".join(stale))
+
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}\t{os.path.relpath(paths[m.name], ROOT)}\t{m.why}\t{' '.join(m.tests)}")
+        return 0
+
+    os.chdir(ROOT)
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    sys.dont_write_bytecode = True
+    fork = hasattr(os, "fork") and not args.subprocess
+    if fork:
+        preload()
+    runner = run_tests_forked if fork else run_tests_subprocess
+    rows = []
+    start = time.perf_counter()
+    for m in chosen:
+        path = paths[m.name]
+        with open(path, encoding="utf-8") as fh:
+            original_text = fh.read()
+        if original_text.count(m.original) != 1:  # changed since locate()
+            raise SystemExit(f"mutant {m.name!r}: snippet no longer found exactly once in {path}")
+        mutated_text = original_text.replace(m.original, m.replacement)
+        t0 = time.perf_counter()
+        try:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(mutated_text)
+            drop_bytecode(path)
+            rc, out = runner(m.tests)
+        finally:
+            restore(path, original_text, mutated_text, m)
+        dt = time.perf_counter() - t0
+        if rc == 0:
+            verdict = "SURVIVED"
+        elif rc in (1, 99) or rc < 0:
+            verdict = "caught"
+        else:  # 2: interrupted/collection error, 4: usage error, 5: no tests collected
+            verdict = f"ERROR rc={rc}"
+        rows.append((m, os.path.relpath(path, PKG), verdict, dt))
+        print(f"{verdict:>9}  {dt:6.1f}s  {m.name}", flush=True)
+        if args.verbose or verdict.startswith("ERROR"):
+            print("\n".join(out.splitlines()[-25:]))
+    total = time.perf_counter() - start
+
+    w = max(len(m.name) for m, *_ in rows)
+    print()
+    print(f"{'mutant':<{w}}  {'file':<28}  {'result':<9}  {'seconds':>7}")
+    print(f"{'-' * w}  {'-' * 28}  {'-' * 9}  {'-' * 7}")
+    for m, f, verdict, dt in rows:
+        print(f"{m.name:<{w}}  {f:<28}  {verdict:<9}  {dt:7.1f}")
+    caught = sum(v == "caught" for _, _, v, _ in rows)
+    bad = len(rows) - caught
+    print(f"\n{caught} of {len(rows)} mutants caught, {bad} survived or errored; total {total:.0f} s")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

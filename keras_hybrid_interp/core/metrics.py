@@ -26,10 +26,16 @@ its values): the metrics then measure how well a probe reproduces the model.
 which every metric that is a function of means follows (``loss``,
 ``hamming``, ``f1``, ``agreement``, ``mae``, ``rmse``, ``r2``): intervals in
 memory ``bootstrap x`` (a few statistics per predictor), whatever N. The
-ranking metrics (AUROC, AP) get no interval.
+ranking metrics (AUROC, AP) are computed once per resample at the end, from
+the scores they hold anyway, with the *same* Poisson weights: the weights
+are drawn from a generator seeded like the streaming bootstrap's, sample by
+sample in stream order, so both see the same resamples (an (N, B) matrix of
+uint8 multiplicities while they are computed).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -40,7 +46,7 @@ __all__ = ["MetricSums", "INTERVAL_TASK_METRICS"]
 
 #: Per task, the metrics that get bootstrap intervals.
 INTERVAL_TASK_METRICS = {
-    "multilabel": ("f1", "hamming", "loss", "agreement"),
+    "multilabel": ("auroc", "average_precision", "f1", "hamming", "loss", "agreement"),
     "regression": ("r2", "mae", "rmse", "loss"),
 }
 
@@ -87,6 +93,9 @@ class MetricSums:
         if bootstrap:
             width = r * stats + (2 * k if self.name == "regression" else 0)
             self.bootstrap = PoissonBootstrap(bootstrap, width, random_state)
+            #: The streaming bootstrap's seed: the ranking metrics redraw its weights (see the module docstring).
+            self.seed = random_state if not isinstance(random_state, np.random.Generator) else None
+            self.seed_generator = random_state if isinstance(random_state, np.random.Generator) else None
 
     def update(self, outputs, targets, model_decisions=None):
         t = np.asarray(targets, np.float64)
@@ -161,6 +170,41 @@ class MetricSums:
         s = np.concatenate(self.targets).sum(axis=0)
         return [int(k) for k in np.flatnonzero((s == 0) | (s == self.n))]
 
+    def _ranking_resamples(self, n_kept):
+        """(B', rows) macro AUROC and AP of every resample that drew a sample (weighted, scikit-learn's ties)."""
+        y = np.concatenate(self.targets).astype(np.float64)
+        n, b = len(y), self.bootstrap.n_resamples
+        rng = self.seed_generator if self.seed_generator is not None else np.random.default_rng(self.seed)
+        w = rng.poisson(1.0, size=(n, b)).astype(np.uint8)
+        w = w[:, w.sum(axis=0, dtype=np.int64) > 0]
+        auroc = np.full((w.shape[1], self.rows, self.k), np.nan)
+        ap = np.full_like(auroc, np.nan)
+        for i in range(self.rows):
+            s = np.concatenate(self.scores[i])
+            for k in range(self.k):
+                order = np.argsort(-s[:, k], kind="mergesort")
+                sk, yk = s[order, k], y[order, k]
+                wk = w[order].astype(np.float64)
+                distinct = np.r_[np.flatnonzero(np.diff(sk)), n - 1]
+                tps = np.cumsum(wk * yk[:, None], axis=0)[distinct]
+                fps = np.cumsum(wk * (1 - yk[:, None]), axis=0)[distinct]
+                pos, neg = tps[-1], fps[-1]
+                ok = (pos > 0) & (neg > 0)
+                if not ok.any():
+                    continue
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    tpr = np.vstack([np.zeros(len(pos)), tps / pos])
+                    fpr = np.vstack([np.zeros(len(neg)), fps / neg])
+                    area = np.sum(np.diff(fpr, axis=0) * (tpr[1:] + tpr[:-1]) / 2, axis=0)
+                    precision = np.where(tps + fps > 0, tps / np.where(tps + fps > 0, tps + fps, 1), 0.0)
+                    recall = np.vstack([np.zeros(len(pos)), tps / pos])
+                    prec_area = np.sum(np.diff(recall, axis=0) * precision, axis=0)
+                auroc[ok, i, k] = area[ok]
+                ap[ok, i, k] = prec_area[ok]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample where no label has both values
+            return np.nanmean(auroc, axis=2), np.nanmean(ap, axis=2)
+
     def intervals(self, confidence) -> tuple[dict, dict]:
         """``(lower, upper)``: per metric of :data:`INTERVAL_TASK_METRICS`, (rows,) percentile bounds."""
         if self.bootstrap is None:
@@ -174,6 +218,7 @@ class MetricSums:
             denom = 2 * tp + fp + fn
             values["f1"] = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0)
             values["hamming"], values["loss"], values["agreement"] = wrong, loss, agree
+            values["auroc"], values["average_precision"] = self._ranking_resamples(len(means))
         else:
             m = means[:, : r * st].reshape(len(means), r, st)
             se, ae, loss = m[..., :k], m[..., 2 * k], m[..., 2 * k + 1]

@@ -257,3 +257,27 @@ def test_one_output_of_several_equals_the_model_cut_to_it(regression):
     np.testing.assert_allclose(ta["r2"], tb["r2"], rtol=1e-6)
     np.testing.assert_allclose(tc["r2"], tb["r2"], rtol=1e-6)
     assert HybridInterpreter(two, BLOCKS, output="findings").task == "multilabel"
+
+
+def test_multilabel_ranking_intervals_equal_weighted_sklearn_on_the_same_resamples(multilabel):
+    model, x, y = multilabel
+    interp = HybridInterpreter(model, BLOCKS)
+    interp.fit_probes(x[:60], y[:60], verbose=0)
+    table = interp.evaluate_layers(x[60:], y[60:], batch_size=7, bootstrap=60, random_state=11, confidence=0.8)
+    ye = y[60:]
+    p = interp.layer_predictions(x[60:]).probabilities[1]  # block c2's label probabilities
+    w = np.random.default_rng(11).poisson(1.0, size=(len(ye), 60))
+    w = w[:, w.sum(axis=0) > 0]
+    aurocs, aps, hams = [], [], []
+    for b in range(w.shape[1]):
+        sw = w[:, b]
+        keep = [k for k in range(3) if 0 < (sw * ye[:, k]).sum() < sw.sum()]
+        aurocs.append(np.mean([roc_auc_score(ye[:, k], p[:, k], sample_weight=sw) for k in keep]))
+        aps.append(np.mean([average_precision_score(ye[:, k], p[:, k], sample_weight=sw) for k in keep]))
+        hams.append(np.sum(sw[:, None] * ((p >= 0.5) != ye)) / (3 * sw.sum()))
+    for name, ref in (("auroc", aurocs), ("average_precision", aps), ("hamming", hams)):
+        lo, hi = np.quantile(ref, [0.1, 0.9])
+        assert table.lower[name][1] == pytest.approx(lo, abs=1e-5), name
+        assert table.upper[name][1] == pytest.approx(hi, abs=1e-5), name
+    assert table.lower["auroc"][1] < table.upper["auroc"][1]
+    assert {"auroc_low", "auroc_high", "average_precision_low"} <= set(table.to_frame().columns)

@@ -56,9 +56,10 @@ def main():
     import captum
     import torch
 
-    import b1_permutation_engine as b1
     from keras_hybrid_interp import GlobalAnalyzer
     from keras_hybrid_interp.core.engine import PooledHeadEngine
+
+    import b1_permutation_engine as b1
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "b1.weights.h5")

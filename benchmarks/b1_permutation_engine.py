@@ -109,8 +109,9 @@ def images(n, seed=SEED):
 
 def make_weights(path):
     """Seeded random init; the head standardises its logits on 256 other images; saved to ``path``."""
-    import keras
     import numpy as np
+
+    import keras
 
     keras.utils.set_random_seed(SEED)
     model = resnet()
@@ -125,6 +126,7 @@ def make_weights(path):
 def macs(model):
     """Multiply-accumulates per sample of the convolutions and dense layers."""
     import numpy as np
+
     from keras import layers
 
     total = 0
@@ -142,6 +144,7 @@ def run_captum(model, layer, x, own, c, k):
     Returns (seconds, forward passes made, attributions as NumPy).
     """
     import numpy as np
+
     import torch
     from captum.attr import LayerFeaturePermutation
 

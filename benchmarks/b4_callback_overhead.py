@@ -62,9 +62,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import keras  # noqa: E402
 
 from keras_hybrid_interp import callback as _callback
-from keras_hybrid_interp.core import trainer as _trainer  # noqa: E402
 from keras_hybrid_interp.callback import ImportanceOptions, InterpretationCallback, ProbeOptions  # noqa: E402
 from keras_hybrid_interp.cli import demo_model  # noqa: E402
+from keras_hybrid_interp.core import trainer as _trainer  # noqa: E402
 from keras_hybrid_interp.datasets import load_digits  # noqa: E402
 from keras_hybrid_interp.local.interpreter import HybridInterpreter  # noqa: E402
 

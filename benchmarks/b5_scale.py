@@ -151,8 +151,8 @@ def run(n):
 
 
 def main():
-    import tensorflow as tf  # noqa: F401  (versions only)
     import keras
+    import tensorflow as tf  # noqa: F401  (versions only)
 
     print(f"python {platform.python_version()}, tensorflow {tf.__version__}, keras {keras.__version__}, "
           f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}")

@@ -71,8 +71,8 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 
 HERE = os.path.abspath(__file__)
@@ -137,6 +137,7 @@ def child(model_name, row, size, n):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, ROOT)
     import numpy as np
+
     import keras
     from keras import layers
 
@@ -317,8 +318,9 @@ def selected(only):
 
 def machine():
     import numpy
-    import tensorflow as tf
+
     import keras
+    import tensorflow as tf
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     mem = next((int(ln.split()[1]) * KIB for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)

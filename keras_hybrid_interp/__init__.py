@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __g
     from .callback import ProbeOptions as ProbeOptions
     from .core.graph import Block as Block
     from .core.health import InterpretationWarning as InterpretationWarning
+    from .core.pooling import FeaturePooling as FeaturePooling
     from .global_.analyzer import GlobalAnalyzer as GlobalAnalyzer
     from .global_.association import FilterClassAssociation as FilterClassAssociation
     from .global_.atlas import FilterExamples as FilterExamples
@@ -68,7 +69,6 @@ if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __g
     from .global_.similarity import linear_cka as linear_cka
     from .local.interpreter import BlockList as BlockList
     from .local.interpreter import HybridInterpreter as HybridInterpreter
-    from .core.pooling import FeaturePooling as FeaturePooling
     from .local.probes import LinearProbe as LinearProbe
     from .local.probes import OutputProbabilities as OutputProbabilities
     from .local.results import LayerPredictions as LayerPredictions

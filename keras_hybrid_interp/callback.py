@@ -79,9 +79,10 @@ import dataclasses
 import os
 import warnings
 
-import keras
 import numpy as np
 import pandas as pd
+
+import keras
 
 from .core import data_pass as _pass
 from .core import health as _health

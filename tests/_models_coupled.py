@@ -1,7 +1,8 @@
 """A ResNet-style stage for the coupled-importance tests (two residual blocks with BatchNorm)."""
 
-import keras
 import numpy as np
+
+import keras
 from keras import layers
 
 C = 4

@@ -18,9 +18,9 @@ import pytest
 import keras
 
 sys.path.insert(0, os.path.dirname(__file__))
-from models import small_cnn  # noqa: E402
-
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter  # noqa: E402
+
+from models import small_cnn  # noqa: E402
 
 REFERENCE = Path(__file__).parent / "data" / "backend_reference.npz"
 

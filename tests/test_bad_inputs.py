@@ -20,9 +20,9 @@ import zipfile
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter

@@ -28,12 +28,26 @@ import pytest
 import keras
 from keras import layers
 
-from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter, ImportanceOptions, InterpretationCallback, build_report
+from keras_hybrid_interp import (
+    GlobalAnalyzer,
+    HybridInterpreter,
+    ImportanceOptions,
+    InterpretationCallback,
+    build_report,
+)
 from keras_hybrid_interp.core import distribute as _distribute
 from keras_hybrid_interp.core.blocks import discover_blocks
 from keras_hybrid_interp.core.graph import ModelGraph
 
-from models import assert_same_node_lists, node_counts, node_lists, nested_model, residual_cnn, sequential_cnn, user_operations
+from models import (
+    assert_same_node_lists,
+    nested_model,
+    node_counts,
+    node_lists,
+    residual_cnn,
+    sequential_cnn,
+    user_operations,
+)
 
 # Tiny random data: the analyses warn about few samples and dead filters.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -20,7 +20,7 @@ Checks, per row:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 import keras
 
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
+
 from models import assert_same_node_lists, assert_unchanged, node_lists, residual_cnn, snapshot
 
 

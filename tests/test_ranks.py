@@ -20,8 +20,15 @@ import pytest
 import keras
 from keras import layers
 
-from keras_hybrid_interp import (FeaturePooling, GlobalAnalyzer, HybridInterpreter, ImportanceOptions,
-                                 InterpretationCallback, build_report, plotting)
+from keras_hybrid_interp import (
+    FeaturePooling,
+    GlobalAnalyzer,
+    HybridInterpreter,
+    ImportanceOptions,
+    InterpretationCallback,
+    build_report,
+    plotting,
+)
 from keras_hybrid_interp.core.engine import job_permutation
 from keras_hybrid_interp.datasets import make_signals, make_volumes, signal_class_names, volume_class_names
 

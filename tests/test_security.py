@@ -17,6 +17,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from test_bad_inputs import CliBatch
 
 import keras
 from keras import layers
@@ -26,7 +27,6 @@ from keras_hybrid_interp import HybridInterpreter
 from keras_hybrid_interp.core.saving import UnsafeFileError, load_keras_file
 
 from models import edit_keras_config, small_cnn
-from test_bad_inputs import CliBatch
 
 PKG = pathlib.Path(keras_hybrid_interp.__file__).parent
 

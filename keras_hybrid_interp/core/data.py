@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import logging
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
 import numpy as np
+
+import keras
 
 from .data import to_class_indices, x_rows, x_take
 from .distribute import predict_on_batch

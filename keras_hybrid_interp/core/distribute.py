@@ -31,7 +31,7 @@ __all__ = ["active_strategy", "predict_on_batch"]
 #: model -> {id(strategy): _DistributedPredictor}. Weak on the model, and no
 #: value refers to its key (a predictor holds its model by weak reference
 #: only), so an entry goes when its model is garbage-collected.
-_PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def active_strategy():

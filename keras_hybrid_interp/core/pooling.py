@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 
-import keras
 import numpy as np
+
+import keras
 from keras import ops
 
 __all__ = ["FeaturePooling", "adaptive_bins"]

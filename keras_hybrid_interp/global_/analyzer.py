@@ -27,22 +27,22 @@ from ..core import blocks as _blocks
 from ..core import data_pass as _pass
 from ..core import graph as _graph
 from ..core import health as _health
-from ..core.data import model_stream
 from ..core.coupling import tied_tensors
+from ..core.data import model_stream
 from ..core.engine import TailEngine, TiedTailEngine, tail_engine
 from ..core.task import resolve_output, task_for
-from .atlas import FilterExamples, examples_reducer, examples_result
-from .dissection import QUANTILE, segmentation_association
 from .association import (
     AssociationMoments,
     FilterClassAssociation,
     association_result,
 )
+from .atlas import FilterExamples, examples_reducer, examples_result
 from .correlation import (
     FilterCorrelation,
     correlation_result,
     filter_correlation_reducer,
 )
+from .dissection import QUANTILE, segmentation_association
 from .importance import (
     TAYLOR_DEFAULT,
     FilterImportance,
@@ -93,7 +93,7 @@ class GlobalAnalyzer:
         #: The model's task (:class:`~keras_hybrid_interp.core.task.Task`); None when task="auto" could not
         #: tell what a linear output means (the target-based analyses then ask for `task=`).
         self.reader = None
-        if hasattr(obj, "graph") and hasattr(obj, "block_keys") and isinstance(getattr(obj, "graph"), _graph.ModelGraph):
+        if hasattr(obj, "graph") and hasattr(obj, "block_keys") and isinstance(obj.graph, _graph.ModelGraph):
             self.graph = obj.graph  # already reads the interpreter's one output
             self.block_keys = list(obj.block_keys)
             self.model = getattr(obj, "wrapped_model", None) or self.graph.model

@@ -34,8 +34,13 @@ import pandas as pd
 
 from ..core import health as _health
 from ..core.data_pass import Tap
-from ..core.receptive_field import (ReceptiveField, UnsupportedReceptiveField, receptive_field, window_origin,
-                                    window_shape)
+from ..core.receptive_field import (
+    ReceptiveField,
+    UnsupportedReceptiveField,
+    receptive_field,
+    window_origin,
+    window_shape,
+)
 
 __all__ = ["FilterExamples", "TopKExamples", "check_filters", "check_k", "examples_reducer", "examples_result"]
 
@@ -230,7 +235,7 @@ class FilterExamples:
         sl = tuple(slice(int(lo) - o, int(hi) - o) for (lo, hi), o in zip(box, origin))
         return np.asarray(self.crops[row, rank][sl])
 
-    def select(self, filters) -> "FilterExamples":
+    def select(self, filters) -> FilterExamples:
         """The examples of ``filters`` only (a sequence of analysed filters), in that order."""
         if isinstance(filters, (int, np.integer)) and not isinstance(filters, bool):
             filters = [filters]

@@ -6,8 +6,9 @@ both are registered for ``.keras`` serialization (``safe_mode=True``).
 
 from __future__ import annotations
 
-import keras
 import numpy as np
+
+import keras
 from keras import ops
 
 from ..core.output import OutputReader

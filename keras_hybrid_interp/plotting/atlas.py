@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-
 from matplotlib.colors import to_rgb
 
 from .common import NAN_FACE, check_top_k

@@ -63,7 +63,7 @@ def as_square_matrix(obj, argname, kind):
         df = obj.matrix
         if not isinstance(df, pd.DataFrame):
             df = pd.DataFrame(np.asarray(df))
-    elif hasattr(obj, "values") and np.ndim(getattr(obj, "values")) == 2:
+    elif hasattr(obj, "values") and np.ndim(obj.values) == 2:
         df = pd.DataFrame(np.asarray(obj.values, dtype=np.float64))
     else:
         raise TypeError(

@@ -378,7 +378,7 @@ def plot_filter_class_association(assoc, *, ax=None, top_k=32, class_names=None,
     top_k = check_top_k(top_k)
     if isinstance(assoc, pd.DataFrame):
         df = assoc
-    elif hasattr(assoc, "values") and np.ndim(getattr(assoc, "values")) == 2:
+    elif hasattr(assoc, "values") and np.ndim(assoc.values) == 2:
         df = pd.DataFrame(np.asarray(assoc.values, dtype=np.float64))
     elif hasattr(assoc, "table"):
         df = assoc.table

@@ -7,9 +7,10 @@ dec{i}_out); the levels are checked against the static shapes Keras itself compu
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
+
+import keras
 from keras import layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -9,7 +9,7 @@ from keras import layers, ops
 from keras_hybrid_interp.core.blocks import cut_points, discover_blocks, select_blocks
 from keras_hybrid_interp.core.graph import ModelGraph
 
-from models import (Subclassed, dense_cnn, nested_model, residual_cnn, sequential_cnn, small_cnn)
+from models import Subclassed, dense_cnn, nested_model, residual_cnn, sequential_cnn, small_cnn
 
 
 def block_names(model, **kw):

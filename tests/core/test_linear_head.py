@@ -13,16 +13,24 @@ Oracles:
   one Dense layer and the output activation.
 """
 
-import keras
 import numpy as np
 import pytest
+
+import keras
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer
 from keras_hybrid_interp.core import engine as _engine
 from keras_hybrid_interp.core import linear_head as _linear_head
-from keras_hybrid_interp.core.engine import (FrontierCache, Job, LinearHeadEngine, PooledHeadEngine, TailEngine,
-                                             job_permutation, tail_engine)
+from keras_hybrid_interp.core.engine import (
+    FrontierCache,
+    Job,
+    LinearHeadEngine,
+    PooledHeadEngine,
+    TailEngine,
+    job_permutation,
+    tail_engine,
+)
 from keras_hybrid_interp.core.graph import ModelGraph
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from test_model_untouched import assert_same_node_lists, node_lists
 
 import keras
 from keras import layers
@@ -32,8 +33,6 @@ from keras_hybrid_interp import GlobalAnalyzer
 from keras_hybrid_interp.core import data_pass as _pass
 from keras_hybrid_interp.core.graph import ModelGraph
 from keras_hybrid_interp.global_.similarity import CKAMoments, MinibatchCKA, OtherModel, linear_cka
-
-from test_model_untouched import assert_same_node_lists, node_lists
 
 BLOCKS = ["c1", "c2", "c3"]
 

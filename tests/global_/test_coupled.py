@@ -17,7 +17,7 @@ from keras_hybrid_interp.core.engine import job_permutation
 from keras_hybrid_interp.core.graph import ModelGraph
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
-from _models_coupled import C, TIED, hand_forward, resnet_stage_model
+from _models_coupled import TIED, C, hand_forward, resnet_stage_model
 
 N = 24
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -1,15 +1,5 @@
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
-
-import keras
-
-from keras_hybrid_interp.core.data import DataStream
-from keras_hybrid_interp.core import data_pass as _pass
-from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
-from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
-
-from oracles import assert_not_all_zero
 from _models_global import (
     Perturb,
     assert_state_equal,
@@ -21,6 +11,15 @@ from _models_global import (
     planted_model,
     residual_model,
 )
+from oracles import assert_not_all_zero
+from scipy.stats import spearmanr
+
+import keras
+
+from keras_hybrid_interp.core import data_pass as _pass
+from keras_hybrid_interp.core.data import DataStream
+from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
 METHODS = ["permutation", "ablation", "taylor"]
 
@@ -238,7 +237,7 @@ class _HeadEstimator:
         return {}
 
     def __sklearn_tags__(self):
-        from sklearn.utils import Tags, ClassifierTags, TargetTags
+        from sklearn.utils import ClassifierTags, Tags, TargetTags
         return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
                     classifier_tags=ClassifierTags())
 

@@ -7,9 +7,10 @@ filters within float rounding, for permutation and both ablations, for every
 kind of head after the pooling.
 """
 
-import keras
 import numpy as np
 import pytest
+
+import keras
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer

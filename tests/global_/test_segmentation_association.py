@@ -3,9 +3,10 @@
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
+
+import keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segmentation_models import planted_data, planted_unet  # noqa: E402

@@ -7,15 +7,14 @@ and scored with scikit-learn; Taylor from a closed-form gradient of a GAP + Dens
 
 import numpy as np
 import pytest
+from _models_global import Perturb, full_model_with_perturbation
+from sklearn.metrics import average_precision_score, mean_squared_error, r2_score
 
 import keras
 from keras import layers
-from sklearn.metrics import average_precision_score, mean_squared_error, r2_score
 
-from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
+from keras_hybrid_interp import GlobalAnalyzer
 from keras_hybrid_interp.core.engine import job_permutation
-
-from _models_global import Perturb, full_model_with_perturbation
 
 N, F = 64, 5
 

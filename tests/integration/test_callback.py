@@ -11,8 +11,8 @@ import pytest
 import keras
 from keras import layers
 
-from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 from keras_hybrid_interp.callback import ImportanceOptions, InterpretationCallback, ProbeOptions, plot_training_dynamics
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 from keras_hybrid_interp.local.interpreter import HybridInterpreter
 
 from models import assert_unchanged, snapshot
@@ -276,6 +276,7 @@ def test_importance_equals_a_full_model_rerun_by_hand(data):
     # Oracle: permutation importance computed by re-running the whole model with the filter's
     # maps permuted by hand (same permutations), accuracy against the labels.
     from _models_global import Perturb, full_model_with_perturbation
+
     from keras_hybrid_interp.core.engine import job_permutation
 
     _, (xv, yv) = data

@@ -7,9 +7,6 @@ layers (as they are at that epoch), scikit-learn probes fitted on the callback's
 
 import numpy as np
 import pytest
-
-import keras
-from keras import layers
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import (
     average_precision_score,
@@ -20,6 +17,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 from sklearn.preprocessing import StandardScaler
+
+import keras
+from keras import layers
 
 from keras_hybrid_interp import InterpretationCallback
 from keras_hybrid_interp.core.trainer import RIDGE_ALPHAS

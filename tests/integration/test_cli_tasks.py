@@ -11,13 +11,13 @@ import os
 
 import numpy as np
 import pytest
-
-import keras
-from keras import layers
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+
+import keras
+from keras import layers
 
 from keras_hybrid_interp.cli import main
 from keras_hybrid_interp.core.trainer import RIDGE_ALPHAS

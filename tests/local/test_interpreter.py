@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from oracles import assert_not_all_zero
 
 import keras
 from keras import layers, ops
@@ -10,9 +11,7 @@ from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
 from keras_hybrid_interp.core.health import InterpretationWarning
 from keras_hybrid_interp.datasets import load_digits
 
-from oracles import assert_not_all_zero
-from models import (assert_unchanged, gap_head_cnn, nested_model, residual_cnn, sequential_cnn,
-                    small_cnn, snapshot)
+from models import assert_unchanged, gap_head_cnn, nested_model, residual_cnn, sequential_cnn, small_cnn, snapshot
 
 
 @pytest.fixture(scope="module")

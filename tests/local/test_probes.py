@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from keras import ops
 
 from keras_hybrid_interp.core import trainer as _trainer

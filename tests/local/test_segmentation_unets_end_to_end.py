@@ -8,10 +8,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score
+
+import keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segmentation_models import unet_nd  # noqa: E402

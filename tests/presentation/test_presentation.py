@@ -1,7 +1,7 @@
 """Presentation details a reader meets first: one-line reprs and progress bars that know their total."""
 
-import io
 import contextlib
+import io
 
 import numpy as np
 import pytest

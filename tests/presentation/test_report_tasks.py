@@ -9,9 +9,6 @@ with the permutations the importance definition states (``SeedSequence(random_st
 
 import numpy as np
 import pytest
-
-import keras
-from keras import layers
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import (
     average_precision_score,
@@ -24,6 +21,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 from sklearn.preprocessing import StandardScaler
+
+import keras
+from keras import layers
 
 from keras_hybrid_interp import HybridInterpreter, build_report
 from keras_hybrid_interp.core import data_pass as _pass

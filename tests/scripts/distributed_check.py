@@ -17,10 +17,10 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from models import residual_cnn  # noqa: E402
-
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter  # noqa: E402
 from keras_hybrid_interp.core import distribute as _distribute  # noqa: E402
+
+from models import residual_cnn  # noqa: E402
 
 keras.utils.set_random_seed(0)
 model = residual_cnn()

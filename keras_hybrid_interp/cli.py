@@ -311,6 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_keras() -> None:
+    """Import Keras, or say in one line which backend package is missing (TensorFlow is an extra)."""
+    try:
+        import keras  # noqa: F401
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in ("tensorflow", "jax", "torch"):
+            raise
+        raise CLIError(
+            f"Keras' backend is {missing!r} (KERAS_BACKEND or ~/.keras/keras.json), which is not installed. "
+            f"Install it (pip install 'keras-hybrid-interp[{missing}]') or choose an installed backend, "
+            "e.g. KERAS_BACKEND=jax."
+        ) from None
+
+
 def main(argv=None) -> int:
     # Before anything imports TensorFlow (the package imports it lazily, on first use).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -321,6 +336,7 @@ def main(argv=None) -> int:
         argv = ["demo"] + argv
     args = parser.parse_args(argv)
     try:
+        _import_keras()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             if args.command == "demo":

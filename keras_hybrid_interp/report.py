@@ -697,6 +697,8 @@ def build_report(
         with ``sections`` that leave it out is refused. The summary
         and the health section are always there.
 
+    Notes
+    -----
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
     """

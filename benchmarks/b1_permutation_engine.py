@@ -414,7 +414,7 @@ def table(results, cfg):
         jobs = info["jobs"]
         eng = rows["engine"]
 
-        def row(arm, sec, ratio=""):
+        def row(arm, sec, ratio="", be=be, jobs=jobs):
             lines.append(f"| {be} | {arm} | {sec:.1f} | {1e3 * sec / jobs:.1f} | {ratio} |")
 
         cal = info["calibration"]

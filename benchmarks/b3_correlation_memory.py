@@ -39,7 +39,8 @@ model = keras.Model(inp, layers.Dense(10, activation="softmax")(h))
 B = 100
 if kind == "tf.data":
     ds = tf.data.Dataset.range(n).batch(B).map(
-        lambda i: tf.random.stateless_normal((tf.shape(i)[0], 32, 32, 3), seed=tf.stack([tf.constant(0, tf.int64), i[0]])))
+        lambda i: tf.random.stateless_normal((tf.shape(i)[0], 32, 32, 3),
+                                             seed=tf.stack([tf.constant(0, tf.int64), i[0]])))
 else:
     class Gen(keras.utils.PyDataset):
         def __len__(self):

@@ -294,7 +294,7 @@ def main():
         per_rec = statistics.median(rec)
         per_epoch = sum(t for t, _ in hook[label][1:]) / len(hook[label][1:])
 
-        def part(name):
+        def part(name, parts=parts):
             vals = [p.get(name, 0.0) for p in parts]
             return f"{1e3 * statistics.median(vals):.1f}" if any(vals) else "-"
 

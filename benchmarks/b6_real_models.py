@@ -158,7 +158,6 @@ def child(model_name, row, size, n):
     y = rng.integers(0, 10, size=n)
     out["build_s"] = time.perf_counter() - t0
 
-    caught = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         interp = None if row == "predict" else HybridInterpreter(model)

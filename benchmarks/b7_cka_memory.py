@@ -83,9 +83,14 @@ def main():
     ok = [r for r in rows if "failed" not in r]
     if ok:
         r0 = ok[0]
-        print(f"ResNet50 {args.size}x{args.size}, N={args.n}, batch={args.batch}: {r0['blocks']} blocks, "
-              f"sum C = {r0['sum_c']:,}; model.predict {r0['predict_s']:.1f} s, peak RSS {r0['predict_rss_mb']:.0f} MiB")
-    print("| estimator | layer_similarity s | x predict | peak RSS (MiB) | above predict's peak (MiB) | accumulator (MiB) |")
+        print(
+            f"ResNet50 {args.size}x{args.size}, N={args.n}, batch={args.batch}: {r0['blocks']} blocks, "
+            f"sum C = {r0['sum_c']:,}; model.predict {r0['predict_s']:.1f} s, peak RSS {r0['predict_rss_mb']:.0f} MiB"
+        )
+    print(
+        "| estimator | layer_similarity s | x predict | peak RSS (MiB) "
+        "| above predict's peak (MiB) | accumulator (MiB) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         if "failed" in r:
@@ -98,9 +103,11 @@ def main():
 
         a, b = (np.asarray(r["values"]) for r in ok)
         mb, full = ok[0], ok[1]
-        print(f"peak above predict's: full / minibatch = "
-              f"{(full['peak_rss_mb'] - full['predict_rss_mb']) / max(mb['peak_rss_mb'] - mb['predict_rss_mb'], 1):.0f}x; "
-              f"time full / minibatch = {full['seconds'] / mb['seconds']:.2f}x")
+        above = (full["peak_rss_mb"] - full["predict_rss_mb"]) / max(mb["peak_rss_mb"] - mb["predict_rss_mb"], 1)
+        print(
+            f"peak above predict's: full / minibatch = {above:.0f}x; "
+            f"time full / minibatch = {full['seconds'] / mb['seconds']:.2f}x"
+        )
         print(f"CKA, minibatch - full (different estimators): mean |diff| = {np.nanmean(np.abs(a - b)):.3f}, "
               f"max = {np.nanmax(np.abs(a - b)):.3f}")
 

@@ -283,7 +283,7 @@ def main(argv=None):
     quick = os.environ.get("QUICK", "") not in ("", "0")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", choices=list(ARCHITECTURES), metavar="NAME",
-                    help="architectures to run (default: all; QUICK=1: %s)" % ", ".join(QUICK_ARCHITECTURES))
+                    help=f"architectures to run (default: all; QUICK=1: {', '.join(QUICK_ARCHITECTURES)})")
     ap.add_argument("--size", type=int, default=64 if quick else 224,
                     help="input side; raised to the smallest the architecture accepts (default 224; QUICK 64)")
     ap.add_argument("--n", type=int, default=8 if quick else 32, help="images (default 32; QUICK 8)")

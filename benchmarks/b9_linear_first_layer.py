@@ -82,7 +82,10 @@ def analyse(name):
 
 
 def main():
-    print("| architecture | blocks | blocks where it applies | largest bound | block of the largest | median bound where it applies |")
+    print(
+        "| architecture | blocks | blocks where it applies | largest bound | block of the largest "
+        "| median bound where it applies |"
+    )
     print("|---|---:|---:|---:|---|---:|")
     for name in ARCHS:
         rows = analyse(name)

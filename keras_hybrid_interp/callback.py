@@ -76,7 +76,6 @@ engine's cache), through the package's one data pass.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import warnings
 
@@ -337,11 +336,14 @@ class InterpretationCallback(keras.callbacks.Callback):
         self.output = output
         self.task = task
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        if self.log_dir is not None and importlib.util.find_spec("tensorflow") is None:
-            raise ImportError(
-                "`log_dir` writes TensorBoard event files, which needs TensorFlow; it is not installed. "
-                "Install it (pip install 'keras-hybrid-interp[tensorflow]'), or pass csv_path= instead."
-            )
+        if self.log_dir is not None:
+            try:
+                import tensorflow  # noqa: F401  (written to at every epoch end; fail now, not after one)
+            except ModuleNotFoundError:
+                raise ImportError(
+                    "`log_dir` writes TensorBoard event files, which needs TensorFlow; it is not installed. "
+                    "Install it (pip install 'keras-hybrid-interp[tensorflow]'), or pass csv_path= instead."
+                ) from None
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self.random_state_ = resolve_entropy(random_state)
         self.importance_random_state_ = None

@@ -118,7 +118,9 @@ def _load_npz(path, x_key, y_key):
                 f"(np.load with allow_pickle=False, so the file cannot run code). Save numeric arrays ({exc})"
             ) from None
         except (OSError, EOFError, KeyError) as exc:
-            raise CLIError(f"{flag}: could not read array {key!r} of {path}: the file is truncated or corrupt ({exc})") from None
+            raise CLIError(
+                f"{flag}: could not read array {key!r} of {path}: the file is truncated or corrupt ({exc})"
+            ) from None
 
     if x_key not in keys:
         raise CLIError(f"--x-key: {path} has no array {x_key!r}; it has {keys}")

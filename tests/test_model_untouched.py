@@ -323,11 +323,14 @@ def test_results_follow_the_weights(tmp_path):
         # scoring="loss": on 24 samples, single filters rarely flip a predicted class.
         return {
             "taylor": analyzer.filter_importance(x, y, block=block, method="taylor").importances,
-            "permutation": analyzer.filter_importance(x, y, block=block, method="permutation", n_repeats=2,
-                                                      scoring="loss", random_state=0).importances,
+            "permutation": analyzer.filter_importance(
+                x, y, block=block, method="permutation", n_repeats=2, scoring="loss", random_state=0
+            ).importances,
             "ablation": analyzer.filter_importance(x, y, block=block, method="ablation", scoring="loss").importances,
             "correlation": analyzer.filter_correlation(x, block=block).values,
-            "evaluate_layers": interp.evaluate_layers(x, y).to_frame()[["loss", "agreement"]].to_numpy(dtype=np.float64),
+            "evaluate_layers": interp.evaluate_layers(x, y)
+            .to_frame()[["loss", "agreement"]]
+            .to_numpy(dtype=np.float64),
         }
 
     before = results(interp, analyzer)

@@ -3,7 +3,6 @@
 import ast
 import builtins
 import configparser
-import importlib.util
 import os
 import re
 import sys
@@ -76,9 +75,14 @@ def test_tensorboard_logging_without_tensorflow_is_refused_at_construction(monke
 
     from keras_hybrid_interp import InterpretationCallback
 
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
+    real_import = builtins.__import__
+
+    def no_tensorflow(name, *args, **kwargs):
+        if name == "tensorflow":
+            raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorflow)
     x, y = np.zeros((4, 8, 8, 1), "float32"), np.array([0, 1, 0, 1])
     with pytest.raises(ImportError, match="`log_dir`.*TensorFlow"):
         InterpretationCallback((x, y), log_dir="logs")

@@ -164,7 +164,9 @@ def test_a_bad_block_name_names_it_and_the_available_ones(env, row):
     assert env.block in msg, msg  # what is available
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if r.name != "explain"], ids=[r.name for r in ROWS if r.name != "explain"])
+@pytest.mark.parametrize(
+    "row", [r for r in ROWS if r.name != "explain"], ids=[r.name for r in ROWS if r.name != "explain"]
+)
 def test_an_empty_dataset_is_refused_clearly(env, row):
     with pytest.raises(ValueError, match=r"`x` is empty"):
         run(row, env, x=env.x[:0], y=env.y[:0])

@@ -135,7 +135,10 @@ def test_the_scan_finds_each_way_in():
     # importlib only for relative imports of the package's own submodules, in __init__.py
     assert scan("x.py", "from importlib import import_module")
     assert scan("__init__.py", "from importlib import import_module\nimport_module('os')")
-    assert scan("__init__.py", "from importlib import import_module\nimport_module(name, __name__)\nimport_module(f'{m}', __name__)")
+    assert scan(
+        "__init__.py",
+        "from importlib import import_module\nimport_module(name, __name__)\nimport_module(f'{m}', __name__)",
+    )
     assert not scan("__init__.py", "from importlib import import_module\nimport_module(f'.{n}', __name__)")
     assert not scan("x.py", "np.load(p, allow_pickle=False)\njson.loads(s)\nkeras.models.load_model(p, safe_mode=True)")
 

@@ -105,4 +105,6 @@ def test_notebook_runs(path, tmp_path):
     # What the notebook wrote (reports, saved models) is in its working directory, not in the repository.
     after = {p.name for d in (REPO, REPO / "tutorials") for p in d.iterdir()}
     written = {p.name for p in tmp_path.iterdir()}
-    assert not (after - before) & written, f"the notebook wrote {sorted((after - before) & written)} into the repository"
+    assert not (after - before) & written, (
+        f"the notebook wrote {sorted((after - before) & written)} into the repository"
+    )

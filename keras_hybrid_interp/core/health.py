@@ -141,7 +141,8 @@ def check_classes(counts, class_names, source="the labels"):
         warn(
             "missing_classes",
             f"Classes {listing(class_names[i] for i in missing)} have no sample among the {int(np.sum(counts))} "
-            f"analysed (classes from {source}); every number computed for them is NaN, and a probe trained without them never "
+            f"analysed (classes from {source}); every number computed for them is NaN, "
+            "and a probe trained without them never "
             "predicts them. Shuffle class-sorted data before cutting it with `max_samples`, or pass more data.",
         )
     return missing

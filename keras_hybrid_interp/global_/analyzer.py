@@ -145,7 +145,10 @@ class GlobalAnalyzer:
                             max_samples=max_samples, steps=steps)
 
     def run(self, stream, reducers):
-        """One pass of ``stream`` through the model, feeding ``reducers`` (see :mod:`~keras_hybrid_interp.core.data_pass`)."""
+        """One pass of ``stream`` through the model, feeding ``reducers``.
+
+        See :mod:`~keras_hybrid_interp.core.data_pass`.
+        """
         return _pass.run(self.graph, stream, reducers, task=self.reader)
 
     def require_classifier(self, what):
@@ -164,7 +167,10 @@ class GlobalAnalyzer:
     def key(self, block, argname="block"):
         """``(tensor key, name)`` of a layer with a feature-map output (rank 3, 4 or 5)."""
         if block is None:
-            raise TypeError(f"`{argname}` is required: a layer name with a feature-map output (rank 3-5); default blocks: {self.block_names}.")
+            raise TypeError(
+                f"`{argname}` is required: a layer name with a feature-map output (rank 3-5); "
+                f"default blocks: {self.block_names}."
+            )
         keys, names, _ = _blocks.select_blocks(self.graph, [block] if not isinstance(block, list) else block, argname)
         if len(keys) != 1:
             raise TypeError(f"`{argname}` must name one layer; received {block!r}.")

@@ -116,7 +116,9 @@ class TopKExamples:
         pos = np.argmax(flat, axis=1)  # (B, F): first maximum in row-major order
         vals = np.take_along_axis(flat, pos[:, None, :], axis=1)[:, 0, :].astype(np.float64)
         self.lowest = np.fmin(self.lowest, np.fmin.reduce(vals, axis=0))
-        locs = np.stack(np.unravel_index(pos, spatial), axis=-1) if spatial else np.zeros((b, len(self.filters), 0), int)
+        locs = (
+            np.stack(np.unravel_index(pos, spatial), axis=-1) if spatial else np.zeros((b, len(self.filters), 0), int)
+        )
         if self.input_shape is None:
             self.input_shape = tuple(int(n) for n in x.shape[1:-1])
         elif tuple(x.shape[1:-1]) != self.input_shape:
@@ -286,9 +288,11 @@ def block_input(graph, key, block) -> int:
         return graph.input_keys[0]
     image = graph.image_input_of(key)
     if image is None:
+        names = [graph.input_names[graph.input_keys.index(k)] for k in graph.inputs_of(key)]
         raise ValueError(
-            f"`block`: block {block!r} depends on no image input (only on {[graph.input_names[graph.input_keys.index(k)] for k in graph.inputs_of(key)]}), "
-            "so it has no input positions to crop; choose a block on a convolutional branch.")
+            f"`block`: block {block!r} depends on no image input (only on {names}), "
+            "so it has no input positions to crop; choose a block on a convolutional branch."
+        )
     images = [k for k in graph.inputs_of(key) if graph.image_input_of(k) == k]
     if len(images) > 1:
         names = [graph.input_names[graph.input_keys.index(k)] for k in images]

@@ -187,7 +187,11 @@ class FilterCorrelation:
             Filter indices per cluster, largest cluster first (ties by first
             filter). Usable as ``groups=`` of ``filter_importance``.
         """
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 <= threshold <= 1:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float, np.floating))
+            or not 0 <= threshold <= 1
+        ):
             raise ValueError(f"`threshold` must be a float in [0, 1] (a distance 1 - |r|); received {threshold!r}.")
         live = np.setdiff1d(np.arange(self.n_filters), self.dead_filters)
         if len(live) == 0:

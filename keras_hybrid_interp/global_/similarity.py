@@ -185,7 +185,9 @@ class LayerSimilarity:
 
     def __repr__(self):
         if self.columns is None:
-            return f"LayerSimilarity(blocks={len(self.blocks)}, n_samples={self.n_samples}, estimator={self.estimator!r})"
+            return (
+                f"LayerSimilarity(blocks={len(self.blocks)}, n_samples={self.n_samples}, estimator={self.estimator!r})"
+            )
         return (f"LayerSimilarity(models={self.models}, blocks={len(self.blocks)}x{len(self.columns)}, "
                 f"n_samples={self.n_samples}, estimator={self.estimator!r})")
 

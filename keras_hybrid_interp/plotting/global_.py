@@ -100,7 +100,9 @@ def plot_filter_correlation(corr, *, ax=None, top_k=64, cluster=True, threshold=
     if filters is not None:
         sel = np.asarray(filters).ravel()
         if sel.dtype.kind not in "iu" or len(sel) == 0 or sel.min() < 0 or sel.max() >= C:
-            raise ValueError(f"`filters` must be a non-empty list of filter indices in 0..{C - 1}; received {filters!r}.")
+            raise ValueError(
+                f"`filters` must be a non-empty list of filter indices in 0..{C - 1}; received {filters!r}."
+            )
         sel_live = np.array([f for f in sel if not is_dead[f]], dtype=int)
         sel_dead = np.array([f for f in sel if is_dead[f]], dtype=int)
         how = f"showing {len(sel)} chosen of {C} filters"
@@ -201,7 +203,9 @@ def _importance_data(imp):
     """(mean, std, labels, n_repeats, dead set, meta dict) from a FilterImportance or its frame."""
     if isinstance(imp, pd.DataFrame):
         if "importance" not in imp.columns:
-            raise ValueError(f"`imp` DataFrame needs an 'importance' column (FilterImportance.to_frame()); has {list(imp.columns)}.")
+            raise ValueError(
+                f"`imp` DataFrame needs an 'importance' column (FilterImportance.to_frame()); has {list(imp.columns)}."
+            )
         key = "filter" if "filter" in imp.columns else "group" if "group" in imp.columns else None
         if key is None:
             raise ValueError("`imp` DataFrame needs a 'filter' or 'group' column (FilterImportance.to_frame()).")
@@ -451,7 +455,9 @@ def plot_filter_class_association(assoc, *, ax=None, top_k=32, class_names=None,
     src = getattr(assoc, "label_source", None)
     ns = getattr(assoc, "n_samples", None)
     if src or ns is not None:
-        parts.append(", ".join(p for p in (f"labels from {src}" if src else "", f"n={ns}" if ns is not None else "") if p))
+        parts.append(
+            ", ".join(p for p in (f"labels from {src}" if src else "", f"n={ns}" if ns is not None else "") if p)
+        )
     if title is None:
         block = getattr(assoc, "block", None)
         title = "Filter\u2013class association" + (f" \u2014 {block}" if block else "")

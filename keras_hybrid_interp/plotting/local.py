@@ -426,7 +426,9 @@ def _resolve_class(class_index, class_names, default):
         return default
     if isinstance(class_index, str):
         if class_index not in class_names:
-            raise ValueError(f"`class_index` {class_index!r} is not a class name; classes: {short_list(class_names, 20)}.")
+            raise ValueError(
+                f"`class_index` {class_index!r} is not a class name; classes: {short_list(class_names, 20)}."
+            )
         return class_names.index(class_index)
     if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) or not 0 <= class_index < k:
         raise ValueError(f"`class_index` must be an int in [0, {k - 1}] or a class name; received {class_index!r}.")

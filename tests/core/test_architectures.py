@@ -266,7 +266,7 @@ def _densenet():
 def _convnext():
     names, k = [], 0
     for stage, depth in enumerate([3, 3, 9, 3]):
-        for b in range(depth):
+        for _ in range(depth):
             names.append("add" if k == 0 else f"add_{k}")
             k += 1
         if stage < 3:  # extended to the LayerNormalization of the downsampling layer

@@ -200,7 +200,9 @@ def test_dead_relu_filter_is_reported_as_nan_and_the_rest_matches_numpy():
     assert np.all(np.isfinite(w)) and np.all(np.isfinite(b))
     assert scale[DEAD] == 0.0 and np.all(w[DEAD] == 0.0)  # a constant feature gets weight 0
     np.testing.assert_allclose(scale[live], 1 / s[:, live].std(0), rtol=1e-4)
-    assert np.all(np.isfinite(interp.evaluate_layers(x, y).to_frame()[["accuracy", "loss", "agreement"]].to_numpy(float)))
+    assert np.all(
+        np.isfinite(interp.evaluate_layers(x, y).to_frame()[["accuracy", "loss", "agreement"]].to_numpy(float))
+    )
 
 
 def test_constant_inputs_give_nan_statistics_and_a_prior_probe():

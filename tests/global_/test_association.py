@@ -28,7 +28,9 @@ def test_equals_point_biserial_reference(batch_size, statistic):
     res = ga.filter_class_association(x, y, block="res_out", statistic=statistic, batch_size=batch_size)
     act = ga.graph.build([ga.graph.resolve("res_out")]).predict_on_batch(x)
     s = act.astype(np.float64).mean(axis=(1, 2)) if statistic == "mean" else act.max(axis=(1, 2)).astype(np.float64)
-    np.testing.assert_allclose(res.values, _reference(s, y, 4), atol=1e-6, rtol=0)  # per-sample summaries are float32 on the device; accumulation is float64
+    np.testing.assert_allclose(
+        res.values, _reference(s, y, 4), atol=1e-6, rtol=0
+    )  # per-sample summaries are float32 on the device; accumulation is float64
     for j in range(4):
         np.testing.assert_allclose(res.class_means[:, j], s[y == j].mean(0), rtol=1e-6)
     assert res.class_counts.tolist() == np.bincount(y, minlength=4).tolist()

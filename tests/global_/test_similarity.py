@@ -14,7 +14,10 @@ def _hsic_cka(x, y):
     n = len(x)
     h = np.eye(n) - 1.0 / n
     k, l_ = x @ x.T, y @ y.T
-    hsic = lambda a, b: np.trace(a @ h @ b @ h)
+
+    def hsic(a, b):
+        return np.trace(a @ h @ b @ h)
+
     return hsic(k, l_) / np.sqrt(hsic(k, k) * hsic(l_, l_))
 
 
@@ -52,7 +55,9 @@ def test_streaming_equals_reference(batch_size):
     feats = [_pooled(ga, x, n) for n in names]
     for i in range(len(names)):
         for j in range(len(names)):
-            assert res.values[i, j] == pytest.approx(linear_cka(feats[i], feats[j]), abs=1e-6)  # per-sample summaries are float32 on the device; accumulation is float64
+            assert res.values[i, j] == pytest.approx(
+                linear_cka(feats[i], feats[j]), abs=1e-6
+            )  # per-sample summaries are float32 on the device; accumulation is float64
     np.testing.assert_allclose(np.diag(res.values), 1.0, atol=1e-12)
     np.testing.assert_array_equal(res.values, res.values.T)
     df = res.to_frame()

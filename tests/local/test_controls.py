@@ -178,7 +178,9 @@ def test_the_seed_makes_the_intervals_and_the_batch_size_does_not(controlled, di
     a = controlled.evaluate_layers(xte, yte, controls=1, bootstrap=300, random_state=5).to_frame()
     b = controlled.evaluate_layers(xte, yte, controls=1, bootstrap=300, random_state=5, batch_size=23).to_frame()
     c = controlled.evaluate_layers(xte, yte, controls=1, bootstrap=300, random_state=6).to_frame()
-    pd.testing.assert_frame_equal(a, b, rtol=1e-6)  # batch size changes float kernels by ulps (torch), not the bootstrap
+    pd.testing.assert_frame_equal(
+        a, b, rtol=1e-6
+    )  # batch size changes float kernels by ulps (torch), not the bootstrap
     assert not np.allclose(a["accuracy_low"], c["accuracy_low"])
 
 

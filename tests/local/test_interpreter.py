@@ -577,7 +577,9 @@ def test_repeating_dataset_needs_steps_and_steps_limits_the_pass(fitted, digits)
     np.testing.assert_allclose(table[cols].to_numpy(float), ref, rtol=1e-6)
     frac = table["agreement"].to_numpy() * 24  # rates over 24 samples
     np.testing.assert_allclose(frac, np.round(frac), atol=1e-9)
-    np.testing.assert_allclose(fitted.evaluate_layers(ds, max_samples=24).to_frame()[cols].to_numpy(float), ref, rtol=1e-6)
+    np.testing.assert_allclose(
+        fitted.evaluate_layers(ds, max_samples=24).to_frame()[cols].to_numpy(float), ref, rtol=1e-6
+    )
 
 
 def test_class_sorted_data_cut_by_max_samples_warns_once(trained, digits):

@@ -467,7 +467,6 @@ class InterpretationCallback(keras.callbacks.Callback):
         self._probe_fits = None
         self._probes_synced = True
         self._analyzer = None
-        self._importance_request = None
         if self.importance_options is not None:
             self._analyzer = GlobalAnalyzer(interp, batch_size=self.batch_size)
             key, _ = self._analyzer.key(self.importance_options.block, "ImportanceOptions(block=...)")  # validate now

@@ -13,9 +13,9 @@ analysis (local and global) and assembles the standard report;
 from __future__ import annotations
 
 import base64
-import difflib
 import dataclasses
 import datetime as _dt
+import difflib
 import html
 import io
 import json
@@ -364,7 +364,10 @@ class Report:
         if self.summary:
             parts.append("<h2 id='summary'>Summary</h2><table>")
             for k, v in self.summary.items():
-                parts.append(f"<tr><th style='text-align:left'>{esc(str(k))}</th><td style='text-align:left'>{esc(_fmt(v))}</td></tr>")
+                parts.append(
+                    f"<tr><th style='text-align:left'>{esc(str(k))}</th>"
+                    f"<td style='text-align:left'>{esc(_fmt(v))}</td></tr>"
+                )
             parts.append("</table>")
         n_fig = n_tab = 0
         for i, sec in enumerate(self.sections):
@@ -385,7 +388,9 @@ class Report:
                 if len(table) > VISIBLE_ROWS:
                     parts.append(f"<p>The first {PREVIEW_ROWS} of {len(table)} rows; {_csv_link(name, table)}.</p>")
                     parts.append(table.head(PREVIEW_ROWS).to_html(**fmt))
-                    parts.append(f"<details><summary>Show all {len(table)} rows</summary>{table.to_html(**fmt)}</details>")
+                    parts.append(
+                        f"<details><summary>Show all {len(table)} rows</summary>{table.to_html(**fmt)}</details>"
+                    )
                 else:
                     parts.append(table.to_html(**fmt))
         if self.model_summary:
@@ -704,7 +709,6 @@ def build_report(
     """
     from . import plotting
     from .core import data_pass as _pass
-    from .local import segmentation as _segmentation
     from .core import health as _health
     from .global_.analyzer import GlobalAnalyzer
     from .global_.association import AssociationMoments, association_result
@@ -712,6 +716,7 @@ def build_report(
     from .global_.correlation import correlation_result, filter_correlation_reducer, warn_dead
     from .global_.importance import check_request, importance_reducer, importance_result
     from .global_.similarity import similarity_reducer, similarity_result
+    from .local import segmentation as _segmentation
 
     interp.require_fitted()
     model = interp.wrapped_model
@@ -839,7 +844,9 @@ def build_report(
         summary["redundancy (mean |r|)"] = float(corr.redundancy)
     if imp is not None:
         summary["top 5 filters by permutation importance"] = [int(i) for i in imp.ranking[:5]]
-        summary["filters whose importance is within noise"] = f"{int(imp.within_noise.sum())} of {len(imp.within_noise)}"
+        summary["filters whose importance is within noise"] = (
+            f"{int(imp.within_noise.sum())} of {len(imp.within_noise)}"
+        )
     left_out = [s for s in REPORT_SECTIONS if s not in want and (s != "comparison" or compare is not None)]
     if sections is not None and left_out:
         summary["sections left out (sections=)"] = left_out

@@ -40,15 +40,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 import keras
-import numpy as np
 
 from .distribute import predict_on_batch
 
-__all__ = ["TailEngine", "TiedTailEngine", "PooledHeadEngine", "LinearHeadEngine", "MapSummary", "tail_engine", "Job", "FrontierCache",
-           "resolve_entropy", "job_permutation", "DEFAULT_MEMORY_BUDGET", "Calibration", "calibrate_stacking"]
+__all__ = [
+    "TailEngine",
+    "TiedTailEngine",
+    "PooledHeadEngine",
+    "LinearHeadEngine",
+    "MapSummary",
+    "tail_engine",
+    "Job",
+    "FrontierCache",
+    "resolve_entropy",
+    "job_permutation",
+    "DEFAULT_MEMORY_BUDGET",
+    "Calibration",
+    "calibrate_stacking",
+]
 
 #: Bytes of activations one stacked tail pass may use (estimate).
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -92,7 +106,9 @@ def resolve_entropy(random_state, argname="random_state") -> int:
     if random_state is None:
         return int(np.random.SeedSequence().entropy)
     if isinstance(random_state, bool):
-        raise TypeError(f"`{argname}` must be None, an int, a numpy Generator or SeedSequence; received {random_state!r}.")
+        raise TypeError(
+            f"`{argname}` must be None, an int, a numpy Generator or SeedSequence; received {random_state!r}."
+        )
     if isinstance(random_state, (int, np.integer)):
         if random_state < 0:
             raise ValueError(f"`{argname}` must be a non-negative int; received {random_state}.")
@@ -149,15 +165,11 @@ class Cache:
     n: int
     #: For an engine that does not cache the block's maps (:class:`PooledHeadEngine`): their
     #: per-channel range and float64 mean map over the samples (:class:`MapSummary`); None otherwise.
-    summary: "MapSummary | None" = None
+    summary: MapSummary | None = None
 
     @property
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.arrays))
-
-
-def _as_list(out):
-    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 def score_jobs(tail, jobs: Sequence[Job], n: int, p: int, b: int, fill, score, progress=None) -> np.ndarray:
@@ -655,7 +667,9 @@ class TailEngine:
         ppe = perturbations_per_eval if isinstance(perturbations_per_eval, str) else p
         return self.outputs(cache, [none] * p, perturbations_per_eval=ppe, memory_budget=memory_budget)[0]
 
-    def outputs(self, cache: Cache, jobs: Sequence[Job], perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET):
+    def outputs(
+        self, cache: Cache, jobs: Sequence[Job], perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET
+    ):
         """Tail outputs for every job, shape (len(jobs), n, *output_shape). For tests and small runs."""
         collected = []
 

@@ -54,11 +54,11 @@ import contextlib
 import dataclasses
 import difflib
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import keras
 from keras import tree
-
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
 from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
@@ -68,7 +68,17 @@ from keras.src.models.functional import Functional
 from keras.src.ops import nn as _ops_nn
 from keras.src.ops import numpy as _ops_numpy
 
-__all__ = ["ModelGraph", "TensorInfo", "OpNode", "Block", "DenseHead", "Window", "FEATURE_MAP_RANKS", "is_feature_map", "RANKS_TEXT"]
+__all__ = [
+    "ModelGraph",
+    "TensorInfo",
+    "OpNode",
+    "Block",
+    "DenseHead",
+    "Window",
+    "FEATURE_MAP_RANKS",
+    "is_feature_map",
+    "RANKS_TEXT",
+]
 
 _CONV_TYPES = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
 
@@ -392,7 +402,6 @@ class ModelGraph:
 
         inputs = self._make_inputs(model, input_shape)
         self.input_keys = [self._register(t, None, None) for t in inputs]
-        self._inputs_struct = inputs
         with self.building():
             outputs = self._apply_model(model, inputs if len(inputs) > 1 else inputs[0], prefix="")
         flat_out = tree.flatten(outputs)
@@ -589,11 +598,6 @@ class ModelGraph:
     # ------------------------------------------------------------------
     # Lookup
     # ------------------------------------------------------------------
-    @property
-    def layer_names(self) -> list[str]:
-        """Addressable tensor names in graph order (nested ones as ``outer/inner``)."""
-        return [t.name for t in self.tensors if t.producer is not None]
-
     def feature_map_names(self) -> list[str]:
         """Names of the tensors that are feature maps (rank 3, 4 or 5; see :func:`is_feature_map`)."""
         return [t.name for t in self.tensors if t.producer is not None and is_feature_map(t.shape)]
@@ -641,7 +645,9 @@ class ModelGraph:
                     f"`{argname}`: layer {spec.name!r} is not part of model {self.model.name!r}."
                 )
             if len(hits[-1].outputs) != 1:
-                raise ValueError(f"`{argname}`: layer {spec.name!r} has several outputs; name one as '{hits[-1].path}:i'.")
+                raise ValueError(
+                    f"`{argname}`: layer {spec.name!r} has several outputs; name one as '{hits[-1].path}:i'."
+                )
             return hits[-1].outputs[0]
         raise TypeError(
             f"`{argname}` entries must be layer names (str), top-level indices (int) or "
@@ -652,7 +658,7 @@ class ModelGraph:
     # Sub-models
     # ------------------------------------------------------------------
     @contextlib.contextmanager
-    def building(self) -> Iterator["ModelGraph"]:
+    def building(self) -> Iterator[ModelGraph]:
         """Context for calling layers on the graph's tensors and building side models from them.
 
         Inside it, the user's operations (every layer and operation of the
@@ -904,7 +910,11 @@ class ModelGraph:
         ``key`` consumes (the skip connections that cross the cut), in graph
         order. Feeding these into :meth:`build` gives the tail model.
         """
-        after = [o for o in self.ops if o.index > (self.tensors[key].producer if self.tensors[key].producer is not None else -1)]
+        after = [
+            o
+            for o in self.ops
+            if o.index > (self.tensors[key].producer if self.tensors[key].producer is not None else -1)
+        ]
         cross = set()
         for o in after:
             for i in o.inputs:

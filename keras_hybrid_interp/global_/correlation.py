@@ -59,9 +59,6 @@ class StreamingMoments:
         """Boolean mask of columns that never varied (exactly constant)."""
         return self.max == self.min
 
-    def covariance(self, ddof: int = 1) -> np.ndarray:
-        return self.comoment / max(self.n - ddof, 1)
-
     def correlation(self) -> np.ndarray:
         """Pearson correlation; NaN rows/columns for constant columns."""
         dead = self.constant

@@ -40,6 +40,18 @@ task metrics (per block, evaluation half; multi-label and regression models)
     The probes and the numbers come from the interpreter's one path: the
     trainer's ``fit_task_probe`` and the layer table's reducer
     (``ProbeScores``, ``TaskProbeScores``) fed the evaluation half.
+segmentation metrics (per block, every pixel of the evaluation half)
+    A segmentation model (a spatial output map) records ``mean_iou``,
+    ``dice``, ``pixel_accuracy``, ``loss`` and ``agreement`` exactly as
+    :func:`~keras_hybrid_interp.local.segmentation.evaluate_layers` defines
+    them, for per-position probes (a 1x1 convolution on the block's map, its
+    logits upsampled to the mask by nearest neighbour) fitted by
+    :func:`~keras_hybrid_interp.local.segmentation.fit_probes` on
+    ``positions_per_sample`` output positions per sample of the probe-fit
+    half, drawn from ``positions_random_state_`` (the same positions at every
+    record). Against the masks, or without masks against the model's own
+    per-pixel distribution (``loss``) and mask (the others). Block
+    ``"output"`` is the model itself (every metric but ``agreement``).
 dead_filters (per block, whole subset)
     Number of filters whose spatially averaged activation is exactly the same
     for every sample of the subset (``FilterCorrelation.dead_filters``).
@@ -49,10 +61,11 @@ redundancy (per block, whole subset)
     NaN with fewer than two live filters).
 importance (one block, whole subset, optional)
     Permutation importance (``GlobalAnalyzer.filter_importance`` with the
-    task's default score: accuracy, macro average precision, R^2; mean over ``n_repeats``) of the ``top_k`` most important filters
-    at that epoch; the ``filter`` column says which. The permutations are the
-    same at every epoch (common random numbers), so the curves move only
-    because the model does.
+    task's default score: accuracy, macro average precision, R^2, mean IoU;
+    mean over ``n_repeats``) of the ``top_k`` most important filters at that
+    epoch; the ``filter`` column says which. The permutations are the same at
+    every epoch (common random numbers), so the curves move only because the
+    model does.
 
 Probes
 ------
@@ -71,6 +84,13 @@ read and at the end of training.
 One record is one pass of the subset through the model (pooled features,
 per-filter ranges, the model's output and, with ``importance``, the tail
 engine's cache), through the package's one data pass.
+
+Segmentation probes are refitted through the segmentation module's own
+functions, which read the raw block maps that this pass does not keep (they
+would hold ``max_samples x sum_l s_l x C_l`` numbers): a segmentation record
+costs two extra passes, one over the probe-fit half (the fit, warm-started
+from the previous record's probes) and one over the evaluation half (the
+confusion on every pixel), together one more pass over the subset.
 """
 
 from __future__ import annotations
@@ -86,7 +106,7 @@ import keras
 
 from .core import data_pass as _pass
 from .core import health as _health
-from .core.data import as_stream, x_rows
+from .core.data import as_stream, x_rows, x_take
 from .core.engine import FrontierCache, resolve_entropy
 from .core.trainer import (
     MAX_ITER,
@@ -99,6 +119,7 @@ from .core.trainer import (
 )
 from .global_.correlation import FilterCorrelation, StreamingMoments
 from .global_.importance import check_request, importance_result
+from .local import segmentation as _segmentation
 from .local.interpreter import ProbeScores, TaskProbeScores
 from .local.probes import input_transform
 from .plotting import (
@@ -193,6 +214,9 @@ class InterpretationCallback(keras.callbacks.Callback):
     per block: probe ``accuracy``, ``loss`` and ``agreement`` with the model,
     the number of ``dead_filters`` and the filter ``redundancy`` (mean |r|);
     optionally the permutation ``importance`` of the top filters of one block.
+    Multi-label, regression and segmentation models record their task's
+    metrics instead (segmentation: per-position probes scored on every pixel,
+    ``mean_iou``, ``dice``, ``pixel_accuracy``, ``loss``, ``agreement``).
     The module docstring (and the README) define every metric.
 
     Training is untouched: the callback never compiles, traces or changes the
@@ -251,12 +275,17 @@ class InterpretationCallback(keras.callbacks.Callback):
         Batch size of the inference pass.
     output : "auto", an output's name or index, "softmax", "sigmoid" or "logits"
         Which output, or what it holds, as for :class:`HybridInterpreter`.
-    task : "auto", "multiclass", "binary", "multilabel" or "regression"
+    task : "auto", "multiclass", "binary", "multilabel", "regression" or "segmentation"
         What the output means, as for :class:`HybridInterpreter` (linear
         units need it). ``validation_data``'s ``y`` has the task's shape:
         (N,) class indices or (N, K) one-hot; (N, K) 0/1 labels; (N,) or
-        (N, K) floats. Segmentation models are refused (their probes are not
-        refitted while training).
+        (N, K) floats; masks (N, *S) of class indices or (N, *S, K) one-hot
+        at the output's resolution.
+    positions_per_sample : int, optional
+        Segmentation models only: output positions per sample of the
+        probe-fit half that the per-position probes are fitted on (None:
+        :data:`~keras_hybrid_interp.local.segmentation.POSITIONS_PER_SAMPLE`,
+        64), as for :meth:`HybridInterpreter.fit_probes`.
 
     Attributes
     ----------
@@ -277,6 +306,12 @@ class InterpretationCallback(keras.callbacks.Callback):
     importance_random_state_ : int
         ``random_state`` passed to ``GlobalAnalyzer.filter_importance`` at
         every record.
+    positions_random_state_ : int or None
+        Segmentation models: ``random_state`` of the segmentation probes'
+        fit at every record; sample ``i`` of the probe-fit half (in index
+        order) is fitted on the positions
+        ``numpy.random.default_rng([positions_random_state_, i])`` draws.
+        None for other tasks.
 
     Notes
     -----
@@ -322,6 +357,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         batch_size=256,
         output="auto",
         task="auto",
+        positions_per_sample=None,
     ):
         super().__init__()
         self.every = _positive_int(every, "every")
@@ -347,6 +383,8 @@ class InterpretationCallback(keras.callbacks.Callback):
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self.random_state_ = resolve_entropy(random_state)
         self.importance_random_state_ = None
+        self.positions_per_sample = _positive_int(positions_per_sample, "positions_per_sample", allow_none=True)
+        self.positions_random_state_ = None
         self._x_arg, self._y_arg = self._unpack(validation_data)
         if not isinstance(self._x_arg, (list, dict)):  # several inputs are checked against the model's inputs later
             as_stream(self._x_arg, self._y_arg, argname="validation_data")  # kind and label length, early
@@ -437,11 +475,11 @@ class InterpretationCallback(keras.callbacks.Callback):
         if self._interp is not None and self._interp.wrapped_model is model:
             return
         interp = HybridInterpreter(model, self.blocks_arg, output=self.output, task=self.task)
-        if interp.reader.spatial:
+        if self.positions_per_sample is not None and not interp.reader.spatial:
             raise ValueError(
-                "InterpretationCallback records pooled probes (classification, multi-label, regression); model "
-                f"{model.name!r} is a segmentation model (task 'segmentation'), whose per-position probes it does not "
-                "refit yet. Record them after training: HybridInterpreter(model).fit_probes(...) and evaluate_layers."
+                "`positions_per_sample` applies to segmentation models only (per-position probes on a spatial "
+                f"output map); model {model.name!r} has task {interp.reader.name!r}. Leave it None; received "
+                f"{self.positions_per_sample!r}."
             )
         stream = interp.stream(self._x_arg, self._y_arg, batch_size=self.batch_size,
                                max_samples=self.max_samples, argname="validation_data")
@@ -456,12 +494,13 @@ class InterpretationCallback(keras.callbacks.Callback):
         if self.correlation and n < 2:
             raise ValueError(f"`validation_data` must hold at least 2 samples to correlate filters; received {n}.")
         root = np.random.SeedSequence(self.random_state_)
-        split_seq, _, imp_seq = root.spawn(3)
+        split_seq, pos_seq, imp_seq = root.spawn(3)
         perm = np.random.default_rng(split_seq).permutation(n)
         n_eval = n // 2
         self._fit_idx = np.sort(perm[: n - n_eval])
         self._eval_idx = np.sort(perm[n - n_eval:])
         self.importance_random_state_ = int(imp_seq.generate_state(1)[0])
+        self.positions_random_state_ = (int(pos_seq.generate_state(1)[0]) if interp.reader.spatial else None)
         self._x, self._y = x, y
         self._interp = interp
         self._probe_fits = None
@@ -535,7 +574,9 @@ class InterpretationCallback(keras.callbacks.Callback):
         if bad:
             warnings.warn(f"Epoch {epoch}: {bad} produced NaN or infinite values on the validation subset; "
                           "nothing is recorded for them at this epoch.", RuntimeWarning, stacklevel=3)
-        if self.probe_options is not None and probs_ok:
+        if self.probe_options is not None and probs_ok and interp.reader.spatial:
+            rows += self._segmentation_rows(epoch, finite)
+        elif self.probe_options is not None and probs_ok:
             rows += self._probe_rows(epoch, feats, outputs, finite)
         means = {}
         if self.correlation:
@@ -576,6 +617,34 @@ class InterpretationCallback(keras.callbacks.Callback):
             self._probe_fits[i] = (mean, scale, sol.kernel, sol.bias)
         self._probes_synced = False
         return self._score_rows(epoch, self._evaluate(feats, outputs, finite), finite)
+
+    def _segmentation_rows(self, epoch, finite):
+        """Refits the per-position probes on the probe-fit half and scores them on every pixel of the evaluation half.
+
+        Through the segmentation module's own functions (:func:`~keras_hybrid_interp.local.segmentation.fit_probes`,
+        warm-started from the previous record, and :func:`~keras_hybrid_interp.local.segmentation.evaluate_layers`),
+        one pass over each half: they read the raw block maps, which the callback's pass does not keep.
+        A record with a non-finite block is skipped whole (the fit refuses non-finite maps).
+        """
+        if not all(finite):  # warned in _statistics
+            return []
+        interp = self._interp
+        opts = self.probe_options
+        fit, ev = self._fit_idx, self._eval_idx
+        labelled = self._y is not None
+        per = _segmentation.POSITIONS_PER_SAMPLE if self.positions_per_sample is None else self.positions_per_sample
+        with _health.collect():
+            _segmentation.fit_probes(interp, x_take(self._x, fit), self._y[fit] if labelled else None, C=opts.C,
+                                     max_iter=opts.max_iter, tol=opts.tol, warm_start=True,
+                                     batch_size=self.batch_size, random_state=self.positions_random_state_,
+                                     verbose=0, positions_per_sample=per)
+        with warnings.catch_warnings():
+            # Recorded every epoch: a missing class or a drift between the halves would warn at every record.
+            warnings.simplefilter("ignore", _health.InterpretationWarning)
+            with _health.collect():
+                table = _segmentation.evaluate_layers(interp, x_take(self._x, ev), self._y[ev] if labelled else None,
+                                                      batch_size=self.batch_size)
+        return self._score_rows(epoch, table, finite)
 
     def _evaluate(self, feats, outputs, finite):
         """The layer table of the probes on the evaluation half: the interpreter's own reducer and table.

@@ -28,9 +28,13 @@ which every metric that is a function of means follows (``loss``,
 memory ``bootstrap x`` (a few statistics per predictor), whatever N. The
 ranking metrics (AUROC, AP) are computed once per resample at the end, from
 the scores they hold anyway, with the *same* Poisson weights: the weights
-are drawn from a generator seeded like the streaming bootstrap's, sample by
-sample in stream order, so both see the same resamples (an (N, B) matrix of
-uint8 multiplicities while they are computed).
+are drawn again from the streaming bootstrap's integer seed, sample by sample
+in stream order, so both see the same resamples (an (N, B) matrix of uint8
+multiplicities, and N x 64 float64 per chunk of resamples, while they are
+computed). Regression sums are taken of the targets shifted by the first
+sample's, so the variance of targets far from 0 keeps its digits, and a
+constant target has none (R^2 is then 1 for exact predictions, else 0, as
+scikit-learn's).
 """
 
 from __future__ import annotations
@@ -40,15 +44,29 @@ import warnings
 import numpy as np
 
 from .bootstrap import PoissonBootstrap
+from .engine import resolve_entropy
 from .task import binary_metrics, r2_from_sums
 
 __all__ = ["MetricSums", "INTERVAL_TASK_METRICS"]
+
+#: Bootstrap resamples whose ranking metrics are computed at once (memory N x RESAMPLE_CHUNK float64).
+RESAMPLE_CHUNK = 64
 
 #: Per task, the metrics that get bootstrap intervals.
 INTERVAL_TASK_METRICS = {
     "multilabel": ("auroc", "average_precision", "f1", "hamming", "loss", "agreement"),
     "regression": ("r2", "mae", "rmse", "loss"),
 }
+
+
+def _variance_sum(sq, mean_sq):
+    """``sq - mean_sq`` (a sum or mean of squared deviations), 0 where it is within rounding of 0.
+
+    ``sq`` is a sum of squares of shifted targets and ``mean_sq`` its squared-mean part: their difference
+    cancels to rounding noise (16 eps of ``sq``) for a constant target, which then has no variance.
+    """
+    out = sq - mean_sq
+    return np.where(out > 16 * np.finfo(np.float64).eps * sq, out, 0.0)
 
 
 class MetricSums:
@@ -61,7 +79,7 @@ class MetricSums:
     the model's (n, K) decisions for the agreement (multi-label only).
     """
 
-    def __init__(self, task, readers, *, bootstrap=0, random_state=None, extra_rows=0):
+    def __init__(self, task, readers, *, bootstrap=0, random_state=None):
         self.task = task
         self.name = task.name
         if self.name not in INTERVAL_TASK_METRICS:
@@ -85,17 +103,20 @@ class MetricSums:
         else:
             self.sse = np.zeros((r, k))
             self.sae = np.zeros((r, k))
+            # Sums of the targets shifted by the first sample's (R^2 does not move under a shift, and the
+            # shifted sums keep the variance of targets far from 0: 1e8 +- 1 as well as 0 +- 1).
+            self.shift = None
             self.sy = np.zeros(k)
             self.syy = np.zeros(k)
-            stats = 2 * k + 2  # per sample: squared errors (K), absolute errors (K), mean absolute error, loss
+            stats = k + 2  # per sample: squared errors (K), mean absolute error, loss
         self.stats = stats
         self.bootstrap = None
         if bootstrap:
             width = r * stats + (2 * k if self.name == "regression" else 0)
-            self.bootstrap = PoissonBootstrap(bootstrap, width, random_state)
-            #: The streaming bootstrap's seed: the ranking metrics redraw its weights (see the module docstring).
-            self.seed = random_state if not isinstance(random_state, np.random.Generator) else None
-            self.seed_generator = random_state if isinstance(random_state, np.random.Generator) else None
+            #: One integer seed for the streaming bootstrap and the ranking metrics' redraw of its weights
+            #: (a Generator contributes one draw, None fresh entropy: both still see the same resamples).
+            self.entropy = resolve_entropy(random_state)
+            self.bootstrap = PoissonBootstrap(bootstrap, width, self.entropy)
 
     def update(self, outputs, targets, model_decisions=None):
         t = np.asarray(targets, np.float64)
@@ -106,7 +127,7 @@ class MetricSums:
             self.loss[i] += loss.sum()
             if self.name == "multilabel":
                 p = reader.probabilities(out)
-                dec = (p >= 0.5).astype(np.float64)
+                dec = self.task.decide(p).astype(np.float64)
                 tp = (dec * t).sum(axis=1)
                 fp = (dec * (1 - t)).sum(axis=1)
                 fn = ((1 - dec) * t).sum(axis=1)
@@ -117,22 +138,28 @@ class MetricSums:
                 self.fn[i] += fn.sum()
                 self.wrong[i] += wrong.sum()
                 self.agree[i] += np.nansum(agree)
-                self.scores[i].append(p.astype(np.float32))
+                # The ranking metrics' scores: logits where the reader has them (a float32 probability
+                # rounds confident logits to a tie at 1.0), else the probabilities.
+                score = reader.logits(out) if reader.kind == "logits" else p
+                self.scores[i].append(np.asarray(score, np.float32))
                 per.append(np.stack([tp, fp, fn, wrong, loss, np.nan_to_num(agree)], axis=1))
             else:
                 v = reader.values(out)
                 err = v - t
                 self.sse[i] += np.square(err).sum(axis=0)
                 self.sae[i] += np.abs(err).sum(axis=0)
-                # Per sample: squared error per target, absolute error per target, mean absolute error, loss.
-                per.append(np.concatenate([np.square(err), np.abs(err), np.abs(err).mean(axis=1, keepdims=True),
+                # Per sample: squared error per target, mean absolute error, loss.
+                per.append(np.concatenate([np.square(err), np.abs(err).mean(axis=1, keepdims=True),
                                            loss[:, None]], axis=1))
         if self.name == "multilabel":
             self.targets.append(t.astype(np.float32))
         else:
-            self.sy += t.sum(axis=0)
-            self.syy += np.square(t).sum(axis=0)
-            per.append(np.concatenate([t, np.square(t)], axis=1))
+            if self.shift is None:
+                self.shift = t[0].copy()
+            d = t - self.shift
+            self.sy += d.sum(axis=0)
+            self.syy += np.square(d).sum(axis=0)
+            per.append(np.concatenate([d, np.square(d)], axis=1))
         if self.bootstrap is not None:
             self.bootstrap.update(np.concatenate(per, axis=1))
         self.n += b
@@ -157,7 +184,7 @@ class MetricSums:
             out["hamming"] = self.wrong / n
             out["agreement"] = self.agree / n
         else:
-            sst = self.syy - np.square(self.sy) / n
+            sst = _variance_sum(self.syy, np.square(self.sy) / n)
             out["r2"] = np.array([np.mean(r2_from_sums(self.sse[i], sst)) for i in range(self.rows)])
             out["mae"] = self.sae.mean(axis=1) / n
             out["rmse"] = np.sqrt(self.sse.mean(axis=1) / n)
@@ -170,12 +197,11 @@ class MetricSums:
         s = np.concatenate(self.targets).sum(axis=0)
         return [int(k) for k in np.flatnonzero((s == 0) | (s == self.n))]
 
-    def _ranking_resamples(self, n_kept):
+    def _ranking_resamples(self):
         """(B', rows) macro AUROC and AP of every resample that drew a sample (weighted, scikit-learn's ties)."""
         y = np.concatenate(self.targets).astype(np.float64)
         n, b = len(y), self.bootstrap.n_resamples
-        rng = self.seed_generator if self.seed_generator is not None else np.random.default_rng(self.seed)
-        w = rng.poisson(1.0, size=(n, b)).astype(np.uint8)
+        w = np.random.default_rng(self.entropy).poisson(1.0, size=(n, b)).astype(np.uint8)
         w = w[:, w.sum(axis=0, dtype=np.int64) > 0]
         auroc = np.full((w.shape[1], self.rows, self.k), np.nan)
         ap = np.full_like(auroc, np.nan)
@@ -183,24 +209,26 @@ class MetricSums:
             s = np.concatenate(self.scores[i])
             for k in range(self.k):
                 order = np.argsort(-s[:, k], kind="mergesort")
-                sk, yk = s[order, k], y[order, k]
-                wk = w[order].astype(np.float64)
+                sk, yk = s[order, k], y[order, k][:, None]
                 distinct = np.r_[np.flatnonzero(np.diff(sk)), n - 1]
-                tps = np.cumsum(wk * yk[:, None], axis=0)[distinct]
-                fps = np.cumsum(wk * (1 - yk[:, None]), axis=0)[distinct]
-                pos, neg = tps[-1], fps[-1]
-                ok = (pos > 0) & (neg > 0)
-                if not ok.any():
-                    continue
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    tpr = np.vstack([np.zeros(len(pos)), tps / pos])
-                    fpr = np.vstack([np.zeros(len(neg)), fps / neg])
-                    area = np.sum(np.diff(fpr, axis=0) * (tpr[1:] + tpr[:-1]) / 2, axis=0)
-                    precision = np.where(tps + fps > 0, tps / np.where(tps + fps > 0, tps + fps, 1), 0.0)
-                    recall = np.vstack([np.zeros(len(pos)), tps / pos])
-                    prec_area = np.sum(np.diff(recall, axis=0) * precision, axis=0)
-                auroc[ok, i, k] = area[ok]
-                ap[ok, i, k] = prec_area[ok]
+                for c0 in range(0, w.shape[1], RESAMPLE_CHUNK):  # N x chunk float64 at a time
+                    cols = slice(c0, c0 + RESAMPLE_CHUNK)
+                    wk = w[order, cols].astype(np.float64)
+                    tps = np.cumsum(wk * yk, axis=0)[distinct]
+                    fps = np.cumsum(wk * (1 - yk), axis=0)[distinct]
+                    pos, neg = tps[-1], fps[-1]
+                    ok = (pos > 0) & (neg > 0)
+                    if not ok.any():
+                        continue
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        zero = np.zeros((1, len(pos)))
+                        tpr = np.vstack([zero, tps / pos])
+                        fpr = np.vstack([zero, fps / neg])
+                        area = np.sum(np.diff(fpr, axis=0) * (tpr[1:] + tpr[:-1]) / 2, axis=0)
+                        precision = np.where(tps + fps > 0, tps / np.where(tps + fps > 0, tps + fps, 1), 0.0)
+                        prec_area = np.sum(np.diff(tpr, axis=0) * precision, axis=0)  # recall = tpr
+                    auroc[c0:c0 + len(pos)][ok, i, k] = area[ok]
+                    ap[c0:c0 + len(pos)][ok, i, k] = prec_area[ok]
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a resample where no label has both values
             return np.nanmean(auroc, axis=2), np.nanmean(ap, axis=2)
@@ -218,12 +246,12 @@ class MetricSums:
             denom = 2 * tp + fp + fn
             values["f1"] = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0)
             values["hamming"], values["loss"], values["agreement"] = wrong, loss, agree
-            values["auroc"], values["average_precision"] = self._ranking_resamples(len(means))
+            values["auroc"], values["average_precision"] = self._ranking_resamples()
         else:
             m = means[:, : r * st].reshape(len(means), r, st)
-            se, ae, loss = m[..., :k], m[..., 2 * k], m[..., 2 * k + 1]
+            se, ae, loss = m[..., :k], m[..., k], m[..., k + 1]
             ty = means[:, r * st:]
-            var = ty[:, k:] - np.square(ty[:, :k])  # (B, K)
+            var = _variance_sum(ty[:, k:], np.square(ty[:, :k]))  # (B, K), of the shifted targets
             with np.errstate(invalid="ignore", divide="ignore"):
                 r2 = np.where(var[:, None, :] > 0, 1 - se / np.where(var[:, None, :] > 0, var[:, None, :], 1),
                               np.where(se == 0, 1.0, 0.0))

@@ -250,6 +250,10 @@ class MultiLabelTask(Task):
             out = _np(out)
         return xp.reshape(out, (-1, self.units))
 
+    def logits(self, out):
+        """(n, K) float64 logits (outputs read as logits only)."""
+        return self._flat(out)
+
     def probabilities(self, out, xp=np):
         """(n, K) per-label probabilities."""
         out = self._flat(out, xp)
@@ -257,9 +261,17 @@ class MultiLabelTask(Task):
             return xp.exp(_log_sigmoid(out, xp)[0])
         return out
 
+    @staticmethod
+    def decide(probabilities, xp=np):
+        """0/1 label decisions from probabilities: present where p > 0.5 (scikit-learn's ``predict``, Keras'
+        binary accuracy, and a binary classifier's argmax of ``[1 - p, p]``, which ties to absent)."""
+        if xp is np:
+            return (np.asarray(probabilities) > 0.5).astype(np.int64)
+        return xp.cast(probabilities > 0.5, "float32")
+
     def predicted(self, out):
-        """(n, K) 0/1: a label is predicted where its probability is at least 0.5."""
-        return (self.probabilities(out) >= 0.5).astype(np.int64)
+        """(n, K) 0/1: a label is predicted where its probability exceeds 0.5 (:meth:`decide`)."""
+        return self.decide(self.probabilities(out))
 
     def loss(self, out, targets, xp=np):
         """(n,) binary cross-entropy averaged over the K labels (targets 0/1 or probabilities)."""

@@ -93,6 +93,7 @@ from ..core.engine import (
     job_permutation,
     resolve_entropy,
 )
+from ..core.task import ClassificationTask, MultiLabelTask, RegressionTask, SegmentationTask
 from .correlation import warn_dead
 
 __all__ = ["FilterImportance", "ImportanceRequest", "check_request", "importance_reducer", "importance_result",
@@ -115,6 +116,9 @@ class FilterImportance:
         ``G`` is the number of filters, or of groups when ``groups`` was given.
         ``n_repeats`` is 1 for the deterministic methods (ablation, taylor).
     importances_mean, importances_std : ndarray, shape (G,)
+        Mean and standard deviation over the repeats; the standard deviation with
+        ``ddof=0``, as scikit-learn's ``permutation_importance`` (the 95% interval,
+        :attr:`interval`, uses the sample standard deviation, ``ddof=1``).
     baseline_score : float
         Score of the unperturbed model on the analysed samples.
     method : str
@@ -248,8 +252,9 @@ def _score_fn(scoring, reader, labels: np.ndarray):
     return reader.score_fn(scoring, labels)
 
 
-#: The named scores, whatever the task (each task accepts its own, see Task.scorings).
-SCORINGS = ("auto", "accuracy", "loss", "average_precision", "r2", "neg_mse", "mean_iou")
+#: The named scores, whatever the task (each task accepts its own: ``Task.scorings``).
+SCORINGS = ("auto",) + tuple(dict.fromkeys(
+    name for cls in (ClassificationTask, MultiLabelTask, RegressionTask, SegmentationTask) for name in cls.scorings))
 
 
 def _check_scoring(scoring, reader):
@@ -514,7 +519,7 @@ def warn_noise(importances, block) -> None:
 def _decisions(task, out):
     """The model's own decisions from backend outputs ``out`` (traceable): class, 0/1 labels, or mask."""
     if task.name == "multilabel":
-        return ops.cast(task.probabilities(out, xp=ops) >= 0.5, "float32")
+        return task.decide(task.probabilities(out, xp=ops), xp=ops)
     if task.name == "segmentation":  # per position, as its classifier reads it (one sigmoid unit: 2 classes)
         flat = ops.reshape(out, (-1, task.units))
         return ops.reshape(ops.argmax(task.reader.log_probabilities(flat, xp=ops), axis=1), ops.shape(out)[:-1])
@@ -582,7 +587,8 @@ class TaylorSums:
         self.sum_z += z.sum(axis=0)
         self.sum_z2 += np.square(z).sum(axis=0)
         self.sum_abs += np.abs(z).sum(axis=0)
-        lab = labels if labels is not None else self.reader.hard_targets(out)
+        # The reported loss in float64 against the targets as given (the backend got float32 copies).
+        lab = batch.y if batch.y is not None else self.reader.hard_targets(out)
         self.loss_sum += float(np.sum(self.reader.loss(out, lab)))
         self.range.update(batch)
         self.n += len(a)

@@ -234,7 +234,7 @@ class TaskProbeScores:
         decisions = model_targets if self.task.name == "multilabel" else None
         self.sums.update(outputs, targets, decisions)
         if self.control_sums is not None and batch.y is not None:
-            ctl = [((f - mean) * scale) @ kernel + bias
+            ctl = [probe_logits(f, mean, scale, kernel, bias)
                    for f, (_, mean, scale, _, _), controls in zip(feats, self.probes, self.controls)
                    for kernel, bias in controls]
             self.control_sums.update(ctl, batch.y, decisions)
@@ -699,7 +699,7 @@ class HybridInterpreter(keras.Model):
             cls = targets if labelled else targets.argmax(axis=1)
             _health.check_classes(np.bincount(cls, minlength=self.num_classes), self.class_names, source)
         elif self._task.name == "multilabel":
-            t = targets if labelled else (np.asarray(targets) >= 0.5)
+            t = targets if labelled else self._task.decide(targets)
             pos = np.asarray(t).sum(axis=0)
             one_valued = [self.class_names[k] for k in np.flatnonzero((pos == 0) | (pos == len(t)))]
             if one_valued:
@@ -1014,9 +1014,10 @@ class HybridInterpreter(keras.Model):
         probs = np.array(probs)
         decision = None
         if self._task.name != "regression":  # a value has no decision to reach
-            decide = self.probe_task().predicted if self._task.name == "multilabel" else None
-            pred = (probs >= 0.5).astype(np.int64) if decide else probs.argmax(axis=1)
-            model_dec = (model_p >= 0.5).astype(np.int64) if decide else int(model_p.argmax())
+            if self._task.name == "multilabel":
+                pred, model_dec = self._task.decide(probs), self._task.decide(model_p)
+            else:
+                pred, model_dec = probs.argmax(axis=1), int(model_p.argmax())
             for i in range(len(pred) - 1, -1, -1):
                 if np.any(pred[i] != model_dec):
                     break

@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from ..core.task import MultiLabelTask, r2
+
 __all__ = ["LayerPredictions", "LocalExplanation", "LayerTable"]
 
 
@@ -14,7 +16,7 @@ def _decide(values, task):
     """Decisions from probabilities (last axis K): top class, 0/1 labels at 0.5, or the values themselves."""
     values = np.asarray(values)
     if task == "multilabel":
-        return (values >= 0.5).astype(np.int64)
+        return MultiLabelTask.decide(values)
     if task == "regression":
         return values
     return np.argmax(values, axis=-1)
@@ -68,8 +70,6 @@ class LayerPredictions:
         """Per block, shape (L,): the fraction of samples whose probe's top class is the model's; multi-label:
         of label decisions equal to the model's; regression: R^2 of the probe's values against the model's."""
         if self.task == "regression":
-            from ..core.task import r2
-
             return np.array([r2(self.model_probabilities, v) for v in self.probabilities])
         same = self.predicted == self.model_predicted[None]
         return same.reshape(len(same), -1).mean(axis=1)

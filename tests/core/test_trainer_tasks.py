@@ -52,3 +52,25 @@ def test_multilabel_probe_is_one_logistic_regression_per_label_with_soft_targets
     # a warm start reaches the same optimum
     warm = fit_task_probe(MultiLabelTask("logits", 3), z, y, C=2.0, tol=1e-10, init=(sol.kernel, sol.bias))
     np.testing.assert_allclose(warm.kernel, sol.kernel, atol=1e-6)
+
+
+def test_streamed_r2_keeps_its_digits_far_from_zero_and_is_zero_for_a_constant_target():
+    from sklearn.metrics import r2_score
+
+    from keras_hybrid_interp.core.metrics import MetricSums
+
+    rng = np.random.default_rng(6)
+    task = RegressionTask(2)
+    y = np.stack([1e8 + rng.normal(size=2000), np.full(2000, 7.7)], axis=1)
+    pred = y + rng.normal(size=y.shape) * [0.5, 1e-3]
+    sums = MetricSums(task, [task], bootstrap=50, random_state=0)
+    for s in range(0, 2000, 300):  # batches that do not divide N
+        sums.update([pred[s:s + 300]], y[s:s + 300])
+    got = sums.result()["r2"][0]
+    # The constant column scores 0 (imperfect predictions), as scikit-learn defines it (force_finite); its own
+    # r2_score on that column divides by the rounding of 7.7's mean (-6e18), so the oracle takes the definition.
+    want = (r2_score(y[:, 0], pred[:, 0]) + 0.0) / 2
+    assert got == pytest.approx(want, abs=1e-9)
+    lo, hi = sums.intervals(0.9)
+    assert np.isfinite(lo["r2"]).all() and lo["r2"][0] <= got <= hi["r2"][0]
+    assert hi["r2"][0] < 0.5  # the constant column's 0 halves every resample's mean: no -1e7 from rounding

@@ -79,7 +79,7 @@ def test_association_is_the_pearson_correlation_with_labels_and_targets(multilab
 def test_association_without_labels_uses_the_models_decisions(multilabel):
     model, x, _ = multilabel
     res = GlobalAnalyzer(model).filter_class_association(x, block="block")
-    decisions = (model.predict(x, verbose=0) >= 0.5).astype(float)
+    decisions = (model.predict(x, verbose=0) > 0.5).astype(float)
     s = _summaries(model, x)
     assert res.label_source == "model predictions"
     for k in range(3):

@@ -99,16 +99,16 @@ def test_multilabel_layer_table_equals_sklearn_metrics(multilabel):
         assert table.metrics["auroc"][i] == pytest.approx(roc_auc_score(ye, p, average="macro"), abs=2e-3)
         assert table.metrics["average_precision"][i] == pytest.approx(
             average_precision_score(ye, p, average="macro"), abs=2e-3)
-        dec = p >= 0.5
+        dec = p > 0.5
         assert table.metrics["f1"][i] == pytest.approx(f1_score(ye, dec, average="micro"), abs=0.02)
         assert table.metrics["hamming"][i] == pytest.approx(hamming_loss(ye, dec), abs=0.02)
         bce = -np.mean(ye * np.log(p) + (1 - ye) * np.log(1 - p))
         assert table.loss[i] == pytest.approx(bce, abs=2e-3)
-        model_dec = model.predict(xe, verbose=0) >= 0.5
+        model_dec = model.predict(xe, verbose=0) > 0.5
         assert table.agreement[i] == pytest.approx(np.mean(dec == model_dec), abs=0.02)
     q = model.predict(xe, verbose=0).astype(np.float64)
     assert table.metrics["auroc"][-1] == pytest.approx(roc_auc_score(ye, q, average="macro"), abs=1e-6)
-    assert table.metrics["hamming"][-1] == pytest.approx(hamming_loss(ye, q >= 0.5), abs=1e-9)
+    assert table.metrics["hamming"][-1] == pytest.approx(hamming_loss(ye, q > 0.5), abs=1e-9)
     frame = table.to_frame()
     assert {"auroc", "average_precision", "f1", "hamming", "loss", "agreement"} <= set(frame.columns)
     assert frame["auroc"].notna().all()
@@ -120,10 +120,10 @@ def test_multilabel_without_labels_scores_against_the_model(multilabel):
     interp.fit_probes(x, verbose=0)  # soft targets: the model's label probabilities
     table = interp.evaluate_layers(x)
     assert not table.labelled
-    decisions = (model.predict(x, verbose=0) >= 0.5).astype(int)
+    decisions = (model.predict(x, verbose=0) > 0.5).astype(int)
     pred = interp.layer_predictions(x)
     for i in range(len(BLOCKS)):
-        assert table.metrics["hamming"][i] == pytest.approx(hamming_loss(decisions, pred.probabilities[i] >= 0.5))
+        assert table.metrics["hamming"][i] == pytest.approx(hamming_loss(decisions, pred.probabilities[i] > 0.5))
     assert table.metrics["hamming"][-1] == 0.0 and table.agreement[-1] == 1.0
 
 
@@ -223,8 +223,8 @@ def test_explain_and_layer_predictions_in_the_tasks_terms(multilabel, regression
     frame = e.to_frame()
     assert list(frame["class"][:3]) == ["a", "b", "c"] and frame["is_predicted"].dtype == bool
     # the decision block: from there on, every block's label decisions equal the model's
-    dec = (e.probabilities >= 0.5)
-    model_dec = e.model_probabilities >= 0.5
+    dec = (e.probabilities > 0.5)
+    model_dec = e.model_probabilities > 0.5
     if e.decision_index is not None:
         assert (dec[e.decision_index:] == model_dec).all()
         assert e.decision_index == 0 or not (dec[e.decision_index - 1] == model_dec).all()
@@ -274,7 +274,7 @@ def test_multilabel_ranking_intervals_equal_weighted_sklearn_on_the_same_resampl
         keep = [k for k in range(3) if 0 < (sw * ye[:, k]).sum() < sw.sum()]
         aurocs.append(np.mean([roc_auc_score(ye[:, k], p[:, k], sample_weight=sw) for k in keep]))
         aps.append(np.mean([average_precision_score(ye[:, k], p[:, k], sample_weight=sw) for k in keep]))
-        hams.append(np.sum(sw[:, None] * ((p >= 0.5) != ye)) / (3 * sw.sum()))
+        hams.append(np.sum(sw[:, None] * ((p > 0.5) != ye)) / (3 * sw.sum()))
     for name, ref in (("auroc", aurocs), ("average_precision", aps), ("hamming", hams)):
         lo, hi = np.quantile(ref, [0.1, 0.9])
         assert table.lower[name][1] == pytest.approx(lo, abs=1e-5), name

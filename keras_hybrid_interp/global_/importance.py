@@ -81,6 +81,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+
 from keras import ops
 
 from ..core import health as _health
@@ -368,7 +369,8 @@ def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats
     if isinstance(scoring, str):
         scoring = score_name  # "auto" resolved to the task's default
     if isinstance(perturbations_per_eval, str) and perturbations_per_eval != "auto":
-        raise ValueError(f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}.")
+        raise ValueError(
+            f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}.")
     if not isinstance(perturbations_per_eval, str):
         _positive_int(perturbations_per_eval, "perturbations_per_eval")
     entropy = resolve_entropy(random_state) if method == "permutation" else None

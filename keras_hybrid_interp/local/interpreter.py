@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import keras
 import numpy as np
 import pandas as pd
+
+import keras
 
 from ..core import blocks as _blocks
 from ..core import data_pass as _pass
@@ -16,14 +17,13 @@ from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
 from ..core.data import model_stream, x_rows
 from ..core.metrics import MetricSums
 from ..core.output import OutputReader
-from ..core.task import ClassificationTask, Task, task_for
 from ..core.pooling import FeaturePooling
+from ..core.task import ClassificationTask, Task, task_for
 from ..core.trainer import (
     MAX_ITER,
     TOL,
     check_C,
     check_solver,
-    fit_probe,
     fit_task_probe,
     probe_logits,
     restandardize,
@@ -371,7 +371,7 @@ class HybridInterpreter(keras.Model):
         # under mixed_float16 the block outputs (float16) are cast up exactly.
         self._pools = [FeaturePooling(self.pooling, name=f"pool_{i}", dtype="float32") for i in range(len(keys))]
         self._probes = []
-        for i, (k, info) in enumerate(zip(keys, infos)):
+        for i, info in enumerate(infos):
             c = int(info.filters)
             dim = c if self.pooling in ("avg", "max") else self.pooling ** (len(info.output_shape) - 2) * c
             probe = LinearProbe(self.num_classes, activation=self._probe_activation(), name=f"probe_{i}",
@@ -860,7 +860,7 @@ class HybridInterpreter(keras.Model):
         )
 
     def _task_layer_table(self, scores: TaskProbeScores, confidence) -> LayerTable:
-        """The layer table of a multi-label or regression model (metrics of :mod:`~keras_hybrid_interp.core.metrics`)."""
+        """The layer table of a multi-label or regression model (:mod:`~keras_hybrid_interp.core.metrics`)."""
         n, L = scores.n, len(self.block_names)
         labelled = bool(scores.labelled)
         metrics = scores.sums.result()
@@ -905,7 +905,8 @@ class HybridInterpreter(keras.Model):
 
     def explanation_taps(self, limit):
         """Pass taps of :meth:`explain`: every block's raw map, for the first ``limit`` samples."""
-        return [_pass.Tap(k, "raw", limit) for k in self.block_keys] + [_pass.Tap(self._graph.output_keys[0], "raw", limit)]
+        return ([_pass.Tap(k, "raw", limit) for k in self.block_keys]
+                + [_pass.Tap(self._graph.output_keys[0], "raw", limit)])
 
     @_health.collecting
     def explain(self, x) -> LocalExplanation:
@@ -1047,7 +1048,8 @@ class HybridInterpreter(keras.Model):
         elif block in self.block_names:
             i = self.block_names.index(block)
         else:
-            raise ValueError(f"`block` must be one of the interpreter's blocks {self.block_names} (or its index); received {block!r}.")
+            raise ValueError(f"`block` must be one of the interpreter's blocks {self.block_names} (or its index); "
+                             f"received {block!r}.")
         k = self.block_keys[i]
         probe, pool = self._probes[i], self._pools[i]
         return self._graph.build_side_model(lambda symbolic: [probe(pool(symbolic(k)))], name=f"probe_model_{i}")
@@ -1084,7 +1086,7 @@ class HybridInterpreter(keras.Model):
         return obj
 
     @classmethod
-    def load(cls, filepath, *, safe_mode=True) -> "HybridInterpreter":
+    def load(cls, filepath, *, safe_mode=True) -> HybridInterpreter:
         """Loads an interpreter written by :meth:`save` (``.keras``, Keras safe mode).
 
         Equivalent to ``keras.models.load_model(filepath, safe_mode=True)``, with

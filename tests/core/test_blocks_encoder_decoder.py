@@ -14,11 +14,11 @@ import keras
 from keras import layers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segmentation_models import unet, unet_nd  # noqa: E402
-
 from keras_hybrid_interp import HybridInterpreter  # noqa: E402
 from keras_hybrid_interp.core import blocks as _blocks  # noqa: E402
 from keras_hybrid_interp.core.graph import ModelGraph  # noqa: E402
+
+from segmentation_models import unet, unet_nd  # noqa: E402
 
 
 def auto(model):

@@ -13,13 +13,14 @@ import math
 
 import numpy as np
 import pytest
-from _models_global import ignored_filter_model, residual_model
 
 import keras
 
 from keras_hybrid_interp.core import engine as _engine
 from keras_hybrid_interp.core.engine import stacking_candidates
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
+
+from _models_global import ignored_filter_model, residual_model
 
 N = 40
 

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
-from _models_global import residual_model
 
 import keras
 from keras import layers
 
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 from keras_hybrid_interp.global_.correlation import StreamingMoments
+
+from _models_global import residual_model
 
 
 def _x(n=57, shape=(12, 12, 3), seed=0):

@@ -9,11 +9,11 @@ import pytest
 import keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segmentation_models import planted_data, planted_unet  # noqa: E402
-
 from keras_hybrid_interp import GlobalAnalyzer  # noqa: E402
 from keras_hybrid_interp.core.data_pass import Batch, Tap  # noqa: E402
 from keras_hybrid_interp.global_.dissection import StreamingQuantile  # noqa: E402
+
+from segmentation_models import planted_data, planted_unet  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
-from _models_global import residual_model
 
 import keras
 from keras import layers
 
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 from keras_hybrid_interp.global_.similarity import linear_cka
+
+from _models_global import residual_model
 
 
 def _hsic_cka(x, y):

@@ -7,7 +7,6 @@ and scored with scikit-learn; Taylor from a closed-form gradient of a GAP + Dens
 
 import numpy as np
 import pytest
-from _models_global import Perturb, full_model_with_perturbation
 from sklearn.metrics import average_precision_score, mean_squared_error, r2_score
 
 import keras
@@ -15,6 +14,8 @@ from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer
 from keras_hybrid_interp.core.engine import job_permutation
+
+from _models_global import Perturb, full_model_with_perturbation
 
 N, F = 64, 5
 
@@ -114,7 +115,8 @@ def test_permutation_and_ablation_equal_a_full_rerun_scored_by_sklearn(which, mu
         for c in range(F):
             for r in range(2):
                 p = job_permutation(perm.random_state, c, r, N)
-                ref = full_model_with_perturbation(g, key, Perturb([c], F, perm=p)).predict_on_batch(x).astype(np.float64)
+                ref = full_model_with_perturbation(g, key, Perturb([c], F, perm=p)).predict_on_batch(x)
+                ref = ref.astype(np.float64)
                 assert perm.importances[c, r] == pytest.approx(_scores(which, y, base)[j] - _scores(which, y, ref)[j],
                                                                abs=1e-5)
             ref = full_model_with_perturbation(g, key, Perturb([c], F)).predict_on_batch(x).astype(np.float64)

@@ -9,7 +9,6 @@ here from ``numpy.random.default_rng([positions_random_state_, i])``), and its m
 
 import numpy as np
 import pytest
-from segmentation_models import planted_data, planted_unet
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score
 from sklearn.preprocessing import StandardScaler
@@ -20,6 +19,7 @@ from keras_hybrid_interp import InterpretationCallback
 from keras_hybrid_interp.callback import ImportanceOptions
 
 from models import assert_unchanged, snapshot
+from segmentation_models import planted_data, planted_unet
 
 BLOCKS = ["enc1", "bottleneck", "dec1"]
 METRICS = {"mean_iou", "dice", "pixel_accuracy", "loss", "agreement"}
@@ -192,9 +192,9 @@ def test_model_untouched_same_seed_same_history_and_positions_matter(data):
 
 
 def test_segmentation_importance_by_mean_iou_equals_a_full_model_rerun_by_hand(data):
-    from _models_global import Perturb, full_model_with_perturbation
-
     from keras_hybrid_interp.core.engine import job_permutation
+
+    from _models_global import Perturb, full_model_with_perturbation
 
     _, (xv, yv) = data
     model = trainable_unet()

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from oracles import assert_not_all_zero
 
 import keras
 from keras import layers, ops
@@ -12,6 +11,7 @@ from keras_hybrid_interp.core.health import InterpretationWarning
 from keras_hybrid_interp.datasets import load_digits
 
 from models import assert_unchanged, gap_head_cnn, nested_model, residual_cnn, sequential_cnn, small_cnn, snapshot
+from oracles import assert_not_all_zero
 
 
 @pytest.fixture(scope="module")

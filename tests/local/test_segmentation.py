@@ -13,11 +13,11 @@ from sklearn.preprocessing import StandardScaler
 import keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segmentation_models import planted_data, planted_unet  # noqa: E402
-
 from keras_hybrid_interp import HybridInterpreter  # noqa: E402
 from keras_hybrid_interp.core import data_pass as _pass  # noqa: E402
 from keras_hybrid_interp.local import segmentation as seg  # noqa: E402
+
+from segmentation_models import planted_data, planted_unet  # noqa: E402
 
 BLOCKS = ["enc1", "bottleneck", "dec1"]
 

@@ -17,9 +17,9 @@ from sklearn.metrics import accuracy_score, f1_score, jaccard_score
 import keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segmentation_models import planted_data, planted_unet  # noqa: E402
-
 from keras_hybrid_interp import HybridInterpreter  # noqa: E402
+
+from segmentation_models import planted_data, planted_unet  # noqa: E402
 
 BLOCKS = ["enc1", "bottleneck"]
 ALL = 16 * 16  # every position of the 16x16 masks

@@ -15,9 +15,9 @@ from sklearn.metrics import accuracy_score, f1_score, jaccard_score
 import keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segmentation_models import unet_nd  # noqa: E402
-
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter  # noqa: E402
+
+from segmentation_models import unet_nd  # noqa: E402
 
 N_FIT = 16
 

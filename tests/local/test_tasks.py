@@ -8,9 +8,6 @@ NumPy; the probes are scikit-learn's ``StandardScaler`` + ``LogisticRegression``
 
 import numpy as np
 import pytest
-
-import keras
-from keras import layers
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import (
     average_precision_score,
@@ -22,6 +19,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 from sklearn.preprocessing import StandardScaler
+
+import keras
+from keras import layers
 
 from keras_hybrid_interp import HybridInterpreter
 from keras_hybrid_interp.core.trainer import RIDGE_ALPHAS

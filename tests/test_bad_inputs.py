@@ -355,6 +355,9 @@ CASES = [
       r"received 'r2'"]),
     ("label_names_wrong_length", lambda e: HybridInterpreter(multilabel(), blocks="conv", class_names=["a", "b"]), ValueError,
      [r"`class_names` has 2 names but the model has 3 labels"]),
+    ("analyzer_keeps_a_refusal_that_is_not_ambiguity", lambda e: GlobalAnalyzer(keras.Model(
+        segmenter().input, layers.Conv2D(3, 1, activation="sigmoid")(segmenter().get_layer("enc").output))),
+     ValueError, [r"`task`='segmentation' reads one class per position", r"multi-label", r"not supported yet"]),
     ("taylor_regression_without_targets", lambda e: GlobalAnalyzer(regression(), blocks="conv", task="regression").filter_importance(
         e.x, block="conv", method="taylor"), ValueError,
      [r"method='taylor' on a regression model needs targets `y`", r"zero gradient"]),
@@ -492,7 +495,7 @@ CLI_CASES = [
     ("dense_only_model", ["analyze", "mlp.keras", "--data", "data.npz", "--out", "o"],
      ["Model 'mlp' has no convolution:", "1-D, 2-D and 3-D convolutional blocks"]),
     ("regression_model", ["analyze", "regression.keras", "--data", "data.npz", "--out", "o"],
-     ["`task`='auto' cannot tell what this output means", "task='regression' for real values"]),
+     ["--task 'auto' cannot tell what this output means", "--task 'regression' for real values"]),
     ("dense_layer_as_block", ["analyze", "model.keras", "--data", "data.npz", "--blocks", "head", "--out", "o"],
      ["`blocks`: layer 'head' has output shape (None, 3) (rank 2), not a feature map", "['conv1', 'pool1', 'conv2', 'pool2', 'conv3']"]),
     ("test_fraction_out_of_range", ["analyze", "model.keras", "--data", "data.npz", "--test-fraction", "1.5",

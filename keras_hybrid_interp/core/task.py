@@ -57,12 +57,17 @@ __all__ = [
     "RegressionTask",
     "SegmentationTask",
     "infer_task",
+    "AmbiguousOutputError",
     "check_task",
     "binary_metrics",
 ]
 
 #: The task names ``task=`` accepts (and "auto").
 TASKS = ("multiclass", "binary", "multilabel", "regression", "segmentation")
+
+
+class AmbiguousOutputError(ValueError):
+    """``task="auto"`` cannot tell what an output means (linear units, or an operation it cannot read)."""
 
 
 def check_task(task, argname="task") -> str:
@@ -591,7 +596,7 @@ def infer_task(task, activation, shape, model_name="model", kind="auto", argname
         elif activation == "sigmoid" or kind == "sigmoid":
             task = "binary" if units_i == 1 else "multilabel"
         else:
-            raise ValueError(
+            raise AmbiguousOutputError(
                 f"`{argname}`='auto' cannot tell what this output means: {desc}. Linear units may be class logits, "
                 "label logits or regression values: pass task='multiclass' (or 'binary' for one unit) for class "
                 "logits, task='multilabel' for independent label logits, or task='regression' for real values."

@@ -30,7 +30,7 @@ from ..core import health as _health
 from ..core.coupling import tied_tensors
 from ..core.data import model_stream
 from ..core.engine import TailEngine, TiedTailEngine, tail_engine
-from ..core.task import resolve_output, task_for
+from ..core.task import AmbiguousOutputError, resolve_output, task_for
 from .association import (
     AssociationMoments,
     FilterClassAssociation,
@@ -112,12 +112,11 @@ class GlobalAnalyzer:
                 g.select_output(key)
             try:
                 _, self.reader = task_for(g, task, kind, g.model.name)
-            except ValueError:
-                if task != "auto" or kind != "auto":
-                    raise
+            except AmbiguousOutputError:
                 # task="auto" on linear units (logits or regression values) or an unreadable last
                 # operation: no task. Correlation, CKA and the atlas need none; the target-based
-                # analyses ask for `task=` (require_classifier).
+                # analyses ask for `task=` (require_classifier). Every other refusal stands.
+                pass
         self.output_kind = None if self.reader is None else self.reader.kind
         #: The task's name, or None.
         self.task = None if self.reader is None else self.reader.name
@@ -350,6 +349,12 @@ class GlobalAnalyzer:
                                 random_state=random_state, groups=groups, ablation_value=ablation_value,
                                 perturbations_per_eval=perturbations_per_eval, taylor=taylor)
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        if method == "taylor" and self.task == "regression" and stream.has_labels is False:
+            raise ValueError(
+                "method='taylor' on a regression model needs targets `y`: without them the loss is the model's "
+                "squared error against its own outputs, 0 with a zero gradient everywhere. Pass y, or use "
+                "method='permutation' or 'ablation'."
+            )  # refused before the pass; a dataset without labels is refused by the pass's first batch
         if method == "permutation" and stream.num_samples is not None and 0 < stream.num_samples < 2:
             raise ValueError("Permutation importance shuffles across samples and needs at least 2 samples; "
                              f"`x` has {stream.num_samples}.")

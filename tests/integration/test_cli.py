@@ -202,6 +202,45 @@ def test_cli_analyze_a_saved_model(saved):
     assert "pool1" in res.stdout
 
 
+def test_cli_summary_json_numbers_equal_an_independent_computation(saved):
+    # The numbers the command writes, against Keras and NumPy on the same test part: the model's
+    # accuracy from model.predict, its parameter count, and the dead filters of the analysed block
+    # (a filter whose per-sample maps are constant) from a plain keras.Model on that block.
+    import json
+
+    out = saved / "out_numbers"
+    res = _cli("analyze", str(saved / "model.keras"), "--data", str(saved / "data.npz"), "--x-key", "images",
+               "--y-key", "labels", "--out", str(out), "--quiet", "--seed", "3", cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "figures" / "summary.json").read_text())["summary"]
+    data = np.load(saved / "data.npz")
+    x, y = data["images"], data["labels"]
+    _, test = split_train_test(y, len(y), 0.3, 3, label_flag="--y-key")
+    model = keras.models.load_model(saved / "model.keras")
+    assert summary["samples evaluated"] == len(test) > 0
+    assert summary["parameters"] == model.count_params()
+    assert summary["blocks"] == ["pool1", "pool2", "conv3"]
+    acc = float(np.mean(model.predict(x[test], verbose=0).argmax(1) == y[test]))
+    assert summary["model accuracy"] == pytest.approx(acc, abs=1e-12)
+    block = summary["block analysed globally"]
+    maps = keras.Model(model.input, model.get_layer(block).output).predict(x[test], verbose=0)
+    flat = maps.reshape(-1, maps.shape[-1])
+    dead = np.flatnonzero(flat.max(axis=0) == flat.min(axis=0)).tolist()
+    assert summary["dead filters in that block"] == dead
+    # The deepest probe: StandardScaler + LogisticRegression(C=1) on the block's spatial means (the
+    # probe is that optimum; one test sample of 18 may flip near a tie).
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train = np.setdiff1d(np.arange(len(y)), test)
+    deep = keras.Model(model.input, model.get_layer("conv3").output)
+    feats = deep.predict(x, verbose=0).astype(np.float64).mean(axis=(1, 2))
+    lr = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-10, max_iter=20000))
+    ref = lr.fit(feats[train], y[train]).score(feats[test], y[test])
+    assert abs(summary["deepest probe accuracy"] - ref) <= 1.01 / len(test)
+
+
 def _layer_table(stdout):
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Layer-by-layer predictions")) + 1

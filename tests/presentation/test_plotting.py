@@ -15,10 +15,16 @@ from matplotlib.collections import QuadMesh
 from matplotlib.figure import Figure
 
 from keras_hybrid_interp import GlobalAnalyzer, plotting
-from keras_hybrid_interp.plotting import (plot_filter_class_association, plot_filter_correlation,
-                                          plot_filter_importance, plot_layer_accuracy, plot_layer_similarity,
-                                          plot_local_explanation, upsample)
 from keras_hybrid_interp.local.results import LocalExplanation
+from keras_hybrid_interp.plotting import (
+    plot_filter_class_association,
+    plot_filter_correlation,
+    plot_filter_importance,
+    plot_layer_accuracy,
+    plot_layer_similarity,
+    plot_local_explanation,
+    upsample,
+)
 
 
 # ----------------------------------------------------------------------
@@ -508,6 +514,7 @@ def test_real_results_from_a_tiny_model_plot():
     import warnings
 
     from keras_hybrid_interp import HybridInterpreter
+
     from models import small_cnn
 
     rng = np.random.default_rng(0)
@@ -547,3 +554,57 @@ def test_real_results_from_a_tiny_model_plot():
     ax = plot_layer_similarity(sim)
     np.testing.assert_allclose(heat(ax), sim.matrix.to_numpy())
     assert ticks(ax) == list(sim.blocks)
+
+
+def test_real_result_objects_draw_their_own_numbers():
+    # The result objects as the analyses return them, drawn through their own .plot(); the drawn
+    # numbers are checked against NumPy on the raw arrays (and the correlation against np.corrcoef of
+    # features from a plain keras.Model), never against a stand-in class.
+    import warnings
+
+    import keras
+
+    from keras_hybrid_interp import HybridInterpreter
+    from keras_hybrid_interp.global_.correlation import FilterCorrelation
+    from keras_hybrid_interp.global_.importance import FilterImportance
+
+    from models import small_cnn
+    from oracles import assert_not_all_zero
+
+    rng = np.random.default_rng(1)
+    x = rng.random((48, 16, 16, 1), dtype=np.float32)
+    y = rng.integers(0, 3, 48)
+    model = small_cnn(classes=3)
+    interp = HybridInterpreter(model).fit_probes(x, y, verbose=0)
+    ga = GlobalAnalyzer(interp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dead filters / few samples on random data
+        imp = ga.filter_importance(x, y, block="conv2", n_repeats=3, random_state=0, scoring="loss")
+        corr = ga.filter_correlation(x, block="conv2")
+        layers_ = interp.evaluate_layers(x, y)
+    assert isinstance(imp, FilterImportance) and isinstance(corr, FilterCorrelation)
+
+    ax = imp.plot(top_k=5)
+    raw = np.asarray(imp.importances, np.float64)
+    top = np.argsort(-raw.mean(axis=1), kind="stable")[:5]
+    widths, err = bar_data(ax)
+    assert_not_all_zero(widths, err)
+    np.testing.assert_allclose(widths, raw.mean(axis=1)[top], rtol=1e-12)
+    np.testing.assert_allclose(err, np.std(raw, axis=1, ddof=0)[top], rtol=1e-9)
+    assert [s.split(" ")[1] for s in ticks(ax, "y")] == [str(i) for i in top]
+
+    ax = corr.plot(cluster=False)
+    feats = keras.Model(model.input, model.get_layer("conv2").output).predict(x, verbose=0)
+    feats = feats.astype(np.float64).mean(axis=(1, 2))
+    live = np.flatnonzero(feats.std(axis=0) > 0)
+    order = [int(s) for s in ticks(ax, "y")]
+    drawn = heat(ax)
+    pos = [order.index(i) for i in live]
+    ref = np.corrcoef(feats[:, live], rowvar=False)
+    assert_not_all_zero(ref - np.eye(len(live)))
+    np.testing.assert_allclose(drawn[np.ix_(pos, pos)], ref, atol=1e-5)  # float32 maps, other batches
+
+    ax = layers_.plot()
+    probs = interp.layer_predictions(x).probabilities
+    acc = [np.mean(np.asarray(p).argmax(1) == y) for p in probs]
+    np.testing.assert_allclose(line(ax, "accuracy").get_ydata(), acc, atol=1e-12)

@@ -29,11 +29,57 @@ def report():
     return build_report(interp, x[80:], y[80:], examples=1, importance_repeats=2)
 
 
+#: Per section of REPORT_SECTIONS: (title prefix, the captions of its tables, how many figures).
+SECTION_CONTENTS = {
+    "blocks": ("Blocks", ["Blocks analysed"], 0),
+    "layers": ("Layer-by-layer predictions", ["Layer table"], 1),
+    "explanations": ("Local explanations", [], 1),  # examples=1: one figure
+    "correlation": ("Filter correlation", ["Dead filters"], 1),
+    "association": ("Filter-class association", ["Association (long form)"], 1),
+    "importance": ("Filter importance", ["Importance per filter and repeat"], 1),
+    "atlas": ("Filter atlas", ["Top-activating samples of the most important filters"], 1),
+    "similarity": ("Layer similarity", ["CKA"], 1),
+    "comparison": ("Comparison with", ["CKA between the two models"], 1),
+}
+
+
+def _assert_sections(rep, keys):
+    """Each section of ``keys`` once, in REPORT_SECTIONS order, holding its tables (non-empty) and figures."""
+    titles = [s.title for s in rep.sections]
+    assert len(titles) == len(keys), titles
+    for sec, key in zip(rep.sections, keys):
+        title, tables, n_figures = SECTION_CONTENTS[key]
+        assert sec.title.startswith(title), (key, sec.title)
+        assert [c for _, c, _ in sec.tables] == tables, (key, sec.tables)
+        assert all(len(t) > 0 for _, _, t in sec.tables), key
+        assert len(sec.figures) == n_figures, (key, len(sec.figures))
+        for _, _, rendered in sec.figures:
+            assert rendered["png"][:8] == b"\x89PNG\r\n\x1a\n", key
+
+
+def test_report_has_every_section_with_its_table_and_figure(report):
+    from keras_hybrid_interp import REPORT_SECTIONS
+
+    assert set(SECTION_CONTENTS) == set(REPORT_SECTIONS)  # a new section needs its row here
+    _assert_sections(report, [k for k in REPORT_SECTIONS if k != "comparison"])  # no compare= given
+    imp = next(t for s in report.sections for c, t in ((c, t) for _, c, t in s.tables) if c.startswith("Importance"))
+    assert np.abs(imp["importance"].to_numpy()).max() > 0  # the section holds real numbers
+
+
+def test_report_comparison_section_holds_its_table_and_figure():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 16, 16, 1), dtype=np.float32)
+    y = np.arange(40) % 4
+    interp = HybridInterpreter(small_cnn(classes=4)).fit_probes(x[:24], y[:24], verbose=0)
+    rep = build_report(interp, x[24:], y[24:], sections=["comparison"], compare=small_cnn(classes=4))
+    _assert_sections(rep, ["comparison"])
+
+
 def test_html_report_has_every_section_and_embedded_images(report, tmp_path):
     path = report.save(tmp_path / "report.html")
     text = open(path, encoding="utf-8").read()
-    for title in ["Blocks", "Layer-by-layer predictions", "Local explanations", "Filter correlation",
-                  "Filter-class association", "Filter importance", "Layer similarity", "Model summary"]:
+    for title in [t for k, (t, _, _) in SECTION_CONTENTS.items() if k != "comparison"] + ["Model summary"]:
         assert f">{title}" in text, title
     assert ">Health<" in text
     for definition in DEFINITIONS.values():
@@ -260,12 +306,13 @@ def test_report_compares_with_another_model_in_its_one_pass(monkeypatch):
 
 
 def test_sections_restrict_what_is_computed_and_shown(monkeypatch):
-    from keras_hybrid_interp import REPORT_SECTIONS
-    from keras_hybrid_interp.global_ import atlas, importance, similarity
-
     # The stored reference CNN (the same weights on every backend) and its data: a model whose
     # accuracy moves when a filter is permuted, on TensorFlow, JAX and torch alike.
-    from test_backend_reference import _data as reference_data, _load as reference_weights
+    from test_backend_reference import _data as reference_data
+    from test_backend_reference import _load as reference_weights
+
+    from keras_hybrid_interp import REPORT_SECTIONS
+    from keras_hybrid_interp.global_ import atlas, importance, similarity
 
     x, y = reference_data()
     m = small_cnn(classes=4)

@@ -53,6 +53,7 @@ __all__ = [
     "TiedTailEngine",
     "PooledHeadEngine",
     "LinearHeadEngine",
+    "PointwiseHeadEngine",
     "MapSummary",
     "tail_engine",
     "Job",
@@ -179,23 +180,30 @@ def score_jobs(tail, jobs: Sequence[Job], n: int, p: int, b: int, fill, score, p
     ``fill(g0, group, perms, s, e)`` writes the chunk's perturbed inputs into
     the engine's ``(p, b, ...)`` buffers and returns the tail's feed; each
     (group, chunk) is one tail pass. ``score`` receives one job's outputs of
-    all ``n`` samples, in sample order.
+    all ``n`` samples, in sample order; a score with ``begin()`` (one that adds
+    up over samples: :class:`~keras_hybrid_interp.core.task.SegmentationScore`)
+    is fed each pass's chunk instead (``acc.update(out_chunk, score.targets[s:e])``),
+    so that no job's outputs of all samples are held.
     """
     scores = np.empty(len(jobs), dtype=np.float64)
     n_chunks = math.ceil(n / b)
+    chunked = hasattr(score, "begin")
     for g0 in range(0, len(jobs), p):
         group = list(jobs[g0:g0 + p])
         perms = [(j.perm() if callable(j.perm) else j.perm) if j.kind == "permute" else None for j in group]
-        outs = [[] for _ in group]
+        outs = [score.begin() if chunked else [] for _ in group]
         for ci in range(n_chunks):
             s, e = ci * b, min((ci + 1) * b, n)
             feed = fill(g0, group, perms, s, e)
             out = np.asarray(predict_on_batch(tail, feed if len(feed) > 1 else feed[0]))
             out = out.reshape((p, b) + out.shape[1:])
             for slot in range(len(group)):
-                outs[slot].append(out[slot, :e - s])
+                if chunked:
+                    outs[slot].update(out[slot, :e - s], score.targets[s:e])
+                else:
+                    outs[slot].append(out[slot, :e - s])
         for slot in range(len(group)):
-            scores[g0 + slot] = float(score(np.concatenate(outs[slot], axis=0)))
+            scores[g0 + slot] = float(outs[slot].result() if chunked else score(np.concatenate(outs[slot], axis=0)))
         if progress is not None:
             progress(min(g0 + p, len(jobs)))
     return scores
@@ -1143,9 +1151,72 @@ class LinearHeadEngine(PooledHeadEngine):
         return self.linear.outputs(cache.arrays[0].reshape(cache.n, -1))
 
 
+class PointwiseHeadEngine(TailEngine):
+    """The closed form where a block's maps go only through a 1x1 convolution and the output activation.
+
+    The spatial twin of :class:`LinearHeadEngine`: where the block is read only
+    by a per-position linear layer (a ``Conv1D/2D/3D`` of kernel size 1 and
+    stride 1, or a ``Dense`` on the last axis) followed by softmax, sigmoid or
+    nothing (:meth:`ModelGraph.pointwise_head_after`: the ``Conv2D(K, 1,
+    softmax)`` end of a U-Net), the model's output at every position is
+    ``act(a @ W + b)``, and perturbing the filters ``G`` changes the logits at
+    every position by ``(a'_G - a_G) @ W_G``. The engine caches the block's maps,
+    as :class:`TailEngine` does (its frontier is the block alone), perturbs them
+    the same way (a permutation gives sample ``i`` the maps of ``perm[i]``, a fill
+    is broadcast to ``(*spatial, k)``), and computes each job's outputs in NumPy,
+    chunk of samples by chunk of samples, with no pass of the head
+    (:meth:`~keras_hybrid_interp.core.linear_head.LinearHead.run_maps`). A score
+    that adds up over samples (``begin()``: the segmentation scores) is fed chunk
+    by chunk. Equal to :class:`TailEngine` to float32 rounding of the logits; the
+    tie rule for predicted classes is :mod:`.linear_head`'s. ``perturbations_per_eval``
+    has nothing to stack here and is ignored; the chunks take at most
+    ``min(memory_budget, linear_head.CHUNK_BYTES)`` bytes of work arrays, and the
+    float64 baseline logits (``n x positions x K``) are kept while they fit in
+    ``memory_budget``.
+    """
+
+    def __init__(self, graph, key: int, head):
+        from .linear_head import LinearHead
+
+        self.graph = graph
+        self.key = key
+        check_single_output(graph)
+        self.cut = key
+        self.frontier = [key]
+        self.shape = tuple(graph.tensors[key].shape[1:])
+        self.channels = int(self.shape[-1])
+        self.output_shape = tuple(graph.tensors[graph.output_keys[0]].shape[1:])
+        self.linear = LinearHead(head)
+        self.calibrations = {}
+        self._grad_fn = None
+        self._tail = None
+
+    @property
+    def tail(self):
+        """The head as a Keras model (built on first use only: the closed form never runs it)."""
+        if self._tail is None:
+            self._tail = self.graph.build(self.graph.output_keys, inputs=self.frontier, name="khi_tail")
+        return self._tail
+
+    def run(self, cache: Cache, jobs: Sequence[Job], score: Callable[[np.ndarray], float],
+            perturbations_per_eval="auto", memory_budget=DEFAULT_MEMORY_BUDGET, progress=None) -> np.ndarray:
+        """Scores every job (as :meth:`TailEngine.run`) by rank-k logit updates at every position."""
+        from .linear_head import CHUNK_BYTES
+
+        return self.linear.run_maps(cache.arrays[0], jobs, score, min(int(memory_budget), CHUNK_BYTES), progress,
+                                    keep_bytes=int(memory_budget))
+
+    def baseline_outputs(self, cache: Cache, n_jobs: int, perturbations_per_eval="auto",
+                         memory_budget=DEFAULT_MEMORY_BUDGET) -> np.ndarray:
+        """The model's outputs (n, *spatial, K) on the cached maps, in the output's dtype (the jobs' arithmetic)."""
+        from .linear_head import CHUNK_BYTES
+
+        return self.linear.outputs_maps(cache.arrays[0], min(int(memory_budget), CHUNK_BYTES))
+
+
 def tail_engine(graph, key: int, *, shortcut: bool = True) -> TailEngine:
-    """The engine for perturbing tensor ``key``: :class:`LinearHeadEngine` or :class:`PooledHeadEngine`
-    where they apply (in that order), else :class:`TailEngine`.
+    """The engine for perturbing tensor ``key``: :class:`LinearHeadEngine`, :class:`PooledHeadEngine` or
+    :class:`PointwiseHeadEngine` where they apply (in that order), else :class:`TailEngine`.
 
     ``shortcut=False`` always gives the plain tail (Taylor importance, and
     the tests that check the shortcuts against it).
@@ -1157,4 +1228,7 @@ def tail_engine(graph, key: int, *, shortcut: bool = True) -> TailEngine:
             if head is not None:
                 return LinearHeadEngine(graph, key, *pooled, head)
             return PooledHeadEngine(graph, key, *pooled)
+        head = graph.pointwise_head_after(key)
+        if head is not None and graph.frontier(key) == [key]:
+            return PointwiseHeadEngine(graph, key, head)
     return TailEngine(graph, key)

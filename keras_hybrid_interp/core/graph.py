@@ -1040,9 +1040,48 @@ class ModelGraph:
         """
         if len(self.tensors[pooled].shape) != 2:
             return None
+        return self._linear_chain(pooled, spatial=False)
+
+    def pointwise_head_after(self, key: int) -> DenseHead | None:
+        """The head after feature map ``key`` when it is one 1x1 convolution and an output activation, else None.
+
+        The spatial twin of :meth:`dense_head_after`: the chain ``key -> [inference identities] ->
+        linear layer -> [activation] -> model output`` (each tensor read by one operation only, which
+        reads nothing else; the last the model's only output), where ``key`` is a feature map
+        (rank 3, 4 or 5, channels last) that is no model output and carries no Keras mask, and the
+        linear layer is
+
+        * a ``Conv1D``, ``Conv2D`` or ``Conv3D`` layer (exact types) with kernel size 1 and stride 1
+          on every axis, one group, ``channels_last``, or
+        * a ``keras.layers.Dense`` on the last axis (a 1x1 convolution),
+
+        not quantized, computing in float32 or float64, with activation softmax, sigmoid or linear
+        (then an ``Activation`` or last-axis ``Softmax`` layer may follow), as for the Dense head.
+        The model output at every position is then ``activation(maps[position] @ kernel + bias)``
+        with the kernel read as ``(C, K)`` (see ``core/linear_head.py``). The convolution's padding
+        does not matter at kernel size 1.
+        """
+        if len(self.tensors[key].shape) not in FEATURE_MAP_RANKS or key in self.output_keys:
+            return None
+        if _keras_mask(self._symbolic[key]) is not None:
+            return None
+        return self._linear_chain(key, spatial=True)
+
+    def _pointwise_conv(self, op) -> bool:
+        """Whether ``op`` is a 1x1, stride-1, one-group, channels-last Conv1D/2D/3D (exact types)."""
+        if type(op) not in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
+            return False
+        n = len(tuple(op.kernel_size))
+        return (all(int(v) == 1 for v in _per_axis(op.kernel_size, n))
+                and all(int(v) == 1 for v in _per_axis(op.strides, n))
+                and int(getattr(op, "groups", 1) or 1) == 1
+                and (getattr(op, "data_format", None) or "channels_last") == "channels_last")
+
+    def _linear_chain(self, start: int, spatial: bool) -> DenseHead | None:
+        """:meth:`dense_head_after` (``spatial=False``) and :meth:`pointwise_head_after` (``spatial=True``)."""
         acts = {keras.activations.softmax: "softmax", keras.activations.sigmoid: "sigmoid",
                 keras.activations.linear: "linear"}
-        key, dense, activation = pooled, None, None
+        key, dense, activation = start, None, None
         while True:
             if key in self.output_keys:
                 break
@@ -1055,7 +1094,7 @@ class ModelGraph:
             if type(op) in _INFERENCE_IDENTITIES and dense is None:
                 if kwargs.get("training") not in (None, False):
                     return None
-            elif type(op) is keras.layers.Dense and dense is None:
+            elif dense is None and (type(op) is keras.layers.Dense or (spatial and self._pointwise_conv(op))):
                 if getattr(op, "quantization_mode", None) is not None or op.compute_dtype not in ("float32", "float64"):
                     return None
                 activation = acts.get(getattr(op, "activation", None))
@@ -1067,7 +1106,8 @@ class ModelGraph:
                 if activation is None:
                     return None
             elif dense is not None and activation == "linear" and type(op) is keras.layers.Softmax:
-                if kwargs.get("mask") is not None or getattr(op, "axis", None) not in (-1, 1):
+                last = len(self.tensors[key].shape) - 1  # the class axis: 1 after a Dense on (batch, C)
+                if kwargs.get("mask") is not None or getattr(op, "axis", None) not in (-1, last):
                     return None
                 activation = "softmax"
             else:

@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["LinearHead", "CHUNK_BYTES"]
+__all__ = ["LinearHead", "CHUNK_BYTES", "sample_chunk"]
 
 #: Bytes of float64 work arrays one chunk of jobs may use (a few arrays of ``J x n x (K + |G|)``):
 #: small enough to stay in the CPU's caches, large enough to amortise NumPy's per-call costs.
@@ -124,6 +124,7 @@ class LinearHead:
 
         dense = self.head.dense
         w = np.asarray(keras.ops.convert_to_numpy(dense.kernel), dtype=np.float64)
+        w = w.reshape(-1, w.shape[-1])  # a 1x1 convolution's kernel (1, ..., 1, C, K) is a (C, K) matrix
         bias = getattr(dense, "bias", None)
         b = np.zeros(w.shape[-1]) if bias is None else np.asarray(keras.ops.convert_to_numpy(bias), dtype=np.float64)
         return w, b
@@ -200,3 +201,105 @@ class LinearHead:
             if progress is not None:
                 progress(i)
         return scores
+
+    # ------------------------------------------------------------------
+    # The per-position head: a 1x1 convolution on the block's maps (ModelGraph.pointwise_head_after)
+    # ------------------------------------------------------------------
+    def outputs_maps(self, maps: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+        """The model's outputs ``(n, *spatial, K)`` on the block's maps ``(n, *spatial, C)``, in the output's dtype.
+
+        Computed in chunks of samples (float64 logits of one chunk at a time), as :meth:`run_maps` does.
+        """
+        n, spatial = int(maps.shape[0]), tuple(maps.shape[1:-1])
+        flat = maps.reshape(n, -1, maps.shape[-1])
+        w, b = self.weights()
+        hw, k_out = flat.shape[1], w.shape[1]
+        out = np.empty((n, hw, k_out), dtype=self.dtype)
+        step = self.maps_step(hw, k_out, flat.shape[2], chunk_bytes)
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            out[s:e] = self.activate(np.ascontiguousarray(np.swapaxes(flat[s:e].astype(np.float64) @ w + b, 1, 2)))
+        return out.reshape((n,) + spatial + (k_out,))
+
+    def run_maps(self, maps: np.ndarray, jobs: Sequence, score: Callable[[np.ndarray], float],
+                 chunk_bytes: int = CHUNK_BYTES, progress=None, keep_bytes: int = 512 * 2**20) -> np.ndarray:
+        """Scores every job on the block's maps through the per-position head; returns (len(jobs),) scores.
+
+        ``maps`` (n, *spatial, C) is the cache of the block's maps (the model's dtype); the head is
+        ``act(maps @ W + b)`` at every position. Perturbing the filters ``G`` of a job (their maps
+        replaced by another sample's, or by a fill broadcast to ``(*spatial, k)``, cast to the cache's
+        dtype first as the tail engine writes it) changes the logits at every position by
+        ``(a'_G - a_G) @ W_G``: a rank-``k`` update of the baseline logits, with no pass of the head.
+        The baseline logits ``a @ W + b`` (float64) are computed once and kept when they take at most
+        ``keep_bytes`` (``n x positions x K x 8`` bytes), else recomputed chunk by chunk for every job.
+        The work goes in chunks of samples (``chunk_bytes`` of float64 work arrays, at least one
+        sample, the same chunks for every job and for :meth:`outputs_maps`, so that a job that
+        changes nothing gives the baseline bit for bit): the update, then the activation in float64
+        rounded once to the model's output dtype (:meth:`activate`). A ``score`` with ``begin()`` (a
+        score that adds up over samples, such as :class:`~keras_hybrid_interp.core.task.SegmentationScore`)
+        receives the chunks as they come (``acc = score.begin(); acc.update(out_chunk,
+        score.targets[s:e]); acc.result()``), so no job's outputs of all ``n`` samples exist at once;
+        any other ``score`` receives one job's outputs ``(n, *spatial, K)`` in sample order, as from
+        every engine.
+        """
+        n, spatial, c = int(maps.shape[0]), tuple(maps.shape[1:-1]), int(maps.shape[-1])
+        flat = maps.reshape(n, -1, c)
+        hw = flat.shape[1]
+        w, b = self.weights()
+        k_out = w.shape[1]
+        wt = np.ascontiguousarray(w.T)  # (K, C)
+        step = self.maps_step(hw, k_out, c, chunk_bytes)
+
+        def base_logits(s, e):  # (m, K, hw), class-major
+            return np.ascontiguousarray(np.swapaxes(flat[s:e].astype(np.float64) @ w + b, 1, 2))
+
+        z0 = None
+        if n * hw * k_out * 8 <= keep_bytes:
+            z0 = np.empty((n, k_out, hw), dtype=np.float64)
+            for s in range(0, n, step):
+                z0[s:s + step] = base_logits(s, min(n, s + step))
+        chunked = hasattr(score, "begin")
+        scores = np.empty(len(jobs), dtype=np.float64)
+        for i, job in enumerate(jobs):
+            ch = np.asarray(job.channels, dtype=np.int64)
+            k = len(ch)
+            src = None
+            if job.kind == "permute":
+                src = job.perm() if callable(job.perm) else job.perm
+            elif job.kind not in ("fill", "none"):  # pragma: no cover - internal
+                raise ValueError(job.kind)
+            fill = None
+            if job.kind == "fill" and k:
+                # Cast to the cache's dtype first, as the tail engine writes a fill into its buffers.
+                value = np.broadcast_to(np.asarray(job.fill).astype(flat.dtype), spatial + (k,))
+                fill = np.ascontiguousarray(value.reshape(hw, k).T, dtype=np.float64)  # (k, hw)
+            acc = score.begin() if chunked else None
+            whole = None if chunked else np.empty((n, hw, k_out), dtype=self.dtype)
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                zt = z0[s:e].copy() if z0 is not None else base_logits(s, e)
+                if k and job.kind != "none":
+                    # (m, k, hw): advanced indices around a slice put their axes first.
+                    old = flat[np.arange(s, e)[:, None], :, ch[None, :]].astype(np.float64)
+                    new = flat[src[s:e][:, None], :, ch[None, :]].astype(np.float64) if fill is None else fill[None]
+                    delta = new - old
+                    zt += wt[:, ch] * delta if k == 1 else np.matmul(wt[:, ch], delta)
+                out = self.activate(zt)  # (m, hw, K), the model's dtype
+                if chunked:
+                    acc.update(out.reshape((e - s,) + spatial + (k_out,)), score.targets[s:e])
+                else:
+                    whole[s:e] = out
+            scores[i] = float(acc.result() if chunked else score(whole.reshape((n,) + spatial + (k_out,))))
+            if progress is not None:
+                progress(i + 1)
+        return scores
+
+    @staticmethod
+    def maps_step(positions: int, k_out: int, channels: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+        """Samples per chunk of :meth:`run_maps` and :meth:`outputs_maps` (the same for every job)."""
+        return sample_chunk(positions, 3 * k_out + 4 * channels, chunk_bytes)
+
+
+def sample_chunk(positions: int, arrays: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Samples per chunk when each sample takes ``positions x arrays`` float64 numbers of work arrays (>= 1)."""
+    return max(1, int(chunk_bytes) // max(1, 8 * int(positions) * int(arrays)))

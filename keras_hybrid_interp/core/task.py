@@ -56,6 +56,7 @@ __all__ = [
     "MultiLabelTask",
     "RegressionTask",
     "SegmentationTask",
+    "SegmentationScore",
     "infer_task",
     "AmbiguousOutputError",
     "check_task",
@@ -471,10 +472,69 @@ class SegmentationTask(Task):
     def score_fn(self, scoring, targets):
         if callable(scoring):
             return lambda out: float(scoring(targets, self.probabilities(out)))
-        if scoring == "mean_iou":
-            return lambda out: float(np.nanmean(confusion_scores(
-                confusion(targets, self.predicted(out), self.num_classes))["iou"]))
-        return lambda out: float(-np.mean(self.loss(out, targets)))
+        return SegmentationScore(self, scoring, targets)
+
+
+class SegmentationScore:
+    """A segmentation importance score that adds up over samples: mean IoU or negative pixel cross-entropy.
+
+    Mean IoU is read off the confusion matrix of all positions, a sum over
+    samples; the pixel cross-entropy is the mean over samples of each sample's
+    mean over its positions (every sample has as many positions), a sum too.
+    So a job's outputs can be scored chunk of samples by chunk of samples:
+    ``acc = score.begin()``, then ``acc.update(out_chunk, score.targets[s:e])``
+    for consecutive chunks, then ``acc.result()`` (the engines do that,
+    :func:`~keras_hybrid_interp.core.engine.score_jobs` and
+    :meth:`~keras_hybrid_interp.core.linear_head.LinearHead.run_maps`), and the
+    float64 probabilities and masks exist for one chunk at a time.
+    ``score(out)`` scores all outputs at once, by the same chunks of
+    ``chunk_samples`` samples. Higher is better.
+    """
+
+    #: Samples per chunk of ``score(out)``: float64 work of a chunk stays near 16 MiB at 256 x 256 x 4.
+    chunk_samples = 4
+
+    def __init__(self, task: SegmentationTask, scoring: str, targets):
+        if scoring not in task.scorings:  # pragma: no cover - checked by Task.check_scoring
+            raise ValueError(scoring)
+        self.task = task
+        self.scoring = scoring
+        self.targets = targets
+
+    def begin(self) -> SegmentationScoreSums:
+        return SegmentationScoreSums(self.task, self.scoring)
+
+    def __call__(self, out) -> float:
+        acc = self.begin()
+        step = self.chunk_samples
+        for s in range(0, len(out), step):
+            acc.update(out[s:s + step], self.targets[s:s + step])
+        return acc.result()
+
+
+class SegmentationScoreSums:
+    """The running sums of one job's :class:`SegmentationScore`: a confusion matrix, or a sum of losses."""
+
+    def __init__(self, task: SegmentationTask, scoring: str):
+        self.task = task
+        self.scoring = scoring
+        k = task.num_classes
+        self.cm = np.zeros((k, k), dtype=np.float64)
+        self.loss_sum = 0.0
+        self.n = 0
+
+    def update(self, out, targets) -> None:
+        """Adds the outputs ``out`` (m, *spatial, units) of ``m`` consecutive samples and their ``targets``."""
+        if self.scoring == "mean_iou":
+            self.cm += confusion(targets, self.task.predicted(out), self.task.num_classes)
+        else:
+            self.loss_sum += float(np.sum(self.task.loss(out, targets)))
+        self.n += len(out)
+
+    def result(self) -> float:
+        if self.scoring == "mean_iou":
+            return float(np.nanmean(confusion_scores(self.cm)["iou"]))
+        return float(-(self.loss_sum / self.n))
 
 
 # ----------------------------------------------------------------------

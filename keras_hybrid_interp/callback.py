@@ -394,7 +394,8 @@ class InterpretationCallback(keras.callbacks.Callback):
         self._analyzer = None
         self._x = self._y = None
         self._fit_idx = self._eval_idx = None
-        self._probe_fits = None
+        # per block, (mean, scale, kernel, bias) of the last refit
+        self._probe_fits: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] | None = None
         self._probes_synced = True
         self._epochs_done = 0
         self._last_recorded = None
@@ -447,7 +448,7 @@ class InterpretationCallback(keras.callbacks.Callback):
 
     @staticmethod
     def _frame(rows) -> pd.DataFrame:
-        cols = list(zip(*rows)) if rows else [[]] * len(_COLUMNS)
+        cols = list(zip(*rows)) if rows else [()] * len(_COLUMNS)
         return pd.DataFrame({
             "epoch": np.asarray(cols[0], dtype=np.int64),
             "block": pd.Series(cols[1], dtype=object),
@@ -542,10 +543,11 @@ class InterpretationCallback(keras.callbacks.Callback):
     def _forward(self):
         """One pass of the subset: pooled features, filter ranges, model outputs (and the importance cache)."""
         interp = self._interp
+        assert interp is not None  # set by _setup, which runs before any record
         feats = [_pass.Collect(t, dtype=np.float32) for t in interp.feature_taps()]
         ranges = [_pass.ChannelRange(k) for k in interp.block_keys]
         outputs = _pass.Collect(interp.output_tap())
-        reducers = feats + ranges + [outputs]
+        reducers: list = feats + ranges + [outputs]
         cache = None
         if self._analyzer is not None:
             engine = self._analyzer.engine(self._importance_key)
@@ -567,6 +569,7 @@ class InterpretationCallback(keras.callbacks.Callback):
 
     def _statistics(self, epoch, feats, dead, outputs):
         interp = self._interp
+        assert interp is not None  # set by _setup, which runs before any record
         rows = []
         finite = [bool(np.all(np.isfinite(f))) for f in feats]
         probs_ok = bool(np.all(np.isfinite(outputs)))
@@ -597,6 +600,7 @@ class InterpretationCallback(keras.callbacks.Callback):
     def _probe_rows(self, epoch, feats, outputs, finite):
         """Refits every block's probe on the probe-fit half (the one trainer, warm-started) and scores it."""
         interp = self._interp
+        assert interp is not None and self._fit_idx is not None  # set by _setup, which runs before any record
         opts = self.probe_options
         task = interp.reader
         fit = self._fit_idx
@@ -629,12 +633,13 @@ class InterpretationCallback(keras.callbacks.Callback):
         if not all(finite):  # warned in _statistics
             return []
         interp = self._interp
+        assert interp is not None and self._fit_idx is not None and self._eval_idx is not None  # set by _setup
         opts = self.probe_options
         fit, ev = self._fit_idx, self._eval_idx
-        labelled = self._y is not None
         per = _segmentation.POSITIONS_PER_SAMPLE if self.positions_per_sample is None else self.positions_per_sample
         with _health.collect():
-            _segmentation.fit_probes(interp, x_take(self._x, fit), self._y[fit] if labelled else None, C=opts.C,
+            y_fit = self._y[fit] if self._y is not None else None
+            _segmentation.fit_probes(interp, x_take(self._x, fit), y_fit, C=opts.C,
                                      max_iter=opts.max_iter, tol=opts.tol, warm_start=True,
                                      batch_size=self.batch_size, random_state=self.positions_random_state_,
                                      verbose=0, positions_per_sample=per)
@@ -642,7 +647,8 @@ class InterpretationCallback(keras.callbacks.Callback):
             # Recorded every epoch: a missing class or a drift between the halves would warn at every record.
             warnings.simplefilter("ignore", _health.InterpretationWarning)
             with _health.collect():
-                table = _segmentation.evaluate_layers(interp, x_take(self._x, ev), self._y[ev] if labelled else None,
+                y_ev = self._y[ev] if self._y is not None else None
+                table = _segmentation.evaluate_layers(interp, x_take(self._x, ev), y_ev,
                                                       batch_size=self.batch_size)
         return self._score_rows(epoch, table, finite)
 
@@ -653,6 +659,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         :class:`TaskProbeScores` with the task's metrics otherwise), fed the cached features.
         """
         interp = self._interp
+        assert interp is not None and self._probe_fits is not None  # set by _setup and _probe_rows
         task = interp.reader
         ev = self._eval_idx
         probes, values = [], {}
@@ -660,10 +667,12 @@ class InterpretationCallback(keras.callbacks.Callback):
             if not ok:  # non-finite features: a zero probe on zeros keeps the table's shape; its rows are dropped
                 d, k = f.shape[1], interp.num_classes
                 fitted, f = (np.zeros(d), np.ones(d), np.zeros((d, k)), np.zeros(k)), np.zeros_like(f)
+            assert fitted is not None  # every block with finite features was refit by _probe_rows
             probes.append((tap,) + tuple(fitted))
             values[tap.ident] = f[ev]
         out_tap = interp.output_tap()
         values[out_tap.ident] = outputs[ev]
+        scores: ProbeScores | TaskProbeScores
         if task.is_classification:
             scores = ProbeScores(probes, out_tap, task, interp.num_classes)
         else:
@@ -696,7 +705,7 @@ class InterpretationCallback(keras.callbacks.Callback):
 
     def _sync_probes(self):
         """Copies the callback's probes into the interpreter's probe layers (float32)."""
-        if self._probes_synced or self._probe_fits is None:
+        if self._probes_synced or self._probe_fits is None or self._interp is None:
             return
         for probe, fitted in zip(self._interp.probes, self._probe_fits):
             if fitted is not None:
@@ -706,6 +715,7 @@ class InterpretationCallback(keras.callbacks.Callback):
 
     def _importance_rows(self, epoch, cache):
         opts = self.importance_options
+        assert self._analyzer is not None  # set by _setup when importance_options is given
         engine = self._analyzer.engine(self._importance_key)
         request = check_request(engine, self._analyzer.reader, n_repeats=opts.n_repeats,
                                 random_state=self.importance_random_state_)

@@ -178,7 +178,7 @@ def class_names(factor: str) -> list[str]:
 _SIGNAL_FACTORS = {"width": ("narrow_qrs", "wide_qrs"), "extra_beat": ("regular", "extra_beat")}
 
 
-def _check_count(value, name, minimum):
+def _check_count(value, name, minimum) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}; received {value!r}.")
     return int(value)
@@ -711,7 +711,8 @@ def make_blob_regression(
         ramp = np.cos(angle[i]) * yy + np.sin(angle[i]) * xx
         background[i] = 0.1 + rise[i] * (ramp - ramp.min()) / (ramp.max() - ramp.min())
         img = background[i].copy()
-        placed, misses = [], 0
+        placed: list[tuple[float, float, float]] = []  # (row, column, radius) of each disc
+        misses = 0
         while len(placed) < count[i]:
             r = rng.uniform(r_lo, r_hi)
             cy, cx = rng.uniform(r, S - 1 - r, 2)

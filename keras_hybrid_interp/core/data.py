@@ -198,8 +198,11 @@ class DataStream:
     @property
     def num_batches(self) -> int | None:
         """Number of batches the stream yields, if known without iterating (progress bars)."""
+        n: int | None
         if self.kind == "array":
-            n = math.ceil(self.num_samples / self.batch_size)
+            samples = self.num_samples
+            assert samples is not None  # an array's length is known
+            n = math.ceil(samples / self.batch_size)
         elif self.kind == "tf.data":
             card = int(self._x.cardinality())
             n = card if card >= 0 else None
@@ -300,6 +303,7 @@ class DataStream:
 
     def _to_input_list(self, x, batch_index):
         """``x`` (a list, tuple or dict of arrays) as a checked list of NumPy arrays in model input order."""
+        assert self.inputs is not None  # called for a model with several inputs only
         where = "" if batch_index is None else f" (batch {batch_index})"
         names = [n for n, _ in self.inputs]
         k = len(names)
@@ -353,6 +357,7 @@ class DataStream:
 
     def _split_multi(self, element):
         """``(x structure, y)`` from a dataset element of a model with several inputs."""
+        assert self.inputs is not None  # called for a model with several inputs only
         names = [n for n, _ in self.inputs]
         if isinstance(element, dict):
             return element, None

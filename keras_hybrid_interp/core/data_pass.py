@@ -71,10 +71,11 @@ class Batch:
     ``start`` is the index of the batch's first sample in the stream.
     ``x`` is one array, or for a model with several inputs a list of arrays
     in the model's input order (``graph.input_keys``); :func:`~.data.x_rows`
-    counts its samples.
+    counts its samples; None where a reducer is fed cached tap values
+    without the inputs (the callback's probe scores).
     """
 
-    x: np.ndarray | list
+    x: np.ndarray | list | None
     y: np.ndarray | None
     start: int
     values: dict
@@ -265,9 +266,14 @@ class InputMoments:
         self.count = tot
 
     @property
-    def std(self) -> np.ndarray:
+    def std(self):
+        """None before any numeric sample, as :attr:`mean` (it raised a TypeError)."""
         if self._parts is not None:
+            if any(p.mean is None for p in self._parts):
+                return None
             return np.concatenate([p.std for p in self._parts])
+        if self.m2 is None:
+            return None
         return np.sqrt(self.m2 / max(self.count, 1))
 
 
@@ -285,7 +291,7 @@ class Collect:
         self.dtype = dtype
         self.taps = (tap,) if tap is not None else ()
         self.limit = None if tap is None else tap.limit
-        self._parts = []
+        self._parts: list = []  # arrays, or per batch a list of arrays (several inputs)
 
     @classmethod
     def first(cls, what, limit):
@@ -301,6 +307,7 @@ class Collect:
         elif self.what == "y":
             v = batch.y
         else:
+            assert self.tap is not None  # Collect(None, ...) is built by first(), with what 'x' or 'y'
             v = batch.values.get(self.tap.ident)
         if v is None:
             return

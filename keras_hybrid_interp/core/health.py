@@ -52,9 +52,11 @@ def _user_stacklevel() -> int:
     """The ``stacklevel`` that points ``warnings.warn`` at the first frame outside this package."""
     import os
     import sys
+    import types
 
     here = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(2), 2  # the caller of warnings.warn's caller
+    level = 2
+    frame: types.FrameType | None = sys._getframe(level)  # the caller of warnings.warn's caller
     while frame is not None:
         name = frame.f_code.co_filename
         if not (name.startswith(here) or name.endswith("contextlib.py")):

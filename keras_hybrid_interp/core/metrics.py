@@ -97,7 +97,7 @@ class MetricSums:
             self.fn = np.zeros(r)
             self.wrong = np.zeros(r)
             self.agree = np.zeros(r)
-            self.scores = [[] for _ in range(r)]
+            self.scores: list[list] = [[] for _ in range(r)]
             self.targets = []
             stats = 6  # tp, fp, fn, wrong, loss, agree (per sample, per row)
         else:
@@ -199,6 +199,7 @@ class MetricSums:
 
     def _ranking_resamples(self):
         """(B', rows) macro AUROC and AP of every resample that drew a sample (weighted, scikit-learn's ties)."""
+        assert self.bootstrap is not None  # called by the intervals, after their check for a bootstrap
         y = np.concatenate(self.targets).astype(np.float64)
         n, b = len(y), self.bootstrap.n_resamples
         w = np.random.default_rng(self.entropy).poisson(1.0, size=(n, b)).astype(np.uint8)

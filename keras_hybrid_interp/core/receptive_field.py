@@ -191,7 +191,7 @@ def receptive_field(graph, key: int, input_key: int | None = None) -> ReceptiveF
                 out.append((r + (k_eff - 1) * j, j * s, st - p * j))
             return tuple(out)
         # No window: the spatial shape must be kept (point-wise or merging operations).
-        merged = None
+        merged: tuple | str | None = None  # a field, _WHOLE, or none yet
         for src, f in in_fields:
             sp = _spatial(graph.tensors[src].shape)
             if f == _WHOLE:
@@ -212,7 +212,7 @@ def receptive_field(graph, key: int, input_key: int | None = None) -> ReceptiveF
                     f"Operation {o.path!r} ({type(o.op).__name__}) changes the spatial shape from {sp} to {out_sp} "
                     "without a sliding window (an upsampling, a transposed convolution, a reshape); its receptive "
                     "field is not known.")
-            if merged == _WHOLE:
+            if isinstance(merged, str):  # _WHOLE
                 continue
             if merged is None:
                 merged = f

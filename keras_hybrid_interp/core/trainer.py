@@ -124,7 +124,7 @@ def objective(theta, z, targets, k, C):
     return value, np.concatenate([gw.ravel(), gb]), float(loss.mean())
 
 
-_CONTROLLER = []  # one threadpoolctl controller, made on first use (inspecting the libraries costs ~10 ms)
+_CONTROLLER: list = []  # one threadpoolctl controller, made on first use (inspecting the libraries costs ~10 ms)
 
 
 def single_thread_blas(work: float = 0.0):
@@ -237,7 +237,7 @@ def fit_ridge(z, y, alphas=RIDGE_ALPHAS) -> RidgeSolution:
         u, s, vt = np.linalg.svd(zc, full_matrices=False)
         uty = u.T @ yc  # (r, K)
         s2 = s * s
-        best = None
+        best: tuple[float, float] | None = None
         for a in alphas:
             shrink = s2 / (s2 + a)
             fitted = u @ (shrink[:, None] * uty)
@@ -246,6 +246,7 @@ def fit_ridge(z, y, alphas=RIDGE_ALPHAS) -> RidgeSolution:
             err = float(np.mean(loo * loo))
             if best is None or err < best[0]:
                 best = (err, a)
+        assert best is not None  # alphas is not empty (checked above)
         err, a = best
         w = vt.T @ ((s / (s2 + a))[:, None] * uty)
     b = ym - zm @ w

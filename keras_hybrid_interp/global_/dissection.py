@@ -88,12 +88,14 @@ class StreamingQuantile:
             self.width = np.maximum((vmax - vmin) / (B - 1), tiny)
             self.counts = np.zeros((C, B), np.int64)
         self._grow(vmin, vmax)
+        assert self.counts is not None and self.lo is not None and self.width is not None  # set by the first update
         idx = np.clip(np.floor((v - self.lo) / self.width).astype(np.int64), 0, B - 1)
         C = v.shape[1]
         self.counts += np.bincount((idx + np.arange(C) * B).ravel(), minlength=C * B).reshape(C, B)
         self.total += len(v)
 
     def _grow(self, vmin, vmax):
+        assert self.counts is not None and self.lo is not None and self.width is not None  # set by the first update
         B = self.bins
         hi = self.lo + B * self.width
         for c in np.flatnonzero((vmin < self.lo) | (vmax >= hi)):
@@ -112,6 +114,7 @@ class StreamingQuantile:
 
     def thresholds(self, quantile) -> np.ndarray:
         """(C,) per filter: the level above which the top ``quantile`` of its values lies (interpolated in the bin)."""
+        assert self.counts is not None and self.lo is not None and self.width is not None  # set by the first update
         target = quantile * self.total
         above = np.cumsum(self.counts[:, ::-1], axis=1)[:, ::-1]  # above[c, j]: values in bins >= j
         C, B = self.counts.shape

@@ -78,6 +78,8 @@ the model dtype. Only the tail after the layer is re-run (see :mod:`~keras_hybri
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -90,7 +92,9 @@ from ..core.data_pass import dead_filters_of
 from ..core.engine import (
     FrontierCache,
     Job,
+    PooledHeadEngine,
     TailEngine,
+    TiedTailEngine,
     job_permutation,
     resolve_entropy,
 )
@@ -206,7 +210,7 @@ class FilterImportance:
         """
         g, r = self.importances.shape
         rows, reps = np.meshgrid(np.arange(g), np.arange(r), indexing="ij")
-        df = {"block": self.block, "method": self.method}
+        df: dict[str, Any] = {"block": self.block, "method": self.method}
         if self.taylor is not None:
             df["taylor"] = self.taylor
         if self.groups is None:
@@ -400,12 +404,13 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     kw = {} if memory_budget is None else {"memory_budget": memory_budget}
     arrays = dict(zip(engine.cache_keys, cache.arrays))
     key = arrays.get(engine.key)  # None when the engine caches pooled features only (cache.summary)
+    tied = engine.tied if isinstance(engine, TiedTailEngine) else []  # groups='coupled' has it (check_request)
     if cache.summary is not None:
         dead = cache.summary.dead
     elif request.coupled:
         # Dead across the tie: constant in every tied tensor (permuting it then changes nothing).
         dead = dead_filters_of(key)
-        for k in engine.tied:
+        for k in tied:
             dead = np.intersect1d(dead, dead_filters_of(arrays[k]))
     else:
         dead = dead_filters_of(key)
@@ -433,16 +438,18 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     jobs = []
     if request.method == "permutation":
         entropy = request.entropy
+        assert entropy is not None  # drawn for method='permutation' (check_request)
         for g, ch in enumerate(request.chan_sets):
             if unchanged[g]:
                 continue
             for r in range(request.n_repeats):
-                jobs.append(Job(ch, "permute", perm=(lambda g=g, r=r: job_permutation(entropy, g, r, n))))
+                jobs.append(Job(ch, "permute", perm=functools.partial(job_permutation, entropy, g, r, n)))
     else:
         def fill_of(a, ch):
             if request.ablation_value == "zero":
                 return np.zeros((), dtype=np.float32 if a is None else a.dtype)
             if a is None:  # the engine caches pooled features: the mean map, as it perturbs them
+                assert isinstance(engine, PooledHeadEngine)  # the one engine that caches no maps
                 return engine.mean_fill(cache, ch)
             return np.mean(a[..., ch], axis=0, dtype=np.float64).astype(a.dtype)
 
@@ -450,7 +457,7 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
             if unchanged[g]:
                 continue
             if request.coupled:  # each tied tensor gets its own fill (its own mean map)
-                jobs.append(Job(ch, "fill", fill={k: fill_of(arrays[k], ch) for k in engine.tied}))
+                jobs.append(Job(ch, "fill", fill={k: fill_of(arrays[k], ch) for k in tied}))
             else:
                 jobs.append(Job(ch, "fill", fill=fill_of(key, ch)))
     scores = np.full((len(request.chan_sets), request.n_repeats), baseline, dtype=np.float64)
@@ -461,7 +468,7 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
     if request.method == "permutation":
         warn_noise(imp, block)
     source = "y" if y_given else ("dataset" if cache.labels is not None else "model predictions")
-    coupled = tied_names(engine.graph, engine.tied) if request.coupled else None
+    coupled = tied_names(engine.graph, tied) if request.coupled else None
     return FilterImportance(imp, baseline, request.method, request.score_name, block, request.groups, dead, n,
                             request.entropy, source, coupled=coupled)
 
@@ -610,6 +617,7 @@ class TaylorSums:
         dead = self.range.dead
         warn_dead(dead, block)
         n = self.n
+        assert request.taylor is not None  # set for method='taylor' (check_request)
         imp = self.estimate(request.taylor)[:, None]
         source = "y" if y_given else ("dataset" if self.has_y else "model predictions")
         return FilterImportance(imp, -self.loss_sum / n, "taylor", "loss", block, request.groups, dead, n, None, source,

@@ -317,6 +317,18 @@ class SegmentationScores:
         self.labelled = None
         self.logits_reader = OutputReader("logits", K)
 
+    def _reads(self, n, block_spatial, out_spatial):
+        """Flat block positions (n * prod(S),) read by the output positions of ``n`` samples; None where equal."""
+        if tuple(block_spatial) == tuple(out_spatial):
+            return None
+        cache = self.__dict__.setdefault("_reads_cache", {})
+        key = (n, tuple(block_spatial), tuple(out_spatial))
+        if key not in cache:
+            size = int(np.prod(out_spatial))
+            pos = block_positions(np.arange(size), out_spatial, block_spatial)
+            cache[key] = (np.arange(n, dtype=np.int64)[:, None] * int(np.prod(block_spatial)) + pos[None]).ravel()
+        return cache[key]
+
     @staticmethod
     def bootstrap_width(L1, K, n_controls) -> int:
         """Per-sample statistics fed to the bootstrap: per row ``3K + 2``, per control ``3K``, and the pixels."""
@@ -355,9 +367,18 @@ class SegmentationScores:
         ctl_rows = []
         for l, (tap, (w, b)) in enumerate(zip(self.block_taps, self.weights)):
             a = batch.values[tap.ident]
-            logits = block_logits(a, w, b, S).reshape(-1, K)
+            # Logits at the block's own resolution; the output positions read them by index (nearest
+            # neighbour: core/resolution.py), so the class map and each position's log-probability of
+            # its target are gathered, not K float64 logits upsampled: the same numbers, row for row.
+            logits = np.asarray(a, np.float64).reshape(-1, a.shape[-1]) @ w + b
+            reads = self._reads(n, spatial_shape(a.shape), S)
             pred = logits.argmax(axis=1)
-            loss = self.logits_reader.cross_entropy(logits, soft)
+            pred = pred if reads is None else pred[reads]
+            if labelled:
+                logp = self.logits_reader.log_probabilities(logits)
+                loss = -logp[reads if reads is not None else np.arange(len(logp)), hard]
+            else:
+                loss = self.logits_reader.cross_entropy(logits if reads is None else logits[reads], soft)
             self.cm[l] += confusion(hard, pred, K)
             self.loss[l] += float(np.sum(loss))
             self.agree[l] += float(np.sum(pred == model_mask))
@@ -365,7 +386,8 @@ class SegmentationScores:
                 rows.append(per_sample(pred, loss, (pred == model_mask).astype(np.float64)))
             if self.controls is not None and labelled:
                 for j, (cw, cb) in enumerate(self.controls[l]):
-                    cpred = block_logits(a, cw, cb, S).reshape(-1, K).argmax(axis=1)
+                    cpred = (np.asarray(a, np.float64).reshape(-1, a.shape[-1]) @ cw + cb).argmax(axis=1)
+                    cpred = cpred if reads is None else cpred[reads]
                     self.control_cm[l, j] += confusion(hard, cpred, K)
                     if boot:
                         ctl_rows.append(per_sample(cpred, None, None))
@@ -614,7 +636,11 @@ class MaskCollector:
         S = spatial_shape(out.shape)
         self.model.append(self.task.predicted(out).astype(np.int32))
         for store, tap, (w, b) in zip(self.masks, self.block_taps, self.weights):
-            store.append(block_logits(batch.values[tap.ident], w, b, S).argmax(axis=-1).astype(np.int32))
+            a = batch.values[tap.ident]
+            s = spatial_shape(a.shape)
+            # The class map at the block's resolution, read at the output positions by index (nearest neighbour).
+            pred = (np.asarray(a, np.float64) @ w + b).argmax(axis=-1).astype(np.int32)
+            store.append(upsample(pred, index_maps(s, S)))
 
 
 def layer_predictions(interp, x, *, batch_size=64, max_samples=None, steps=None) -> SegmentationPredictions:

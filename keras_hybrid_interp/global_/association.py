@@ -153,6 +153,7 @@ class _ClassMoments:
         np.maximum(self.max, s.max(0), out=self.max)
 
     def result(self):
+        assert self.shift is not None  # set by the first update (association_result needs 2 samples)
         dead = self.max == self.min
         with np.errstate(invalid="ignore", divide="ignore"):
             cm = self.sums / self.counts[:, None] + self.shift  # (K, C)
@@ -250,11 +251,12 @@ def association_result(red: AssociationMoments, block: str, class_names=None) ->
     acc = red.acc
     if acc.n < 2:
         raise ValueError(f"`x` must hold at least 2 samples; received {acc.n}.")
+    assert red.source is not None  # set by every update
     source = "the model's predictions" if red.source == "model predictions" else "the labels"
     names = class_names or [str(k) for k in range(len(acc.counts))]
     dead = red.range.dead
     warn_dead(dead, block)
-    if red.by_class:
+    if isinstance(acc, _ClassMoments):  # red.by_class
         r, cm, _ = acc.result()  # NaN rows for constant summaries (the dead filters among them)
         check_classes(acc.counts, names, source)
         counts = acc.counts.copy()

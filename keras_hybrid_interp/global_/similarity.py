@@ -61,6 +61,7 @@ so the data is still read once, by the one pass).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -163,7 +164,7 @@ class LayerSimilarity:
         """
         b, c = list(self.blocks), list(self.column_blocks)
         i, j = np.meshgrid(np.arange(len(b)), np.arange(len(c)), indexing="ij")
-        cols = {}
+        cols: dict[str, Any] = {}
         if self.models is not None:
             cols["model_i"] = [self.models[0]] * i.size
             cols["model_j"] = [self.models[1]] * i.size
@@ -294,7 +295,7 @@ class MinibatchCKA(_Features):
         self.weight = 0.0
         self.n = 0
         self.n_minibatches = 0
-        self._gathering = []  # batches (lists of per-block features) not yet holding MIN_MINIBATCH samples
+        self._gathering: list = []  # batches (lists of per-block features) not yet holding MIN_MINIBATCH samples
         self._ready = None  # the last complete minibatch, added once the next one is complete
 
     def update(self, batch):
@@ -359,7 +360,7 @@ def similarity_result(red, names, *, columns=None, models=None) -> LayerSimilari
         h = red.hsic_sum / red.weight
         self_h = np.diag(h).copy()
         n = red.n
-        extra = {"estimator": "minibatch", "n_minibatches": red.n_minibatches}
+        extra: dict[str, Any] = {"estimator": "minibatch", "n_minibatches": red.n_minibatches}
     else:
         acc = red.acc
         if acc.n < 2:

@@ -300,7 +300,7 @@ class LayerTable:
         extra = ""
         if self.n_controls:
             extra += f", controls={self.n_controls}"
-        if self.n_resamples:
+        if self.n_resamples and self.confidence is not None:
             extra += f", {100 * self.confidence:g}% intervals from {self.n_resamples} resamples"
         return f"LayerTable(blocks={len(self.blocks) - 1}, samples={self.n}{extra})"
 
@@ -308,7 +308,7 @@ class LayerTable:
         return len(self.blocks)
 
     def _repr_html_(self):  # a notebook shows the table
-        return self.to_frame()._repr_html_()
+        return self.to_frame()._repr_html_()  # type: ignore[operator]  # pandas has it; pandas-stubs do not
 
     @property
     def n_controls(self) -> int:

@@ -152,7 +152,7 @@ def plot_filter_correlation(corr, *, ax=None, top_k=64, cluster=True, threshold=
 
     n_out = 0
     if cluster and z is not None and threshold is not None:
-        lab = flat_clusters(z, threshold)[leaves]
+        lab = flat_clusters(z, float(threshold))[leaves]
         start = 0
         for i in range(1, len(lab) + 1):
             if i == len(lab) or lab[i] != lab[start]:
@@ -547,7 +547,8 @@ def plot_layer_similarity(sim, *, ax=None, annot="auto", cmap="rocket_r", title=
     rep = getattr(sim, "representation", None)
     ns = getattr(sim, "n_samples", None)
     est = None if isinstance(sim, pd.DataFrame) else getattr(sim, "estimator", None)
-    est = {"minibatch": "minibatch unbiased HSIC", "full": "full-data HSIC"}.get(est, est)
+    if est is not None:
+        est = {"minibatch": "minibatch unbiased HSIC", "full": "full-data HSIC"}.get(est, est)
     sub = "; ".join(p for p in (f"features: {rep}" if rep else None, f"n={ns}" if ns is not None else None,
                                 est) if p)
     if np.isnan(values).any():

@@ -42,7 +42,7 @@ from .correlation import (
     correlation_result,
     filter_correlation_reducer,
 )
-from .dissection import QUANTILE, segmentation_association
+from .dissection import QUANTILE, SegmentationAssociation, segmentation_association
 from .importance import (
     TAYLOR_DEFAULT,
     FilterImportance,
@@ -124,10 +124,9 @@ class GlobalAnalyzer:
             raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
         self.batch_size = int(batch_size)
         self.block_names = [g.tensors[k].name for k in self.block_keys]
-        k = None if self.reader is None else self.reader.num_outputs
-        self.class_names = None if k is None else (
+        self.class_names = None if self.reader is None else (
             [str(c) for c in class_names] if class_names is not None else self.reader.default_names())
-        self._engines: dict[int, TailEngine] = {}
+        self._engines: dict[tuple[str, int], TailEngine] = {}  # by (kind, tensor key)
 
     # ------------------------------------------------------------------
     @property
@@ -229,7 +228,8 @@ class GlobalAnalyzer:
 
     @_health.collecting
     def filter_class_association(self, x, y=None, *, block, statistic="mean", batch_size=None,
-                                 max_samples=None, steps=None, quantile=QUANTILE) -> FilterClassAssociation:
+                                 max_samples=None, steps=None,
+                                 quantile=QUANTILE) -> FilterClassAssociation | SegmentationAssociation:
         """Point-biserial correlation between each filter of ``block`` and each class.
 
         ``r_ck = corr_n(s_nc, 1[y_n = k])`` with ``s_nc`` the spatial mean (or
@@ -423,6 +423,7 @@ class GlobalAnalyzer:
         (:func:`~keras_hybrid_interp.build_report` passes ``("compare", "compare_blocks")``).
         """
         arg, blocks_arg = argnames
+        default: list[int] | str  # the other's block keys, or "auto"
         if hasattr(other, "graph") and hasattr(other, "block_keys") and isinstance(other.graph, _graph.ModelGraph):
             graph, default = other.graph, list(other.block_keys)
         elif isinstance(other, keras.Model):
@@ -439,7 +440,7 @@ class GlobalAnalyzer:
         if len(mine) != len(theirs) or any(a is not None and b is not None and a != b for a, b in zip(mine, theirs)):
             raise ValueError(f"`{arg}` must take the same inputs as model {self.graph.model.name!r} (one sample: "
                              f"{mine}); model {graph.model.name!r} takes {theirs}.")
-        if other_blocks is None and default != "auto":
+        if other_blocks is None and isinstance(default, list):  # not "auto"
             keys = default
             col_names = [graph.tensors[k].name for k in keys]
         else:

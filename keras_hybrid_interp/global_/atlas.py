@@ -96,10 +96,10 @@ class TopKExamples:
         self.indices = np.empty((0, f), dtype=np.int64)
         self.locations = np.empty((0, f, rf.ndim), dtype=np.int64)
         self.boxes = np.empty((0, f, rf.ndim, 2), dtype=np.int64)
-        self.crops = None  # (kept, F, *window, channels)
+        self.crops: np.ndarray | None = None  # (kept, F, *window, channels)
         self.lowest = np.full(f, np.inf)  # the smallest activation seen per filter (NaN ignored)
         self.n = 0
-        self.input_shape = None
+        self.input_shape: tuple[int, ...] | None = None  # the inputs' spatial shape, from the first batch
 
     def crop_bytes(self, channels: int, input_shape=None) -> int:
         """Bytes the crops will take (float32)."""
@@ -143,7 +143,7 @@ class TopKExamples:
         if kept:
             rows = np.where(from_old, order, 0)
             boxes = self.boxes[rows, cols]
-            crops = self.crops[rows, cols] if self.keep_crops else None
+            crops = self.crops[rows, cols] if self.crops is not None else None  # kept when keep_crops
         else:
             boxes = np.empty((k_now, f, self.rf.ndim, 2), dtype=np.int64)
             crops = np.full((k_now, f, *win, x.shape[-1]), np.nan, dtype=np.float32) if self.keep_crops else None
@@ -339,6 +339,7 @@ def examples_result(red: TopKExamples, block: str, *, keep=None, known_dead=()) 
     if red.n == 0:
         raise ValueError("`x` holds no sample; the filter atlas needs at least one.")
     rf = red.rf
+    assert red.input_shape is not None  # set by the first batch (red.n > 0)
     if any(n is None for n in rf.input_shape):  # the static shape was not known: the data's
         rf = dataclasses.replace(rf, input_shape=red.input_shape)
         if rf.whole:

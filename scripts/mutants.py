@@ -108,7 +108,9 @@ MUTANTS = [
       "return np.median(pooled, axis=0).astype(cache.arrays[0].dtype)",
       (T + "global_/test_pooled_head.py::test_shortcut_equals_the_tail_engine",),
       "pooled mean ablation fills the median"),
-    M("linear_head_delta", "core/linear_head.py", "delta = new - old", "delta = old - new",
+    M("linear_head_delta", "core/linear_head.py",
+      "delta = new - old\n            wgt = np.swapaxes(w[ch], 1, 2)",
+      "delta = old - new\n            wgt = np.swapaxes(w[ch], 1, 2)",
       (T + "core/test_linear_head.py::test_outputs_equal_a_numpy_reference_and_the_head",),
       "closed-form head moves logits the wrong way"),
     M("linear_head_softmax_shift", "core/linear_head.py", "np.maximum(m, z[..., i, :], out=m)",
@@ -318,6 +320,7 @@ def run_tests_forked(tests) -> tuple[int, str]:
             try:
                 os.dup2(log.fileno(), 1)
                 os.dup2(log.fileno(), 2)
+                check_imports_the_tree()
                 import pytest
 
                 rc = pytest.main(["-q", "-x", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", *tests])
@@ -336,11 +339,25 @@ def run_tests_forked(tests) -> tuple[int, str]:
         return rc, log.read().decode("utf-8", "replace")
 
 
+def check_imports_the_tree() -> None:
+    """The tests must import the package from this tree (where the mutant is), not an installed copy:
+    ``.ci/run`` installs the project non-editable, and ``pytest.main`` does not put the tree on the path."""
+    sys.path.insert(0, ROOT)
+    import keras_hybrid_interp
+
+    got = os.path.dirname(os.path.abspath(keras_hybrid_interp.__file__))
+    if got != PKG:
+        print(f"keras_hybrid_interp imported from {got}, not from {PKG}: a mutant there would go unseen.")
+        sys.stdout.flush()
+        os._exit(98)
+
+
 def run_tests_subprocess(tests) -> tuple[int, str]:
     import subprocess
 
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p))
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header",
-                        "-W", "ignore", *tests], cwd=ROOT, capture_output=True, text=True)
+                        "-W", "ignore", *tests], cwd=ROOT, env=env, capture_output=True, text=True)
     return p.returncode, p.stdout + p.stderr
 
 
@@ -430,7 +447,7 @@ def main(argv=None) -> int:
         dt = time.perf_counter() - t0
         if rc == 0:
             verdict = "SURVIVED"
-        elif rc in (1, 99) or rc < 0:
+        elif rc in (1, 99):
             verdict = "caught"
         else:  # 2: interrupted/collection error, 4: usage error, 5: no tests collected
             verdict = f"ERROR rc={rc}"

@@ -18,10 +18,11 @@ from ..core.data import model_stream, x_rows
 from ..core.metrics import MetricSums
 from ..core.output import OutputReader
 from ..core.pooling import FeaturePooling
-from ..core.task import ClassificationTask, Task, task_for
+from ..core.task import ClassificationTask, MultiLabelTask, Task, task_for
 from ..core.trainer import (
     MAX_ITER,
     TOL,
+    RidgeSolution,
     check_C,
     check_solver,
     fit_task_probe,
@@ -292,6 +293,8 @@ class HybridInterpreter(keras.Model):
     >>> interp.explain(x_test[0]).decision_block      # where the model decides
     """
 
+    wrapped_model: keras.Model  # the model interpreted (set in __init__)
+
     def __init__(
         self,
         model,
@@ -396,7 +399,7 @@ class HybridInterpreter(keras.Model):
 
     def probe_task(self) -> Task:
         """The probes' own task: the model's task read from logits (values for regression)."""
-        from ..core.task import MultiLabelTask, RegressionTask
+        from ..core.task import RegressionTask
 
         name = self._task.name
         if name == "multilabel":
@@ -409,7 +412,9 @@ class HybridInterpreter(keras.Model):
         """Probe outputs in the task's terms, from their logits (values for regression), float64."""
         if self._task.name == "regression":
             return np.asarray(logits, np.float64)
-        return self.probe_task().probabilities(logits)
+        task = self.probe_task()
+        assert isinstance(task, (ClassificationTask, MultiLabelTask))  # the regression probe returned above
+        return task.probabilities(logits)
 
     def output_values(self, out, xp=np):
         """The model's outputs in the task's terms: class or label probabilities, or regression values."""
@@ -490,7 +495,7 @@ class HybridInterpreter(keras.Model):
         """Per block ``(mean, scale, kernel, bias)`` of the probe, float64."""
         return [p.state() for p in self._probes]
 
-    def probe_scores(self, *, controls=0, bootstrap=0, random_state=None) -> ProbeScores:
+    def probe_scores(self, *, controls=0, bootstrap=0, random_state=None) -> ProbeScores | TaskProbeScores:
         """A fresh reducer computing the layer table in a pass (see :meth:`evaluate_layers`).
 
         ``controls``: how many of the control probes fitted by :meth:`fit_probes` to evaluate;
@@ -631,14 +636,14 @@ class HybridInterpreter(keras.Model):
         controls = self._check_controls(controls, fitting=True)
         verbose = _resolve_verbose(verbose)
         stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
-        feats = [_pass.Collect(t, dtype=np.float32) for t in self.feature_taps()]
+        collects = [_pass.Collect(t, dtype=np.float32) for t in self.feature_taps()]
         outputs = _pass.Collect(self.output_tap())
         labels = _pass.Collect.first("y", None)
         moments = _pass.InputMoments()
-        info = _pass.run(self._graph, stream, feats + [outputs, labels, moments], task=self._task,
+        info = _pass.run(self._graph, stream, collects + [outputs, labels, moments], task=self._task,
                          verbose=verbose)
         self._check_finite(info)
-        feats = [f.result() for f in feats]
+        feats = [f.result() for f in collects]
         y_idx = labels.result()
         if info.n < 2:
             raise ValueError(f"Probes need at least 2 training samples; received {info.n}.")
@@ -656,7 +661,8 @@ class HybridInterpreter(keras.Model):
                 init = restandardize(*probe.state(), mean, scale)
             sol = fit_task_probe(self._task, z, targets, C=C, max_iter=max_iter, tol=tol, init=init)
             probe.set_state(mean, scale, sol.kernel, sol.bias)
-            rows.append((name, sol.n_iter, sol.converged, sol.loss) + ((sol.alpha,) if ridge else ()))
+            alpha = (sol.alpha,) if isinstance(sol, RidgeSolution) else ()  # the ridge probe's penalty
+            rows.append((name, sol.n_iter, sol.converged, sol.loss) + alpha)
             block_controls = []
             for perm in perms:  # control tasks: the same probe on permuted targets
                 ctl = fit_task_probe(self._task, z, targets[perm], C=C, max_iter=max_iter, tol=tol)
@@ -719,7 +725,8 @@ class HybridInterpreter(keras.Model):
             )
 
     @_health.collecting
-    def layer_predictions(self, x, *, batch_size=64, max_samples=None, steps=None) -> LayerPredictions:
+    def layer_predictions(self, x, *, batch_size=64, max_samples=None,
+                          steps=None) -> LayerPredictions | _segmentation.SegmentationPredictions:
         """Per-block probe probabilities for every sample of ``x``.
 
         Holds (L, N, K) probabilities in memory: use ``max_samples`` or
@@ -814,7 +821,7 @@ class HybridInterpreter(keras.Model):
         self.check_drift(moments)
         return self.layer_table(scores, confidence=confidence)
 
-    def layer_table(self, scores: ProbeScores, *, confidence=0.95) -> LayerTable:
+    def layer_table(self, scores: ProbeScores | TaskProbeScores, *, confidence=0.95) -> LayerTable:
         """The layer table from a :class:`ProbeScores` reducer that has seen a pass."""
         if isinstance(scores, TaskProbeScores):
             return self._task_layer_table(scores, confidence)
@@ -909,7 +916,7 @@ class HybridInterpreter(keras.Model):
                 + [_pass.Tap(self._graph.output_keys[0], "raw", limit)])
 
     @_health.collecting
-    def explain(self, x) -> LocalExplanation:
+    def explain(self, x) -> LocalExplanation | _segmentation.SegmentationExplanation:
         """Local explanation of one input ``x``: one sample (T, C), (H, W, C) or (D, H, W, C), or a batch of one.
 
         Gives per-block probe probabilities, the decision depth and the
@@ -991,10 +998,10 @@ class HybridInterpreter(keras.Model):
                   if _graph.is_feature_map(g.tensors[k].shape)}  # tabular inputs are never drawn
         block_images = tuple(b.image_input for b in self.blocks)
         first = next((b for b in block_images if b is not None), next(iter(images), None))
-        return images.get(first), {"images": images, "block_images": block_images}
+        return (None if first is None else images.get(first)), {"images": images, "block_images": block_images}
 
     def _explain_one(self, image, maps, model_p, states, inputs=None):
-        probs, evidence = [], []
+        block_probs, evidence = [], []
         for (mean, scale, kernel, bias), pool, a in zip(states, self._pools, maps):
             spatial, c = a.shape[:-1], a.shape[-1]
             size = int(np.prod(spatial))
@@ -1002,7 +1009,7 @@ class HybridInterpreter(keras.Model):
             b = bias - mean @ W
             pooled = np.asarray(keras.ops.convert_to_numpy(pool(a[None].astype(np.float32))), np.float64)[0]
             logits = pooled @ W + b
-            probs.append(self.probe_values(logits[None])[0])
+            block_probs.append(self.probe_values(logits[None])[0])
             flat = a.reshape(size, c)
             if self.pooling in ("avg", "max"):
                 ev = flat @ W + b
@@ -1012,7 +1019,7 @@ class HybridInterpreter(keras.Model):
                 per_cell = np.einsum("pc,jck->pjk", flat, W.reshape(cells, c, -1))
                 ev = size * np.einsum("pj,pjk->pk", pw, per_cell) + b
             evidence.append(ev.reshape(tuple(spatial) + (-1,)))
-        probs = np.array(probs)
+        probs = np.array(block_probs)
         decision = None
         if self._task.name != "regression":  # a value has no decision to reach
             if self._task.name == "multilabel":

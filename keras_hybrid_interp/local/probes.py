@@ -106,10 +106,11 @@ class LinearProbe(keras.layers.Layer):
         for var, value in ((self.mean, mean), (self.scale, scale), (self.kernel, kernel), (self.bias, bias)):
             var.assign(np.asarray(value).astype(var.dtype))
 
-    def state(self) -> tuple[np.ndarray, ...]:
+    def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(mean, scale, kernel, bias)`` as float64 arrays."""
-        return tuple(np.asarray(keras.ops.convert_to_numpy(v), np.float64)
-                     for v in (self.mean, self.scale, self.kernel, self.bias))
+        mean, scale, kernel, bias = (np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+                                     for v in (self.mean, self.scale, self.kernel, self.bias))
+        return mean, scale, kernel, bias
 
     def effective_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(W, b) in float64 such that logits = f @ W + b on raw features."""

@@ -22,6 +22,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -449,7 +450,7 @@ class Report:
             note = (f" (first {VISIBLE_ROWS} of {len(table)} rows; all rows in {os.path.basename(csv_name)})"
                     if len(table) > VISIBLE_ROWS else f" (also in {os.path.basename(csv_name)})")
             fig.text(0.07, 0.95, "\n".join(textwrap.wrap(caption + note, 95)), fontsize=10, weight="bold", va="top")
-            ax = fig.add_axes([0.05, 0.05, 0.9, 0.85])
+            ax = fig.add_axes((0.05, 0.05, 0.9, 0.85))
             ax.axis("off")
             cells = [[_fmt(v) if not (isinstance(v, float) and np.isnan(v)) else "—" for v in row]
                      for row in shown.itertuples(index=False)]
@@ -513,10 +514,10 @@ class Report:
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         written = []
-        index = {"title": self.title, "created": self.created, "summary": self.summary,
+        index: dict[str, Any] = {"title": self.title, "created": self.created, "summary": self.summary,
                  "health": [{"finding": k, "message": m} for k, m in self.health], "sections": []}
         for s in self.sections:
-            entry = {"title": s.title, "text": s.text, "figures": [], "tables": []}
+            entry: dict[str, Any] = {"title": s.title, "text": s.text, "figures": [], "tables": []}
             for name, caption, data in s.figures:
                 for fmt in formats:
                     p = os.path.join(directory, f"{name}.{fmt}")
@@ -713,7 +714,7 @@ def build_report(
     from .global_.analyzer import GlobalAnalyzer
     from .global_.association import AssociationMoments, association_result
     from .global_.atlas import examples_reducer, examples_result
-    from .global_.correlation import correlation_result, filter_correlation_reducer, warn_dead
+    from .global_.correlation import FilterMoments, correlation_result, filter_correlation_reducer, warn_dead
     from .global_.importance import check_request, importance_reducer, importance_result
     from .global_.similarity import similarity_reducer, similarity_result
     from .local import segmentation as _segmentation
@@ -751,7 +752,8 @@ def build_report(
                                          bootstrap=bootstrap if "layers" in want else 0, random_state=random_state)
         moments = _pass.InputMoments()
         reducers = [scores, moments]
-        corr_red = assoc_red = imp_red = sim_red = cmp_red = cmp_columns = cmp_models = atlas_red = None
+        assoc_red = imp_red = sim_red = cmp_red = cmp_columns = cmp_models = atlas_red = None
+        corr_red: FilterMoments | _pass.ChannelRange
         if "correlation" in want:
             corr_red = filter_correlation_reducer(interp.graph, key, "mean")
         else:  # the summary's dead filters, by the one definition
@@ -766,6 +768,7 @@ def build_report(
             assoc_red = AssociationMoments(interp.graph, key, "mean", ga.reader, y is not None)
             reducers.append(assoc_red)
         if "importance" in want:
+            assert engine is not None and request is not None  # set above for "importance"
             imp_red = importance_reducer(engine, request, ga.reader)
             reducers.append(imp_red)
         if "similarity" in want and len(interp.block_names) > 1:
@@ -798,20 +801,25 @@ def build_report(
                   else interp.layer_table(scores, confidence=confidence))
         table = layers.to_frame()
         labelled = info.has_labels
-        corr = correlation_result(corr_red, block, "mean") if "correlation" in want else None
-        if corr is None:
+        if isinstance(corr_red, _pass.ChannelRange):  # "correlation" not in want
+            corr = None
             warn_dead(corr_red.dead, block)
-        dead = corr.dead_filters if corr is not None else corr_red.dead
+            dead = corr_red.dead
+        else:
+            corr = correlation_result(corr_red, block, "mean")
+            dead = corr.dead_filters
         assoc = association_result(assoc_red, block, list(interp.class_names)) if labelled and assoc_red else None
         imp = None
         if imp_red is not None:
             log("  permutation importance: tail passes on the cached activations")
+            assert engine is not None and request is not None  # set with imp_red
             imp = importance_result(engine, imp_red, request, ga.reader, y_given=y is not None, block=block)
         sim = similarity_result(sim_red, list(interp.block_names)) if sim_red is not None else None
         cmp = (similarity_result(cmp_red, list(interp.block_names), columns=cmp_columns, models=cmp_models)
                if cmp_red is not None else None)
         atlas = None
         if atlas_red is not None and atlas_red.n:
+            assert imp is not None  # "atlas" needs "importance" (checked before the pass)
             atlas = examples_result(atlas_red, block, keep=imp.ranking[: int(atlas_filters)], known_dead=dead)
         explanations = []
         if ex_x is not None and ex_x.result() is not None and spatial:
@@ -936,6 +944,7 @@ def build_report(
             tables=[("CKA", sim.to_frame())],
         )
     if cmp is not None:
+        assert cmp.models is not None  # the comparison's result names its two models
         report.add_section(
             f"Comparison with {cmp.models[1]}",
             text=DEFINITIONS["similarity"] + " Here the rows are this model's blocks and the columns the other "

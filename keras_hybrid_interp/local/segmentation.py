@@ -113,7 +113,7 @@ class PositionSample:
         self.task = task
         self.per_sample = int(per_sample)
         self.entropy = int(entropy)
-        self.features = [[] for _ in self.block_taps]
+        self.features: list[list] = [[] for _ in self.block_taps]
         self.labels, self.soft = [], []
         self.positions = []
 
@@ -391,7 +391,7 @@ class SegmentationScores:
                     self.control_cm[l, j] += confusion(hard, cpred, K)
                     if boot:
                         ctl_rows.append(per_sample(cpred, None, None))
-        if boot:
+        if self.bootstrap is not None:  # boot
             rows.append(per_sample(model_mask, model_loss, np.ones(len(model_mask))))
             if self.controls is not None and not labelled:
                 ctl_rows = [np.zeros((n, 3 * K))] * (L * self.n_controls)
@@ -409,6 +409,7 @@ class SegmentationScores:
         the resample's targets and predictions is left out of its means.
         """
         boot, K = self.bootstrap, self.task.num_classes
+        assert boot is not None  # called for the intervals, which need the bootstrap
         keep = boot.weights > 0
         sums = boot.sums[keep]
         B, L1, J = len(sums), len(self.cm), self.n_controls
@@ -628,7 +629,7 @@ class MaskCollector:
         self.taps = self.block_taps + [output_tap]
         self.task = task
         self.weights = _effective(states)
-        self.masks = [[] for _ in self.block_taps]
+        self.masks: list[list] = [[] for _ in self.block_taps]
         self.model = []
 
     def update(self, batch):
@@ -765,12 +766,12 @@ def explanation_from_maps(interp, image, maps) -> SegmentationExplanation:
     model_p = task.probabilities(out)[0]
     model_mask = model_p.argmax(axis=-1)
     reader = OutputReader("logits", K)
-    probs, masks = [], []
+    probs, block_masks = [], []
     for a, (w, b) in zip(maps[:-1], _effective(interp.probe_states())):
         logits = block_logits(a, w, b, S)[0]
         probs.append(reader.probabilities(logits.reshape(-1, K)).reshape(S + (K,)))
-        masks.append(logits.argmax(axis=-1))
-    masks = np.stack(masks)
+        block_masks.append(logits.argmax(axis=-1))
+    masks = np.stack(block_masks)
     return SegmentationExplanation(
         image=x[0],
         blocks=list(interp.block_names),

@@ -910,10 +910,11 @@ class ModelGraph:
         ``key`` consumes (the skip connections that cross the cut), in graph
         order. Feeding these into :meth:`build` gives the tail model.
         """
+        producer = self.tensors[key].producer
         after = [
             o
             for o in self.ops
-            if o.index > (self.tensors[key].producer if self.tensors[key].producer is not None else -1)
+            if o.index > (producer if producer is not None else -1)
         ]
         cross = set()
         for o in after:
@@ -921,7 +922,7 @@ class ModelGraph:
                 if i <= key:
                     cross.add(i)
         needed_for_out = self._ancestors_ops(self.output_keys, stop={key} | cross)
-        used = set()
+        used: set[int] = set()
         for idx in needed_for_out:
             used.update(i for i in self.ops[idx].inputs if i in cross or i == key)
         used.add(key)
@@ -950,6 +951,7 @@ class ModelGraph:
         if cache is None:
             cache = [None] * len(self.tensors)
             for o in self.ops:  # topological order
+                r: int | None
                 if isinstance(o.op, _CONV_TYPES):
                     r = max(len(self.tensors[k].shape) for k in o.outputs)
                 else:
@@ -1113,7 +1115,7 @@ class ModelGraph:
             else:
                 return None
             key = o.outputs[0]
-        if dense is None or self.output_keys != [key]:
+        if dense is None or activation is None or self.output_keys != [key]:  # activation: set with dense
             return None
         dtype = keras.backend.standardize_dtype(self._symbolic[key].dtype)
         if dtype not in ("float32", "float64"):
@@ -1178,8 +1180,8 @@ class ModelGraph:
         if len(self.input_keys) > 1:
             ins = self.inputs_of(key)
             branch = "+".join(self.input_names[self.input_keys.index(k)] for k in ins)
-            image = self.image_input_of(key)
-            image = None if image is None else self.input_names[self.input_keys.index(image)]
+            image_key = self.image_input_of(key)
+            image = None if image_key is None else self.input_names[self.input_keys.index(image_key)]
         return Block(
             name=name or t.name,
             output_shape=t.shape,

@@ -80,7 +80,10 @@ def _spread(model, head, x):
     f = f.reshape(-1, f.shape[-1])
     rng = np.random.default_rng(1)
     units = head.kernel.shape[-1]
-    w = 2.0 * rng.normal(size=(f.shape[1], units)) / (f.std(axis=0)[:, None] + 1e-6)
+    # One sigmoid unit: a smaller scale keeps it from saturating, where a loss reads log(1 - p) of a float32 p
+    # and the backends' own sigmoids agree only to that rounding amplified by 1 / (1 - p) (core/linear_head.py).
+    scale = 0.5 if units == 1 else 2.0
+    w = scale * rng.normal(size=(f.shape[1], units)) / (f.std(axis=0)[:, None] + 1e-6)
     b = -(f.mean(axis=0) @ w)
     head.set_weights([w.reshape(tuple(head.kernel.shape)).astype("float32"), b.astype("float32")])
 

@@ -105,7 +105,9 @@ def resolve_entropy(random_state, argname="random_state") -> int:
     contributes one draw. Global RNGs are never used.
     """
     if random_state is None:
-        return int(np.random.SeedSequence().entropy)
+        fresh = np.random.SeedSequence().entropy  # drawn from the OS: an int
+        assert isinstance(fresh, int)
+        return fresh
     if isinstance(random_state, bool):
         raise TypeError(
             f"`{argname}` must be None, an int, a numpy Generator or SeedSequence; received {random_state!r}."
@@ -154,7 +156,7 @@ class Job:
     channels: np.ndarray
     kind: str = "none"
     perm: np.ndarray | Callable[[], np.ndarray] | None = None
-    fill: float | np.ndarray | None = None
+    fill: float | np.ndarray | dict[int, np.ndarray] | None = None  # a dict: per tied tensor
 
 
 @dataclasses.dataclass
@@ -222,7 +224,7 @@ def chunk_fill_in_place(key_arr: np.ndarray, others: Sequence[np.ndarray], b: in
     grid = [np.arange(d) for d in key_arr.shape[1:-1]]
     pad_key = np.zeros((b,) + key_arr.shape[1:], dtype=key_arr.dtype)
     pad_others = [np.zeros((b,) + a.shape[1:], dtype=a.dtype) for a in others]
-    saved = []
+    saved: list[tuple] = []  # (start, end, channels, original rows) of each chunk perturbed in place
 
     def undo():
         while saved:
@@ -454,7 +456,7 @@ def calibrate_stacking(tail, n: int, n_jobs: int, samples_per_pass: int, arrays=
     time_plan(down[0])
     if not walk(down[1:]):
         walk(up[1:])
-    best = min(seconds, key=seconds.get)
+    best = min(seconds, key=lambda c: seconds[c])
     return Calibration(best, seconds, pass_seconds, calibration_clock() - start, int(n_jobs))
 
 
@@ -489,7 +491,7 @@ class TailEngine:
         self.channels = int(self.shape[-1])
         out_shape = graph.tensors[graph.output_keys[0]].shape
         self.output_shape = tuple(out_shape[1:])
-        self._grad_fn = None
+        self._grad_fn: Callable | None = None
 
     @property
     def cache_keys(self) -> list[int]:
@@ -509,9 +511,10 @@ class TailEngine:
         for t in self.graph.tensors:
             if t.key >= self.cut or t.key in self.frontier:
                 dims = [free_dim if d is None else d for d in t.shape[1:]]
-                if any(d is None for d in dims):
+                known = [d for d in dims if d is not None]
+                if len(known) != len(dims):
                     continue
-                total += int(np.prod(dims, dtype=np.int64)) * 4
+                total += int(np.prod(known, dtype=np.int64)) * 4
         return max(total, 1)
 
     def frontier_bytes_per_sample(self) -> int:
@@ -555,9 +558,10 @@ class TailEngine:
                 raise ValueError(
                     f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}."
                 )
-            calibrations = getattr(self, "calibrations", None)
+            calibrations: dict[tuple[int, int], Calibration] | None = getattr(self, "calibrations", None)
             if calibrations is None:
-                calibrations = self.calibrations = {}
+                calibrations = {}
+                self.calibrations = calibrations
             known = calibrations.get((int(n), int(memory_budget)))
             if known is not None:
                 p, b = known.plan
@@ -612,9 +616,9 @@ class TailEngine:
         if p == 1 and not single_chunk and all(a.flags.writeable for a in cache.arrays):
             # One perturbation per pass on chunks: perturb the cache's rows in place and feed views
             # (a copy of every chunk into a buffer cost 3 % of a run on the B1 model, TensorFlow).
-            fill, undo = chunk_fill_in_place(key_arr, others, b)
+            fill_rows, undo = chunk_fill_in_place(key_arr, others, b)
             try:
-                return score_jobs(self.tail, jobs, n, p, b, fill, score, progress)
+                return score_jobs(self.tail, jobs, n, p, b, fill_rows, score, progress)
             finally:
                 undo()
         # Fixed-shape buffers: (p, b, ...) for every frontier tensor.
@@ -844,8 +848,8 @@ class FrontierCache:
         # An engine that caches the pooled features only summarises the block's maps on the way.
         self.summary = MapSummary(engine.key) if not engine.caches_maps else None
         self.taps = self.cached + (self.summary.taps if self.summary is not None else ())
-        self._parts = [[] for _ in self.cached]
-        self._labels = []
+        self._parts: list[list] = [[] for _ in self.cached]
+        self._labels: list = []
         self._per = engine.frontier_bytes_per_sample()
         self.n = 0
         self._warned = False
@@ -977,14 +981,14 @@ class MapSummary:
         self.key = key
         self.range = ChannelRange(key)
         self.taps = self.range.taps + (Tap(key, "raw"),)
-        self._sum = None
+        self._sum: np.ndarray | None = None
         self.varied = False
         self.n = 0
 
     def update(self, batch):
         self.range.update(batch)
         maps = batch.values[(self.key, "raw")]
-        s = np.sum(maps, axis=0, dtype=np.float64)
+        s = np.asarray(np.sum(maps, axis=0, dtype=np.float64))  # (spatial..., C)
         if self._sum is not None and self._sum.shape != s.shape:
             self.varied = True  # maps of another spatial shape: no mean map (see :attr:`mean_map`)
         elif not self.varied:
@@ -1002,6 +1006,7 @@ class MapSummary:
             raise ValueError("`x`: mean ablation through a global max pooling needs the mean map, and the batches "
                              "gave maps of different spatial shapes; pass inputs of one size, or use "
                              "ablation_value='zero' or permutation.")
+        assert self._sum is not None  # the pass saw samples
         return self._sum / self.n
 
 
@@ -1081,6 +1086,7 @@ class PooledHeadEngine(TailEngine):
         if self.reduce == "avg":
             pooled = cache.arrays[0].reshape(cache.n, -1)[:, channels]
             return np.mean(pooled, axis=0, dtype=np.float64).astype(cache.arrays[0].dtype)
+        assert cache.summary is not None  # this engine caches pooled features: its cache summarises the maps
         return cache.summary.mean_map[..., channels]
 
     def run(self, cache: Cache, jobs: Sequence[Job], score: Callable[[np.ndarray], float],
@@ -1226,7 +1232,7 @@ def tail_engine(graph, key: int, *, shortcut: bool = True) -> TailEngine:
         if pooled is not None:
             head = graph.dense_head_after(pooled[0])
             if head is not None:
-                return LinearHeadEngine(graph, key, *pooled, head)
+                return LinearHeadEngine(graph, key, pooled[0], pooled[1], head)
             return PooledHeadEngine(graph, key, *pooled)
         head = graph.pointwise_head_after(key)
         if head is not None and graph.frontier(key) == [key]:

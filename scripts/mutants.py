@@ -155,7 +155,8 @@ MUTANTS = [
       "batch merge drops the between-batch term"),
     M("correlation_mean_update", "global_/correlation.py",
       "self.comoment += cb + np.outer(delta, delta) * (n * nb / tot)\n        self.mean += delta * (nb / tot)",
-      "self.comoment += cb + np.outer(delta, delta) * (n * nb / tot)\n        self.mean += delta * (n / tot)", (T + "global_/test_correlation.py::test_streaming_equals_corrcoef",),
+      "self.comoment += cb + np.outer(delta, delta) * (n * nb / tot)\n        self.mean += delta * (n / tot)",
+      (T + "global_/test_correlation.py::test_streaming_equals_corrcoef",),
       "running mean weighted by the wrong count"),
     M("association_prior_factor", "global_/association.py", "np.sqrt(p / (1 - p))[:, None]",
       "np.sqrt(p)[:, None]", (T + "global_/test_association.py::test_equals_point_biserial_reference",),
@@ -365,7 +366,6 @@ def preload():
     """Imports the heavy dependencies once, in the parent (never the package itself)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    import keras  # noqa: F401
     import matplotlib.pyplot  # noqa: F401
     import pandas  # noqa: F401
     import pytest  # noqa: F401
@@ -373,6 +373,8 @@ def preload():
     import scipy.stats  # noqa: F401
     import sklearn.linear_model  # noqa: F401
     import sklearn.metrics  # noqa: F401
+
+    import keras  # noqa: F401
 
     assert "keras_hybrid_interp" not in sys.modules
 

@@ -7,7 +7,6 @@ log_loss), NumPy closed forms and a slow sample-by-sample bootstrap. Every compa
 
 import numpy as np
 import pytest
-from oracles import assert_not_all_zero
 from sklearn import metrics as skm
 
 from keras_hybrid_interp.core.bootstrap import PoissonBootstrap
@@ -20,6 +19,8 @@ from keras_hybrid_interp.core.task import (
     confusion_scores,
     r2,
 )
+
+from oracles import assert_not_all_zero
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
-from _models_global import planted_data, planted_model, residual_model
 
 import keras
 
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
+
+from _models_global import planted_data, planted_model, residual_model
 
 
 def _xy(n=60, seed=0, classes=4):

@@ -1,5 +1,14 @@
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
+
+import keras
+
+from keras_hybrid_interp.core import data_pass as _pass
+from keras_hybrid_interp.core.data import DataStream
+from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
+from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
+
 from _models_global import (
     Perturb,
     assert_state_equal,
@@ -12,14 +21,6 @@ from _models_global import (
     residual_model,
 )
 from oracles import assert_not_all_zero
-from scipy.stats import spearmanr
-
-import keras
-
-from keras_hybrid_interp.core import data_pass as _pass
-from keras_hybrid_interp.core.data import DataStream
-from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
-from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
 METHODS = ["permutation", "ablation", "taylor"]
 

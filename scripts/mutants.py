@@ -99,8 +99,8 @@ MUTANTS = [
       (T + "core/test_engine_stacking.py::"
        "test_chunked_passes_in_place_equal_the_buffered_passes_and_leave_the_cache_unchanged",),
       "in-place chunks permute with the wrong order"),
-    M("calibration_picks_slowest", "core/engine.py", "best = min(seconds, key=seconds.get)",
-      "best = max(seconds, key=seconds.get)",
+    M("calibration_picks_slowest", "core/engine.py", "best = min(seconds, key=lambda c: seconds[c])",
+      "best = max(seconds, key=lambda c: seconds[c])",
       (T + "core/test_engine_stacking.py::test_auto_picks_the_fastest_plan_and_reuses_it_for_baseline_and_run",),
       "stacking calibration takes the slowest plan"),
     M("pooled_mean_fill", "core/engine.py",

@@ -47,10 +47,22 @@ zero).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 __all__ = ["LinearHead", "CHUNK_BYTES", "sample_chunk"]
+
+
+@runtime_checkable
+class ChunkedScore(Protocol):
+    """A score that adds up chunk of samples by chunk (:class:`~keras_hybrid_interp.core.task.SegmentationScore`):
+    ``acc = score.begin()``, ``acc.update(out_chunk, score.targets[s:e])``, ``acc.result()``."""
+
+    targets: Any
+
+    def begin(self) -> Any: ...
+
 
 #: Bytes of float64 work arrays one chunk of jobs may use (a few arrays of ``J x n x (K + |G|)``):
 #: small enough to stay in the CPU's caches, large enough to amortise NumPy's per-call costs.
@@ -258,7 +270,7 @@ class LinearHead:
             z0 = np.empty((n, k_out, hw), dtype=np.float64)
             for s in range(0, n, step):
                 z0[s:s + step] = base_logits(s, min(n, s + step))
-        chunked = hasattr(score, "begin")
+        seg = score if isinstance(score, ChunkedScore) else None  # a score that adds up chunk by chunk
         scores = np.empty(len(jobs), dtype=np.float64)
         for i, job in enumerate(jobs):
             ch = np.asarray(job.channels, dtype=np.int64)
@@ -273,23 +285,31 @@ class LinearHead:
                 # Cast to the cache's dtype first, as the tail engine writes a fill into its buffers.
                 value = np.broadcast_to(np.asarray(job.fill).astype(flat.dtype), spatial + (k,))
                 fill = np.ascontiguousarray(value.reshape(hw, k).T, dtype=np.float64)  # (k, hw)
-            acc = score.begin() if chunked else None
-            whole = None if chunked else np.empty((n, hw, k_out), dtype=self.dtype)
+            acc = seg.begin() if seg is not None else None
+            whole = None if seg is not None else np.empty((n, hw, k_out), dtype=self.dtype)
             for s in range(0, n, step):
                 e = min(n, s + step)
                 zt = z0[s:e].copy() if z0 is not None else base_logits(s, e)
                 if k and job.kind != "none":
                     # (m, k, hw): advanced indices around a slice put their axes first.
                     old = flat[np.arange(s, e)[:, None], :, ch[None, :]].astype(np.float64)
-                    new = flat[src[s:e][:, None], :, ch[None, :]].astype(np.float64) if fill is None else fill[None]
+                    if fill is None:
+                        assert src is not None  # a permutation (a fill job has its fill)
+                        new = flat[src[s:e][:, None], :, ch[None, :]].astype(np.float64)
+                    else:
+                        new = fill[None]
                     delta = new - old
                     zt += wt[:, ch] * delta if k == 1 else np.matmul(wt[:, ch], delta)
                 out = self.activate(zt)  # (m, hw, K), the model's dtype
-                if chunked:
-                    acc.update(out.reshape((e - s,) + spatial + (k_out,)), score.targets[s:e])
-                else:
+                if seg is not None and acc is not None:
+                    acc.update(out.reshape((e - s,) + spatial + (k_out,)), seg.targets[s:e])
+                elif whole is not None:
                     whole[s:e] = out
-            scores[i] = float(acc.result() if chunked else score(whole.reshape((n,) + spatial + (k_out,))))
+            if acc is not None:
+                scores[i] = float(acc.result())
+            else:
+                assert whole is not None  # filled chunk by chunk above
+                scores[i] = float(score(whole.reshape((n,) + spatial + (k_out,))))
             if progress is not None:
                 progress(i + 1)
         return scores

@@ -30,8 +30,8 @@ ranking metrics (AUROC, AP) are computed once per resample at the end, from
 the scores they hold anyway, with the *same* Poisson weights: the weights
 are drawn again from the streaming bootstrap's integer seed, sample by sample
 in stream order, so both see the same resamples (an (N, B) matrix of uint8
-multiplicities, and N x 64 float64 per chunk of resamples, while they are
-computed). Regression sums are taken of the targets shifted by the first
+multiplicities, and at most 2^22 float64 per array for a chunk of resamples,
+while they are computed). Regression sums are taken of the targets shifted by the first
 sample's, so the variance of targets far from 0 keeps its digits, and a
 constant target has none (R^2 is then 1 for exact predictions, else 0, as
 scikit-learn's).
@@ -49,8 +49,9 @@ from .task import binary_metrics, r2_from_sums
 
 __all__ = ["MetricSums", "INTERVAL_TASK_METRICS"]
 
-#: Bootstrap resamples whose ranking metrics are computed at once (memory N x RESAMPLE_CHUNK float64).
-RESAMPLE_CHUNK = 64
+#: Elements (samples x resamples) of the ranking metrics' resamples computed at once: 2^22 float64 (32 MiB)
+#: per array, so all resamples at once for a few thousand samples, fewer at a time for more.
+RESAMPLE_BLOCK = 2 ** 22
 
 #: Per task, the metrics that get bootstrap intervals.
 INTERVAL_TASK_METRICS = {
@@ -208,12 +209,13 @@ class MetricSums:
         ap = np.full_like(auroc, np.nan)
         for i in range(self.rows):
             s = np.concatenate(self.scores[i])
+            chunk = max(1, RESAMPLE_BLOCK // max(n, 1))
             for k in range(self.k):
                 order = np.argsort(-s[:, k], kind="mergesort")
                 sk, yk = s[order, k], y[order, k][:, None]
                 distinct = np.r_[np.flatnonzero(np.diff(sk)), n - 1]
-                for c0 in range(0, w.shape[1], RESAMPLE_CHUNK):  # N x chunk float64 at a time
-                    cols = slice(c0, c0 + RESAMPLE_CHUNK)
+                for c0 in range(0, w.shape[1], chunk):  # N x chunk float64 at a time
+                    cols = slice(c0, c0 + chunk)
                     wk = w[order, cols].astype(np.float64)
                     tps = np.cumsum(wk * yk, axis=0)[distinct]
                     fps = np.cumsum(wk * (1 - yk), axis=0)[distinct]

@@ -606,10 +606,36 @@ def binary_metrics(y, score) -> tuple[float, float]:
     return auroc, ap
 
 
+def average_precisions(y, scores) -> np.ndarray:
+    """(K,) average precision of every label at once (scikit-learn's ``average_precision_score``, ties included).
+
+    Each run of tied scores is one threshold: ``AP = sum over runs of (positives in the run / positives) x
+    (precision at the run's end)``, i.e. each positive weighted by the precision at the end of its run. NaN for a
+    label with one class only. All labels in one sort (the importance of a multi-label model scores thousands of
+    perturbations: one Python loop per label was most of its time).
+    """
+    y = np.asarray(y, np.float64)
+    scores = np.asarray(scores, np.float64)
+    n = len(y)
+    order = np.argsort(-scores, axis=0, kind="mergesort")
+    s_sorted = np.take_along_axis(scores, order, axis=0)
+    y_sorted = np.take_along_axis(y, order, axis=0)
+    tps = np.cumsum(y_sorted, axis=0)
+    last = np.ones(s_sorted.shape, dtype=bool)  # the last row of each run of tied scores
+    last[:-1] = s_sorted[:-1] != s_sorted[1:]
+    rows = np.arange(n)[:, None]
+    run_end = np.minimum.accumulate(np.where(last, rows, n)[::-1], axis=0)[::-1]
+    precision_at_end = np.take_along_axis(tps / (rows + 1.0), run_end, axis=0)
+    pos = y_sorted.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (y_sorted * precision_at_end).sum(axis=0) / pos
+    ap[(pos == 0) | (pos == n)] = np.nan
+    return ap
+
+
 def macro_average_precision(y, scores) -> float:
     """Mean over labels of the average precision (labels with one class only are left out)."""
-    y, scores = np.asarray(y), np.asarray(scores)
-    aps = [binary_metrics(y[:, k], scores[:, k])[1] for k in range(y.shape[1])]
+    aps = average_precisions(y, scores)
     return float(np.nanmean(aps)) if not np.all(np.isnan(aps)) else float("nan")
 
 

@@ -37,6 +37,7 @@ import keras  # noqa: E402
 
 from keras_hybrid_interp import GlobalAnalyzer  # noqa: E402
 from keras_hybrid_interp.core.engine import LinearHeadEngine, PooledHeadEngine, job_permutation  # noqa: E402
+from keras_hybrid_interp.core.layers import global_pool_after  # noqa: E402
 from keras_hybrid_interp.global_.importance import check_request, importance_reducer, importance_result  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def main():
     key, block = ga.key(ga.block_names[-1])
     linear = ga.engine(key)
     assert type(linear) is LinearHeadEngine
-    naive = PooledHeadEngine(ga.graph, key, *ga.graph.global_pool_after(key))
+    naive = PooledHeadEngine(ga.graph, key, *global_pool_after(ga.graph, key))
     print(f"B12: {block} ({linear.channels} filters), N = {args.n}, {s} px, {args.repeats} repeats, "
           f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

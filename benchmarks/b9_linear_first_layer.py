@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 from keras_hybrid_interp import GlobalAnalyzer  # noqa: E402
+from keras_hybrid_interp.core.layers import global_pool_after, is_conv  # noqa: E402
 
 ARCHS = ["VGG16", "ResNet50", "ResNet50V2", "MobileNetV2", "MobileNetV3Small", "DenseNet121", "EfficientNetB0",
          "EfficientNetV2B0", "InceptionV3", "Xception", "ConvNeXtTiny", "NASNetMobile"]
@@ -70,8 +71,8 @@ def analyse(name):
         tail = [g.ops[i] for i in needed if i > producer]
         t = sum(op_macs(g, o) for o in tail)
         readers = [o for o in g.ops if key in o.inputs]
-        applies = (g.frontier(key) == [key] and len(readers) == 1 and g.is_conv(readers[0])
-                   and g.global_pool_after(key) is None)
+        applies = (g.frontier(key) == [key] and len(readers) == 1 and is_conv(g, readers[0])
+                   and global_pool_after(g, key) is None)
         bound = None
         if applies:
             f = op_macs(g, readers[0])

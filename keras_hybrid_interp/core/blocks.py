@@ -4,9 +4,9 @@ The heuristics live here, apart from the graph replay (:mod:`.graph`, the
 only module that touches Keras internals). They read the flattened graph
 through its public attributes: ``tensors`` (shape and producer of every
 tensor), ``ops`` (inputs and outputs of every operation, in topological
-order), ``input_keys``/``output_keys``, and the layer predicates
-:meth:`~.graph.ModelGraph.is_conv`, :meth:`~.graph.ModelGraph.is_global_pool`
-and :attr:`~.graph.OpNode.is_pooling`.
+order), ``input_keys``/``output_keys``, and the layer predicates of
+:mod:`.layers` (:func:`~.layers.is_conv`, :func:`~.layers.starts_head`,
+:func:`~.layers.is_pooling`...).
 
 A *cut point* is a tensor that every input-to-output path passes through.
 :func:`discover_blocks` states the rules; :func:`select_blocks` resolves the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import keras
 
 from . import health as _health
+from . import layers as _layers
 from .graph import RANKS_TEXT, ModelGraph, abbrev, is_feature_map
 
 __all__ = [
@@ -35,7 +36,7 @@ def is_map(graph, k) -> bool:
     shape = graph.tensors[k].shape
     if not is_feature_map(shape):
         return False
-    rank = graph.conv_rank_before(k)
+    rank = _layers.conv_rank_before(graph, k)
     return rank is None or rank == len(shape)
 
 
@@ -152,8 +153,8 @@ def spatial_levels(graph, relevant=None) -> list:
                 continue
             first = ins[0]
             lv = levels[first]
-            up = graph.upsampling(o)
-            win = graph.window(o)
+            up = _layers.upsampling(o)
+            win = _layers.window(o)
             in_shape = graph.tensors[first].shape
             if len(in_shape) != len(shape):
                 continue  # a reshape to another rank: no level
@@ -189,7 +190,7 @@ def encoder_decoder(graph) -> EncoderDecoder | None:
     decoder = [False] * n
     found = False
     for o in graph.ops:
-        if head_op := (graph.starts_head(o) or any(head[i] for i in o.inputs)):
+        if head_op := (_layers.starts_head(graph, o) or any(head[i] for i in o.inputs)):
             for k in o.outputs:
                 head[k] = True
         if head_op or not any(relevant[k] for k in o.outputs):
@@ -214,7 +215,7 @@ def encoder_decoder_ends(graph, ed: EncoderDecoder) -> tuple[list[int], list[str
     n = len(graph.tensors)
     conv_before = [False] * n
     for o in graph.ops:
-        c = graph.is_conv(o) or any(conv_before[i] for i in o.inputs)
+        c = _layers.is_conv(graph, o) or any(conv_before[i] for i in o.inputs)
         for k in o.outputs:
             conv_before[k] = c
     # The output head: the outputs, and the tensors before them through single-input
@@ -226,13 +227,13 @@ def encoder_decoder_ends(graph, ed: EncoderDecoder) -> tuple[list[int], list[str
         while graph.tensors[k].producer is not None:
             o = graph.ops[graph.tensors[k].producer]
             ins = [i for i in o.inputs if relevant[i]]
-            if graph.is_conv(o) or graph.starts_head(o) or len(ins) != 1:
+            if _layers.is_conv(graph, o) or _layers.starts_head(graph, o) or len(ins) != 1:
                 break
             k = ins[0]
             head.add(k)
     after_head = [False] * n  # a classifier head after a global pooling
     for o in graph.ops:
-        if graph.starts_head(o) or any(after_head[i] for i in o.inputs):
+        if _layers.starts_head(graph, o) or any(after_head[i] for i in o.inputs):
             for k in o.outputs:
                 after_head[k] = True
     cands = [
@@ -336,7 +337,7 @@ def discover_blocks(graph) -> tuple[list[int], list[str]]:
     else:
         ends, notes = natural_ends(graph)
     if not ends:
-        if not any(graph.is_conv(o) for o in graph.ops):
+        if not any(_layers.is_conv(graph, o) for o in graph.ops):
             raise ValueError(
                 f"Model {graph.model.name!r} has no convolution: it is a Dense-only (or "
                 "otherwise convolution-free) model, with no filters to interpret. "
@@ -405,7 +406,7 @@ def natural_ends(graph) -> tuple[list[int], list[str]]:
     n = len(graph.tensors)
     conv_before = [False] * n
     for o in graph.ops:
-        c = graph.is_conv(o) or any(conv_before[i] for i in o.inputs)
+        c = _layers.is_conv(graph, o) or any(conv_before[i] for i in o.inputs)
         for k in o.outputs:
             conv_before[k] = c
     cuts = [k for k in range(n) if relevant[k] and cover[k] == 0 and k not in graph.input_keys]
@@ -420,17 +421,17 @@ def natural_ends(graph) -> tuple[list[int], list[str]]:
 
     def is_pool(k):
         p = graph.tensors[k].producer
-        return p is not None and graph.ops[p].is_pooling
+        return p is not None and _layers.is_pooling(graph.ops[p])
 
     # The classifier head starts at the first cut point made by a global pooling.
-    head = next((k for k in cuts if graph.starts_head(graph.ops[graph.tensors[k].producer])), n)
+    head = next((k for k in cuts if _layers.starts_head(graph, graph.ops[graph.tensors[k].producer])), n)
     cuts = [k for k in cuts if k < head]
 
     # Convolutions (and local poolings) in each region (prev cut, cut]; region i ends at cuts[i].
     conv_positions = [
-        k for o in graph.ops if graph.is_conv(o) for k in o.outputs if relevant[k]
+        k for o in graph.ops if _layers.is_conv(graph, o) for k in o.outputs if relevant[k]
     ]
-    pool_positions = [k for o in graph.ops if o.is_pooling for k in o.outputs if relevant[k]]
+    pool_positions = [k for o in graph.ops if _layers.is_pooling(o) for k in o.outputs if relevant[k]]
     bounds = [-1] + cuts
 
     def convs_between(a, b):  # a < pos <= b
@@ -574,7 +575,7 @@ def conv_path_between(graph, a, b) -> bool:
         if p is None:
             continue
         node = graph.ops[p]
-        flag = conv_flag[k] or graph.is_conv(node)
+        flag = conv_flag[k] or _layers.is_conv(graph, node)
         for i in node.inputs:
             if i == a:
                 reach_a_with_conv |= flag
@@ -594,7 +595,7 @@ def select_blocks(graph: ModelGraph, blocks="auto", argname: str = "blocks"):
     Notes on the automatic
     choice are emitted as warnings.
     """
-    cf = graph.channels_first_layers()
+    cf = _layers.channels_first_layers(graph)
     if cf:
         raise ValueError(
             f"Model {graph.model.name!r} uses data_format='channels_first' in {cf[:5]}; "

@@ -10,7 +10,7 @@ network could undergo. Torch-Pruning's dependency graph (Fang et al., 2023,
 The rule (:func:`tied_tensors`)
 -------------------------------
 Two tensors are **tied** when an operation *keeps channels* between them
-(:meth:`ModelGraph.keeps_channels`: channel ``i`` of its output depends on
+(:func:`.layers.keeps_channels`: channel ``i`` of its output depends on
 channel ``i`` of its inputs only and keeps its index) and both have the
 analysed tensor's rank and channel count ``C`` (the last axis). Such an
 operation ties its output with each of its tensor inputs of that shape; an
@@ -40,6 +40,8 @@ channel-wise function of the first).
 
 from __future__ import annotations
 
+from .layers import keeps_channels
+
 __all__ = ["tied_tensors", "tied_names", "tied_merges"]
 
 
@@ -53,13 +55,13 @@ def tied_tensors(graph, key: int) -> list[int]:
 
     See the module docstring for the rule. Reads the graph through the
     public API of :class:`~keras_hybrid_interp.core.graph.ModelGraph`
-    (``tensors``, ``ops``, ``keeps_channels``).
+    (``tensors``, ``ops``) and :func:`~keras_hybrid_interp.core.layers.keeps_channels`.
     """
     rank, c = _channel_shape(graph, key)
     like = {t.key for t in graph.tensors if len(t.shape) == rank and t.shape[-1] == c}
     neighbours: dict[int, set] = {}
     for o in graph.ops:
-        if not graph.keeps_channels(o):
+        if not keeps_channels(o):
             continue
         ends = [k for k in list(o.inputs) + list(o.outputs) if k in like]
         outs = [k for k in o.outputs if k in like]
@@ -91,4 +93,4 @@ def tied_merges(graph, keys) -> list[str]:
     coupling changes nothing for permutation importance.
     """
     keys = set(keys)
-    return [o.path for o in graph.ops if graph.keeps_channels(o) and len(keys.intersection(o.inputs)) >= 2]
+    return [o.path for o in graph.ops if keeps_channels(o) and len(keys.intersection(o.inputs)) >= 2]

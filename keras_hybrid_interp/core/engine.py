@@ -47,6 +47,7 @@ import numpy as np
 import keras
 
 from .distribute import predict_on_batch
+from .layers import dense_head_after, global_pool_after, pointwise_head_after
 
 __all__ = [
     "TailEngine",
@@ -1014,7 +1015,7 @@ class PooledHeadEngine(TailEngine):
     """The exact shortcut for a block read only through a global pooling: block -> GAP/GMP -> head.
 
     When the only thing the model does with the block's maps is pool each
-    channel over all positions (:meth:`ModelGraph.global_pool_after`: the
+    channel over all positions (:func:`.layers.global_pool_after`: the
     ``block -> GlobalAveragePooling -> Dropout -> Dense`` end of every
     ``keras.applications`` model), channel ``c`` of the pooled vector is a
     function of channel ``c`` of the maps alone. So
@@ -1104,7 +1105,7 @@ class LinearHeadEngine(PooledHeadEngine):
 
     Applies where :class:`PooledHeadEngine` does and the head after the pooling
     is one ``Dense`` layer and the output activation (softmax, sigmoid or none),
-    inactive dropout allowed (:meth:`ModelGraph.dense_head_after`): the
+    inactive dropout allowed (:func:`.layers.dense_head_after`): the
     ``GAP -> Dense(softmax)`` end of every ``keras.applications`` classifier.
     It caches the same pooled features and perturbs them the same way
     (:meth:`PooledHeadEngine.pooled_job`, :meth:`PooledHeadEngine.mean_fill`),
@@ -1163,7 +1164,7 @@ class PointwiseHeadEngine(TailEngine):
     The spatial twin of :class:`LinearHeadEngine`: where the block is read only
     by a per-position linear layer (a ``Conv1D/2D/3D`` of kernel size 1 and
     stride 1, or a ``Dense`` on the last axis) followed by softmax, sigmoid or
-    nothing (:meth:`ModelGraph.pointwise_head_after`: the ``Conv2D(K, 1,
+    nothing (:func:`.layers.pointwise_head_after`: the ``Conv2D(K, 1,
     softmax)`` end of a U-Net), the model's output at every position is
     ``act(a @ W + b)``, and perturbing the filters ``G`` changes the logits at
     every position by ``(a'_G - a_G) @ W_G``. The engine caches the block's maps,
@@ -1228,13 +1229,13 @@ def tail_engine(graph, key: int, *, shortcut: bool = True) -> TailEngine:
     the tests that check the shortcuts against it).
     """
     if shortcut:
-        pooled = graph.global_pool_after(key)
+        pooled = global_pool_after(graph, key)
         if pooled is not None:
-            head = graph.dense_head_after(pooled[0])
+            head = dense_head_after(graph, pooled[0])
             if head is not None:
                 return LinearHeadEngine(graph, key, pooled[0], pooled[1], head)
             return PooledHeadEngine(graph, key, *pooled)
-        head = graph.pointwise_head_after(key)
+        head = pointwise_head_after(graph, key)
         if head is not None and graph.frontier(key) == [key]:
             return PointwiseHeadEngine(graph, key, head)
     return TailEngine(graph, key)

@@ -1,9 +1,9 @@
 """Closed-form permutation and ablation through a linear head: rank-k logit updates, no head pass.
 
 Where the analysed block is read only through a global pooling
-(:meth:`ModelGraph.global_pool_after`) and the pooled features go through one
+(:func:`.layers.global_pool_after`) and the pooled features go through one
 Dense layer and the output activation, inactive dropout allowed
-(:meth:`ModelGraph.dense_head_after`), the model's output is
+(:func:`.layers.dense_head_after`), the model's output is
 
     out = act(x @ W + b)          x: (n, C) pooled features, W: (C, K), b: (K,)
 
@@ -106,7 +106,7 @@ class LinearHead:
     Parameters
     ----------
     head : DenseHead
-        From :meth:`ModelGraph.dense_head_after`: the user's Dense layer and the activation.
+        From :func:`.layers.dense_head_after`: the user's Dense layer and the activation.
         The layer's weights are read at every call (:meth:`weights`), so a head that trains
         between analyses (the callback) is read as it is then; they are never changed.
     """
@@ -215,7 +215,7 @@ class LinearHead:
         return scores
 
     # ------------------------------------------------------------------
-    # The per-position head: a 1x1 convolution on the block's maps (ModelGraph.pointwise_head_after)
+    # The per-position head: a 1x1 convolution on the block's maps (layers.pointwise_head_after)
     # ------------------------------------------------------------------
     def outputs_maps(self, maps: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
         """The model's outputs ``(n, *spatial, K)`` on the block's maps ``(n, *spatial, C)``, in the output's dtype.

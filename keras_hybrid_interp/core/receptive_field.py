@@ -40,6 +40,8 @@ import dataclasses
 
 import numpy as np
 
+from . import layers as _layers
+
 __all__ = ["ReceptiveField", "UnsupportedReceptiveField", "receptive_field"]
 
 
@@ -163,10 +165,10 @@ def receptive_field(graph, key: int, input_key: int | None = None) -> ReceptiveF
         if out_sp is None or len(out_sp) != nd:
             # no spatial axes left (global pooling, flatten): it sees everything
             return _WHOLE
-        if graph.data_format(o) == "channels_first":
+        if _layers.data_format(o) == "channels_first":
             raise UnsupportedReceptiveField(
                 f"Operation {o.path!r} is channels-first; the receptive field is computed for channels-last layouts.")
-        window = graph.window(o)
+        window = _layers.window(o)
         if window is not None:
             src, f = in_fields[0]
             if f == _WHOLE:

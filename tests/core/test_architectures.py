@@ -30,6 +30,7 @@ from keras import layers
 from keras_hybrid_interp import HybridInterpreter
 from keras_hybrid_interp.core.blocks import MAX_CONVS_WITHOUT_CUT, cut_points, discover_blocks
 from keras_hybrid_interp.core.graph import ModelGraph
+from keras_hybrid_interp.core.layers import is_conv
 
 from models import assert_unchanged, snapshot
 
@@ -204,7 +205,7 @@ def test_short_stretch_without_cut_points_is_left_alone():
     # Fewer than MAX_CONVS_WITHOUT_CUT convolutions without a cut point: no cell rule.
     m = cell_network(n_after=1)
     g = ModelGraph(m)
-    stretch = sum(1 for o in g.ops if g.is_conv(o)) - 1  # all but the stem
+    stretch = sum(1 for o in g.ops if is_conv(g, o)) - 1  # all but the stem
     assert stretch <= MAX_CONVS_WITHOUT_CUT
     names, notes = block_names(m)
     assert names == ["cell_2"] and "Only one block" in notes[-1]

@@ -32,6 +32,7 @@ from keras_hybrid_interp.core.engine import (
     tail_engine,
 )
 from keras_hybrid_interp.core.graph import ModelGraph
+from keras_hybrid_interp.core.layers import dense_head_after, global_pool_after
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -166,8 +167,8 @@ def test_the_closed_form_does_not_apply(case):
     graph = ModelGraph(build())
     key = graph.resolve("blk")
     assert type(tail_engine(graph, key)) is expected
-    pooled = graph.global_pool_after(key)
-    assert pooled is None or graph.dense_head_after(pooled[0]) is None
+    pooled = global_pool_after(graph, key)
+    assert pooled is None or dense_head_after(graph, pooled[0]) is None
 
 
 # ----------------------------------------------------------------------
@@ -179,7 +180,7 @@ def _pair(build, scale=None):
     slow = GlobalAnalyzer(model, blocks=["blk"], output=output)
     key = fast.block_keys[0]
     assert type(fast.engine(key)) is LinearHeadEngine
-    slow._engines[("shortcut", key)] = PooledHeadEngine(slow.graph, key, *slow.graph.global_pool_after(key))
+    slow._engines[("shortcut", key)] = PooledHeadEngine(slow.graph, key, *global_pool_after(slow.graph, key))
     return model, dense, fast, slow, x, y
 
 
@@ -368,7 +369,7 @@ def test_softmax_of_large_logits_is_stable():
     """Logits of size 1e3 (exp overflows beyond 709): the probabilities equal SciPy's softmax, finite."""
     from scipy.special import softmax
 
-    from keras_hybrid_interp.core.graph import DenseHead
+    from keras_hybrid_interp.core.layers import DenseHead
     from keras_hybrid_interp.core.linear_head import LinearHead
 
     rng = np.random.default_rng(0)

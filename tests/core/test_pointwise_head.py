@@ -9,7 +9,7 @@ Oracles:
   here: the importances of :meth:`GlobalAnalyzer.filter_importance` must equal
   them (mean IoU exactly: no near tie in these data, checked; the loss within 1e-6);
 * the plain tail engine (``shortcut=False``), which runs the head: the same scores;
-* both sides of the rule (:meth:`ModelGraph.pointwise_head_after`).
+* both sides of the rule (:func:`keras_hybrid_interp.core.layers.pointwise_head_after`).
 """
 
 import numpy as np
@@ -30,6 +30,7 @@ from keras_hybrid_interp.core.engine import (
     tail_engine,
 )
 from keras_hybrid_interp.core.graph import ModelGraph
+from keras_hybrid_interp.core.layers import pointwise_head_after
 from keras_hybrid_interp.core.task import SegmentationScore
 
 from _models_global import Perturb, full_model_with_perturbation
@@ -161,7 +162,7 @@ def test_the_closed_form_does_not_apply(case):
     graph = ModelGraph(NOT_APPLIES[case]())
     key = graph.resolve("blk")
     assert type(tail_engine(graph, key)) is TailEngine
-    assert graph.pointwise_head_after(key) is None
+    assert pointwise_head_after(graph, key) is None
 
 
 # ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer
 from keras_hybrid_interp.core.engine import FrontierCache, LinearHeadEngine, PooledHeadEngine, TailEngine
+from keras_hybrid_interp.core.layers import global_pool_after
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -106,7 +107,7 @@ def _pooled_head(ga, key):
     (:class:`LinearHeadEngine`, tested in ``tests/core/test_linear_head.py``); this file
     tests the engine that runs the head, so it puts that one in place.
     """
-    engine = PooledHeadEngine(ga.graph, key, *ga.graph.global_pool_after(key))
+    engine = PooledHeadEngine(ga.graph, key, *global_pool_after(ga.graph, key))
     ga._engines[("shortcut", key)] = engine
     return engine
 
@@ -245,7 +246,7 @@ def test_no_shortcut_through_other_reductions(build):
     graph = ModelGraph(build())
     key = graph.resolve("blk")
     assert len([o for o in graph.ops if key in o.inputs]) == 1  # one reader: only the reduction's kind decides
-    assert graph.global_pool_after(key) is None
+    assert global_pool_after(graph, key) is None
 
 
 def test_no_shortcut_where_a_mask_rides_on_the_block():
@@ -253,7 +254,7 @@ def test_no_shortcut_where_a_mask_rides_on_the_block():
     h = layers.Embedding(20, 6, mask_zero=True, name="emb")(inp)
     model = keras.Model(inp, layers.Dense(K, activation="softmax")(layers.GlobalAveragePooling1D()(h)))
     ga = GlobalAnalyzer(model, blocks=["emb"])
-    assert ga.graph.global_pool_after(ga.block_keys[0]) is None
+    assert global_pool_after(ga.graph, ga.block_keys[0]) is None
 
 
 def test_free_spatial_dimensions():

@@ -117,6 +117,7 @@ from .core.trainer import (
     restandardize,
     single_thread_blas,
 )
+from .core.validation import check_int
 from .global_.correlation import FilterCorrelation, StreamingMoments
 from .global_.importance import check_request, importance_result
 from .local import segmentation as _segmentation
@@ -129,15 +130,6 @@ from .plotting import (
 __all__ = ["ImportanceOptions", "InterpretationCallback", "ProbeOptions", "plot_training_dynamics"]
 
 _COLUMNS = ["epoch", "block", "metric", "value", "filter"]
-
-
-def _positive_int(value, name, allow_none=False):
-    if allow_none and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"`{name}` must be a positive int{extra}; received {value!r}.")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +177,8 @@ class ImportanceOptions:
     def __post_init__(self):
         if self.block is None:
             raise ValueError("ImportanceOptions(block=...) is required: the block whose filters are ranked.")
-        _positive_int(self.n_repeats, "ImportanceOptions(n_repeats=...)")
-        _positive_int(self.top_k, "ImportanceOptions(top_k=...)")
+        check_int(self.n_repeats, "ImportanceOptions(n_repeats=...)")
+        check_int(self.top_k, "ImportanceOptions(top_k=...)")
 
 
 def _options(value, cls, name):
@@ -360,9 +352,9 @@ class InterpretationCallback(keras.callbacks.Callback):
         positions_per_sample=None,
     ):
         super().__init__()
-        self.every = _positive_int(every, "every")
-        self.max_samples = _positive_int(max_samples, "max_samples", allow_none=True)
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.every = check_int(every, "every")
+        self.max_samples = check_int(max_samples, "max_samples", allow_none=True)
+        self.batch_size = check_int(batch_size, "batch_size")
         self.probe_options = _options(probes, ProbeOptions, "probes")
         if not isinstance(correlation, bool):
             raise TypeError(f"`correlation` must be a bool; received {correlation!r}.")
@@ -383,7 +375,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self.random_state_ = resolve_entropy(random_state)
         self.importance_random_state_ = None
-        self.positions_per_sample = _positive_int(positions_per_sample, "positions_per_sample", allow_none=True)
+        self.positions_per_sample = check_int(positions_per_sample, "positions_per_sample", allow_none=True)
         self.positions_random_state_ = None
         self._x_arg, self._y_arg = self._unpack(validation_data)
         if not isinstance(self._x_arg, (list, dict)):  # several inputs are checked against the model's inputs later

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .core.validation import check_int, check_real
+
 __all__ = ["load_digits", "make_synthetic", "class_names", "make_signals", "signal_class_names",
            "make_volumes", "volume_class_names", "make_multilabel_signals", "multilabel_signal_names",
            "make_shapes_segmentation", "segmentation_class_names", "make_blob_regression",
@@ -32,8 +34,7 @@ def load_digits(image_size: int = 8, *, test_size: float = 0.25, random_state: i
     from sklearn.datasets import load_digits as _load
     from sklearn.model_selection import train_test_split
 
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 8:
-        raise ValueError(f"`image_size` must be an int >= 8; received {image_size!r}.")
+    check_int(image_size, "image_size", min_value=8)
     if not isinstance(test_size, float) or not 0.0 < test_size < 1.0:
         raise ValueError(f"`test_size` must be a float in (0, 1); received {test_size!r}.")
     data = _load()
@@ -133,10 +134,8 @@ def make_synthetic(
         factor = "colour"
     if factor not in _FACTORS:
         raise ValueError(f"`factor` must be one of {sorted(_FACTORS)}; received {factor!r}.")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"`n_samples` must be a positive int; received {n_samples!r}.")
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 16:
-        raise ValueError(f"`image_size` must be an int >= 16; received {image_size!r}.")
+    check_int(n_samples, "n_samples")
+    check_int(image_size, "image_size", min_value=16)
     rng = np.random.default_rng(random_state)
     s = int(image_size)
     shape_i = rng.integers(0, 4, n_samples)
@@ -176,12 +175,6 @@ def class_names(factor: str) -> list[str]:
 # 1-D: ECG-like signals
 # ----------------------------------------------------------------------
 _SIGNAL_FACTORS = {"width": ("narrow_qrs", "wide_qrs"), "extra_beat": ("regular", "extra_beat")}
-
-
-def _check_count(value, name, minimum) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}; received {value!r}.")
-    return int(value)
 
 
 def _beat(t, centre, period, qrs_width, *, t_offset=None, t_amp=0.3, st=0.0):
@@ -259,8 +252,8 @@ def make_signals(
     """
     if factor not in _SIGNAL_FACTORS:
         raise ValueError(f"`factor` must be one of {sorted(_SIGNAL_FACTORS)}; received {factor!r}.")
-    n = _check_count(n_samples, "n_samples", 1)
-    T = _check_count(length, "length", 64)
+    n = check_int(n_samples, "n_samples")
+    T = check_int(length, "length", min_value=64)
     rng = np.random.default_rng(random_state)
     y = (np.arange(n) % 2).astype(np.int64)
     rng.shuffle(y)
@@ -358,8 +351,8 @@ def make_volumes(
     """
     if factor not in _VOLUME_FACTORS:
         raise ValueError(f"`factor` must be one of {sorted(_VOLUME_FACTORS)}; received {factor!r}.")
-    n = _check_count(n_samples, "n_samples", 1)
-    S = _check_count(size, "size", 12)
+    n = check_int(n_samples, "n_samples")
+    S = check_int(size, "size", min_value=12)
     rng = np.random.default_rng(random_state)
     y = (np.arange(n) % 2).astype(np.int64)
     rng.shuffle(y)
@@ -399,13 +392,6 @@ def volume_class_names(factor: str = "shape") -> list[str]:
 # ----------------------------------------------------------------------
 # Tasks beyond single-label classification
 # ----------------------------------------------------------------------
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0; received {value!r}.")
-    return float(value)
-
-
 _FINDINGS = ("wide_qrs", "st_elevation", "tachycardia", "inverted_t", "noise_burst")
 
 
@@ -471,10 +457,10 @@ def make_multilabel_signals(
         none), "burst_length" (0 if none), "burst_sd" (0 if none), "amplitude",
         "drift".
     """
-    n = _check_count(n_samples, "n_samples", 1)
-    T = _check_count(length, "length", 128)
-    noise = _check_positive(noise, "noise")
-    drift = _check_positive(drift, "drift")
+    n = check_int(n_samples, "n_samples")
+    T = check_int(length, "length", min_value=128)
+    noise = check_real(noise, "noise", low=0, finite=True)
+    drift = check_real(drift, "drift", low=0, finite=True)
     K = len(_FINDINGS)
     try:
         p = np.broadcast_to(np.asarray(prevalence, dtype=np.float64), (K,)).copy()
@@ -584,10 +570,10 @@ def make_shapes_segmentation(
         "cls" (class 1..3), "outline" (0 square, 1 disc), "row", "col"
         (centre), "radius", "intensity", "phase" (the checkerboard's, 0 or 1).
     """
-    n = _check_count(n_samples, "n_samples", 1)
-    S = _check_count(size, "size", 16)
-    m = _check_count(max_shapes, "max_shapes", 1)
-    noise = _check_positive(noise, "noise")
+    n = check_int(n_samples, "n_samples")
+    S = check_int(size, "size", min_value=16)
+    m = check_int(max_shapes, "max_shapes")
+    noise = check_real(noise, "noise", low=0, finite=True)
     rng = np.random.default_rng(random_state)
     lo, hi = max(2, S // 10), max(3, S // 5)
     yy, xx = np.mgrid[0:S, 0:S]
@@ -688,11 +674,11 @@ def make_blob_regression(
     """
     if target not in _BLOB_TARGETS:
         raise ValueError(f"`target` must be one of {sorted(_BLOB_TARGETS)}; received {target!r}.")
-    n = _check_count(n_samples, "n_samples", 1)
-    S = _check_count(size, "size", 16)
-    m = _check_count(max_blobs, "max_blobs", 1)
-    noise = _check_positive(noise, "noise")
-    gradient = _check_positive(gradient, "gradient")
+    n = check_int(n_samples, "n_samples")
+    S = check_int(size, "size", min_value=16)
+    m = check_int(max_blobs, "max_blobs")
+    noise = check_real(noise, "noise", low=0, finite=True)
+    gradient = check_real(gradient, "gradient", low=0, finite=True)
     r_lo, r_hi, gap = 1.2, 4.0, 2.5
     most = int(0.4 * S * S / (np.pi * (r_hi + gap / 2) ** 2))  # leaves room to place them at random
     if m > most:

@@ -26,25 +26,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from .validation import check_int, check_real
+
 __all__ = ["PoissonBootstrap", "check_bootstrap", "check_confidence"]
 
 
 def check_bootstrap(n_resamples, argname="bootstrap") -> int:
     """``n_resamples`` as an int: 0 (no interval) or at least 2."""
-    if (isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer))
-            or n_resamples < 0 or n_resamples == 1):
-        raise ValueError(
-            f"`{argname}` must be 0 (no confidence intervals) or a number of bootstrap resamples >= 2 "
-            f"(1000 is typical); received {n_resamples!r}."
-        )
-    return int(n_resamples)
+    expected = "0 (no confidence intervals) or a number of bootstrap resamples >= 2 (1000 is typical)"
+    n = check_int(n_resamples, argname, min_value=0, expected=expected)
+    if n == 1:
+        raise ValueError(f"`{argname}` must be {expected}; received {n_resamples!r}.")
+    return n
 
 
 def check_confidence(confidence, argname="confidence") -> float:
-    if (isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.integer, np.floating))
-            or not 0 < confidence < 1):
-        raise ValueError(f"`{argname}` must be a float strictly between 0 and 1 (e.g. 0.95); received {confidence!r}.")
-    return float(confidence)
+    return check_real(confidence, argname, low=0, high=1, low_open=True, high_open=True,
+                      expected="a float strictly between 0 and 1 (e.g. 0.95)")
 
 
 class PoissonBootstrap:

@@ -18,6 +18,8 @@ import numpy as np
 
 import keras
 
+from .validation import check_int
+
 __all__ = ["DataStream", "as_stream", "model_stream", "to_class_indices", "x_rows", "x_take"]
 
 
@@ -105,17 +107,9 @@ class DataStream:
         #: How error messages name the labels: the `y` argument, or those a dataset yields.
         self.label_argname = "y" if y is not None else f"y (the labels yielded by {argname})"
         self.input_shape = tuple(input_shape) if input_shape is not None else None
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
-        self.batch_size = int(batch_size)
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 1
-        ):
-            raise ValueError(f"`max_samples` must be a positive int or None; received {max_samples!r}.")
-        self.max_samples = None if max_samples is None else int(max_samples)
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
-            raise ValueError(f"`steps` must be a positive int or None; received {steps!r}.")
-        self.steps = None if steps is None else int(steps)
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.max_samples = check_int(max_samples, "max_samples", allow_none=True)
+        self.steps = check_int(steps, "steps", allow_none=True)
 
         multi_arrays = self.inputs is not None and not (_is_tf_dataset(x) or isinstance(x, keras.utils.PyDataset))
         if multi_arrays:

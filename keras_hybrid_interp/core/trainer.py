@@ -31,6 +31,7 @@ import math
 import numpy as np
 
 from .output import OutputReader, cross_entropy_from_log_probabilities
+from .validation import check_int, check_real
 
 __all__ = ["ProbeSolution", "RidgeSolution", "fit_probe", "fit_ridge", "fit_task_probe", "probe_logits", "objective",
            "check_C", "check_solver", "restandardize"]
@@ -59,20 +60,14 @@ class ProbeSolution:
 
 
 def check_C(C, argname="C") -> float:
-    if isinstance(C, bool) or not isinstance(C, (int, float, np.integer, np.floating)) or not C > 0:
-        raise ValueError(
-            f"`{argname}` must be a positive float (inverse regularisation strength, as in scikit-learn's "
-            f"LogisticRegression; np.inf for no penalty); received {C!r}."
-        )
-    return float(C)
+    return check_real(C, argname, low=0, low_open=True, what=(
+        " (inverse regularisation strength, as in scikit-learn's LogisticRegression; np.inf for no penalty)"))
 
 
 def check_solver(max_iter, tol, argnames=("max_iter", "tol")):
     """ValueError unless ``max_iter`` is a positive int and ``tol`` a positive float."""
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"`{argnames[0]}` must be a positive int; received {max_iter!r}.")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or not tol > 0:
-        raise ValueError(f"`{argnames[1]}` must be a positive float; received {tol!r}.")
+    check_int(max_iter, argnames[0])
+    check_real(tol, argnames[1], low=0, low_open=True)
 
 
 def restandardize(old_mean, old_scale, kernel, bias, mean, scale):

@@ -19,8 +19,6 @@ every forward pass at ``training=False``, and none changing the model:
 
 from __future__ import annotations
 
-import numpy as np
-
 import keras
 
 from ..core import blocks as _blocks
@@ -31,6 +29,7 @@ from ..core.coupling import tied_tensors
 from ..core.data import model_stream
 from ..core.engine import TailEngine, TiedTailEngine, tail_engine
 from ..core.task import AmbiguousOutputError, resolve_output, task_for
+from ..core.validation import check_int
 from .association import (
     AssociationMoments,
     FilterClassAssociation,
@@ -120,9 +119,7 @@ class GlobalAnalyzer:
         self.output_kind = None if self.reader is None else self.reader.kind
         #: The task's name, or None.
         self.task = None if self.reader is None else self.reader.name
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
-        self.batch_size = int(batch_size)
+        self.batch_size = check_int(batch_size, "batch_size")
         self.block_names = [g.tensors[k].name for k in self.block_keys]
         self.class_names = None if self.reader is None else (
             [str(c) for c in class_names] if class_names is not None else self.reader.default_names())

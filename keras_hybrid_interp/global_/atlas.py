@@ -41,21 +41,20 @@ from ..core.receptive_field import (
     window_origin,
     window_shape,
 )
+from ..core.validation import check_int, is_int
 
 __all__ = ["FilterExamples", "TopKExamples", "check_filters", "check_k", "examples_reducer", "examples_result"]
 
 
 def check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"`k` must be a positive int (examples kept per filter); received {k!r}.")
-    return int(k)
+    return check_int(k, "k", what=" (examples kept per filter)")
 
 
 def check_filters(filters, c: int, block: str) -> np.ndarray:
     """``filters`` (None: all, an int, or a sequence of distinct ints in ``0..c-1``) as an int array."""
     if filters is None:
         return np.arange(c)
-    if isinstance(filters, (int, np.integer)) and not isinstance(filters, bool):
+    if is_int(filters):
         filters = [filters]
     try:
         arr = np.asarray(list(filters))
@@ -220,7 +219,7 @@ class FilterExamples:
 
     def _row(self, filter):
         hits = np.flatnonzero(self.filters == filter)
-        if isinstance(filter, bool) or not isinstance(filter, (int, np.integer)) or not hits.size:
+        if not is_int(filter) or not hits.size:
             raise ValueError(f"`filter` must be one of the analysed filters {self.filters.tolist()}; "
                              f"received {filter!r}.")
         return int(hits[0])
@@ -230,8 +229,7 @@ class FilterExamples:
         if self.crops is None:
             raise ValueError("These examples were computed without crops (crops=False).")
         row = self._row(filter)
-        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.k:
-            raise ValueError(f"`rank` must be an int in 0..{self.k - 1}; received {rank!r}.")
+        check_int(rank, "rank", min_value=0, max_value=self.k - 1)
         box = self.boxes[row, rank]
         origin = window_origin(self.receptive_field, self.locations[row, rank])
         sl = tuple(slice(int(lo) - o, int(hi) - o) for (lo, hi), o in zip(box, origin))
@@ -239,7 +237,7 @@ class FilterExamples:
 
     def select(self, filters) -> FilterExamples:
         """The examples of ``filters`` only (a sequence of analysed filters), in that order."""
-        if isinstance(filters, (int, np.integer)) and not isinstance(filters, bool):
+        if is_int(filters):
             filters = [filters]
         rows = [self._row(f) for f in filters]
         if not rows:

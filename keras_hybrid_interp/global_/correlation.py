@@ -17,6 +17,7 @@ import pandas as pd
 from ..core import health as _health
 from ..core.clustering import average_linkage, flat_clusters
 from ..core.data_pass import ChannelRange, Tap
+from ..core.validation import check_real
 
 __all__ = ["FilterCorrelation", "FilterMoments", "StreamingMoments", "correlation_result", "filter_correlation_reducer"]
 
@@ -184,12 +185,7 @@ class FilterCorrelation:
             Filter indices per cluster, largest cluster first (ties by first
             filter). Usable as ``groups=`` of ``filter_importance``.
         """
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float, np.floating))
-            or not 0 <= threshold <= 1
-        ):
-            raise ValueError(f"`threshold` must be a float in [0, 1] (a distance 1 - |r|); received {threshold!r}.")
+        check_real(threshold, "threshold", low=0, high=1, what=" (a distance 1 - |r|)")
         live = np.setdiff1d(np.arange(self.n_filters), self.dead_filters)
         if len(live) == 0:
             return []

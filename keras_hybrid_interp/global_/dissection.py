@@ -37,6 +37,7 @@ import pandas as pd
 
 from ..core import data_pass as _pass
 from ..core.resolution import block_positions, spatial_shape
+from ..core.validation import check_int, check_real
 
 __all__ = ["QUANTILE", "BINS", "StreamingQuantile", "DissectionCounts", "SegmentationAssociation",
            "segmentation_association", "check_quantile"]
@@ -48,13 +49,8 @@ BINS = 2048
 
 
 def check_quantile(quantile, argname="quantile") -> float:
-    if isinstance(quantile, bool) or not isinstance(quantile, (int, float, np.integer, np.floating)) \
-            or not 0 < quantile < 1:
-        raise ValueError(
-            f"`{argname}` must be a float in (0, 1), the top fraction of each filter's activations that forms its "
-            f"mask (NetDissect: 0.005); received {quantile!r}."
-        )
-    return float(quantile)
+    return check_real(quantile, argname, low=0, high=1, low_open=True, high_open=True,
+                      what=", the top fraction of each filter's activations that forms its mask (NetDissect: 0.005)")
 
 
 class StreamingQuantile:
@@ -240,8 +236,7 @@ def segmentation_association(graph, key, name, task, make_stream, *, quantile=QU
                              class_names=None) -> SegmentationAssociation:
     """The :class:`SegmentationAssociation` of block ``key`` in two passes of ``make_stream()`` (fresh streams)."""
     quantile = check_quantile(quantile)
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 16:
-        raise ValueError(f"`bins` must be an int >= 16; received {bins!r}.")
+    check_int(bins, "bins", min_value=16)
     tap = _pass.Tap(key, "raw")
     out_tap = _pass.Tap(graph.output_keys[0], "raw")
     hist = StreamingQuantile(tap, bins)

@@ -99,6 +99,7 @@ from ..core.engine import (
     resolve_entropy,
 )
 from ..core.task import ClassificationTask, MultiLabelTask, RegressionTask, SegmentationTask
+from ..core.validation import check_int
 from .correlation import warn_dead
 
 __all__ = ["FilterImportance", "ImportanceRequest", "check_request", "importance_reducer", "importance_result",
@@ -309,12 +310,6 @@ def _check_groups(groups, c: int):
     return tuple(out)
 
 
-def _positive_int(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"`{name}` must be a positive int; received {v!r}.")
-    return int(v)
-
-
 # ----------------------------------------------------------------------
 @dataclasses.dataclass
 class ImportanceRequest:
@@ -345,7 +340,7 @@ def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats
         raise ValueError(f"`method` must be one of {list(METHODS)}; received {method!r}.")
     if not isinstance(taylor, str) or taylor not in TAYLOR_VARIANTS:
         raise ValueError(f"`taylor` must be one of {list(TAYLOR_VARIANTS)}; received {taylor!r}.")
-    n_repeats = _positive_int(n_repeats, "n_repeats")
+    n_repeats = check_int(n_repeats, "n_repeats")
     c = engine.channels
     coupled = isinstance(groups, str) and groups == "coupled"
     if isinstance(groups, str) and not coupled:
@@ -372,11 +367,8 @@ def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats
     score_name = _check_scoring(scoring, reader)
     if isinstance(scoring, str):
         scoring = score_name  # "auto" resolved to the task's default
-    if isinstance(perturbations_per_eval, str) and perturbations_per_eval != "auto":
-        raise ValueError(
-            f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}.")
-    if not isinstance(perturbations_per_eval, str):
-        _positive_int(perturbations_per_eval, "perturbations_per_eval")
+    if not (isinstance(perturbations_per_eval, str) and perturbations_per_eval == "auto"):
+        check_int(perturbations_per_eval, "perturbations_per_eval", expected="'auto' or a positive int")
     entropy = resolve_entropy(random_state) if method == "permutation" else None
     reps = n_repeats if method == "permutation" else 1
     return ImportanceRequest(method, reps, scoring, score_name, chan_sets, groups_t, ablation_value,

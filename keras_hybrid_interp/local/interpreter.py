@@ -29,6 +29,7 @@ from ..core.trainer import (
     probe_logits,
     restandardize,
 )
+from ..core.validation import check_int, is_int
 from . import segmentation as _segmentation
 from .probes import LinearProbe, input_transform
 from .results import INTERVAL_METRICS, LayerPredictions, LayerTable, LocalExplanation
@@ -91,7 +92,7 @@ def _resolve_verbose(verbose):
 def _check_pooling(pooling):
     if pooling in ("avg", "max"):
         return pooling
-    if isinstance(pooling, (int, np.integer)) and not isinstance(pooling, bool) and pooling >= 1:
+    if is_int(pooling) and pooling >= 1:
         return int(pooling)
     raise ValueError(
         "`pooling` must be 'avg' (global average, the default), 'max' (global max) or a "
@@ -513,12 +514,8 @@ class HybridInterpreter(keras.Model):
                            bootstrap=bootstrap, random_state=random_state)
 
     def _check_controls(self, controls, *, fitting):
-        if isinstance(controls, bool) or not isinstance(controls, (int, np.integer)) or controls < 0:
-            raise ValueError(
-                "`controls` must be a non-negative int, the number of control probes (trained on permuted "
-                f"labels) per block; received {controls!r}."
-            )
-        controls = int(controls)
+        controls = check_int(controls, "controls", min_value=0,
+                             what=", the number of control probes (trained on permuted labels) per block")
         fitted = len(self.control_states_[0]) if self.control_states_ else 0
         if not fitting and controls > fitted:
             raise ValueError(
@@ -1050,7 +1047,7 @@ class HybridInterpreter(keras.Model):
         It shares the wrapped model's layers (no copy): use it for inference,
         not training.
         """
-        if isinstance(block, (int, np.integer)) and not isinstance(block, bool) and 0 <= block < len(self.block_names):
+        if is_int(block) and 0 <= block < len(self.block_names):
             i = int(block)
         elif block in self.block_names:
             i = self.block_names.index(block)

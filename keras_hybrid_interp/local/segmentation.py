@@ -59,6 +59,7 @@ from ..core.output import OutputReader
 from ..core.resolution import block_positions, index_maps, spatial_shape, upsample
 from ..core.task import confusion, confusion_scores
 from ..core.trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe
+from ..core.validation import check_int
 from .probes import input_transform
 from .results import LayerTable
 
@@ -152,13 +153,8 @@ def _check_finite(graph, info):
 
 
 def _check_per_sample(positions_per_sample):
-    v = positions_per_sample
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(
-            "`positions_per_sample` must be a positive int, the number of output positions per sample the probes "
-            f"are fitted on; received {v!r}."
-        )
-    return int(v)
+    return check_int(positions_per_sample, "positions_per_sample",
+                     what=", the number of output positions per sample the probes are fitted on")
 
 
 def _check_probe_dims(interp):
@@ -173,12 +169,8 @@ def _check_probe_dims(interp):
 
 
 def check_controls(controls) -> int:
-    if isinstance(controls, bool) or not isinstance(controls, (int, np.integer)) or controls < 0:
-        raise ValueError(
-            "`controls` must be a non-negative int, the number of control probes (trained on masks permuted "
-            f"across samples) per block; received {controls!r}."
-        )
-    return int(controls)
+    return check_int(controls, "controls", min_value=0,
+                     what=", the number of control probes (trained on masks permuted across samples) per block")
 
 
 def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_start=False, batch_size=64,

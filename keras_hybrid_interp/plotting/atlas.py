@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import to_rgb
 
+from ..core.validation import is_int
 from .common import NAN_FACE, check_top_k
 
 __all__ = ["plot_filter_examples"]
@@ -15,11 +16,11 @@ def _rows(examples, filters):
     all_filters = [int(f) for f in np.asarray(examples.filters)]
     if filters is None:
         return list(range(len(all_filters)))
-    if isinstance(filters, (int, np.integer)) and not isinstance(filters, bool):
+    if is_int(filters):
         filters = [filters]
     rows = []
     for f in filters:
-        if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or int(f) not in all_filters:
+        if not is_int(f) or int(f) not in all_filters:
             raise ValueError(f"`filters` must hold filters of the examples, {all_filters}; received {filters!r}.")
         rows.append(all_filters.index(int(f)))
     if not rows:

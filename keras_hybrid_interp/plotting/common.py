@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..core.validation import check_int
+
 DEAD_COLOR = "#c0392b"
 
 
@@ -33,11 +35,7 @@ def new_ax(ax, figsize):
 
 
 def check_top_k(top_k, name="top_k"):
-    if top_k is None:
-        return None
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"`{name}` must be a positive int or None (show all); received {top_k!r}.")
-    return int(top_k)
+    return check_int(top_k, name, allow_none=True, what=" (show all)")
 
 
 def hatch_nan(ax):

@@ -11,6 +11,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ..core.clustering import average_linkage, flat_clusters, leaf_order
+from ..core.validation import check_real
 from .common import (
     DEAD_COLOR,
     as_square_matrix,
@@ -75,9 +76,8 @@ def plot_filter_correlation(corr, *, ax=None, top_k=64, cluster=True, threshold=
     values, labels = as_square_matrix(corr, "corr", "FilterCorrelation")
     C = len(values)
     top_k = check_top_k(top_k)
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating))
-                                  or not 0 <= threshold <= 1):
-        raise ValueError(f"`threshold` must be a float in [0, 1] (a distance 1 - |r|) or None; received {threshold!r}.")
+    check_real(threshold, "threshold", low=0, high=1, allow_none=True,
+               expected="a float in [0, 1] (a distance 1 - |r|) or None")
     if getattr(corr, "dead_filters", None) is not None and not isinstance(corr, pd.DataFrame):
         dead = np.asarray(corr.dead_filters, dtype=int).ravel()
     else:

@@ -13,6 +13,7 @@ import seaborn as sns
 from matplotlib import colors as mcolors
 from matplotlib.patches import Rectangle
 
+from ..core.validation import check_int, is_int
 from .common import (
     HIGHLIGHT,
     check_top_k,
@@ -430,9 +431,8 @@ def _resolve_class(class_index, class_names, default):
                 f"`class_index` {class_index!r} is not a class name; classes: {short_list(class_names, 20)}."
             )
         return class_names.index(class_index)
-    if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)) or not 0 <= class_index < k:
-        raise ValueError(f"`class_index` must be an int in [0, {k - 1}] or a class name; received {class_index!r}.")
-    return int(class_index)
+    return check_int(class_index, "class_index", min_value=0, max_value=k - 1,
+                     expected=f"an int in [0, {k - 1}] or a class name")
 
 
 def _resolve_blocks(blocks, names):
@@ -446,7 +446,7 @@ def _resolve_blocks(blocks, names):
             if b not in names:
                 raise ValueError(f"`blocks` names an unknown block {b!r}; available blocks: {names}.")
             out.append(names.index(b))
-        elif isinstance(b, (int, np.integer)) and not isinstance(b, bool) and -len(names) <= b < len(names):
+        elif is_int(b) and -len(names) <= b < len(names):
             out.append(int(b) % len(names))
         else:
             raise ValueError(f"`blocks` must hold block names or indices into {names}; received {b!r}.")
@@ -733,7 +733,7 @@ def _slice_point(ev, shape, slice_at):
     """Input voxel the slices pass through: ``slice_at``, or the centre of the cell of peak evidence."""
     if slice_at is not None:
         ok = (isinstance(slice_at, (tuple, list)) and len(slice_at) == 3
-              and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in slice_at)
+              and all(is_int(v) for v in slice_at)
               and all(0 <= v < n for v, n in zip(slice_at, shape)))
         if not ok:
             raise ValueError(

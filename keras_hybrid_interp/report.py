@@ -27,179 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .report_sections import REPORT_SECTIONS, ReportOptions, build_summary, run_sections
+from .report_sections.definitions import DEFINITIONS
+
 __all__ = ["Report", "Section", "build_report", "DEFINITIONS", "REPORT_SECTIONS", "check_sections"]
 
-#: The sections of :func:`build_report`, in report order (``sections=`` picks among them).
-REPORT_SECTIONS = ("blocks", "layers", "explanations", "correlation", "association", "importance", "atlas",
-                   "similarity", "comparison")
-
 _FORMATS = ("png", "pdf", "svg")
-
-#: The definitions printed in reports (the README states the same).
-DEFINITIONS = {
-    "blocks": (
-        "A block end is a feature map: (steps x channels) for a 1-D CNN, (height x width x channels) "
-        "for 2-D, (depth x height x width x channels) for 3-D. Automatic discovery keeps "
-        "the cut points of the graph (tensors every input-to-output path passes through) that "
-        "follow a convolution and are pooling outputs, close a multi-path region (Add, Concatenate, "
-        "Multiply, or an operator such as x + y), or are the last feature map; each extends to the "
-        "deepest cut point before the next convolution. Depth is the layer's position in the "
-        "flattened graph."
-    ),
-    "layer_table": (
-        "One linear softmax probe per block reads the block's globally pooled output. accuracy: "
-        "fraction of samples whose probe top class equals the label. loss: mean cross-entropy "
-        "against the labels (or the model's own distribution without labels). agreement: fraction "
-        "whose probe top class equals the model's. chance: frequency of the most common label. "
-        "The last row is the model itself. control_accuracy (when the probes were fitted with controls): "
-        "mean accuracy of the same probe trained on the same samples with permuted labels (a control task, "
-        "Hewitt and Liang 2019); selectivity: accuracy minus control accuracy, what the probe reads from "
-        "the block beyond what it can memorise. <metric>_low and <metric>_high: percentile bootstrap "
-        "interval over the evaluated samples (Poisson bootstrap), with the probes held fixed."
-    ),
-    "local": (
-        "For one input: the probabilities each block's probe assigns to each class; the decision "
-        "depth, the first block from which the probe's top class equals the model's class and "
-        "stays equal; and class-evidence maps, the probe applied at every spatial position: a "
-        "curve along time for a 1-D CNN, a map for 2-D, a volume for 3-D (for average pooling "
-        "the mean of a map over positions is exactly the probe's logit)."
-    ),
-    "correlation": (
-        "Each filter is summarized per sample by the spatial mean of its feature map; the matrix "
-        "is the Pearson correlation of these summaries across samples, accumulated in one "
-        "streaming pass in float64. Dead filters (constant over the data) have no correlation "
-        "(NaN, hatched) and are listed. Redundancy is the mean |r| over pairs of live filters."
-    ),
-    "association": (
-        "Point-biserial correlation between each filter's per-sample spatial mean and the "
-        "indicator of each class: positive when the filter responds more strongly on that class "
-        "than on the others. NaN for dead filters and for classes absent from the data."
-    ),
-    "importance": (
-        "Permutation importance: the score (accuracy against the labels, or agreement with the "
-        "model's own predictions without labels) on the unperturbed data minus the score after "
-        "shuffling one filter's whole feature map across samples, leaving the other filters "
-        "intact; repeated with different permutations (mean and standard deviation shown). "
-        "Positive means the model relies on the filter."
-    ),
-    "atlas": (
-        "Filter atlas: the activation of a sample for a filter is the maximum of the filter's feature map "
-        "over spatial positions. Each row shows, for one of the most important filters, the samples with the "
-        "largest activations (strongest first, ties by sample order), each cropped to the filter's receptive "
-        "field at the position of the maximum: the input positions that can influence it, derived from the "
-        "kernel sizes, strides, dilations, padding and pooling on the way to the block, clipped at the border."
-    ),
-    "similarity": (
-        "Linear CKA (Kornblith et al., 2019) between the blocks' per-sample spatially averaged "
-        "features: 1 means the two representations are the same up to rotation and scale, "
-        "0 means unrelated. Estimated as in Nguyen, Raghu and Kornblith (2021): the unbiased HSIC "
-        "(Song et al., 2012) averaged over minibatches of the report's batch size, in memory that "
-        "does not grow with the number of channels."
-    ),
-}
-
-
-#: The definitions of the sections that change with the task (multi-label, regression, segmentation);
-#: a classifier's report prints :data:`DEFINITIONS`.
-TASK_DEFINITIONS = {
-    "layer_table": {
-        "multilabel": (
-            "One L2 logistic probe per label per block reads the block's globally pooled output (the model's "
-            "labels are independent). auroc and average_precision: macro averages over the labels that are both "
-            "present and absent in the data (scikit-learn's roc_auc_score and average_precision_score); f1: micro "
-            "F1 of the label decisions at probability 0.5; hamming: fraction of wrong label decisions; loss: binary "
-            "cross-entropy averaged over the labels; agreement: fraction of label decisions equal to the model's. "
-            "Against the labels, or against the model's own label decisions without labels. The last row is the "
-            "model itself. control_auroc and selectivity (with control probes): the AUROC of the same probe "
-            "trained on permuted labels, and the AUROC minus it. <metric>_low and <metric>_high: percentile "
-            "bootstrap interval over the evaluated samples (Poisson bootstrap), with the probes held fixed; the "
-            "ranking metrics (AUROC, average precision) get none."
-        ),
-        "regression": (
-            "One ridge probe per block reads the block's globally pooled output, standardized, all targets at "
-            "once; its penalty is chosen by efficient leave-one-out (scikit-learn's RidgeCV). r2: coefficient of "
-            "determination averaged uniformly over the targets (scikit-learn's r2_score); mae: mean absolute error; "
-            "rmse: root mean squared error; loss: mean squared error (over samples and targets). Against the "
-            "targets, or against the model's own predicted values without targets. The last row is the model "
-            "itself. control_r2 and selectivity (with control probes): the R^2 of the same probe fitted on "
-            "permuted targets, and the R^2 minus it. <metric>_low and <metric>_high: percentile bootstrap interval "
-            "over the evaluated samples (Poisson bootstrap), with the probes held fixed."
-        ),
-        "segmentation": (
-            "One per-position linear probe (a 1x1 convolution) per block predicts each position's class from the "
-            "block's map; its mask is read at the model's output resolution by nearest neighbour (output position "
-            "i reads block position floor(i * s / S)). mean_iou and dice: per-class IoU and Dice averaged over the "
-            "classes present in the targets or the predictions (scikit-learn's jaccard_score and f1_score with "
-            "average='macro' on the flattened pixels); pixel_accuracy: fraction of pixels of the right class; loss: "
-            "mean pixel cross-entropy; agreement: fraction of pixels where the block's mask equals the model's. "
-            "Against the masks, or against the model's own mask without masks. The last row is the model itself."
-        ),
-    },
-    "local": {
-        "multilabel": (
-            "For one input: the probability each block's probe gives every label, then the model's (a label is "
-            "predicted at probability 0.5, and several may be); the decision depth, the first block from which "
-            "every label decision equals the model's and stays equal; and label-evidence maps, the probe applied "
-            "at every spatial position (for average pooling the mean of a map over positions is exactly the "
-            "probe's logit)."
-        ),
-        "regression": (
-            "For one input: the value each block's probe predicts for every target, then the model's value "
-            "(regression has no decision depth); and evidence maps, the probe applied at every spatial position "
-            "(for average pooling the mean of a map over positions is exactly the probe's prediction)."
-        ),
-        "segmentation": (
-            "For one input: the mask each block's per-position probe predicts at the model's output resolution, "
-            "shallow to deep, then the model's mask, each with its mean IoU against the model's mask: the depth at "
-            "which the model's mask forms."
-        ),
-    },
-    "association": {
-        "multilabel": (
-            "Point-biserial correlation between each filter's per-sample spatial mean and each label's 0/1 "
-            "indicator (a sample may carry several labels, so a filter may associate with several): positive when "
-            "the filter responds more strongly on samples carrying the label. NaN for dead filters and for labels "
-            "present in every sample or in none."
-        ),
-        "regression": (
-            "Pearson correlation between each filter's per-sample spatial mean and each regression target across "
-            "samples: positive when the filter responds more strongly on samples with larger values. NaN for dead "
-            "filters and constant targets."
-        ),
-    },
-}
-
-#: The importance scores, in words (the importance section names the one it used).
-SCORE_WORDS = {
-    "accuracy": "accuracy against the labels, or agreement with the model's own predictions without labels",
-    "loss": "the negative mean loss of the task against the labels, or against the model's own unperturbed "
-            "outputs without labels",
-    "average_precision": "the macro average precision of the model's label probabilities against the labels, or "
-                         "against its own unperturbed label decisions without labels",
-    "r2": "the R^2 of the model's predictions against the targets, or against its own unperturbed predictions "
-          "without targets",
-    "neg_mse": "the negative mean squared error of the model's predictions against the targets, or against its own "
-               "unperturbed predictions without targets",
-    "mean_iou": "the mean IoU of the model's mask against the masks, or against its own unperturbed mask without "
-                "masks",
-}
-
-
-def task_definition(section: str, task: str) -> str:
-    """The definition printed in ``section`` of a report on a ``task`` model (:data:`DEFINITIONS` for classifiers)."""
-    base = {"layer_table": "layer_table", "local": "local", "association": "association"}[section]
-    return TASK_DEFINITIONS[section].get(task, DEFINITIONS[base])
-
-
-def importance_definition(task: str, score_name: str) -> str:
-    """The importance section's definition, naming the score it used (the classifier's text for classifiers)."""
-    if task in ("multiclass", "binary"):
-        return DEFINITIONS["importance"]
-    words = SCORE_WORDS.get(score_name, f"the callable score {score_name!r}")
-    return (f"Permutation importance with the {task} model's score '{score_name}': {words}, on the unperturbed "
-            "data minus the same score after shuffling one filter's whole feature map across samples, leaving the "
-            "other filters intact; repeated with different permutations (mean and standard deviation shown). "
-            "Positive means the model relies on the filter.")
 
 
 @dataclasses.dataclass
@@ -420,59 +253,19 @@ class Report:
         return path
 
     def _save_pdf(self, path):
-        import textwrap
-
-        import matplotlib.pyplot as plt
         from matplotlib.backends.backend_pdf import PdfPages
 
         stem = os.path.splitext(path)[0]
-        a4 = (8.27, 11.69)
-
-        def text_page(pdf, title, paragraphs):
-            """Pages of wrapped text (as many as the paragraphs need)."""
-            lines = []
-            for para in paragraphs:
-                lines += textwrap.wrap(para, 95) or [""]
-                lines.append("")
-            per_page = 60
-            for start in range(0, max(len(lines), 1), per_page):
-                fig = plt.figure(figsize=a4)
-                fig.text(0.07, 0.95, title if start == 0 else f"{title} (continued)", fontsize=14, weight="bold",
-                         va="top")
-                fig.text(0.07, 0.91, "\n".join(lines[start:start + per_page]), fontsize=8.5, va="top",
-                         family="DejaVu Sans")
-                pdf.savefig(fig)
-                plt.close(fig)
-
-        def table_page(pdf, caption, table, csv_name):
-            shown = table.head(VISIBLE_ROWS)
-            fig = plt.figure(figsize=a4)
-            note = (f" (first {VISIBLE_ROWS} of {len(table)} rows; all rows in {os.path.basename(csv_name)})"
-                    if len(table) > VISIBLE_ROWS else f" (also in {os.path.basename(csv_name)})")
-            fig.text(0.07, 0.95, "\n".join(textwrap.wrap(caption + note, 95)), fontsize=10, weight="bold", va="top")
-            ax = fig.add_axes((0.05, 0.05, 0.9, 0.85))
-            ax.axis("off")
-            cells = [[_fmt(v) if not (isinstance(v, float) and np.isnan(v)) else "—" for v in row]
-                     for row in shown.itertuples(index=False)]
-            if cells:
-                tab = ax.table(cellText=[[textwrap.shorten(c, 60) for c in row] for row in cells],
-                               colLabels=[str(c) for c in shown.columns], loc="upper center", cellLoc="right")
-                tab.auto_set_font_size(False)
-                tab.set_fontsize(6.5)
-                tab.auto_set_column_width(list(range(len(shown.columns))))
-            pdf.savefig(fig)
-            plt.close(fig)
-
         with PdfPages(path) as pdf:
             first = [f"Created {self.created} with keras-hybrid-interp.", "HEALTH"]
             first += ([f"- {k.replace('_', ' ')}: {m}" for k, m in self.health] if self.health
                       else ["The analyses found nothing that limits their conclusions."])
             first += ["SUMMARY"] + [f"{k}: {_fmt(v)}" for k, v in self.summary.items()]
             first += ["CONTENTS"] + [f"{i + 1}. {sec.title}" for i, sec in enumerate(self.sections)]
-            text_page(pdf, self.title, first)
+            _pdf_text_pages(pdf, self.title, first)
             n_fig = n_tab = 0
             for sec in self.sections:
-                text_page(pdf, sec.title, [sec.text] if sec.text else [])
+                _pdf_text_pages(pdf, sec.title, [sec.text] if sec.text else [])
                 for name, caption, _ in sec.figures:
                     n_fig += 1
                     fig = self._figures.get(name)
@@ -485,19 +278,9 @@ class Report:
                     n_tab += 1
                     csv_name = f"{stem}.{name}.csv"
                     table.to_csv(csv_name, index=False)
-                    table_page(pdf, f"Table {n_tab}. {caption}", table, csv_name)
+                    _pdf_table_page(pdf, f"Table {n_tab}. {caption}", table, csv_name)
             if self.model_summary:
-                lines = self.model_summary.splitlines()
-                width = max((len(line) for line in lines), default=80)
-                size = min(7.0, 0.9 * 11.0 * 72 / max(width, 1) / 0.6)  # monospace: ~0.6 em per character
-                per_page = int(7.5 * 72 / (size * 1.25))
-                for start in range(0, len(lines), per_page):
-                    fig = plt.figure(figsize=(11.69, 8.27))
-                    fig.text(0.03, 0.97, "Model summary", fontsize=12, weight="bold", va="top")
-                    fig.text(0.03, 0.93, "\n".join(lines[start:start + per_page]), fontsize=size, va="top",
-                             family="DejaVu Sans Mono")
-                    pdf.savefig(fig)
-                    plt.close(fig)
+                _pdf_model_summary(pdf, self.model_summary)
             info = pdf.infodict()
             info["Title"] = self.title
             info["Creator"] = "keras-hybrid-interp"
@@ -554,6 +337,72 @@ def _fmt(v) -> str:
     return str(v)
 
 
+_A4 = (8.27, 11.69)
+
+
+def _pdf_text_pages(pdf, title, paragraphs):
+    """Pages of wrapped text in ``pdf`` (as many as the paragraphs need)."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    lines = []
+    for para in paragraphs:
+        lines += textwrap.wrap(para, 95) or [""]
+        lines.append("")
+    per_page = 60
+    for start in range(0, max(len(lines), 1), per_page):
+        fig = plt.figure(figsize=_A4)
+        fig.text(0.07, 0.95, title if start == 0 else f"{title} (continued)", fontsize=14, weight="bold",
+                 va="top")
+        fig.text(0.07, 0.91, "\n".join(lines[start:start + per_page]), fontsize=8.5, va="top",
+                 family="DejaVu Sans")
+        pdf.savefig(fig)
+        plt.close(fig)
+
+
+def _pdf_table_page(pdf, caption, table, csv_name):
+    """One page of ``pdf`` with the first rows of ``table`` (all of them are in ``csv_name``)."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    shown = table.head(VISIBLE_ROWS)
+    fig = plt.figure(figsize=_A4)
+    note = (f" (first {VISIBLE_ROWS} of {len(table)} rows; all rows in {os.path.basename(csv_name)})"
+            if len(table) > VISIBLE_ROWS else f" (also in {os.path.basename(csv_name)})")
+    fig.text(0.07, 0.95, "\n".join(textwrap.wrap(caption + note, 95)), fontsize=10, weight="bold", va="top")
+    ax = fig.add_axes((0.05, 0.05, 0.9, 0.85))
+    ax.axis("off")
+    cells = [[_fmt(v) if not (isinstance(v, float) and np.isnan(v)) else "—" for v in row]
+             for row in shown.itertuples(index=False)]
+    if cells:
+        tab = ax.table(cellText=[[textwrap.shorten(c, 60) for c in row] for row in cells],
+                       colLabels=[str(c) for c in shown.columns], loc="upper center", cellLoc="right")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(6.5)
+        tab.auto_set_column_width(list(range(len(shown.columns))))
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _pdf_model_summary(pdf, model_summary):
+    """Landscape pages of ``pdf`` with the model summary in a monospace font that fits its widest line."""
+    import matplotlib.pyplot as plt
+
+    lines = model_summary.splitlines()
+    width = max((len(line) for line in lines), default=80)
+    size = min(7.0, 0.9 * 11.0 * 72 / max(width, 1) / 0.6)  # monospace: ~0.6 em per character
+    per_page = int(7.5 * 72 / (size * 1.25))
+    for start in range(0, len(lines), per_page):
+        fig = plt.figure(figsize=(11.69, 8.27))
+        fig.text(0.03, 0.97, "Model summary", fontsize=12, weight="bold", va="top")
+        fig.text(0.03, 0.93, "\n".join(lines[start:start + per_page]), fontsize=size, va="top",
+                 family="DejaVu Sans Mono")
+        pdf.savefig(fig)
+        plt.close(fig)
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -588,36 +437,6 @@ def model_summary_text(model, width=250) -> str:
         else:
             os.environ["COLUMNS"] = old
     return "\n".join(lines)
-
-
-def importance_notes(graph, key, imp, engine=None) -> str:
-    """The importance section's lines on noise, on the engine, and on the channels tied to the block through ``Add``."""
-    from .core.coupling import tied_merges, tied_names, tied_tensors
-
-    noisy = np.asarray(imp.within_noise)
-    text = (f" {int(noisy.sum())} of {len(noisy)} filters are within noise: the 95% interval of their mean over "
-            "the repeats covers 0 (columns ci_low, ci_high, within_noise of the table).")
-    if engine is not None and not engine.caches_maps:
-        how = "average" if engine.reduce == "avg" else "max"
-        from .core.engine import LinearHeadEngine
-
-        if isinstance(engine, LinearHeadEngine):
-            text += (f" The block is read only through a global {how} pooling and one Dense layer, so each "
-                     "perturbation was applied to the pooled features and its outputs computed in closed form "
-                     "(the logits change by (x' - x) W for the perturbed filters): no layer was re-run, and the "
-                     "result is what re-running the model after the block gives, up to float rounding.")
-        else:
-            text += (f" The block is read only through a global {how} pooling, so each perturbation was applied "
-                     "to the pooled features and only the layers after the pooling were re-run: exactly what "
-                     "re-running the model after the block gives, up to float rounding.")
-    tied = tied_tensors(graph, key)
-    merges = tied_merges(graph, tied)
-    if merges:
-        others = [n for k, n in zip(tied, tied_names(graph, tied)) if k != key]
-        text += (f" Channel i of this block is tied to channel i of {len(others)} other tensors through "
-                 f"{', '.join(merges)} ({', '.join(others)}): shuffling it alone is not an intervention the "
-                 "network could undergo; filter_importance(..., groups='coupled') perturbs them jointly.")
-    return text
 
 
 def build_report(
@@ -708,328 +527,28 @@ def build_report(
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
     """
-    from . import plotting
-    from .core import data_pass as _pass
     from .core import health as _health
-    from .global_.analyzer import GlobalAnalyzer
-    from .global_.association import AssociationMoments, association_result
-    from .global_.atlas import examples_reducer, examples_result
-    from .global_.correlation import FilterMoments, correlation_result, filter_correlation_reducer, warn_dead
-    from .global_.importance import check_request, importance_reducer, importance_result
-    from .global_.similarity import similarity_reducer, similarity_result
-    from .local import segmentation as _segmentation
 
     interp.require_fitted()
-    model = interp.wrapped_model
     want = check_sections(sections, compare is not None)
-    task = interp.reader
-    spatial = task.spatial  # segmentation: per-position probes, masks (local/segmentation.py)
     if compare is None and compare_blocks is not None:
         raise ValueError("`compare_blocks` is given but `compare` is None: pass the other model as `compare=` "
                          "(its blocks are then `compare_blocks`), or drop `compare_blocks`.")
-    block = interp.block_names[-1] if block is None else block
-    log = print if verbose else (lambda *a, **k: None)
+    options = ReportOptions(block=block, examples=examples, importance_repeats=importance_repeats,
+                            max_samples=max_samples, steps=steps, batch_size=batch_size, random_state=random_state,
+                            controls=controls, bootstrap=bootstrap, confidence=confidence, title=title,
+                            verbose=verbose, atlas_filters=atlas_filters, atlas_k=atlas_k, compare=compare,
+                            compare_blocks=compare_blocks, sections=sections)
     with _health.collect() as caveats:
-        for c in getattr(interp, "fit_health_", []):
-            _health.warn(c.kind, f"When the probes were fitted: {c.message}")
-        ga = GlobalAnalyzer(interp, batch_size=batch_size)
-        key, block = ga.key(block)
-        engine = request = None
-        if "importance" in want:
-            engine = ga.engine(key)
-            request = check_request(engine, ga.reader, n_repeats=importance_repeats, random_state=random_state)
-        stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
-
-        if controls is None:
-            fitted_controls = getattr(interp, "control_states_", None)
-            controls = len(fitted_controls[0]) if fitted_controls else 0
-        # The layer table's scores also give the summary's model accuracy: always kept (probe heads only).
-        if spatial:  # the segmentation table's reducer (no controls nor intervals for it yet)
-            scores = _segmentation.SegmentationScores([_pass.Tap(k, "raw") for k in interp.block_keys],
-                                                      interp.probe_states(), interp.output_tap(), task)
-        else:
-            scores = interp.probe_scores(controls=controls if y is not None and "layers" in want else 0,
-                                         bootstrap=bootstrap if "layers" in want else 0, random_state=random_state)
-        moments = _pass.InputMoments()
-        reducers = [scores, moments]
-        assoc_red = imp_red = sim_red = cmp_red = cmp_columns = cmp_models = atlas_red = None
-        corr_red: FilterMoments | _pass.ChannelRange
-        if "correlation" in want:
-            corr_red = filter_correlation_reducer(interp.graph, key, "mean")
-        else:  # the summary's dead filters, by the one definition
-            corr_red = _pass.ChannelRange(key)
-        reducers.append(corr_red)
-        if "association" in want and spatial:
-            _health.warn("association_not_in_report", "The filter-class association of a segmentation model is "
-                         "NetDissect's IoU of thresholded filter maps with the class masks, which needs two passes "
-                         "over the data (a threshold, then the overlaps); the report makes one. Run "
-                         "GlobalAnalyzer(interp).filter_class_association(x, y, block=...) for it.")
-        elif "association" in want:
-            assoc_red = AssociationMoments(interp.graph, key, "mean", ga.reader, y is not None)
-            reducers.append(assoc_red)
-        if "importance" in want:
-            assert engine is not None and request is not None  # set above for "importance"
-            imp_red = importance_reducer(engine, request, ga.reader)
-            reducers.append(imp_red)
-        if "similarity" in want and len(interp.block_names) > 1:
-            sim_red = similarity_reducer(interp.graph, interp.block_keys, "minibatch")
-            reducers.append(sim_red)
-        if "comparison" in want:
-            side, cmp_columns, cmp_models = ga.other_model(compare, compare_blocks,
-                                                              argnames=("compare", "compare_blocks"))
-            cmp_red = similarity_reducer(interp.graph, interp.block_keys, "minibatch", side)
-            reducers.append(cmp_red)
-        n_ex = max(int(examples), 0) if "explanations" in want else 0
-        ex_maps = [_pass.Collect(t) for t in interp.explanation_taps(n_ex)] if n_ex else []
-        ex_x = _pass.Collect.first("x", n_ex) if n_ex else None
-        reducers += ex_maps + ([ex_x] if ex_x is not None else [])
-        if int(atlas_filters) > 0 and "atlas" in want:
-            atlas_red = examples_reducer(interp.graph, key, block, k=atlas_k)
-            channels = interp.graph.tensors[interp.graph.input_keys[0]].shape[-1] or 1
-            need = atlas_red.crop_bytes(int(channels))
-            if need > 256 * 2 ** 20:
-                atlas_red.keep_crops = False
-                _health.warn("atlas_crops", f"Block {block!r}: the filter atlas keeps no crops; those of all "
-                             f"{len(atlas_red.filters)} filters would take {need / 2 ** 20:.0f} MiB. Its table "
-                             "lists the samples and boxes; ga.filter_examples(x, block=..., filters=[...]) "
-                             "draws the crops of chosen filters.")
-            reducers.append(atlas_red)
-        log(f"  one pass over the data for: {', '.join(s for s in REPORT_SECTIONS if s in want)}")
-        info = ga.run(stream, reducers)
-        interp.check_drift(moments)
-        layers = (_segmentation.segmentation_table(interp, scores, confidence) if spatial
-                  else interp.layer_table(scores, confidence=confidence))
-        table = layers.to_frame()
-        labelled = info.has_labels
-        if isinstance(corr_red, _pass.ChannelRange):  # "correlation" not in want
-            corr = None
-            warn_dead(corr_red.dead, block)
-            dead = corr_red.dead
-        else:
-            corr = correlation_result(corr_red, block, "mean")
-            dead = corr.dead_filters
-        assoc = association_result(assoc_red, block, list(interp.class_names)) if labelled and assoc_red else None
-        imp = None
-        if imp_red is not None:
-            log("  permutation importance: tail passes on the cached activations")
-            assert engine is not None and request is not None  # set with imp_red
-            imp = importance_result(engine, imp_red, request, ga.reader, y_given=y is not None, block=block)
-        sim = similarity_result(sim_red, list(interp.block_names)) if sim_red is not None else None
-        cmp = (similarity_result(cmp_red, list(interp.block_names), columns=cmp_columns, models=cmp_models)
-               if cmp_red is not None else None)
-        atlas = None
-        if atlas_red is not None and atlas_red.n:
-            assert imp is not None  # "atlas" needs "importance" (checked before the pass)
-            atlas = examples_result(atlas_red, block, keep=imp.ranking[: int(atlas_filters)], known_dead=dead)
-        explanations = []
-        if ex_x is not None and ex_x.result() is not None and spatial:
-            explanations = [_segmentation.explanation_from_maps(interp, ex_x.result()[j],
-                                                                [c.result()[j:j + 1] for c in ex_maps])
-                            for j in range(len(ex_x.result()))]
-        elif ex_x is not None and ex_x.result() is not None:
-            explanations = interp.explanations(ex_x.result(), [c.result() for c in ex_maps])
-
-    out_row = table[table["block"] == "output"].iloc[0]
-    if task.is_classification:
-        summary = {
-            "model": model.name,
-            "parameters": int(model.count_params()),
-            "classes": interp.num_classes,
-            "blocks": list(interp.block_names),
-            "samples evaluated": int(info.n),
-            "model accuracy": float(out_row["accuracy"]) if labelled else "no labels",
-        }
-    else:
-        summary = task_summary(interp, layers, int(info.n), "layers" in want)
-    if "layers" in want and task.is_classification:
-        summary["deepest probe accuracy" if labelled else "deepest probe agreement"] = float(
-            table.iloc[-2]["accuracy" if labelled else "agreement"])
-        if layers.selectivity is not None:
-            summary["deepest probe selectivity"] = float(layers.selectivity[-2])
-    summary["block analysed globally"] = block
-    summary["dead filters in that block"] = [int(i) for i in dead]
-    if corr is not None:
-        summary["redundancy (mean |r|)"] = float(corr.redundancy)
-    if imp is not None:
-        summary["top 5 filters by permutation importance"] = [int(i) for i in imp.ranking[:5]]
-        summary["filters whose importance is within noise"] = (
-            f"{int(imp.within_noise.sum())} of {len(imp.within_noise)}"
-        )
-    left_out = [s for s in REPORT_SECTIONS if s not in want and (s != "comparison" or compare is not None)]
-    if sections is not None and left_out:
-        summary["sections left out (sections=)"] = left_out
-    report = Report(title or f"Hybrid interpretation of {model.name}", summary=summary,
+        ctx, parts = run_sections(interp, x, y, options, want)
+    model = interp.wrapped_model
+    report = Report(title or f"Hybrid interpretation of {model.name}", summary=build_summary(ctx, REPORT_SECTIONS),
                     model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in caveats])
-    if "blocks" in want:
-        report.add_section("Blocks", text=DEFINITIONS["blocks"],
-                           tables=[("Blocks analysed", interp.blocks.to_frame())])
-    if "layers" in want and not task.is_classification:
-        report.add_section("Layer-by-layer predictions", text=task_definition("layer_table", task.name),
-                           figures=[(_layer_caption(layers), plotting.plot_layer_metrics(layers))],
-                           tables=[("Layer table", table)])
-    elif "layers" in want:
-        report.add_section(
-            "Layer-by-layer predictions",
-            text=DEFINITIONS["layer_table"],
-            figures=[("Probe accuracy and agreement per block, shallow to deep. Where the probe curve meets the "
-                      "model's accuracy, the class is linearly readable from that block on."
-                      + (" Selectivity is the accuracy minus that of control probes trained on permuted labels: "
-                         "near 0, the probe memorises rather than reads the block." if layers.selectivity is not None
-                         else "")
-                      + (f" Error bars: {confidence:.0%} bootstrap intervals over the evaluated samples."
-                         if layers.n_resamples else ""), plotting.plot_layer_accuracy(layers))],
-            tables=[("Layer table", table)],
-        )
-    if explanations and not task.is_classification:
-        report.add_section("Local explanations", text=task_definition("local", task.name),
-                           **_task_explanations(explanations, task.name, plotting))
-    elif explanations:
-        figs = [(f"Local explanation of input {i}: what each block's probe predicts, and where in the image the "
-                 "evidence for the model's class lies (one colour scale across blocks).",
-                 plotting.plot_local_explanation(e)) for i, e in enumerate(explanations)]
-        report.add_section("Local explanations", text=DEFINITIONS["local"], figures=figs)
-    if corr is not None:
-        report.add_section(
-            f"Filter correlation ({block})",
-            text=DEFINITIONS["correlation"],
-            figures=[("Filter correlation, clustered. Bright blocks along the diagonal are groups of filters that "
-                      "respond together (redundant); hatched rows are dead filters.",
-                      plotting.plot_filter_correlation(corr))],
-            tables=[("Dead filters", pd.DataFrame({"filter": np.asarray(corr.dead_filters, dtype=int)}))],
-        )
-    if assoc is not None and not task.is_classification:
-        what = "label" if task.name == "multilabel" else "target"
-        report.add_section(
-            f"Filter-{what} association ({block})",
-            text=task_definition("association", task.name),
-            figures=[(f"Filter-{what} correlation: a filter with a strong positive value for one {what} and weak "
-                      f"ones for the others responds to that {what}.",
-                      plotting.plot_filter_class_association(assoc, class_names=list(interp.class_names)))],
-            tables=[("Association (long form)", assoc.to_frame())],
-        )
-    elif assoc is not None:
-        report.add_section(
-            f"Filter-class association ({block})",
-            text=DEFINITIONS["association"],
-            figures=[("Filter-class association: a filter with a strong positive value for one class and weak ones "
-                      "for the others is specific to that class.",
-                      plotting.plot_filter_class_association(assoc, class_names=list(interp.class_names)))],
-            tables=[("Association (long form)", assoc.to_frame())],
-        )
-    if imp is not None:
-        report.add_section(
-            f"Filter importance ({block})",
-            text=importance_definition(task.name, imp.scoring) + importance_notes(interp.graph, key, imp, engine),
-            figures=[("Permutation importance of the most important filters, with the spread over repeats: a bar "
-                      "whose error bar reaches 0 is not distinguishable from noise.",
-                      plotting.plot_filter_importance(imp))],
-            tables=[("Importance per filter and repeat", imp.to_frame())],
-        )
-    if atlas is not None:
-        report.add_section(
-            f"Filter atlas ({block})",
-            text=DEFINITIONS["atlas"],
-            figures=[(f"The {atlas.k} samples that activate each of the {len(atlas.filters)} most important filters "
-                      "most, cropped to the filter's receptive field at the maximum; the title is the activation.",
-                      plotting.plot_filter_examples(atlas))] if atlas.crops is not None else [],
-            tables=[("Top-activating samples of the most important filters", atlas.to_frame())],
-        )
-    if sim is not None:
-        report.add_section(
-            "Layer similarity",
-            text=DEFINITIONS["similarity"],
-            figures=[("Linear CKA between blocks: 1 means two blocks represent the data the same way up to rotation "
-                      "and scale; a dark band marks where the representation changes.",
-                      plotting.plot_layer_similarity(sim))],
-            tables=[("CKA", sim.to_frame())],
-        )
-    if cmp is not None:
-        assert cmp.models is not None  # the comparison's result names its two models
-        report.add_section(
-            f"Comparison with {cmp.models[1]}",
-            text=DEFINITIONS["similarity"] + " Here the rows are this model's blocks and the columns the other "
-                 "model's, both fed the same samples.",
-            figures=[("Linear CKA between the blocks of the two models: a bright diagonal means the blocks at the "
-                      "same depth represent the data alike; where it fades, the models differ (for a fine-tuned "
-                      "model: the blocks fine-tuning changed).", plotting.plot_layer_similarity(cmp))],
-            tables=[("CKA between the two models", cmp.to_frame())],
-        )
+    for part in parts:
+        content = part.render(ctx.results[part.name]) if part.shown else None
+        if content is not None:
+            report.add_section(content.title, text=content.text, figures=content.figures, tables=content.tables)
     return report
-
-
-def _label(name) -> str:
-    from .plotting.local import metric_label
-
-    return metric_label(name)
-
-
-def task_summary(interp, layers, n, with_layers) -> dict:
-    """The summary of a report on a multi-label, regression or segmentation model: its task and its metrics.
-
-    ``"model <headline>"`` is the model's own headline metric (AUROC, R^2, mean IoU) against the labels;
-    ``"best probe"`` says in words which block's probe reads the task best; ``"layer metrics"`` holds every
-    metric of the layer table per block (``{metric: {block: value}}``, the output row as ``"output"``).
-    """
-    task = interp.reader
-    what = {"multilabel": "labels", "regression": "targets"}.get(task.name, "classes")
-    head = layers.headline
-    values = np.asarray(layers.metric(head), np.float64)
-    summary = {
-        "model": interp.wrapped_model.name,
-        "parameters": int(interp.wrapped_model.count_params()),
-        "task": task.name,
-        what: list(interp.class_names),
-        "blocks": list(interp.block_names),
-        "samples evaluated": int(n),
-        f"model {_label(head)}": float(values[-1]) if layers.labelled else "no labels",
-    }
-    if not with_layers:
-        return summary
-    against = "" if layers.labelled else " (against the model's own outputs)"
-    probes = values[:-1]
-    summary[f"deepest probe {_label(head)}{against}"] = float(probes[-1])
-    if np.isfinite(probes).any():
-        higher = task.higher_is_better.get(head, True)
-        best = int(np.nanargmax(probes if higher else -probes))
-        line = f"the probe reaches {_label(head)} {probes[best]:.3g} at block {layers.blocks[best]!r}"
-        if layers.labelled and np.isfinite(values[-1]):
-            line += f" (the model: {values[-1]:.3g})"
-        summary["best probe" + against] = line
-    if "selectivity" in layers.metrics:
-        summary["deepest probe selectivity"] = float(layers.metrics["selectivity"][-2])
-    summary["layer metrics"] = {m: {b: float(v) for b, v in zip(layers.blocks, np.asarray(vals, np.float64))}
-                                for m, vals in layers.metrics.items()}
-    return summary
-
-
-def _layer_caption(layers) -> str:
-    head = _label(layers.headline)
-    text = (f"Probe {head} per block, shallow to deep; the dashed line is the model's own {head}. Where the probe "
-            "curve meets the model's line, the task is linearly readable from that block on.")
-    if layers.headline in layers.lower:
-        text += f" Error bars: {layers.confidence:.0%} bootstrap intervals over the evaluated samples."
-    elif layers.n_resamples:
-        text += f" {head} gets no bootstrap interval (a ranking metric); the table has those of the other metrics."
-    return text
-
-
-def _task_explanations(explanations, task, plotting) -> dict:
-    """The figures and tables of the local explanations of a multi-label, regression or segmentation model."""
-    figures, tables = [], []
-    for i, e in enumerate(explanations):
-        if task == "segmentation":
-            figures.append((f"Input {i}: the mask of every block's probe over the input, shallow to deep, then the "
-                            "model's; each title gives the mean IoU with the model's mask.", e.plot()))
-            tables.append((f"Input {i}: each block's mask against the model's (IoU, agreement, class fractions)",
-                           e.to_frame()))
-            continue
-        what = ("the probability each block's probe gives every label (a label is predicted at 0.5)"
-                if task == "multilabel" else "the value each block's probe predicts for every target")
-        figures.append((f"Local explanation of input {i}: {what}, and where in the input the evidence for the "
-                        "model's first output lies (one colour scale across blocks).",
-                        plotting.plot_local_explanation(e)))
-        tables.append((f"Input {i}: {what}, and the model's", e.to_frame()))
-    return {"figures": figures, "tables": tables}
 
 
 def check_sections(sections, has_compare: bool) -> set:

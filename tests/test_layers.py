@@ -4,7 +4,7 @@ Every ``import`` of every module is parsed, function-level ones included, and
 checked against the layer diagram of CONTRIBUTING.md:
 
     integration   callback, cli, __main__
-    presentation  report
+    presentation  report, report_sections/ (the sections' table)
     the method    local/ (probes, interpreter, results)  |  global_/ (analyses, analyzer)
     drawing       plotting/ (takes result objects, computes nothing)
     machinery     core/ (data, graph, blocks, pass, engine, trainer, output, health, ...), datasets
@@ -31,6 +31,7 @@ LAYERS = {
     "local": 2,
     "global_": 2,
     "report": 3,
+    "report_sections": 3,
     "callback": 4,
     "cli": 4,
     "__main__": 4,

@@ -217,6 +217,8 @@ class InputMoments:
     per input (an image's channels over samples and positions, a tabular
     input's features over samples) and :attr:`mean` and :attr:`std`
     concatenate them in model input order, so every input is checked for drift.
+    :attr:`min` and :attr:`max` are each channel's extremes (the range the
+    drift check of a few samples compares with; :mod:`~keras_hybrid_interp.core.drift`).
     """
 
     taps: tuple = ()
@@ -226,6 +228,7 @@ class InputMoments:
         self.samples = 0
         self._mean = None
         self.m2 = None
+        self._min = self._max = None
         self._parts = None  # one InputMoments per input, for several inputs
 
     @property
@@ -239,6 +242,26 @@ class InputMoments:
     @mean.setter
     def mean(self, value):
         self._mean = value
+
+    @property
+    def min(self):
+        """Per-channel minimum (float64), None before any numeric sample."""
+        if self._parts is not None:
+            return None if any(p.min is None for p in self._parts) else np.concatenate([p.min for p in self._parts])
+        return self._min
+
+    @property
+    def max(self):
+        """Per-channel maximum (float64), None before any numeric sample."""
+        if self._parts is not None:
+            return None if any(p.max is None for p in self._parts) else np.concatenate([p.max for p in self._parts])
+        return self._max
+
+    def statistics(self):
+        """``{"mean", "std", "min", "max"}`` per channel (what a fit records for the drift check), or None."""
+        if self.mean is None:
+            return None
+        return {"mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
 
     def update(self, batch):
         if isinstance(batch.x, list):
@@ -256,6 +279,9 @@ class InputMoments:
         nb = len(rows)
         mb = rows.mean(axis=0)
         m2b = ((rows - mb) ** 2).sum(axis=0)
+        lo, hi = rows.min(axis=0), rows.max(axis=0)
+        self._min = lo if self._min is None else np.minimum(self._min, lo)
+        self._max = hi if self._max is None else np.maximum(self._max, hi)
         if self.mean is None:
             self.count, self.mean, self.m2 = nb, mb, m2b
             return

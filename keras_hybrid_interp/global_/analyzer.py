@@ -27,6 +27,7 @@ from ..core import graph as _graph
 from ..core import health as _health
 from ..core.coupling import tied_tensors
 from ..core.data import model_stream
+from ..core.drift import check_drift
 from ..core.engine import TailEngine, TiedTailEngine, tail_engine
 from ..core.task import AmbiguousOutputError, resolve_output, task_for
 from ..core.validation import check_int
@@ -63,6 +64,9 @@ class GlobalAnalyzer:
         A Functional or Sequential model (nested models allowed), or an object
         with ``.graph`` (a ``ModelGraph``) and ``.block_keys`` such as a
         :class:`HybridInterpreter`, whose graph and blocks are then reused.
+        Built from a fitted interpreter, every analysis checks its data for
+        input drift against the data the probes were fitted on
+        (:mod:`~keras_hybrid_interp.core.drift`; a ``input_drift`` warning).
     blocks : "auto", str, int, layer or list of them
         Blocks analysed by default (:meth:`layer_similarity`); ignored when an
         interpreter is given (its blocks are used). Every method taking
@@ -92,7 +96,9 @@ class GlobalAnalyzer:
         #: The model's task (:class:`~keras_hybrid_interp.core.task.Task`); None when task="auto" could not
         #: tell what a linear output means (the target-based analyses then ask for `task=`).
         self.reader = None
+        self._statistics_source = None  # the interpreter whose fitted input statistics the drift check reads
         if hasattr(obj, "graph") and hasattr(obj, "block_keys") and isinstance(obj.graph, _graph.ModelGraph):
+            self._statistics_source = obj
             self.graph = obj.graph  # already reads the interpreter's one output
             self.block_keys = list(obj.block_keys)
             self.model = getattr(obj, "wrapped_model", None) or self.graph.model
@@ -139,12 +145,35 @@ class GlobalAnalyzer:
         return model_stream(self.graph, x, y, batch_size=self.batch_size if batch_size is None else batch_size,
                             max_samples=max_samples, steps=steps)
 
+    @property
+    def input_statistics(self):
+        """The input statistics the interpreter's probes were fitted on (the drift check's reference), or None.
+
+        None for an analyzer built from a model, or from an interpreter whose
+        probes are not fitted.
+        """
+        return getattr(self._statistics_source, "input_statistics", None)
+
     def run(self, stream, reducers):
         """One pass of ``stream`` through the model, feeding ``reducers``.
 
-        See :mod:`~keras_hybrid_interp.core.data_pass`.
+        See :mod:`~keras_hybrid_interp.core.data_pass`. When
+        :attr:`input_statistics` exist, the inputs are checked for drift
+        against them (:func:`keras_hybrid_interp.core.drift.check_drift`),
+        from an :class:`~keras_hybrid_interp.core.data_pass.InputMoments` among
+        ``reducers`` or one added to the pass.
         """
-        return _pass.run(self.graph, stream, reducers, task=self.reader)
+        reference = self.input_statistics
+        moments = None
+        if reference is not None:
+            moments = next((r for r in reducers if isinstance(r, _pass.InputMoments)), None)
+            if moments is None:
+                moments = _pass.InputMoments()
+                reducers = [*reducers, moments]
+        info = _pass.run(self.graph, stream, reducers, task=self.reader)
+        if moments is not None:
+            check_drift(reference, moments)
+        return info
 
     def require_classifier(self, what):
         if self.reader is not None:
@@ -250,10 +279,13 @@ class GlobalAnalyzer:
         key, name = self.key(block)
         seg = self.reader if self.reader is not None and self.reader.spatial else None  # its own task
         if seg is not None:  # filter-class IoU (global_/dissection.py)
-            return segmentation_association(
+            moments = _pass.InputMoments()  # the drift check, fed by the first of its two passes
+            result = segmentation_association(
                 self.graph, key, name, seg,
                 lambda: self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps),
-                quantile=quantile, class_names=self.class_names)
+                quantile=quantile, class_names=self.class_names, extra_reducers=[moments])
+            check_drift(self.input_statistics, moments)
+            return result
         self.require_classifier("filter_class_association")
         red = AssociationMoments(self.graph, key, statistic, self.reader, y is not None)
         self.run(self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])

@@ -233,14 +233,17 @@ class SegmentationAssociation:
 
 
 def segmentation_association(graph, key, name, task, make_stream, *, quantile=QUANTILE, bins=BINS,
-                             class_names=None) -> SegmentationAssociation:
-    """The :class:`SegmentationAssociation` of block ``key`` in two passes of ``make_stream()`` (fresh streams)."""
+                             class_names=None, extra_reducers=()) -> SegmentationAssociation:
+    """The :class:`SegmentationAssociation` of block ``key`` in two passes of ``make_stream()`` (fresh streams).
+
+    ``extra_reducers`` are fed by the first pass too (the analyzer's input-drift check).
+    """
     quantile = check_quantile(quantile)
     check_int(bins, "bins", min_value=16)
     tap = _pass.Tap(key, "raw")
     out_tap = _pass.Tap(graph.output_keys[0], "raw")
     hist = StreamingQuantile(tap, bins)
-    info = _pass.run(graph, make_stream(), [hist])
+    info = _pass.run(graph, make_stream(), [hist, *extra_reducers])
     if info.n == 0:
         raise ValueError("`x` holds no samples.")
     thresholds = hist.thresholds(quantile)

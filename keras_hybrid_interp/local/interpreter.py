@@ -15,6 +15,8 @@ from ..core import graph as _graph
 from ..core import health as _health
 from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
 from ..core.data import model_stream, x_rows
+from ..core.drift import check_drift as _check_input_drift
+from ..core.drift import drift_message  # re-exported (__all__)
 from ..core.metrics import MetricSums
 from ..core.output import OutputReader
 from ..core.pooling import FeaturePooling
@@ -35,15 +37,6 @@ from .probes import LinearProbe, input_transform
 from .results import INTERVAL_METRICS, LayerPredictions, LayerTable, LocalExplanation
 
 __all__ = ["HybridInterpreter", "BlockList", "ProbeScores", "drift_message"]
-
-#: Input drift: a channel whose mean moved by more than this many standard
-#: deviations of the probes' training data, or whose spread changed by more
-#: than this factor, is reported.
-DRIFT_MEAN_SDS = 3.0
-DRIFT_SCALE_FACTOR = 4.0
-#: Data with fewer samples than this is not checked for drift: the spread of a
-#: handful of images (one green image's red channel) says nothing about the data.
-DRIFT_MIN_SAMPLES = 30
 
 
 class BlockList(Sequence):
@@ -97,27 +90,6 @@ def _check_pooling(pooling):
     raise ValueError(
         "`pooling` must be 'avg' (global average, the default), 'max' (global max) or a "
         f"positive int k (adaptive average pooling to a k x k grid); received {pooling!r}."
-    )
-
-
-def drift_message(ref_mean, ref_std, mean, std):
-    """A description of gross input drift between two per-channel statistics, or None."""
-    ref_mean, ref_std = np.asarray(ref_mean, np.float64), np.asarray(ref_std, np.float64)
-    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-    if ref_mean.shape != mean.shape:
-        return None
-    tiny = 1e-12 + 1e-6 * np.maximum(np.abs(ref_mean), 1.0)
-    shift = np.abs(mean - ref_mean) / np.maximum(ref_std, tiny)
-    ratio = np.maximum(std, tiny) / np.maximum(ref_std, tiny)
-    bad = (shift > DRIFT_MEAN_SDS) | (ratio > DRIFT_SCALE_FACTOR) | (ratio < 1 / DRIFT_SCALE_FACTOR)
-    if not np.any(bad):
-        return None
-    c = int(np.flatnonzero(bad)[0])
-    return (
-        f"Input drift: channel {c} of this data has mean {mean[c]:.4g} and standard deviation {std[c]:.4g}, "
-        f"but the probes were fitted on data with mean {ref_mean[c]:.4g} and standard deviation "
-        f"{ref_std[c]:.4g} ({int(np.sum(bad))} of {len(bad)} channels differ grossly). Probe results on it "
-        "are not comparable: preprocess it as the fitting data (e.g. the same scaling to 0-1), or refit the probes."
     )
 
 
@@ -526,13 +498,13 @@ class HybridInterpreter(keras.Model):
         return controls
 
     def check_drift(self, moments) -> None:
-        """Warns when the input statistics in ``moments`` (an InputMoments) differ grossly from the fit's."""
-        ref = self.input_statistics
-        if ref is None or moments.mean is None or moments.samples < DRIFT_MIN_SAMPLES:
-            return
-        msg = drift_message(ref["mean"], ref["std"], moments.mean, moments.std)
-        if msg:
-            _health.warn("input_drift", msg)
+        """Warns when the inputs seen by ``moments`` (an InputMoments) drifted from the fit's.
+
+        At any number of samples: the moments from
+        :data:`~keras_hybrid_interp.core.drift.DRIFT_MIN_SAMPLES` samples on, the
+        fitted range below (:func:`keras_hybrid_interp.core.drift.check_drift`).
+        """
+        _check_input_drift(self.input_statistics, moments)
 
     def require_fitted(self):
         if not self.fitted:
@@ -692,7 +664,7 @@ class HybridInterpreter(keras.Model):
         self.control_states_ = control_states if controls else []
         self.convergence_ = pd.DataFrame(rows, columns=["block", "n_iter", "converged", "loss"]
                                          + (["alpha"] if ridge else []))
-        self.input_statistics = {"mean": moments.mean, "std": moments.std}
+        self.input_statistics = moments.statistics()
         self.fitted = True
 
     def _check_targets(self, targets, *, labelled):

@@ -251,7 +251,7 @@ def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_sta
         )
     interp.control_states_ = control_states if controls else []
     interp.convergence_ = pd.DataFrame(rows, columns=["block", "n_iter", "converged", "loss"])
-    interp.input_statistics = {"mean": moments.mean, "std": moments.std}
+    interp.input_statistics = moments.statistics()
     interp.fitted = True
     return interp
 

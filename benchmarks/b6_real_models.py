@@ -213,8 +213,8 @@ def child(model_name, row, size, n):
             out["seconds"] = time.perf_counter() - t0
         elif row in ("permutation_last", "ablation_last"):
             method = row.split("_")[0]
-            imp = ga.filter_importance(x, y, block=last, method=method, n_repeats=1, max_samples=ms,
-                                       random_state=0)
+            seeded = {"n_repeats": 1, "random_state": 0} if method == "permutation" else {}
+            imp = ga.filter_importance(x, y, block=last, method=method, max_samples=ms, **seeded)
             out["seconds"] = time.perf_counter() - t0
             out.update(block=last, filters=int(len(imp.importances_mean)), samples=int(imp.n_samples),
                        baseline=float(imp.baseline_score))

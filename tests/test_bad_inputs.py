@@ -277,6 +277,8 @@ CASES = [
      [r"`n_repeats` must be a positive int; received 0"]),
     ("n_repeats_negative", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", n_repeats=-2), ValueError,
      [r"`n_repeats` must be a positive int; received -2"]),
+    ("n_repeats_with_ablation", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", method="ablation", n_repeats=3),
+     ValueError, [r"`n_repeats` applies to method='permutation' only; received n_repeats=3 with method='ablation'"]),
     ("bad_scoring", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", scoring="f1"), ValueError,
      [r"`scoring` must be 'auto' \(the task's default\), a named score", r"or a callable", r"received 'f1'"]),
     ("bad_method", lambda e: e.ga.filter_importance(e.x, e.y, block="conv3", method="shap"), ValueError,

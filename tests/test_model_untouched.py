@@ -258,7 +258,8 @@ def _analyse_everything(model, x, y):
     analyzer.filter_correlation(x, block=block)
     analyzer.filter_class_association(x, y, block=block)
     for method in ("permutation", "ablation", "taylor"):
-        analyzer.filter_importance(x, y, block=block, method=method, n_repeats=1)
+        seeded = {"n_repeats": 1} if method == "permutation" else {}
+        analyzer.filter_importance(x, y, block=block, method=method, **seeded)
     analyzer.layer_similarity(x)
     GlobalAnalyzer(nested_model(input_shape=(12, 12, 3), classes=3)).layer_similarity(x, other=model)
     GlobalAnalyzer(model).filter_importance(x, y, block=block, method="taylor")

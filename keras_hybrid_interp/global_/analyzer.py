@@ -320,7 +320,8 @@ class GlobalAnalyzer:
             from one forward/backward pass (no cache, ``scoring`` unused),
             chosen by ``taylor``.
         n_repeats : int
-            Permutations per filter (ablation and taylor are deterministic: 1).
+            Permutations per filter; ``method="permutation"`` only (ablation and
+            taylor are deterministic: one score per filter).
         scoring : "auto", a named score, or callable(y_true, y_pred) -> float
             The task's scores (:mod:`~keras_hybrid_interp.core.task`), higher is
             better: classification "accuracy" (the default of "auto") or "loss";
@@ -331,6 +332,7 @@ class GlobalAnalyzer:
             sign convention holds. A callable gets the targets and the task's
             probabilities (values for regression).
         random_state : None, int, Generator or SeedSequence
+            The seed of the permutations; ``method="permutation"`` only.
         groups : list of lists of int, "coupled" or None
             A list: filters perturbed jointly, one row per group (e.g.
             ``FilterCorrelation.clusters(t)``). ``"coupled"`` (permutation and
@@ -368,6 +370,16 @@ class GlobalAnalyzer:
         FilterImportance
             ``importances`` (G, n_repeats), ``importances_mean``,
             ``importances_std``, ``baseline_score``, ``.to_frame()``.
+
+        Raises
+        ------
+        ValueError
+            For an argument that does not apply to ``method``, set to another
+            value than its default, naming it: ``n_repeats`` and
+            ``random_state`` (permutation only), ``ablation_value`` (ablation
+            only), ``perturbations_per_eval`` (permutation and ablation),
+            ``taylor`` (taylor only), and a ``scoring`` other than "auto" or
+            "loss" with taylor. As for every bad value, before any data is read.
         """
         key, name = self.key(block)
         if method == "taylor" or (method in ("permutation", "ablation") and not callable(scoring)):

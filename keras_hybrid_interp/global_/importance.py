@@ -99,17 +99,27 @@ from ..core.engine import (
     resolve_entropy,
 )
 from ..core.task import ClassificationTask, MultiLabelTask, RegressionTask, SegmentationTask
-from ..core.validation import check_int
+from ..core.validation import check_int, is_int
 from .correlation import warn_dead
 
-__all__ = ["FilterImportance", "ImportanceRequest", "check_request", "importance_reducer", "importance_result",
-           "noise_mask", "noise_interval", "METHODS", "TAYLOR_VARIANTS", "TAYLOR_DEFAULT", "TaylorSums"]
+__all__ = ["FilterImportance", "ImportanceRequest", "check_request", "check_method_arguments", "importance_reducer",
+           "importance_result", "noise_mask", "noise_interval", "METHODS", "METHOD_ARGUMENTS", "TAYLOR_VARIANTS",
+           "TAYLOR_DEFAULT", "TaylorSums"]
 
 METHODS = ("permutation", "ablation", "taylor")
 #: Estimators of ``method="taylor"`` (see the module docstring).
 TAYLOR_VARIANTS = ("molchanov", "abs_mean", "abs_per_sample")
 #: The default: the estimator that agreed best with ablation in BENCHMARKS.md (B2).
 TAYLOR_DEFAULT = "abs_per_sample"
+#: The arguments of ``filter_importance`` that apply to some methods only: the methods, and the default
+#: (what leaving the argument out gives). Another value with another method is refused, naming it.
+METHOD_ARGUMENTS = {
+    "n_repeats": (("permutation",), 5),
+    "random_state": (("permutation",), None),
+    "perturbations_per_eval": (("permutation", "ablation"), "auto"),
+    "ablation_value": (("ablation",), "zero"),
+    "taylor": (("taylor",), TAYLOR_DEFAULT),
+}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -328,16 +338,54 @@ class ImportanceRequest:
     coupled: bool = False
 
 
+def _given(value, default) -> bool:
+    """Whether ``value`` differs from ``default`` (the argument was set to something else than leaving it out)."""
+    if value is default:
+        return False
+    if isinstance(default, str):
+        return not (isinstance(value, str) and value == default)
+    if is_int(default):
+        return not (is_int(value) and int(value) == default)
+    return True
+
+
+def check_method_arguments(method: str, **arguments) -> None:
+    """ValueError naming the first of ``arguments`` that does not apply to ``method`` and is not its default.
+
+    ``arguments`` are among :data:`METHOD_ARGUMENTS`; ``scoring`` applies to permutation and ablation,
+    and method ``"taylor"`` takes only ``"auto"`` or ``"loss"`` (the loss is what it differentiates).
+    """
+    for name, value in arguments.items():
+        if name == "scoring":
+            if method == "taylor" and (callable(value) or not (isinstance(value, str) and value in ("auto", "loss"))):
+                raise ValueError(
+                    "`scoring` applies to method='permutation' or 'ablation': method='taylor' is the first-order "
+                    "change of the task's loss, so it takes no callable and no other score. Leave `scoring` out "
+                    f"(or pass 'loss'); received scoring={value!r}.")
+            continue
+        methods, default = METHOD_ARGUMENTS[name]
+        if method not in methods and _given(value, default):
+            which = " or ".join(repr(m) for m in methods)
+            raise ValueError(
+                f"`{name}` applies to method={which} only; received {name}={value!r} with method={method!r}. "
+                f"Leave `{name}` out (its default is {default!r}), or choose method={methods[0]!r}.")
+
+
 def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats=5, scoring="auto",
                   random_state=None, groups=None, ablation_value="zero",
                   perturbations_per_eval="auto", taylor=TAYLOR_DEFAULT) -> ImportanceRequest:
     """Validates the arguments before any data is read (see :meth:`GlobalAnalyzer.filter_importance`).
 
+    An argument that does not apply to ``method`` (:data:`METHOD_ARGUMENTS`) and is not its
+    default is refused, naming it (:func:`check_method_arguments`).
     ``groups="coupled"`` needs ``engine`` to be the block's tied engine
     (:class:`~keras_hybrid_interp.core.engine.TiedTailEngine`).
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"`method` must be one of {list(METHODS)}; received {method!r}.")
+    check_method_arguments(method, n_repeats=n_repeats, random_state=random_state,
+                           perturbations_per_eval=perturbations_per_eval, ablation_value=ablation_value,
+                           taylor=taylor, scoring=scoring)
     if not isinstance(taylor, str) or taylor not in TAYLOR_VARIANTS:
         raise ValueError(f"`taylor` must be one of {list(TAYLOR_VARIANTS)}; received {taylor!r}.")
     n_repeats = check_int(n_repeats, "n_repeats")
@@ -356,9 +404,6 @@ def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats
     if ablation_value not in ("zero", "mean"):
         raise ValueError(f"`ablation_value` must be 'zero' or 'mean'; received {ablation_value!r}.")
     if method == "taylor":
-        if callable(scoring):
-            raise ValueError("`scoring` cannot be a callable for method='taylor': Taylor importance is "
-                             "the first-order change of the task's loss. Use 'loss' (or leave it).")
         if reader is None:
             raise ValueError("method='taylor' needs the model's task (its loss): pass task= (e.g. "
                              "task='regression', or task='multiclass' for class logits).")

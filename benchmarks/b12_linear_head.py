@@ -36,8 +36,9 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 from keras_hybrid_interp import GlobalAnalyzer  # noqa: E402
-from keras_hybrid_interp.core.engine import LinearHeadEngine, PooledHeadEngine, job_permutation  # noqa: E402
+from keras_hybrid_interp.core.engine import LinearHeadEngine, PooledHeadEngine  # noqa: E402
 from keras_hybrid_interp.core.layers import global_pool_after  # noqa: E402
+from keras_hybrid_interp.core.perturbation import job_permutation  # noqa: E402
 from keras_hybrid_interp.global_.importance import check_request, importance_reducer, importance_result  # noqa: E402
 
 

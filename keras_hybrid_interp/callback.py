@@ -107,7 +107,8 @@ import keras
 from .core import data_pass as _pass
 from .core import health as _health
 from .core.data import as_stream, x_rows, x_take
-from .core.engine import FrontierCache, resolve_entropy
+from .core.perturbation import resolve_entropy
+from .core.reducers import FrontierCache
 from .core.trainer import (
     MAX_ITER,
     TOL,

@@ -29,7 +29,7 @@ from keras_hybrid_interp import (
     build_report,
     plotting,
 )
-from keras_hybrid_interp.core.engine import job_permutation
+from keras_hybrid_interp.core.perturbation import job_permutation
 from keras_hybrid_interp.datasets import make_signals, make_volumes, signal_class_names, volume_class_names
 
 from models import assert_same_node_lists, node_lists

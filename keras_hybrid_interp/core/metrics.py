@@ -44,7 +44,7 @@ import warnings
 import numpy as np
 
 from .bootstrap import PoissonBootstrap
-from .engine import resolve_entropy
+from .perturbation import resolve_entropy
 from .task import binary_metrics, r2_from_sums
 
 __all__ = ["MetricSums", "INTERVAL_TASK_METRICS"]

@@ -89,15 +89,9 @@ from keras import ops
 from ..core import health as _health
 from ..core.coupling import tied_names
 from ..core.data_pass import dead_filters_of
-from ..core.engine import (
-    FrontierCache,
-    Job,
-    PooledHeadEngine,
-    TailEngine,
-    TiedTailEngine,
-    job_permutation,
-    resolve_entropy,
-)
+from ..core.engine import PooledHeadEngine, TailEngine, TiedTailEngine
+from ..core.perturbation import Job, job_permutation, resolve_entropy
+from ..core.reducers import FrontierCache
 from ..core.task import ClassificationTask, MultiLabelTask, RegressionTask, SegmentationTask
 from ..core.validation import check_int, is_int
 from .correlation import warn_dead
@@ -396,7 +390,7 @@ def check_request(engine: TailEngine, reader, *, method="permutation", n_repeats
     if coupled and method == "taylor":
         raise ValueError("`groups='coupled'` is for method='permutation' or 'ablation' (it perturbs channel i of "
                          "every tied tensor jointly); method='taylor' scores the block's own channels only.")
-    if coupled and not getattr(engine, "tied", None):
+    if coupled and not isinstance(engine, TiedTailEngine):
         raise ValueError("`groups='coupled'` needs the block's tied engine (GlobalAnalyzer.filter_importance "
                          "builds it).")  # internal misuse
     groups_t = None if coupled else _check_groups(groups, c)

@@ -54,8 +54,8 @@ import pandas as pd
 from ..core import data_pass as _pass
 from ..core import health as _health
 from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
-from ..core.engine import resolve_entropy
 from ..core.output import OutputReader
+from ..core.perturbation import resolve_entropy
 from ..core.resolution import block_positions, index_maps, spatial_shape, upsample
 from ..core.task import confusion, confusion_scores
 from ..core.trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe

@@ -17,7 +17,10 @@ import pytest
 import keras
 
 from keras_hybrid_interp.core import engine as _engine
-from keras_hybrid_interp.core.engine import stacking_candidates
+from keras_hybrid_interp.core import perturbation as _perturbation
+from keras_hybrid_interp.core import plan as _plan
+from keras_hybrid_interp.core.plan import stacking_candidates
+from keras_hybrid_interp.core.reducers import Cache
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
 from _models_global import ignored_filter_model, residual_model
@@ -44,8 +47,8 @@ def _varied(model, x):
 @pytest.fixture
 def calibrate_always(monkeypatch):
     """Calibration on the tiny test models: no work threshold, no time budget."""
-    monkeypatch.setattr(_engine, "CALIBRATE_MIN_WORK", 0)
-    monkeypatch.setattr(_engine, "CALIBRATE_MAX_FRACTION", math.inf)
+    monkeypatch.setattr(_plan, "CALIBRATE_MIN_WORK", 0)
+    monkeypatch.setattr(_plan, "CALIBRATE_MAX_FRACTION", math.inf)
 
 
 @pytest.fixture
@@ -57,7 +60,7 @@ def fake_clock(monkeypatch):
     candidate with one warm-up and two timed calls.
     """
     state = {"t": 0.0, "sizes": [], "best": 192}
-    real = _engine.predict_on_batch
+    real = _plan.predict_on_batch
 
     def cost(s):
         return 0.1 * s * (1 + abs(math.log2(s / state["best"])))
@@ -68,15 +71,16 @@ def fake_clock(monkeypatch):
         state["t"] += cost(s)
         return real(model, x)
 
-    monkeypatch.setattr(_engine, "predict_on_batch", predict)
-    monkeypatch.setattr(_engine, "calibration_clock", lambda: state["t"])
+    monkeypatch.setattr(_plan, "predict_on_batch", predict)  # the calibration's timed passes
+    monkeypatch.setattr(_perturbation, "predict_on_batch", predict)  # the run's passes
+    monkeypatch.setattr(_plan, "calibration_clock", lambda: state["t"])
     return state
 
 
 def test_candidates_closed_form():
     # 40 samples fit in one chunk; the memory cap allows 4096 // 40 = 102 stacked copies; 18 jobs cap it at 18.
     # Stacked chunks are padded to a multiple of STACK_ALIGN = 16: 48.
-    assert _engine.STACK_ALIGN == 16
+    assert _plan.STACK_ALIGN == 16
     up, down = stacking_candidates(40, 18, 4096, min_chunk=8)
     assert up == [(1, 40), (2, 48), (4, 48), (8, 48), (16, 48), (18, 48)]
     assert down == [(1, 40), (1, 20), (1, 10)]
@@ -95,10 +99,10 @@ def test_candidates_closed_form():
     (37, 1, 100, 37),     # one slot: nothing to align
 ])
 def test_stacked_slots_start_aligned_where_they_fit(b, p, spp, want):
-    got = _engine.stacked_chunk(b, p, spp)
+    got = _plan.stacked_chunk(b, p, spp)
     assert got == want
     if got != b or p > 1 and got % 16 == 0:
-        assert got % _engine.STACK_ALIGN == 0 and p * got <= spp
+        assert got % _plan.STACK_ALIGN == 0 and p * got <= spp
 
 
 def test_an_int_stacking_with_no_room_to_round_up_keeps_aligned_slots():
@@ -115,7 +119,7 @@ def test_auto_picks_the_fastest_plan_and_reuses_it_for_baseline_and_run(calibrat
     auto = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=3, scoring="accuracy")
     eng = ga.engine(ga.graph.resolve("res_out"))
     (key, cal), = eng.calibrations.items()
-    assert key == (N, _engine.DEFAULT_MEMORY_BUDGET)
+    assert key == (N, _plan.DEFAULT_MEMORY_BUDGET)
     # Down from (1, 40): (1, 20) and (1, 10) are dearer; up: 2 and 4 copies of 48 (40 padded)
     # improve, 8 and 12 (the job count) do not.
     assert cal.plan == (4, 48)
@@ -221,7 +225,7 @@ def test_small_runs_are_not_calibrated():
     ga = GlobalAnalyzer(model)
     ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=0)
     eng = ga.engine(ga.graph.resolve("res_out"))
-    assert 12 * N < _engine.CALIBRATE_MIN_WORK
+    assert 12 * N < _plan.CALIBRATE_MIN_WORK
     assert eng.calibrations == {}
     # The memory plan: all 40 samples in one chunk (padded to 48), all 12 jobs stacked (4096 // 48 = 85 fit).
     assert eng.plan(N, 12) == (12, 48)
@@ -233,7 +237,9 @@ def test_chunked_passes_in_place_equal_the_buffered_passes_and_leave_the_cache_u
     # Oracle: the buffered path with the same chunks (taken when the cache is read-only).
     from keras_hybrid_interp.core import data_pass as _pass
     from keras_hybrid_interp.core.data import DataStream
-    from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
+    from keras_hybrid_interp.core.engine import TailEngine
+    from keras_hybrid_interp.core.perturbation import Job, job_permutation
+    from keras_hybrid_interp.core.reducers import FrontierCache
 
     x, _ = _data(n=20)
     ga = GlobalAnalyzer(residual_model())
@@ -284,10 +290,10 @@ def test_free_spatial_dimensions_count_in_the_memory_budget():
     fixed = GlobalAnalyzer(build((12, 12, 3)), blocks=["c1"])
     eng_free = _engine.TailEngine(free.graph, free.block_keys[0])
     eng_fixed = _engine.TailEngine(fixed.graph, fixed.block_keys[0])
-    cache = _engine.Cache([np.zeros((40, 10, 10, 6), np.float32)], None, 40)  # c1's maps of 12 x 12 inputs
+    cache = Cache([np.zeros((40, 10, 10, 6), np.float32)], None, 40)  # c1's maps of 12 x 12 inputs
     exact = eng_fixed.per_sample_bytes()
     assert eng_free.per_sample_bytes() < exact  # without the cache, free dims would count as nothing
-    assert eng_free.per_sample_bytes(_engine.free_dim_of(cache)) >= exact  # with it, an upper bound
+    assert eng_free.per_sample_bytes(_plan.free_dim_of(cache)) >= exact  # with it, an upper bound
     budget = 10 * exact
     p, b = eng_free.plan(40, 30, perturbations_per_eval="auto", memory_budget=budget, cache=cache)
     assert p * b * exact <= budget

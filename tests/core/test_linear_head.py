@@ -20,19 +20,14 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer
-from keras_hybrid_interp.core import engine as _engine
 from keras_hybrid_interp.core import linear_head as _linear_head
-from keras_hybrid_interp.core.engine import (
-    FrontierCache,
-    Job,
-    LinearHeadEngine,
-    PooledHeadEngine,
-    TailEngine,
-    job_permutation,
-    tail_engine,
-)
+from keras_hybrid_interp.core import perturbation as _perturbation
+from keras_hybrid_interp.core import plan as _plan
+from keras_hybrid_interp.core.engine import LinearHeadEngine, PooledHeadEngine, TailEngine, tail_engine
 from keras_hybrid_interp.core.graph import ModelGraph
 from keras_hybrid_interp.core.layers import dense_head_after, global_pool_after
+from keras_hybrid_interp.core.perturbation import Job, job_permutation
+from keras_hybrid_interp.core.reducers import Cache, FrontierCache
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -208,8 +203,9 @@ def test_equals_the_pooled_head_engine(build, monkeypatch):
     measured = {"accuracy": 0.0, "loss": 0.0, "_brier": 0.0}
     for kw in REQUESTS:
         b = slow.filter_importance(x, y, block="blk", **kw)
-        # No head pass at all: the closed form never calls the engines' predict_on_batch.
-        monkeypatch.setattr(_engine, "predict_on_batch", _no_head_pass)
+        # No head pass at all: the closed form never calls the engines' predict_on_batch (runs, calibration).
+        monkeypatch.setattr(_perturbation, "predict_on_batch", _no_head_pass)
+        monkeypatch.setattr(_plan, "predict_on_batch", _no_head_pass)
         a = fast.filter_importance(x, y, block="blk", **kw)
         monkeypatch.undo()
         if a.scoring == "accuracy":
@@ -292,7 +288,7 @@ def test_outputs_equal_a_numpy_reference_and_the_head(build):
     np.testing.assert_array_equal(got[-1], base)
     const = cache.arrays[0].copy()
     const[:, 2] = const[0, 2]
-    flat = _engine.Cache([const], cache.labels, cache.n, cache.summary)
+    flat = Cache([const], cache.labels, cache.n, cache.summary)
     outs = engine.outputs(flat, [Job(np.array([2]), "permute", perm=job_permutation(1, 2, 0, N)),
                                  Job(np.array([], dtype=np.int64))])
     np.testing.assert_array_equal(outs[0], outs[1])

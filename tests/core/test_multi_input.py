@@ -13,8 +13,8 @@ import keras
 
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter
 from keras_hybrid_interp.core.data import model_stream
-from keras_hybrid_interp.core.engine import job_permutation
 from keras_hybrid_interp.core.graph import ModelGraph
+from keras_hybrid_interp.core.perturbation import job_permutation
 
 from models import assert_same_node_lists, assert_unchanged, node_lists, snapshot
 

@@ -20,17 +20,13 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer
-from keras_hybrid_interp.core import engine as _engine
-from keras_hybrid_interp.core.engine import (
-    FrontierCache,
-    Job,
-    PointwiseHeadEngine,
-    TailEngine,
-    job_permutation,
-    tail_engine,
-)
+from keras_hybrid_interp.core import perturbation as _perturbation
+from keras_hybrid_interp.core import plan as _plan
+from keras_hybrid_interp.core.engine import PointwiseHeadEngine, TailEngine, tail_engine
 from keras_hybrid_interp.core.graph import ModelGraph
 from keras_hybrid_interp.core.layers import pointwise_head_after
+from keras_hybrid_interp.core.perturbation import Job, job_permutation
+from keras_hybrid_interp.core.reducers import FrontierCache
 from keras_hybrid_interp.core.task import SegmentationScore
 
 from _models_global import Perturb, full_model_with_perturbation
@@ -193,7 +189,8 @@ def test_importance_equals_a_full_model_rerun(build, scoring, monkeypatch):
     assert ga.task == "segmentation"
     key = ga.block_keys[0]
     assert type(ga.engine(key)) is PointwiseHeadEngine
-    monkeypatch.setattr(_engine, "predict_on_batch", _no_head_pass)
+    monkeypatch.setattr(_perturbation, "predict_on_batch", _no_head_pass)  # no pass of a run
+    monkeypatch.setattr(_plan, "predict_on_batch", _no_head_pass)  # nor of a calibration
     perm_imp = ga.filter_importance(x, y, block="blk", method="permutation", n_repeats=2, random_state=3,
                                     scoring=scoring)
     abl_imp = ga.filter_importance(x, y, block="blk", method="ablation", scoring=scoring)

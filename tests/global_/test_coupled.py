@@ -13,8 +13,8 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp.core.coupling import tied_names, tied_tensors
-from keras_hybrid_interp.core.engine import job_permutation
 from keras_hybrid_interp.core.graph import ModelGraph
+from keras_hybrid_interp.core.perturbation import job_permutation
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
 from _models_coupled import TIED, C, hand_forward, resnet_stage_model

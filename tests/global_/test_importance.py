@@ -6,7 +6,9 @@ import keras
 
 from keras_hybrid_interp.core import data_pass as _pass
 from keras_hybrid_interp.core.data import DataStream
-from keras_hybrid_interp.core.engine import FrontierCache, Job, TailEngine, job_permutation
+from keras_hybrid_interp.core.engine import TailEngine
+from keras_hybrid_interp.core.perturbation import Job, job_permutation
+from keras_hybrid_interp.core.reducers import FrontierCache
 from keras_hybrid_interp.global_.analyzer import GlobalAnalyzer
 
 from _models_global import (

@@ -14,8 +14,9 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer
-from keras_hybrid_interp.core.engine import FrontierCache, LinearHeadEngine, PooledHeadEngine, TailEngine
+from keras_hybrid_interp.core.engine import LinearHeadEngine, PooledHeadEngine, TailEngine
 from keras_hybrid_interp.core.layers import global_pool_after
+from keras_hybrid_interp.core.reducers import FrontierCache
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -259,7 +260,7 @@ def test_no_shortcut_where_a_mask_rides_on_the_block():
 
 def test_free_spatial_dimensions():
     """A model on ``Input((None, None, 3))``: the shortcut's fills and the stacking calibration need no static shape."""
-    from keras_hybrid_interp.core import engine as _engine
+    from keras_hybrid_interp.core import plan as _plan
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((None, None, 3))
@@ -278,12 +279,12 @@ def test_free_spatial_dimensions():
         b = slow.filter_importance(x, y, block="blk", **kw)
         np.testing.assert_allclose(a.importances, b.importances, rtol=1e-5, atol=1e-6, err_msg=str(kw))
     # "auto" times candidate stackings on the cached maps (whose shape the graph does not know).
-    saved = _engine.CALIBRATE_MIN_WORK
-    _engine.CALIBRATE_MIN_WORK = 0
+    saved = _plan.CALIBRATE_MIN_WORK
+    _plan.CALIBRATE_MIN_WORK = 0
     try:
         auto = fast.filter_importance(x, y, block="c1", n_repeats=2, random_state=0, scoring="loss")
     finally:
-        _engine.CALIBRATE_MIN_WORK = saved
+        _plan.CALIBRATE_MIN_WORK = saved
     assert fast.engine(fast.block_keys[0]).calibrations  # it calibrated
     one = fast.filter_importance(x, y, block="c1", n_repeats=2, random_state=0, scoring="loss",
                                  perturbations_per_eval=1)

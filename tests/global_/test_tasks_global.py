@@ -13,7 +13,7 @@ import keras
 from keras import layers
 
 from keras_hybrid_interp import GlobalAnalyzer
-from keras_hybrid_interp.core.engine import job_permutation
+from keras_hybrid_interp.core.perturbation import job_permutation
 
 from _models_global import Perturb, full_model_with_perturbation
 

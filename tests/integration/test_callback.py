@@ -275,7 +275,7 @@ class _no_op:
 def test_importance_equals_a_full_model_rerun_by_hand(data):
     # Oracle: permutation importance computed by re-running the whole model with the filter's
     # maps permuted by hand (same permutations), accuracy against the labels.
-    from keras_hybrid_interp.core.engine import job_permutation
+    from keras_hybrid_interp.core.perturbation import job_permutation
 
     from _models_global import Perturb, full_model_with_perturbation
 

@@ -192,7 +192,7 @@ def test_model_untouched_same_seed_same_history_and_positions_matter(data):
 
 
 def test_segmentation_importance_by_mean_iou_equals_a_full_model_rerun_by_hand(data):
-    from keras_hybrid_interp.core.engine import job_permutation
+    from keras_hybrid_interp.core.perturbation import job_permutation
 
     from _models_global import Perturb, full_model_with_perturbation
 

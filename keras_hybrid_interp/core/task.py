@@ -488,7 +488,7 @@ class SegmentationScore:
     So a job's outputs can be scored chunk of samples by chunk of samples:
     ``acc = score.begin()``, then ``acc.update(out_chunk, score.targets[s:e])``
     for consecutive chunks, then ``acc.result()`` (the engines do that,
-    :func:`~keras_hybrid_interp.core.engine.score_jobs` and
+    :func:`~keras_hybrid_interp.core.perturbation.score_jobs` and
     :meth:`~keras_hybrid_interp.core.linear_head.LinearHead.run_maps`), and the
     float64 probabilities and masks exist for one chunk at a time.
     ``score(out)`` scores all outputs at once, by the same chunks of

@@ -271,6 +271,10 @@ class LinearHead:
             for s in range(0, n, step):
                 z0[s:s + step] = base_logits(s, min(n, s + step))
         seg = score if isinstance(score, ChunkedScore) else None  # a score that adds up chunk by chunk
+        # A score of the argmax alone (mean IoU) is recomputed only where the argmax can move.
+        argmax = None
+        if seg is not None and getattr(seg, "reads_argmax", False):
+            argmax = _ArgmaxBaseline(self, flat, w, b, z0, base_logits, step, seg.targets)
         scores = np.empty(len(jobs), dtype=np.float64)
         for i, job in enumerate(jobs):
             ch = np.asarray(job.channels, dtype=np.int64)
@@ -285,6 +289,12 @@ class LinearHead:
                 # Cast to the cache's dtype first, as the tail engine writes a fill into its buffers.
                 value = np.broadcast_to(np.asarray(job.fill).astype(flat.dtype), spatial + (k,))
                 fill = np.ascontiguousarray(value.reshape(hw, k).T, dtype=np.float64)  # (k, hw)
+            if argmax is not None and argmax.applies and k <= 1:
+                assert seg is not None  # argmax is built from it
+                scores[i] = seg.from_confusion(argmax.confusion(ch, src, fill, job.kind == "none"))
+                if progress is not None:
+                    progress(i + 1)
+                continue
             acc = seg.begin() if seg is not None else None
             whole = None if seg is not None else np.empty((n, hw, k_out), dtype=self.dtype)
             for s in range(0, n, step):
@@ -318,6 +328,85 @@ class LinearHead:
     def maps_step(positions: int, k_out: int, channels: int, chunk_bytes: int = CHUNK_BYTES) -> int:
         """Samples per chunk of :meth:`run_maps` and :meth:`outputs_maps` (the same for every job)."""
         return sample_chunk(positions, 3 * k_out + 4 * channels, chunk_bytes)
+
+
+class _ArgmaxBaseline:
+    """The baseline argmax of every position, and each job's confusion matrix by recomputing only where it can move.
+
+    For a score that reads each position's argmax of a softmax alone (mean IoU,
+    :attr:`~keras_hybrid_interp.core.task.SegmentationScore.reads_argmax`), perturbing one filter ``c``
+    changes the logits at position ``p`` by ``delta(p) * W_c``, so the gap between the top class and any
+    other shrinks by at most ``|delta(p)| * (max_k W_ck - min_k W_ck)``. Where that is below the
+    baseline's gap between its two largest logits (less a slack of ``1e-6 (1 + |top logit|)``, far above
+    float64 rounding and enough that the float32 probabilities keep their order), the position keeps
+    its baseline class. Every other position (the *candidates*, near ties included) is recomputed by the
+    same float64 arithmetic as :meth:`LinearHead.run_maps`' full path, element by element (the update, the
+    activation rounded to the output dtype, the argmax with ties to the lower class), so the job's
+    confusion matrix, ``baseline - candidates' old cells + candidates' new cells``, equals the full
+    path's bit for bit (counts are exact in float64). The baseline (logits, classes, gaps) is computed
+    once, by the same chunks of samples as the full path; a non-finite baseline logit sends every job to
+    the full path (:attr:`applies` is False).
+    """
+
+    def __init__(self, head: LinearHead, flat, w, b, z0, base_logits, step, targets):
+        from .task import argmax_last, confusion
+
+        self.head = head
+        self.flat = flat
+        n, hw = int(flat.shape[0]), int(flat.shape[1])
+        self.k_out = int(w.shape[1])
+        self.wt = np.ascontiguousarray(w.T)
+        self.spread = w.max(axis=1) - w.min(axis=1)  # (C,)
+        # Kept baseline logits are the same whatever the chunks: then larger chunks (fewer NumPy calls per job).
+        step = step if z0 is None else max(step, sample_chunk(hw, 12))
+        self.z0, self.base_logits, self.step, self.n = z0, base_logits, step, n
+        small = np.int16 if self.k_out < 2**15 else np.int64  # classes of every position: kept small
+        self.targets = np.asarray(targets).reshape(n, hw).astype(small)
+        self.pred = np.empty((n, hw), dtype=small)
+        self.slack = np.empty((n, hw), dtype=np.float64)
+        self.applies = True
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            zt = self._logits(s, e)  # (m, K, hw)
+            if not np.all(np.isfinite(zt)):
+                self.applies = False
+                return
+            top2 = np.sort(zt, axis=1)[:, -2:, :]
+            self.slack[s:e] = (top2[:, 1] - top2[:, 0]) - 1e-6 * (1.0 + np.abs(top2[:, 1]))
+            self.pred[s:e] = argmax_last(head.activate(zt))
+        self.argmax, self.confusion_of = argmax_last, confusion
+        self.cm = confusion(self.targets, self.pred, self.k_out)
+
+    def _logits(self, s, e):
+        return self.z0[s:e].copy() if self.z0 is not None else self.base_logits(s, e)
+
+    def confusion(self, ch, src, fill, none: bool) -> np.ndarray:
+        """The (K, K) confusion matrix of one job that perturbs at most one filter (``ch`` of length 0 or 1)."""
+        cm = self.cm.copy()
+        if none or len(ch) == 0:
+            return cm
+        c = int(ch[0])
+        flat, k_out = self.flat, self.k_out
+        for s in range(0, self.n, self.step):
+            e = min(self.n, s + self.step)
+            old = flat[s:e, :, c].astype(np.float64)  # (m, hw)
+            new = flat[src[s:e], :, c].astype(np.float64) if fill is None else fill[0][None]
+            delta = new - old
+            # Candidates: where the update can close the gap (NaN compares False: a candidate too).
+            cand = np.flatnonzero(~(np.abs(delta) * self.spread[c] < self.slack[s:e]))
+            if not cand.size:
+                continue
+            si, pi = np.divmod(cand, delta.shape[1])
+            if self.z0 is not None:
+                zc = self.z0[s + si, :, pi].T.copy()  # (K, m_c): advanced indices around a slice go first
+            else:
+                zc = self.base_logits(s, e)[si, :, pi].T.copy()
+            zc += self.wt[:, ch] * delta.reshape(-1)[cand][None, :]
+            new_pred = self.argmax(self.head.activate(zc))
+            t = self.targets[s:e].reshape(-1)[cand]
+            cm += self.confusion_of(t, new_pred, k_out)
+            cm -= self.confusion_of(t, self.pred[s:e].reshape(-1)[cand], k_out)
+        return cm
 
 
 def sample_chunk(positions: int, arrays: int, chunk_bytes: int = CHUNK_BYTES) -> int:

@@ -508,6 +508,21 @@ class SegmentationScore:
     def begin(self) -> SegmentationScoreSums:
         return SegmentationScoreSums(self.task, self.scoring)
 
+    @property
+    def reads_argmax(self) -> bool:
+        """True when the score reads each position's argmax of a softmax alone (mean IoU of K > 1 classes).
+
+        Such a score is a function of the confusion matrix (:meth:`from_confusion`), so a perturbation that
+        moves no position's argmax leaves it as it is: the per-position head engine
+        (:meth:`~keras_hybrid_interp.core.linear_head.LinearHead.run_maps`) then recomputes only the positions
+        whose argmax can move, exactly.
+        """
+        return self.scoring == "mean_iou" and self.task.kind == "softmax" and self.task.units > 1
+
+    def from_confusion(self, cm) -> float:
+        """The mean IoU of a (K, K) confusion matrix (rows: targets), as :meth:`SegmentationScoreSums.result`."""
+        return float(np.nanmean(confusion_scores(cm)["iou"]))
+
     def __call__(self, out) -> float:
         acc = self.begin()
         step = self.chunk_samples
@@ -531,17 +546,7 @@ class SegmentationScoreSums:
         """Adds the outputs ``out`` (m, *spatial, units) of ``m`` consecutive samples and their ``targets``."""
         if self.scoring == "mean_iou":
             if self.task.kind == "softmax" and self.task.units > 1:
-                # Probabilities: their argmax, read on the outputs' own dtype (a float64 copy changes no
-                # comparison), class by class (NumPy's argmax over a short last axis is several times
-                # slower); ties to the lower class, as predicted().
-                out = np.asarray(out)
-                best = out[..., 0].copy()
-                pred = np.zeros(best.shape, dtype=np.int64)
-                for k in range(1, out.shape[-1]):
-                    col = out[..., k]
-                    win = col > best
-                    np.copyto(best, col, where=win)
-                    pred[win] = k
+                pred = argmax_last(out)
             else:
                 pred = self.task.predicted(out)
             self.cm += confusion(targets, pred, self.task.num_classes)
@@ -558,6 +563,23 @@ class SegmentationScoreSums:
 # ----------------------------------------------------------------------
 # Metrics (float64, NumPy): the layer table's and the importance scores'
 # ----------------------------------------------------------------------
+def argmax_last(out) -> np.ndarray:
+    """The argmax over the last axis of ``out`` (int64), ties to the lower class, as :meth:`OutputReader.predicted`.
+
+    Read on the outputs' own dtype (a float64 copy changes no comparison), class by class: NumPy's argmax
+    over a short last axis is several times slower.
+    """
+    out = np.asarray(out)
+    best = out[..., 0].copy()
+    pred = np.zeros(best.shape, dtype=np.int64)
+    for k in range(1, out.shape[-1]):
+        col = out[..., k]
+        win = col > best
+        np.copyto(best, col, where=win)
+        pred[win] = k
+    return pred
+
+
 def r2(y, pred) -> float:
     """Coefficient of determination averaged uniformly over targets (scikit-learn's ``r2_score``).
 

@@ -296,3 +296,47 @@ def test_segmentation_score_in_chunks_equals_all_at_once():
     chunked = slow.run(cache, jobs, iou, perturbations_per_eval=2, memory_budget=slow.per_sample_bytes() * 5)
     whole = slow.run(cache, jobs, lambda o: iou(o))
     np.testing.assert_array_equal(chunked, whole)
+
+
+@pytest.mark.parametrize("build", [conv_softmax, dense_then_softmax_layer, conv1d_activation_softmax],
+                         ids=lambda f: f.__name__)
+def test_mean_iou_recomputes_only_where_the_argmax_can_move(build, monkeypatch):
+    """Mean IoU of a softmax recomputes only the positions whose argmax can move: bit for bit the full path's.
+
+    The full path is the same score without ``reads_argmax`` (every position's outputs, chunk by chunk);
+    a spy on the activation checks that the short path saw fewer positions, and a head with its margins
+    shrunk to near ties (every position a candidate) agrees too.
+    """
+    from keras_hybrid_interp.core.linear_head import LinearHead
+
+    model, head, _, x, y = _built(build)
+    ga = GlobalAnalyzer(model, blocks=["blk"], task="segmentation")
+    fast = ga.engine(ga.block_keys[0])
+    maps = _cache(fast, ga, x, y).arrays[0]
+    iou = SegmentationScore(ga.reader, "mean_iou", y)
+    assert iou.reads_argmax
+
+    class Full:  # the same sums, without the argmax shortcut
+        targets = y
+        begin = iou.begin
+
+    jobs = [Job(np.array([c]), "permute", perm=job_permutation(5, c, r, N)) for c in range(C) for r in range(2)]
+    jobs += [Job(np.array([c]), "fill", fill=np.float32(0.0)) for c in range(C)]
+    jobs += [Job(np.array([c]), "fill", fill=np.mean(maps[..., [c]], axis=0).astype(maps.dtype)) for c in range(C)]
+    jobs += [Job(np.array([0, 3]), "permute", perm=job_permutation(5, 50, 0, N)), Job(np.array([], dtype=np.int64))]
+    seen = []
+    activate = LinearHead.activate
+    monkeypatch.setattr(LinearHead, "activate", lambda self, zt: (seen.append(zt.shape[-1]), activate(self, zt))[1])
+    got = fast.linear.run_maps(maps, jobs, iou)
+    positions = int(np.prod(maps.shape[1:-1]))
+    short = [m for m in seen if m < positions]  # the candidates' calls (the baseline's chunks have whole samples)
+    assert short and sum(short) < N * positions * len(jobs) / 4  # far fewer positions than the full path
+    monkeypatch.undo()
+    want = fast.linear.run_maps(maps, jobs, Full())
+    assert_not_all_zero(want[:-1] - want[-1])  # the jobs move the argmax somewhere
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(fast.linear.run_maps(maps, jobs, iou, chunk_bytes=1, keep_bytes=0), want)
+    # Margins near ties everywhere (a head scaled down 1e7 times): every position is a candidate.
+    k, b = head.get_weights()
+    head.set_weights([k * 1e-7, b * 1e-7])
+    np.testing.assert_array_equal(fast.linear.run_maps(maps, jobs, iou), fast.linear.run_maps(maps, jobs, Full()))

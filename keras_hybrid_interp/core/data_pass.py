@@ -120,7 +120,9 @@ def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> P
     graph : ModelGraph
     stream : DataStream
     reducers : sequence of objects with ``taps`` (list of :class:`Tap`) and
-        ``update(batch)``
+        ``update(batch)``; one with ``expect(num_samples)`` is told before the
+        first batch how many samples the stream holds (None when unknown
+        without iterating), so it can allocate its storage once.
     num_classes : int, optional
         Labels are converted to class indices ``0..num_classes-1`` (checked).
     task : Task, optional
@@ -146,6 +148,9 @@ def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> P
     limited_model = None
 
     bar = keras.utils.Progbar(stream.num_batches, verbose=verbose, unit_name="batch") if verbose else None
+    for r in reducers:
+        if hasattr(r, "expect"):
+            r.expect(stream.num_samples)
     n = 0
     has_y = None
     nonfinite = set()

@@ -65,7 +65,11 @@ class FrontierCache:
     """Reducer that keeps the frontier tensors of an engine for every sample of a pass (the tail's cache).
 
     Memory: ``n x (H*W*C of the layer + the tensors crossing the cut)`` numbers
-    in the model dtype; a warning suggests ``max_samples`` above 1 GiB.
+    in the model dtype; a warning suggests ``max_samples`` above 1 GiB. When the
+    pass knows its number of samples (:meth:`expect`: arrays), each tensor is
+    written into one array allocated at the first batch, so the cache never
+    exists twice (batches, then their concatenation); otherwise the batches are
+    joined once by :meth:`result`, which then keeps the joined array only.
     """
 
     def __init__(self, engine: CachedEngine):
@@ -79,17 +83,43 @@ class FrontierCache:
         self._per = frontier_bytes_per_sample(engine.graph, engine.cache_keys)
         self.n = 0
         self._warned = False
+        self._expected: int | None = None
+        self._buffers: list | None = None  # one preallocated array per cached tensor (expect())
+
+    def expect(self, num_samples: int | None) -> None:
+        """The pass holds ``num_samples`` samples (None: unknown); before the first batch."""
+        self._expected = None if num_samples is None else int(num_samples)
+
+    def _store(self, i: int, a: np.ndarray) -> None:
+        """Appends batch values ``a`` of cached tensor ``i`` at sample ``self.n``."""
+        m = len(a)
+        if self._expected is not None and not self._parts[i]:
+            if self._buffers is None:
+                self._buffers = [None] * len(self.cached)
+            buf = self._buffers[i]
+            if buf is None and self.n == 0:
+                buf = self._buffers[i] = np.empty((self._expected,) + a.shape[1:], dtype=a.dtype)
+            if buf is not None and buf.shape[1:] == a.shape[1:] and buf.dtype == a.dtype \
+                    and self.n + m <= len(buf):
+                buf[self.n:self.n + m] = a
+                return
+            if buf is not None:  # more samples, or another shape or dtype, than announced: back to batches
+                self._parts[i] = [buf[:self.n]]
+                self._buffers[i] = None
+        self._parts[i].append(a)
 
     def update(self, batch):
-        for p, t in zip(self._parts, self.cached):
+        for i, (p, t) in enumerate(zip(self._parts, self.cached)):
             a = batch.values[t.ident]
-            if p and tuple(a.shape[1:]) != tuple(p[0].shape[1:]):
+            buf = self._buffers[i] if self._buffers is not None else None
+            first = p[0] if p else (buf if buf is not None and self.n else None)
+            if first is not None and tuple(a.shape[1:]) != tuple(first.shape[1:]):
                 raise ValueError(
                     f"`x`: filter importance caches {self.engine.graph.tensors[t.key].name!r} for every sample, so "
                     f"the batches must give it one shape; a batch gives {tuple(a.shape[1:])} after batches of "
-                    f"{tuple(p[0].shape[1:])}. Pass inputs of one spatial size (resize them), or analyse a block "
+                    f"{tuple(first.shape[1:])}. Pass inputs of one spatial size (resize them), or analyse a block "
                     "read only through a global pooling, whose cache has no spatial axes.")
-            p.append(a)
+            self._store(i, a)
         if batch.y is not None:
             self._labels.append(np.asarray(batch.y))
         if self.summary is not None:
@@ -105,7 +135,15 @@ class FrontierCache:
             )
 
     def result(self) -> Cache:
-        arrays = [np.concatenate(p, axis=0) for p in self._parts]
+        arrays = []
+        for i, p in enumerate(self._parts):
+            buf = self._buffers[i] if self._buffers is not None else None
+            if buf is not None:
+                arrays.append(buf if self.n == len(buf) else buf[:self.n])
+            else:
+                joined = p[0] if len(p) == 1 else np.concatenate(p, axis=0)
+                self._parts[i] = [joined]  # the batches are dropped: the cache exists once
+                arrays.append(joined)
         labels = np.concatenate(self._labels, axis=0) if self._labels else None
         return Cache(arrays, labels, self.n, self.summary)
 

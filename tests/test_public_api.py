@@ -74,6 +74,14 @@ def _blocks(block):
     return block if isinstance(block, list) else [block]
 
 
+def _concept_sets(e):
+    """Two concepts of 12 examples each, of the fixture's input shape and not among its inputs."""
+    rng = np.random.default_rng(11)
+    shape = e.x.shape[1:]
+    return {"bright": rng.random((12,) + shape, dtype=np.float32) * 0.5 + 0.5,
+            "dark": rng.random((12,) + shape, dtype=np.float32) * 0.3}
+
+
 ROWS = [
     Row("evaluate_layers", lambda e, x, y, block, **kw: e.interp.evaluate_layers(x, y, **kw), takes_block=None),
     Row("layer_predictions", lambda e, x, y, block, **kw: e.interp.layer_predictions(x, **kw), takes_block=None),
@@ -103,6 +111,9 @@ ROWS = [
         takes_block="blocks"),
     Row("filter_examples", lambda e, x, y, block, **kw: e.analyzer.filter_examples(x, block=block, k=3, **kw),
         plot_target="fig"),
+    Row("concepts", lambda e, x, y, block, **kw: e.interp.concepts(_concept_sets(e), x, y, blocks=_blocks(block),
+                                                                  n_random=3, bootstrap=20, controls=1, **kw),
+        takes_block="blocks", seeded=True),
 ]
 IDS = [r.name for r in ROWS]
 

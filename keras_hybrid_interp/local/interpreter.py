@@ -1013,6 +1013,25 @@ class HybridInterpreter(keras.Model):
             **(inputs or {}),
         )
 
+    @_health.collecting
+    def concepts(self, concepts, x, y=None, *, random=None, n_random=20, random_state=None, **kwargs):
+        """TCAV with significance: at what block each concept forms, and whether each class's output uses it.
+
+        ``concepts`` maps names to examples (arrays, ``tf.data`` or PyDataset
+        of inputs, at least 10 each); ``x`` (and ``y``) are the inputs whose
+        class sensitivity is tested; ``random`` is the pool the ``n_random``
+        random sets are drawn from (None: ``x``). Needs no fitted probes.
+        Returns a :class:`~keras_hybrid_interp.local.concepts.ConceptResult`;
+        every option (``blocks``, ``classes``, ``features``, ``method``,
+        ``test``, ``correction``, ``alpha``, ``relative``, ``bootstrap``,
+        ...) and every definition is in :func:`keras_hybrid_interp.local.concepts.concepts`
+        and its module.
+        """
+        from . import concepts as _concepts
+
+        return _concepts.concepts(self, concepts, x, y, random=random, n_random=n_random,
+                                  random_state=random_state, **kwargs)
+
     def probe_model(self, *, block) -> keras.Model:
         """A standalone ``keras.Model`` from image to the probabilities of ``block``'s probe.
 

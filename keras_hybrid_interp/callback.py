@@ -96,6 +96,9 @@ confusion on every pixel), together one more pass over the subset.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
+import math
 import os
 import warnings
 
@@ -128,9 +131,17 @@ from .plotting import (
     plot_training_dynamics,  # re-exported: drawn by the presentation layer
 )
 
-__all__ = ["ImportanceOptions", "InterpretationCallback", "ProbeOptions", "plot_training_dynamics"]
+__all__ = ["ImportanceOptions", "InterpretationCallback", "ProbeOptions", "plot_training_dynamics", "LOG_FORMAT",
+           "LOG_VERSION"]
 
 _COLUMNS = ["epoch", "block", "metric", "value", "filter"]
+
+#: The ``format`` field of every record of a ``log_path`` file (JSON lines).
+LOG_FORMAT = "keras-hybrid-interp/training-history"
+#: The ``version`` field: it changes when a field of the record changes meaning.
+LOG_VERSION = 1
+#: What ``report_path`` may end in (:meth:`Report.save <keras_hybrid_interp.Report.save>`'s formats).
+_REPORT_SUFFIXES = (".html", ".htm", ".pdf", ".json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +272,28 @@ class InterpretationCallback(keras.callbacks.Callback):
     csv_path : str or path-like, optional
         Append the rows of :attr:`history` to this CSV file as they are
         recorded (the header is written when the file is new or empty).
+    log_path : str or path-like, optional
+        Append one JSON line per record to this file (JSON lines; created
+        with its folder if missing, continued if it exists), flushed and
+        ``fsync``-ed before training goes on: a run killed mid-way keeps
+        every record it finished. Each line is a self-describing object:
+        ``format`` (:data:`LOG_FORMAT`), ``version`` (:data:`LOG_VERSION`),
+        ``epoch``, ``time`` (UTC, ISO 8601), ``model``, ``task``, ``blocks``
+        and ``rows``, the record's rows of :attr:`history` as objects
+        ``{"block", "metric", "value", "filter"}`` (``value`` NaN as
+        ``null``; ``filter`` ``null`` but for ``importance``).
+        :meth:`load_history` reads it back into :attr:`history`'s frame.
+    report_path : str or path-like, optional
+        At the end of training, write the full report there
+        (:func:`~keras_hybrid_interp.build_report` then
+        :meth:`Report.save <keras_hybrid_interp.Report.save>`: ``.html``,
+        ``.pdf`` or ``.json``), with :attr:`history` as its Training section.
+        The report reads the evaluation half of the subset (the probes'
+        held-out samples) through :attr:`interpreter`; needs ``probes``.
+    report_options : dict, optional
+        Keyword arguments of :func:`~keras_hybrid_interp.build_report` for
+        ``report_path`` (``block``, ``sections``, ``title``, ...);
+        ``random_state`` defaults to :attr:`random_state_`.
     random_state : None, int, numpy Generator or SeedSequence
         Seeds the split, the probes' mini-batch order and the importance
         permutations. None draws fresh OS entropy (kept in ``random_state_``).
@@ -346,8 +379,11 @@ class InterpretationCallback(keras.callbacks.Callback):
         importance=None,
         log_dir=None,
         csv_path=None,
+        log_path=None,
+        report_path=None,
+        report_options=None,
         random_state=None,
-        batch_size=256,
+        batch_size=64,
         output="auto",
         task="auto",
         positions_per_sample=None,
@@ -374,6 +410,16 @@ class InterpretationCallback(keras.callbacks.Callback):
                     "Install it (pip install 'keras-hybrid-interp[tensorflow]'), or pass csv_path= instead."
                 ) from None
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
+        self.log_path = _file_path(log_path, "log_path")
+        self.report_path = _file_path(report_path, "report_path")
+        if self.report_path is not None:
+            if not self.report_path.lower().endswith(_REPORT_SUFFIXES):
+                raise ValueError(f"`report_path` must end in {', '.join(_REPORT_SUFFIXES)}; "
+                                 f"received {self.report_path!r}.")
+            if self.probe_options is None:
+                raise ValueError("`report_path` writes a report of the callback's probes, but `probes` is False. "
+                                 "Pass probes=True (or a ProbeOptions), or leave report_path None.")
+        self.report_options = _check_report_options(report_options, self.report_path)
         self.random_state_ = resolve_entropy(random_state)
         self.importance_random_state_ = None
         self.positions_per_sample = check_int(positions_per_sample, "positions_per_sample", allow_none=True)
@@ -438,6 +484,53 @@ class InterpretationCallback(keras.callbacks.Callback):
     def history(self) -> pd.DataFrame:
         """Tidy record of every value: columns ``epoch, block, metric, value, filter``."""
         return self._frame(self._rows)
+
+    @classmethod
+    def load_history(cls, path) -> pd.DataFrame:
+        """Reads a ``log_path`` file back into the frame :attr:`history` is (same columns, dtypes and rows).
+
+        Every record of the file, in file order (a run continued in the same
+        file appends to it). A last line cut short (a run killed while writing
+        it) is left out with a warning (``truncated_log``); any other line
+        that is not a record of this format raises a ValueError naming it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file written by ``InterpretationCallback(..., log_path=path)``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``epoch, block, metric, value, filter``, as :attr:`history`.
+        """
+        path = _file_path(path, "path")
+        if path is None:
+            raise TypeError("`path` must be a str or path-like (a file written through log_path=); received None.")
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+        rows: list[tuple] = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # the last line has no newline: cut short while being written
+                    _health.warn("truncated_log", f"The last line of {path} (line {i + 1}) is cut short, as when a "
+                                 "run is killed while writing it; it is left out, every earlier record is read.")
+                    break
+                raise ValueError(f"`path`: line {i + 1} of {path} is not JSON; this is not a log_path file.") from None
+            if not isinstance(record, dict) or record.get("format") != LOG_FORMAT:
+                raise ValueError(f"`path`: line {i + 1} of {path} is not a record of {LOG_FORMAT!r} (written by "
+                                 "InterpretationCallback(log_path=...)).")
+            if record.get("version") != LOG_VERSION:
+                raise ValueError(f"`path`: line {i + 1} of {path} has version {record.get('version')!r}; this "
+                                 f"package reads version {LOG_VERSION}.")
+            epoch = int(record["epoch"])
+            rows += [(epoch, r["block"], r["metric"], math.nan if r["value"] is None else float(r["value"]),
+                      None if r["filter"] is None else int(r["filter"])) for r in record["rows"]]
+        return cls._frame(rows)
 
     @staticmethod
     def _frame(rows) -> pd.DataFrame:
@@ -529,6 +622,8 @@ class InterpretationCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._interp is not None and self.report_path is not None:
+            self._write_report()
 
     # ------------------------------------------------------------------
     # One record
@@ -730,6 +825,8 @@ class InterpretationCallback(keras.callbacks.Callback):
         if self.csv_path is not None and rows:
             new = not os.path.exists(self.csv_path) or os.path.getsize(self.csv_path) == 0
             self._frame(rows).to_csv(self.csv_path, mode="a", header=new, index=False)
+        if self.log_path is not None:
+            self._append_log(epoch, rows)
         if self.log_dir is not None:
             self._write_tensorboard(epoch, rows, means)
 
@@ -754,6 +851,84 @@ class InterpretationCallback(keras.callbacks.Callback):
             for block, m in means.items():
                 tf.summary.write(f"{block}/filter_mean_activation", tf.constant(_histogram(m)), metadata=histograms)
         self._writer.flush()
+
+    def _append_log(self, epoch, rows):
+        """One JSON line for this record, appended, flushed and fsync-ed (a killed run keeps it)."""
+        interp = self._interp
+        assert interp is not None and self.log_path is not None  # set by _setup and __init__
+        record = {
+            "format": LOG_FORMAT,
+            "version": LOG_VERSION,
+            "epoch": int(epoch),
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": self.model.name,
+            "task": interp.reader.name,
+            "blocks": list(interp.block_names),
+            "rows": [{"block": block, "metric": metric,
+                      "value": float(value) if math.isfinite(value) else None,
+                      "filter": None if flt is None else int(flt)}
+                     for _, block, metric, value, flt in rows],
+        }
+        line = json.dumps(record, allow_nan=False) + "\n"
+        folder = os.path.dirname(self.log_path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _write_report(self):
+        """The full report of the last record, on the evaluation half, with the history (``report_path``)."""
+        import inspect
+
+        from .report import build_report
+
+        interp = self.interpreter  # its probes synced
+        assert self._x is not None and self._eval_idx is not None and self.report_path is not None  # set by _setup
+        ev = self._eval_idx
+        x = x_take(self._x, ev)
+        y = None if self._y is None else self._y[ev]
+        kwargs = {"random_state": self.random_state_, **self.report_options}
+        if "history" in inspect.signature(build_report).parameters:
+            kwargs["history"] = self.history
+        build_report(interp, x, y, **kwargs).save(self.report_path)
+
+
+def _file_path(value, name):
+    """A path-like argument as a str (None stays None), refused when it names a folder."""
+    if value is None:
+        return None
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a str or path-like; received {type(value).__name__}.") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if os.path.isdir(path):
+        raise ValueError(f"`{name}` must name a file; received the folder {path!r}.")
+    return path
+
+
+def _check_report_options(options, report_path):
+    """``report_options`` as a dict of build_report's keyword arguments (checked before training)."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"`report_options` must be a dict of build_report keyword arguments; "
+                        f"received {type(options).__name__}.")
+    if report_path is None:
+        raise ValueError("`report_options` configures the report written to `report_path`; pass report_path too.")
+    import inspect
+
+    from .report import build_report
+
+    allowed = [p.name for p in inspect.signature(build_report).parameters.values()
+               if p.kind == p.KEYWORD_ONLY and p.name != "history"]
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise TypeError(f"`report_options` has keys {bad} that build_report does not take; it takes {allowed}.")
+    return dict(options)
 
 
 def _histogram(values, bins=30) -> np.ndarray:

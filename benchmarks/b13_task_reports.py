@@ -35,7 +35,7 @@ Rows. Each (model, row) runs in a FRESH subprocess (this script with
   ``fit_probes(x, y, batch_size=B)`` first, untimed (as in B6: fitting is
   not part of "the report"; its seconds are printed), then timed:
   ``build_report(interp, x, y, batch_size=B)`` with the default sections and
-  options (``importance_repeats=3, max_samples=512``: every sample), then
+  options (``n_repeats=3, max_samples=512``: every sample), then
   ``.save(<tmp>/report.html)`` (the PNGs rendered). "The report", as in B6,
   is build + save; ``build_report`` alone is shown too.
 

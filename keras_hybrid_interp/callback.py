@@ -298,7 +298,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         Seeds the split, the probes' mini-batch order and the importance
         permutations. None draws fresh OS entropy (kept in ``random_state_``).
     batch_size : int
-        Batch size of the inference pass.
+        Batch size of the inference pass (64, as everywhere in the package).
     output : "auto", an output's name or index, "softmax", "sigmoid" or "logits"
         Which output, or what it holds, as for :class:`HybridInterpreter`.
     task : "auto", "multiclass", "binary", "multilabel", "regression" or "segmentation"

@@ -195,7 +195,7 @@ def _report(f):
     # Rendering the figures to PNG/PDF/SVG is most of the report's time and
     # none of the model's business: the figures are drawn, not encoded.
     with unittest.mock.patch("matplotlib.figure.Figure.savefig"):
-        build_report(f.interp, f.x, f.y, examples=1, importance_repeats=1)
+        build_report(f.interp, f.x, f.y, examples=1, n_repeats=1)
 
 
 def _fit_with_callback(f):
@@ -221,7 +221,7 @@ PUBLIC_CALLS = [
     ("filter_importance_ablation", lambda f: f.analyzer.filter_importance(f.x, f.y, block=f.block, method="ablation")),
     ("filter_importance_taylor", lambda f: f.analyzer.filter_importance(f.x, f.y, block=f.block, method="taylor")),
     ("layer_similarity", lambda f: f.analyzer.layer_similarity(f.x)),
-    ("filter_examples", lambda f: f.analyzer.filter_examples(f.x, block=f.block, k=2)),
+    ("filter_examples", lambda f: f.analyzer.filter_examples(f.x, block=f.block, top_k=2)),
     ("layer_similarity_full", lambda f: f.analyzer.layer_similarity(f.x, estimator="full")),
     # The model as the *other* model of a comparison (the analysed one is a fresh copy).
     ("layer_similarity_other",

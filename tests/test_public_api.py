@@ -109,7 +109,7 @@ ROWS = [
     Row("layer_similarity[two models]",
         lambda e, x, y, block, **kw: e.analyzer.layer_similarity(x, blocks=_blocks(block), other=e.model, **kw),
         takes_block="blocks"),
-    Row("filter_examples", lambda e, x, y, block, **kw: e.analyzer.filter_examples(x, block=block, k=3, **kw),
+    Row("filter_examples", lambda e, x, y, block, **kw: e.analyzer.filter_examples(x, block=block, top_k=3, **kw),
         plot_target="fig"),
     Row("concepts", lambda e, x, y, block, **kw: e.interp.concepts(_concept_sets(e), x, y, blocks=_blocks(block),
                                                                   n_random=3, bootstrap=20, controls=1, **kw),

@@ -354,7 +354,7 @@ def test_every_public_call_leaves_the_model_untouched(rank, tmp_path):
     ga.filter_class_association(x, y, block="c2")
     ga.layer_similarity(x)
     with unittest.mock.patch("matplotlib.figure.Figure.savefig"):
-        build_report(interp, x, y, examples=1, importance_repeats=1)
+        build_report(interp, x, y, examples=1, n_repeats=1)
     assert_same_node_lists(before, node_lists(model))
     for w, w0 in zip(model.get_weights(), weights):
         np.testing.assert_array_equal(w, w0)
@@ -376,7 +376,7 @@ def test_callback_in_fit_records_every_block(env):
 
 def test_report_has_every_section(env, tmp_path):
     with unittest.mock.patch("matplotlib.figure.Figure.savefig"):
-        rep = build_report(env.interp, env.x, env.y, examples=1, importance_repeats=1)
+        rep = build_report(env.interp, env.x, env.y, examples=1, n_repeats=1)
     titles = [s.title for s in rep.sections]
     for t in ("Blocks", "Local explanations"):
         assert t in titles

@@ -27,6 +27,7 @@ from ..core import graph as _graph
 from ..core import health as _health
 from ..core.coupling import tied_tensors
 from ..core.data import model_stream
+from ..core.deprecation import renamed
 from ..core.drift import check_drift
 from ..core.engine import TailEngine, TiedTailEngine, tail_engine
 from ..core.task import AmbiguousOutputError, resolve_output, task_for
@@ -495,14 +496,15 @@ class GlobalAnalyzer:
             raise TypeError(f"`names` must be a pair of strings (row model, column model); received {names!r}.")
         return OtherModel(graph, keys), list(col_names), tuple(names)
 
+    @renamed(k="top_k")
     @_health.collecting
-    def filter_examples(self, x, y=None, *, block, filters=None, k=9, batch_size=None, max_samples=None,
+    def filter_examples(self, x, y=None, *, block, filters=None, top_k=9, batch_size=None, max_samples=None,
                         steps=None) -> FilterExamples:
-        """The ``k`` samples each filter of ``block`` responds to most, with the input crops it sees (an atlas).
+        """The ``top_k`` samples each filter of ``block`` responds to most, with the input crops it sees (an atlas).
 
         The activation of a sample for a filter is the maximum of the
-        filter's map over spatial positions; the ``k`` largest are kept while
-        the data streams once through the model (memory ``O(F x k)``: a running
+        filter's map over spatial positions; the ``top_k`` largest are kept while
+        the data streams once through the model (memory ``O(F x top_k)``: a running
         top-k merged batch by batch), ties broken by sample order. For each,
         the location of the maximum and the input crop at the filter's
         receptive field there (computed from the graph's strides, kernel
@@ -515,18 +517,19 @@ class GlobalAnalyzer:
         block : str, int or layer
         filters : None, int or sequence of int
             The filters to keep examples for (None: all).
-        k : int
-            Examples per filter (at most the number of samples).
+        top_k : int
+            Examples per filter (at most the number of samples). Formerly ``k``
+            (deprecated, removed in 0.2).
         batch_size, max_samples, steps : int, optional
 
         Returns
         -------
         FilterExamples
-            ``indices``, ``values``, ``locations``, ``boxes``, ``crops`` (F, k, ...),
+            ``indices``, ``values``, ``locations``, ``boxes``, ``crops`` (F, top_k, ...),
             ``receptive_field``, ``.to_frame()``, ``.plot()``.
         """
         key, name = self.key(block)
-        red = examples_reducer(self.graph, key, name, filters=filters, k=k)
+        red = examples_reducer(self.graph, key, name, filters=filters, k=top_k)
         self.run(self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return examples_result(red, name)
 

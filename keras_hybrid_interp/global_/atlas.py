@@ -34,6 +34,7 @@ import pandas as pd
 
 from ..core import health as _health
 from ..core.data_pass import Tap
+from ..core.deprecation import renamed_attribute
 from ..core.receptive_field import (
     ReceptiveField,
     UnsupportedReceptiveField,
@@ -47,7 +48,8 @@ __all__ = ["FilterExamples", "TopKExamples", "check_filters", "check_k", "exampl
 
 
 def check_k(k) -> int:
-    return check_int(k, "k", what=" (examples kept per filter)")
+    """``top_k`` of ``filter_examples`` (``k`` of the reducer) as an int."""
+    return check_int(k, "top_k", what=" (examples kept per filter)")
 
 
 def check_filters(filters, c: int, block: str) -> np.ndarray:
@@ -213,9 +215,14 @@ class FilterExamples:
                 a.setflags(write=False)
 
     @property
-    def k(self) -> int:
+    def top_k(self) -> int:
         """Examples kept per filter."""
         return self.indices.shape[1]
+
+    @property
+    def k(self) -> int:
+        """Deprecated name of :attr:`top_k` (removed in 0.2)."""
+        return renamed_attribute(self, "k", "top_k")
 
     def _row(self, filter):
         hits = np.flatnonzero(self.filters == filter)
@@ -229,7 +236,7 @@ class FilterExamples:
         if self.crops is None:
             raise ValueError("These examples were computed without crops (crops=False).")
         row = self._row(filter)
-        check_int(rank, "rank", min_value=0, max_value=self.k - 1)
+        check_int(rank, "rank", min_value=0, max_value=self.top_k - 1)
         box = self.boxes[row, rank]
         origin = window_origin(self.receptive_field, self.locations[row, rank])
         sl = tuple(slice(int(lo) - o, int(hi) - o) for (lo, hi), o in zip(box, origin))
@@ -271,7 +278,7 @@ class FilterExamples:
 
     def __repr__(self):
         rf = self.receptive_field
-        return (f"FilterExamples(block={self.block!r}, filters={len(self.filters)}, k={self.k}, "
+        return (f"FilterExamples(block={self.block!r}, filters={len(self.filters)}, top_k={self.top_k}, "
                 f"n_samples={self.n_samples}, receptive_field={'whole input' if rf.whole else rf.size})")
 
 

@@ -342,8 +342,8 @@ def planted_views():
 def test_atlas_crops_come_from_the_blocks_own_input():
     model, cc, mlo = planted_views()
     ga = GlobalAnalyzer(model, blocks=["cc_conv", "mlo_conv"])
-    ex_cc = ga.filter_examples([cc, mlo], block="cc_conv", k=1)
-    ex_mlo = ga.filter_examples({"cc": cc, "mlo": mlo}, block="mlo_conv", k=1)
+    ex_cc = ga.filter_examples([cc, mlo], block="cc_conv", top_k=1)
+    ex_mlo = ga.filter_examples({"cc": cc, "mlo": mlo}, block="mlo_conv", top_k=1)
     assert ex_cc.input_name == "cc" and ex_mlo.input_name == "mlo"
     assert ex_cc.indices[0, 0] == 3 and ex_mlo.indices[0, 0] == 7
     np.testing.assert_array_equal(ex_cc.boxes[0, 0], [[1, 4], [5, 8]])
@@ -403,6 +403,6 @@ def test_every_analysis_leaves_a_two_input_model_untouched():
     for method in ("permutation", "ablation", "taylor"):
         seeded = {"n_repeats": 1} if method == "permutation" else {}
         ga.filter_importance([img, tab], y, block="c2", method=method, **seeded)
-    ga.filter_examples([img, tab], block="p1", k=2)
+    ga.filter_examples([img, tab], block="p1", top_k=2)
     assert_same_node_lists(lists, node_lists(model))
     assert_unchanged(before, snapshot(model, [img, tab]))

@@ -61,14 +61,14 @@ def cnn_data():
 def test_top_k_equals_brute_force_argsort_across_batches(cnn_data, batch_size):
     model, x = cnn_data
     ga = GlobalAnalyzer(model)
-    ex = ga.filter_examples(x, block="conv2", k=4, batch_size=batch_size)
+    ex = ga.filter_examples(x, block="conv2", top_k=4, batch_size=batch_size)
     acts = _activations(model, "conv2", x)
     idx, mx, loc = _brute_force(acts, range(16), 4)
     np.testing.assert_array_equal(ex.filters, np.arange(16))
     np.testing.assert_array_equal(ex.indices, idx)
     np.testing.assert_allclose(ex.values, np.take_along_axis(mx.T, idx, axis=1), rtol=1e-6)
     np.testing.assert_array_equal(ex.locations, loc)
-    assert ex.n_samples == len(x) and ex.k == 4
+    assert ex.n_samples == len(x) and ex.top_k == 4
 
 
 def _integer_cnn():
@@ -89,7 +89,7 @@ def test_ties_go_to_the_earlier_sample(batch_size):
     acts = _activations(model, "conv", x)
     mx = acts.reshape(30, -1, 3).max(axis=1)
     assert all(len(np.unique(mx[:, f])) < 15 for f in range(3))  # many ties
-    ex = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", k=12, batch_size=batch_size)
+    ex = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", top_k=12, batch_size=batch_size)
     idx, mx, loc = _brute_force(acts, range(3), 12)
     np.testing.assert_array_equal(ex.indices, idx)
     np.testing.assert_array_equal(ex.values, np.take_along_axis(mx.T, idx, axis=1))
@@ -114,7 +114,7 @@ def test_filters_with_the_same_activation_on_every_sample_are_flagged(batch_size
     want = np.flatnonzero(np.ptp(mx, axis=0) == 0)  # oracle: the brute-force spread of each filter's maxima
     np.testing.assert_array_equal(want, [0, 2])
     with pytest.warns(InterpretationWarning, match=r"filter\(s\) \[0, 2\] reach the same maximum.*30 samples"):
-        ex = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", k=5, batch_size=batch_size)
+        ex = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", top_k=5, batch_size=batch_size)
     np.testing.assert_array_equal(ex.constant_filters, want)
     np.testing.assert_array_equal(ex.indices[want], np.tile(np.arange(5), (2, 1)))  # stream order, no ranking
     frame = ex.to_frame()
@@ -128,7 +128,7 @@ def test_filters_with_the_same_activation_on_every_sample_are_flagged(batch_size
     plt.close(fig)
     with warnings.catch_warnings():  # a varied filter alone: no warning, nothing flagged
         warnings.simplefilter("error", InterpretationWarning)
-        one = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", filters=[1], k=5)
+        one = GlobalAnalyzer(model, blocks=["conv"]).filter_examples(x, block="conv", filters=[1], top_k=5)
     assert one.constant_filters.size == 0
 
 
@@ -168,16 +168,16 @@ def test_top_k_on_tf_data_with_labels_and_chosen_filters(cnn_data):
     model, x = cnn_data
     y = np.arange(len(x)) % 3
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
-    ex = GlobalAnalyzer(model).filter_examples(ds, block="conv3", filters=[7, 2, 11], k=3)
+    ex = GlobalAnalyzer(model).filter_examples(ds, block="conv3", filters=[7, 2, 11], top_k=3)
     acts = _activations(model, "conv3", x)
     idx, mx, loc = _brute_force(acts, [7, 2, 11], 3)
     np.testing.assert_array_equal(ex.filters, [7, 2, 11])
     np.testing.assert_array_equal(ex.indices, idx)
     np.testing.assert_array_equal(ex.locations, loc)
     # the same from arrays, and from a tf.data stream cut by max_samples
-    ex2 = GlobalAnalyzer(model).filter_examples(x, block="conv3", filters=[7, 2, 11], k=3, batch_size=4)
+    ex2 = GlobalAnalyzer(model).filter_examples(x, block="conv3", filters=[7, 2, 11], top_k=3, batch_size=4)
     np.testing.assert_array_equal(ex2.indices, ex.indices)
-    ex3 = GlobalAnalyzer(model).filter_examples(ds, block="conv3", filters=7, k=2, max_samples=10)
+    ex3 = GlobalAnalyzer(model).filter_examples(ds, block="conv3", filters=7, top_k=2, max_samples=10)
     idx3, _, _ = _brute_force(acts[:10], [7], 2)
     np.testing.assert_array_equal(ex3.indices, idx3)
     assert ex3.n_samples == 10
@@ -185,7 +185,7 @@ def test_top_k_on_tf_data_with_labels_and_chosen_filters(cnn_data):
 
 def test_k_larger_than_the_data_keeps_every_sample(cnn_data):
     model, x = cnn_data
-    ex = GlobalAnalyzer(model).filter_examples(x[:5], block="conv1", k=9, batch_size=2)
+    ex = GlobalAnalyzer(model).filter_examples(x[:5], block="conv1", top_k=9, batch_size=2)
     assert ex.indices.shape == (8, 5)
     assert all(sorted(row) == [0, 1, 2, 3, 4] for row in ex.indices.tolist())
 
@@ -221,7 +221,7 @@ def test_each_crop_is_the_input_sliced_at_its_box():
     h = layers.Conv2D(5, 3, strides=2, padding="same", activation="relu", name="c2")(h)
     model = keras.Model(inp, layers.Dense(2, activation="softmax")(layers.GlobalAveragePooling2D()(h)))
     x = np.random.default_rng(0).random((13, 20, 18, 3), dtype=np.float32)
-    ex = GlobalAnalyzer(model, blocks=["c2"]).filter_examples(x, block="c2", k=5, batch_size=4)
+    ex = GlobalAnalyzer(model, blocks=["c2"]).filter_examples(x, block="c2", top_k=5, batch_size=4)
     rf = ex.receptive_field
     # 3x3 "same": r 3, start -1; then 3x3 stride 2 "same" on an even size pads 0 before: r 3 + 2, jump 2
     assert (rf.size, rf.jump, rf.start) == ((5, 5), (2, 2), (-1, -1))
@@ -244,7 +244,7 @@ def test_each_crop_is_the_input_sliced_at_its_box():
 
 def test_to_frame_is_tidy_and_select_keeps_rows(cnn_data):
     model, x = cnn_data
-    ex = GlobalAnalyzer(model).filter_examples(x, block="conv2", filters=[3, 1], k=2)
+    ex = GlobalAnalyzer(model).filter_examples(x, block="conv2", filters=[3, 1], top_k=2)
     df = ex.to_frame()
     assert list(df.columns) == ["block", "filter", "rank", "sample", "value", "location", "box", "constant"]
     assert df["filter"].tolist() == [3, 3, 1, 1] and df["rank"].tolist() == [0, 1, 0, 1]
@@ -378,7 +378,7 @@ def test_unknown_spatial_mappings_fall_back_to_the_whole_input_with_a_warning():
         receptive_field(g, g.resolve("after"))
     x = np.random.default_rng(0).random((6, 8, 8, 1), dtype=np.float32)
     with pytest.warns(InterpretationWarning, match="whole input"):
-        ex = GlobalAnalyzer(model, blocks=["c"]).filter_examples(x, block="after", k=2)
+        ex = GlobalAnalyzer(model, blocks=["c"]).filter_examples(x, block="after", top_k=2)
     assert ex.receptive_field.whole
     assert (ex.boxes == np.array([[0, 8], [0, 8]])).all()
     np.testing.assert_array_equal(ex.crop(0, 0), x[ex.indices[0, 0]])
@@ -393,9 +393,9 @@ def test_unknown_spatial_mappings_fall_back_to_the_whole_input_with_a_warning():
     ({"filters": [1, 1]}, "must not repeat"),
     ({"filters": ["a"]}, "`filters`"),
     ({"filters": []}, "`filters`"),
-    ({"k": 0}, "`k` must be a positive int"),
-    ({"k": 2.5}, "`k`"),
-    ({"k": True}, "`k`"),
+    ({"top_k": 0}, "`top_k` must be a positive int"),
+    ({"top_k": 2.5}, "`top_k`"),
+    ({"top_k": True}, "`top_k`"),
 ])
 def test_bad_arguments_name_the_argument(cnn_data, kwargs, match):
     model, x = cnn_data
@@ -413,7 +413,7 @@ def test_bad_block_names_the_argument(cnn_data):
 
 def test_crop_and_select_reject_unknown_filters(cnn_data):
     model, x = cnn_data
-    ex = GlobalAnalyzer(model).filter_examples(x, block="conv3", filters=[2, 5], k=2)
+    ex = GlobalAnalyzer(model).filter_examples(x, block="conv3", filters=[2, 5], top_k=2)
     with pytest.raises(ValueError, match="`filter` must be one of the analysed filters"):
         ex.crop(3)
     with pytest.raises(ValueError, match="`rank`"):
@@ -429,7 +429,7 @@ def test_plot_draws_each_crop_with_its_value_in_the_title(cnn_data):
     from matplotlib.figure import Figure
 
     model, x = cnn_data
-    ex = GlobalAnalyzer(model).filter_examples(x, block="conv2", filters=[4, 0, 9], k=3)
+    ex = GlobalAnalyzer(model).filter_examples(x, block="conv2", filters=[4, 0, 9], top_k=3)
     fig = ex.plot(filters=[0, 9], k=2)
     assert isinstance(fig, Figure)
     axes = np.array(fig.axes).reshape(2, 2)
@@ -461,8 +461,8 @@ def test_report_shows_the_atlas_of_the_most_important_filters_in_its_one_pass(mo
     monkeypatch.setattr(_pass, "run", lambda *a, **k: calls.append(1) or real_run(*a, **k))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = build_report(interp, x[30:], y[30:], block="conv3", examples=0, importance_repeats=2,
-                               atlas_filters=3, atlas_k=4)
+        report = build_report(interp, x[30:], y[30:], block="conv3", examples=0, n_repeats=2,
+                               atlas_filters=3, top_k=4)
     assert len(calls) == 1
     monkeypatch.setattr(_pass, "run", real_run)
     section = next(s for s in report.sections if s.title.startswith("Filter atlas"))
@@ -473,5 +473,5 @@ def test_report_shows_the_atlas_of_the_most_important_filters_in_its_one_pass(mo
     top = np.argsort(-mean.to_numpy(), kind="stable")[:3]
     assert table["filter"].drop_duplicates().tolist() == top.tolist()
     ga = GlobalAnalyzer(interp)
-    alone = ga.filter_examples(x[30:], block="conv3", filters=top.tolist(), k=4)
+    alone = ga.filter_examples(x[30:], block="conv3", filters=top.tolist(), top_k=4)
     pd.testing.assert_frame_equal(table.reset_index(drop=True), alone.to_frame())

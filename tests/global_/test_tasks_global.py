@@ -207,7 +207,7 @@ def test_correlation_cka_and_atlas_work_on_a_unets_decoder_and_on_task_models(re
     a, b = a - a.mean(axis=0), b - b.mean(axis=0)
     ref = np.sum((b.T @ a) ** 2) / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))  # linear CKA, by hand
     assert 0 < ref < 1 and sim.matrix.loc["enc1_conv2", "dec1_conv2"] == pytest.approx(ref, abs=1e-6)
-    atlas = ga.filter_examples(x, block="dec1_conv2", k=3, batch_size=7)
+    atlas = ga.filter_examples(x, block="dec1_conv2", top_k=3, batch_size=7)
     peak = maps["dec1_conv2"].max(axis=(1, 2))  # (N, C): each filter's top samples by their maximum
     for c in np.flatnonzero(np.ptp(peak, axis=0) > 0)[:4]:
         np.testing.assert_array_equal(np.sort(atlas.to_frame().query("filter == @c")["sample"].to_numpy()),

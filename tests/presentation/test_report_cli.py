@@ -32,7 +32,7 @@ def report():
     m.fit(x[:80], y[:80], epochs=15, batch_size=16, verbose=0)
     interp = HybridInterpreter(m)
     interp.fit_probes(x[:80], y[:80], verbose=0)
-    return build_report(interp, x[80:], y[80:], examples=1, importance_repeats=2)
+    return build_report(interp, x[80:], y[80:], examples=1, n_repeats=2)
 
 
 #: Per section of REPORT_SECTIONS: (title prefix, the captions of its tables, how many figures).
@@ -167,7 +167,7 @@ def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypa
     monkeypatch.setattr(_pass, "run", counting_run)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = build_report(interp, x[40:], y[40:], block="conv3", examples=2, importance_repeats=1)
+        report = build_report(interp, x[40:], y[40:], block="conv3", examples=2, n_repeats=1, random_state=0)
     assert len(calls) == 1  # layer table, explanations, correlation, association, CKA and cache: one pass
     dead = [w for w in caught if issubclass(w.category, InterpretationWarning) and "dead filter" in str(w.message)]
     assert len(dead) == 1 and "dead filter(s) [0" in str(dead[0].message)
@@ -263,7 +263,7 @@ def test_the_health_section_lists_rare_classes_and_what_the_fit_found():
     with pytest.warns(UserWarning, match=r"Classes \['3'\] have no sample"):
         interp.fit_probes(x[:40], np.r_[np.arange(40) % 3], verbose=0)  # class 3 missing at fit time
     assert [c.kind for c in interp.fit_health_].count("missing_classes") == 1
-    report = build_report(interp, x[40:], y[40:], examples=0, importance_repeats=3)
+    report = build_report(interp, x[40:], y[40:], examples=0, n_repeats=3)
     kinds = report.health_frame()["finding"].tolist()
     assert "rare_classes" in kinds and "missing_classes" in kinds and "noisy_importance" in kinds
     rare = report.health_frame().set_index("finding").loc["rare_classes", "what it means and what to do"]
@@ -287,7 +287,7 @@ def test_report_compares_with_another_model_in_its_one_pass(monkeypatch):
     calls = []
     real_run = _pass.run
     monkeypatch.setattr(_pass, "run", lambda *a, **kw: calls.append(1) or real_run(*a, **kw))
-    report = build_report(interp, x[24:], y[24:], examples=0, importance_repeats=1, compare=other)
+    report = build_report(interp, x[24:], y[24:], examples=0, n_repeats=1, compare=other)
     assert len(calls) == 1  # the other model runs inside the same pass
     monkeypatch.setattr(_pass, "run", real_run)
     section = next(s for s in report.sections if s.title == "Comparison with other_cnn")
@@ -296,7 +296,7 @@ def test_report_compares_with_another_model_in_its_one_pass(monkeypatch):
     want = GlobalAnalyzer(interp).layer_similarity(x[24:], other=other).to_frame()
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
     # A model against its exact copy: 1 on the diagonal.
-    same = build_report(interp, x[24:], y[24:], examples=0, importance_repeats=1, compare=twin)
+    same = build_report(interp, x[24:], y[24:], examples=0, n_repeats=1, compare=twin)
     cka = next(s for s in same.sections if s.title.startswith("Comparison with")).tables[0][2]
     diag = cka[cka["block_i"] == cka["block_j"]]["cka"].to_numpy()
     np.testing.assert_allclose(diag, 1.0, atol=1e-6)
@@ -345,7 +345,7 @@ def test_sections_restrict_what_is_computed_and_shown(monkeypatch):
     monkeypatch.undo()
 
     # Kept: the importance section equals the method run on its own (same samples, same seed).
-    r = build_report(interp, x[40:], y[40:], block="conv3", importance_repeats=2, random_state=5,
+    r = build_report(interp, x[40:], y[40:], block="conv3", n_repeats=2, random_state=5,
                      sections=["importance", "atlas"])
     assert [s.title.split(" (")[0] for s in r.sections] == ["Filter importance", "Filter atlas"]
     got = next(t for s in r.sections for c, t in ((c, t) for _, c, t in s.tables) if c.startswith("Importance"))

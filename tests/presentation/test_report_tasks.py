@@ -93,7 +93,7 @@ def multilabel():
     real = _pass.run
     _pass.run = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
-        report = build_report(interp, x[FIT:], y[FIT:], examples=1, importance_repeats=2, random_state=0)
+        report = build_report(interp, x[FIT:], y[FIT:], examples=1, n_repeats=2, random_state=0)
     finally:
         _pass.run = real
     return model, x, y, report, calls
@@ -106,7 +106,7 @@ def regression():
     y = np.stack([3 * signal + rng.normal(size=N) * 0.3, rng.normal(size=N)], axis=1)
     interp = HybridInterpreter(model, BLOCKS, task="regression")
     interp.fit_probes(x[:FIT], y[:FIT], verbose=0)
-    report = build_report(interp, x[FIT:], y[FIT:], examples=1, importance_repeats=2, random_state=0)
+    report = build_report(interp, x[FIT:], y[FIT:], examples=1, n_repeats=2, random_state=0)
     return model, x, y, report
 
 
@@ -272,7 +272,7 @@ def test_report_on_a_model_with_several_inputs_reads_x_as_a_list():
     interp = HybridInterpreter(model, ["conv"])
     interp.fit_probes([x[0][:40], x[1][:40]], y[:40], verbose=0)
     xe = [x[0][40:], x[1][40:]]
-    report = build_report(interp, xe, y[40:], examples=1, importance_repeats=2)
+    report = build_report(interp, xe, y[40:], examples=1, n_repeats=2)
     table = _table(_section(report, "Layer-by-layer"), "Layer table").set_index("block")
     q = model.predict(xe, verbose=0).astype(np.float64)
     assert table.loc["output", "auroc"] == pytest.approx(roc_auc_score(y[40:], q, average="macro"), abs=1e-6)

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core.deprecation import renamed
 from .report_sections import REPORT_SECTIONS, ReportOptions, build_summary, run_sections
 from .report_sections.definitions import DEFINITIONS
+from .report_sections.findings import COLLAPSED
 
 __all__ = ["Report", "Section", "build_report", "DEFINITIONS", "REPORT_SECTIONS", "check_sections"]
 
@@ -98,6 +98,8 @@ def _render(fig, dpi=150) -> Rendered:
 VISIBLE_ROWS = 25
 #: Rows shown above a collapsed table.
 PREVIEW_ROWS = 10
+#: Lists in the summary longer than this are shown as their length and a link to the table that lists them.
+LIST_LIMIT = 10
 
 
 def _csv_link(name, table) -> str:
@@ -117,11 +119,24 @@ class Report:
         ``summary.json``.
     model_summary : str, optional
         Text of ``model.summary()``.
+    health : list of (kind, message), optional
+        Findings that limit the conclusions, shown first.
+    summary_notes : dict, optional
+        Per summary key, a note shown with its value: why it is undefined
+        (a NaN value is shown as "undefined" and its note), or what an empty
+        list means.
+    summary_links : dict, optional
+        Per summary key, the caption of the table that lists its value in
+        full: a list longer than :data:`LIST_LIMIT` is shown as its count and
+        a link to that table (or, without the table, folded away).
     """
 
-    def __init__(self, title="keras-hybrid-interp report", *, summary=None, model_summary=None, health=None):
+    def __init__(self, title="keras-hybrid-interp report", *, summary=None, model_summary=None, health=None,
+                 summary_notes=None, summary_links=None):
         self.title = str(title)
         self.summary = dict(summary or {})
+        self.summary_notes = {str(k): str(v) for k, v in (summary_notes or {}).items()}
+        self.summary_links = {str(k): str(v) for k, v in (summary_links or {}).items()}
         self.model_summary = model_summary
         #: Findings that limit the conclusions: a list of (kind, message), shown first.
         self.health = [(str(k), str(m)) for k, m in (health or [])]
@@ -159,6 +174,39 @@ class Report:
         """The health findings as a table (``finding``, ``what it means and what to do``)."""
         return pd.DataFrame({"finding": [k for k, _ in self.health],
                              "what it means and what to do": [m for _, m in self.health]})
+
+    def table_numbers(self) -> dict:
+        """``{caption: number}`` of every table, numbered through the report as shown (first of equal captions)."""
+        numbers: dict = {}
+        for n, caption in enumerate((c for sec in self.sections for _, c, _ in sec.tables), start=1):
+            numbers.setdefault(caption, n)
+        return numbers
+
+    def summary_rows(self) -> list[tuple[str, str, int | None, str | None]]:
+        """The summary as shown: ``(key, text, table number or None, folded list or None)`` per value.
+
+        A NaN value reads "undefined" and its note; an empty list its note; a
+        list longer than :data:`LIST_LIMIT` its length, with the number of the
+        table that lists it (``summary_links``) or, when no table does, the
+        list itself to fold away.
+        """
+        tables = self.table_numbers()
+        rows = []
+        for key, value in self.summary.items():
+            note = self.summary_notes.get(key)
+            number, folded = None, None
+            if isinstance(value, float) and not np.isfinite(value):
+                text = note or "undefined (NaN)"
+            elif isinstance(value, (list, tuple)) and not value:
+                text = note or "none"
+            elif isinstance(value, (list, tuple, dict)) and len(value) > LIST_LIMIT or isinstance(value, dict):
+                number = tables.get(self.summary_links.get(key, ""))
+                text = f"{len(value)}" if isinstance(value, (list, tuple)) else "per block"
+                folded = None if number is not None else _fmt(value)
+            else:
+                text = _fmt(value) + (f" ({note})" if note else "")
+            rows.append((str(key), text, number, folded))
+        return rows
 
     def to_html(self) -> str:
         """The whole report as one self-contained HTML document (images and CSVs embedded)."""
@@ -198,11 +246,14 @@ class Report:
         parts.append("</ol>")
         if self.summary:
             parts.append("<h2 id='summary'>Summary</h2><table>")
-            for k, v in self.summary.items():
-                parts.append(
-                    f"<tr><th style='text-align:left'>{esc(str(k))}</th>"
-                    f"<td style='text-align:left'>{esc(_fmt(v))}</td></tr>"
-                )
+            for k, text, number, folded in self.summary_rows():
+                cell = esc(text)
+                if number is not None:
+                    cell += f": listed in <a href='#t{number}'>Table {number}</a>"
+                elif folded is not None:
+                    cell = f"<details><summary>{cell}</summary>{esc(folded)}</details>"
+                parts.append(f"<tr><th style='text-align:left'>{esc(k)}</th>"
+                             f"<td style='text-align:left'>{cell}</td></tr>")
             parts.append("</table>")
         n_fig = n_tab = 0
         for i, sec in enumerate(self.sections):
@@ -218,7 +269,7 @@ class Report:
                 )
             for name, caption, table in sec.tables:
                 n_tab += 1
-                parts.append(f"<p><b>Table {n_tab}.</b> {esc(caption)}</p>")
+                parts.append(f"<p id='t{n_tab}'><b>Table {n_tab}.</b> {esc(caption)}</p>")
                 fmt = {"float_format": lambda v: f"{v:.4g}", "na_rep": "—", "border": 0, "index": False}
                 if len(table) > VISIBLE_ROWS:
                     parts.append(f"<p>The first {PREVIEW_ROWS} of {len(table)} rows; {_csv_link(name, table)}.</p>")
@@ -261,7 +312,9 @@ class Report:
             first = [f"Created {self.created} with keras-hybrid-interp.", "HEALTH"]
             first += ([f"- {k.replace('_', ' ')}: {m}" for k, m in self.health] if self.health
                       else ["The analyses found nothing that limits their conclusions."])
-            first += ["SUMMARY"] + [f"{k}: {_fmt(v)}" for k, v in self.summary.items()]
+            first += ["SUMMARY"] + [f"{k}: {text}" + (f": listed in Table {number}" if number is not None else "")
+                                    + (f": {folded}" if folded is not None else "")
+                                    for k, text, number, folded in self.summary_rows()]
             first += ["CONTENTS"] + [f"{i + 1}. {sec.title}" for i, sec in enumerate(self.sections)]
             _pdf_text_pages(pdf, self.title, first)
             n_fig = n_tab = 0
@@ -299,7 +352,8 @@ class Report:
         os.makedirs(directory, exist_ok=True)
         written = []
         index: dict[str, Any] = {"title": self.title, "created": self.created, "summary": self.summary,
-                 "health": [{"finding": k, "message": m} for k, m in self.health], "sections": []}
+                                 "summary_notes": self.summary_notes,
+                                 "health": [{"finding": k, "message": m} for k, m in self.health], "sections": []}
         for s in self.sections:
             entry: dict[str, Any] = {"title": s.title, "text": s.text, "figures": [], "tables": []}
             for name, caption, data in s.figures:
@@ -440,7 +494,6 @@ def model_summary_text(model, width=250) -> str:
     return "\n".join(lines)
 
 
-@renamed(importance_repeats="n_repeats", atlas_k="top_k")
 def build_report(
     interp,
     x,
@@ -448,18 +501,18 @@ def build_report(
     *,
     block=None,
     examples=2,
-    n_repeats=3,
+    importance_repeats=3,
     max_samples=512,
     steps=None,
     batch_size=64,
-    random_state=None,
+    random_state=0,
     controls=None,
     bootstrap=1000,
     confidence=0.95,
     title=None,
     verbose=0,
     atlas_filters=4,
-    top_k=6,
+    atlas_k=6,
     compare=None,
     compare_blocks=None,
     sections=None,
@@ -482,19 +535,17 @@ def build_report(
         Block for the filter-level analyses; default: the deepest block.
     examples : int
         Number of inputs (the first ones) given a local explanation.
-    n_repeats : int
-        Permutation repeats of the filter importance. Formerly
-        ``importance_repeats`` (deprecated, removed in 0.2).
+    importance_repeats : int
+        Permutation repeats of the filter importance.
     max_samples, steps : int, optional
         The report analyses the first ``max_samples`` samples (or ``steps``
         batches) of ``x``; None: all.
-    random_state : None, int, Generator or SeedSequence
-        Seeds the permutations and the bootstrap, as in the analyses (None:
-        fresh entropy; pass an int for a report that is the same at every run).
-    atlas_filters, top_k : int
-        The filter atlas shows the ``top_k`` top-activating crops of the
+    random_state : int
+        Seeds the permutations and the bootstrap.
+    atlas_filters, atlas_k : int
+        The filter atlas shows the ``atlas_k`` top-activating crops of the
         ``atlas_filters`` most important filters (0: no atlas). The pass keeps
-        the ``top_k`` of every filter of the block (the ranking is known
+        the top ``atlas_k`` of every filter of the block (the ranking is known
         only after it); crops are skipped, with a health note, when they
         would take more than 256 MiB.
     controls : int, optional
@@ -533,26 +584,44 @@ def build_report(
     """
     from .core import health as _health
 
-    interp.require_fitted()
+    check_interpreter(interp)
     want = check_sections(sections, compare is not None)
     if compare is None and compare_blocks is not None:
         raise ValueError("`compare_blocks` is given but `compare` is None: pass the other model as `compare=` "
                          "(its blocks are then `compare_blocks`), or drop `compare_blocks`.")
-    options = ReportOptions(block=block, examples=examples, n_repeats=n_repeats,
+    options = ReportOptions(block=block, examples=examples, importance_repeats=importance_repeats,
                             max_samples=max_samples, steps=steps, batch_size=batch_size, random_state=random_state,
                             controls=controls, bootstrap=bootstrap, confidence=confidence, title=title,
-                            verbose=verbose, atlas_filters=atlas_filters, top_k=top_k, compare=compare,
+                            verbose=verbose, atlas_filters=atlas_filters, atlas_k=atlas_k, compare=compare,
                             compare_blocks=compare_blocks, sections=sections)
     with _health.collect() as caveats:
         ctx, parts = run_sections(interp, x, y, options, want)
     model = interp.wrapped_model
-    report = Report(title or f"Hybrid interpretation of {model.name}", summary=build_summary(ctx, REPORT_SECTIONS),
-                    model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in caveats])
+    summary = build_summary(ctx, REPORT_SECTIONS)
+    health = sorted(caveats, key=lambda c: c.kind != COLLAPSED)  # a collapsed model first: it voids the rest
+    report = Report(title or f"Hybrid interpretation of {model.name}", summary=summary.values,
+                    summary_notes=summary.notes, summary_links=summary.links,
+                    model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in health])
     for part in parts:
         content = part.render(ctx.results[part.name]) if part.shown else None
         if content is not None:
             report.add_section(content.title, text=content.text, figures=content.figures, tables=content.tables)
     return report
+
+
+def check_interpreter(interp) -> None:
+    """A clear error unless ``interp`` is a :class:`HybridInterpreter` with fitted probes."""
+    import keras
+
+    from .local.interpreter import HybridInterpreter
+
+    if not isinstance(interp, HybridInterpreter):
+        what = (f"{type(interp).__name__} (a Keras model)" if isinstance(interp, keras.Model)
+                else type(interp).__name__)
+        raise TypeError(f"`interp` must be a HybridInterpreter with fitted probes; received {what}. Wrap the model "
+                        "and fit its probes first: interp = HybridInterpreter(model).fit_probes(x_train, y_train); "
+                        "then build_report(interp, x, y).")
+    interp.require_fitted()
 
 
 def check_sections(sections, has_compare: bool) -> set:

@@ -39,7 +39,10 @@ def _image(crop):
         return crop[..., 0]
     if crop.shape[-1] == 3:
         return crop
-    return np.nanmean(crop, axis=-1)  # other channel counts: their mean
+    # other channel counts: their mean (NaN outside the input, without nanmean's empty-slice warning)
+    inside = ~np.isnan(crop)
+    count = inside.sum(axis=-1)
+    return np.where(count > 0, np.where(inside, crop, 0.0).sum(axis=-1) / np.maximum(count, 1), np.nan)
 
 
 def plot_filter_examples(examples, *, filters=None, k=None, fig=None, cmap="gray", size=1.1, show_sample=True):

@@ -90,10 +90,9 @@ def plot_filter_correlation(corr, *, ax=None, top_k=64, cluster=True, threshold=
     # Mean |r| of each live filter to the other live filters.
     sub_abs = np.abs(values[np.ix_(live, live)])
     if len(live) > 1:
-        off = ~np.eye(len(live), dtype=bool)
-        with np.errstate(invalid="ignore"):
-            mean_abs = np.nanmean(np.where(off, sub_abs, np.nan), axis=1)
-        mean_abs = np.nan_to_num(mean_abs, nan=0.0)
+        # Over the defined pairs (a constant live filter has none: 0), without nanmean's empty-slice warning.
+        defined = ~np.eye(len(live), dtype=bool) & ~np.isnan(sub_abs)
+        mean_abs = np.where(defined, sub_abs, 0.0).sum(axis=1) / np.maximum(defined.sum(axis=1), 1)
     else:
         mean_abs = np.zeros(len(live))
 

@@ -36,7 +36,7 @@ class ReportOptions:
 
     block: Any
     examples: int
-    n_repeats: int
+    importance_repeats: int
     max_samples: int | None
     steps: int | None
     batch_size: int
@@ -47,7 +47,7 @@ class ReportOptions:
     title: str | None
     verbose: int
     atlas_filters: int
-    top_k: int
+    atlas_k: int
     compare: Any
     compare_blocks: Any
     sections: Any
@@ -76,6 +76,13 @@ class ReportContext:
         What the pass learnt (sample count, labels); set when the pass is over.
     dead : ndarray of int
         The block's dead filters (set by the correlation section, shown or not).
+    constant : ndarray of int
+        The block's constant filters: live, but the same per-sample mean on every
+        sample (set by the correlation section when shown; see
+        :func:`~keras_hybrid_interp.report_sections.findings.constant_filters`).
+    collapsed : str or None
+        How the model has collapsed (set by the layer table; see
+        :func:`~keras_hybrid_interp.report_sections.findings.model_collapse`), or None.
     results : dict
         Each computed section's result by name (``None`` for a section with nothing to show).
     """
@@ -90,6 +97,8 @@ class ReportContext:
     log: Callable[..., None]
     info: Any = None
     dead: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=int))
+    constant: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=int))
+    collapsed: str | None = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property

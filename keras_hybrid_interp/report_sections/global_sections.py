@@ -7,9 +7,10 @@ import pandas as pd
 
 from .base import ReportSection, SectionContent
 from .definitions import DEFINITIONS, importance_definition, task_definition
+from .findings import constant_filters
 
 __all__ = ["CorrelationSection", "AssociationSection", "ImportanceSection", "AtlasSection", "SimilaritySection",
-           "ComparisonSection", "importance_notes"]
+           "ComparisonSection", "importance_notes", "zero_importance_note"]
 
 #: The filter atlas keeps no crops when those of every filter of the block would take more bytes than this.
 ATLAS_CROP_BYTES = 256 * 2 ** 20
@@ -44,6 +45,7 @@ class CorrelationSection(ReportSection):
             return None
         corr = correlation_result(self.red, ctx.block, "mean")
         ctx.dead = corr.dead_filters
+        ctx.constant = constant_filters(corr)
         return corr
 
     def render(self, corr):
@@ -117,7 +119,7 @@ class ImportanceSection(ReportSection):
 
         ctx = self.ctx
         self.engine = ctx.analyzer.engine(ctx.key)
-        self.request = check_request(self.engine, ctx.analyzer.reader, n_repeats=ctx.options.n_repeats,
+        self.request = check_request(self.engine, ctx.analyzer.reader, n_repeats=ctx.options.importance_repeats,
                                      random_state=ctx.options.random_state)
 
     def reducers(self):
@@ -141,11 +143,25 @@ class ImportanceSection(ReportSection):
         return SectionContent(
             f"Filter importance ({ctx.block})",
             importance_definition(ctx.task.name, imp.scoring) + importance_notes(ctx.interp.graph, ctx.key, imp,
-                                                                                 self.engine),
+                                                                                 self.engine)
+            + zero_importance_note(imp, ctx.collapsed),
             figures=[("Permutation importance of the most important filters, with the spread over repeats: a bar "
                       "whose error bar reaches 0 is not distinguishable from noise.",
                       plotting.plot_filter_importance(imp))],
             tables=[("Importance per filter and repeat", imp.to_frame())])
+
+
+def zero_importance_note(imp, collapsed=None) -> str:
+    """Why every importance is exactly 0, when it is ("" otherwise); ``collapsed`` says how the model collapsed."""
+    if np.asarray(imp.importances).size == 0 or np.any(np.asarray(imp.importances) != 0):
+        return ""
+    if collapsed:
+        return (f" Every importance is exactly 0 because the model has collapsed ({collapsed}; see the health "
+                "section): no perturbation of one filter moved any of its predictions, so its score never changed. "
+                "These zeros say nothing about what the filters encode.")
+    return (f" Every importance is exactly 0: no perturbation of one filter changed the score ({imp.scoring}) on any "
+            "repeat. A coarse score such as accuracy moves only when a prediction changes; a finer score "
+            "(filter_importance(..., scoring='loss')) may separate the filters.")
 
 
 def importance_notes(graph, key, imp, engine=None) -> str:
@@ -192,7 +208,7 @@ class AtlasSection(ReportSection):
         if int(opts.atlas_filters) <= 0:
             return []
         graph = ctx.interp.graph
-        self.red = examples_reducer(graph, ctx.key, ctx.block, k=opts.top_k)
+        self.red = examples_reducer(graph, ctx.key, ctx.block, k=opts.atlas_k)
         channels = graph.tensors[graph.input_keys[0]].shape[-1] or 1
         need = self.red.crop_bytes(int(channels))
         if need > ATLAS_CROP_BYTES:
@@ -210,15 +226,19 @@ class AtlasSection(ReportSection):
         if self.red is None or not self.red.n:
             return None
         imp = ctx.results["importance"]  # "atlas" needs "importance" (checked before the pass)
-        return examples_result(self.red, ctx.block, keep=imp.ranking[: int(ctx.options.atlas_filters)],
-                               known_dead=ctx.dead)
+        # A dead or constant filter ties on every sample: its "top-activating samples" show nothing.
+        skip = set(int(i) for i in ctx.dead) | set(int(i) for i in ctx.constant)
+        keep = [int(i) for i in imp.ranking if int(i) not in skip][: int(ctx.options.atlas_filters)]
+        if not keep:
+            return None
+        return examples_result(self.red, ctx.block, keep=np.asarray(keep), known_dead=ctx.dead)
 
     def render(self, atlas):
         from .. import plotting
 
         if atlas is None:
             return None
-        figures = ([(f"The {atlas.top_k} samples that activate each of the {len(atlas.filters)} most important filters "
+        figures = ([(f"The {atlas.k} samples that activate each of the {len(atlas.filters)} most important filters "
                      "most, cropped to the filter's receptive field at the maximum; the title is the activation.",
                      plotting.plot_filter_examples(atlas))] if atlas.crops is not None else [])
         return SectionContent(f"Filter atlas ({self.ctx.block})", DEFINITIONS["atlas"], figures=figures,

@@ -6,6 +6,7 @@ from typing import Any
 
 from .base import ReportSection, SectionContent
 from .definitions import DEFINITIONS, task_definition
+from .findings import model_collapse
 
 __all__ = ["BlocksSection", "LayersSection", "ExplanationsSection", "metric_label"]
 
@@ -65,8 +66,11 @@ class LayersSection(ReportSection):
         ctx, interp = self.ctx, self.ctx.interp
         interp.check_drift(self.moments)
         if ctx.spatial:
-            return _segmentation.segmentation_table(interp, self.scores, ctx.options.confidence)
-        return interp.layer_table(self.scores, confidence=ctx.options.confidence)
+            layers = _segmentation.segmentation_table(interp, self.scores, ctx.options.confidence)
+        else:
+            layers = interp.layer_table(self.scores, confidence=ctx.options.confidence)
+        ctx.collapsed = model_collapse(interp, layers, self.scores)
+        return layers
 
     def render(self, layers):
         from .. import plotting

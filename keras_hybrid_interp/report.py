@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .core.deprecation import renamed
 from .report_sections import REPORT_SECTIONS, ReportOptions, build_summary, run_sections
 from .report_sections.definitions import DEFINITIONS
 from .report_sections.findings import COLLAPSED
@@ -494,6 +495,7 @@ def model_summary_text(model, width=250) -> str:
     return "\n".join(lines)
 
 
+@renamed(importance_repeats="n_repeats", atlas_k="top_k")
 def build_report(
     interp,
     x,
@@ -501,18 +503,18 @@ def build_report(
     *,
     block=None,
     examples=2,
-    importance_repeats=3,
+    n_repeats=3,
     max_samples=512,
     steps=None,
     batch_size=64,
-    random_state=0,
+    random_state=None,
     controls=None,
     bootstrap=1000,
     confidence=0.95,
     title=None,
     verbose=0,
     atlas_filters=4,
-    atlas_k=6,
+    top_k=6,
     compare=None,
     compare_blocks=None,
     sections=None,
@@ -535,17 +537,19 @@ def build_report(
         Block for the filter-level analyses; default: the deepest block.
     examples : int
         Number of inputs (the first ones) given a local explanation.
-    importance_repeats : int
-        Permutation repeats of the filter importance.
+    n_repeats : int
+        Permutation repeats of the filter importance. Formerly
+        ``importance_repeats`` (deprecated, removed in 0.2).
     max_samples, steps : int, optional
         The report analyses the first ``max_samples`` samples (or ``steps``
         batches) of ``x``; None: all.
-    random_state : int
-        Seeds the permutations and the bootstrap.
-    atlas_filters, atlas_k : int
-        The filter atlas shows the ``atlas_k`` top-activating crops of the
+    random_state : None, int, Generator or SeedSequence
+        Seeds the permutations and the bootstrap, as in the analyses (None:
+        fresh entropy; pass an int for a report that is the same at every run).
+    atlas_filters, top_k : int
+        The filter atlas shows the ``top_k`` top-activating crops of the
         ``atlas_filters`` most important filters (0: no atlas). The pass keeps
-        the top ``atlas_k`` of every filter of the block (the ranking is known
+        the ``top_k`` of every filter of the block (the ranking is known
         only after it); crops are skipped, with a health note, when they
         would take more than 256 MiB.
     controls : int, optional
@@ -589,10 +593,10 @@ def build_report(
     if compare is None and compare_blocks is not None:
         raise ValueError("`compare_blocks` is given but `compare` is None: pass the other model as `compare=` "
                          "(its blocks are then `compare_blocks`), or drop `compare_blocks`.")
-    options = ReportOptions(block=block, examples=examples, importance_repeats=importance_repeats,
+    options = ReportOptions(block=block, examples=examples, n_repeats=n_repeats,
                             max_samples=max_samples, steps=steps, batch_size=batch_size, random_state=random_state,
                             controls=controls, bootstrap=bootstrap, confidence=confidence, title=title,
-                            verbose=verbose, atlas_filters=atlas_filters, atlas_k=atlas_k, compare=compare,
+                            verbose=verbose, atlas_filters=atlas_filters, top_k=top_k, compare=compare,
                             compare_blocks=compare_blocks, sections=sections)
     with _health.collect() as caveats:
         ctx, parts = run_sections(interp, x, y, options, want)

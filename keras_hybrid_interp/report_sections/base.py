@@ -36,7 +36,7 @@ class ReportOptions:
 
     block: Any
     examples: int
-    importance_repeats: int
+    n_repeats: int
     max_samples: int | None
     steps: int | None
     batch_size: int
@@ -47,7 +47,7 @@ class ReportOptions:
     title: str | None
     verbose: int
     atlas_filters: int
-    atlas_k: int
+    top_k: int
     compare: Any
     compare_blocks: Any
     sections: Any

@@ -119,7 +119,7 @@ class ImportanceSection(ReportSection):
 
         ctx = self.ctx
         self.engine = ctx.analyzer.engine(ctx.key)
-        self.request = check_request(self.engine, ctx.analyzer.reader, n_repeats=ctx.options.importance_repeats,
+        self.request = check_request(self.engine, ctx.analyzer.reader, n_repeats=ctx.options.n_repeats,
                                      random_state=ctx.options.random_state)
 
     def reducers(self):
@@ -208,7 +208,7 @@ class AtlasSection(ReportSection):
         if int(opts.atlas_filters) <= 0:
             return []
         graph = ctx.interp.graph
-        self.red = examples_reducer(graph, ctx.key, ctx.block, k=opts.atlas_k)
+        self.red = examples_reducer(graph, ctx.key, ctx.block, k=opts.top_k)
         channels = graph.tensors[graph.input_keys[0]].shape[-1] or 1
         need = self.red.crop_bytes(int(channels))
         if need > ATLAS_CROP_BYTES:
@@ -238,7 +238,7 @@ class AtlasSection(ReportSection):
 
         if atlas is None:
             return None
-        figures = ([(f"The {atlas.k} samples that activate each of the {len(atlas.filters)} most important filters "
+        figures = ([(f"The {atlas.top_k} samples that activate each of the {len(atlas.filters)} most important filters "
                      "most, cropped to the filter's receptive field at the maximum; the title is the activation.",
                      plotting.plot_filter_examples(atlas))] if atlas.crops is not None else [])
         return SectionContent(f"Filter atlas ({self.ctx.block})", DEFINITIONS["atlas"], figures=figures,

@@ -66,7 +66,7 @@ def degenerate():
     interp = HybridInterpreter(model).fit_probes(x[:N_FIT], y[:N_FIT], random_state=0, verbose=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = build_report(interp, x[N_FIT:], y[N_FIT:], examples=1, importance_repeats=3, random_state=0)
+        report = build_report(interp, x[N_FIT:], y[N_FIT:], examples=1, n_repeats=3, random_state=0)
         html = report.to_html()  # renders every figure (the atlas crops, the correlation matrix)
     return model, interp, x[N_FIT:], y[N_FIT:], report, html, caught
 
@@ -176,7 +176,7 @@ def test_the_summary_names_only_filters_above_noise_and_agrees_with_its_figure()
     y = model.predict(x, verbose=0).argmax(axis=1)
     assert 0.2 < y.mean() < 0.8
     interp = HybridInterpreter(model, ["conv"]).fit_probes(x[:60], y[:60], random_state=0, verbose=0)
-    report = build_report(interp, x[60:], y[60:], examples=0, importance_repeats=6, random_state=0,
+    report = build_report(interp, x[60:], y[60:], examples=0, n_repeats=6, random_state=0,
                           sections=["correlation", "importance"])
     section = next(s for s in report.sections if s.title.startswith("Filter importance"))
     table = section.tables[0][2]

@@ -278,8 +278,8 @@ class InterpretationCallback(keras.callbacks.Callback):
         ``fsync``-ed before training goes on: a run killed mid-way keeps
         every record it finished. Each line is a self-describing object:
         ``format`` (:data:`LOG_FORMAT`), ``version`` (:data:`LOG_VERSION`),
-        ``epoch``, ``time`` (UTC, ISO 8601), ``model``, ``task``, ``blocks``
-        and ``rows``, the record's rows of :attr:`history` as objects
+        ``epoch``, ``time`` (UTC, ISO 8601), ``model``, ``task``, ``blocks``,
+        ``eval_samples`` (the size of the evaluation half) and ``rows``, the record's rows of :attr:`history` as objects
         ``{"block", "metric", "value", "filter"}`` (``value`` NaN as
         ``null``; ``filter`` ``null`` but for ``importance``).
         :meth:`load_history` reads it back into :attr:`history`'s frame.
@@ -287,7 +287,8 @@ class InterpretationCallback(keras.callbacks.Callback):
         At the end of training, write the full report there
         (:func:`~keras_hybrid_interp.build_report` then
         :meth:`Report.save <keras_hybrid_interp.Report.save>`: ``.html``,
-        ``.pdf`` or ``.json``), with :attr:`history` as its Training section.
+        ``.pdf`` or ``.json``), with :attr:`history` as its Training section
+        (unless ``report_options``' ``sections`` leave ``"training"`` out).
         The report reads the evaluation half of the subset (the probes'
         held-out samples) through :attr:`interpreter`; needs ``probes``.
     report_options : dict, optional
@@ -482,8 +483,16 @@ class InterpretationCallback(keras.callbacks.Callback):
 
     @property
     def history(self) -> pd.DataFrame:
-        """Tidy record of every value: columns ``epoch, block, metric, value, filter``."""
-        return self._frame(self._rows)
+        """Tidy record of every value: columns ``epoch, block, metric, value, filter``.
+
+        ``history.attrs["eval_samples"]`` is the size of the evaluation half
+        (what the probe metrics are measured on; the report's Training section
+        reads it), once training started.
+        """
+        frame = self._frame(self._rows)
+        if self._eval_idx is not None:
+            frame.attrs["eval_samples"] = int(len(self._eval_idx))
+        return frame
 
     @classmethod
     def load_history(cls, path) -> pd.DataFrame:
@@ -510,6 +519,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().split("\n")
         rows: list[tuple] = []
+        eval_samples = None
         for i, line in enumerate(lines):
             if not line.strip():
                 continue
@@ -528,9 +538,13 @@ class InterpretationCallback(keras.callbacks.Callback):
                 raise ValueError(f"`path`: line {i + 1} of {path} has version {record.get('version')!r}; this "
                                  f"package reads version {LOG_VERSION}.")
             epoch = int(record["epoch"])
+            eval_samples = record.get("eval_samples", eval_samples)
             rows += [(epoch, r["block"], r["metric"], math.nan if r["value"] is None else float(r["value"]),
                       None if r["filter"] is None else int(r["filter"])) for r in record["rows"]]
-        return cls._frame(rows)
+        frame = cls._frame(rows)
+        if eval_samples is not None:
+            frame.attrs["eval_samples"] = int(eval_samples)
+        return frame
 
     @staticmethod
     def _frame(rows) -> pd.DataFrame:
@@ -864,6 +878,7 @@ class InterpretationCallback(keras.callbacks.Callback):
             "model": self.model.name,
             "task": interp.reader.name,
             "blocks": list(interp.block_names),
+            "eval_samples": None if self._eval_idx is None else int(len(self._eval_idx)),
             "rows": [{"block": block, "metric": metric,
                       "value": float(value) if math.isfinite(value) else None,
                       "filter": None if flt is None else int(flt)}
@@ -890,8 +905,9 @@ class InterpretationCallback(keras.callbacks.Callback):
         x = x_take(self._x, ev)
         y = None if self._y is None else self._y[ev]
         kwargs = {"random_state": self.random_state_, **self.report_options}
-        if "history" in inspect.signature(build_report).parameters:
-            kwargs["history"] = self.history
+        sections = kwargs.get("sections")
+        if "history" in inspect.signature(build_report).parameters and (sections is None or "training" in sections):
+            kwargs["history"] = self.history  # the Training section, unless report_options' sections leave it out
         build_report(interp, x, y, **kwargs).save(self.report_path)
 
 

@@ -518,6 +518,7 @@ def build_report(
     compare=None,
     compare_blocks=None,
     sections=None,
+    history=None,
 ) -> Report:
     """Runs the full hybrid analysis and assembles the standard report.
 
@@ -580,6 +581,13 @@ def build_report(
         ``"importance"``; ``"comparison"`` needs ``compare``, and a ``compare``
         with ``sections`` that leave it out is refused. The summary
         and the health section are always there.
+    history : pandas.DataFrame, optional
+        :attr:`InterpretationCallback.history <keras_hybrid_interp.InterpretationCallback.history>`
+        (or :meth:`~keras_hybrid_interp.InterpretationCallback.load_history` of its ``log_path``):
+        adds the ``"training"`` section, the probe metric by block, the dead
+        filters and the importance over the epochs, with health findings for a
+        block whose probe fell late in training and for filters that died
+        during training (:mod:`keras_hybrid_interp.report_sections.training`).
 
     Notes
     -----
@@ -589,7 +597,7 @@ def build_report(
     from .core import health as _health
 
     check_interpreter(interp)
-    want = check_sections(sections, compare is not None)
+    want = check_sections(sections, compare is not None, history is not None)
     if compare is None and compare_blocks is not None:
         raise ValueError("`compare_blocks` is given but `compare` is None: pass the other model as `compare=` "
                          "(its blocks are then `compare_blocks`), or drop `compare_blocks`.")
@@ -597,7 +605,7 @@ def build_report(
                             max_samples=max_samples, steps=steps, batch_size=batch_size, random_state=random_state,
                             controls=controls, bootstrap=bootstrap, confidence=confidence, title=title,
                             verbose=verbose, atlas_filters=atlas_filters, top_k=top_k, compare=compare,
-                            compare_blocks=compare_blocks, sections=sections)
+                            compare_blocks=compare_blocks, sections=sections, history=history)
     with _health.collect() as caveats:
         ctx, parts = run_sections(interp, x, y, options, want)
     model = interp.wrapped_model
@@ -628,10 +636,11 @@ def check_interpreter(interp) -> None:
     interp.require_fitted()
 
 
-def check_sections(sections, has_compare: bool) -> set:
+def check_sections(sections, has_compare: bool, has_history: bool = False) -> set:
     """The set of sections ``build_report(sections=...)`` computes; a clear error for a bad request."""
     if sections is None:
-        return set(REPORT_SECTIONS) - (set() if has_compare else {"comparison"})
+        return set(REPORT_SECTIONS) - (set() if has_compare else {"comparison"}) - (
+            set() if has_history else {"training"})
     if isinstance(sections, str) or not isinstance(sections, (list, tuple, set, frozenset)):
         raise TypeError(f"`sections` must be None or a list of section names from {list(REPORT_SECTIONS)}; "
                         f"received {type(sections).__name__}: {sections!r}.")
@@ -653,4 +662,10 @@ def check_sections(sections, has_compare: bool) -> set:
     if has_compare and "comparison" not in want:
         raise ValueError("`compare` is given but `sections` leaves out 'comparison', so the other model would be "
                          "ignored: add 'comparison' to `sections`, or drop `compare`.")
+    if "training" in want and not has_history:
+        raise ValueError("`sections` has 'training' but `history` is None: pass the callback's history as "
+                         "`history=cb.history` (or InterpretationCallback.load_history(path)).")
+    if has_history and "training" not in want:
+        raise ValueError("`history` is given but `sections` leaves out 'training', so it would be ignored: add "
+                         "'training' to `sections`, or drop `history`.")
     return want

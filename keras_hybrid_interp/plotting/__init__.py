@@ -37,7 +37,13 @@ from .local import (
     upsample,
     upsample_curve,
 )
-from .training import plot_training_dynamics
+from .training import (
+    plot_dead_filters_over_epochs,
+    plot_importance_over_epochs,
+    plot_training_dynamics,
+    plot_training_metric,
+    plot_training_story,
+)
 
 __all__ = [
     "plot_layer_accuracy",
@@ -50,6 +56,10 @@ __all__ = [
     "plot_layer_similarity",
     "plot_filter_examples",
     "plot_training_dynamics",
+    "plot_training_metric",
+    "plot_dead_filters_over_epochs",
+    "plot_importance_over_epochs",
+    "plot_training_story",
     "upsample",
     "upsample_curve",
 ]

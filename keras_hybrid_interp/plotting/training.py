@@ -87,3 +87,139 @@ def plot_training_dynamics(history, *, metric=None, ax=None, annot=None, cmap="v
         fig.tight_layout()
     return fig
 
+
+
+# ----------------------------------------------------------------------
+# The Training section of a report (a TrainingStory: report_sections/training.py)
+# ----------------------------------------------------------------------
+def _block_colors(blocks):
+    """viridis over the blocks, shallow to deep; the model itself ("output") black."""
+    inner = [b for b in blocks if b != "output"]
+    palette = sns.color_palette("viridis", n_colors=max(len(inner), 1))
+    colors = dict(zip(inner, palette))
+    colors["output"] = (0.0, 0.0, 0.0)
+    return colors
+
+
+def plot_training_metric(story, ax=None):
+    """The headline probe metric of every block against epoch; blocks that fell late in training are marked.
+
+    Parameters
+    ----------
+    story : TrainingStory
+        From :func:`~keras_hybrid_interp.report_sections.training.training_story`.
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        A line per block (the model itself dashed black); for a block whose
+        value fell late, an open circle at its best value of the second half of
+        training and a cross at its last value, and ``(fell)`` in its legend entry.
+    """
+    from .common import new_ax
+
+    if story.metric is None:
+        raise ValueError("`story` holds no probe metric (the callback ran with probes=False).")
+    ax = new_ax(ax, (7.5, 4.2))
+    colors = _block_colors(story.blocks)
+    fell = set(story.fell_late)
+    for j, b in enumerate(story.blocks):
+        label = ("output (model)" if b == "output" else b) + (" (fell)" if b in fell else "")
+        ax.plot(story.epochs, story.values[:, j], color=colors[b], linestyle="--" if b == "output" else "-",
+                marker="o", ms=3, label=label)
+        if b in fell:
+            ax.plot([story.late_best_epoch[j]], [story.late_best[j]], "o", mfc="none", mec=colors[b], ms=10)
+            ax.plot([story.epochs[-1]], [story.values[-1, j]], "x", color=colors[b], ms=10, mew=2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (0 = before training)")
+    ax.set_ylabel(story.metric)
+    ax.set_title(f"Probe {story.metric} per block over training"
+                 + (f" ({len(fell)} fell late)" if fell else ""))
+    ax.legend(fontsize="small", loc="best", ncol=1 if len(story.blocks) <= 8 else 2)
+    return ax
+
+
+def plot_dead_filters_over_epochs(story, ax=None):
+    """The number of dead filters of every block against epoch.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        A step line per block; blocks in which filters died during training
+        (more dead at the last record than at the first) say how many in their
+        legend entry.
+    """
+    from .common import new_ax
+
+    if not story.dead_blocks:
+        raise ValueError("`story` holds no dead-filter counts (the callback ran with correlation=False).")
+    ax = new_ax(ax, (7.5, 4.2))
+    colors = _block_colors(story.dead_blocks)
+    for j, b in enumerate(story.dead_blocks):
+        died = story.died[j]
+        label = b + (f" (+{int(died)} died)" if died > 0 else "")
+        ax.step(story.epochs, story.dead_filters[:, j], where="post", color=colors[b], marker="o", ms=3, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (0 = before training)")
+    ax.set_ylabel("dead filters")
+    ax.set_title("Dead filters per block over training")
+    ax.legend(fontsize="small", loc="best", ncol=1 if len(story.dead_blocks) <= 8 else 2)
+    return ax
+
+
+def plot_importance_over_epochs(story, ax=None):
+    """The permutation importance of the recorded filters of one block against epoch.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        A line per filter (gaps where the filter was not among the recorded
+        top filters at that epoch), the filters most important at the last
+        record first in the legend.
+    """
+    from .common import new_ax
+
+    if story.importance_block is None:
+        raise ValueError("`story` holds no importance (the callback ran without importance=ImportanceOptions(...)).")
+    ax = new_ax(ax, (7.5, 4.2))
+    palette = sns.color_palette("tab10" if len(story.importance_filters) <= 10 else "husl",
+                                n_colors=max(len(story.importance_filters), 1))
+    for j, f in enumerate(story.importance_filters):
+        ax.plot(story.epochs, story.importance[:, j], color=palette[j], marker="o", ms=3, label=f"filter {int(f)}")
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (0 = before training)")
+    ax.set_ylabel("permutation importance")
+    ax.set_title(f"Importance of the top filters of {story.importance_block} over training")
+    ax.legend(fontsize="small", loc="best", ncol=1 if len(story.importance_filters) <= 10 else 2)
+    return ax
+
+
+def plot_training_story(story, fig=None):
+    """Every panel a :class:`TrainingStory` holds: probe metric, dead filters, importance (those recorded).
+
+    Parameters
+    ----------
+    story : TrainingStory
+    fig : matplotlib Figure, optional
+        Drawn into (its axes cleared); by default a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    panels = [fn for fn, ok in ((plot_training_metric, story.metric is not None),
+                                (plot_dead_filters_over_epochs, bool(story.dead_blocks)),
+                                (plot_importance_over_epochs, story.importance_block is not None)) if ok]
+    if not panels:
+        raise ValueError("`story` holds nothing to draw.")
+    if fig is None:
+        fig = plt.figure(figsize=(6.5 * len(panels), 4.2), layout="constrained")
+    else:
+        fig.clf()
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for fn, ax in zip(panels, axes):
+        fn(story, ax=ax)
+    return fig

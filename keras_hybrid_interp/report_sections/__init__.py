@@ -25,6 +25,7 @@ from .global_sections import (
 )
 from .local_sections import BlocksSection, ExplanationsSection, LayersSection
 from .summary import build_summary
+from .training import TrainingSection
 
 __all__ = ["SECTIONS", "REPORT_SECTIONS", "ReportContext", "ReportOptions", "ReportSection", "SectionContent",
            "build_summary", "run_sections"]
@@ -40,6 +41,7 @@ SECTIONS: tuple[type[ReportSection], ...] = (
     AtlasSection,
     SimilaritySection,
     ComparisonSection,
+    TrainingSection,
 )
 
 #: The sections' names, in report order (``build_report(sections=...)`` picks among them).

@@ -51,6 +51,7 @@ class ReportOptions:
     compare: Any
     compare_blocks: Any
     sections: Any
+    history: Any = None
 
 
 @dataclasses.dataclass

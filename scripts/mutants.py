@@ -272,6 +272,29 @@ MUTANTS = [
     M("segmentation_probe_bias", "local/segmentation.py", "out.append((w, bias - mean @ w))",
       "out.append((w, bias))", (T + "local/test_segmentation.py::test_explain_masks_and_plot",),
       "per-position probe loses its centring"),
+    # ---------------- input drift (core/drift.py) ----------------
+    M("drift_range_unwidened", "core/drift.py", "bad = (low < ref_min - margin) | (high > ref_max + margin)",
+      "bad = (low < ref_min) | (high > ref_max)",
+      (T + "core/test_drift.py::test_few_samples_are_checked_against_the_widened_fitted_range",),
+      "the fitted range not widened"),
+    M("drift_range_only_from_min_samples", "core/drift.py",
+      'elif "min" in reference and "max" in reference and moments.min is not None:',
+      'elif False:', (T + "core/test_drift.py::test_explain_of_one_rescaled_sample_warns",),
+      "a few samples unchecked (the old silence)"),
+    M("drift_min_not_accumulated", "core/data_pass.py",
+      "self._min = lo if self._min is None else np.minimum(self._min, lo)", "self._min = lo",
+      (T + "core/test_drift.py::test_input_moments_range_equals_numpy_over_batches",), "the last batch's minimum"),
+    # ---------------- the report's Training section ----------------
+    M("training_late_window_whole_run", "report_sections/training.py",
+      "late = epochs >= epochs[-1] / 2.0", "late = epochs >= 0",
+      (T + "presentation/test_training_section.py::test_the_planted_story_is_found",),
+      "early swings counted as late falls"),
+    M("training_died_by_range", "report_sections/training.py",
+      "died[j] = dead[rec[-1], j] - dead[rec[0], j]", "died[j] = np.nanmax(dead[:, j]) - np.nanmin(dead[:, j])",
+      (T + "presentation/test_training_section.py::test_the_planted_story_is_found",), "revived filters as died"),
+    M("training_noise_one_se", "report_sections/training.py", "NOISE_SES = 2.0", "NOISE_SES = 1.0",
+      (T + "presentation/test_training_section.py::test_a_drop_within_the_binomial_noise_of_the_evaluation_samples_is_"
+       "not_a_finding",), "one standard error"),
 ]
 
 

@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Block": ".core.graph",
     "BlockList": ".local.interpreter",
+    "ConceptMaps": ".local.concepts",
+    "ConceptResult": ".local.concepts",
     "FeaturePooling": ".core.pooling",
     "FilterClassAssociation": ".global_.association",
     "FilterCorrelation": ".global_.correlation",
@@ -44,6 +46,7 @@ _EXPORTS = {
     "REPORT_SECTIONS": ".report",
     "Report": ".report",
     "build_report": ".report",
+    "concept_maps": ".local.concepts",
     "linear_cka": ".global_.similarity",
 }
 
@@ -67,6 +70,9 @@ if TYPE_CHECKING:  # static view of the lazy names (type checkers do not run __g
     from .global_.importance import FilterImportance as FilterImportance
     from .global_.similarity import LayerSimilarity as LayerSimilarity
     from .global_.similarity import linear_cka as linear_cka
+    from .local.concepts import ConceptMaps as ConceptMaps
+    from .local.concepts import ConceptResult as ConceptResult
+    from .local.concepts import concept_maps as concept_maps
     from .local.interpreter import BlockList as BlockList
     from .local.interpreter import HybridInterpreter as HybridInterpreter
     from .local.probes import LinearProbe as LinearProbe

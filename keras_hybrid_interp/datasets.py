@@ -6,7 +6,7 @@ import numpy as np
 
 from .core.validation import check_int, check_real
 
-__all__ = ["load_digits", "make_synthetic", "class_names", "make_signals", "signal_class_names",
+__all__ = ["load_digits", "make_synthetic", "class_names", "make_texture_concept", "make_signals", "signal_class_names",
            "make_volumes", "volume_class_names", "make_multilabel_signals", "multilabel_signal_names",
            "make_shapes_segmentation", "segmentation_class_names", "make_blob_regression",
            "blob_target_names"]
@@ -169,6 +169,36 @@ def class_names(factor: str) -> list[str]:
     if factor not in _FACTORS:
         raise ValueError(f"`factor` must be one of {sorted(_FACTORS)}; received {factor!r}.")
     return list(_FACTORS[factor])
+
+
+def make_texture_concept(n_samples: int = 50, *, texture: str = "hstripes", image_size: int = 24,
+                         noise: float = 0.05, random_state: int | None = 0):
+    """Examples of a texture *concept* for TCAV: images of :func:`make_synthetic` that all carry ``texture``.
+
+    Every image shows one object of a random shape, colour, size and
+    position, as :func:`make_synthetic` draws them, always with the given
+    texture ("solid", "hstripes", "vstripes" or "checker"): the concept is
+    the texture, and nothing else sets the examples apart from images of
+    ``make_synthetic``. ``random_state`` seeds the draw (use one that the
+    data the model saw did not use: concept examples must not repeat the
+    random sets' inputs).
+
+    Returns
+    -------
+    x : ndarray, shape (n_samples, image_size, image_size, 3), float32 in [0, 1]
+    """
+    if texture not in _TEXTURES:
+        raise ValueError(f"`texture` must be one of {list(_TEXTURES)}; received {texture!r}.")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ValueError(f"`n_samples` must be a positive int; received {n_samples!r}.")
+    want = _TEXTURES.index(texture)
+    parts, have, seed = [], 0, np.random.default_rng(random_state)
+    while have < n_samples:  # a quarter of make_synthetic's images carry each texture
+        x, y = make_synthetic(max(64, 5 * (n_samples - have)), factor="texture", image_size=image_size, noise=noise,
+                              random_state=int(seed.integers(2**31)))
+        parts.append(x[y == want])
+        have += len(parts[-1])
+    return np.concatenate(parts)[:n_samples]
 
 
 # ----------------------------------------------------------------------

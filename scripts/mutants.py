@@ -39,6 +39,7 @@ PKG = os.path.join(ROOT, "keras_hybrid_interp")
 T = "tests/"
 IMP = T + "global_/test_importance.py::"
 ORC = T + "core/test_metric_oracles.py::"
+CON = T + "local/test_concepts.py::"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +296,28 @@ MUTANTS = [
     M("training_noise_one_se", "report_sections/training.py", "NOISE_SES = 2.0", "NOISE_SES = 1.0",
       (T + "presentation/test_training_section.py::test_a_drop_within_the_binomial_noise_of_the_evaluation_samples_is_"
        "not_a_finding",), "one standard error"),
+    # ---------------- concepts (TCAV) ----------------
+    M("cav_raw_units", "local/concepts.py", "        v = w * scale\n", "        v = w\n",
+      (CON + "test_fit_cav_equals_sklearn_logistic_regression",), "CAV left in standardized units"),
+    M("cav_pooled_mean_not_sum", "local/concepts.py",
+      "d = ops.reshape(d, (-1,) + (1,) * (len(shape) - 1) + (shape[-1],))",
+      "d = ops.reshape(d, (-1,) + (1,) * (len(shape) - 1) + (shape[-1],)) / float(np.prod(shape[:-1]))",
+      (CON + "test_directional_derivatives_equal_finite_differences",),
+      "pooled derivative of the mean shift instead of the shift at every position"),
+    M("tcav_score_every_input", "local/concepts.py", "self.positive[i] += member.T @ (s > 0)",
+      "self.positive[i] += np.ones_like(member).T @ (s > 0)",
+      (CON + "test_tcav_scores_and_magnitudes_equal_those_of_finite_differences",),
+      "positive derivatives counted over every input, not the class's"),
+    M("tcav_sets_test_scale", "local/concepts.py", "(sd * math.sqrt(1.0 + 1.0 / len(null)))",
+      "(sd / math.sqrt(len(null)))", (CON + "test_the_t_tests_equal_scipy",),
+      "the concept treated as the mean of many sets"),
+    M("holm_not_monotone", "local/concepts.py",
+      "adj = np.minimum(1.0, np.maximum.accumulate((m - ranks + 1) * s))",
+      "adj = np.minimum(1.0, (m - ranks + 1) * s)", (CON + "test_the_corrections",), "Holm without the step-down max"),
+    M("concept_accuracy_wrong_rows", "local/concepts.py",
+      "test_x = np.concatenate([f[split.test], pool_i[held_out[:len(split.test)]]])",
+      "test_x = np.concatenate([f[split.train[:len(split.test)]], pool_i[held_out[:len(split.test)]]])",
+      (CON + "test_accuracy_is_the_held_out_accuracy_of_the_cavs",), "accuracy on training examples"),
 ]
 
 

@@ -29,6 +29,7 @@ from .global_ import (
     plot_filter_importance,
     plot_layer_similarity,
 )
+from .concepts import plot_concept_accuracy, plot_concept_maps, plot_tcav_scores
 from .local import (
     plot_layer_accuracy,
     plot_layer_metrics,
@@ -47,6 +48,9 @@ from .training import (
 
 __all__ = [
     "plot_layer_accuracy",
+    "plot_concept_accuracy",
+    "plot_tcav_scores",
+    "plot_concept_maps",
     "plot_layer_metrics",
     "plot_layer_predictions",
     "plot_local_explanation",

@@ -56,8 +56,8 @@ def main():
     y = rng.integers(0, 10, args.n)
 
     ga = GlobalAnalyzer(model)
-    key, block = ga.key(ga.block_names[-1])
-    arms = {"pooled-head shortcut": ga.engine(key), "tail engine": ga.engine(key, shortcut=False)}
+    key, block = ga._key(ga.block_names[-1])
+    arms = {"pooled-head shortcut": ga._engine(key), "tail engine": ga._engine(key, shortcut=False)}
     assert isinstance(arms["pooled-head shortcut"], PooledHeadEngine)
     assert type(arms["tail engine"]) is TailEngine
     print(f"B10: {block} ({arms['tail engine'].channels} filters), N = {args.n}, {s} px, "
@@ -70,7 +70,7 @@ def main():
             request = check_request(engine, ga.reader, method=method, scoring="loss", **kw)
             red = importance_reducer(engine, request, ga.reader)
             t0 = time.perf_counter()
-            ga.run(ga.stream(x, y), [red])
+            ga._run(ga._stream(x, y), [red])
             t_pass = time.perf_counter() - t0
             t0 = time.perf_counter()
             imp = importance_result(engine, red, request, ga.reader, y_given=True, block=block)

@@ -80,7 +80,7 @@ def main():
         res = ga.filter_importance(x, block=cut, n_repeats=1, random_state=b1.SEED, batch_size=128)
         t_engine = time.perf_counter() - t0
         key = ga.graph.resolve(cut)
-        kind = "pooled head" if isinstance(ga.engine(key), PooledHeadEngine) else "tail"
+        kind = "pooled head" if isinstance(ga._engine(key), PooledHeadEngine) else "tail"
         tail_macs = b1.macs(ga.graph.build(ga.graph.output_keys, inputs=ga.graph.frontier(key)))
         c = res.importances.shape[0]
 

@@ -71,8 +71,8 @@ def main():
     y = rng.integers(0, 10, args.n)
 
     ga = GlobalAnalyzer(model)
-    key, block = ga.key(ga.block_names[-1])
-    linear = ga.engine(key)
+    key, block = ga._key(ga.block_names[-1])
+    linear = ga._engine(key)
     assert type(linear) is LinearHeadEngine
     naive = PooledHeadEngine(ga.graph, key, *global_pool_after(ga.graph, key))
     print(f"B12: {block} ({linear.channels} filters), N = {args.n}, {s} px, {args.repeats} repeats, "
@@ -81,7 +81,7 @@ def main():
     request = check_request(linear, ga.reader, method="permutation", n_repeats=args.repeats, random_state=0)
     red = importance_reducer(linear, request, ga.reader)
     t0 = time.perf_counter()
-    ga.run(ga.stream(x, y), [red])
+    ga._run(ga._stream(x, y), [red])
     t_pass = time.perf_counter() - t0
     cache = red.result()
     print(f"cache pass (one forward pass of the {args.n} images): {t_pass:.1f} s; pooled cache "

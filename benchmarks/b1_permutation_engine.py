@@ -254,7 +254,7 @@ def child(backend, weights, cfg, quick):
     out["info"]["engine_in_tail"] = in_tail
     g = ga.graph
     key = g.resolve(BLOCK)
-    eng = ga.engine(key)
+    eng = ga._engine(key)
     C = eng.channels
     jobs = C * R
     work = jobs * N

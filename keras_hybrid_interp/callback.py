@@ -582,7 +582,7 @@ class InterpretationCallback(keras.callbacks.Callback):
                 f"output map); model {model.name!r} has task {interp.reader.name!r}. Leave it None; received "
                 f"{self.positions_per_sample!r}."
             )
-        stream = interp.stream(self._x_arg, self._y_arg, batch_size=self.batch_size,
+        stream = interp._stream(self._x_arg, self._y_arg, batch_size=self.batch_size,
                                max_samples=self.max_samples, argname="validation_data")
         # The subset is copied once (it stays fixed even if the caller edits its array); no model pass.
         xs, ys = _pass.Collect.first("x", None), _pass.Collect.first("y", None)
@@ -609,9 +609,9 @@ class InterpretationCallback(keras.callbacks.Callback):
         self._analyzer = None
         if self.importance_options is not None:
             self._analyzer = GlobalAnalyzer(interp, batch_size=self.batch_size)
-            key, _ = self._analyzer.key(self.importance_options.block, "ImportanceOptions(block=...)")  # validate now
+            key, _ = self._analyzer._key(self.importance_options.block, "ImportanceOptions(block=...)")  # validate now
             self._importance_key = key
-            self._analyzer.require_classifier("importance")
+            self._analyzer._require_classifier("importance")
 
     # ------------------------------------------------------------------
     # Keras hooks
@@ -646,16 +646,16 @@ class InterpretationCallback(keras.callbacks.Callback):
         """One pass of the subset: pooled features, filter ranges, model outputs (and the importance cache)."""
         interp = self._interp
         assert interp is not None  # set by _setup, which runs before any record
-        feats = [_pass.Collect(t, dtype=np.float32) for t in interp.feature_taps()]
+        feats = [_pass.Collect(t, dtype=np.float32) for t in interp._feature_taps()]
         ranges = [_pass.ChannelRange(k) for k in interp.block_keys]
-        outputs = _pass.Collect(interp.output_tap())
+        outputs = _pass.Collect(interp._output_tap())
         reducers: list = feats + ranges + [outputs]
         cache = None
         if self._analyzer is not None:
-            engine = self._analyzer.engine(self._importance_key)
+            engine = self._analyzer._engine(self._importance_key)
             cache = FrontierCache(engine)
             reducers.append(cache)
-        stream = interp.stream(self._x, self._y, batch_size=self.batch_size, argname="validation_data")
+        stream = interp._stream(self._x, self._y, batch_size=self.batch_size, argname="validation_data")
         _pass.run(interp.graph, stream, reducers, task=interp.reader)
         return [f.result() for f in feats], [r.dead for r in ranges], outputs.result(), cache
 
@@ -765,26 +765,26 @@ class InterpretationCallback(keras.callbacks.Callback):
         task = interp.reader
         ev = self._eval_idx
         probes, values = [], {}
-        for tap, f, ok, fitted in zip(interp.feature_taps(), feats, finite, self._probe_fits):
+        for tap, f, ok, fitted in zip(interp._feature_taps(), feats, finite, self._probe_fits):
             if not ok:  # non-finite features: a zero probe on zeros keeps the table's shape; its rows are dropped
                 d, k = f.shape[1], interp.num_classes
                 fitted, f = (np.zeros(d), np.ones(d), np.zeros((d, k)), np.zeros(k)), np.zeros_like(f)
             assert fitted is not None  # every block with finite features was refit by _probe_rows
             probes.append((tap,) + tuple(fitted))
             values[tap.ident] = f[ev]
-        out_tap = interp.output_tap()
+        out_tap = interp._output_tap()
         values[out_tap.ident] = outputs[ev]
         scores: ProbeScores | TaskProbeScores
         if task.is_classification:
             scores = ProbeScores(probes, out_tap, task, interp.num_classes)
         else:
-            scores = TaskProbeScores(probes, out_tap, task, interp.probe_task())
+            scores = TaskProbeScores(probes, out_tap, task, interp._probe_task())
         scores.update(_pass.Batch(x=None, y=None if self._y is None else self._y[ev], start=0, values=values))
         with warnings.catch_warnings():
             # Recorded every epoch: a missing class in the evaluation half would warn at every record.
             warnings.simplefilter("ignore", _health.InterpretationWarning)
             with _health.collect():
-                return interp.layer_table(scores)
+                return interp._layer_table(scores)
 
     def _score_rows(self, epoch, table, finite):
         """History rows of a layer table: per block its metrics, then the model's (agreement is for probes only).
@@ -818,7 +818,7 @@ class InterpretationCallback(keras.callbacks.Callback):
     def _importance_rows(self, epoch, cache):
         opts = self.importance_options
         assert self._analyzer is not None  # set by _setup when importance_options is given
-        engine = self._analyzer.engine(self._importance_key)
+        engine = self._analyzer._engine(self._importance_key)
         request = check_request(engine, self._analyzer.reader, n_repeats=opts.n_repeats,
                                 random_state=self.importance_random_state_)
         with warnings.catch_warnings():

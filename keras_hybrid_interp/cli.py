@@ -235,7 +235,7 @@ def run_analyze(args) -> int:
         interp = HybridInterpreter(model, blocks=blocks, task=task, output=output)
         # Check the whole arrays against the model before splitting them, so that
         # errors name the .npz arrays and their full shapes.
-        interp.stream(x, y)
+        interp._stream(x, y)
         classes = interp.reader.is_classification
         if y is not None and not classes:  # the task's targets: 0/1 labels, finite values, masks (checked)
             interp.reader.targets(y, argname="y")

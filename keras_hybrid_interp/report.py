@@ -633,7 +633,7 @@ def check_interpreter(interp) -> None:
         raise TypeError(f"`interp` must be a HybridInterpreter with fitted probes; received {what}. Wrap the model "
                         "and fit its probes first: interp = HybridInterpreter(model).fit_probes(x_train, y_train); "
                         "then build_report(interp, x, y).")
-    interp.require_fitted()
+    interp._require_fitted()
 
 
 def check_sections(sections, has_compare: bool, has_history: bool = False) -> set:

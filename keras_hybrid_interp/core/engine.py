@@ -410,7 +410,7 @@ class PooledHeadEngine(TailEngine):
     map is computed here in float64, the model pools in its own dtype).
 
     Used for permutation and ablation whenever it applies
-    (:meth:`GlobalAnalyzer.engine`); Taylor importance needs the gradient at
+    (:meth:`GlobalAnalyzer._engine`); Taylor importance needs the gradient at
     the maps and uses the plain engine.
     """
 

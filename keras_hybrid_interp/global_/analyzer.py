@@ -141,7 +141,7 @@ class GlobalAnalyzer:
     def __repr__(self):
         return f"GlobalAnalyzer(model={self.graph.model.name!r}, blocks={self.block_names})"
 
-    def stream(self, x, y=None, *, batch_size=None, max_samples=None, steps=None):
+    def _stream(self, x, y=None, *, batch_size=None, max_samples=None, steps=None):
         """``x`` (and ``y``) as a checked stream of batches for this model."""
         return model_stream(self.graph, x, y, batch_size=self.batch_size if batch_size is None else batch_size,
                             max_samples=max_samples, steps=steps)
@@ -155,7 +155,7 @@ class GlobalAnalyzer:
         """
         return getattr(self._statistics_source, "input_statistics", None)
 
-    def run(self, stream, reducers):
+    def _run(self, stream, reducers):
         """One pass of ``stream`` through the model, feeding ``reducers``.
 
         See :mod:`~keras_hybrid_interp.core.data_pass`. When
@@ -176,7 +176,7 @@ class GlobalAnalyzer:
             check_drift(reference, moments)
         return info
 
-    def require_classifier(self, what):
+    def _require_classifier(self, what):
         if self.reader is not None:
             return
         shape = self.graph.tensors[self.graph.output_keys[0]].shape
@@ -189,7 +189,7 @@ class GlobalAnalyzer:
             "and filter_correlation and layer_similarity need none."
         )
 
-    def key(self, block, argname="block"):
+    def _key(self, block, argname="block"):
         """``(tensor key, name)`` of a layer with a feature-map output (rank 3, 4 or 5)."""
         if block is None:
             raise TypeError(
@@ -201,7 +201,7 @@ class GlobalAnalyzer:
             raise TypeError(f"`{argname}` must name one layer; received {block!r}.")
         return keys[0], names[0]
 
-    def engine(self, key, *, coupled=False, shortcut=True) -> TailEngine:
+    def _engine(self, key, *, coupled=False, shortcut=True) -> TailEngine:
         """The perturbation engine cut at tensor ``key`` (built once per analyzer).
 
         ``coupled=True``: the engine that perturbs channel ``i`` of every
@@ -248,9 +248,9 @@ class GlobalAnalyzer:
             ``.matrix`` (C x C DataFrame), ``.dead_filters``, ``.clusters(threshold)``,
             ``.redundancy``. Dead (constant) filters get NaN rows and columns and a warning.
         """
-        key, name = self.key(block)
+        key, name = self._key(block)
         red = filter_correlation_reducer(self.graph, key, statistic)
-        self.run(self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
+        self._run(self._stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return correlation_result(red, name, statistic)
 
     @_health.collecting
@@ -277,19 +277,19 @@ class GlobalAnalyzer:
         FilterClassAssociation
             ``.values`` / ``.table``: shape (C, K).
         """
-        key, name = self.key(block)
+        key, name = self._key(block)
         seg = self.reader if self.reader is not None and self.reader.spatial else None  # its own task
         if seg is not None:  # filter-class IoU (global_/dissection.py)
             moments = _pass.InputMoments()  # the drift check, fed by the first of its two passes
             result = segmentation_association(
                 self.graph, key, name, seg,
-                lambda: self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps),
+                lambda: self._stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps),
                 quantile=quantile, class_names=self.class_names, extra_reducers=[moments])
             check_drift(self.input_statistics, moments)
             return result
-        self.require_classifier("filter_class_association")
+        self._require_classifier("filter_class_association")
         red = AssociationMoments(self.graph, key, statistic, self.reader, y is not None)
-        self.run(self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
+        self._run(self._stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return association_result(red, name, self.class_names)
 
     @_health.collecting
@@ -382,15 +382,15 @@ class GlobalAnalyzer:
             ``taylor`` (taylor only), and a ``scoring`` other than "auto" or
             "loss" with taylor. As for every bad value, before any data is read.
         """
-        key, name = self.key(block)
+        key, name = self._key(block)
         if method == "taylor" or (method in ("permutation", "ablation") and not callable(scoring)):
-            self.require_classifier(f"filter_importance(method={method!r}, scoring={scoring!r})")
+            self._require_classifier(f"filter_importance(method={method!r}, scoring={scoring!r})")
         coupled = isinstance(groups, str) and groups == "coupled" and method in ("permutation", "ablation")
-        engine = self.engine(key, coupled=coupled, shortcut=method != "taylor")
+        engine = self._engine(key, coupled=coupled, shortcut=method != "taylor")
         request = check_request(engine, self.reader, method=method, n_repeats=n_repeats, scoring=scoring,
                                 random_state=random_state, groups=groups, ablation_value=ablation_value,
                                 perturbations_per_eval=perturbations_per_eval, taylor=taylor)
-        stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        stream = self._stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
         if method == "taylor" and self.task == "regression" and stream.has_labels is False:
             raise ValueError(
                 "method='taylor' on a regression model needs targets `y`: without them the loss is the model's "
@@ -401,7 +401,7 @@ class GlobalAnalyzer:
             raise ValueError("Permutation importance shuffles across samples and needs at least 2 samples; "
                              f"`x` has {stream.num_samples}.")
         red = importance_reducer(engine, request, self.reader)
-        self.run(stream, [red])
+        self._run(stream, [red])
         return importance_result(engine, red, request, self.reader, y_given=y is not None, block=name)
 
     @_health.collecting
@@ -448,17 +448,17 @@ class GlobalAnalyzer:
         """
         if estimator not in ESTIMATORS:
             raise ValueError(f"`estimator` must be one of {list(ESTIMATORS)}; received {estimator!r}.")
-        keys, row_names = self.similarity_blocks(blocks)
+        keys, row_names = self._similarity_blocks(blocks)
         side, columns, models = None, None, None
         if other is not None:
-            side, columns, models = self.other_model(other, other_blocks, names)
+            side, columns, models = self._other_model(other, other_blocks, names)
         elif other_blocks is not None or names is not None:
             raise TypeError("`other_blocks` and `names` are for comparing with another model: pass `other=` too.")
         red = similarity_reducer(self.graph, keys, estimator, side)
-        self.run(self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
+        self._run(self._stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return similarity_result(red, row_names, columns=columns, models=models)
 
-    def other_model(self, other, other_blocks=None, names=None, *, argnames=("other", "other_blocks")):
+    def _other_model(self, other, other_blocks=None, names=None, *, argnames=("other", "other_blocks")):
         """(:class:`OtherModel`, its block names, (row, column) model names) for ``layer_similarity(other=)``.
 
         ``argnames`` are the caller's names of ``other`` and ``other_blocks``, used in error messages
@@ -528,12 +528,12 @@ class GlobalAnalyzer:
             ``indices``, ``values``, ``locations``, ``boxes``, ``crops`` (F, top_k, ...),
             ``receptive_field``, ``.to_frame()``, ``.plot()``.
         """
-        key, name = self.key(block)
+        key, name = self._key(block)
         red = examples_reducer(self.graph, key, name, filters=filters, k=top_k)
-        self.run(self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
+        self._run(self._stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps), [red])
         return examples_result(red, name)
 
-    def similarity_blocks(self, blocks=None):
+    def _similarity_blocks(self, blocks=None):
         if blocks is None:
             return list(self.block_keys), list(self.block_names)
         keys, names, _ = _blocks.select_blocks(self.graph, blocks, "blocks")

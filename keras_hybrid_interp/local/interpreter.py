@@ -370,7 +370,7 @@ class HybridInterpreter(keras.Model):
     def _probe_activation(self) -> str:
         return {"multilabel": "sigmoid", "regression": "linear"}.get(self._task.name, "softmax")
 
-    def probe_task(self) -> Task:
+    def _probe_task(self) -> Task:
         """The probes' own task: the model's task read from logits (values for regression)."""
         from ..core.task import RegressionTask
 
@@ -381,15 +381,15 @@ class HybridInterpreter(keras.Model):
             return RegressionTask(self.num_classes)
         return ClassificationTask("logits", self.num_classes)
 
-    def probe_values(self, logits):
+    def _probe_values(self, logits):
         """Probe outputs in the task's terms, from their logits (values for regression), float64."""
         if self._task.name == "regression":
             return np.asarray(logits, np.float64)
-        task = self.probe_task()
+        task = self._probe_task()
         assert isinstance(task, (ClassificationTask, MultiLabelTask))  # the regression probe returned above
         return task.probabilities(logits)
 
-    def output_values(self, out, xp=np):
+    def _output_values(self, out, xp=np):
         """The model's outputs in the task's terms: class or label probabilities, or regression values."""
         if self._task.name == "regression":
             return self._task.values(out, xp=xp)
@@ -421,7 +421,7 @@ class HybridInterpreter(keras.Model):
         values = g.replay(feed, list(self.block_keys) + list(g.output_keys))
         result = {name: probe(pool(values[k])) for name, probe, pool, k
                   in zip(self.block_names, self._probes, self._pools, self.block_keys)}
-        result["output"] = self.output_values(values[g.output_keys[0]], xp=keras.ops)
+        result["output"] = self._output_values(values[g.output_keys[0]], xp=keras.ops)
         return result
 
     def fit(self, x, y=None, **kwargs):
@@ -452,37 +452,37 @@ class HybridInterpreter(keras.Model):
     # ------------------------------------------------------------------
     # Data and taps
     # ------------------------------------------------------------------
-    def stream(self, x, y=None, *, batch_size=64, max_samples=None, steps=None, argname="x"):
+    def _stream(self, x, y=None, *, batch_size=64, max_samples=None, steps=None, argname="x"):
         """``x`` (and ``y``) as a checked stream of batches for this model."""
         return model_stream(self._graph, x, y, batch_size=batch_size, max_samples=max_samples, steps=steps,
                             argname=argname)
 
-    def feature_taps(self):
+    def _feature_taps(self):
         """One pass tap per block: its pooled output (the probes' input)."""
         return [_pass.Tap(k, self.pooling) for k in self.block_keys]
 
-    def output_tap(self):
+    def _output_tap(self):
         return _pass.Tap(self._graph.output_keys[0], "raw")
 
-    def probe_states(self):
+    def _probe_states(self):
         """Per block ``(mean, scale, kernel, bias)`` of the probe, float64."""
         return [p.state() for p in self._probes]
 
-    def probe_scores(self, *, controls=0, bootstrap=0, random_state=None) -> ProbeScores | TaskProbeScores:
+    def _probe_scores(self, *, controls=0, bootstrap=0, random_state=None) -> ProbeScores | TaskProbeScores:
         """A fresh reducer computing the layer table in a pass (see :meth:`evaluate_layers`).
 
         ``controls``: how many of the control probes fitted by :meth:`fit_probes` to evaluate;
         ``bootstrap``: resamples of the streaming bootstrap, seeded by ``random_state``.
         """
-        self.require_fitted()
+        self._require_fitted()
         controls = self._check_controls(controls, fitting=False)
         bootstrap = check_bootstrap(bootstrap)
-        probes = list(zip(self.feature_taps(), *zip(*self.probe_states())))
+        probes = list(zip(self._feature_taps(), *zip(*self._probe_states())))
         ctl = [c[:controls] for c in self.control_states_] if controls else None
         if not self._task.is_classification:
-            return TaskProbeScores(probes, self.output_tap(), self._task, self.probe_task(), controls=ctl,
+            return TaskProbeScores(probes, self._output_tap(), self._task, self._probe_task(), controls=ctl,
                                    bootstrap=bootstrap, random_state=random_state)
-        return ProbeScores(probes, self.output_tap(), self._reader, self.num_classes, controls=ctl,
+        return ProbeScores(probes, self._output_tap(), self._reader, self.num_classes, controls=ctl,
                            bootstrap=bootstrap, random_state=random_state)
 
     def _check_controls(self, controls, *, fitting):
@@ -497,7 +497,7 @@ class HybridInterpreter(keras.Model):
             )
         return controls
 
-    def check_drift(self, moments) -> None:
+    def _check_drift(self, moments) -> None:
         """Warns when the inputs seen by ``moments`` (an InputMoments) drifted from the fit's.
 
         At any number of samples: the moments from
@@ -506,7 +506,7 @@ class HybridInterpreter(keras.Model):
         """
         _check_input_drift(self.input_statistics, moments)
 
-    def require_fitted(self):
+    def _require_fitted(self):
         if not self.fitted:
             raise ValueError("The probes are not fitted yet: call interp.fit_probes(x, y) first.")
 
@@ -604,9 +604,9 @@ class HybridInterpreter(keras.Model):
         check_solver(max_iter, tol)
         controls = self._check_controls(controls, fitting=True)
         verbose = _resolve_verbose(verbose)
-        stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
-        collects = [_pass.Collect(t, dtype=np.float32) for t in self.feature_taps()]
-        outputs = _pass.Collect(self.output_tap())
+        stream = self._stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        collects = [_pass.Collect(t, dtype=np.float32) for t in self._feature_taps()]
+        outputs = _pass.Collect(self._output_tap())
         labels = _pass.Collect.first("y", None)
         moments = _pass.InputMoments()
         info = _pass.run(self._graph, stream, collects + [outputs, labels, moments], task=self._task,
@@ -704,23 +704,23 @@ class HybridInterpreter(keras.Model):
         if self._task.spatial:  # every block's mask (local/segmentation.py)
             return _segmentation.layer_predictions(self, x, batch_size=batch_size, max_samples=max_samples,
                                                    steps=steps)
-        self.require_fitted()
-        stream = self.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps)
-        feats = [_pass.Collect(t) for t in self.feature_taps()]
-        outputs = _pass.Collect(self.output_tap())
+        self._require_fitted()
+        stream = self._stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        feats = [_pass.Collect(t) for t in self._feature_taps()]
+        outputs = _pass.Collect(self._output_tap())
         moments = _pass.InputMoments()
         info = _pass.run(self._graph, stream, feats + [outputs, moments])
         self._check_finite(info)
-        self.check_drift(moments)
+        self._check_drift(moments)
         block_probs = np.stack([
-            self.probe_values(probe_logits(f.result(), *state))
-            for f, state in zip(feats, self.probe_states())
+            self._probe_values(probe_logits(f.result(), *state))
+            for f, state in zip(feats, self._probe_states())
         ])
         return LayerPredictions(
             blocks=list(self.block_names),
             depths=np.array([b.depth for b in self.blocks]),
             probabilities=block_probs,
-            model_probabilities=self.output_values(outputs.result()),
+            model_probabilities=self._output_values(outputs.result()),
             class_names=list(self.class_names),
             task=self._task.name,
         )
@@ -776,10 +776,10 @@ class HybridInterpreter(keras.Model):
             return _segmentation.evaluate_layers(self, x, y, batch_size=batch_size, max_samples=max_samples,
                                                  steps=steps, controls=controls, bootstrap=bootstrap,
                                                  confidence=confidence, random_state=random_state)
-        self.require_fitted()
+        self._require_fitted()
         confidence = check_confidence(confidence)
-        stream = self.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
-        scores = self.probe_scores(controls=controls, bootstrap=bootstrap, random_state=random_state)
+        stream = self._stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+        scores = self._probe_scores(controls=controls, bootstrap=bootstrap, random_state=random_state)
         moments = _pass.InputMoments()
         info = _pass.run(self._graph, stream, [scores, moments], task=self._task)
         if scores.n_controls and not info.has_labels:
@@ -787,10 +787,10 @@ class HybridInterpreter(keras.Model):
                 "`controls` needs labels: control accuracy is measured against the evaluation labels. Pass `y` "
                 "(or a dataset yielding (x, y)), or controls=0."
             )
-        self.check_drift(moments)
-        return self.layer_table(scores, confidence=confidence)
+        self._check_drift(moments)
+        return self._layer_table(scores, confidence=confidence)
 
-    def layer_table(self, scores: ProbeScores | TaskProbeScores, *, confidence=0.95) -> LayerTable:
+    def _layer_table(self, scores: ProbeScores | TaskProbeScores, *, confidence=0.95) -> LayerTable:
         """The layer table from a :class:`ProbeScores` reducer that has seen a pass."""
         if isinstance(scores, TaskProbeScores):
             return self._task_layer_table(scores, confidence)
@@ -879,7 +879,7 @@ class HybridInterpreter(keras.Model):
             headline=headline,
         )
 
-    def explanation_taps(self, limit):
+    def _explanation_taps(self, limit):
         """Pass taps of :meth:`explain`: every block's raw map, for the first ``limit`` samples."""
         return ([_pass.Tap(k, "raw", limit) for k in self.block_keys]
                 + [_pass.Tap(self._graph.output_keys[0], "raw", limit)])
@@ -893,9 +893,9 @@ class HybridInterpreter(keras.Model):
         """
         if self._task.spatial:  # every block's mask (local/segmentation.py)
             return _segmentation.explain(self, x)
-        self.require_fitted()
+        self._require_fitted()
         if len(self._graph.input_keys) > 1:
-            return self.explanations(self._one_sample(x))[0]
+            return self._explanations(self._one_sample(x))[0]
         x = np.asarray(keras.ops.convert_to_numpy(x) if not isinstance(x, np.ndarray) else x)
         shape = self._graph.tensors[self._graph.input_keys[0]].shape[1:]
         if x.ndim == len(shape):
@@ -905,7 +905,7 @@ class HybridInterpreter(keras.Model):
                 f"`x` must be one input of shape {tuple(shape)} or (1, {', '.join(map(str, shape))}); "
                 f"received shape {x.shape}. For several inputs use layer_predictions()."
             )
-        return self.explanations(x)[0]
+        return self._explanations(x)[0]
 
     def _one_sample(self, x) -> list:
         """One sample of a model with several inputs (a list or dict; each with or without the batch axis of 1)."""
@@ -935,22 +935,22 @@ class HybridInterpreter(keras.Model):
             out.append(a)
         return out
 
-    def explanations(self, x, maps=None) -> list:
+    def _explanations(self, x, maps=None) -> list:
         """Local explanations of the inputs ``x`` (n, ...), from their raw block maps if given.
 
         ``maps`` is ``[block maps (n, spatial..., C) for each block] + [model outputs (n, units)]``
-        as collected by :meth:`explanation_taps` in a pass; None runs a pass over ``x``.
+        as collected by :meth:`_explanation_taps` in a pass; None runs a pass over ``x``.
         """
         n = x_rows(x)
         if maps is None:
-            collects = [_pass.Collect(t) for t in self.explanation_taps(n)]
+            collects = [_pass.Collect(t) for t in self._explanation_taps(n)]
             moments = _pass.InputMoments()
-            info = _pass.run(self._graph, self.stream(x), collects + [moments])
+            info = _pass.run(self._graph, self._stream(x), collects + [moments])
             self._check_finite(info)
-            self.check_drift(moments)
+            self._check_drift(moments)
             maps = [c.result() for c in collects]
-        model_probs = self.output_values(maps[-1])
-        states = self.probe_states()
+        model_probs = self._output_values(maps[-1])
+        states = self._probe_states()
         out = []
         for j in range(n):
             image, inputs = self._sample_images(x, j)
@@ -978,7 +978,7 @@ class HybridInterpreter(keras.Model):
             b = bias - mean @ W
             pooled = np.asarray(keras.ops.convert_to_numpy(pool(a[None].astype(np.float32))), np.float64)[0]
             logits = pooled @ W + b
-            block_probs.append(self.probe_values(logits[None])[0])
+            block_probs.append(self._probe_values(logits[None])[0])
             flat = a.reshape(size, c)
             if self.pooling in ("avg", "max"):
                 ev = flat @ W + b

@@ -197,8 +197,8 @@ def fit_probes(interp, x, y=None, *, C=1.0, max_iter=MAX_ITER, tol=TOL, warm_sta
     controls = check_controls(controls)
     _check_probe_dims(interp)
     entropy = resolve_entropy(random_state)
-    stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
-    sample = PositionSample([_pass.Tap(k, "raw") for k in interp.block_keys], interp.output_tap(), task,
+    stream = interp._stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+    sample = PositionSample([_pass.Tap(k, "raw") for k in interp.block_keys], interp._output_tap(), task,
                             per_sample, entropy)
     moments = _pass.InputMoments()
     info = _pass.run(interp.graph, stream, [sample, moments], task=task, verbose=0 if verbose == "auto" else verbose)
@@ -498,7 +498,7 @@ def evaluate_layers(interp, x, y=None, *, batch_size=64, max_samples=None, steps
     float64 (plus ``bootstrap x L x controls x 3K``), whatever N and the map
     sizes. Percentile intervals at ``confidence`` in ``lower``/``upper``.
     """
-    interp.require_fitted()
+    interp._require_fitted()
     controls = check_controls(controls)
     fitted = len(interp.control_states_[0]) if interp.control_states_ else 0
     if controls > fitted:
@@ -510,10 +510,10 @@ def evaluate_layers(interp, x, y=None, *, batch_size=64, max_samples=None, steps
     bootstrap = check_bootstrap(bootstrap)
     confidence = check_confidence(confidence)
     task = interp.reader
-    stream = interp.stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
+    stream = interp._stream(x, y, batch_size=batch_size, max_samples=max_samples, steps=steps)
     ctl = [c[:controls] for c in interp.control_states_] if controls else None
-    scores = SegmentationScores([_pass.Tap(k, "raw") for k in interp.block_keys], interp.probe_states(),
-                                interp.output_tap(), task, controls=ctl, bootstrap=bootstrap,
+    scores = SegmentationScores([_pass.Tap(k, "raw") for k in interp.block_keys], interp._probe_states(),
+                                interp._output_tap(), task, controls=ctl, bootstrap=bootstrap,
                                 random_state=random_state)
     moments = _pass.InputMoments()
     info = _pass.run(interp.graph, stream, [scores, moments], task=task)
@@ -524,7 +524,7 @@ def evaluate_layers(interp, x, y=None, *, batch_size=64, max_samples=None, steps
             "`controls` needs masks: the control probes' mean IoU is measured against the evaluation masks. Pass "
             "`y` (or a dataset yielding (x, y)), or controls=0."
         )
-    interp.check_drift(moments)
+    interp._check_drift(moments)
     return segmentation_table(interp, scores, confidence)
 
 
@@ -638,15 +638,15 @@ class MaskCollector:
 
 def layer_predictions(interp, x, *, batch_size=64, max_samples=None, steps=None) -> SegmentationPredictions:
     """Every block's mask of every sample of ``x``: holds L x N x H x W ints (use ``max_samples`` on large data)."""
-    interp.require_fitted()
-    stream = interp.stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps)
-    red = MaskCollector([_pass.Tap(k, "raw") for k in interp.block_keys], interp.probe_states(),
-                        interp.output_tap(), interp.reader)
+    interp._require_fitted()
+    stream = interp._stream(x, batch_size=batch_size, max_samples=max_samples, steps=steps)
+    red = MaskCollector([_pass.Tap(k, "raw") for k in interp.block_keys], interp._probe_states(),
+                        interp._output_tap(), interp.reader)
     moments = _pass.InputMoments()
     info = _pass.run(interp.graph, stream, [red, moments])
     if info.n == 0:
         raise ValueError("`x` holds no samples.")
-    interp.check_drift(moments)
+    interp._check_drift(moments)
     return SegmentationPredictions(
         blocks=list(interp.block_names),
         depths=np.array([b.depth for b in interp.blocks]),
@@ -726,7 +726,7 @@ def _mean_iou(t, p, k):
 
 def explain(interp, x) -> SegmentationExplanation:
     """The segmentation explanation of one input ``x`` (a sample, or a batch of one)."""
-    interp.require_fitted()
+    interp._require_fitted()
     graph = interp.graph
     shape = tuple(graph.tensors[graph.input_keys[0]].shape[1:])
     x = np.asarray(x)
@@ -737,10 +737,10 @@ def explain(interp, x) -> SegmentationExplanation:
             f"`x` must be one input of shape {shape} or (1, {', '.join(map(str, shape))}); received shape "
             f"{x.shape}. For several inputs use layer_predictions()."
         )
-    collects = [_pass.Collect(_pass.Tap(k, "raw")) for k in interp.block_keys] + [_pass.Collect(interp.output_tap())]
+    collects = [_pass.Collect(_pass.Tap(k, "raw")) for k in interp.block_keys] + [_pass.Collect(interp._output_tap())]
     moments = _pass.InputMoments()
-    _pass.run(graph, interp.stream(x), collects + [moments])
-    interp.check_drift(moments)
+    _pass.run(graph, interp._stream(x), collects + [moments])
+    interp._check_drift(moments)
     return explanation_from_maps(interp, x[0], [c.result()[:1] for c in collects])
 
 
@@ -748,7 +748,7 @@ def explanation_from_maps(interp, image, maps) -> SegmentationExplanation:
     """The :class:`SegmentationExplanation` of one input from its raw maps (no pass).
 
     ``maps`` is ``[block maps (1, *s, C) for each block] + [model output (1, *S, K)]``, as
-    ``interp.explanation_taps`` collects them in a pass (the report's); ``image`` the input.
+    ``interp._explanation_taps`` collects them in a pass (the report's); ``image`` the input.
     """
     task = interp.reader
     x = np.asarray(image)[None]
@@ -759,7 +759,7 @@ def explanation_from_maps(interp, image, maps) -> SegmentationExplanation:
     model_mask = model_p.argmax(axis=-1)
     reader = OutputReader("logits", K)
     probs, block_masks = [], []
-    for a, (w, b) in zip(maps[:-1], _effective(interp.probe_states())):
+    for a, (w, b) in zip(maps[:-1], _effective(interp._probe_states())):
         logits = block_logits(a, w, b, S)[0]
         probs.append(reader.probabilities(logits.reshape(-1, K)).reshape(S + (K,)))
         block_masks.append(logits.argmax(axis=-1))

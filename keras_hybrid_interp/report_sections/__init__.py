@@ -61,16 +61,16 @@ def run_sections(interp, x, y, options: ReportOptions, want) -> tuple[ReportCont
     for c in getattr(interp, "fit_health_", []):
         _health.warn(c.kind, f"When the probes were fitted: {c.message}")
     analyzer = GlobalAnalyzer(interp, batch_size=options.batch_size)
-    key, block = analyzer.key(interp.block_names[-1] if options.block is None else options.block)
+    key, block = analyzer._key(interp.block_names[-1] if options.block is None else options.block)
     ctx = ReportContext(interp, options, frozenset(want), y is not None, analyzer, key, block,
                         print if options.verbose else (lambda *a, **k: None))
     sections = [cls(ctx, cls.name in want) for cls in SECTIONS if cls.name in want or cls.always]
     for s in sections:
         s.check()
-    stream = interp.stream(x, y, batch_size=options.batch_size, max_samples=options.max_samples, steps=options.steps)
+    stream = interp._stream(x, y, batch_size=options.batch_size, max_samples=options.max_samples, steps=options.steps)
     reducers = [r for s in sections for r in s.reducers()]
     ctx.log(f"  one pass over the data for: {', '.join(s for s in REPORT_SECTIONS if s in want)}")
-    ctx.info = analyzer.run(stream, reducers)
+    ctx.info = analyzer._run(stream, reducers)
     for s in sections:
         ctx.results[s.name] = s.compute()
     return ctx, sections

@@ -118,7 +118,7 @@ class ImportanceSection(ReportSection):
         from ..global_.importance import check_request
 
         ctx = self.ctx
-        self.engine = ctx.analyzer.engine(ctx.key)
+        self.engine = ctx.analyzer._engine(ctx.key)
         self.request = check_request(self.engine, ctx.analyzer.reader, n_repeats=ctx.options.n_repeats,
                                      random_state=ctx.options.random_state)
 
@@ -285,7 +285,7 @@ class ComparisonSection(ReportSection):
         from ..global_.similarity import similarity_reducer
 
         ctx, interp = self.ctx, self.ctx.interp
-        side, self.columns, self.models = ctx.analyzer.other_model(
+        side, self.columns, self.models = ctx.analyzer._other_model(
             ctx.options.compare, ctx.options.compare_blocks, argnames=("compare", "compare_blocks"))
         self.red = similarity_reducer(interp.graph, interp.block_keys, "minibatch", side)
         return [self.red]

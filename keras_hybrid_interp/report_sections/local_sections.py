@@ -48,13 +48,13 @@ class LayersSection(ReportSection):
         self.scores: Any
         if ctx.spatial:  # the segmentation table's reducer (no controls nor intervals for it yet)
             self.scores = _segmentation.SegmentationScores([_pass.Tap(k, "raw") for k in interp.block_keys],
-                                                           interp.probe_states(), interp.output_tap(), ctx.task)
+                                                           interp._probe_states(), interp._output_tap(), ctx.task)
         else:
             controls = opts.controls
             if controls is None:
                 fitted_controls = getattr(interp, "control_states_", None)
                 controls = len(fitted_controls[0]) if fitted_controls else 0
-            self.scores = interp.probe_scores(controls=controls if ctx.y_given and self.shown else 0,
+            self.scores = interp._probe_scores(controls=controls if ctx.y_given and self.shown else 0,
                                               bootstrap=opts.bootstrap if self.shown else 0,
                                               random_state=opts.random_state)
         self.moments = _pass.InputMoments()  # the probes' input-drift check
@@ -64,11 +64,11 @@ class LayersSection(ReportSection):
         from ..local import segmentation as _segmentation
 
         ctx, interp = self.ctx, self.ctx.interp
-        interp.check_drift(self.moments)
+        interp._check_drift(self.moments)
         if ctx.spatial:
             layers = _segmentation.segmentation_table(interp, self.scores, ctx.options.confidence)
         else:
-            layers = interp.layer_table(self.scores, confidence=ctx.options.confidence)
+            layers = interp._layer_table(self.scores, confidence=ctx.options.confidence)
         ctx.collapsed = model_collapse(interp, layers, self.scores)
         return layers
 
@@ -112,7 +112,7 @@ class ExplanationsSection(ReportSection):
         from ..core import data_pass as _pass
 
         n = max(int(self.ctx.options.examples), 0)
-        self.maps = [_pass.Collect(t) for t in self.ctx.interp.explanation_taps(n)] if n else []
+        self.maps = [_pass.Collect(t) for t in self.ctx.interp._explanation_taps(n)] if n else []
         self.inputs = _pass.Collect.first("x", n) if n else None
         return self.maps + ([self.inputs] if self.inputs is not None else [])
 
@@ -126,7 +126,7 @@ class ExplanationsSection(ReportSection):
         if self.ctx.spatial:
             return [_segmentation.explanation_from_maps(interp, x[j], [c.result()[j:j + 1] for c in self.maps])
                     for j in range(len(x))]
-        return interp.explanations(x, [c.result() for c in self.maps])
+        return interp._explanations(x, [c.result() for c in self.maps])
 
     def render(self, explanations):
         from .. import plotting

@@ -117,7 +117,7 @@ def test_auto_picks_the_fastest_plan_and_reuses_it_for_baseline_and_run(calibrat
     ga = GlobalAnalyzer(_varied(residual_model(), x))
     n_jobs = 6 * 2  # res_out has 6 filters, 2 repeats
     auto = ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=3, scoring="accuracy")
-    eng = ga.engine(ga.graph.resolve("res_out"))
+    eng = ga._engine(ga.graph.resolve("res_out"))
     (key, cal), = eng.calibrations.items()
     assert key == (N, _plan.DEFAULT_MEMORY_BUDGET)
     # Down from (1, 40): (1, 20) and (1, 10) are dearer; up: 2 and 4 copies of 48 (40 padded)
@@ -152,7 +152,7 @@ def test_auto_chunked_plan_equals_one_per_pass(calibrate_always, fake_clock):
     x, y = _data()
     ga = GlobalAnalyzer(_varied(residual_model(), x))
     auto = ga.filter_importance(x, y, block="res_conv1", n_repeats=2, random_state=5, scoring="accuracy")
-    eng = ga.engine(ga.graph.resolve("res_conv1"))
+    eng = ga._engine(ga.graph.resolve("res_conv1"))
     (cal,) = eng.calibrations.values()
     assert cal.plan == (1, 10)
     calib = 3 * len(cal.pass_seconds)
@@ -174,7 +174,7 @@ def test_auto_with_the_real_clock_equals_one_per_pass(calibrate_always):
     x, y = _data()
     ga = GlobalAnalyzer(_varied(residual_model(), x))
     auto = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=11, scoring="accuracy")
-    (cal,) = ga.engine(ga.graph.resolve("res_out")).calibrations.values()
+    (cal,) = ga._engine(ga.graph.resolve("res_out")).calibrations.values()
     assert cal.plan in cal.seconds and cal.seconds[cal.plan] == min(cal.seconds.values())
     one = ga.filter_importance(x, y, block="res_out", n_repeats=3, random_state=11, scoring="accuracy",
                                perturbations_per_eval=1)
@@ -191,7 +191,7 @@ def test_ignored_filter_is_exactly_zero_under_calibrated_stacking(calibrate_alwa
     x, y = rng.normal(size=(30, 10, 10, 2)).astype("float32"), rng.integers(0, 3, 30)
     ga = GlobalAnalyzer(model)
     res = ga.filter_importance(x, y, block="block", n_repeats=3, random_state=0, scoring="loss")
-    (cal,) = ga.engine(ga.graph.resolve("block")).calibrations.values()
+    (cal,) = ga._engine(ga.graph.resolve("block")).calibrations.values()
     assert cal.plan == (2, 32)  # 30 samples padded to 32
     np.testing.assert_array_equal(res.importances[2], 0.0)
     assert np.abs(res.importances).max() > 0
@@ -211,7 +211,7 @@ def test_coupled_auto_equals_one_per_pass(calibrate_always, fake_clock):
     ga = GlobalAnalyzer(model)
     auto = ga.filter_importance(x, y, block="b1_out", groups="coupled", n_repeats=2, random_state=7,
                                 scoring="accuracy")
-    (cal,) = ga.engine(ga.graph.resolve("b1_out"), coupled=True).calibrations.values()
+    (cal,) = ga._engine(ga.graph.resolve("b1_out"), coupled=True).calibrations.values()
     assert cal.plan == (2, 32)
     one = ga.filter_importance(x, y, block="b1_out", groups="coupled", n_repeats=2, random_state=7,
                                scoring="accuracy", perturbations_per_eval=1)
@@ -224,7 +224,7 @@ def test_small_runs_are_not_calibrated():
     x, y = _data()
     ga = GlobalAnalyzer(model)
     ga.filter_importance(x, y, block="res_out", n_repeats=2, random_state=0)
-    eng = ga.engine(ga.graph.resolve("res_out"))
+    eng = ga._engine(ga.graph.resolve("res_out"))
     assert 12 * N < _plan.CALIBRATE_MIN_WORK
     assert eng.calibrations == {}
     # The memory plan: all 40 samples in one chunk (padded to 48), all 12 jobs stacked (4096 // 48 = 85 fit).

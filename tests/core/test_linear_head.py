@@ -174,7 +174,7 @@ def _pair(build, scale=None):
     fast = GlobalAnalyzer(model, blocks=["blk"], output=output)
     slow = GlobalAnalyzer(model, blocks=["blk"], output=output)
     key = fast.block_keys[0]
-    assert type(fast.engine(key)) is LinearHeadEngine
+    assert type(fast._engine(key)) is LinearHeadEngine
     slow._engines[("shortcut", key)] = PooledHeadEngine(slow.graph, key, *global_pool_after(slow.graph, key))
     return model, dense, fast, slow, x, y
 
@@ -231,9 +231,9 @@ def _no_head_pass(*args, **kwargs):
 
 
 def _cache(ga, x, y=None):
-    engine = ga.engine(ga.block_keys[0])
+    engine = ga._engine(ga.block_keys[0])
     red = FrontierCache(engine)
-    ga.run(ga.stream(x, y), [red])
+    ga._run(ga._stream(x, y), [red])
     return engine, red.result()
 
 

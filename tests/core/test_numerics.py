@@ -260,8 +260,8 @@ def _pass_dtypes(interp, x):
     """dtypes of what the one pass hands to the probes (pooled features) and of the probe outputs."""
     from keras_hybrid_interp.core import data_pass as _pass
 
-    collects = [_pass.Collect(t) for t in interp.feature_taps()]
-    _pass.run(interp.graph, interp.stream(x[:8]), collects)
+    collects = [_pass.Collect(t) for t in interp._feature_taps()]
+    _pass.run(interp.graph, interp._stream(x[:8]), collects)
     out = interp(x[:2])
     return [str(c.result().dtype) for c in collects] + [keras.backend.standardize_dtype(out[n].dtype)
                                                        for n in interp.block_names]

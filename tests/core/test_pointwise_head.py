@@ -188,7 +188,7 @@ def test_importance_equals_a_full_model_rerun(build, scoring, monkeypatch):
     ga = GlobalAnalyzer(model, blocks=["blk"])
     assert ga.task == "segmentation"
     key = ga.block_keys[0]
-    assert type(ga.engine(key)) is PointwiseHeadEngine
+    assert type(ga._engine(key)) is PointwiseHeadEngine
     monkeypatch.setattr(_perturbation, "predict_on_batch", _no_head_pass)  # no pass of a run
     monkeypatch.setattr(_plan, "predict_on_batch", _no_head_pass)  # nor of a calibration
     perm_imp = ga.filter_importance(x, y, block="blk", method="permutation", n_repeats=2, random_state=3,
@@ -222,7 +222,7 @@ def _no_head_pass(*args, **kwargs):
 
 def _cache(engine, ga, x, y):
     red = FrontierCache(engine)
-    ga.run(ga.stream(x, y), [red])
+    ga._run(ga._stream(x, y), [red])
     return red.result()
 
 
@@ -232,7 +232,7 @@ def test_outputs_equal_the_tail_engine_and_chunks_change_nothing(build):
     model, head, _, x, y = _built(build)
     ga = GlobalAnalyzer(model, blocks=["blk"], task="segmentation")
     key = ga.block_keys[0]
-    fast, slow = ga.engine(key), TailEngine(ga.graph, key)
+    fast, slow = ga._engine(key), TailEngine(ga.graph, key)
     cache = _cache(fast, ga, x, y)
     ref_cache = _cache(slow, ga, x, y)
     maps = cache.arrays[0]
@@ -311,7 +311,7 @@ def test_mean_iou_recomputes_only_where_the_argmax_can_move(build, monkeypatch):
 
     model, head, _, x, y = _built(build)
     ga = GlobalAnalyzer(model, blocks=["blk"], task="segmentation")
-    fast = ga.engine(ga.block_keys[0])
+    fast = ga._engine(ga.block_keys[0])
     maps = _cache(fast, ga, x, y).arrays[0]
     iou = SegmentationScore(ga.reader, "mean_iou", y)
     assert iou.reads_argmax

@@ -25,8 +25,8 @@ def _model():
 
 
 def _cache(ga, x, **kw):
-    red = FrontierCache(ga.engine(ga.block_keys[0]))
-    ga.run(ga.stream(x, **kw), [red])
+    red = FrontierCache(ga._engine(ga.block_keys[0]))
+    ga._run(ga._stream(x, **kw), [red])
     return red, red.result()
 
 
@@ -57,7 +57,7 @@ def test_more_or_fewer_samples_than_announced(announced):
     """More samples than announced fall back to batches; fewer give the filled rows only."""
     model = _model()
     ga = GlobalAnalyzer(model, blocks=["blk"])
-    red = FrontierCache(ga.engine(ga.block_keys[0]))
+    red = FrontierCache(ga._engine(ga.block_keys[0]))
     red.expect(announced)
     rng = np.random.default_rng(1)
     parts = []

@@ -145,7 +145,7 @@ def test_the_report_path_warns_only_about_kept_filters_it_has_not_reported():
     x[:, 0, 0, 0] = 2.0
     ga = GlobalAnalyzer(model, blocks=["conv"])
     red = examples_reducer(ga.graph, ga.block_keys[0], "conv", k=3)
-    ga.run(ga.stream(x), [red])
+    ga._run(ga._stream(x), [red])
 
     def caught(**kw):
         with warnings.catch_warnings(record=True) as got:
@@ -196,7 +196,7 @@ def test_memory_is_k_per_filter_not_the_data(cnn_data):
 
     model, x = cnn_data
     ga = GlobalAnalyzer(model)
-    key, name = ga.key("conv3")
+    key, name = ga._key("conv3")
     red = examples_reducer(ga.graph, key, name, k=3)
     sizes = []
 
@@ -206,7 +206,7 @@ def test_memory_is_k_per_filter_not_the_data(cnn_data):
         def update(self, batch):
             sizes.append((red.values.shape, None if red.crops is None else red.crops.shape))
 
-    _pass.run(ga.graph, ga.stream(x, batch_size=2), [red, Watch()])
+    _pass.run(ga.graph, ga._stream(x, batch_size=2), [red, Watch()])
     assert max(s[0][0] for s in sizes) == 3  # never more than k rows per filter
     assert red.crops.shape == (3, 16, 16, 16, 1)  # k x F x window x channels
 

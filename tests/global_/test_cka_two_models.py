@@ -338,17 +338,17 @@ def test_the_minibatch_reducer_holds_no_sum_c_squared_array():
     model = wide_model()
     x = np.random.default_rng(0).random((50, 6, 6, 3), dtype=np.float32)
     ga = GlobalAnalyzer(model, blocks=["w1", "w2"])
-    keys, _ = ga.similarity_blocks(["w1", "w2"])
+    keys, _ = ga._similarity_blocks(["w1", "w2"])
     side = OtherModel(ga.graph, keys)  # two models: 4 blocks, sum C = 704
     sum_c = 2 * (160 + 192)
     batch = 16
-    stream = ga.stream(x, batch_size=batch)
+    stream = ga._stream(x, batch_size=batch)
     mini, full = MinibatchCKA(ga.graph, keys, side), CKAMoments(ga.graph, keys, side)
-    ga.run(stream, [mini])
+    ga._run(stream, [mini])
     held = arrays_of(mini)
     assert held and max(a.size for a in held) <= (batch + 3) * 192  # one minibatch of one block's features
     assert mini.hsic_sum.shape == (4, 4)
-    ga.run(ga.stream(x, batch_size=batch), [full])
+    ga._run(ga._stream(x, batch_size=batch), [full])
     assert max(a.size for a in arrays_of(full)) == sum_c ** 2  # the check can fail: the full one holds it
 
     # Nor does an update allocate one on the way (NumPy allocations are traced); the full one does.

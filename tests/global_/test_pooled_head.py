@@ -123,7 +123,7 @@ def _pair(build):
     key = fast.block_keys[0]
     _pooled_head(fast, key)
     # The plain engine where the shortcut would go: the reference path.
-    slow._engines[("shortcut", key)] = slow.engine(key, shortcut=False)
+    slow._engines[("shortcut", key)] = slow._engine(key, shortcut=False)
     return model, fast, slow
 
 
@@ -131,8 +131,8 @@ def _pair(build):
 def test_shortcut_equals_the_tail_engine(build):
     model, fast, slow = _pair(build)
     key = fast.block_keys[0]
-    assert type(fast.engine(key)) is PooledHeadEngine
-    assert type(slow.engine(key)) is TailEngine
+    assert type(fast._engine(key)) is PooledHeadEngine
+    assert type(slow._engine(key)) is TailEngine
     x, y = _data(tuple(model.input_shape[1:]))
     block = fast.block_names[0]
     for kw in REQUESTS:
@@ -148,10 +148,10 @@ def test_shortcut_equals_the_tail_engine(build):
 
 def test_shortcut_caches_pooled_features_only():
     model, fast, _ = _pair(gap_dropout_dense)
-    engine = fast.engine(fast.block_keys[0])
+    engine = fast._engine(fast.block_keys[0])
     x, _ = _data((10, 10, 3))
     red = FrontierCache(engine)
-    fast.run(fast.stream(x), [red])
+    fast._run(fast._stream(x), [red])
     cache = red.result()
     assert [a.shape for a in cache.arrays] == [(N, 10)]
     # The summary's mean map is the float64 mean of the block's maps (NumPy oracle).
@@ -200,7 +200,7 @@ def _pool_then_skip():
 def test_no_shortcut_where_it_would_be_wrong(build):
     keras.utils.set_random_seed(0)
     ga = GlobalAnalyzer(build(), blocks=["blk"])
-    assert type(ga.engine(ga.block_keys[0])) is TailEngine
+    assert type(ga._engine(ga.block_keys[0])) is TailEngine
 
 
 def test_taylor_uses_the_plain_engine():
@@ -208,7 +208,7 @@ def test_taylor_uses_the_plain_engine():
     x, y = _data((10, 10, 3))
     imp = fast.filter_importance(x, y, block="blk", method="taylor")
     assert imp.importances.shape == (10, 1) and np.isfinite(imp.importances).all()
-    assert type(fast.engine(fast.block_keys[0], shortcut=False)) is TailEngine
+    assert type(fast._engine(fast.block_keys[0], shortcut=False)) is TailEngine
 
 
 class _SumPooling(layers.GlobalAveragePooling2D):
@@ -270,8 +270,8 @@ def test_free_spatial_dimensions():
     fast = GlobalAnalyzer(model, blocks=["c1", "blk"])
     slow = GlobalAnalyzer(model, blocks=["c1", "blk"])
     key = fast.block_keys[1]
-    slow._engines[("shortcut", key)] = slow.engine(key, shortcut=False)
-    assert type(fast.engine(key)) is LinearHeadEngine  # GAP -> Dense: the closed form, by default
+    slow._engines[("shortcut", key)] = slow._engine(key, shortcut=False)
+    assert type(fast._engine(key)) is LinearHeadEngine  # GAP -> Dense: the closed form, by default
     assert type(_pooled_head(fast, key)) is PooledHeadEngine
     x, y = _data((10, 10, 3))
     for kw in REQUESTS:
@@ -285,7 +285,7 @@ def test_free_spatial_dimensions():
         auto = fast.filter_importance(x, y, block="c1", n_repeats=2, random_state=0, scoring="loss")
     finally:
         _plan.CALIBRATE_MIN_WORK = saved
-    assert fast.engine(fast.block_keys[0]).calibrations  # it calibrated
+    assert fast._engine(fast.block_keys[0]).calibrations  # it calibrated
     one = fast.filter_importance(x, y, block="c1", n_repeats=2, random_state=0, scoring="loss",
                                  perturbations_per_eval=1)
     np.testing.assert_allclose(auto.importances, one.importances, rtol=1e-5, atol=1e-6)
@@ -305,7 +305,7 @@ def test_dead_filters_with_a_non_round_constant_score_exactly_zero(engine):
     ga = GlobalAnalyzer(model, blocks=["blk"])
     if engine is PooledHeadEngine:
         _pooled_head(ga, ga.block_keys[0])
-    assert type(ga.engine(ga.block_keys[0])) is engine
+    assert type(ga._engine(ga.block_keys[0])) is engine
     x, y = _data((7, 7, 3))
     for kw in (dict(method="permutation", n_repeats=2, random_state=0, scoring="loss"),
                dict(method="ablation", ablation_value="mean", scoring="loss")):
@@ -335,7 +335,7 @@ def test_batches_of_different_spatial_sizes():
         ga = GlobalAnalyzer(model_with(pool), blocks=["c1", "blk"])
         if engine is PooledHeadEngine:
             _pooled_head(ga, ga.block_keys[1])
-        assert type(ga.engine(ga.block_keys[1])) is engine
+        assert type(ga._engine(ga.block_keys[1])) is engine
         perm = ga.filter_importance(ds, block="blk", n_repeats=2, random_state=0, scoring="loss")
         assert perm.n_samples == 96 and np.isfinite(perm.importances).all()
         zero = ga.filter_importance(ds, block="blk", method="ablation", scoring="loss")

@@ -167,7 +167,7 @@ def test_the_last_blocks_closed_form_head_scores_the_task_as_a_full_rerun(which,
     last.layers[-1].set_weights(head.get_weights())
     ga = GlobalAnalyzer(last, task="auto" if which == "multilabel" else "regression")
     key = ga.graph.resolve("after")
-    assert type(ga.engine(key)).__name__ != "TailEngine"  # a shortcut is taken
+    assert type(ga._engine(key)).__name__ != "TailEngine"  # a shortcut is taken
     base = last.predict_on_batch(x).astype(np.float64)
     scoring = "average_precision" if which == "multilabel" else "r2"
     perm = ga.filter_importance(x, y, block="after", n_repeats=2, random_state=1, scoring=scoring)

@@ -39,7 +39,7 @@ def block_maps(model, x):
 def reference_masks(model, interp, x):
     """Each block's mask by NumPy alone: effective 1x1 probe, then np.repeat to 16 x 16."""
     masks = []
-    for a, (mean, scale, kernel, bias) in zip(block_maps(model, x), interp.probe_states()):
+    for a, (mean, scale, kernel, bias) in zip(block_maps(model, x), interp._probe_states()):
         logits = ((a - mean) * scale) @ kernel + bias
         f = 16 // a.shape[1]
         masks.append(np.repeat(np.repeat(logits, f, axis=1), f, axis=2).argmax(-1))
@@ -71,7 +71,7 @@ def test_pixel_loss_equals_numpy(setup):
     model, interp, x, y = setup
     table = interp.evaluate_layers(x, y, batch_size=13)
     a = block_maps(model, x)[1]
-    mean, scale, kernel, bias = interp.probe_states()[1]
+    mean, scale, kernel, bias = interp._probe_states()[1]
     logits = np.repeat(np.repeat(((a - mean) * scale) @ kernel + bias, 2, axis=1), 2, axis=2)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(logp, y[..., None], axis=-1).mean()
@@ -126,22 +126,22 @@ def test_subsample_is_reproducible_bit_for_bit_whatever_the_batching(setup):
     for bs in (4, 30, 7):
         interp = HybridInterpreter(model, blocks=BLOCKS)
         seg.fit_probes(interp, x, y, random_state=11, positions_per_sample=16, batch_size=bs)
-        states.append(interp.probe_states())
+        states.append(interp._probe_states())
     for other in states[1:]:
         for s0, s1 in zip(states[0], other):
             for a0, a1 in zip(s0, s1):
                 assert np.array_equal(a0, a1)
     interp = HybridInterpreter(model, blocks=BLOCKS)
     seg.fit_probes(interp, x, y, random_state=12, positions_per_sample=16)
-    assert not np.array_equal(interp.probe_states()[1][2], states[0][1][2])
+    assert not np.array_equal(interp._probe_states()[1][2], states[0][1][2])
 
 
 def test_collected_arrays_grow_with_n_times_positions_not_with_the_map(setup):
     model, interp, x, _ = setup
     for n, per in ((10, 8), (30, 8), (30, 300)):
-        sample = seg.PositionSample([_pass.Tap(k, "raw") for k in interp.block_keys], interp.output_tap(),
+        sample = seg.PositionSample([_pass.Tap(k, "raw") for k in interp.block_keys], interp._output_tap(),
                                     interp.reader, per, 0)
-        _pass.run(interp.graph, interp.stream(x[:n], batch_size=7), [sample], task=interp.reader)
+        _pass.run(interp.graph, interp._stream(x[:n], batch_size=7), [sample], task=interp.reader)
         P = min(per, 256)  # a map of 256 positions gives at most 256
         for l, b in enumerate(interp.blocks):
             f = sample.result(l)

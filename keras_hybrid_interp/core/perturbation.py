@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .distribute import predict_on_batch
+from .validation import check_int, is_int
 
 __all__ = [
     "Job",
@@ -54,10 +55,8 @@ def resolve_entropy(random_state, argname="random_state") -> int:
         raise TypeError(
             f"`{argname}` must be None, an int, a numpy Generator or SeedSequence; received {random_state!r}."
         )
-    if isinstance(random_state, (int, np.integer)):
-        if random_state < 0:
-            raise ValueError(f"`{argname}` must be a non-negative int; received {random_state}.")
-        return int(random_state)
+    if is_int(random_state):
+        return check_int(random_state, argname, min_value=0)
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(0, 2**63 - 1))
     if isinstance(random_state, np.random.SeedSequence):

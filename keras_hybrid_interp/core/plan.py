@@ -32,6 +32,7 @@ import numpy as np
 import keras
 
 from .distribute import predict_on_batch
+from .validation import check_int
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -315,15 +316,7 @@ def check_stacking(perturbations_per_eval) -> str | int:
     """``perturbations_per_eval`` checked: ``"auto"`` or a positive int; a ValueError otherwise."""
     if isinstance(perturbations_per_eval, str) and perturbations_per_eval == "auto":
         return "auto"
-    if (
-        isinstance(perturbations_per_eval, (str, bool))
-        or not isinstance(perturbations_per_eval, (int, np.integer))
-        or perturbations_per_eval < 1
-    ):
-        raise ValueError(
-            f"`perturbations_per_eval` must be 'auto' or a positive int; received {perturbations_per_eval!r}."
-        )
-    return int(perturbations_per_eval)
+    return check_int(perturbations_per_eval, "perturbations_per_eval", expected="'auto' or a positive int")
 
 
 def fixed_stacking(n: int, n_jobs: int, perturbations_per_eval: int, samples_per_pass: int) -> tuple[int, int]:

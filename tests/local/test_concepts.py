@@ -567,3 +567,67 @@ def test_the_defaults_are_the_more_reliable_choices(planted):
     assert np.mean(acc["pooled"]) > np.mean(acc["full"])
     assert found["pooled"] == 3 and found["pooled"] >= found["full"]
     assert sign_found == 0
+
+
+def _chain(rank):
+    conv, pool = {1: (layers.Conv1D, layers.AveragePooling1D), 3: (layers.Conv3D, layers.AveragePooling3D)}[rank]
+    shape = {1: (16, 2), 3: (6, 6, 6, 1)}[rank]
+    keras.utils.set_random_seed(2)
+    inp = keras.Input(shape)
+    h = conv(4, 3, padding="same", activation="tanh", name="c1")(inp)
+    h = pool(2, name="p1")(h)
+    h = conv(5, 3, padding="same", activation="tanh", name="c2")(h)
+    h = (layers.GlobalAveragePooling1D if rank == 1 else layers.GlobalAveragePooling3D)(name="gap")(h)
+    return keras.Model(inp, layers.Dense(2, activation="softmax", name="head")(h)), shape
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("features", ["pooled", "full"])
+def test_signals_and_volumes(rank, features):
+    """1-D and 3-D CNNs: directional derivatives equal finite differences, and the analysis runs end to end."""
+    model, shape = _chain(rank)
+    rng = np.random.default_rng(7)
+    x = rng.random((20,) + shape, dtype=np.float32)
+    y = np.arange(20) % 2
+    interp = HybridInterpreter(model, BLOCKS)
+    block = "c2"
+    size = 5 if features == "pooled" else int(np.prod(model.get_layer(block).output.shape[1:]))
+    d = rng.normal(size=(size, 2))
+    d /= np.linalg.norm(d, axis=0)
+    _, _, (s,) = cc.directional_derivatives(interp, x, [d], y, blocks=[block], features=features)
+    a = prefix_features(model, x, block)
+    t = tail(interp, block)
+    eps = 1e-2
+    for j in range(2):
+        step = d[:, j] if features == "pooled" else d[:, j].reshape(a.shape[1:])
+        fd = (log_prob(t.predict((a + eps * step).astype(np.float32), verbose=0), y)
+              - log_prob(t.predict((a - eps * step).astype(np.float32), verbose=0), y)) / (2 * eps)
+        assert_not_all_zero(fd)
+        np.testing.assert_allclose(s[:, j], fd, rtol=2e-2, atol=2e-4 * np.abs(fd).max())
+    concept = np.clip(rng.random((12,) + shape, dtype=np.float32) + 0.3, 0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InterpretationWarning)
+        res = interp.concepts({"high": concept}, x, y, n_random=3, random_state=0, features=features, bootstrap=20)
+        maps = cc.concept_maps(interp, res, x[0])
+    assert np.all(np.isfinite(res.magnitudes))
+    assert maps.maps[0].shape[1:] == tuple(model.get_layer("c1").output.shape[1:-1])
+    assert maps.plot().axes
+    plt.close("all")
+
+
+def test_a_nested_backbone():
+    from models import nested_model
+
+    keras.utils.set_random_seed(3)
+    model = nested_model(input_shape=(12, 12, 3))
+    rng = np.random.default_rng(8)
+    x = rng.random((40, 12, 12, 3), dtype=np.float32)
+    y = np.arange(40) % 3
+    interp = HybridInterpreter(model)
+    assert any("/" in b for b in interp.block_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InterpretationWarning)
+        res = interp.concepts({"high": np.clip(rng.random((12, 12, 12, 3), dtype=np.float32) + 0.3, 0, 1)}, x, y,
+                              n_random=3, random_state=0, bootstrap=20)
+    assert res.blocks == tuple(interp.block_names)
+    assert np.all(np.isfinite(res.magnitudes)) and np.all(np.isfinite(res.accuracy))

@@ -189,8 +189,7 @@ def make_texture_concept(n_samples: int = 50, *, texture: str = "hstripes", imag
     """
     if texture not in _TEXTURES:
         raise ValueError(f"`texture` must be one of {list(_TEXTURES)}; received {texture!r}.")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"`n_samples` must be a positive int; received {n_samples!r}.")
+    check_int(n_samples, "n_samples")
     want = _TEXTURES.index(texture)
     parts, have, seed = [], 0, np.random.default_rng(random_state)
     while have < n_samples:  # a quarter of make_synthetic's images carry each texture

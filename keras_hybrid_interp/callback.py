@@ -140,7 +140,8 @@ _COLUMNS = ["epoch", "block", "metric", "value", "filter"]
 LOG_FORMAT = "keras-hybrid-interp/training-history"
 #: The ``version`` field: it changes when a field of the record changes meaning.
 LOG_VERSION = 1
-#: What ``report_path`` may end in (:meth:`Report.save <keras_hybrid_interp.Report.save>`'s formats).
+#: What ``report_path`` may end in: :meth:`Report.save <keras_hybrid_interp.Report.save>`'s formats (a test keeps
+#: the two in step).
 _REPORT_SUFFIXES = (".html", ".htm", ".pdf", ".json")
 
 

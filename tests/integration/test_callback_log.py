@@ -292,3 +292,23 @@ def test_a_folder_is_refused_as_log_path(data, tmp_path):
     _, (xv, yv) = data
     with pytest.raises(ValueError, match="`log_path` must name a file"):
         InterpretationCallback((xv, yv), log_path=tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".html", ".htm", ".pdf", ".json", ".txt"])
+def test_report_path_takes_exactly_what_the_report_can_save(data, tmp_path, suffix):
+    # Refused at construction (before training) exactly when Report.save would refuse it after training.
+    from keras_hybrid_interp import Report
+
+    _, (xv, yv) = data
+    path = tmp_path / f"report{suffix}"
+    try:
+        Report("t").save(path)
+        saves = True
+    except ValueError:
+        saves = False
+    try:
+        InterpretationCallback((xv, yv), report_path=path)
+        takes = True
+    except ValueError:
+        takes = False
+    assert takes == saves, (suffix, saves)

@@ -290,6 +290,14 @@ def one_against_many(values, null):
     return _t_pvalue(t, len(null) - 1), t
 
 
+def random_set_means(grid) -> np.ndarray:
+    """Each random set's mean statistic over its counterparts: ``grid`` (..., J, R) -> (..., J) (NaN ignored)."""
+    g = np.asarray(grid, np.float64)
+    counts = np.sum(np.isfinite(g), axis=-1)
+    with np.errstate(invalid="ignore"):
+        return np.where(counts > 0, np.nansum(g, axis=-1) / np.maximum(counts, 1), np.nan)
+
+
 def tcav_pvalues(concept_scores, random_scores, test="sets"):
     """Two-sided t-test p-value and t statistic of a concept's TCAV scores against random-vs-random ones.
 
@@ -311,10 +319,7 @@ def tcav_pvalues(concept_scores, random_scores, test="sets"):
     c = c[np.isfinite(c)]
     grid = np.asarray(random_scores, np.float64)
     if test == "sets":
-        with np.errstate(invalid="ignore"):
-            counts = np.sum(np.isfinite(grid), axis=1)
-            means = np.where(counts > 0, np.nansum(grid, axis=1) / np.maximum(counts, 1), np.nan)
-        return one_against_many(c, means)
+        return one_against_many(c, random_set_means(grid))
     _check_choice(test, TESTS, "test")
     r0 = grid[0][np.isfinite(grid[0])]
     n1, n2 = len(c), len(r0)
@@ -799,14 +804,16 @@ class ConceptResult:
 
         With intervals: the accuracy's lower bound is above the control's
         upper bound; without: the accuracy is above the control accuracy
-        (above 0.5, chance for the balanced sets, without controls).
+        (above 0.5, chance for the balanced sets, without controls; a
+        relative pair, which has neither, by its accuracy above 0.5).
         """
         with np.errstate(invalid="ignore"):
-            if "accuracy" in self.lower:
-                bar = np.where(np.isfinite(self.upper["control_accuracy"]), self.upper["control_accuracy"], 0.5)
-                return self.lower["accuracy"] > bar
-            bar = np.where(np.isfinite(self.control_accuracy), self.control_accuracy, 0.5)
-            return self.accuracy > bar
+            point = self.accuracy > np.where(np.isfinite(self.control_accuracy), self.control_accuracy, 0.5)
+            if "accuracy" not in self.lower:
+                return point
+            bar = np.where(np.isfinite(self.upper["control_accuracy"]), self.upper["control_accuracy"], 0.5)
+            # A relative pair has no interval: its point accuracy against 0.5.
+            return np.where(np.isfinite(self.lower["accuracy"]), self.lower["accuracy"] > bar, point)
 
     def first_separable_block(self, concept) -> str | None:
         """The shallowest block from which the concept is separable at every deeper block, or None."""
@@ -832,8 +839,11 @@ class ConceptResult:
         ``n_inputs``, ``accuracy`` (with ``accuracy_low``/``_high`` when
         bootstrapped), ``control_accuracy``, ``selectivity``, ``separable``,
         ``tcav_score`` (mean over the R CAVs), ``tcav_score_std``,
-        ``random_score`` (mean of the random-vs-random scores),
-        ``tcav_magnitude``, ``random_magnitude``, then the headline test
+        ``random_score`` (mean of the random-vs-random scores; 0.5 by
+        symmetry with ``test="sets"``, where every pair is fitted both ways)
+        and ``random_score_sd`` (the spread of random sets' mean scores, the
+        test's yardstick), ``tcav_magnitude``, ``random_magnitude`` and
+        ``random_magnitude_sd`` (the same for the magnitudes), then the headline test
         (of :attr:`statistic`) ``p_value``, ``p_adjusted``, ``significant``,
         and both tests: ``p_value_sign``, ``p_adjusted_sign``,
         ``significant_sign``, ``p_value_magnitude``, ``p_adjusted_magnitude``,
@@ -848,6 +858,8 @@ class ConceptResult:
             rnd = np.nanmean(self.random_scores.reshape(C, L, K, -1), axis=-1)
             mag = np.nanmean(self.magnitudes, axis=-1)
             rmag = np.nanmean(self.random_magnitudes.reshape(C, L, K, -1), axis=-1)
+            rnd_sd = np.nanstd(random_set_means(self.random_scores), axis=-1, ddof=1)
+            rmag_sd = np.nanstd(random_set_means(self.random_magnitudes), axis=-1, ddof=1)
         frame = {
             "concept": np.array(self.concepts, dtype=object)[c],
             "relative": np.array(self.relative, bool)[c],
@@ -867,8 +879,10 @@ class ConceptResult:
             "tcav_score": self.tcav_scores[c, li, k],
             "tcav_score_std": std[c, li, k],
             "random_score": rnd[c, li, k],
+            "random_score_sd": rnd_sd[c, li, k],
             "tcav_magnitude": mag[c, li, k],
             "random_magnitude": rmag[c, li, k],
+            "random_magnitude_sd": rmag_sd[c, li, k],
             "p_value": self.p_values[c, li, k],
             "p_adjusted": self.p_adjusted[c, li, k],
             "significant": self.significant[c, li, k],

@@ -63,14 +63,18 @@ def plot_tcav_scores(result, *, ax=None, class_name=None, statistic=None, title=
     """TCAV of one class: a bar per (block, concept), with significance marks.
 
     ``statistic``: "sign" draws the TCAV scores (fraction of the class's
-    inputs with a positive directional derivative), "magnitude" the mean
-    directional derivative; None: the result's headline statistic. Bars
-    show the mean over the CAVs with their spread (standard deviation);
-    the grey tick is the random-vs-random mean. Results significant by that
-    statistic's test (corrected p-value below alpha) are solid and starred;
-    the others are faded, hatched and marked "n.s.": they are not findings.
-    ``class_name``: one of ``result.classes`` (default: the first).
-    Returns the Axes.
+    inputs with a positive directional derivative, 0-1), "magnitude" the
+    mean directional derivative *in units of the random sets' spread*: the
+    magnitude minus the random-vs-random mean, over the standard deviation
+    of random sets' mean magnitudes at that block (the test's yardstick; raw
+    magnitudes differ by orders of magnitude from block to block); None: the
+    result's headline statistic. Bars show the mean over the CAVs with their
+    spread (standard deviation); grey: what random sets give (their mean,
+    and two standard deviations of random sets' means around it). Results
+    significant by that statistic's test (corrected p-value below alpha) are
+    solid and starred; the others are faded, hatched and marked "n.s.": they
+    are not findings. ``class_name``: one of ``result.classes`` (default:
+    the first). Returns the Axes.
     """
     classes = list(result.classes)
     if class_name is None:
@@ -87,13 +91,20 @@ def plot_tcav_scores(result, *, ax=None, class_name=None, statistic=None, title=
     random = result.random_magnitudes if magnitude else result.random_scores
     significant = result.significant_magnitude if magnitude else result.significant_sign
     C, L = len(result.concepts), len(result.blocks)
-    ax = new_ax(ax, (max(5.0, 0.5 * L * C + 3), 3.6))
+    ax = new_ax(ax, (max(5.0, 0.5 * L * C + 4), 3.6))
     width = 0.8 / max(C, 1)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(values[:, :, k], axis=-1)
-        spread = np.nanstd(values[:, :, k], axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = values[:, :, k]
         rnd = np.nanmean(random[:, :, k].reshape(C, L, -1), axis=-1)
+        counts = np.sum(np.isfinite(random[:, :, k]), axis=-1)  # (C, L, J): each random set's mean
+        set_means = np.where(counts > 0, np.nansum(random[:, :, k], axis=-1) / np.maximum(counts, 1), np.nan)
+        sd = np.nanstd(set_means, axis=-1, ddof=1)
+        if magnitude:  # in random-set standard deviations, centred on the random mean
+            values = (values - rnd[..., None]) / sd[..., None]
+            rnd, sd = np.zeros_like(rnd), np.ones_like(sd)
+        mean = np.nanmean(values, axis=-1)
+        spread = np.nanstd(values, axis=-1)
     for c, name in enumerate(result.concepts):
         x = np.arange(L) + (c - (C - 1) / 2) * width
         for i in range(L):
@@ -102,20 +113,23 @@ def plot_tcav_scores(result, *, ax=None, class_name=None, statistic=None, title=
                    alpha=1.0 if sig else 0.3, hatch=None if sig else "///", edgecolor="black" if sig else "grey",
                    linewidth=0.5, error_kw={"elinewidth": 0.8}, label=name if i == 0 else None)
             ax.plot([x[i] - width * 0.4, x[i] + width * 0.4], [rnd[c, i]] * 2, color="dimgrey", lw=1.5)
+            ax.plot([x[i]] * 2, [rnd[c, i] - 2 * sd[c, i], rnd[c, i] + 2 * sd[c, i]], color="dimgrey", lw=3,
+                    alpha=0.35, solid_capstyle="butt")
             if np.isfinite(mean[c, i]):
-                top = mean[c, i] + (spread[c, i] if mean[c, i] >= 0 or not magnitude else -spread[c, i])
+                up = mean[c, i] >= (0.0 if magnitude else -1.0)
+                top = mean[c, i] + (spread[c, i] if up else -spread[c, i])
                 ax.text(x[i], min(1.0, top) + 0.02 if not magnitude else top, "*" if sig else "n.s.", ha="center",
-                        va="bottom" if not magnitude or mean[c, i] >= 0 else "top", fontsize=9 if sig else 6)
+                        va="bottom" if up else "top", fontsize=9 if sig else 6)
     ax.axhline(0.0 if magnitude else 0.5, color="grey", lw=0.8, ls="--")
     ax.set_xticks(np.arange(L))
     ax.set_xticklabels(_short_blocks(result.blocks), rotation=45, ha="right", fontsize=8)
     if not magnitude:
         ax.set_ylim(0.0, 1.12)
     ax.set_xlabel("block (shallow to deep)")
-    ax.set_ylabel("TCAV magnitude (mean directional derivative)" if magnitude else "TCAV score")
-    ax.set_title(title or (f"TCAV for class {classes[k]!r} (n={int(result.n_inputs[k])}); *: significant, "
-                           f"{result.correction} alpha={result.alpha}; grey tick: random sets"), fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylabel("TCAV magnitude\n(random-set sd from random)" if magnitude else "TCAV score")
+    ax.set_title(title or (f"TCAV for class {classes[k]!r} (n={int(result.n_inputs[k])})\n*: significant "
+                           f"({result.correction}, alpha={result.alpha}); grey: random sets +/- 2 sd"), fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 

@@ -23,13 +23,13 @@ Examples
 """
 
 from .atlas import plot_filter_examples
+from .concepts import plot_concept_accuracy, plot_concept_maps, plot_tcav_scores
 from .global_ import (
     plot_filter_class_association,
     plot_filter_correlation,
     plot_filter_importance,
     plot_layer_similarity,
 )
-from .concepts import plot_concept_accuracy, plot_concept_maps, plot_tcav_scores
 from .local import (
     plot_layer_accuracy,
     plot_layer_metrics,

@@ -536,17 +536,18 @@ def test_a_random_concept_is_significant_in_at_most_5_percent_of_seeds(planted):
 def test_the_defaults_are_the_more_reliable_choices(planted):
     """Why features="pooled", method="logistic" and statistic="magnitude" are the defaults (definitions/concepts.md).
 
-    On the planted model, over 3 draws of concept examples and random pools: pooled CAVs of one concept
-    agree more with each other from one random set to the next (mean cosine), and are more accurate on
-    held-out examples, than full-map ones; and the sign TCAV score saturates (random directions already
-    score near 0 or 1), so its test finds the planted stripes nowhere while the magnitude's test does.
+    On the planted model, over 3 draws of concept examples and random pools: pooled CAVs are more accurate
+    on held-out examples than full-map ones and find the planted stripes for their class at least as
+    often; and the sign TCAV score saturates (random directions already score near 0 or 1), so its test
+    finds the planted stripes nowhere while the magnitude's test does. (How much a concept's CAVs agree
+    from one random set to the next is reported, not asserted: pooled ones agree more at two of the three
+    blocks, less at the middle one, docs/definitions/concepts.md.)
     """
     from keras_hybrid_interp.datasets import make_synthetic, make_texture_concept
 
     model, x, y = planted
     interp = HybridInterpreter(model)
     found = {"pooled": 0, "full": 0}
-    cos = {"pooled": [], "full": []}
     acc = {"pooled": [], "full": []}
     sign_found = 0
     for seed in range(3):
@@ -559,11 +560,9 @@ def test_the_defaults_are_the_more_reliable_choices(planted):
                                       bootstrap=200)
             A = res.classes.index("1")
             found[features] += int(np.any(res.significant[0, :, A] & (res.magnitudes[0, :, A].mean(axis=-1) > 0)))
-            cos[features].append([np.mean((d[0] @ d[0].T)[np.triu_indices(len(d[0]), 1)]) for d in res.directions])
             acc[features].append(res.accuracy[0])
             if features == "pooled":
                 sign_found += int(np.any(res.significant_sign[0]))
-    assert np.all(np.mean(cos["pooled"], axis=0) > np.mean(cos["full"], axis=0))
     assert np.mean(acc["pooled"]) > np.mean(acc["full"])
     assert found["pooled"] == 3 and found["pooled"] >= found["full"]
     assert sign_found == 0

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import re
+import shlex
 import sys
 import time
 import warnings
@@ -48,14 +49,18 @@ def _print_tables(interp, table):
         print(table.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
-def _write_report(interp, x, y, out, quiet, random_state):
+def _write_report(interp, x, y, out, quiet, random_state, command_line=None):
     from .report import build_report
 
     report = build_report(interp, x, y, random_state=random_state, verbose=not quiet)
+    if command_line:
+        report.provenance["command_line"] = command_line
     os.makedirs(out, exist_ok=True)
     html_path = report.save(os.path.join(out, "report.html"))
+    json_path = report.save(os.path.join(out, "report.json"))  # always: the audit record
     report.save_dir(os.path.join(out, "figures"))
     print(f"\nReport: {os.path.abspath(html_path)}")
+    print(f"Record (every number, the health findings, the provenance; JSON): {os.path.abspath(json_path)}")
     print(f"Figures (PNG, PDF, SVG), tables (CSV) and summary.json: {os.path.abspath(os.path.join(out, 'figures'))}")
 
 
@@ -90,7 +95,7 @@ def run_demo(args) -> int:
     )
     if args.out:
         _log("\n[4/4] Global analysis (filters) and the report...", quiet)
-        _write_report(interp, x_test, y_test, args.out, quiet, args.seed)
+        _write_report(interp, x_test, y_test, args.out, quiet, args.seed, args.command_line)
     _log(f"\nDone in {time.time() - t0:.0f} s.", quiet)
     return 0
 
@@ -256,7 +261,7 @@ def run_analyze(args) -> int:
         interp.fit_probes(x_train, y_train, verbose=0)
         table = interp.evaluate_layers(x_test, y_test)
         _print_tables(interp, table)
-        _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed)
+        _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed, args.command_line)
     except (TypeError, ValueError) as exc:
         msg = str(exc).replace("`x`", f"--x-key array {args.x_key!r}")
         # The interpreter's `task` / `output` (and task='...' advice) are this command's --task / --output.
@@ -337,6 +342,7 @@ def main(argv=None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["demo"] + argv
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["keras-hybrid-interp"] + argv)  # the report's provenance records it
     try:
         _import_keras()
         with warnings.catch_warnings(record=True) as caught:

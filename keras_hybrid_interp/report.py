@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 
 from .core.deprecation import renamed
-from .report_sections import REPORT_SECTIONS, ReportOptions, build_summary, run_sections
+from .report_sections import REPORT_SECTIONS, ReportOptions, build_provenance, build_summary, run_sections
 from .report_sections.definitions import DEFINITIONS
 from .report_sections.findings import COLLAPSED
 
-__all__ = ["Report", "Section", "build_report", "DEFINITIONS", "REPORT_SECTIONS", "check_sections"]
+__all__ = ["Report", "Section", "build_report", "DEFINITIONS", "REPORT_SECTIONS", "RECORD_SCHEMA", "check_sections",
+           "report_schema"]
 
 _FORMATS = ("png", "pdf", "svg")
 
@@ -45,6 +46,10 @@ class Section:
     text: str = ""
     figures: list = dataclasses.field(default_factory=list)  # (name, caption, Rendered: {fmt: bytes})
     tables: list = dataclasses.field(default_factory=list)  # (name, caption, DataFrame)
+    #: The section's name in ``build_report(sections=...)`` ("" for a section added by hand).
+    name: str = ""
+    #: Numbers the section shows outside its tables (a correlation matrix, explanations), for the JSON record.
+    values: dict = dataclasses.field(default_factory=dict)
 
 
 def _slug(text: str, max_len: int = 60) -> str:
@@ -101,6 +106,10 @@ VISIBLE_ROWS = 25
 PREVIEW_ROWS = 10
 #: Lists in the summary longer than this are shown as their length and a link to the table that lists them.
 LIST_LIMIT = 10
+#: The provenance entries shown without unfolding (the others are one click away).
+KEY_PROVENANCE = ("model / name", "model / model_sha256", "data / data_sha256", "samples", "random_state", "seed",
+                  "environment / keras_hybrid_interp", "environment / keras", "environment / backend",
+                  "environment / backend_version", "environment / numpy", "started", "wall_time_s", "command_line")
 
 
 def _csv_link(name, table) -> str:
@@ -122,6 +131,12 @@ class Report:
         Text of ``model.summary()``.
     health : list of (kind, message), optional
         Findings that limit the conclusions, shown first.
+    provenance : dict, optional
+        Where the report comes from (versions, fingerprints of the model and
+        the data, arguments, seed, wall time; see
+        :func:`~keras_hybrid_interp.report_sections.provenance.build_provenance`),
+        shown after the summary and saved in every record. A caller may add
+        to it before saving (the command line adds ``command_line``).
     summary_notes : dict, optional
         Per summary key, a note shown with its value: why it is undefined
         (a NaN value is shown as "undefined" and its note), or what an empty
@@ -133,8 +148,9 @@ class Report:
     """
 
     def __init__(self, title="keras-hybrid-interp report", *, summary=None, model_summary=None, health=None,
-                 summary_notes=None, summary_links=None):
+                 summary_notes=None, summary_links=None, provenance=None):
         self.title = str(title)
+        self.provenance = dict(provenance or {})
         self.summary = dict(summary or {})
         self.summary_notes = {str(k): str(v) for k, v in (summary_notes or {}).items()}
         self.summary_links = {str(k): str(v) for k, v in (summary_links or {}).items()}
@@ -145,7 +161,7 @@ class Report:
         self._figures: dict = {}  # figure name -> matplotlib Figure, for the vector PDF
         self.created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
-    def add_section(self, title, *, text="", figures=(), tables=()) -> Section:
+    def add_section(self, title, *, text="", figures=(), tables=(), name="", values=None) -> Section:
         """Adds a section.
 
         ``figures`` is a sequence of ``(caption, matplotlib Figure or Axes)``;
@@ -153,9 +169,11 @@ class Report:
         SVG) when a format is first read (:class:`Rendered`): the report shows
         the figure as it is then, so do not draw on it after adding it (add a
         new figure instead). ``tables`` is a sequence of ``(caption, DataFrame)``
-        (copied now).
+        (copied now). ``name`` names the section in the JSON record;
+        ``values`` holds the numbers its figures show that no table holds
+        (JSON-serializable: numbers, NumPy arrays, lists, dicts), for the record.
         """
-        section = Section(str(title), str(text))
+        section = Section(str(title), str(text), name=str(name), values=dict(values or {}))
         for caption, fig in figures:
             fig = getattr(fig, "figure", fig)  # an Axes gives its Figure
             if not hasattr(fig, "savefig"):
@@ -209,6 +227,53 @@ class Report:
             rows.append((str(key), text, number, folded))
         return rows
 
+    def _summary_html(self) -> list[str]:
+        if not self.summary:
+            return []
+        esc = html.escape
+        parts = ["<h2 id='summary'>Summary</h2><table>"]
+        for k, text, number, folded in self.summary_rows():
+            cell = esc(text)
+            if number is not None:
+                cell += f": listed in <a href='#t{number}'>Table {number}</a>"
+            elif folded is not None:
+                cell = f"<details><summary>{cell}</summary>{esc(folded)}</details>"
+            parts.append(f"<tr><th style='text-align:left'>{esc(k)}</th><td style='text-align:left'>{cell}</td></tr>")
+        return parts + ["</table>"]
+
+    def provenance_rows(self) -> list[tuple[str, str]]:
+        """The provenance as shown: ``(key, text)``, nested keys joined by " / " (``environment / keras``)."""
+        rows = []
+
+        def walk(prefix, value):
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix} / {k}" if prefix else str(k), v)
+            else:
+                rows.append((prefix, "—" if value is None else _fmt(value)))
+
+        walk("", self.provenance)
+        return rows
+
+    def _provenance_html(self) -> list[str]:
+        if not self.provenance:
+            return []
+        esc = html.escape
+        rows = self.provenance_rows()
+
+        def table(chosen):
+            return ("<table class='provenance'>" + "".join(
+                f"<tr><th style='text-align:left'>{esc(k)}</th>"
+                f"<td style='text-align:left;word-break:break-all'>{esc(text)}</td></tr>" for k, text in chosen)
+                + "</table>")
+
+        key = [(k, text) for k, text in rows if k in KEY_PROVENANCE]
+        return ["<h2 id='provenance'>Provenance</h2><p>What this report describes and how to re-run it: the versions, "
+                "SHA-256 fingerprints of the model (architecture and weights) and of the analysed data (samples in "
+                "stream order, and labels), every argument and the seed.</p>", table(key),
+                f"<details class='provenance'><summary>All {len(rows)} entries (every argument, the interpreter, "
+                f"each fingerprint)</summary>{table(rows)}</details>"]
+
     def to_html(self) -> str:
         """The whole report as one self-contained HTML document (images and CSVs embedded)."""
         esc = html.escape
@@ -240,22 +305,14 @@ class Report:
         parts.append("<h2 id='contents'>Contents</h2><ol><li><a href='#health'>Health</a></li>")
         if self.summary:
             parts.append("<li><a href='#summary'>Summary</a></li>")
+        if self.provenance:
+            parts.append("<li><a href='#provenance'>Provenance</a></li>")
         for i, sec in enumerate(self.sections):
             parts.append(f"<li><a href='#s{i}'>{esc(sec.title)}</a></li>")
         if self.model_summary:
             parts.append("<li><a href='#model'>Model summary</a></li>")
         parts.append("</ol>")
-        if self.summary:
-            parts.append("<h2 id='summary'>Summary</h2><table>")
-            for k, text, number, folded in self.summary_rows():
-                cell = esc(text)
-                if number is not None:
-                    cell += f": listed in <a href='#t{number}'>Table {number}</a>"
-                elif folded is not None:
-                    cell = f"<details><summary>{cell}</summary>{esc(folded)}</details>"
-                parts.append(f"<tr><th style='text-align:left'>{esc(k)}</th>"
-                             f"<td style='text-align:left'>{cell}</td></tr>")
-            parts.append("</table>")
+        parts += self._summary_html() + self._provenance_html()
         n_fig = n_tab = 0
         for i, sec in enumerate(self.sections):
             parts.append(f"<h2 id='s{i}'>{esc(sec.title)}</h2>")
@@ -271,7 +328,8 @@ class Report:
             for name, caption, table in sec.tables:
                 n_tab += 1
                 parts.append(f"<p id='t{n_tab}'><b>Table {n_tab}.</b> {esc(caption)}</p>")
-                fmt = {"float_format": lambda v: f"{v:.4g}", "na_rep": "—", "border": 0, "index": False}
+                fmt: Any = {"float_format": lambda v: f"{v:.4g}", "na_rep": "—", "border": 0, "index": False}
+                table = _displayed(table)
                 if len(table) > VISIBLE_ROWS:
                     parts.append(f"<p>The first {PREVIEW_ROWS} of {len(table)} rows; {_csv_link(name, table)}.</p>")
                     parts.append(table.head(PREVIEW_ROWS).to_html(**fmt))
@@ -285,21 +343,47 @@ class Report:
         parts.append("</body></html>")
         return "\n".join(parts)
 
-    def save(self, path) -> str:
-        """Writes the report: one self-contained HTML file (``.html``) or a PDF (``.pdf``). Returns the path.
+    def to_record(self) -> dict:
+        """Every number of every section, the health findings, the summary and the provenance, as JSON data.
 
-        The PDF holds the same sections with vector figures; tables longer
-        than 25 rows show their first rows, and every table is written in full
-        as a CSV beside the file (``<name>.<table>.csv``).
+        The record follows the JSON Schema :func:`report_schema` (``schema``:
+        ``"keras-hybrid-interp/report/1"``): each table in full (``columns``
+        and ``rows``), each section's other numbers (``values``), undefined
+        numbers as null. :meth:`save` writes it to a ``.json`` file.
+        """
+        sections = [{"name": s.name, "title": s.title, "text": s.text,
+                     "figures": [{"name": n, "caption": c} for n, c, _ in s.figures],
+                     "tables": [_table_record(n, c, t) for n, c, t in s.tables], "values": s.values}
+                    for s in self.sections]
+        return _jsonable({"schema": RECORD_SCHEMA, "title": self.title, "created": self.created,
+                          "provenance": self.provenance,
+                          "health": [{"finding": k, "message": m} for k, m in self.health],
+                          "summary": {"values": self.summary, "notes": self.summary_notes},
+                          "sections": sections, "model_summary": self.model_summary})
+
+    def save(self, path) -> str:
+        """Writes the report: one self-contained HTML file (``.html``), a PDF (``.pdf``) or its record (``.json``).
+
+        Returns the path. The PDF holds the same sections with vector
+        figures; tables longer than 25 rows show their first rows, and every
+        table is written in full as a CSV beside the file
+        (``<name>.<table>.csv``). The JSON file is :meth:`to_record`: every
+        number, the health findings and the provenance, following the schema
+        :func:`report_schema`.
         """
         path = os.fspath(path)
-        if not path.lower().endswith((".html", ".htm", ".pdf")):
-            raise ValueError(f"`path` must end in .html or .pdf; received {path!r}. Use save_dir() for a folder.")
+        if not path.lower().endswith((".html", ".htm", ".pdf", ".json")):
+            raise ValueError(f"`path` must end in .html, .pdf or .json; received {path!r}. Use save_dir() for a "
+                             "folder.")
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
         if path.lower().endswith(".pdf"):
             self._save_pdf(path)
+            return path
+        if path.lower().endswith(".json"):
+            with open(path, "w", encoding="utf-8") as fh:
+                json.dump(self.to_record(), fh, indent=1, allow_nan=False)
             return path
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(self.to_html())
@@ -316,6 +400,8 @@ class Report:
             first += ["SUMMARY"] + [f"{k}: {text}" + (f": listed in Table {number}" if number is not None else "")
                                     + (f": {folded}" if folded is not None else "")
                                     for k, text, number, folded in self.summary_rows()]
+            if self.provenance:
+                first += ["PROVENANCE"] + [f"{k}: {text}" for k, text in self.provenance_rows()]
             first += ["CONTENTS"] + [f"{i + 1}. {sec.title}" for i, sec in enumerate(self.sections)]
             _pdf_text_pages(pdf, self.title, first)
             n_fig = n_tab = 0
@@ -353,7 +439,7 @@ class Report:
         os.makedirs(directory, exist_ok=True)
         written = []
         index: dict[str, Any] = {"title": self.title, "created": self.created, "summary": self.summary,
-                                 "summary_notes": self.summary_notes,
+                                 "summary_notes": self.summary_notes, "provenance": self.provenance,
                                  "health": [{"finding": k, "message": m} for k, m in self.health], "sections": []}
         for s in self.sections:
             entry: dict[str, Any] = {"title": s.title, "text": s.text, "figures": [], "tables": []}
@@ -430,8 +516,7 @@ def _pdf_table_page(pdf, caption, table, csv_name):
     fig.text(0.07, 0.95, "\n".join(textwrap.wrap(caption + note, 95)), fontsize=10, weight="bold", va="top")
     ax = fig.add_axes((0.05, 0.05, 0.9, 0.85))
     ax.axis("off")
-    cells = [[_fmt(v) if not (isinstance(v, float) and np.isnan(v)) else "—" for v in row]
-             for row in shown.itertuples(index=False)]
+    cells = [["—" if _cell(v) is None else _fmt(v) for v in row] for row in shown.itertuples(index=False)]
     if cells:
         tab = ax.table(cellText=[[textwrap.shorten(c, 60) for c in row] for row in cells],
                        colLabels=[str(c) for c in shown.columns], loc="upper center", cellLoc="right")
@@ -457,6 +542,48 @@ def _pdf_model_summary(pdf, model_summary):
                  family="DejaVu Sans Mono")
         pdf.savefig(fig)
         plt.close(fig)
+
+
+#: The name and version of the JSON Schema that :meth:`Report.to_record` follows.
+RECORD_SCHEMA = "keras-hybrid-interp/report/1"
+
+
+def report_schema() -> dict:
+    """The JSON Schema of the report record (:meth:`Report.to_record`), shipped in the package."""
+    from importlib import resources
+
+    text = resources.files("keras_hybrid_interp").joinpath("schemas").joinpath("report.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _cell(v):
+    """One table value as JSON: None where undefined, Python scalars, text for anything else."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return v if np.isfinite(v) else None
+    if isinstance(v, (bool, int, str)):
+        return v
+    return str(v)
+
+
+def _displayed(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` as the HTML prints it: nullable columns (``Int64``) as objects, so their missing values read "—"."""
+    nullable = [c for c in table.columns if pd.api.types.is_extension_array_dtype(table[c].dtype)
+                and table[c].isna().any()]
+    if not nullable:
+        return table
+    table = table.copy()
+    for c in nullable:
+        table[c] = table[c].astype(object).where(table[c].notna(), np.nan)
+    return table
+
+
+def _table_record(name, caption, table) -> dict:
+    return {"name": name, "caption": caption, "columns": [str(c) for c in table.columns],
+            "rows": [[_cell(v) for v in row] for row in table.itertuples(index=False, name=None)]}
 
 
 def _jsonable(obj):
@@ -594,8 +721,11 @@ def build_report(
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
     """
+    import time
+
     from .core import health as _health
 
+    started, started_utc = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     check_interpreter(interp)
     want = check_sections(sections, compare is not None, history is not None)
     if compare is None and compare_blocks is not None:
@@ -608,16 +738,19 @@ def build_report(
                             compare_blocks=compare_blocks, sections=sections, history=history)
     with _health.collect() as caveats:
         ctx, parts = run_sections(interp, x, y, options, want)
+    provenance = build_provenance(ctx, x, y, started, started_utc)
     model = interp.wrapped_model
     summary = build_summary(ctx, REPORT_SECTIONS)
     health = sorted(caveats, key=lambda c: c.kind != COLLAPSED)  # a collapsed model first: it voids the rest
     report = Report(title or f"Hybrid interpretation of {model.name}", summary=summary.values,
                     summary_notes=summary.notes, summary_links=summary.links,
-                    model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in health])
+                    model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in health],
+                    provenance=provenance)
     for part in parts:
         content = part.render(ctx.results[part.name]) if part.shown else None
         if content is not None:
-            report.add_section(content.title, text=content.text, figures=content.figures, tables=content.tables)
+            report.add_section(content.title, text=content.text, figures=content.figures, tables=content.tables,
+                               name=part.name, values=content.values)
     return report
 
 

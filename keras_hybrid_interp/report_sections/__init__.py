@@ -24,11 +24,12 @@ from .global_sections import (
     SimilaritySection,
 )
 from .local_sections import BlocksSection, ExplanationsSection, LayersSection
+from .provenance import DataFingerprint, build_provenance
 from .summary import build_summary
 from .training import TrainingSection
 
 __all__ = ["SECTIONS", "REPORT_SECTIONS", "ReportContext", "ReportOptions", "ReportSection", "SectionContent",
-           "build_summary", "run_sections"]
+           "build_summary", "build_provenance", "run_sections"]
 
 #: The sections of the standard report, in report order (the pass's reducers and the results follow it too).
 SECTIONS: tuple[type[ReportSection], ...] = (
@@ -56,6 +57,7 @@ def run_sections(interp, x, y, options: ReportOptions, want) -> tuple[ReportCont
     each section's result by name) and the section objects in report order.
     """
     from ..core import health as _health
+    from ..core.perturbation import resolve_entropy
     from ..global_.analyzer import GlobalAnalyzer
 
     for c in getattr(interp, "fit_health_", []):
@@ -64,11 +66,14 @@ def run_sections(interp, x, y, options: ReportOptions, want) -> tuple[ReportCont
     key, block = analyzer._key(interp.block_names[-1] if options.block is None else options.block)
     ctx = ReportContext(interp, options, frozenset(want), y is not None, analyzer, key, block,
                         print if options.verbose else (lambda *a, **k: None))
+    # One seed for every analysis, drawn once when random_state is None: the provenance records it.
+    ctx.seed = resolve_entropy(options.random_state)
     sections = [cls(ctx, cls.name in want) for cls in SECTIONS if cls.name in want or cls.always]
     for s in sections:
         s.check()
     stream = interp._stream(x, y, batch_size=options.batch_size, max_samples=options.max_samples, steps=options.steps)
-    reducers = [r for s in sections for r in s.reducers()]
+    ctx.fingerprint = DataFingerprint()  # the provenance's fingerprint of the data, in the same pass
+    reducers = [r for s in sections for r in s.reducers()] + [ctx.fingerprint]
     ctx.log(f"  one pass over the data for: {', '.join(s for s in REPORT_SECTIONS if s in want)}")
     ctx.info = analyzer._run(stream, reducers)
     for s in sections:

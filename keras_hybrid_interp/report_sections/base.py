@@ -84,6 +84,12 @@ class ReportContext:
     collapsed : str or None
         How the model has collapsed (set by the layer table; see
         :func:`~keras_hybrid_interp.report_sections.findings.model_collapse`), or None.
+    seed : int
+        The seed every analysis of the report uses: ``options.random_state``
+        resolved once (fresh entropy when it is None), recorded in the provenance.
+    fingerprint : DataFingerprint
+        The pass's reducer of the data fingerprint (see
+        :mod:`~keras_hybrid_interp.report_sections.provenance`).
     results : dict
         Each computed section's result by name (``None`` for a section with nothing to show).
     """
@@ -100,6 +106,8 @@ class ReportContext:
     dead: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=int))
     constant: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=int))
     collapsed: str | None = None
+    seed: int = 0
+    fingerprint: Any = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -120,12 +128,16 @@ class ReportContext:
 
 @dataclasses.dataclass
 class SectionContent:
-    """What a section shows: title, definition, ``(caption, Figure or Axes)`` and ``(caption, DataFrame)`` pairs."""
+    """What a section shows: title, definition, ``(caption, Figure or Axes)`` and ``(caption, DataFrame)`` pairs.
+
+    ``values`` holds the numbers its figures show that no table holds (for the JSON record).
+    """
 
     title: str
     text: str = ""
     figures: list = dataclasses.field(default_factory=list)
     tables: list = dataclasses.field(default_factory=list)
+    values: dict = dataclasses.field(default_factory=dict)
 
 
 class ReportSection:

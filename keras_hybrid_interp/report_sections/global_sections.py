@@ -58,7 +58,9 @@ class CorrelationSection(ReportSection):
             figures=[("Filter correlation, clustered. Bright blocks along the diagonal are groups of filters that "
                       "respond together (redundant); hatched rows are dead filters.",
                       plotting.plot_filter_correlation(corr))],
-            tables=[("Dead filters", pd.DataFrame({"filter": np.asarray(corr.dead_filters, dtype=int)}))])
+            tables=[("Dead filters", pd.DataFrame({"filter": np.asarray(corr.dead_filters, dtype=int)}))],
+            values={"correlation": corr.values, "filter_mean": corr.mean, "n_samples": corr.n_samples,
+                    "statistic": corr.statistic})
 
 
 class AssociationSection(ReportSection):
@@ -120,7 +122,7 @@ class ImportanceSection(ReportSection):
         ctx = self.ctx
         self.engine = ctx.analyzer._engine(ctx.key)
         self.request = check_request(self.engine, ctx.analyzer.reader, n_repeats=ctx.options.n_repeats,
-                                     random_state=ctx.options.random_state)
+                                     random_state=ctx.seed)
 
     def reducers(self):
         from ..global_.importance import importance_reducer

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .base import ReportSection, SectionContent
 from .definitions import DEFINITIONS, task_definition
 from .findings import model_collapse
 
-__all__ = ["BlocksSection", "LayersSection", "ExplanationsSection", "metric_label"]
+__all__ = ["BlocksSection", "LayersSection", "ExplanationsSection", "metric_label", "explanation_values"]
 
 
 def metric_label(name) -> str:
@@ -56,7 +58,7 @@ class LayersSection(ReportSection):
                 controls = len(fitted_controls[0]) if fitted_controls else 0
             self.scores = interp._probe_scores(controls=controls if ctx.y_given and self.shown else 0,
                                               bootstrap=opts.bootstrap if self.shown else 0,
-                                              random_state=opts.random_state)
+                                              random_state=ctx.seed)
         self.moments = _pass.InputMoments()  # the probes' input-drift check
         return [self.scores, self.moments]
 
@@ -134,13 +136,31 @@ class ExplanationsSection(ReportSection):
         if not explanations:
             return None
         task = self.ctx.task.name
+        values = {"inputs": [explanation_values(e) for e in explanations]}
         if not self.ctx.task.is_classification:
             return SectionContent("Local explanations", task_definition("local", task),
-                                  **_task_explanations(explanations, task, plotting))
+                                  **_task_explanations(explanations, task, plotting), values=values)
         figures = [(f"Local explanation of input {i}: what each block's probe predicts, and where in the image the "
                     "evidence for the model's class lies (one colour scale across blocks).",
                     plotting.plot_local_explanation(e)) for i, e in enumerate(explanations)]
-        return SectionContent("Local explanations", DEFINITIONS["local"], figures=figures)
+        return SectionContent("Local explanations", DEFINITIONS["local"], figures=figures, values=values)
+
+
+def explanation_values(e) -> dict:
+    """The numbers a local explanation's figure shows, for the report's record.
+
+    A segmentation explanation: every block's mask (class indices at the output
+    resolution). Otherwise: each block's probe output and the model's, the
+    decision block, and each block's evidence map of the class the figure draws
+    (the model's class).
+    """
+    masks = getattr(e, "masks", None)
+    if masks is not None:
+        return {"blocks": list(e.blocks), "masks": [np.asarray(m) for m in masks]}
+    k = int(e.model_class)
+    return {"blocks": list(e.blocks), "probabilities": np.asarray(e.probabilities),
+            "model_probabilities": np.asarray(e.model_probabilities), "decision_block": e.decision_block,
+            "drawn_class": k, "evidence_maps": [np.asarray(m)[..., k] for m in e.evidence_maps]}
 
 
 def _task_explanations(explanations, task, plotting) -> dict:

@@ -192,7 +192,7 @@ def test_report_sends_the_data_through_the_backbone_once_and_warns_once(monkeypa
 
 def _visible_rows(html):
     """Table rows a reader sees without opening anything: rows outside <details>."""
-    outside = re.sub(r"<details>.*?</details>", "", html, flags=re.S)
+    outside = re.sub(r"<details[^>]*>.*?</details>", "", html, flags=re.S)
     return [len(re.findall(r"<tr", t)) - 1 for t in re.findall(r"<table.*?</table>", outside, flags=re.S)]
 
 
@@ -206,7 +206,8 @@ def test_long_tables_are_collapsed_with_a_full_csv_download(report):
         assert m, name
         back = pd.read_csv(__import__("io").StringIO(base64.b64decode(m.group(1)).decode()))
         assert len(back) == len(table) and list(back.columns) == [str(c) for c in table.columns]
-    assert html.count("<details>") == len(long)
+    assert html.count("<details><summary>Show all") == len(long)
+    assert html.count("<details class='provenance'>") == 1  # the provenance's every entry, folded
     assert "Figure 1." in html and "Table 1." in html
 
 

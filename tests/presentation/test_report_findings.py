@@ -35,6 +35,7 @@ def _degenerate_model():
     h = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(h)
     out = layers.Dense(4, activation="softmax", name="head")(layers.GlobalAveragePooling2D(name="gap")(h))
     model = keras.Model(inp, out, name="degenerate")
+    _numpy_weights(model, 0)  # the same on every backend
     k, b = model.get_layer("conv1").get_weights()
     k[:, :, 1, :] = 0.0  # only conv1 filter 0 reads the ramp channel, and only it
     k[..., 0] = 0.0
@@ -50,6 +51,13 @@ def _degenerate_model():
     hb[0] = 50.0
     model.get_layer("head").set_weights([w, hb])
     return model
+
+
+def _numpy_weights(model, seed):
+    """Every weight drawn by NumPy (the backends' initialisers differ), biases 0.5: no filter dead by chance."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0.0, 0.3, w.shape).astype("float32") if w.ndim > 1
+                       else np.full(w.shape, 0.5, "float32") for w in model.get_weights()])
 
 
 def _degenerate_data():
@@ -157,6 +165,7 @@ def _head_model(x):
     h = layers.Conv2D(8, 3, activation="relu", name="conv")(inp)
     pooled = layers.GlobalAveragePooling2D(name="gap")(h)
     model = keras.Model(inp, layers.Dense(2, activation="softmax", name="head")(pooled))
+    _numpy_weights(model, 5)
     k, b = model.get_layer("conv").get_weights()
     k[..., 0], b[0] = 0.0, -1.0
     model.get_layer("conv").set_weights([k, b])

@@ -646,6 +646,10 @@ def build_report(
     compare_blocks=None,
     sections=None,
     history=None,
+    concepts=None,
+    concept_random=None,
+    concept_controls=None,
+    concept_options=None,
 ) -> Report:
     """Runs the full hybrid analysis and assembles the standard report.
 
@@ -715,6 +719,29 @@ def build_report(
         filters and the importance over the epochs, with health findings for a
         block whose probe fell late in training and for filters that died
         during training (:mod:`keras_hybrid_interp.report_sections.training`).
+    concepts : dict of str -> examples, optional
+        Named sets of examples of human concepts (arrays, ``tf.data`` or
+        PyDataset of inputs, at least 10 each), as in
+        :meth:`HybridInterpreter.concepts`: adds the ``"concepts"`` section,
+        TCAV with significance on the report's ``x`` and ``y`` (its samples,
+        seed, ``bootstrap`` and ``confidence``): the concept accuracy by depth,
+        the TCAV scores with significance marks, each concept beside a negative
+        control, and health findings for too few examples, a concept separable
+        at no block, a concept significant nowhere and a control that is
+        significant (:mod:`keras_hybrid_interp.report_sections.concepts`).
+    concept_random : array, tf.data or PyDataset, optional
+        The pool the random sets are drawn from (``HybridInterpreter.concepts``'
+        ``random``); None: the analysed ``x``.
+    concept_controls : str or list of str, optional
+        The negative controls among ``concepts`` (concepts that should not
+        matter), shown beside each concept; None: a random control concept is
+        drawn from the random pool (which must then be an array).
+    concept_options : dict, optional
+        Other keyword arguments of :meth:`HybridInterpreter.concepts`
+        (``n_random``, ``blocks``, ``classes``, ``statistic``, ``features``,
+        ``method``, ``test``, ``correction``, ``alpha``, ``relative``, ...);
+        those the report sets itself (``random_state``, ``batch_size``,
+        ``max_samples``, ``steps``, ``bootstrap``, ``confidence``) are refused.
 
     Notes
     -----
@@ -727,7 +754,13 @@ def build_report(
 
     started, started_utc = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     check_interpreter(interp)
-    want = check_sections(sections, compare is not None, history is not None)
+    want = check_sections(sections, compare is not None, history is not None, concepts is not None)
+    if concepts is None:
+        extra = [n for n, v in (("concept_random", concept_random), ("concept_controls", concept_controls),
+                                ("concept_options", concept_options)) if v is not None]
+        if extra:
+            raise ValueError(f"`{extra[0]}` is given but `concepts` is None: pass the concepts' examples as "
+                             f"`concepts={{name: examples}}`, or drop `{extra[0]}`.")
     if compare is None and compare_blocks is not None:
         raise ValueError("`compare_blocks` is given but `compare` is None: pass the other model as `compare=` "
                          "(its blocks are then `compare_blocks`), or drop `compare_blocks`.")
@@ -735,7 +768,9 @@ def build_report(
                             max_samples=max_samples, steps=steps, batch_size=batch_size, random_state=random_state,
                             controls=controls, bootstrap=bootstrap, confidence=confidence, title=title,
                             verbose=verbose, atlas_filters=atlas_filters, top_k=top_k, compare=compare,
-                            compare_blocks=compare_blocks, sections=sections, history=history)
+                            compare_blocks=compare_blocks, sections=sections, history=history,
+                            concepts=concepts, concept_random=concept_random, concept_controls=concept_controls,
+                            concept_options=concept_options)
     with _health.collect() as caveats:
         ctx, parts = run_sections(interp, x, y, options, want)
     provenance = build_provenance(ctx, x, y, started, started_utc)
@@ -769,11 +804,11 @@ def check_interpreter(interp) -> None:
     interp._require_fitted()
 
 
-def check_sections(sections, has_compare: bool, has_history: bool = False) -> set:
+def check_sections(sections, has_compare: bool, has_history: bool = False, has_concepts: bool = False) -> set:
     """The set of sections ``build_report(sections=...)`` computes; a clear error for a bad request."""
     if sections is None:
         return set(REPORT_SECTIONS) - (set() if has_compare else {"comparison"}) - (
-            set() if has_history else {"training"})
+            set() if has_history else {"training"}) - (set() if has_concepts else {"concepts"})
     if isinstance(sections, str) or not isinstance(sections, (list, tuple, set, frozenset)):
         raise TypeError(f"`sections` must be None or a list of section names from {list(REPORT_SECTIONS)}; "
                         f"received {type(sections).__name__}: {sections!r}.")
@@ -801,4 +836,10 @@ def check_sections(sections, has_compare: bool, has_history: bool = False) -> se
     if has_history and "training" not in want:
         raise ValueError("`history` is given but `sections` leaves out 'training', so it would be ignored: add "
                          "'training' to `sections`, or drop `history`.")
+    if "concepts" in want and not has_concepts:
+        raise ValueError("`sections` has 'concepts' but `concepts` is None: pass the concepts' examples as "
+                         "`concepts={name: examples}`.")
+    if has_concepts and "concepts" not in want:
+        raise ValueError("`concepts` is given but `sections` leaves out 'concepts', so they would be ignored: add "
+                         "'concepts' to `sections`, or drop `concepts`.")
     return want

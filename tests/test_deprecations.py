@@ -114,3 +114,23 @@ def test_build_report_old_names_map_onto_the_new_ones(monkeypatch, env):
     with pytest.raises(_Stop):
         build_report(interp, x)
     assert seen["options"].n_repeats == 3 and seen["options"].top_k == 6 and seen["options"].random_state is None
+
+
+def test_build_report_names_the_concepts_arguments_after_hybrid_interpreter_concepts():
+    # concepts= as in interp.concepts(concepts, ...); its `random` is concept_random=; the report's own samples,
+    # seed and bootstrap are passed to the analysis, and its other options go through concept_options=.
+    from keras_hybrid_interp.local.concepts import concepts as concepts_fn
+    from keras_hybrid_interp.report_sections.concepts import REPORT_SET, check_concept_options
+
+    report_params = inspect.signature(build_report).parameters
+    method_params = inspect.signature(HybridInterpreter.concepts).parameters
+    fn_params = inspect.signature(concepts_fn).parameters
+    assert list(report_params)[-4:] == ["concepts", "concept_random", "concept_controls", "concept_options"]
+    assert all(report_params[p].default is None for p in list(report_params)[-4:])
+    assert "concepts" in method_params and "random" in method_params and REPORT_SET["random"] == "concept_random"
+    assert set(REPORT_SET) <= set(fn_params) and set(REPORT_SET.values()) <= set(report_params) | {"x", "y"}
+    for name, arg in REPORT_SET.items():  # one default per idea, where both have one
+        if name in ("random_state", "batch_size", "bootstrap", "confidence"):
+            assert fn_params[name].default == report_params[arg].default, name
+    others = {p: fn_params[p].default for p in fn_params if p not in REPORT_SET and p != "interp"}
+    assert check_concept_options(others) == others and "n_random" in others

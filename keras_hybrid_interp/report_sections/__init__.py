@@ -15,6 +15,7 @@ Adding a section: a :class:`~.base.ReportSection` subclass, a row in
 from __future__ import annotations
 
 from .base import ReportContext, ReportOptions, ReportSection, SectionContent
+from .concepts import ConceptsSection
 from .global_sections import (
     AssociationSection,
     AtlasSection,
@@ -43,6 +44,7 @@ SECTIONS: tuple[type[ReportSection], ...] = (
     SimilaritySection,
     ComparisonSection,
     TrainingSection,
+    ConceptsSection,
 )
 
 #: The sections' names, in report order (``build_report(sections=...)`` picks among them).
@@ -68,6 +70,7 @@ def run_sections(interp, x, y, options: ReportOptions, want) -> tuple[ReportCont
                         print if options.verbose else (lambda *a, **k: None))
     # One seed for every analysis, drawn once when random_state is None: the provenance records it.
     ctx.seed = resolve_entropy(options.random_state)
+    ctx.x, ctx.y = x, y  # for a section with passes of its own (concepts)
     sections = [cls(ctx, cls.name in want) for cls in SECTIONS if cls.name in want or cls.always]
     for s in sections:
         s.check()

@@ -52,6 +52,10 @@ class ReportOptions:
     compare_blocks: Any
     sections: Any
     history: Any = None
+    concepts: Any = None
+    concept_random: Any = None
+    concept_controls: Any = None
+    concept_options: Any = None
 
 
 @dataclasses.dataclass
@@ -92,6 +96,9 @@ class ReportContext:
         :mod:`~keras_hybrid_interp.report_sections.provenance`).
     results : dict
         Each computed section's result by name (``None`` for a section with nothing to show).
+    x, y : the report's data, as given
+        For a section that cannot join the one pass (the concepts' directional
+        derivatives are taken along CAVs fitted after a pass of their own).
     """
 
     interp: Any
@@ -109,6 +116,8 @@ class ReportContext:
     seed: int = 0
     fingerprint: Any = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    x: Any = None
+    y: Any = None
 
     @property
     def task(self):

@@ -52,7 +52,7 @@ def build_summary(ctx: ReportContext, names: tuple) -> Summary:
     out.links["dead filters in that block"] = "Dead filters"
     _filter_lines(ctx, out)
     left_out = [s for s in names if s not in ctx.want and (s != "comparison" or opts.compare is not None)
-                and (s != "training" or opts.history is not None)]
+                and (s != "training" or opts.history is not None) and (s != "concepts" or opts.concepts is not None)]
     if opts.sections is not None and left_out:
         out.values["sections left out (sections=)"] = left_out
     # A note stays only where it is needed: a NaN says why; an empty list says what it means.

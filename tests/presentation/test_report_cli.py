@@ -13,6 +13,7 @@ import keras
 
 from keras_hybrid_interp import GlobalAnalyzer, HybridInterpreter, build_report
 from keras_hybrid_interp.report import DEFINITIONS, Report
+from keras_hybrid_interp.report_sections import concepts as rc
 
 from models import small_cnn
 
@@ -47,6 +48,8 @@ SECTION_CONTENTS = {
     "similarity": ("Layer similarity", ["CKA"], 1),
     "comparison": ("Comparison with", ["CKA between the two models"], 1),
     "training": ("Training", ["Training findings", "Training history"], 3),  # history=: test_training_section.py
+    # concepts=: test_report_concepts.py; three figures with the concept maps of the first input
+    "concepts": ("Concepts", [rc.TABLES[k] for k in ("sets", "controls", "accuracy", "frame", "filters")], 3),
 }
 
 
@@ -74,7 +77,7 @@ def test_report_has_every_section_with_its_table_and_figure(report):
 
     assert set(SECTION_CONTENTS) == set(REPORT_SECTIONS)  # a new section needs its row here
     # no compare= nor history= given
-    _assert_sections(report, [k for k in REPORT_SECTIONS if k not in ("comparison", "training")])
+    _assert_sections(report, [k for k in REPORT_SECTIONS if k not in ("comparison", "training", "concepts")])
     imp = next(t for s in report.sections for c, t in ((c, t) for _, c, t in s.tables) if c.startswith("Importance"))
     assert np.abs(imp["importance"].to_numpy()).max() > 0  # the section holds real numbers
 
@@ -92,7 +95,7 @@ def test_report_comparison_section_holds_its_table_and_figure():
 def test_html_report_has_every_section_and_embedded_images(report, tmp_path):
     path = report.save(tmp_path / "report.html")
     text = open(path, encoding="utf-8").read()
-    for title in [t for k, (t, _, _) in SECTION_CONTENTS.items() if k not in ("comparison", "training")] + [
+    for title in [t for k, (t, _, _) in SECTION_CONTENTS.items() if k not in ("comparison", "training", "concepts")] + [
             "Model summary"]:
         assert f">{title}" in text, title
     assert ">Health<" in text
@@ -358,7 +361,7 @@ def test_sections_restrict_what_is_computed_and_shown(monkeypatch):
     pd.testing.assert_frame_equal(got, alone.to_frame())
     # Every section by default (no comparison without compare=).
     assert set(REPORT_SECTIONS) == {"blocks", "layers", "explanations", "correlation", "association",
-                                    "importance", "atlas", "similarity", "comparison", "training"}
+                                    "importance", "atlas", "similarity", "comparison", "training", "concepts"}
 
     with pytest.raises(ValueError, match="unknown section 'similarty'.*Did you mean 'similarity'"):
         build_report(interp, x[40:], y[40:], sections=["similarty"])

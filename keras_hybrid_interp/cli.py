@@ -49,10 +49,10 @@ def _print_tables(interp, table):
         print(table.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
-def _write_report(interp, x, y, out, quiet, random_state, command_line=None):
+def _write_report(interp, x, y, out, quiet, random_state, command_line=None, concepts=None):
     from .report import build_report
 
-    report = build_report(interp, x, y, random_state=random_state, verbose=not quiet)
+    report = build_report(interp, x, y, random_state=random_state, verbose=not quiet, **(concepts or {}))
     if command_line:
         report.provenance["command_line"] = command_line
     os.makedirs(out, exist_ok=True)
@@ -143,6 +143,64 @@ def _load_npz(path, x_key, y_key):
     return x, y
 
 
+def _npz_arrays(path, flag) -> dict:
+    """Every array of the .npz at ``path`` by name (numeric arrays only: no pickle); one-line errors naming ``flag``."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise CLIError(f"{flag}: no such file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CLIError(f"{flag}: {path} is not a readable .npz file without pickled objects ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise CLIError(f"{flag}: expected an .npz archive of named arrays (np.savez(path, name=array, ...)); {path} "
+                       f"holds a single array of shape {getattr(data, 'shape', None)}")
+    out = {}
+    for key in data.files:
+        try:
+            out[key] = data[key]
+        except ValueError as exc:  # object arrays need pickle, which is refused
+            raise CLIError(f"{flag}: array {key!r} of {path} holds Python objects, which only pickle can load; "
+                           f"refused (np.load with allow_pickle=False). Save numeric arrays ({exc})") from None
+        except (OSError, EOFError, KeyError) as exc:
+            raise CLIError(f"{flag}: could not read array {key!r} of {path}: the file is truncated or corrupt "
+                           f"({exc})") from None
+    if not out:
+        raise CLIError(f"{flag}: {path} holds no array")
+    return out
+
+
+def _load_concepts(args, x) -> dict:
+    """``build_report``'s concept arguments from --concepts (one array per concept, named by its key),
+    --concept-random (one array), --concept-controls and --n-random; {} without --concepts."""
+    if not args.concepts:
+        for flag, value in (("--concept-random", args.concept_random), ("--concept-controls", args.concept_controls)):
+            if value:
+                raise CLIError(f"{flag} is given but --concepts is not: pass the concepts' examples as --concepts "
+                               "concepts.npz (one array per concept)")
+        return {}
+    if args.n_random < 3:
+        raise CLIError(f"--n-random must be at least 3 (the random sets' spread); received {args.n_random}")
+    concepts = _npz_arrays(args.concepts, "--concepts")
+    arrays = [("--concepts", f"array {k!r}", a) for k, a in concepts.items()]
+    random = None
+    if args.concept_random:
+        pool = _npz_arrays(args.concept_random, "--concept-random")
+        if len(pool) != 1:
+            raise CLIError(f"--concept-random: {args.concept_random} must hold one array (the random inputs); it "
+                           f"holds {len(pool)}: {list(pool)}")
+        key, random = next(iter(pool.items()))
+        arrays.append(("--concept-random", f"array {key!r}", random))
+    for flag, what, a in arrays:
+        if a.ndim != x.ndim or a.shape[1:] != x.shape[1:]:
+            raise CLIError(f"{flag}: {what} has shape {a.shape}, but the model's inputs (--x-key array "
+                           f"{args.x_key!r}) have shape {x.shape}: the examples need the inputs' sample shape "
+                           f"{x.shape[1:]}")
+    return {"concepts": concepts, "concept_random": random, "concept_controls": args.concept_controls or None,
+            "concept_options": {"n_random": args.n_random}}
+
+
 def split_train_test(labels, n, test_fraction, seed, *, label_flag="--y-key"):
     """Indices ``(train, test)`` of a shuffled train/test split of ``n`` samples.
 
@@ -216,6 +274,7 @@ def run_analyze(args) -> int:
         raise CLIError(f"MODEL: expected a Keras v3 .keras file; received {args.model}")
     y_key = args.y_key or None
     x, y = _load_npz(args.data, args.x_key, y_key)
+    concepts = _load_concepts(args, x)
     try:
         model = load_keras_file(args.model, safe_mode=not args.unsafe, argname="MODEL")
     except UnsafeFileError:
@@ -261,12 +320,16 @@ def run_analyze(args) -> int:
         interp.fit_probes(x_train, y_train, verbose=0)
         table = interp.evaluate_layers(x_test, y_test)
         _print_tables(interp, table)
-        _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed, args.command_line)
+        _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed, args.command_line, concepts=concepts)
     except (TypeError, ValueError) as exc:
         msg = str(exc).replace("`x`", f"--x-key array {args.x_key!r}")
         # The interpreter's `task` / `output` (and task='...' advice) are this command's --task / --output.
         msg = re.sub(r"`(task|output)`(=?)", lambda m: f"--{m.group(1)}" + (" " if m.group(2) else ""), msg)
         msg = re.sub(r"(?<![-\w])(task|output)=", r"--\1 ", msg)
+        msg = re.sub(r"`concepts\[('[^']*')\]`", r"--concepts array \1", msg)
+        for name, flag in (("concept_random", "--concept-random"), ("random", "--concept-random"),
+                           ("concept_controls", "--concept-controls"), ("n_random", "--n-random")):
+            msg = msg.replace(f"`{name}`", flag)
         raise CLIError(msg.replace("`y`", f"--y-key array {args.y_key!r}")) from None
     return 0
 
@@ -312,6 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "other tasks) (default 0.3)")
     ana.add_argument("--seed", type=int, default=0,
                      help="random seed of the train/test split and the report's permutations (default 0)")
+    ana.add_argument("--concepts", default=None, metavar="NPZ",
+                     help="an .npz with one array per human concept (its key is the concept's name; at least 10 "
+                     "example inputs each, of the model's input shape): adds the report's Concepts section, TCAV with "
+                     "significance on the test part")
+    ana.add_argument("--concept-random", default=None, metavar="NPZ",
+                     help="an .npz with one array of random inputs, the pool the concepts' random sets are drawn "
+                     "from (default: the test part)")
+    ana.add_argument("--concept-controls", nargs="+", default=None, metavar="NAME",
+                     help="the concepts of --concepts that are negative controls (should not matter), shown beside "
+                     "the others (default: a random control drawn from the random pool)")
+    ana.add_argument("--n-random", type=int, default=20,
+                     help="random sets per concept, hence CAVs per concept and block (default 20; fewer than 10 is "
+                     "warned about)")
     ana.add_argument("--unsafe", action="store_true",
                      help="allow models that need unsafe deserialization (Lambda layers); only for trusted files")
     ana.add_argument("--quiet", action="store_true", help="print only the results")

@@ -136,6 +136,8 @@ def describe_argument(value) -> Any:
         return int(value)
     if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
         return list(value)
+    if isinstance(value, dict):  # concepts={name: examples}, concept_options={...}: each entry described
+        return {str(k): describe_argument(v) for k, v in value.items()}
     name = getattr(value, "name", None)
     shape = getattr(value, "shape", None)
     what = type(value).__name__

@@ -315,3 +315,13 @@ def test_a_random_control_needs_an_array_pool_large_enough(data):
     with pytest.raises(ValueError, match=r"named 'random \(control\)'"):
         build_report(data.interp, data.x, data.y, sections=["concepts"], concepts={"random (control)": data.pool[:30]},
                      concept_random=data.pool[30:])
+
+
+def test_the_provenance_records_the_concepts_and_their_options(data, user_control):
+    args = user_control.provenance["arguments"]
+    assert args["concepts"] == {"bright": "ndarray float32 of shape (30, 8, 8, 3)",
+                                "tiny": "ndarray float32 of shape (12, 8, 8, 3)",
+                                "bright2": "ndarray float32 of shape (30, 8, 8, 3)"}
+    assert args["concept_random"] == "ndarray float32 of shape (240, 8, 8, 3)"
+    assert args["concept_controls"] == "bright2" and args["concept_options"] == {"n_random": N_RANDOM}
+    assert user_control.provenance["seed"] == SEED

@@ -49,12 +49,14 @@ def _print_tables(interp, table):
         print(table.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
-def _write_report(interp, x, y, out, quiet, random_state, command_line=None, concepts=None):
+def _write_report(interp, x, y, out, quiet, random_state, command_line=None, thresholds=None, concepts=None):
     from .report import build_report
 
     report = build_report(interp, x, y, random_state=random_state, verbose=not quiet, **(concepts or {}))
     if command_line:
         report.provenance["command_line"] = command_line
+    if thresholds:
+        report.set_thresholds(thresholds)
     os.makedirs(out, exist_ok=True)
     html_path = report.save(os.path.join(out, "report.html"))
     json_path = report.save(os.path.join(out, "report.json"))  # always: the audit record
@@ -62,6 +64,44 @@ def _write_report(interp, x, y, out, quiet, random_state, command_line=None, con
     print(f"\nReport: {os.path.abspath(html_path)}")
     print(f"Record (every number, the health findings, the provenance; JSON): {os.path.abspath(json_path)}")
     print(f"Figures (PNG, PDF, SVG), tables (CSV) and summary.json: {os.path.abspath(os.path.join(out, 'figures'))}")
+    checks = report.checks
+    flagged = [f"{c['check']} {c['status']}" for c in checks if c["status"] != "pass"]
+    print(f"Checks: {report.worst_status()}" + (f" ({', '.join(flagged)})" if flagged else f" (all {len(checks)})"))
+    return report
+
+
+#: Exit status when a check reaches --fail-on (2 is a usage or data error).
+EXIT_CHECK_FAILED = 1
+
+
+def _gate(report, fail_on) -> int:
+    """0, or :data:`EXIT_CHECK_FAILED` when a check of ``report`` reached ``fail_on`` ("warn" or "fail")."""
+    if report is None or fail_on is None:
+        return 0
+    from .report_sections.checks import STATUSES
+
+    worst = report.worst_status()
+    if STATUSES.index(worst) >= STATUSES.index(fail_on):
+        print(f"--fail-on {fail_on}: a check's status is {worst!r}; exit status {EXIT_CHECK_FAILED}.")
+        return EXIT_CHECK_FAILED
+    return 0
+
+
+def _load_thresholds(path):
+    """The checks' thresholds from a JSON file ``{check: {"warn": x, "fail": y}}`` (checked), or None."""
+    if not path:
+        return None
+    import json
+
+    from .report_sections.checks import check_thresholds
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            thresholds = json.load(fh)
+        check_thresholds(thresholds)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CLIError(f"--thresholds {path}: {exc}".replace("`thresholds`", "the file")) from None
+    return thresholds
 
 
 def run_demo(args) -> int:
@@ -95,7 +135,8 @@ def run_demo(args) -> int:
     )
     if args.out:
         _log("\n[4/4] Global analysis (filters) and the report...", quiet)
-        _write_report(interp, x_test, y_test, args.out, quiet, args.seed, args.command_line)
+        return _gate(_write_report(interp, x_test, y_test, args.out, quiet, args.seed, args.command_line,
+                                   args.thresholds), args.fail_on)
     _log(f"\nDone in {time.time() - t0:.0f} s.", quiet)
     return 0
 
@@ -320,7 +361,8 @@ def run_analyze(args) -> int:
         interp.fit_probes(x_train, y_train, verbose=0)
         table = interp.evaluate_layers(x_test, y_test)
         _print_tables(interp, table)
-        _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed, args.command_line, concepts=concepts)
+        report = _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed, args.command_line,
+                               args.thresholds, concepts=concepts)
     except (TypeError, ValueError) as exc:
         msg = str(exc).replace("`x`", f"--x-key array {args.x_key!r}")
         # The interpreter's `task` / `output` (and task='...' advice) are this command's --task / --output.
@@ -331,7 +373,7 @@ def run_analyze(args) -> int:
                            ("concept_controls", "--concept-controls"), ("n_random", "--n-random")):
             msg = msg.replace(f"`{name}`", flag)
         raise CLIError(msg.replace("`y`", f"--y-key array {args.y_key!r}")) from None
-    return 0
+    return _gate(report, args.fail_on)
 
 
 def _output_arg(value):
@@ -353,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=15, help="training epochs of the demo CNN (default 15)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="print only the results")
+    _gate_arguments(demo)
 
     ana = sub.add_parser("analyze", help="interpret your own .keras model on data from an .npz file")
     ana.add_argument("model", help="a .keras model file, or an interpreter saved with interp.save() "
@@ -391,7 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--unsafe", action="store_true",
                      help="allow models that need unsafe deserialization (Lambda layers); only for trusted files")
     ana.add_argument("--quiet", action="store_true", help="print only the results")
+    _gate_arguments(ana)
     return parser
+
+
+def _gate_arguments(parser) -> None:
+    parser.add_argument("--fail-on", choices=["warn", "fail"], default=None,
+                        help="exit with status 1 when a check of the report (dead filters, probe convergence, drift, "
+                        "noise, a collapsed model, missing classes, ...) reaches this status: a linter for a CI "
+                        "pipeline (default: always 0 once the report is written)")
+    parser.add_argument("--thresholds", default=None, metavar="FILE",
+                        help='a JSON file overriding the checks\' thresholds, e.g. {"dead_filters": {"warn": 0.2, '
+                        '"fail": 0.6}} (the checks and their defaults: docs/definitions/report.md)')
 
 
 def _import_keras() -> None:
@@ -420,6 +474,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["keras-hybrid-interp"] + argv)  # the report's provenance records it
     try:
+        args.thresholds = _load_thresholds(args.thresholds)
         _import_keras()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)

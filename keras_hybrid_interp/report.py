@@ -29,6 +29,7 @@ import pandas as pd
 
 from .core.deprecation import renamed
 from .report_sections import REPORT_SECTIONS, ReportOptions, build_provenance, build_summary, run_sections
+from .report_sections.checks import check_thresholds, evaluate_checks, measure_checks, worst_status
 from .report_sections.definitions import DEFINITIONS
 from .report_sections.findings import COLLAPSED
 
@@ -131,6 +132,10 @@ class Report:
         Text of ``model.summary()``.
     health : list of (kind, message), optional
         Findings that limit the conclusions, shown first.
+    check_values : dict, optional
+        The value each check measured on this report (see
+        :data:`~keras_hybrid_interp.report_sections.checks.CHECKS`); the
+        checks' table (:meth:`check_frame`) is shown first. None: no checks.
     provenance : dict, optional
         Where the report comes from (versions, fingerprints of the model and
         the data, arguments, seed, wall time; see
@@ -148,9 +153,11 @@ class Report:
     """
 
     def __init__(self, title="keras-hybrid-interp report", *, summary=None, model_summary=None, health=None,
-                 summary_notes=None, summary_links=None, provenance=None):
+                 summary_notes=None, summary_links=None, provenance=None, check_values=None):
         self.title = str(title)
         self.provenance = dict(provenance or {})
+        self.check_values = None if check_values is None else dict(check_values)
+        self.thresholds: dict | None = None
         self.summary = dict(summary or {})
         self.summary_notes = {str(k): str(v) for k, v in (summary_notes or {}).items()}
         self.summary_links = {str(k): str(v) for k, v in (summary_links or {}).items()}
@@ -193,6 +200,55 @@ class Report:
         """The health findings as a table (``finding``, ``what it means and what to do``)."""
         return pd.DataFrame({"finding": [k for k, _ in self.health],
                              "what it means and what to do": [m for _, m in self.health]})
+
+    @property
+    def checks(self) -> list[dict]:
+        """Every check's row (check, status, value, warn, fail, worse, findings, measures), worst first in the HTML.
+
+        Statuses follow the thresholds of :meth:`set_thresholds` (default:
+        :data:`~keras_hybrid_interp.report_sections.checks.CHECKS`). Empty for a
+        report without checks (built by hand).
+        """
+        if self.check_values is None:
+            return []
+        return evaluate_checks(self.check_values, [k for k, _ in self.health], self.thresholds)
+
+    def set_thresholds(self, thresholds) -> pd.DataFrame:
+        """Overrides the checks' thresholds: ``{check: {"warn": x, "fail": y}}`` (either may be left out).
+
+        Returns the checks' table with the new statuses; the HTML, PDF and JSON
+        written afterwards show them. Unknown checks or non-numbers raise a ValueError.
+        """
+        check_thresholds(thresholds)  # refuses bad ones before storing
+        self.thresholds = dict(thresholds or {})
+        return self.check_frame()
+
+    def check_frame(self) -> pd.DataFrame:
+        """The checks as a table, one row per check."""
+        return pd.DataFrame(self.checks, columns=["check", "status", "value", "warn", "fail", "worse", "findings",
+                                                  "measures"])
+
+    def worst_status(self) -> str:
+        """The worst status of the checks: "pass", "warn" or "fail"."""
+        return worst_status(c["status"] for c in self.checks)
+
+    def _checks_html(self) -> list[str]:
+        if not self.checks:
+            return []
+        esc = html.escape
+        parts = [f"<h2 id='checks'>Checks</h2><p>Each health finding as a check with a threshold: worst status "
+                 f"<b class='{self.worst_status()}'>{self.worst_status()}</b>. A check warns or fails when its value "
+                 "is above its threshold (or, where lower is worse, at or below it); set_thresholds() and the "
+                 "command line's --thresholds override them.</p><table class='checks'><tr><th>check</th><th>status"
+                 "</th><th>value</th><th>warn</th><th>fail</th><th style='text-align:left'>what it measures</th></tr>"]
+        for c in self.checks:
+            cells = [esc(c["check"]), f"<b class='{c['status']}'>{c['status']}</b>"] + [
+                "—" if c[k] is None else esc(_fmt(c[k])) for k in ("value", "warn", "fail")]
+            side = "at or below" if c["worse"] == "lower" else "above"
+            parts.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells)
+                         + f"<td style='text-align:left'>{esc(c['measures'])} (fails or warns {side} its threshold)"
+                         "</td></tr>")
+        return parts + ["</table>"]
 
     def table_numbers(self) -> dict:
         """``{caption: number}`` of every table, numbered through the report as shown (first of equal captions)."""
@@ -292,8 +348,9 @@ class Report:
             "pre{background:#f5f5f5;padding:1em;overflow-x:auto;font-size:0.8em}</style></head><body>",
             f"<h1>{esc(self.title)}</h1>",
             f"<p>Created {esc(self.created)} with keras-hybrid-interp.</p>",
-            "<h2 id='health'>Health</h2>",
         ]
+        parts += self._checks_html()
+        parts.append("<h2 id='health'>Health</h2>")
         if self.health:
             parts.append(f"<div class='warn'><p>{len(self.health)} finding(s) limit the conclusions of this "
                          "report. Each says what to do about it.</p><ul class='health'>")
@@ -302,7 +359,8 @@ class Report:
             parts.append("</ul></div>")
         else:
             parts.append("<p class='ok'>The analyses found nothing that limits their conclusions.</p>")
-        parts.append("<h2 id='contents'>Contents</h2><ol><li><a href='#health'>Health</a></li>")
+        parts.append("<h2 id='contents'>Contents</h2><ol>" + ("<li><a href='#checks'>Checks</a></li>" if self.checks
+                                                                 else "") + "<li><a href='#health'>Health</a></li>")
         if self.summary:
             parts.append("<li><a href='#summary'>Summary</a></li>")
         if self.provenance:
@@ -356,7 +414,7 @@ class Report:
                      "tables": [_table_record(n, c, t) for n, c, t in s.tables], "values": s.values}
                     for s in self.sections]
         return _jsonable({"schema": RECORD_SCHEMA, "title": self.title, "created": self.created,
-                          "provenance": self.provenance,
+                          "provenance": self.provenance, "checks": self.checks,
                           "health": [{"finding": k, "message": m} for k, m in self.health],
                           "summary": {"values": self.summary, "notes": self.summary_notes},
                           "sections": sections, "model_summary": self.model_summary})
@@ -394,7 +452,11 @@ class Report:
 
         stem = os.path.splitext(path)[0]
         with PdfPages(path) as pdf:
-            first = [f"Created {self.created} with keras-hybrid-interp.", "HEALTH"]
+            first = [f"Created {self.created} with keras-hybrid-interp."]
+            if self.checks:
+                first += ["CHECKS"] + [f"{c['check']}: {c['status']} (value {_fmt_none(c['value'])}; warn "
+                                       f"{_fmt_none(c['warn'])}, fail {_fmt_none(c['fail'])})" for c in self.checks]
+            first += ["HEALTH"]
             first += ([f"- {k.replace('_', ' ')}: {m}" for k, m in self.health] if self.health
                       else ["The analyses found nothing that limits their conclusions."])
             first += ["SUMMARY"] + [f"{k}: {text}" + (f": listed in Table {number}" if number is not None else "")
@@ -440,6 +502,7 @@ class Report:
         written = []
         index: dict[str, Any] = {"title": self.title, "created": self.created, "summary": self.summary,
                                  "summary_notes": self.summary_notes, "provenance": self.provenance,
+                                 "checks": self.checks,
                                  "health": [{"finding": k, "message": m} for k, m in self.health], "sections": []}
         for s in self.sections:
             entry: dict[str, Any] = {"title": s.title, "text": s.text, "figures": [], "tables": []}
@@ -584,6 +647,10 @@ def _displayed(table: pd.DataFrame) -> pd.DataFrame:
 def _table_record(name, caption, table) -> dict:
     return {"name": name, "caption": caption, "columns": [str(c) for c in table.columns],
             "rows": [[_cell(v) for v in row] for row in table.itertuples(index=False, name=None)]}
+
+
+def _fmt_none(v) -> str:
+    return "—" if v is None else _fmt(v)
 
 
 def _jsonable(obj):
@@ -780,7 +847,7 @@ def build_report(
     report = Report(title or f"Hybrid interpretation of {model.name}", summary=summary.values,
                     summary_notes=summary.notes, summary_links=summary.links,
                     model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in health],
-                    provenance=provenance)
+                    provenance=provenance, check_values=measure_checks(ctx, parts))
     for part in parts:
         content = part.render(ctx.results[part.name]) if part.shown else None
         if content is not None:

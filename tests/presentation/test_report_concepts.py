@@ -233,10 +233,12 @@ def test_each_health_line_appears_in_exactly_its_case(which, request):
     assert _named(report, "not_significant") == nowhere & tested
     assert _named(report, "not_significant")  # the case occurs here
     # A control significant nowhere (and, for the random one, separable nowhere) is what it should do: no line.
-    assert control in nowhere and control not in _named(report, "not_significant")
+    # The case occurs on TensorFlow and JAX; on torch (other initial weights) 'bright2' is significant somewhere,
+    # and then the line is control_significant.
+    assert control not in _named(report, "not_significant") | _named(report, "concept_not_separable")
     if which == "random_control":
-        assert control in never and control not in _named(report, "concept_not_separable")
-    assert not _lines(report, "control_significant")
+        assert control in never
+    assert len(_lines(report, "control_significant")) == (control not in nowhere)
 
 
 @pytest.mark.parametrize("drawn", [False, True])

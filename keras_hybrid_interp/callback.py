@@ -66,6 +66,21 @@ importance (one block, whole subset, optional)
     epoch; the ``filter`` column says which. The permutations are the same at
     every epoch (common random numbers), so the curves move only because the
     model does.
+concept accuracy (per block and concept, optional)
+    With ``concepts={name: examples}``: the held-out accuracy of the concept
+    probes (CAVs) of each block, exactly as
+    :meth:`HybridInterpreter.concepts` defines its ``accuracy``: the
+    concept's examples are split once into a training and a held-out part
+    (``test_fraction``), ``n_random`` random sets and a held-out random set
+    are drawn once from ``concept_random`` (default: the subset), and at each
+    record one CAV per random set is fitted on the block's pooled features
+    (:func:`~keras_hybrid_interp.local.concepts.fit_concept_cavs`, the
+    concepts module's own fit); the value is their mean accuracy on the
+    held-out examples against as many held-out random inputs (balanced:
+    chance is 0.5). Metric ``"concept_accuracy/<name>"``, one row per block
+    and concept: the epoch where it rises is where the concept forms. The
+    draws are the same at every record (:attr:`InterpretationCallback.concept_sets`),
+    so the curves move only because the model does.
 
 Probes
 ------
@@ -124,17 +139,21 @@ from .core.trainer import (
 from .core.validation import check_int
 from .global_.correlation import FilterCorrelation, StreamingMoments
 from .global_.importance import check_request, importance_result
+from .local import concepts as _concepts
 from .local import segmentation as _segmentation
 from .local.interpreter import ProbeScores, TaskProbeScores
 from .local.probes import input_transform
 from .plotting import (
     plot_training_dynamics,  # re-exported: drawn by the presentation layer
 )
+from .plotting.concepts import CONCEPT_METRIC
 
 __all__ = ["ImportanceOptions", "InterpretationCallback", "ProbeOptions", "plot_training_dynamics", "LOG_FORMAT",
            "LOG_VERSION"]
 
 _COLUMNS = ["epoch", "block", "metric", "value", "filter"]
+#: The options of ``concept_options`` (those of ``HybridInterpreter.concepts`` that the concept accuracy uses).
+_CONCEPT_OPTIONS = ("n_random", "test_fraction", "method", "C", "max_iter", "tol")
 
 #: The ``format`` field of every record of a ``log_path`` file (JSON lines).
 LOG_FORMAT = "keras-hybrid-interp/training-history"
@@ -314,6 +333,25 @@ class InterpretationCallback(keras.callbacks.Callback):
         probe-fit half that the per-position probes are fitted on (None:
         :data:`~keras_hybrid_interp.local.segmentation.POSITIONS_PER_SAMPLE`,
         64), as for :meth:`HybridInterpreter.fit_probes`.
+    concepts : dict of str -> examples, optional
+        Named sets of examples of human concepts (arrays, ``tf.data`` or
+        PyDataset of inputs, at least 10 each), as for
+        :meth:`HybridInterpreter.concepts`: record the concept accuracy of
+        every block at every record (metric ``"concept_accuracy/<name>"``;
+        see the module). Their inputs are read once, at ``on_train_begin``,
+        and held in memory; each record adds one pass over them (and over the
+        random inputs drawn from ``concept_random``) and
+        ``concepts x blocks x n_random`` CAV fits.
+        :func:`~keras_hybrid_interp.plotting.plot_concept_training` draws them.
+    concept_random : array, tf.data or PyDataset, optional
+        The pool the random sets are drawn from (its first ``max_samples``
+        inputs); None: the validation subset. It must not hold a concept's
+        examples.
+    concept_options : dict, optional
+        Options of the concept probes, as :meth:`HybridInterpreter.concepts`
+        takes them: ``n_random`` (random sets, hence CAVs per concept and
+        block: 20; fewer make a record cheaper), ``test_fraction`` (0.33),
+        ``method`` ("logistic" or "fastcav"), ``C``, ``max_iter``, ``tol``.
 
     Attributes
     ----------
@@ -340,6 +378,9 @@ class InterpretationCallback(keras.callbacks.Callback):
         order) is fitted on the positions
         ``numpy.random.default_rng([positions_random_state_, i])`` draws.
         None for other tasks.
+    concept_sets : dict or None
+        With ``concepts``: the concepts' splits and random sets, drawn once
+        at ``on_train_begin`` (see the property).
 
     Notes
     -----
@@ -389,6 +430,9 @@ class InterpretationCallback(keras.callbacks.Callback):
         output="auto",
         task="auto",
         positions_per_sample=None,
+        concepts=None,
+        concept_random=None,
+        concept_options=None,
     ):
         super().__init__()
         self.every = check_int(every, "every")
@@ -429,6 +473,14 @@ class InterpretationCallback(keras.callbacks.Callback):
         self._x_arg, self._y_arg = self._unpack(validation_data)
         if not isinstance(self._x_arg, (list, dict)):  # several inputs are checked against the model's inputs later
             as_stream(self._x_arg, self._y_arg, argname="validation_data")  # kind and label length, early
+        self._concept_items = None if concepts is None else _concepts.check_concepts(concepts)
+        if concepts is None and (concept_random is not None or concept_options is not None):
+            given = "concept_random" if concept_random is not None else "concept_options"
+            raise ValueError(f"`{given}` is given but `concepts` is None: pass the concepts' examples as "
+                             f"`concepts={{name: examples}}`, or drop `{given}`.")
+        self._concept_random_arg = concept_random
+        self.concept_options = _check_concept_options(concept_options)
+        self._concept_state: dict | None = None
 
         self._rows: list[tuple] = []
         self._interp = None
@@ -596,7 +648,7 @@ class InterpretationCallback(keras.callbacks.Callback):
         if self.correlation and n < 2:
             raise ValueError(f"`validation_data` must hold at least 2 samples to correlate filters; received {n}.")
         root = np.random.SeedSequence(self.random_state_)
-        split_seq, pos_seq, imp_seq = root.spawn(3)
+        split_seq, pos_seq, imp_seq, concept_seq = root.spawn(4)  # the first three as before concepts came
         perm = np.random.default_rng(split_seq).permutation(n)
         n_eval = n // 2
         self._fit_idx = np.sort(perm[: n - n_eval])
@@ -613,6 +665,9 @@ class InterpretationCallback(keras.callbacks.Callback):
             key, _ = self._analyzer._key(self.importance_options.block, "ImportanceOptions(block=...)")  # validate now
             self._importance_key = key
             self._analyzer._require_classifier("importance")
+        self._concept_state = None
+        if self._concept_items is not None:
+            self._concept_state = self._setup_concepts(interp, np.random.default_rng(concept_seq))
 
     # ------------------------------------------------------------------
     # Keras hooks
@@ -664,6 +719,8 @@ class InterpretationCallback(keras.callbacks.Callback):
         feats, dead, outputs, cache = self._forward()
         with single_thread_blas():  # small NumPy algebra right after a TensorFlow pass
             rows, means = self._statistics(epoch, feats, dead, outputs)
+        if self._concept_state is not None:
+            rows += self._concept_rows(epoch, feats)
         if self.importance_options is not None:
             rows += self._importance_rows(epoch, cache)
         self._rows.extend(rows)
@@ -816,6 +873,116 @@ class InterpretationCallback(keras.callbacks.Callback):
         self._interp.fitted = True
         self._probes_synced = True
 
+    # ------------------------------------------------------------------
+    # Concepts
+    # ------------------------------------------------------------------
+    def _setup_concepts(self, interp, rng):
+        """Reads the concepts' examples and the random pool once, and draws the splits and random sets once."""
+        assert self._concept_items is not None and self._x is not None  # set by __init__ and _setup
+        opts = self.concept_options
+        names, examples, digests = [], [], []
+        with _health.collect():
+            for name, data in self._concept_items:
+                xs = _pass.Collect.first("x", None)
+                info = _pass.run(interp.graph, interp._stream(data, batch_size=self.batch_size,
+                                                              argname=f"concepts[{name!r}]"), [xs])
+                _concepts.check_concept_size(name, info.n)
+                names.append(name)
+                examples.append(xs.result())
+                digests.append(set(_concepts.row_digests(examples[-1])))
+            if self._concept_random_arg is None:
+                pool_x = self._x
+                source = "`validation_data` (concept_random=None: the random sets are drawn from the validation subset)"
+            else:
+                xs = _pass.Collect.first("x", None)
+                _pass.run(interp.graph, interp._stream(self._concept_random_arg, batch_size=self.batch_size,
+                                                       max_samples=self.max_samples, argname="concept_random"), [xs])
+                pool_x = xs.result()
+                source = "`concept_random`"
+            pool_digests = _concepts.row_digests(pool_x)
+            for name, seen in zip(names, digests):
+                shared = sum(d in seen for d in pool_digests)
+                if shared:
+                    raise ValueError(
+                        f"{source} shares {shared} input(s) with the examples of concept {name!r}: the random sets "
+                        "must not contain the concept's examples (a CAV would have to tell an example from itself). "
+                        "Pass a `concept_random` pool without them."
+                    )
+            splits = [_concepts.split_examples(x_rows(e), opts["test_fraction"], rng) for e in examples]
+            m_train = max(len(sp.train) for sp in splits)
+            m_test = max(len(sp.test) for sp in splits)
+            held_out, sets = _concepts.draw_random_sets(x_rows(pool_x), m_test, m_train, opts["n_random"], rng,
+                                                        source=source, pool_arg="concept_random")
+        sets = np.stack(sets)
+        state = {"names": names, "sizes": [x_rows(e) for e in examples], "splits": splits,
+                 "held_out": held_out, "sets": sets, "pool_is_subset": self._concept_random_arg is None}
+        parts = list(examples)
+        if not state["pool_is_subset"]:  # only the random inputs drawn go through each record's pass
+            used = np.unique(np.concatenate([held_out, sets.ravel()]))
+            parts.append(x_take(pool_x, used))
+            state["local_held_out"] = np.searchsorted(used, held_out)
+            state["local_sets"] = np.searchsorted(used, sets)
+        else:
+            state["local_held_out"], state["local_sets"] = held_out, sets
+        state["x"] = _x_concat(parts)
+        return state
+
+    @property
+    def concept_sets(self) -> dict | None:
+        """The concepts' draws, the same at every record (None without ``concepts``, or before training).
+
+        A dict: ``"train"`` and ``"test"`` map each concept's name to the
+        indices (into its examples, in the order given) of its training and
+        held-out examples; ``"random_sets"`` (n_random, m) and
+        ``"random_held_out"`` are positions in the random pool
+        (``concept_random``'s first ``max_samples`` inputs, or the validation
+        subset). A concept with ``n`` training examples is fitted against the
+        first ``n`` inputs of each random set, and its held-out examples are
+        scored with as many of the first held-out random inputs.
+        """
+        st = self._concept_state
+        if st is None:
+            return None
+        return {"train": {n: sp.train.copy() for n, sp in zip(st["names"], st["splits"])},
+                "test": {n: sp.test.copy() for n, sp in zip(st["names"], st["splits"])},
+                "random_sets": st["sets"].copy(), "random_held_out": st["held_out"].copy()}
+
+    def _concept_rows(self, epoch, feats):
+        """The concept accuracy of every block: one pass over the concepts' examples, the concepts module's fit."""
+        interp = self._interp
+        st = self._concept_state
+        assert interp is not None and st is not None  # set by _setup
+        collects = [_pass.Collect(t, dtype=np.float32) for t in interp._feature_taps()]
+        _pass.run(interp.graph, interp._stream(st["x"], batch_size=self.batch_size, argname="concepts"), collects)
+        bounds = np.concatenate([[0], np.cumsum(st["sizes"])]).astype(int)
+        opts = self.concept_options
+        fit_kw = {k: opts[k] for k in ("method", "C", "max_iter", "tol")}
+        held_out, sets = st["local_held_out"], list(st["local_sets"])
+        rows: list[tuple] = []
+        bad: list[str] = []
+        not_converged: set[str] = set()
+        with single_thread_blas():
+            for i, (block, col) in enumerate(zip(interp.block_names, collects)):
+                v = col.result()
+                values = v.reshape(len(v), -1)
+                pool = feats[i] if st["pool_is_subset"] else values[bounds[-1]:]
+                if not (np.all(np.isfinite(values)) and np.all(np.isfinite(pool))):
+                    bad.append(block)
+                    continue
+                for c, (name, split) in enumerate(zip(st["names"], st["splits"])):
+                    cavs, correct = _concepts.fit_concept_cavs(values[bounds[c]:bounds[c + 1]], split, pool, held_out,
+                                                               sets, **fit_kw)
+                    not_converged.update(name for cav in cavs if not cav.converged)
+                    rows.append((epoch, block, CONCEPT_METRIC + name, float(correct.mean()), None))
+        if bad:
+            warnings.warn(f"Epoch {epoch}: {bad} produced NaN or infinite values on the concept or random examples; "
+                          "no concept accuracy is recorded for them at this epoch.", RuntimeWarning, stacklevel=3)
+        if not_converged:
+            _health.warn("not_converged", f"Epoch {epoch}: CAVs of concepts {sorted(not_converged)} did not converge "
+                         f"within max_iter={opts['max_iter']} L-BFGS iterations; raise concept_options' `max_iter` or "
+                         "lower its `C`.")
+        return rows
+
     def _importance_rows(self, epoch, cache):
         opts = self.importance_options
         assert self._analyzer is not None  # set by _setup when importance_options is given
@@ -925,6 +1092,27 @@ def _file_path(value, name):
     if os.path.isdir(path):
         raise ValueError(f"`{name}` must name a file; received the folder {path!r}.")
     return path
+
+
+def _check_concept_options(options) -> dict:
+    """``concept_options`` checked as the concept probes' options (:func:`.local.concepts.check_cav_options`)."""
+    if options is None:
+        return _concepts.check_cav_options()
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise TypeError(f"`concept_options` must be None or a dict of the concept probes' options "
+                        f"{list(_CONCEPT_OPTIONS)}; received {type(options).__name__}.")
+    bad = sorted(set(options) - set(_CONCEPT_OPTIONS))
+    if bad:
+        raise ValueError(f"`concept_options` has keys {bad} that the callback's concept probes do not take; they take "
+                         f"{list(_CONCEPT_OPTIONS)} (significance is for HybridInterpreter.concepts after training).")
+    return _concepts.check_cav_options(**options)
+
+
+def _x_concat(parts):
+    """Batches ``x`` (arrays, or lists of arrays: several inputs) joined along the samples."""
+    if isinstance(parts[0], list):
+        return [np.concatenate(p, axis=0) for p in zip(*parts)]
+    return np.concatenate(parts, axis=0)
 
 
 def _check_report_options(options, report_path):

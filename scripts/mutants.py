@@ -315,9 +315,17 @@ MUTANTS = [
       "adj = np.minimum(1.0, np.maximum.accumulate((m - ranks + 1) * s))",
       "adj = np.minimum(1.0, (m - ranks + 1) * s)", (CON + "test_the_corrections",), "Holm without the step-down max"),
     M("concept_accuracy_wrong_rows", "local/concepts.py",
-      "test_x = np.concatenate([f[split.test], pool_i[held_out[:len(split.test)]]])",
-      "test_x = np.concatenate([f[split.train[:len(split.test)]], pool_i[held_out[:len(split.test)]]])",
+      "return np.concatenate([features[split.test], pool[held_out[:n]]]), np.concatenate([np.ones(n), np.zeros(n)])",
+      "return np.concatenate([features[split.train[:n]], pool[held_out[:n]]]), np.concatenate([np.ones(n), "
+      "np.zeros(n)])",
       (CON + "test_accuracy_is_the_held_out_accuracy_of_the_cavs",), "accuracy on training examples"),
+    M("callback_concept_pool", "callback.py",
+      'pool = feats[i] if st["pool_is_subset"] else values[bounds[-1]:]', "pool = feats[i]",
+      (T + "integration/test_callback_concepts.py::test_one_row_per_epoch_concept_and_block_equal_to_sklearn_on_"
+       "the_same_features",), "concept_random ignored: the random sets read from the validation subset"),
+    M("callback_concept_half", "callback.py", "float(correct.mean())", "float(correct[:len(correct) // 2].mean())",
+      (T + "integration/test_callback_concepts.py::test_one_row_per_epoch_concept_and_block_equal_to_sklearn_on_"
+       "the_same_features",), "concept accuracy on the concept's held-out examples only"),
 ]
 
 

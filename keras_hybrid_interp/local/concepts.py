@@ -150,6 +150,14 @@ __all__ = [
     "concepts",
     "concept_maps",
     "fit_cav",
+    "fit_concept_cavs",
+    "ConceptSplit",
+    "split_examples",
+    "draw_random_sets",
+    "held_out_set",
+    "check_cav_options",
+    "check_concept_size",
+    "row_digests",
     "directional_derivatives",
     "class_score",
     "tcav_pvalues",
@@ -388,6 +396,82 @@ def fit_cav(concept, random, *, method="logistic", C=1.0, max_iter=MAX_ITER, tol
     return Cav(v / norm, b / norm, weights, converged)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConceptSplit:
+    """Which of a concept's examples (indices, in the order given) train its CAVs and which measure its accuracy."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def split_examples(m, test_fraction, rng) -> ConceptSplit:
+    """A concept's ``m`` examples split once: ``round(test_fraction * m)`` held out (at least 1, at most ``m - 2``)."""
+    perm = rng.permutation(m)
+    n_test = min(max(1, int(round(test_fraction * m))), m - 2)
+    return ConceptSplit(np.sort(perm[n_test:]), np.sort(perm[:n_test]))
+
+
+def draw_random_sets(n_pool, m_test, m_train, n_random, rng, *, source, pool_arg):
+    """``(held_out, sets)``: positions in a random pool of ``n_pool`` inputs of the held-out random inputs
+    (``m_test``) and of ``n_random`` random sets of ``m_train`` inputs, disjoint when the pool is large enough
+    (else drawn with overlaps between sets, with a warning). ``source`` and ``pool_arg`` name the pool in the
+    messages."""
+    if n_pool < m_test + m_train:
+        raise ValueError(
+            f"{source} has {n_pool} inputs; the random sets need at least {m_test + m_train} (a held-out set of "
+            f"{m_test} and random sets of {m_train}, the size of the largest concept's training part). Pass more "
+            f"random inputs (`{pool_arg}`)."
+        )
+    perm = rng.permutation(n_pool)
+    held_out, rest = perm[:m_test], perm[m_test:]
+    if len(rest) >= n_random * m_train:
+        return held_out, [rest[r * m_train:(r + 1) * m_train] for r in range(n_random)]
+    sets = [rng.choice(rest, m_train, replace=False) for _ in range(n_random)]
+    _health.warn(
+        "few_samples",
+        f"The {n_random} random sets of {m_train} inputs share inputs: {source} gave {n_pool} inputs, fewer "
+        f"than the {m_test + n_random * m_train} that disjoint sets need. The random-vs-random spread is then "
+        "understated; pass more random inputs or lower `n_random`.",
+    )
+    return held_out, sets
+
+
+def held_out_set(features, split, pool, held_out):
+    """``(x, t)``: the concept's held-out examples (t = 1) and as many held-out random inputs (t = 0), features."""
+    n = len(split.test)
+    return np.concatenate([features[split.test], pool[held_out[:n]]]), np.concatenate([np.ones(n), np.zeros(n)])
+
+
+def fit_concept_cavs(features, split, pool, held_out, sets, **fit_kw):
+    """One concept's CAVs at one block, one per random set, and their held-out correctness.
+
+    ``features`` (m, D): the concept's examples; ``pool`` (n_pool, D): the
+    random pool's, indexed by ``held_out`` and ``sets`` (from
+    :func:`draw_random_sets`). The CAV against set ``r`` is :func:`fit_cav`
+    of the training examples against the first ``len(split.train)`` inputs
+    of ``sets[r]``. Returns ``(cavs, correct)``: ``correct`` (2 n_test,) is
+    each held-out input's correctness averaged over the CAVs, so the concept
+    accuracy of the block is ``correct.mean()``.
+    """
+    mt = len(split.train)
+    pos = features[split.train]
+    test_x, test_t = held_out_set(features, split, pool, held_out)
+    cavs, correct = [], np.zeros(len(test_t))
+    for r in range(len(sets)):
+        cav = fit_cav(pos, pool[sets[r][:mt]], **fit_kw)
+        cavs.append(cav)
+        correct += (cav.predict(test_x) == test_t) / len(sets)
+    return cavs, correct
+
+
+def check_cav_options(n_random=20, test_fraction=0.33, method="logistic", C=1.0, max_iter=MAX_ITER, tol=TOL) -> dict:
+    """The options of the concept probes' fit and accuracy (as :func:`concepts` takes them), checked; a dict."""
+    check_solver(max_iter, tol)
+    return {"n_random": _check_int(n_random, "n_random", 2),
+            "test_fraction": _check_fraction(test_fraction, "test_fraction"),
+            "method": _check_choice(method, METHODS, "method"), "C": check_C(C), "max_iter": max_iter, "tol": tol}
+
+
 # ----------------------------------------------------------------------
 # Class outputs and directional derivatives
 # ----------------------------------------------------------------------
@@ -591,7 +675,7 @@ def directional_derivatives(interp, x, directions, y=None, *, blocks=None, featu
 # ----------------------------------------------------------------------
 # Collecting features
 # ----------------------------------------------------------------------
-def _row_digests(x) -> list:
+def row_digests(x) -> list:
     """A digest of every row of a batch (one array, or a list of arrays: several inputs)."""
     parts = x if isinstance(x, list) else [x]
     parts = [np.ascontiguousarray(np.asarray(a)) for a in parts]
@@ -613,7 +697,7 @@ class _Digests:
         self.digests: list = []
 
     def update(self, batch):
-        self.digests.extend(_row_digests(batch.x))
+        self.digests.extend(row_digests(batch.x))
 
 
 class Reservoir:
@@ -643,7 +727,7 @@ class Reservoir:
         if self.values is None:
             self.values = [np.zeros((self.size, v.shape[1]), np.float32) for v in vals]
         if self.watch:
-            for d in _row_digests(batch.x):
+            for d in row_digests(batch.x):
                 for name, seen in self.watch.items():
                     self.shared[name] += d in seen
         for i in range(n):
@@ -1028,19 +1112,25 @@ def _collect_concept(interp, name, data, taps, batch_size):
     digests = _Digests()
     info = _pass.run(interp.graph, stream, collects + [digests])
     _check_finite(interp, info)
-    if info.n < MIN_EXAMPLES:
-        raise ValueError(
-            f"`{argname}` has {info.n} examples; a concept needs at least {MIN_EXAMPLES} (a third of them are held "
-            f"out to measure the concept accuracy, and 30 or more give useful intervals)."
-        )
-    if info.n < FEW_EXAMPLES:
-        _health.warn(
-            "few_samples",
-            f"Concept {name!r} has only {info.n} examples: its held-out accuracy rests on a handful of them and its "
-            f"CAVs move with every random set. Pass {FEW_EXAMPLES} or more (30-100 is typical).",
-        )
+    check_concept_size(name, info.n)
     feats = [c.result().reshape(info.n, -1) for c in collects]
     return feats, digests.digests
+
+
+def check_concept_size(name, n) -> None:
+    """Refuses a concept of fewer than :data:`MIN_EXAMPLES` examples; warns below :data:`FEW_EXAMPLES`."""
+    argname = f"concepts[{name!r}]"
+    if n < MIN_EXAMPLES:
+        raise ValueError(
+            f"`{argname}` has {n} examples; a concept needs at least {MIN_EXAMPLES} (a third of them are held "
+            f"out to measure the concept accuracy, and 30 or more give useful intervals)."
+        )
+    if n < FEW_EXAMPLES:
+        _health.warn(
+            "few_samples",
+            f"Concept {name!r} has only {n} examples: its held-out accuracy rests on a handful of them and its "
+            f"CAVs move with every random set. Pass {FEW_EXAMPLES} or more (30-100 is typical).",
+        )
 
 
 def _check_finite(interp, info):
@@ -1048,12 +1138,6 @@ def _check_finite(interp, info):
     if bad:
         raise ValueError(f"{bad} produced NaN or infinite values on finite inputs; concept probes on them would be "
                          "meaningless.")
-
-
-@dataclasses.dataclass
-class _Split:
-    train: np.ndarray
-    test: np.ndarray
 
 
 def concepts(interp, concepts, x, y=None, *, random=None, n_random=20, random_state=None, blocks=None,
@@ -1161,12 +1245,7 @@ def concepts(interp, concepts, x, y=None, *, random=None, n_random=20, random_st
         f, d = _collect_concept(interp, name, data, taps, batch_size)
         concept_feats.append(f)
         concept_digests.append(d)
-    splits = []
-    for f in concept_feats:
-        m = len(f[0])
-        perm = rng.permutation(m)
-        n_test = min(max(1, int(round(test_fraction * m))), m - 2)
-        splits.append(_Split(np.sort(perm[n_test:]), np.sort(perm[:n_test])))
+    splits = [split_examples(len(f[0]), test_fraction, rng) for f in concept_feats]
     m_train = max(len(s.train) for s in splits)
     m_test = max(len(s.test) for s in splits)
     wanted = m_test + n_random * m_train
@@ -1189,24 +1268,7 @@ def concepts(interp, concepts, x, y=None, *, random=None, n_random=20, random_st
                 f"not contain the concept's examples (a CAV would have to tell an example from itself). Pass a "
                 f"`random` pool without them."
             )
-    if n_pool < m_test + m_train:
-        raise ValueError(
-            f"{source} has {n_pool} inputs; the random sets need at least {m_test + m_train} (a held-out set of "
-            f"{m_test} and random sets of {m_train}, the size of the largest concept's training part). Pass more "
-            f"random inputs (`{pool_arg}`)."
-        )
-    perm = rng.permutation(n_pool)
-    held_out, rest = perm[:m_test], perm[m_test:]
-    if len(rest) >= n_random * m_train:
-        sets = [rest[r * m_train:(r + 1) * m_train] for r in range(n_random)]
-    else:
-        sets = [rng.choice(rest, m_train, replace=False) for _ in range(n_random)]
-        _health.warn(
-            "few_samples",
-            f"The {n_random} random sets of {m_train} inputs share inputs: {source} gave {n_pool} inputs, fewer "
-            f"than the {m_test + n_random * m_train} that disjoint sets need. The random-vs-random spread is then "
-            "understated; pass more random inputs or lower `n_random`.",
-        )
+    held_out, sets = draw_random_sets(n_pool, m_test, m_train, n_random, rng, source=source, pool_arg=pool_arg)
 
     # 2. CAVs: every concept against every random set, at every block; the random-vs-random ones; controls.
     L, Cn, R = len(keys), len(items), n_random
@@ -1228,17 +1290,15 @@ def concepts(interp, concepts, x, y=None, *, random=None, n_random=20, random_st
             f = feats[i]
             mt = len(split.train)
             pos = f[split.train]
-            test_x = np.concatenate([f[split.test], pool_i[held_out[:len(split.test)]]])
-            test_t = np.concatenate([np.ones(len(split.test)), np.zeros(len(split.test))])
-            for r in range(R):
-                cav = fit_cav(pos, pool_i[sets[r][:mt]], **fit_kw)
+            cavs, correct[c][i] = fit_concept_cavs(f, split, pool_i, held_out, sets, **fit_kw)
+            for r, cav in enumerate(cavs):
                 directions[i][c, r] = cav.direction
                 intercepts[c, i, r] = cav.intercept
                 fw[c] += _per_filter(cav.weights, graph, keys[i], features) / R
-                correct[c][i] += (cav.predict(test_x) == test_t) / R
                 if not cav.converged:
                     not_converged.add(names[c])
             if controls:
+                test_x, test_t = held_out_set(f, split, pool_i, held_out)
                 labels = np.concatenate([np.ones(mt), np.zeros(mt)])
                 for r in range(controls):
                     both = np.concatenate([pos, pool_i[sets[r % R][:mt]]])

@@ -23,7 +23,7 @@ Examples
 """
 
 from .atlas import plot_filter_examples
-from .concepts import plot_concept_accuracy, plot_concept_maps, plot_tcav_scores
+from .concepts import plot_concept_accuracy, plot_concept_maps, plot_concept_training, plot_tcav_scores
 from .global_ import (
     plot_filter_class_association,
     plot_filter_correlation,
@@ -51,6 +51,7 @@ __all__ = [
     "plot_concept_accuracy",
     "plot_tcav_scores",
     "plot_concept_maps",
+    "plot_concept_training",
     "plot_layer_metrics",
     "plot_layer_predictions",
     "plot_local_explanation",

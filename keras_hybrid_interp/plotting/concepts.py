@@ -9,7 +9,11 @@ import numpy as np
 from .common import common_scope, ellipsize, new_ax
 from .local import upsample, upsample_curve
 
-__all__ = ["plot_concept_accuracy", "plot_tcav_scores", "plot_concept_maps"]
+__all__ = ["plot_concept_accuracy", "plot_tcav_scores", "plot_concept_maps", "plot_concept_training",
+           "CONCEPT_METRIC"]
+
+#: The metric of ``InterpretationCallback``'s concept accuracy rows: ``"concept_accuracy/<concept name>"``.
+CONCEPT_METRIC = "concept_accuracy/"
 
 
 def _short_blocks(blocks):
@@ -173,6 +177,57 @@ def plot_concept_maps(maps, *, fig=None, cmap="RdBu_r", alpha=0.6, figsize=None)
             if c == 0:
                 ax.set_title(ellipsize(block, 18), fontsize=8)
     fig.suptitle("Concept maps: the mean CAV at every position (red: concept side)", fontsize=9)
+    return fig
+
+
+def plot_concept_training(history, *, concepts=None, fig=None, cmap="viridis", figsize=None):
+    """When each concept forms during training: its accuracy at every block against the epoch.
+
+    ``history``: ``InterpretationCallback.history`` (or the frame of
+    ``InterpretationCallback.load_history``) of a callback given
+    ``concepts=``: its rows of metric ``"concept_accuracy/<name>"``. One
+    panel per concept (``concepts``: which, default all), one line per block
+    (shallow to deep: light to dark in ``cmap``); the dashed line is chance
+    (0.5: the held-out sets are balanced). Returns the Figure.
+    """
+    import pandas as pd
+
+    if not isinstance(history, pd.DataFrame) or not {"epoch", "block", "metric", "value"} <= set(history.columns):
+        raise TypeError("`history` must be InterpretationCallback.history (a DataFrame with columns epoch, block, "
+                        f"metric, value); received {type(history).__name__}.")
+    metric = history["metric"].astype(str)
+    rows = history[metric.str.startswith(CONCEPT_METRIC)]
+    recorded = list(dict.fromkeys(m[len(CONCEPT_METRIC):] for m in rows["metric"]))
+    if not recorded:
+        raise ValueError("`history` holds no concept accuracy: pass InterpretationCallback(..., concepts={name: "
+                         "examples}) to record it.")
+    names = recorded if concepts is None else ([concepts] if isinstance(concepts, str) else list(concepts))
+    for name in names:
+        if name not in recorded:
+            raise ValueError(f"`concepts`: {name!r} was not recorded; recorded: {recorded}.")
+    blocks = list(dict.fromkeys(rows["block"]))
+    n = len(names)
+    cols = min(n, 3)
+    nrows = -(-n // cols)
+    if fig is None:
+        fig = plt.figure(figsize=figsize or (4.6 * cols, 3.4 * nrows), layout="constrained")
+    axes = np.asarray(fig.subplots(nrows, cols, squeeze=False)).ravel()
+    colours = plt.get_cmap(cmap)(np.linspace(0.15, 0.95, len(blocks)))
+    labels = _short_blocks(blocks)
+    for ax, name in zip(axes, names):
+        data = rows[rows["metric"] == CONCEPT_METRIC + name]
+        for block, colour, label in zip(blocks, colours, labels):
+            b = data[data["block"] == block].sort_values("epoch")
+            if len(b):
+                ax.plot(b["epoch"], b["value"], "o-", color=colour, ms=3, lw=1.2, label=label)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel("epoch (0: before training)")
+        ax.set_ylabel("concept accuracy (held out)")
+        ax.set_title(f"Concept {name!r} by block over training", fontsize=9)
+    axes[0].legend(fontsize=7, title="block", title_fontsize=7, loc="lower right")
+    for ax in axes[n:]:
+        ax.set_visible(False)
     return fig
 
 

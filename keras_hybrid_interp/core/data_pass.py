@@ -143,9 +143,6 @@ def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> P
     lean = [i for i in full if taps[i].limit is None]
     limited = [i for i in full if taps[i].limit is not None]
     horizon = max([taps[i].limit for i in limited], default=0)
-    full_model = _side_model(graph, full) if full else None
-    lean_model = (_side_model(graph, lean) if lean else None) if horizon else full_model
-    limited_model = None
 
     bar = keras.utils.Progbar(stream.num_batches, verbose=verbose, unit_name="batch") if verbose else None
     for r in reducers:
@@ -165,22 +162,22 @@ def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> P
             yb = task.targets(yb, argname=stream.label_argname)
         elif yb is not None and num_classes is not None:
             yb = to_class_indices(yb, num_classes, argname=stream.label_argname)
-        runs = []  # (model, its taps, the samples of the batch it runs on)
+        # (taps, the samples of the batch they run on); each side model is built (and traced) at the first
+        # batch that runs it: the full one runs only while a whole batch needs the limited taps, often never
+        runs = []
         if not horizon or n >= horizon:
-            runs.append((lean_model, lean, xb))
+            runs.append((lean, xb))
         elif x_rows(xb) <= horizon - n:  # every sample of the batch needs the limited taps
-            runs.append((full_model, full, xb))
+            runs.append((full, xb))
         else:
             # Only the head of the batch needs the limited taps (raw maps of a few inputs): run them
             # on those samples alone, so the pass never holds a whole batch of every raw map.
-            if limited_model is None:
-                limited_model = _side_model(graph, limited)
-            runs += [(lean_model, lean, xb), (limited_model, limited, x_take(xb, slice(None, horizon - n)))]
+            runs += [(lean, xb), (limited, x_take(xb, slice(None, horizon - n)))]
         values = {}
-        for model, idents, xs in runs:
-            if model is None:
+        for idents, xs in runs:
+            if not idents:
                 continue
-            for ident, v in zip(idents, _forward(model, xs)):
+            for ident, v in zip(idents, _forward(_side_model(graph, idents), xs)):
                 v = np.asarray(v)
                 if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
                     nonfinite.add(ident[0])

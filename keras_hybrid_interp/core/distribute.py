@@ -26,6 +26,8 @@ import numpy as np
 
 import keras
 
+from .graph import trace_free_batch
+
 __all__ = ["active_strategy", "predict_on_batch"]
 
 #: model -> {id(strategy): _DistributedPredictor}. Weak on the model, and no
@@ -98,6 +100,7 @@ def predict_on_batch(model, x):
     """
     strategy = active_strategy()
     if strategy is None:
+        trace_free_batch(model, x)  # at the first call: one trace for every batch size (TensorFlow)
         return model.predict_on_batch(x)
     per_model = _PREDICTORS.setdefault(model, {})
     predictor = per_model.get(id(strategy))

@@ -86,6 +86,7 @@ __all__ = [
     "MEAN_OP",
     "MAX_OP",
     "op_classes",
+    "trace_free_batch",
 ]
 
 #: Keras' base classes of the layer families that no public module exports, handed to the layer
@@ -898,6 +899,39 @@ class ModelGraph:
     def tensor_dtype(self, key: int) -> str:
         """The dtype of tensor ``key``, standardised (``"float32"``, ``"int64"``...)."""
         return keras.backend.standardize_dtype(self._symbolic[key].dtype)
+
+
+def trace_free_batch(model, x) -> None:
+    """Before a model's first ``predict_on_batch(x)`` on TensorFlow: trace its predict function for any batch size.
+
+    Keras traces its predict function at the first batch's shape, and
+    TensorFlow's ``reduce_retracing`` traces it again, relaxed, at the
+    first batch of another size (the last, shorter batch of a stream; a
+    tail's stacked batch): on a large model a second trace costs seconds
+    (DenseNet121: ~2 s, plus the new graph's first run). Traced once here
+    with ``x``'s shapes and dtypes but a free batch dimension, every batch
+    size then runs that one trace, with the same results. Nothing happens
+    on other backends, once the model has a predict function, or when it
+    runs eagerly. Keras internals: its TensorFlow predict function takes
+    ``[(x,)]``; should that change, the model is traced as before.
+    """
+    if keras.backend.backend() != "tensorflow" or model.predict_function is not None or isinstance(x, dict):
+        return
+    import tensorflow as tf
+
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    if not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in xs):  # not arrays: Keras converts them
+        return
+    specs = [tf.TensorSpec((None,) + tuple(a.shape[1:]), tf.as_dtype(a.dtype)) for a in xs]
+    model.make_predict_function()
+    fn: Any = model.predict_function
+    if not hasattr(fn, "get_concrete_function"):  # run_eagerly: nothing is traced
+        return
+    structure = type(x)(specs) if isinstance(x, (list, tuple)) else specs[0]
+    try:
+        fn.get_concrete_function([(structure,)])
+    except (TypeError, ValueError):  # pragma: no cover - another Keras calling convention: traced at first call
+        pass
 
 
 def _safe(name: str) -> str:

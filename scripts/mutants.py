@@ -161,6 +161,18 @@ MUTANTS = [
       "return (np.asarray(features, np.float64) - mean) @ kernel + bias",
       (T + "local/test_interpreter.py::test_evaluate_layers_equals_sklearn_on_independent_features",),
       "probe logits lose the standardization"),
+    M("span_stop_untightened", "core/trainer.py", "gtol = tol / max(1.0, rho * math.sqrt(m))", "gtol = tol",
+      (T + "core/test_trainer_span.py::"
+       "test_span_run_stops_where_the_full_space_run_stops_with_a_feature_axis_in_the_span",),
+      "the span's fit stops on its own coordinates' gradient, before the full gradient passes the test"),
+    M("span_keeps_penalised_start", "core/trainer.py", "rest = w0 - v @ a0 if math.isinf(C) else 0.0",
+      "rest = w0 - v @ a0",
+      (T + "core/test_trainer_span.py::"
+       "test_span_warm_start_reaches_the_optimum_and_a_converged_start_stops_at_once",),
+      "a warm start's part off the samples' span is kept although the penalty's optimum is 0 there"),
+    M("span_features_untransposed", "core/trainer.py", "    return v, r.T\n", "    return v, r\n",
+      (T + "core/test_trainer_span.py::test_span_fit_equals_sklearn",),
+      "the samples' coordinates in the span are R instead of R.T"),
     M("input_transform_variance", "local/probes.py", "var /= max(n, 1)", "var /= max(n - 1, 1)",
       (T + "local/test_probes.py::test_input_transform_is_standard_scaler_and_drops_constant_features",),
       "standardization with ddof=1 (StandardScaler uses 0)"),

@@ -191,7 +191,7 @@ def child(model_name, row, size, n):
             # Time inside the probe trainer (L-BFGS on the cached features) vs the rest (the pass).
             from keras_hybrid_interp.local import interpreter as _interp_mod
 
-            real_fit, in_fit = _interp_mod.fit_probe, [0.0]
+            real_fit, in_fit = _interp_mod.fit_task_probe, [0.0]
 
             def timed_fit(*a, **k):
                 t = time.perf_counter()
@@ -200,11 +200,11 @@ def child(model_name, row, size, n):
                 finally:
                     in_fit[0] += time.perf_counter() - t
 
-            _interp_mod.fit_probe = timed_fit
+            _interp_mod.fit_task_probe = timed_fit
             try:
                 interp.fit_probes(x, y, verbose=0)
             finally:
-                _interp_mod.fit_probe = real_fit
+                _interp_mod.fit_task_probe = real_fit
             out["seconds"] = time.perf_counter() - t0
             out["probe_iters"] = [int(v) for v in interp.convergence_["n_iter"]]
             out["trainer_s"] = in_fit[0]

@@ -315,15 +315,6 @@ def masked_replacement(tensor, *, key: int, rank: int, channels: int):
 class TiedTailEngine(TailEngine):
     """A tail that perturbs channel ``i`` of several tensors at once (``groups="coupled"``).
 
-    Parameters
-    ----------
-    graph : ModelGraph
-    key : int
-        The analysed tensor; its channels are the rows of the result.
-    tied : list of int
-        Tensors tied to ``key`` channel by channel (:func:`.coupling.tied_tensors`),
-        ``key`` included, all with ``key``'s channel count.
-
     The tail starts at the earliest tied tensor (so that perturbing an
     upstream one, such as a residual stage's input, reaches every branch
     that reads it) and is built with :meth:`ModelGraph.build_edited`: every
@@ -338,6 +329,15 @@ class TiedTailEngine(TailEngine):
 
     The cache holds the frontier of the cut and every tied tensor for the
     analysed samples.
+
+    Parameters
+    ----------
+    graph : ModelGraph
+    key : int
+        The analysed tensor; its channels are the rows of the result.
+    tied : list of int
+        Tensors tied to ``key`` channel by channel (:func:`.coupling.tied_tensors`),
+        ``key`` included, all with ``key``'s channel count.
     """
 
     tail_name = "khi_tied_tail"

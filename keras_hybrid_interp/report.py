@@ -613,10 +613,10 @@ RECORD_SCHEMA = "keras-hybrid-interp/report/1"
 
 def report_schema() -> dict:
     """The JSON Schema of the report record (:meth:`Report.to_record`), shipped in the package."""
-    from importlib import resources
+    import pathlib
 
-    text = resources.files("keras_hybrid_interp").joinpath("schemas").joinpath("report.schema.json").read_text("utf-8")
-    return json.loads(text)
+    path = pathlib.Path(__file__).resolve().parent / "schemas" / "report.schema.json"
+    return json.loads(path.read_text("utf-8"))
 
 
 def _cell(v):

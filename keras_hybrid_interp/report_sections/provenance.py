@@ -110,18 +110,15 @@ class DataFingerprint:
 
 def environment() -> dict:
     """The versions of the package, Keras, the backend and NumPy, Python's, and the platform."""
-    import importlib.metadata
-
     import keras
 
     from .. import __version__
 
     backend = keras.config.backend()
-    dist = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend)
-    try:
-        backend_version = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a backend without distribution metadata
-        backend_version = "unknown"
+    # Keras has imported its backend's module; its __version__ is the distribution's (the package reads no
+    # metadata through importlib: tests/test_security.py).
+    module = sys.modules.get({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend))
+    backend_version = str(getattr(module, "__version__", "unknown"))
     return {"keras_hybrid_interp": __version__, "keras": keras.__version__, "backend": backend,
             "backend_version": backend_version, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),

@@ -52,10 +52,11 @@ def test_the_demo_report_in_headless_chromium(demo_report, tmp_path):
             assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
             assert errors == []
 
-            # the health section comes first, and every section heading is visible
+            # the check table comes first (issue 22), the health section right after it, and every section
+            # heading is visible
             headings = page.locator("h2")
             titles = [headings.nth(i).inner_text() for i in range(headings.count())]
-            assert titles[0] == "Health"
+            assert titles[:2] == ["Checks", "Health"], titles[:3]
             for i in range(headings.count()):
                 assert headings.nth(i).is_visible(), titles[i]
             for want in ("Layer-by-layer predictions", "Local explanations", "Filter importance", "Model summary"):

@@ -141,41 +141,48 @@ def run_demo(args) -> int:
     return 0
 
 
-def _load_npz(path, x_key, y_key):
+def _open_npz(path, flag, example):
+    """The .npz archive at ``path`` (numeric arrays only: no pickle); one-line errors naming ``flag``."""
     import numpy as np
 
     if not os.path.isfile(path):
-        raise CLIError(f"--data: no such file: {path}")
+        raise CLIError(f"{flag}: no such file: {path}")
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise CLIError(f"--data: {path} is not a readable .npz file without pickled objects ({exc})") from None
+        raise CLIError(f"{flag}: {path} is not a readable .npz file without pickled objects ({exc})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise CLIError(f"--data: expected an .npz archive of named arrays (np.savez(path, x=..., y=...)); "
+        raise CLIError(f"{flag}: expected an .npz archive of named arrays ({example}); "
                        f"{path} holds a single array of shape {getattr(data, 'shape', None)}")
+    return data
+
+
+def _read_array(data, key, path, flag):
+    """Array ``key`` of an opened archive; one-line errors naming ``flag`` (object arrays need pickle: refused)."""
+    try:
+        return data[key]
+    except ValueError as exc:  # object arrays need pickle, which is refused
+        raise CLIError(
+            f"{flag}: array {key!r} of {path} holds Python objects, which only pickle can load; refused "
+            f"(np.load with allow_pickle=False, so the file cannot run code). Save numeric arrays ({exc})"
+        ) from None
+    except (OSError, EOFError, KeyError) as exc:
+        raise CLIError(
+            f"{flag}: could not read array {key!r} of {path}: the file is truncated or corrupt ({exc})"
+        ) from None
+
+
+def _load_npz(path, x_key, y_key):
+    data = _open_npz(path, "--data", "np.savez(path, x=..., y=...)")
     keys = list(data.files)
-
-    def read(key, flag):
-        try:
-            return data[key]
-        except ValueError as exc:  # object arrays need pickle, which is refused
-            raise CLIError(
-                f"{flag}: array {key!r} of {path} holds Python objects, which only pickle can load; refused "
-                f"(np.load with allow_pickle=False, so the file cannot run code). Save numeric arrays ({exc})"
-            ) from None
-        except (OSError, EOFError, KeyError) as exc:
-            raise CLIError(
-                f"{flag}: could not read array {key!r} of {path}: the file is truncated or corrupt ({exc})"
-            ) from None
-
     if x_key not in keys:
         raise CLIError(f"--x-key: {path} has no array {x_key!r}; it has {keys}")
-    x = read(x_key, "--x-key")
+    x = _read_array(data, x_key, path, "--x-key")
     y = None
     if y_key is not None:
         if y_key not in keys:
             raise CLIError(f"--y-key: {path} has no array {y_key!r}; it has {keys} (use --y-key '' for unlabeled data)")
-        y = read(y_key, "--y-key")
+        y = _read_array(data, y_key, path, "--y-key")
         if y.ndim == 0 or x.ndim == 0 or len(y) != len(x):
             raise CLIError(
                 f"--y-key: array {y_key!r} has shape {y.shape} but --x-key array {x_key!r} has shape {x.shape}; "
@@ -186,27 +193,8 @@ def _load_npz(path, x_key, y_key):
 
 def _npz_arrays(path, flag) -> dict:
     """Every array of the .npz at ``path`` by name (numeric arrays only: no pickle); one-line errors naming ``flag``."""
-    import numpy as np
-
-    if not os.path.isfile(path):
-        raise CLIError(f"{flag}: no such file: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise CLIError(f"{flag}: {path} is not a readable .npz file without pickled objects ({exc})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise CLIError(f"{flag}: expected an .npz archive of named arrays (np.savez(path, name=array, ...)); {path} "
-                       f"holds a single array of shape {getattr(data, 'shape', None)}")
-    out = {}
-    for key in data.files:
-        try:
-            out[key] = data[key]
-        except ValueError as exc:  # object arrays need pickle, which is refused
-            raise CLIError(f"{flag}: array {key!r} of {path} holds Python objects, which only pickle can load; "
-                           f"refused (np.load with allow_pickle=False). Save numeric arrays ({exc})") from None
-        except (OSError, EOFError, KeyError) as exc:
-            raise CLIError(f"{flag}: could not read array {key!r} of {path}: the file is truncated or corrupt "
-                           f"({exc})") from None
+    data = _open_npz(path, flag, "np.savez(path, name=array, ...)")
+    out = {key: _read_array(data, key, path, flag) for key in data.files}
     if not out:
         raise CLIError(f"{flag}: {path} holds no array")
     return out

@@ -132,13 +132,13 @@ class _ClassMoments:
         self.m2 = np.zeros(c)
         self.counts = np.zeros(k, dtype=np.int64)
         self.sums = np.zeros((k, c))  # per-class sums of (s - shift)
-        self.shift = None
+        self.shift = np.zeros(c)  # the first sample's values, set by the first update (stable sums)
         self.min = np.full(c, np.inf)
         self.max = np.full(c, -np.inf)
 
     def update(self, s, y):
         nb = len(s)
-        if self.shift is None:
+        if self.n == 0:
             self.shift = s[0].copy()
         mb = s.mean(0)
         m2b = ((s - mb) ** 2).sum(0)
@@ -153,7 +153,6 @@ class _ClassMoments:
         np.maximum(self.max, s.max(0), out=self.max)
 
     def result(self):
-        assert self.shift is not None  # set by the first update (association_result needs 2 samples)
         dead = self.max == self.min
         with np.errstate(invalid="ignore", divide="ignore"):
             cm = self.sums / self.counts[:, None] + self.shift  # (K, C)

@@ -344,8 +344,8 @@ def examples_result(red: TopKExamples, block: str, *, keep=None, known_dead=()) 
     if red.n == 0:
         raise ValueError("`x` holds no sample; the filter atlas needs at least one.")
     rf = red.rf
-    assert red.input_shape is not None  # set by the first batch (red.n > 0)
-    if any(n is None for n in rf.input_shape):  # the static shape was not known: the data's
+    # The static shape was not known: the data's (set by the first batch, and red.n > 0 here).
+    if red.input_shape is not None and any(n is None for n in rf.input_shape):
         rf = dataclasses.replace(rf, input_shape=red.input_shape)
         if rf.whole:
             rf = dataclasses.replace(rf, size=red.input_shape)

@@ -66,8 +66,10 @@ class StreamingQuantile:
         self.tap = tap
         self.taps = (tap,)
         self.bins = int(bins)
-        self.counts = None
-        self.lo = self.width = None
+        # Set at the first update with values (total > 0): C filters, known from the data.
+        self.counts = np.zeros((0, self.bins), np.int64)
+        self.lo = np.zeros(0)
+        self.width = np.zeros(0)
         self.total = 0
 
     def update(self, batch):
@@ -77,21 +79,19 @@ class StreamingQuantile:
             return
         vmin, vmax = v.min(axis=0), v.max(axis=0)
         B = self.bins
-        if self.counts is None:
+        if self.total == 0:
             C = v.shape[1]
             self.lo = vmin.copy()
             tiny = 1e-9 * np.maximum(np.maximum(np.abs(vmin), np.abs(vmax)), 1e-30)
             self.width = np.maximum((vmax - vmin) / (B - 1), tiny)
             self.counts = np.zeros((C, B), np.int64)
         self._grow(vmin, vmax)
-        assert self.counts is not None and self.lo is not None and self.width is not None  # set by the first update
         idx = np.clip(np.floor((v - self.lo) / self.width).astype(np.int64), 0, B - 1)
         C = v.shape[1]
         self.counts += np.bincount((idx + np.arange(C) * B).ravel(), minlength=C * B).reshape(C, B)
         self.total += len(v)
 
     def _grow(self, vmin, vmax):
-        assert self.counts is not None and self.lo is not None and self.width is not None  # set by the first update
         B = self.bins
         hi = self.lo + B * self.width
         for c in np.flatnonzero((vmin < self.lo) | (vmax >= hi)):
@@ -110,7 +110,6 @@ class StreamingQuantile:
 
     def thresholds(self, quantile) -> np.ndarray:
         """(C,) per filter: the level above which the top ``quantile`` of its values lies (interpolated in the bin)."""
-        assert self.counts is not None and self.lo is not None and self.width is not None  # set by the first update
         target = quantile * self.total
         above = np.cumsum(self.counts[:, ::-1], axis=1)[:, ::-1]  # above[c, j]: values in bins >= j
         C, B = self.counts.shape

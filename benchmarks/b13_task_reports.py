@@ -76,6 +76,8 @@ import sys
 import tempfile
 import time
 
+from _proc_memory import reset_peak, status_bytes
+
 HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 GB = 1e9
@@ -92,22 +94,6 @@ N_LABELS = 14
 # ----------------------------------------------------------------------------------------------
 # child: one row in a fresh process
 # ----------------------------------------------------------------------------------------------
-def _status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * KIB  # kB in /proc = KiB
-    return float("nan")
-
-
-def _reset_peak():
-    """Resets the kernel's RSS high-water mark (VmHWM) to the current RSS; False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def build_unet(size, filters=UNET_FILTERS, classes=4):
@@ -194,8 +180,8 @@ def child(model_name, row, size, n, profile_path=None, skip=()):
             t0 = time.perf_counter()
             interp.fit_probes(x, y, batch_size=bs, verbose=0)
             out["fit_probes_s"] = time.perf_counter() - t0
-        out["setup_rss"] = _status("VmRSS")
-        out["peak_reset"] = _reset_peak()
+        out["setup_rss"] = status_bytes("VmRSS")
+        out["peak_reset"] = reset_peak()
         n_setup_warnings = len(caught)
 
         t0 = time.perf_counter()
@@ -233,7 +219,7 @@ def child(model_name, row, size, n, profile_path=None, skip=()):
             out["health"] = [k for k, _ in rep.health]
         else:
             raise SystemExit(f"unknown row {row!r}")
-        out["call_peak"] = _status("VmHWM")
+        out["call_peak"] = status_bytes("VmHWM")
     out["process_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
     kinds = {}
     for w in caught[n_setup_warnings:]:  # the call's warnings, names and numbers blanked, counted

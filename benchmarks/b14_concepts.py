@@ -93,6 +93,8 @@ import sys
 import tempfile
 import time
 
+from _proc_memory import reset_peak, status_bytes
+
 HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CONCEPTS = {"hstripes": ("texture", 1), "vstripes": ("texture", 2), "checker": ("texture", 3), "red": ("colour", 0),
@@ -107,26 +109,11 @@ BATCH = 64
 # ----------------------------------------------------------------------------------------------
 # child: every row of one backend in one fresh process
 # ----------------------------------------------------------------------------------------------
-def _hwm_reset():
-    """Resets the kernel's RSS high-water mark to the current RSS (as B6); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _hwm_gb():
     """The RSS high-water mark (``VmHWM``) in GB, NaN where /proc is missing."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e9
-    except OSError:
-        pass
-    return float("nan")
+    return status_bytes("VmHWM") / 1e9
 
 
 def make_data(cfg):
@@ -224,7 +211,7 @@ def child(backend, cfg, captum_on, out_path):
     # 1. The forward pass over the concept and random examples, alone.
     feat = keras.Model(backbone.inputs, [layers.GlobalAveragePooling2D()(backbone.get_layer(b).output) for b in inner])
     both = np.concatenate(list(concepts.values()) + [pool])
-    rec["setup_rss_gb"] = _hwm_gb() if _hwm_reset() else float("nan")
+    rec["setup_rss_gb"] = _hwm_gb() if reset_peak() else float("nan")
     for key in ("forward_s", "forward_warm_s"):  # the first call (tracing included), then a warm one
         t0 = time.perf_counter()
         feat.predict(both, batch_size=BATCH, verbose=0)
@@ -234,7 +221,7 @@ def child(backend, cfg, captum_on, out_path):
           f"(warm {rec['forward_warm_s']:.1f} s)", flush=True)
 
     # 2. One forward-and-backward pass over x, alone.
-    _hwm_reset()
+    reset_peak()
     for key in ("backward_s", "backward_warm_s"):
         t0 = time.perf_counter()
         rec["grad_check"] = gradient_pass(model, x, y)
@@ -266,7 +253,7 @@ def child(backend, cfg, captum_on, out_path):
             fits[1] += 1
 
     data_pass.run, cc.fit_cav = timed_run, timed_fit
-    _hwm_reset()
+    reset_peak()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -75,6 +75,8 @@ import sys
 import tempfile
 import time
 
+from _proc_memory import reset_peak, status_bytes
+
 HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 GB = 1e9
@@ -105,22 +107,6 @@ MID_BLOCK = "conv4_block6_out"
 # ----------------------------------------------------------------------------------------------
 # child: one row in a fresh process
 # ----------------------------------------------------------------------------------------------
-def _status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * KIB  # kB in /proc = KiB
-    return float("nan")
-
-
-def _reset_peak():
-    """Resets the kernel's RSS high-water mark (VmHWM) to the current RSS; False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _block(names, suffix):
@@ -172,16 +158,16 @@ def child(model_name, row, size, n):
                                               "permutation_mid", "taylor_mid") else None
         last = interp.block_names[-1] if interp is not None else None
         ms = min(MAX_SAMPLES, n)
-        out["setup_rss"] = _status("VmRSS")
+        out["setup_rss"] = status_bytes("VmRSS")
         out["setup_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
-        out["peak_reset"] = _reset_peak()
+        out["peak_reset"] = reset_peak()
         n_setup_warnings = len(caught)
 
         t0 = time.perf_counter()
         if row == "predict":
             proba = model.predict(x, batch_size=64, verbose=0)
             out["seconds"] = time.perf_counter() - t0
-            out["predict_peak_first"] = _status("VmHWM")
+            out["predict_peak_first"] = status_bytes("VmHWM")
             t1 = time.perf_counter()
             model.predict(x, batch_size=64, verbose=0)
             out["warm_s"] = time.perf_counter() - t1
@@ -253,7 +239,7 @@ def child(model_name, row, size, n):
             out.update(block=block, filters=int(len(imp.importances_mean)), samples=int(imp.n_samples))
         else:
             raise SystemExit(f"unknown row {row!r}")
-        out["call_peak"] = _status("VmHWM")
+        out["call_peak"] = status_bytes("VmHWM")
     out["process_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB
     kinds = {}
     for w in caught[n_setup_warnings:]:  # the call's warnings, block names and numbers blanked, counted

@@ -84,7 +84,10 @@ class FrontierCache:
         self.n = 0
         self._warned = False
         self._expected: int | None = None
-        self._buffers: list | None = None  # one preallocated array per cached tensor (expect())
+        # Per cached tensor: one array allocated at the first batch when the size is announced (expect()),
+        # else None (the batches are kept in _parts); its shape, for the batches that follow.
+        self._buffers: list[np.ndarray | None] = [None] * len(self.cached)
+        self._shapes: list[tuple] = [()] * len(self.cached)
 
     def expect(self, num_samples: int | None) -> None:
         """The pass holds ``num_samples`` samples (None: unknown); before the first batch."""
@@ -92,33 +95,28 @@ class FrontierCache:
 
     def _store(self, i: int, a: np.ndarray) -> None:
         """Appends batch values ``a`` of cached tensor ``i`` at sample ``self.n``."""
-        m = len(a)
-        if self._expected is not None and not self._parts[i]:
-            if self._buffers is None:
-                self._buffers = [None] * len(self.cached)
-            buf = self._buffers[i]
-            if buf is None and self.n == 0:
-                buf = self._buffers[i] = np.empty((self._expected,) + a.shape[1:], dtype=a.dtype)
-            if buf is not None and buf.shape[1:] == a.shape[1:] and buf.dtype == a.dtype \
-                    and self.n + m <= len(buf):
-                buf[self.n:self.n + m] = a
+        buf = self._buffers[i]
+        if buf is None and self.n == 0 and self._expected is not None:
+            buf = self._buffers[i] = np.empty((self._expected,) + a.shape[1:], dtype=a.dtype)
+        if buf is not None:
+            if self.n + len(a) <= len(buf) and buf.dtype == a.dtype:
+                buf[self.n:self.n + len(a)] = a
                 return
-            if buf is not None:  # more samples, or another shape or dtype, than announced: back to batches
-                self._parts[i] = [buf[:self.n]]
-                self._buffers[i] = None
+            # More samples, or another dtype, than announced: back to a list of batches.
+            self._parts[i] = [buf[:self.n]]
+            self._buffers[i] = None
         self._parts[i].append(a)
 
     def update(self, batch):
-        for i, (p, t) in enumerate(zip(self._parts, self.cached)):
+        for i, t in enumerate(self.cached):
             a = batch.values[t.ident]
-            buf = self._buffers[i] if self._buffers is not None else None
-            first = p[0] if p else (buf if buf is not None and self.n else None)
-            if first is not None and tuple(a.shape[1:]) != tuple(first.shape[1:]):
+            if self.n and tuple(a.shape[1:]) != self._shapes[i]:
                 raise ValueError(
                     f"`x`: filter importance caches {self.engine.graph.tensors[t.key].name!r} for every sample, so "
                     f"the batches must give it one shape; a batch gives {tuple(a.shape[1:])} after batches of "
-                    f"{tuple(first.shape[1:])}. Pass inputs of one spatial size (resize them), or analyse a block "
+                    f"{self._shapes[i]}. Pass inputs of one spatial size (resize them), or analyse a block "
                     "read only through a global pooling, whose cache has no spatial axes.")
+            self._shapes[i] = tuple(a.shape[1:])
             self._store(i, a)
         if batch.y is not None:
             self._labels.append(np.asarray(batch.y))
@@ -136,8 +134,7 @@ class FrontierCache:
 
     def result(self) -> Cache:
         arrays = []
-        for i, p in enumerate(self._parts):
-            buf = self._buffers[i] if self._buffers is not None else None
+        for i, (p, buf) in enumerate(zip(self._parts, self._buffers)):
             if buf is not None:
                 arrays.append(buf if self.n == len(buf) else buf[:self.n])
             else:

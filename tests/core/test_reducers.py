@@ -38,7 +38,7 @@ def test_array_stream_fills_one_preallocated_array_equal_to_the_model():
     red, cache = _cache(ga, x, batch_size=4)
     assert cache.n == 11
     # Written into one array allocated at the first batch: no list of batches, no second copy.
-    assert red._buffers is not None and red._buffers[0] is not None
+    assert red._buffers[0] is not None
     assert red._parts == [[] for _ in red.cached]
     assert np.shares_memory(cache.arrays[0], red._buffers[0])
     got = cache.arrays[0]
@@ -47,7 +47,7 @@ def test_array_stream_fills_one_preallocated_array_equal_to_the_model():
     # A dataset (size unknown): the batches are joined once, and only the joined array is kept.
     tf = pytest.importorskip("tensorflow")
     red_ds, cache_ds = _cache(ga, tf.data.Dataset.from_tensor_slices(x).batch(4))
-    assert red_ds._buffers is None and len(red_ds._parts[0]) == 1
+    assert red_ds._buffers == [None] and len(red_ds._parts[0]) == 1
     np.testing.assert_array_equal(cache_ds.arrays[0], got)
     assert red_ds.result().arrays[0] is cache_ds.arrays[0]
 

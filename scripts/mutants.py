@@ -131,8 +131,8 @@ MUTANTS = [
       "self.spread = 0.5 * (w.max(axis=1) - w.min(axis=1))",
       (T + "core/test_pointwise_head.py::test_mean_iou_recomputes_only_where_the_argmax_can_move",),
       "mean IoU shortcut misses positions whose argmax moves (bound too small)"),
-    M("argmax_old_cells_kept", "core/linear_head.py", "cm -= self.confusion_of(",
-      "cm += 0 * self.confusion_of(",
+    M("argmax_old_cells_kept", "core/linear_head.py", "cm -= confusion(t, self.pred",
+      "cm += 0 * confusion(t, self.pred",
       (T + "core/test_pointwise_head.py::test_mean_iou_recomputes_only_where_the_argmax_can_move",),
       "mean IoU shortcut adds the candidates' new cells without removing their old ones"),
     # ---------------- trainer and probes ----------------

@@ -51,6 +51,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .task import argmax_last, confusion
+
 __all__ = ["LinearHead", "CHUNK_BYTES", "sample_chunk"]
 
 
@@ -291,7 +293,7 @@ class LinearHead:
                 fill = np.ascontiguousarray(value.reshape(hw, k).T, dtype=np.float64)  # (k, hw)
             if argmax is not None and argmax.applies and k <= 1:
                 assert seg is not None  # argmax is built from it
-                scores[i] = seg.from_confusion(argmax.confusion(ch, src, fill, job.kind == "none"))
+                scores[i] = seg.from_confusion(argmax.job_confusion(ch, src, fill, job.kind == "none"))
                 if progress is not None:
                     progress(i + 1)
                 continue
@@ -349,8 +351,6 @@ class _ArgmaxBaseline:
     """
 
     def __init__(self, head: LinearHead, flat, w, b, z0, base_logits, step, targets):
-        from .task import argmax_last, confusion
-
         self.head = head
         self.flat = flat
         n, hw = int(flat.shape[0]), int(flat.shape[1])
@@ -374,13 +374,12 @@ class _ArgmaxBaseline:
             top2 = np.sort(zt, axis=1)[:, -2:, :]
             self.slack[s:e] = (top2[:, 1] - top2[:, 0]) - 1e-6 * (1.0 + np.abs(top2[:, 1]))
             self.pred[s:e] = argmax_last(head.activate(zt))
-        self.argmax, self.confusion_of = argmax_last, confusion
         self.cm = confusion(self.targets, self.pred, self.k_out)
 
     def _logits(self, s, e):
         return self.z0[s:e].copy() if self.z0 is not None else self.base_logits(s, e)
 
-    def confusion(self, ch, src, fill, none: bool) -> np.ndarray:
+    def job_confusion(self, ch, src, fill, none: bool) -> np.ndarray:
         """The (K, K) confusion matrix of one job that perturbs at most one filter (``ch`` of length 0 or 1)."""
         cm = self.cm.copy()
         if none or len(ch) == 0:
@@ -402,10 +401,10 @@ class _ArgmaxBaseline:
             else:
                 zc = self.base_logits(s, e)[si, :, pi].T.copy()
             zc += self.wt[:, ch] * delta.reshape(-1)[cand][None, :]
-            new_pred = self.argmax(self.head.activate(zc))
+            new_pred = argmax_last(self.head.activate(zc))
             t = self.targets[s:e].reshape(-1)[cand]
-            cm += self.confusion_of(t, new_pred, k_out)
-            cm -= self.confusion_of(t, self.pred[s:e].reshape(-1)[cand], k_out)
+            cm += confusion(t, new_pred, k_out)
+            cm -= confusion(t, self.pred[s:e].reshape(-1)[cand], k_out)
         return cm
 
 

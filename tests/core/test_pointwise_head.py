@@ -307,7 +307,7 @@ def test_mean_iou_recomputes_only_where_the_argmax_can_move(build, monkeypatch):
     a spy on the activation checks that the short path saw fewer positions, and a head with its margins
     shrunk to near ties (every position a candidate) agrees too.
     """
-    from keras_hybrid_interp.core.linear_head import LinearHead
+    from keras_hybrid_interp.core.linear_head import LinearHead, _ArgmaxBaseline
 
     model, head, _, x, y = _built(build)
     ga = GlobalAnalyzer(model, blocks=["blk"], task="segmentation")
@@ -324,13 +324,28 @@ def test_mean_iou_recomputes_only_where_the_argmax_can_move(build, monkeypatch):
     jobs += [Job(np.array([c]), "fill", fill=np.float32(0.0)) for c in range(C)]
     jobs += [Job(np.array([c]), "fill", fill=np.mean(maps[..., [c]], axis=0).astype(maps.dtype)) for c in range(C)]
     jobs += [Job(np.array([0, 3]), "permute", perm=job_permutation(5, 50, 0, N)), Job(np.array([], dtype=np.int64))]
-    seen = []
-    activate = LinearHead.activate
-    monkeypatch.setattr(LinearHead, "activate", lambda self, zt: (seen.append(zt.shape[-1]), activate(self, zt))[1])
+    seen, in_job = [], []
+    activate, job_confusion = LinearHead.activate, _ArgmaxBaseline.job_confusion
+
+    def spy_activate(self, zt):
+        if in_job:  # the candidates' calls, not the baseline's
+            seen.append(zt.shape[-1])
+        return activate(self, zt)
+
+    def spy_job(self, *args):
+        in_job.append(True)
+        try:
+            return job_confusion(self, *args)
+        finally:
+            in_job.pop()
+
+    monkeypatch.setattr(LinearHead, "activate", spy_activate)
+    monkeypatch.setattr(_ArgmaxBaseline, "job_confusion", spy_job)
     got = fast.linear.run_maps(maps, jobs, iou)
     positions = int(np.prod(maps.shape[1:-1]))
-    short = [m for m in seen if m < positions]  # the candidates' calls (the baseline's chunks have whole samples)
-    assert short and sum(short) < N * positions * len(jobs) / 4  # far fewer positions than the full path
+    # Some positions were recomputed, fewer than the full path's (every position of every job): about
+    # 30% on these tiny random heads, whose margins are small; trained heads leave far fewer.
+    assert seen and 0 < sum(seen) < N * positions * len(jobs) / 2
     monkeypatch.undo()
     want = fast.linear.run_maps(maps, jobs, Full())
     assert_not_all_zero(want[:-1] - want[-1])  # the jobs move the argmax somewhere

@@ -387,9 +387,9 @@ class Report:
                 n_tab += 1
                 parts.append(f"<p id='t{n_tab}'><b>Table {n_tab}.</b> {esc(caption)}</p>")
                 fmt: Any = {"float_format": lambda v: f"{v:.4g}", "na_rep": "—", "border": 0, "index": False}
-                table = _displayed(table)
+                raw, table = table, _displayed(table)  # the CSV keeps every column (intervals as two)
                 if len(table) > VISIBLE_ROWS:
-                    parts.append(f"<p>The first {PREVIEW_ROWS} of {len(table)} rows; {_csv_link(name, table)}.</p>")
+                    parts.append(f"<p>The first {PREVIEW_ROWS} of {len(table)} rows; {_csv_link(name, raw)}.</p>")
                     parts.append(table.head(PREVIEW_ROWS).to_html(**fmt))
                     parts.append(
                         f"<details><summary>Show all {len(table)} rows</summary>{table.to_html(**fmt)}</details>"
@@ -633,15 +633,62 @@ def _cell(v):
 
 
 def _displayed(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` as the HTML prints it: nullable columns (``Int64``) as objects, so their missing values read "—"."""
+    """``table`` as the HTML prints it.
+
+    Nullable columns (``Int64``) become objects, so their missing values read
+    "—". Each interval is one column: a value column ``m`` with ``m_low`` and
+    ``m_high`` reads ``"0.99 [0.98, 1.00]"`` under the header ``"m [interval]"``,
+    and a lone ``m_low``/``m_high`` pair (``ci_low``, ``ci_high``) reads
+    ``"[0.98, 1.00]"`` under ``"m"`` (:func:`format_interval`). The record and the
+    CSV files keep the three columns.
+    """
+    columns = [str(c) for c in table.columns]
+    pairs = [c[:-4] for c in columns if c.endswith("_low") and f"{c[:-4]}_high" in columns]
     nullable = [c for c in table.columns if pd.api.types.is_extension_array_dtype(table[c].dtype)
                 and table[c].isna().any()]
-    if not nullable:
+    if not nullable and not pairs:
         return table
     table = table.copy()
     for c in nullable:
         table[c] = table[c].astype(object).where(table[c].notna(), np.nan)
+    for m in pairs:
+        low, high = table[f"{m}_low"].to_numpy(dtype=float), table[f"{m}_high"].to_numpy(dtype=float)
+        if m in columns:
+            values = table[m].to_numpy(dtype=float)
+            table[m] = [format_interval(v, lo, hi) for v, lo, hi in zip(values, low, high)]
+            table = table.rename(columns={m: f"{m} [interval]"})
+        else:
+            where = columns.index(f"{m}_low")
+            table.insert(where, m, [format_interval(None, lo, hi) for lo, hi in zip(low, high)])
+        table = table.drop(columns=[f"{m}_low", f"{m}_high"])
     return table
+
+
+def format_interval(value, low, high) -> str:
+    """``"0.99 [0.98, 1.00]"``: a value and its interval, to the decimals the interval's width calls for.
+
+    The decimals show the width's first significant digit, at least 2 and at
+    most 6 (``0.991 [0.987, 0.995]`` for a width of 0.008). Without a
+    finite positive width (one repeat, a degenerate interval) every number
+    reads with 4 significant digits; a missing bound leaves the value alone,
+    a missing value reads "—". ``value=None``: the interval alone.
+    """
+    def undefined(v):
+        return v is None or not np.isfinite(v)
+
+    width = high - low if not (undefined(low) or undefined(high)) else np.nan
+    if np.isfinite(width) and width > 0:
+        decimals = int(min(6, max(2, np.ceil(-np.log10(width)))))
+
+        def fmt(v):
+            return "—" if undefined(v) else f"{v:.{decimals}f}"
+    else:
+        def fmt(v):
+            return "—" if undefined(v) else f"{v:.4g}"
+    bounds = "" if undefined(low) or undefined(high) else f"[{fmt(low)}, {fmt(high)}]"
+    if value is None:
+        return bounds or "—"
+    return f"{fmt(value)} {bounds}".rstrip()
 
 
 def _table_record(name, caption, table) -> dict:

@@ -254,14 +254,59 @@ def html_vs_record(page, record):
         tables = iter(re.findall(r"<table.*?</table>", part, flags=re.S))
         for table in sec["tables"]:
             shown = [_cells(next(tables))] + ([_cells(next(tables))] if len(table["rows"]) > VISIBLE_ROWS else [])
+            columns = table["columns"]
+            layout = _displayed_columns(columns)
             for grid in shown:  # the preview, then the full table in <details>
-                assert grid[0] == table["columns"], (sec["name"], grid[0])
+                assert grid[0] == [header for header, _ in layout], (sec["name"], grid[0])
                 want = table["rows"][:PREVIEW_ROWS] if len(grid) - 1 < len(table["rows"]) else table["rows"]
                 assert len(grid) - 1 == len(want), (sec["name"], table["caption"])
                 for r, (got_row, row) in enumerate(zip(grid[1:], want)):
-                    for c, (cell, value) in enumerate(zip(got_row, row, strict=True)):
-                        same(f"{sec['name']} {table['caption']} [{r}, {table['columns'][c]}]", cell, value)
+                    for (header, sources), cell in zip(layout, got_row, strict=True):
+                        where = f"{sec['name']} {table['caption']} [{r}, {header}]"
+                        values = [row[columns.index(c)] for c in sources]
+                        if len(sources) == 1:
+                            same(where, cell, values[0])
+                            continue
+                        numbers += sum(isinstance(v, float) for v in values)
+                        if not _interval_shows(cell, values):
+                            bad.append((where, cell, values))
     return bad, numbers
+
+
+def _displayed_columns(columns):
+    """The HTML's columns of a record table: (header, the record columns it shows).
+
+    An interval is one column: ``m`` with ``m_low`` and ``m_high`` under ``"m [interval]"``, a lone
+    ``ci_low``/``ci_high`` pair under ``"ci"`` where ``ci_low`` stood (issue 22: "0.99 [0.98, 1.00]").
+    """
+    pairs = {c[:-4] for c in columns if c.endswith("_low") and f"{c[:-4]}_high" in columns}
+    out = []
+    for c in columns:
+        if c in pairs:
+            out.append((f"{c} [interval]", (c, f"{c}_low", f"{c}_high")))
+        elif c.endswith("_low") and c[:-4] in pairs and c[:-4] not in columns:
+            out.append((c[:-4], (c, f"{c[:-4]}_high")))
+        elif not ((c.endswith("_low") or c.endswith("_high")) and c.rsplit("_", 1)[0] in pairs):
+            out.append((c, (c,)))
+    return out
+
+
+def _interval_shows(cell, values):
+    """Whether ``cell`` ("v [lo, hi]" or "[lo, hi]") prints ``values`` rounded: each number either with 4
+    significant digits or with the fixed decimals it is printed with, the same for the three."""
+    m = re.fullmatch(r"(?:(\S+) )?\[(\S+), (\S+)\]|(\S+)", cell)
+    if m is None:
+        return False
+    tokens = [m.group(4)] if m.group(4) else [t for t in m.groups()[:3] if t is not None]
+    if m.group(4):  # no interval shown: only when a bound is undefined
+        return any(v is None for v in values[1:]) and tokens[0] == _shown(values[0])
+    if len(tokens) != len(values):
+        return False
+    decimals = {len(t.split(".")[1]) if "." in t and "e" not in t else None for t in tokens}
+    if len(decimals) == 1 and None not in decimals and all(v is not None for v in values):
+        d = decimals.pop()
+        return all(t == f"{v:.{d}f}" for t, v in zip(tokens, values))
+    return all(t == _shown(v) for t, v in zip(tokens, values))
 
 
 def test_every_number_in_the_html_equals_its_json_twin(reference, tmp_path):
@@ -277,6 +322,13 @@ def test_every_number_in_the_html_equals_its_json_twin(reference, tmp_path):
     rows, column = table["rows"], table["columns"].index("importance")
     row = next(r for r in rows if r[column])
     row[column] = row[column] * 1.01 + 1e-3
+    assert html_vs_record(page, tampered)[0]
+    # Intervals read "0.99 [0.98, 1.00]" (issue 22): the layer table's and the importance table's, and a bound
+    # that differs from the record by more than the printed rounding is caught too.
+    assert re.search(r"<td>\d\.\d+ \[\d\.\d+, \d\.\d+\]</td>", page) and "<th>accuracy [interval]</th>" in page
+    tampered = copy.deepcopy(record)
+    table = next(s for s in tampered["sections"] if s["name"] == "layers")["tables"][0]
+    table["rows"][0][table["columns"].index("accuracy_high")] += 0.01
     assert html_vs_record(page, tampered)[0]
 
 

@@ -885,17 +885,26 @@ class HybridInterpreter(keras.Model):
                 + [_pass.Tap(self._graph.output_keys[0], "raw", limit)])
 
     @_health.collecting
-    def explain(self, x) -> LocalExplanation | _segmentation.SegmentationExplanation:
+    def explain(self, x, y=None) -> LocalExplanation | _segmentation.SegmentationExplanation:
         """Local explanation of one input ``x``: one sample (T, C), (H, W, C) or (D, H, W, C), or a batch of one.
 
         Gives per-block probe probabilities, the decision depth and the
-        per-block class-evidence maps (see :class:`LocalExplanation`).
+        per-block class-evidence maps (see :class:`LocalExplanation`). ``y``,
+        the sample's true label (a class index or one-hot row; a 0/1 label
+        vector; target values), is shown beside the model's prediction (the
+        explanation's :attr:`~LocalExplanation.target`). Segmentation models
+        take no ``y`` here.
         """
         if self._task.spatial:  # every block's mask (local/segmentation.py)
+            if y is not None:
+                raise ValueError("`y` applies to the explanation of a classifier, multi-label or regression model; "
+                                 "this segmentation model's explanation compares each block's mask with the "
+                                 "model's. Call explain(x) without `y`.")
             return _segmentation.explain(self, x)
         self._require_fitted()
+        target = None if y is None else self._one_target(y)
         if len(self._graph.input_keys) > 1:
-            return self._explanations(self._one_sample(x))[0]
+            return self._explanations(self._one_sample(x), targets=target)[0]
         x = np.asarray(keras.ops.convert_to_numpy(x) if not isinstance(x, np.ndarray) else x)
         shape = self._graph.tensors[self._graph.input_keys[0]].shape[1:]
         if x.ndim == len(shape):
@@ -905,7 +914,18 @@ class HybridInterpreter(keras.Model):
                 f"`x` must be one input of shape {tuple(shape)} or (1, {', '.join(map(str, shape))}); "
                 f"received shape {x.shape}. For several inputs use layer_predictions()."
             )
-        return self._explanations(x)[0]
+        return self._explanations(x, targets=target)[0]
+
+    def _one_target(self, y) -> np.ndarray:
+        """The true label of one sample as a batch of one of the task's targets (checked, named ``y``)."""
+        a = np.asarray(y if isinstance(y, np.ndarray) or np.isscalar(y) else keras.ops.convert_to_numpy(y))
+        width = int(getattr(self._task, "num_classes", 0) or self._task.num_outputs)  # a one-hot or target row
+        one_row = a.ndim == 0 or (a.ndim == 1 and width > 1 and a.shape[0] == width)
+        targets = np.asarray(self._task.targets(a[None] if one_row else a, argname="y"))
+        if targets.shape[0] != 1:
+            raise ValueError(f"`y` must be the label of the one input `x`; received {targets.shape[0]} labels "
+                             f"(shape {a.shape}).")
+        return targets
 
     def _one_sample(self, x) -> list:
         """One sample of a model with several inputs (a list or dict; each with or without the batch axis of 1)."""
@@ -935,11 +955,12 @@ class HybridInterpreter(keras.Model):
             out.append(a)
         return out
 
-    def _explanations(self, x, maps=None) -> list:
+    def _explanations(self, x, maps=None, targets=None) -> list:
         """Local explanations of the inputs ``x`` (n, ...), from their raw block maps if given.
 
         ``maps`` is ``[block maps (n, spatial..., C) for each block] + [model outputs (n, units)]``
-        as collected by :meth:`_explanation_taps` in a pass; None runs a pass over ``x``.
+        as collected by :meth:`_explanation_taps` in a pass; None runs a pass over ``x``. ``targets``: the
+        inputs' true labels as the task's targets (n, ...), kept in each explanation, or None.
         """
         n = x_rows(x)
         if maps is None:
@@ -955,7 +976,7 @@ class HybridInterpreter(keras.Model):
         for j in range(n):
             image, inputs = self._sample_images(x, j)
             out.append(self._explain_one(image, [m[j].astype(np.float64) for m in maps[:-1]], model_probs[j], states,
-                                         inputs))
+                                         inputs, None if targets is None else targets[j]))
         return out
 
     def _sample_images(self, x, j):
@@ -969,7 +990,7 @@ class HybridInterpreter(keras.Model):
         first = next((b for b in block_images if b is not None), next(iter(images), None))
         return (None if first is None else images.get(first)), {"images": images, "block_images": block_images}
 
-    def _explain_one(self, image, maps, model_p, states, inputs=None):
+    def _explain_one(self, image, maps, model_p, states, inputs=None, target=None):
         block_probs, evidence = [], []
         for (mean, scale, kernel, bias), pool, a in zip(states, self._pools, maps):
             spatial, c = a.shape[:-1], a.shape[-1]
@@ -1010,6 +1031,7 @@ class HybridInterpreter(keras.Model):
             class_names=list(self.class_names),
             pooling=self.pooling,
             task=self._task.name,
+            target=None if target is None else np.asarray(target),
             **(inputs or {}),
         )
 

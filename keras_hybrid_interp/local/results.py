@@ -127,6 +127,10 @@ class LocalExplanation:
         map over positions equals the probe's logits exactly.
     class_names : list of str
     pooling : str or int
+    target : ndarray or None
+        The true label when one was given (``explain(x, y)``, the report with
+        ``y``): the class index (classification), the 0/1 label vector
+        (multi-label) or the target values (regression); None otherwise.
     images : dict or None
         A model with several inputs: ``{input name: this sample's input}`` for
         its image inputs (tabular inputs are never drawn); None otherwise.
@@ -148,6 +152,7 @@ class LocalExplanation:
     images: dict | None = None
     block_images: tuple | None = None
     task: str = "multiclass"
+    target: np.ndarray | None = None
 
     def __repr__(self):
         decided = "never" if self.decision_block is None else repr(self.decision_block)
@@ -158,7 +163,20 @@ class LocalExplanation:
             what = "model_values=[" + ", ".join(f"{v:.4g}" for v in np.ravel(self.model_probabilities)) + "]"
         else:
             what = f"model_class={self.class_names[self.model_class]!r}"
+        if self.target is not None:
+            what += f", true={self.target_text()}"
         return f"LocalExplanation({what}, blocks={len(self.blocks)}, decision_block={decided})"
+
+    def target_text(self) -> str | None:
+        """The true label as the figure and the report print it (class names), or None without one."""
+        if self.target is None:
+            return None
+        t = np.asarray(self.target)
+        if self.task == "regression":
+            return "[" + ", ".join(f"{v:.4g}" for v in t.ravel()) + "]"
+        if self.task == "multilabel":
+            return repr([str(n) for n, on in zip(self.class_names, t.ravel()) if on])
+        return repr(str(self.class_names[int(t)]))
 
     @property
     def predicted(self) -> np.ndarray:
@@ -181,7 +199,8 @@ class LocalExplanation:
         return None if self.decision_index is None else self.blocks[self.decision_index]
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy frame: one row per (block, class) with probability and flags."""
+        """Tidy frame: one row per (block, class) with probability and flags; with a :attr:`target`, also
+        ``is_true_class`` (classification), ``is_true_label`` (multi-label) or ``true_value`` (regression)."""
         L, K = self.probabilities.shape
         pred = self.predicted
         frame = pd.DataFrame({
@@ -189,17 +208,24 @@ class LocalExplanation:
             "depth": np.repeat(self.depths, K),
             "class": np.tile(np.array(self.class_names, dtype=object), L),
         })
+        t = None if self.target is None else np.asarray(self.target)
         if self.task == "regression":  # one predicted value per block and target
             frame["value"] = self.probabilities.reshape(-1)
             frame["model_value"] = np.tile(np.ravel(self.model_probabilities), L)
+            if t is not None:
+                frame["true_value"] = np.tile(t.ravel().astype(np.float64), L)
         elif self.task == "multilabel":  # one probability and decision per block and label
             frame["probability"] = self.probabilities.reshape(-1)
             frame["is_predicted"] = pred.reshape(-1).astype(bool)
             frame["is_model_label"] = np.tile(self.model_prediction.astype(bool), L)
+            if t is not None:
+                frame["is_true_label"] = np.tile(t.ravel().astype(bool), L)
         else:
             frame["probability"] = self.probabilities.reshape(-1)
             frame["is_top_class"] = (pred[:, None] == np.arange(K)[None, :]).reshape(-1)
             frame["is_model_class"] = np.tile(np.arange(K) == self.model_class, L)
+            if t is not None:
+                frame["is_true_class"] = np.tile(np.arange(K) == int(t), L)
         return frame
 
     def plot(self, fig=None, **kwargs):

@@ -608,8 +608,11 @@ def plot_local_explanation(explanation, *, blocks=None, class_index=None, figsiz
         ax_img.set_xticks([])
         ax_img.set_yticks([])
     ax_img.set_label("image")
-    ax_img.set_title(f"Input\nmodel: {ellipsize(class_names[model_cls], 18)}\n(p={model_p[model_cls]:.2f})",
-                     fontsize=10)
+    title = f"Input\nmodel: {ellipsize(class_names[model_cls], 18)}\n(p={model_p[model_cls]:.2f})"
+    true = explanation.target_text() if getattr(explanation, "target", None) is not None else None
+    if true is not None:  # the true label, when the explanation has one (explain(x, y), the report with y)
+        title += f"\ntrue: {ellipsize(true.strip(chr(39)), 18)}"
+    ax_img.set_title(title, fontsize=10)
 
     annot = heat.size <= 120
     sns.heatmap(heat, ax=ax_heat, vmin=0.0, vmax=1.0, cmap="Blues", annot=annot, fmt=".2f",

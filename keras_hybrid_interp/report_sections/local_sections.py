@@ -116,7 +116,9 @@ class ExplanationsSection(ReportSection):
         n = max(int(self.ctx.options.examples), 0)
         self.maps = [_pass.Collect(t) for t in self.ctx.interp._explanation_taps(n)] if n else []
         self.inputs = _pass.Collect.first("x", n) if n else None
-        return self.maps + ([self.inputs] if self.inputs is not None else [])
+        # the true labels, shown beside the model's class (not for segmentation: its figures compare masks)
+        self.labels = _pass.Collect.first("y", n) if n and self.ctx.y_given and not self.ctx.spatial else None
+        return self.maps + [c for c in (self.inputs, self.labels) if c is not None]
 
     def compute(self):
         from ..local import segmentation as _segmentation
@@ -128,7 +130,9 @@ class ExplanationsSection(ReportSection):
         if self.ctx.spatial:
             return [_segmentation.explanation_from_maps(interp, x[j], [c.result()[j:j + 1] for c in self.maps])
                     for j in range(len(x))]
-        return interp._explanations(x, [c.result() for c in self.maps])
+        y = self.labels.result() if self.labels is not None else None
+        targets = None if y is None else np.asarray(interp._task.targets(y))
+        return interp._explanations(x, [c.result() for c in self.maps], targets=targets)
 
     def render(self, explanations):
         from .. import plotting
@@ -140,10 +144,22 @@ class ExplanationsSection(ReportSection):
         if not self.ctx.task.is_classification:
             return SectionContent("Local explanations", task_definition("local", task),
                                   **_task_explanations(explanations, task, plotting), values=values)
-        figures = [(f"Local explanation of input {i}: what each block's probe predicts, and where in the image the "
-                    "evidence for the model's class lies (one colour scale across blocks).",
+        figures = [(f"Local explanation of input {i}{_true_label(e)}: what each block's probe predicts, and where in "
+                    "the image the evidence for the model's class lies (one colour scale across blocks).",
                     plotting.plot_local_explanation(e)) for i, e in enumerate(explanations)]
         return SectionContent("Local explanations", DEFINITIONS["local"], figures=figures, values=values)
+
+
+def _true_label(e) -> str:
+    """`` (true class 'two', model 'seven')``: the explanation's true label beside the model's, when it has one."""
+    true = e.target_text() if getattr(e, "target", None) is not None else None
+    if true is None:
+        return ""
+    if e.task == "regression":
+        return f" (true values {true})"
+    if e.task == "multilabel":
+        return f" (true labels {true})"
+    return f" (true class {true}, model {str(e.class_names[e.model_class])!r})"
 
 
 def explanation_values(e) -> dict:
@@ -158,9 +174,11 @@ def explanation_values(e) -> dict:
     if masks is not None:
         return {"blocks": list(e.blocks), "masks": [np.asarray(m) for m in masks]}
     k = int(e.model_class)
+    target = getattr(e, "target", None)
     return {"blocks": list(e.blocks), "probabilities": np.asarray(e.probabilities),
             "model_probabilities": np.asarray(e.model_probabilities), "decision_block": e.decision_block,
-            "drawn_class": k, "evidence_maps": [np.asarray(m)[..., k] for m in e.evidence_maps]}
+            "drawn_class": k, "evidence_maps": [np.asarray(m)[..., k] for m in e.evidence_maps],
+            "target": None if target is None else np.asarray(target)}
 
 
 def _task_explanations(explanations, task, plotting) -> dict:
@@ -175,8 +193,8 @@ def _task_explanations(explanations, task, plotting) -> dict:
             continue
         what = ("the probability each block's probe gives every label (a label is predicted at 0.5)"
                 if task == "multilabel" else "the value each block's probe predicts for every target")
-        figures.append((f"Local explanation of input {i}: {what}, and where in the input the evidence for the "
-                        "model's first output lies (one colour scale across blocks).",
+        figures.append((f"Local explanation of input {i}{_true_label(e)}: {what}, and where in the input the "
+                        "evidence for the model's first output lies (one colour scale across blocks).",
                         plotting.plot_local_explanation(e)))
         tables.append((f"Input {i}: {what}, and the model's", e.to_frame()))
     return {"figures": figures, "tables": tables}

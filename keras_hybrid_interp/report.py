@@ -354,8 +354,13 @@ class Report:
         if self.health:
             parts.append(f"<div class='warn'><p>{len(self.health)} finding(s) limit the conclusions of this "
                          "report. Each says what to do about it.</p><ul class='health'>")
+            tables = self.table_numbers()
             for kind, msg in self.health:
-                parts.append(f"<li><b>{esc(kind.replace('_', ' '))}</b>: {esc(msg)}</li>")
+                text = esc(msg)
+                for caption, number in tables.items():  # a finding that names a table links to it
+                    named = esc(f"table '{caption}'")
+                    text = text.replace(named, f"<a href='#t{number}'>{named} (Table {number})</a>")
+                parts.append(f"<li><b>{esc(kind.replace('_', ' '))}</b>: {text}</li>")
             parts.append("</ul></div>")
         else:
             parts.append("<p class='ok'>The analyses found nothing that limits their conclusions.</p>")

@@ -88,12 +88,22 @@ def check_statistic(statistic) -> str:
     return statistic
 
 
+#: Up to this many dead filters are listed in the warning; more are counted, with where to find them.
+DEAD_LISTED = 10
+
+
+def _dead_listing(dead) -> str:
+    if len(dead) <= DEAD_LISTED:
+        return _health.listing(dead)
+    return "(every index in the result's `dead_filters` and in the report's table 'Dead filters')"
+
+
 def warn_dead(dead: np.ndarray, block: str) -> None:
     """The one dead-filter warning (see :class:`~keras_hybrid_interp.core.data_pass.ChannelRange`)."""
     if len(dead):
         _health.warn(
             "dead_filters",
-            f"Block {block!r}: {len(dead)} dead filter(s) {_health.listing(dead)} take one constant value at every "
+            f"Block {block!r}: {len(dead)} dead filter(s) {_dead_listing(dead)} take one constant value at every "
             "position of every analysed sample. Their correlation and class association are undefined (NaN) "
             "and their permutation importance is exactly 0; ablation and Taylor importance measure replacing "
             "that constant by 0, which is not 0 when the constant is not. Check for dying ReLUs, or analyse "

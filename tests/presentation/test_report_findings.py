@@ -236,6 +236,11 @@ def test_long_index_lists_are_counted_and_linked_to_their_table(degenerate):
     number = report.table_numbers()["Dead filters"]
     assert cell == f"{len(DEAD)}: listed in <a href='#t{number}'>Table {number}</a>"
     assert f"<p id='t{number}'><b>Table {number}.</b> Dead filters</p>" in html
+    # The health finding counts them and links the same table; no index list inline.
+    finding = dict(report.health)["dead_filters"]
+    assert f"{len(DEAD)} dead filter(s) (every index in" in finding and "[0, 1" not in finding
+    health = html[html.index("id='health'"):html.index("id='contents'")]
+    assert f"<a href='#t{number}'>table &#x27;Dead filters&#x27; (Table {number})</a>" in health
     # Without the correlation section there is no table to link: the list is folded away, not inline.
     left = build_report(interp, x, y, sections=["layers"]).to_html()
     cell = _summary_cell(left, "dead filters in that block")

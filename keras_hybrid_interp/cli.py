@@ -191,6 +191,18 @@ def _load_npz(path, x_key, y_key):
     return x, y
 
 
+def _npz_class_names(path) -> list[str] | None:
+    """The ``class_names`` array of the .npz at ``path`` (1-D, text or numbers), or None when it has none."""
+    data = _open_npz(path, "--data", "np.savez(path, x=..., y=...)")
+    if "class_names" not in data.files:
+        return None
+    names = _read_array(data, "class_names", path, "--data")
+    if names.ndim != 1 or names.dtype.kind not in "USiu":
+        raise CLIError(f"--data: array 'class_names' of {path} must be a 1-D array of names (text, e.g. "
+                       f"np.array(['cat', 'dog'])); received dtype {names.dtype} and shape {names.shape}")
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names.tolist()]
+
+
 def _npz_arrays(path, flag) -> dict:
     """Every array of the .npz at ``path`` by name (numeric arrays only: no pickle); one-line errors naming ``flag``."""
     data = _open_npz(path, flag, "np.savez(path, name=array, ...)")
@@ -315,7 +327,9 @@ def run_analyze(args) -> int:
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc).replace("`MODEL`", "MODEL")) from None
     task, output = args.task, _output_arg(args.output)
+    saved_names = None
     if isinstance(model, HybridInterpreter):
+        saved_names = list(model.class_names)
         _log(f"{args.model} holds a saved HybridInterpreter: analysing its model {model.wrapped_model.name!r} "
              "(the probes are fitted again).", args.quiet)
         if not args.blocks:
@@ -324,8 +338,19 @@ def run_analyze(args) -> int:
             task = model.task
         model = model.wrapped_model
     blocks = args.blocks if args.blocks else "auto"
+    # The classes' names: --class-names, else the .npz's class_names array, else a saved interpreter's.
+    names, names_from = args.class_names, "--class-names"
+    if names is None:
+        names, names_from = _npz_class_names(args.data), f"the array 'class_names' of {args.data}"
+    if names is None and saved_names is not None:
+        names, names_from = saved_names, args.model
     try:
-        interp = HybridInterpreter(model, blocks=blocks, task=task, output=output)
+        try:
+            interp = HybridInterpreter(model, blocks=blocks, task=task, output=output, class_names=names)
+        except (TypeError, ValueError) as exc:
+            if names is None or "`class_names`" not in str(exc):
+                raise
+            raise CLIError(str(exc).replace("`class_names`", names_from)) from None
         # Check the whole arrays against the model before splitting them, so that
         # errors name the .npz arrays and their full shapes.
         interp._stream(x, y)
@@ -392,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--x-key", default="x", help="name of the image array in the .npz (default x)")
     ana.add_argument("--y-key", default="y", help="name of the label array (default y; '' for none)")
     ana.add_argument("--blocks", nargs="+", default=None, help="layer names of the blocks (default: automatic)")
+    ana.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
+                     help="the classes' (or labels', or targets') names, in output order; default: the .npz's "
+                          "'class_names' array if it has one, else '0', '1', ...")
     ana.add_argument("--task", default="auto",
                      help="what the model's output means: auto (default: softmax -> multiclass, one sigmoid -> binary, "
                      "K sigmoids -> multilabel, a spatial map -> segmentation), multiclass, binary, multilabel, "

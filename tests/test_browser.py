@@ -19,6 +19,18 @@ CHROMIUM_ARGS = [
 ]
 
 
+def _overflowing(page):
+    """What sticks out at the right: the page scrolls sideways, or a table, figure or text ends past the viewport."""
+    return page.evaluate("""() => {
+        const width = document.documentElement.clientWidth;
+        const out = [...document.querySelectorAll('table, figure, img, h2, p, details, pre')]
+            .filter(e => e.getBoundingClientRect().right > width + 0.5)
+            .map(e => e.tagName + ' ' + (e.id || e.textContent.slice(0, 40)));
+        if (document.documentElement.scrollWidth > width) out.push('page scrolls sideways');
+        return out;
+    }""")
+
+
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
@@ -66,6 +78,8 @@ def test_the_demo_report_in_headless_chromium(demo_report, tmp_path):
             links = page.locator("a[href^='#']").evaluate_all("els => els.map(e => e.getAttribute('href').slice(1))")
             assert set(anchors) - {"contents"} <= set(links)
 
+            # nothing overflows horizontally at 1,280 px (issue 22 §5)
+            assert _overflowing(page) == []
             # no table shows more than 25 rows before the reader asks for more
             visible_rows = page.locator("table").evaluate_all(
                 "ts => ts.map(t => [...t.querySelectorAll('tbody tr')].filter(r => r.checkVisibility()).length)")
@@ -79,6 +93,10 @@ def test_the_demo_report_in_headless_chromium(demo_report, tmp_path):
                 assert d.evaluate("e => e.open")
                 rows = d.locator("tbody tr")
                 assert rows.count() > 25 and rows.nth(rows.count() - 1).is_visible()
+            assert _overflowing(page) == []  # the full tables fit too
+            # the check sees an overflow: a table wider than the page
+            page.evaluate("document.querySelector('table').style.minWidth = '1400px'")
+            assert _overflowing(page)
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

@@ -505,9 +505,11 @@ def main(argv=None) -> int:
     except CLIError as exc:
         print(f"keras-hybrid-interp {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    notes = []
+    from .core.health import InterpretationWarning
+
+    notes = []  # the package's findings; a framework's warnings (Keras, TensorFlow, NumPy) are not ours to print
     for w in caught:
-        if issubclass(w.category, UserWarning) and str(w.message) not in notes:
+        if issubclass(w.category, InterpretationWarning) and str(w.message) not in notes:
             notes.append(str(w.message))
     if notes:
         print("\nNotes:")

@@ -87,6 +87,7 @@ __all__ = [
     "MAX_OP",
     "op_classes",
     "trace_free_batch",
+    "variable_numpy",
 ]
 
 #: Keras' base classes of the layer families that no public module exports, handed to the layer
@@ -899,6 +900,27 @@ class ModelGraph:
     def tensor_dtype(self, key: int) -> str:
         """The dtype of tensor ``key``, standardised (``"float32"``, ``"int64"``...)."""
         return keras.backend.standardize_dtype(self._symbolic[key].dtype)
+
+
+def variable_numpy(v):
+    """The value of a Keras variable (a weight) as a new NumPy array, read the backend's own way.
+
+    ``keras.ops.convert_to_numpy(variable)`` calls NumPy on the variable,
+    whose ``__array__`` (Keras 3) takes no ``copy`` argument: NumPy 2 emits a
+    ``DeprecationWarning`` on every call (TensorFlow and torch), which would
+    leak into the user's output. TensorFlow reads the variable's tensor,
+    torch detaches it, JAX's array converts as it is. A backend tensor (not a
+    variable) is converted as usual.
+    """
+    import numpy as np
+
+    value = getattr(v, "value", v)
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and hasattr(value, "numpy"):
+        return np.array(value.numpy())
+    if backend == "torch" and hasattr(value, "detach"):
+        return value.detach().cpu().numpy().copy()
+    return np.array(keras.ops.convert_to_numpy(value))
 
 
 def trace_free_batch(model, x) -> None:

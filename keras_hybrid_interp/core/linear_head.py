@@ -134,13 +134,13 @@ class LinearHead:
 
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(kernel (C, K), bias (K,))`` of the Dense layer as they are now, float64."""
-        import keras
+        from .graph import variable_numpy
 
         dense = self.head.dense
-        w = np.asarray(keras.ops.convert_to_numpy(dense.kernel), dtype=np.float64)
+        w = np.asarray(variable_numpy(dense.kernel), dtype=np.float64)
         w = w.reshape(-1, w.shape[-1])  # a 1x1 convolution's kernel (1, ..., 1, C, K) is a (C, K) matrix
         bias = getattr(dense, "bias", None)
-        b = np.zeros(w.shape[-1]) if bias is None else np.asarray(keras.ops.convert_to_numpy(bias), dtype=np.float64)
+        b = np.zeros(w.shape[-1]) if bias is None else np.asarray(variable_numpy(bias), dtype=np.float64)
         return w, b
 
     def outputs(self, pooled: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 import keras
 from keras import ops
 
+from ..core.graph import variable_numpy
 from ..core.output import OutputReader
 
 __all__ = ["LinearProbe", "OutputProbabilities", "input_transform"]
@@ -108,7 +109,7 @@ class LinearProbe(keras.layers.Layer):
 
     def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(mean, scale, kernel, bias)`` as float64 arrays."""
-        mean, scale, kernel, bias = (np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+        mean, scale, kernel, bias = (np.asarray(variable_numpy(v), np.float64)
                                      for v in (self.mean, self.scale, self.kernel, self.bias))
         return mean, scale, kernel, bias
 

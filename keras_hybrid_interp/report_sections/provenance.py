@@ -44,13 +44,13 @@ def _le_bytes(a: np.ndarray) -> bytes:
 
 def model_fingerprint(model) -> dict:
     """``{"architecture_sha256", "weights_sha256", "model_sha256", "parameters"}`` of a Keras model (read only)."""
-    import keras
+    from ..core.graph import variable_numpy
 
     config = json.dumps(model.get_config(), sort_keys=True, separators=(",", ":"), default=str)
     arch = hashlib.sha256(config.encode("utf-8")).hexdigest()
     weights = hashlib.sha256()
     for w in model.weights:
-        value = np.asarray(keras.ops.convert_to_numpy(w))
+        value = variable_numpy(w)
         weights.update(array_header(value.dtype, value.shape))
         weights.update(_le_bytes(value))
     w_hex = weights.hexdigest()

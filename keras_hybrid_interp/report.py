@@ -425,16 +425,22 @@ class Report:
                           "summary": {"values": self.summary, "notes": self.summary_notes},
                           "sections": sections, "model_summary": self.model_summary})
 
-    def save(self, path) -> str:
+    def save(self, path, *, page_size="a4") -> str:
         """Writes the report: one self-contained HTML file (``.html``), a PDF (``.pdf``) or its record (``.json``).
 
-        Returns the path. The PDF holds the same sections with vector
-        figures; tables longer than 25 rows show their first rows, and every
+        Returns the path. The PDF holds the same sections on pages of one
+        size, ``page_size`` ("a4" or "letter"; the other formats ignore it):
+        text and tables flow from page to page, each figure stays vector and
+        on one page with its caption, scaled down (keeping its aspect) to fit
+        the page. Tables longer than 25 rows show their first rows, and every
         table is written in full as a CSV beside the file
-        (``<name>.<table>.csv``). The JSON file is :meth:`to_record`: every
-        number, the health findings and the provenance, following the schema
-        :func:`report_schema`.
+        (``<name>.<table>.csv``, the README lists them). The JSON file is
+        :meth:`to_record`: every number, the health findings and the
+        provenance, following the schema :func:`report_schema`.
         """
+        from .report_sections.pdf import check_page_size
+
+        page_size = check_page_size(page_size)
         path = os.fspath(path)
         if not path.lower().endswith((".html", ".htm", ".pdf", ".json")):
             raise ValueError(f"`path` must end in .html, .pdf or .json; received {path!r}. Use save_dir() for a "
@@ -443,7 +449,7 @@ class Report:
         if folder:
             os.makedirs(folder, exist_ok=True)
         if path.lower().endswith(".pdf"):
-            self._save_pdf(path)
+            self._save_pdf(path, page_size)
             return path
         if path.lower().endswith(".json"):
             with open(path, "w", encoding="utf-8") as fh:
@@ -453,46 +459,74 @@ class Report:
             fh.write(self.to_html())
         return path
 
-    def _save_pdf(self, path):
-        from matplotlib.backends.backend_pdf import PdfPages
+    def _save_pdf(self, path, page_size):
+        from .report_sections import pdf
+
+        def table(caption, frame: pd.DataFrame, csv_name):
+            shown = _displayed(frame).head(VISIBLE_ROWS)
+            note = (f" (the first {VISIBLE_ROWS} of {len(frame)} rows; all in {os.path.basename(csv_name)})"
+                    if len(frame) > VISIBLE_ROWS else f" (also in {os.path.basename(csv_name)})")
+            return pdf.Table(caption + note, [str(c) for c in shown.columns],
+                             [["—" if _cell(v) is None else _fmt(v) for v in row]
+                              for row in shown.itertuples(index=False, name=None)])
 
         stem = os.path.splitext(path)[0]
-        with PdfPages(path) as pdf:
-            first = [f"Created {self.created} with keras-hybrid-interp."]
-            if self.checks:
-                first += ["CHECKS"] + [f"{c['check']}: {c['status']} (value {_fmt_none(c['value'])}; warn "
-                                       f"{_fmt_none(c['warn'])}, fail {_fmt_none(c['fail'])})" for c in self.checks]
-            first += ["HEALTH"]
-            first += ([f"- {k.replace('_', ' ')}: {m}" for k, m in self.health] if self.health
-                      else ["The analyses found nothing that limits their conclusions."])
-            first += ["SUMMARY"] + [f"{k}: {text}" + (f": listed in Table {number}" if number is not None else "")
-                                    + (f": {folded}" if folded is not None else "")
-                                    for k, text, number, folded in self.summary_rows()]
-            if self.provenance:
-                first += ["PROVENANCE"] + [f"{k}: {text}" for k, text in self.provenance_rows()]
-            first += ["CONTENTS"] + [f"{i + 1}. {sec.title}" for i, sec in enumerate(self.sections)]
-            _pdf_text_pages(pdf, self.title, first)
-            n_fig = n_tab = 0
-            for sec in self.sections:
-                _pdf_text_pages(pdf, sec.title, [sec.text] if sec.text else [])
-                for name, caption, _ in sec.figures:
-                    n_fig += 1
-                    fig = self._figures.get(name)
-                    if fig is None:
-                        continue
-                    title = fig.text(0.01, 0.995, f"Figure {n_fig}. {caption}", fontsize=8, va="top")
-                    pdf.savefig(fig, bbox_inches="tight")
-                    title.remove()
-                for name, caption, table in sec.tables:
-                    n_tab += 1
-                    csv_name = f"{stem}.{name}.csv"
-                    table.to_csv(csv_name, index=False)
-                    _pdf_table_page(pdf, f"Table {n_tab}. {caption}", table, csv_name)
-            if self.model_summary:
-                _pdf_model_summary(pdf, self.model_summary)
-            info = pdf.infodict()
-            info["Title"] = self.title
-            info["Creator"] = "keras-hybrid-interp"
+        blocks: list = [pdf.Heading(self.title, level=0),
+                        pdf.Paragraph(f"Created {self.created} with keras-hybrid-interp.")]
+        if self.checks:
+            blocks += [pdf.Heading("Checks", anchor="checks"),
+                       pdf.Paragraph(f"Each health finding as a check with a threshold: worst status "
+                                     f"{self.worst_status()}. A check warns or fails when its value is above its "
+                                     "threshold (or, where lower is worse, at or below it); set_thresholds() and the "
+                                     "command line's --thresholds override them."),
+                       pdf.Table(None, ["check", "status", "value", "warn", "fail", "what it measures"],
+                                 [[c["check"], c["status"]] + [_fmt_none(c[k]) for k in ("value", "warn", "fail")]
+                                  + [f"{c['measures']} (fails or warns "
+                                     f"{'at or below' if c['worse'] == 'lower' else 'above'} its threshold)"]
+                                  for c in self.checks], wrap=5)]
+        blocks.append(pdf.Heading("Health", anchor="health"))
+        blocks += ([pdf.Paragraph(f"{len(self.health)} finding(s) limit the conclusions of this report. Each says "
+                                  "what to do about it.")]
+                   + [pdf.Paragraph(f"• {k.replace('_', ' ')}: {m}") for k, m in self.health] if self.health
+                   else [pdf.Paragraph("The analyses found nothing that limits their conclusions.")])
+        contents = pdf.Table(None, None, [], size=8.5)
+        blocks += [pdf.Heading("Contents"), contents]
+        if self.summary:
+            blocks += [pdf.Heading("Summary", anchor="summary"),
+                       pdf.Table(None, None, [[k, text + (f": listed in Table {number}" if number is not None else "")
+                                               + (f": {folded}" if folded is not None else "")]
+                                              for k, text, number, folded in self.summary_rows()], wrap=1, size=8.0)]
+        if self.provenance:
+            blocks += [pdf.Heading("Provenance", anchor="provenance"),
+                       pdf.Paragraph("What this report describes and how to re-run it: the versions, SHA-256 "
+                                     "fingerprints of the model (architecture and weights) and of the analysed data "
+                                     "(samples in stream order, and labels), every argument and the seed."),
+                       pdf.Table(None, None, [list(row) for row in self.provenance_rows()], wrap=1)]
+        n_fig = n_tab = 0
+        for i, sec in enumerate(self.sections):
+            blocks.append(pdf.Heading(sec.title, anchor=f"s{i}"))
+            if sec.text:
+                blocks.append(pdf.Paragraph(sec.text, color="#333366"))
+            for name, caption, _ in sec.figures:
+                n_fig += 1
+                fig = self._figures.get(name)
+                if fig is not None:
+                    blocks.append(pdf.Figure(f"Figure {n_fig}. {caption}", fig))
+            for name, caption, frame in sec.tables:
+                n_tab += 1
+                csv_name = f"{stem}.{name}.csv"
+                frame.to_csv(csv_name, index=False)
+                blocks.append(table(f"Table {n_tab}. {caption}", frame, csv_name))
+        if self.model_summary:
+            blocks += [pdf.Heading("Model summary", anchor="model"),
+                       pdf.Preformatted(pdf.compress_box_table(self.model_summary.splitlines()))]
+        contents.rows = [[label, anchor] for label, anchor in
+                         ([("Checks", "checks")] if self.checks else []) + [("Health", "health")]
+                         + ([("Summary", "summary")] if self.summary else [])
+                         + ([("Provenance", "provenance")] if self.provenance else [])
+                         + [(f"{i + 1}. {sec.title}", f"s{i}") for i, sec in enumerate(self.sections)]
+                         + ([("Model summary", "model")] if self.model_summary else [])]
+        pdf.write_pdf(path, blocks, page_size=page_size, title=self.title, contents=contents)
 
     def save_dir(self, directory, formats=_FORMATS) -> list[str]:
         """Writes each figure in each format, each table as CSV, and ``summary.json``.
@@ -546,71 +580,6 @@ def _fmt(v) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(_fmt(x) for x in v)
     return str(v)
-
-
-_A4 = (8.27, 11.69)
-
-
-def _pdf_text_pages(pdf, title, paragraphs):
-    """Pages of wrapped text in ``pdf`` (as many as the paragraphs need)."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
-    lines = []
-    for para in paragraphs:
-        lines += textwrap.wrap(para, 95) or [""]
-        lines.append("")
-    per_page = 60
-    for start in range(0, max(len(lines), 1), per_page):
-        fig = plt.figure(figsize=_A4)
-        fig.text(0.07, 0.95, title if start == 0 else f"{title} (continued)", fontsize=14, weight="bold",
-                 va="top")
-        fig.text(0.07, 0.91, "\n".join(lines[start:start + per_page]), fontsize=8.5, va="top",
-                 family="DejaVu Sans")
-        pdf.savefig(fig)
-        plt.close(fig)
-
-
-def _pdf_table_page(pdf, caption, table, csv_name):
-    """One page of ``pdf`` with the first rows of ``table`` (all of them are in ``csv_name``)."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
-    shown = table.head(VISIBLE_ROWS)
-    fig = plt.figure(figsize=_A4)
-    note = (f" (first {VISIBLE_ROWS} of {len(table)} rows; all rows in {os.path.basename(csv_name)})"
-            if len(table) > VISIBLE_ROWS else f" (also in {os.path.basename(csv_name)})")
-    fig.text(0.07, 0.95, "\n".join(textwrap.wrap(caption + note, 95)), fontsize=10, weight="bold", va="top")
-    ax = fig.add_axes((0.05, 0.05, 0.9, 0.85))
-    ax.axis("off")
-    cells = [["—" if _cell(v) is None else _fmt(v) for v in row] for row in shown.itertuples(index=False)]
-    if cells:
-        tab = ax.table(cellText=[[textwrap.shorten(c, 60) for c in row] for row in cells],
-                       colLabels=[str(c) for c in shown.columns], loc="upper center", cellLoc="right")
-        tab.auto_set_font_size(False)
-        tab.set_fontsize(6.5)
-        tab.auto_set_column_width(list(range(len(shown.columns))))
-    pdf.savefig(fig)
-    plt.close(fig)
-
-
-def _pdf_model_summary(pdf, model_summary):
-    """Landscape pages of ``pdf`` with the model summary in a monospace font that fits its widest line."""
-    import matplotlib.pyplot as plt
-
-    lines = model_summary.splitlines()
-    width = max((len(line) for line in lines), default=80)
-    size = min(7.0, 0.9 * 11.0 * 72 / max(width, 1) / 0.6)  # monospace: ~0.6 em per character
-    per_page = int(7.5 * 72 / (size * 1.25))
-    for start in range(0, len(lines), per_page):
-        fig = plt.figure(figsize=(11.69, 8.27))
-        fig.text(0.03, 0.97, "Model summary", fontsize=12, weight="bold", va="top")
-        fig.text(0.03, 0.93, "\n".join(lines[start:start + per_page]), fontsize=size, va="top",
-                 family="DejaVu Sans Mono")
-        pdf.savefig(fig)
-        plt.close(fig)
 
 
 #: The name and version of the JSON Schema that :meth:`Report.to_record` follows.

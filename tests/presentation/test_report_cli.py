@@ -226,26 +226,6 @@ def test_model_summary_is_complete_at_any_width(report):
     assert "Connected to" in text and "Param #" in text and "a_convolution_with_a_rather_long_name" in text
 
 
-def test_pdf_has_the_sections_vector_figures_and_csvs_beside(report, tmp_path):
-    pypdf = pytest.importorskip("pypdf")
-    path = report.save(tmp_path / "report.pdf")
-    reader = pypdf.PdfReader(path)
-    text = "\n".join(page.extract_text() for page in reader.pages)
-    for title in ["HEALTH", "Blocks", "Layer-by-layer predictions", "Filter importance", "Model summary"]:
-        assert title in text, title
-    n_fig = sum(len(s.figures) for s in report.sections)
-    n_tab = sum(len(s.tables) for s in report.sections)
-    assert f"Figure {n_fig}." in text and f"Table {n_tab}." in text
-    assert len(reader.pages) >= n_fig + n_tab + len(report.sections)
-    # figures are vector: the layer-accuracy plot's axis labels are text on its page, not pixels
-    fig_page = next(p for p in reader.pages if "Figure 1." in p.extract_text())
-    assert "fraction of samples" in fig_page.extract_text().lower() and "pool1" in fig_page.extract_text()
-    for s in report.sections:
-        for name, _, table in s.tables:
-            back = pd.read_csv(tmp_path / f"report.{name}.csv")
-            assert len(back) == len(table)
-
-
 def test_importance_within_noise_is_a_one_sample_t_test():
     from scipy.stats import ttest_1samp
 

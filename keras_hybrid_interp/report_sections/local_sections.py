@@ -131,7 +131,7 @@ class ExplanationsSection(ReportSection):
             return [_segmentation.explanation_from_maps(interp, x[j], [c.result()[j:j + 1] for c in self.maps])
                     for j in range(len(x))]
         y = self.labels.result() if self.labels is not None else None
-        targets = None if y is None else np.asarray(interp._task.targets(y))
+        targets = None if y is None else np.asarray(self.ctx.task.targets(y))
         return interp._explanations(x, [c.result() for c in self.maps], targets=targets)
 
     def render(self, explanations):

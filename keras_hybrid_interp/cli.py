@@ -49,10 +49,12 @@ def _print_tables(interp, table):
         print(table.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
-def _write_report(interp, x, y, out, quiet, random_state, command_line=None, thresholds=None, concepts=None):
+def _write_report(interp, x, y, out, quiet, random_state, command_line=None, thresholds=None, concepts=None,
+                  card=None):
     from .report import build_report
 
-    report = build_report(interp, x, y, random_state=random_state, verbose=not quiet, **(concepts or {}))
+    report = build_report(interp, x, y, random_state=random_state, verbose=not quiet, card=card,
+                          **(concepts or {}))
     if command_line:
         report.provenance["command_line"] = command_line
     if thresholds:
@@ -104,6 +106,47 @@ def _load_thresholds(path):
     return thresholds
 
 
+def _load_card(path):
+    """The model card from ``path`` (checked): JSON, or YAML (PyYAML's safe loader) for .yaml/.yml; None without one."""
+    if not path:
+        return None
+    import json
+
+    from .report_sections.card import CARD_FIELDS, check_card
+
+    yaml_file = path.lower().endswith((".yaml", ".yml"))
+    example = ("{intended_use: ..., owners: [alice, bob]}" if yaml_file
+               else '{"intended_use": "...", "owners": ["alice", "bob"]}')
+    if not os.path.isfile(path):
+        raise CLIError(f"--card: no such file: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"--card {path}: cannot be read as UTF-8 text ({exc})") from None
+    if yaml_file:
+        import yaml  # a requirement, imported only here (tests/test_security.py: safe_load only)
+
+        try:
+            card = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CLIError(f"--card {path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    else:
+        try:
+            card = json.loads(text)
+        except ValueError as exc:
+            raise CLIError(f"--card {path}: not valid JSON ({exc}); a card is an object such as {example} "
+                           "(a .yaml or .yml file is read as YAML)") from None
+    if card is None or card == {}:
+        raise CLIError(f"--card {path}: the card is empty; give at least one field, e.g. {example} (the known "
+                       f"fields: {list(CARD_FIELDS)})")
+    try:
+        return check_card(card)
+    except (TypeError, ValueError) as exc:
+        quote = " (in YAML, quote a value that is not text: version: '2')" if yaml_file else ""
+        raise CLIError(f"--card {path}: {exc}{quote}") from None
+
+
 def run_demo(args) -> int:
     import keras
 
@@ -136,7 +179,7 @@ def run_demo(args) -> int:
     if args.out:
         _log("\n[4/4] Global analysis (filters) and the report...", quiet)
         return _gate(_write_report(interp, x_test, y_test, args.out, quiet, args.seed, args.command_line,
-                                   args.thresholds), args.fail_on)
+                                   args.thresholds, card=args.card), args.fail_on)
     _log(f"\nDone in {time.time() - t0:.0f} s.", quiet)
     return 0
 
@@ -375,7 +418,7 @@ def run_analyze(args) -> int:
         table = interp.evaluate_layers(x_test, y_test)
         _print_tables(interp, table)
         report = _write_report(interp, x_test, y_test, args.out, args.quiet, args.seed, args.command_line,
-                               args.thresholds, concepts=concepts)
+                               args.thresholds, concepts=concepts, card=args.card)
     except (TypeError, ValueError) as exc:
         msg = str(exc).replace("`x`", f"--x-key array {args.x_key!r}")
         # The interpreter's `task` / `output` (and task='...' advice) are this command's --task / --output.
@@ -409,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--quiet", action="store_true", help="print only the results")
     _gate_arguments(demo)
+    _card_argument(demo)
 
     ana = sub.add_parser("analyze", help="interpret your own .keras model on data from an .npz file")
     ana.add_argument("model", help="a .keras model file, or an interpreter saved with interp.save() "
@@ -451,7 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow models that need unsafe deserialization (Lambda layers); only for trusted files")
     ana.add_argument("--quiet", action="store_true", help="print only the results")
     _gate_arguments(ana)
+    _card_argument(ana)
     return parser
+
+
+def _card_argument(parser) -> None:
+    parser.add_argument("--card", default=None, metavar="FILE",
+                        help="the model card: a JSON file (or YAML, for .yaml/.yml) of fields shown at the top of the "
+                        "report and stored in report.json: intended_use, limitations, owners (a list), data, and any "
+                        'other, e.g. {"intended_use": "screening", "owners": ["ml-team"]}')
 
 
 def _gate_arguments(parser) -> None:
@@ -491,6 +543,7 @@ def main(argv=None) -> int:
     args.command_line = shlex.join(["keras-hybrid-interp"] + argv)  # the report's provenance records it
     try:
         args.thresholds = _load_thresholds(args.thresholds)
+        args.card = _load_card(args.card)
         _import_keras()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)

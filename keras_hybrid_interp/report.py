@@ -29,7 +29,9 @@ import pandas as pd
 
 from .core.deprecation import renamed
 from .report_sections import REPORT_SECTIONS, ReportOptions, build_provenance, build_summary, run_sections
+from .report_sections.card import CARD_CSS, card_html, card_rows, check_card
 from .report_sections.checks import check_thresholds, evaluate_checks, measure_checks, worst_status
+from .report_sections.compare import CHANGES_CSS, changes_of, what_changed
 from .report_sections.definitions import DEFINITIONS
 from .report_sections.findings import COLLAPSED
 
@@ -150,11 +152,23 @@ class Report:
         Per summary key, the caption of the table that lists its value in
         full: a list longer than :data:`LIST_LIMIT` is shown as its count and
         a link to that table (or, without the table, folded away).
+    card : dict, optional
+        The model card: user-given fields (intended use, limitations,
+        owners, data, and any other), shown under the title and saved in the
+        record (checked by :func:`~keras_hybrid_interp.report_sections.card.check_card`).
+    changes : Changes, optional
+        With ``compare=``: what the comparison's "what changed" paragraph is
+        made of (:func:`~keras_hybrid_interp.report_sections.compare.changes_of`);
+        :meth:`what_changed` writes it.
     """
 
     def __init__(self, title="keras-hybrid-interp report", *, summary=None, model_summary=None, health=None,
-                 summary_notes=None, summary_links=None, provenance=None, check_values=None):
+                 summary_notes=None, summary_links=None, provenance=None, check_values=None, card=None,
+                 changes=None):
         self.title = str(title)
+        #: The model card (field -> text, or list of owners), in the order shown.
+        self.card = check_card(card)
+        self.changes = changes
         self.provenance = dict(provenance or {})
         self.check_values = None if check_values is None else dict(check_values)
         self.thresholds: dict | None = None
@@ -231,6 +245,25 @@ class Report:
     def worst_status(self) -> str:
         """The worst status of the checks: "pass", "warn" or "fail"."""
         return worst_status(c["status"] for c in self.checks)
+
+    def what_changed(self) -> dict | None:
+        """With ``compare=``: the comparison's "what changed" paragraph and its numbers; None without one.
+
+        ``{"text", "models", "blocks", "filters", "filters_skipped", "checks",
+        "checks_skipped"}``: every block's CKA to the other model (lowest
+        first; the text names the lowest three), the filters whose importance
+        changed most, and the checks whose status differs between the two
+        models under the current thresholds (:meth:`set_thresholds` applies to
+        both); see :mod:`keras_hybrid_interp.report_sections.compare`.
+        """
+        if self.changes is None:
+            return None
+        return what_changed(self.changes, self.checks, self.thresholds)
+
+    def _changes_html(self, section) -> str:
+        """The "what changed" paragraph that opens the comparison section ("" for the other sections)."""
+        changed = self.what_changed() if section.name == "comparison" else None
+        return "" if changed is None else f"<p class='changes' id='what-changed'>{html.escape(changed['text'])}</p>"
 
     def _checks_html(self) -> list[str]:
         if not self.checks:
@@ -346,9 +379,11 @@ class Report:
             ".def{background:#f7f7fb;border-left:4px solid #7a7ab8;padding:0.5em 1em}"
             ".health li{margin:0.4em 0}.ok{color:#2d6a2d}.warn{border-left:4px solid #c0392b;padding-left:0.8em}"
             "details{margin:0.3em 0 1.5em}summary{cursor:pointer;color:#1f4e9c}"
-            "pre{background:#f5f5f5;padding:1em;overflow-x:auto;font-size:0.8em}</style></head><body>",
+            "pre{background:#f5f5f5;padding:1em;overflow-x:auto;font-size:0.8em}" + CARD_CSS + CHANGES_CSS
+            + "</style></head><body>",
             f"<h1>{esc(self.title)}</h1>",
             f"<p>Created {esc(self.created)} with keras-hybrid-interp.</p>",
+            card_html(self.card),  # the model card, under the title (no h2: the check table is the first section)
         ]
         parts += self._checks_html()
         parts.append("<h2 id='health'>Health</h2>")
@@ -379,7 +414,7 @@ class Report:
         parts += self._summary_html() + self._provenance_html()
         n_fig = n_tab = 0
         for i, sec in enumerate(self.sections):
-            parts.append(f"<h2 id='s{i}'>{esc(sec.title)}</h2>")
+            parts.append(f"<h2 id='s{i}'>{esc(sec.title)}</h2>" + self._changes_html(sec))
             if sec.text:
                 parts.append(f"<p class='def'>{esc(sec.text)}</p>")
             for _, caption, data in sec.figures:
@@ -419,10 +454,12 @@ class Report:
                      "figures": [{"name": n, "caption": c} for n, c, _ in s.figures],
                      "tables": [_table_record(n, c, t) for n, c, t in s.tables], "values": s.values}
                     for s in self.sections]
+        changed = self.what_changed()
         return _jsonable({"schema": RECORD_SCHEMA, "title": self.title, "created": self.created,
-                          "provenance": self.provenance, "checks": self.checks,
+                          "card": self.card, "provenance": self.provenance, "checks": self.checks,
                           "health": [{"finding": k, "message": m} for k, m in self.health],
                           "summary": {"values": self.summary, "notes": self.summary_notes},
+                          **({} if changed is None else {"what_changed": changed}),
                           "sections": sections, "model_summary": self.model_summary})
 
     def save(self, path, *, page_size="a4") -> str:
@@ -473,6 +510,9 @@ class Report:
         stem = os.path.splitext(path)[0]
         blocks: list = [pdf.Heading(self.title, level=0),
                         pdf.Paragraph(f"Created {self.created} with keras-hybrid-interp.")]
+        if self.card:
+            blocks += [pdf.Heading("Model card", level=2),
+                       pdf.Table(None, None, [list(row) for row in card_rows(self.card)], wrap=1, size=8.0)]
         if self.checks:
             blocks += [pdf.Heading("Checks", anchor="checks"),
                        pdf.Paragraph(f"Each health finding as a check with a threshold: worst status "
@@ -503,8 +543,11 @@ class Report:
                                      "(samples in stream order, and labels), every argument and the seed."),
                        pdf.Table(None, None, [list(row) for row in self.provenance_rows()], wrap=1)]
         n_fig = n_tab = 0
+        changed = self.what_changed()
         for i, sec in enumerate(self.sections):
             blocks.append(pdf.Heading(sec.title, anchor=f"s{i}"))
+            if changed is not None and sec.name == "comparison":
+                blocks.append(pdf.Paragraph(changed["text"]))
             if sec.text:
                 blocks.append(pdf.Paragraph(sec.text, color="#333366"))
             for name, caption, _ in sec.figures:
@@ -540,7 +583,8 @@ class Report:
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         written = []
-        index: dict[str, Any] = {"title": self.title, "created": self.created, "summary": self.summary,
+        index: dict[str, Any] = {"title": self.title, "created": self.created, "card": self.card,
+                                 "what_changed": self.what_changed(), "summary": self.summary,
                                  "summary_notes": self.summary_notes, "provenance": self.provenance,
                                  "checks": self.checks,
                                  "health": [{"finding": k, "message": m} for k, m in self.health], "sections": []}
@@ -735,6 +779,7 @@ def build_report(
     compare_blocks=None,
     sections=None,
     history=None,
+    card=None,
     concepts=None,
     concept_random=None,
     concept_controls=None,
@@ -831,9 +876,24 @@ def build_report(
         ``method``, ``test``, ``correction``, ``alpha``, ``relative``, ...);
         those the report sets itself (``random_state``, ``batch_size``,
         ``max_samples``, ``steps``, ``bootstrap``, ``confidence``) are refused.
+    card : dict of str -> str, optional
+        The model card: user-given fields shown under the report's title and
+        stored in its record (``card``) and provenance (``arguments``). The
+        known fields ``intended_use``, ``limitations``, ``owners`` (a str or a
+        list of str) and ``data`` (a description of the data) come first, in
+        that order; any other field follows, in the order given, under its own
+        name. Values are kept exactly as given (and escaped in the HTML).
+        Anything but a mapping of non-empty str keys to str values is refused
+        (:func:`~keras_hybrid_interp.report_sections.card.check_card`).
 
     Notes
     -----
+    With ``compare=``, the comparison section opens with a "what changed"
+    paragraph (:meth:`Report.what_changed`, the record's ``what_changed``):
+    the blocks least alike between the two models, the filters whose
+    importance changed most and the checks that changed status
+    (:mod:`keras_hybrid_interp.report_sections.compare`).
+
     The first section, "Health", lists every caveat the analyses found
     (dead filters, missing classes, input drift, ...), each once.
     """
@@ -843,6 +903,7 @@ def build_report(
 
     started, started_utc = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     check_interpreter(interp)
+    card = check_card(card)
     want = check_sections(sections, compare is not None, history is not None, concepts is not None)
     if concepts is None:
         extra = [n for n, v in (("concept_random", concept_random), ("concept_controls", concept_controls),
@@ -859,7 +920,7 @@ def build_report(
                             verbose=verbose, atlas_filters=atlas_filters, top_k=top_k, compare=compare,
                             compare_blocks=compare_blocks, sections=sections, history=history,
                             concepts=concepts, concept_random=concept_random, concept_controls=concept_controls,
-                            concept_options=concept_options)
+                            concept_options=concept_options, card=card)
     with _health.collect() as caveats:
         ctx, parts = run_sections(interp, x, y, options, want)
     provenance = build_provenance(ctx, x, y, started, started_utc)
@@ -869,7 +930,8 @@ def build_report(
     report = Report(title or f"Hybrid interpretation of {model.name}", summary=summary.values,
                     summary_notes=summary.notes, summary_links=summary.links,
                     model_summary=model_summary_text(model), health=[(c.kind, c.message) for c in health],
-                    provenance=provenance, check_values=measure_checks(ctx, parts))
+                    provenance=provenance, check_values=measure_checks(ctx, parts), card=card,
+                    changes=changes_of(ctx, parts))
     for part in parts:
         content = part.render(ctx.results[part.name]) if part.shown else None
         if content is not None:

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "keras_hybrid_interp")
 
 #: import name -> distribution name, where they differ
-DIST = {"sklearn": "scikit-learn"}
+DIST = {"sklearn": "scikit-learn", "yaml": "pyyaml"}
 #: backends: imported only on their own backend (or for tf.data / TensorBoard), declared as extras
 OPTIONAL = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 

@@ -1,7 +1,8 @@
 """Nothing the package reads can execute code.
 
-Files are read only through Keras' safe mode (``.keras``), JSON, CSV, or
-``np.load(..., allow_pickle=False)``. A source scan checks the package for
+Files are read only through Keras' safe mode (``.keras``), JSON, CSV,
+``np.load(..., allow_pickle=False)``, or (the command line's ``--card``)
+PyYAML's ``safe_load``. A source scan checks the package for
 every other way in; the tests then show that a ``.keras`` file carrying code
 (a Lambda layer, a config.json edited to name ``os.system`` or to hold a
 marshalled function, a tampered interpreter) is refused by Keras' safe mode,
@@ -40,6 +41,24 @@ SAFE_MODE_PASSTHROUGH = {("saving.py", "safe_mode"), ("interpreter.py", "safe_mo
 #: The one allowed use of importlib: the package's lazy exports (PEP 562) import its own
 #: submodules, by relative name, with the package as anchor (checked in _relative_imports_only).
 LAZY_IMPORTS = {("__init__.py", "importlib")}
+#: The one allowed use of yaml: the command line reads a ``--card`` file with PyYAML's safe loader, which builds
+#: only plain data (checked in _yaml_safe_load_only: no other loader, no ``from yaml import``, no alias).
+SAFE_YAML = {("cli.py", "yaml")}
+
+
+def _yaml_safe_load_only(tree):
+    """Problems with the uses of ``yaml`` in ``tree``: only ``yaml.safe_load`` and ``yaml.YAMLError`` are allowed."""
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            problems += [f"{node.lineno} import yaml as {a.asname}" for a in node.names
+                         if a.name == "yaml" and a.asname is not None]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "yaml":
+            problems.append(f"{node.lineno} from {node.module} import ...")
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "yaml"
+              and node.attr not in ("safe_load", "YAMLError")):
+            problems.append(f"{node.lineno} yaml.{node.attr}: only yaml.safe_load")
+    return problems
 
 
 def _relative_imports_only(tree):
@@ -93,6 +112,9 @@ def scan(filename, source):
                 if (path.name, m) in LAZY_IMPORTS:
                     problems.extend(f"{path.name}:{p}" for p in _relative_imports_only(tree))
                     continue
+                if (path.name, m) in SAFE_YAML and isinstance(node, ast.Import):
+                    problems.extend(f"{path.name}:{p}" for p in _yaml_safe_load_only(tree))
+                    continue
                 problems.append(f"{path.name}:{node.lineno} imports {m}")
     for node, name, owner in _calls(tree):
         where = f"{path.name}:{node.lineno} {ast.unparse(node)[:80]}"
@@ -140,6 +162,12 @@ def test_the_scan_finds_each_way_in():
         "from importlib import import_module\nimport_module(name, __name__)\nimport_module(f'{m}', __name__)",
     )
     assert not scan("__init__.py", "from importlib import import_module\nimport_module(f'.{n}', __name__)")
+    # yaml only in the command line, only through safe_load
+    for line in ("import yaml\nyaml.load(s)", "import yaml\nyaml.safe_load(s, Loader=yaml.Loader)",
+                 "from yaml import load", "import yaml as y\ny.load(s)", "import yaml\nyaml.unsafe_load(s)"):
+        assert scan("cli.py", line), line
+    assert scan("report.py", "import yaml\nyaml.safe_load(s)")
+    assert not scan("cli.py", "import yaml\ntry:\n    yaml.safe_load(s)\nexcept yaml.YAMLError:\n    pass")
     assert not scan("x.py", "np.load(p, allow_pickle=False)\njson.loads(s)\nkeras.models.load_model(p, safe_mode=True)")
 
 

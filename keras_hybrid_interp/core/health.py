@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["InterpretationWarning", "Caveat", "warn", "collect", "collecting", "check_classes", "listing"]
+__all__ = ["InterpretationWarning", "Caveat", "warn", "collect", "apart", "collecting", "check_classes", "listing"]
 
 
 class InterpretationWarning(UserWarning):
@@ -101,6 +101,24 @@ def collect():
             stack.pop()
             for c in caveats:
                 warnings.warn(c.message, InterpretationWarning, stacklevel=_user_stacklevel())
+
+
+@contextlib.contextmanager
+def apart():
+    """Gathers the warnings of an analysis of *another* subject into a list of their own.
+
+    Inside, :func:`warn` (and any :func:`collect` nested in it) adds to the
+    yielded list only: nothing is emitted, and the enclosing call's list does
+    not see them. For a report that analyses a second model (``compare=``):
+    that model's findings decide its checks, not this report's health.
+    """
+    stack = _stack()
+    saved = list(stack)
+    stack[:] = [[]]
+    try:
+        yield stack[0]
+    finally:
+        stack[:] = saved
 
 
 def collecting(fn):

@@ -56,6 +56,7 @@ class ReportOptions:
     concept_random: Any = None
     concept_controls: Any = None
     concept_options: Any = None
+    card: Any = None
 
 
 @dataclasses.dataclass

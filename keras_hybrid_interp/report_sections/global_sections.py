@@ -279,22 +279,32 @@ class SimilaritySection(ReportSection):
 
 
 class ComparisonSection(ReportSection):
-    """Linear CKA between this model's blocks and another model's (``compare=``), in the same pass."""
+    """Linear CKA between this model's blocks and another model's (``compare=``), in the same pass.
+
+    The other model's own sections (its checks, its filter importance) run in
+    that pass too (:class:`~.compare.OtherRun`, kept as ``self.other``): the
+    report's "what changed" paragraph (:mod:`~.compare`) reads them.
+    """
 
     name = "comparison"
 
     def reducers(self):
         from ..global_.similarity import similarity_reducer
+        from .compare import OtherRun
+        from .local_sections import LayersSection
 
         ctx, interp = self.ctx, self.ctx.interp
         side, self.columns, self.models = ctx.analyzer._other_model(
             ctx.options.compare, ctx.options.compare_blocks, argnames=("compare", "compare_blocks"))
-        self.red = similarity_reducer(interp.graph, interp.block_keys, "minibatch", side)
-        return [self.red]
+        classes = {"layers": LayersSection, "correlation": CorrelationSection, "importance": ImportanceSection}
+        self.other = OtherRun(ctx, ctx.options.compare, side, classes)
+        self.red = similarity_reducer(interp.graph, interp.block_keys, "minibatch", self.other.shared(side))
+        return [self.other.reducer, self.red]  # the other model runs first on each batch; the CKA reads its values
 
     def compute(self):
         from ..global_.similarity import similarity_result
 
+        self.other.compute()
         return similarity_result(self.red, list(self.ctx.interp.block_names), columns=self.columns,
                                  models=self.models)
 

@@ -462,11 +462,11 @@ class Report:
                           **({} if changed is None else {"what_changed": changed}),
                           "sections": sections, "model_summary": self.model_summary})
 
-    def save(self, path, *, page_size="a4") -> str:
+    def save(self, path, *, page_size=None) -> str:
         """Writes the report: one self-contained HTML file (``.html``), a PDF (``.pdf``) or its record (``.json``).
 
         Returns the path. The PDF holds the same sections on pages of one
-        size, ``page_size`` ("a4" or "letter"; the other formats ignore it):
+        size, ``page_size`` ("a4", the default, or "letter"; a PDF's only):
         text and tables flow from page to page, each figure stays vector and
         on one page with its caption, scaled down (keeping its aspect) to fit
         the page. Tables longer than 25 rows show their first rows, and every
@@ -477,11 +477,14 @@ class Report:
         """
         from .report_sections.pdf import check_page_size
 
-        page_size = check_page_size(page_size)
         path = os.fspath(path)
         if not path.lower().endswith((".html", ".htm", ".pdf", ".json")):
             raise ValueError(f"`path` must end in .html, .pdf or .json; received {path!r}. Use save_dir() for a "
                              "folder.")
+        if page_size is not None and not path.lower().endswith(".pdf"):
+            raise ValueError(f"`page_size` applies to a PDF; received page_size={page_size!r} for {path!r}, which "
+                             "has no pages. Leave it out, or save to a .pdf.")
+        page_size = check_page_size("a4" if page_size is None else page_size)
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)

@@ -361,10 +361,13 @@ def test_a_page_break_leaves_no_line_of_a_paragraph_alone(tmp_path):
 
 def test_page_size_is_a4_or_letter(tmp_path):
     rep = Report("t")
-    for bad in ["a5", "", None, 4]:
+    for bad in ["a5", "", 4]:
         with pytest.raises(ValueError, match=r"`page_size` must be one of 'a4', 'letter'; received " + re.escape(
                 repr(bad))):
             rep.save(tmp_path / "never_written.pdf", page_size=bad)
+    for other in ("r.html", "r.json"):  # a page size for a file without pages is refused, not ignored
+        with pytest.raises(ValueError, match=r"`page_size` applies to a PDF; received page_size='letter'"):
+            rep.save(tmp_path / other, page_size="letter")
     assert not os.listdir(tmp_path)
 
 

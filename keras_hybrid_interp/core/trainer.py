@@ -35,8 +35,8 @@ import numpy as np
 from .output import OutputReader, cross_entropy_from_log_probabilities
 from .validation import check_int, check_real
 
-__all__ = ["ProbeSolution", "RidgeSolution", "fit_probe", "fit_ridge", "fit_task_probe", "probe_logits", "objective",
-           "check_C", "check_solver", "restandardize"]
+__all__ = ["ProbeSolution", "RidgeSolution", "fit_probe", "fit_binary_probes", "fit_ridge", "fit_task_probe",
+           "probe_logits", "objective", "check_C", "check_solver", "restandardize"]
 
 #: Default iteration cap of L-BFGS.
 MAX_ITER = 1000
@@ -296,6 +296,129 @@ def _fit_in_sample_span(span, targets, k, C, theta0, max_iter, tol):
         return full(stop["x"]), stop["nit"], True
     assert res is not None  # only the callback's stop leaves no result, and it set stop["x"]
     return full(res.x), int(res.nit), bool(res.success)
+
+
+# ----------------------------------------------------------------------
+# Many small binary probes at once (the concepts' CAVs)
+# ----------------------------------------------------------------------
+#: Bytes of float64 work arrays one batch of :func:`fit_binary_probes` may take.
+BATCH_BYTES = 64 * 2**20
+#: Newton steps of :func:`fit_binary_probes` at most (it converges in about 10).
+NEWTON_MAX_ITER = 100
+
+
+def fit_binary_probes(problems, *, C=1.0, max_iter=MAX_ITER, tol=TOL) -> list[ProbeSolution]:
+    """:func:`fit_probe` with ``num_classes=2`` for each ``(z, t)`` of ``problems``, the small ones solved together.
+
+    ``z`` (n, D) are standardized features, ``t`` (n,) 0/1 targets; the
+    problems may differ in n and D. The objective and the stopping test are
+    :func:`fit_probe`'s; the solver differs where ``n < D`` and ``C`` is
+    finite (the concepts' CAVs: tens of samples, hundreds of features):
+    Newton's method in the span of each problem's samples, batched over the
+    problems of one D. The L2 optimum lies in that span (the penalty only
+    shrinks what lies outside it), whose coordinates come from the
+    eigendecomposition of the Gram matrix ``z z.T`` (rank-deficient samples
+    included); the problem there is strictly convex in ``n + 1`` unknowns,
+    and Newton steps with a backtracking line search reach the optimum to
+    rounding in a few steps (L-BFGS needs tens of objective evaluations,
+    one small NumPy call each, per problem). A problem is converged when the
+    full-space gradient's largest component is at most ``tol``, as in
+    :func:`fit_probe`. The rest (``n >= D``, ``C = inf``) go to
+    :func:`fit_probe` one by one. Shorter problems of a batch are padded
+    with samples of weight 0, which change nothing.
+    """
+    check_solver(max_iter, tol)
+    out: list = [None] * len(problems)
+    groups: dict = {}
+    for i, (z, t) in enumerate(problems):
+        z = np.asarray(z, dtype=np.float64)
+        n, d = z.shape
+        if d <= n or math.isinf(C) or n < 2:
+            out[i] = fit_probe(z, np.asarray(t).astype(np.int64), 2, C=C, max_iter=max_iter, tol=tol)
+        else:
+            groups.setdefault(d, []).append(i)
+    for d, members in groups.items():
+        n_max = max(len(problems[i][1]) for i in members)
+        step = max(1, BATCH_BYTES // (8 * (n_max * d * 2 + 8 * n_max * n_max)))
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            for i, sol in zip(chunk, _newton_in_span([problems[i] for i in chunk], n_max, C, max_iter, tol)):
+                out[i] = sol
+    return out
+
+
+def _newton_in_span(problems, n, C, max_iter, tol) -> list[ProbeSolution]:
+    """Newton's method for a batch of binary problems with fewer samples than features (:func:`fit_binary_probes`)."""
+    b_count, d = len(problems), np.asarray(problems[0][0]).shape[1]
+    z = np.zeros((b_count, n, d))
+    t = np.zeros((b_count, n))
+    s = np.zeros((b_count, n))  # sample weights: 1, or 0 for the padding
+    for j, (zj, tj) in enumerate(problems):
+        m = len(tj)
+        z[j, :m], t[j, :m], s[j, :m] = zj, tj, 1.0
+    count = s.sum(axis=1)  # N per problem
+    with single_thread_blas(b_count * n * n * d):
+        gram = np.matmul(z, np.swapaxes(z, 1, 2))  # (B, n, n)
+        evals, evecs = np.linalg.eigh(gram)
+        keep = evals > 1e-12 * np.maximum(evals[:, -1:], 1e-300)
+        root = np.sqrt(np.where(keep, evals, 0.0))
+        f = evecs * root[:, None, :]  # (B, n, n): the samples' coordinates in an orthonormal basis of their span
+        a = np.zeros((b_count, n))
+        mean_t = (s * t).sum(axis=1) / count
+        bias = np.log(np.clip(mean_t, 1e-12, 1) / np.clip(1 - mean_t, 1e-12, 1))
+        pen = 1.0 / (C * count)  # the mean objective's penalty factor
+
+        def value(a, bias):
+            logits = np.einsum("bnk,bk->bn", f, a) + bias[:, None]
+            ce = np.logaddexp(0.0, logits) - t * logits
+            return (s * ce).sum(axis=1) / count + 0.5 * pen * np.einsum("bk,bk->b", a, a), logits
+
+        obj, logits = value(a, bias)
+        active = np.ones(b_count, bool)
+        n_iter = np.zeros(b_count, np.int64)
+        for _ in range(min(int(max_iter), NEWTON_MAX_ITER)):
+            p = 1.0 / (1.0 + np.exp(-logits))
+            r = s * (p - t) / count[:, None]
+            g = np.concatenate([np.einsum("bnk,bn->bk", f, r) + pen[:, None] * a, r.sum(axis=1)[:, None]], axis=1)
+            active &= np.max(np.abs(g), axis=1) > 1e-3 * tol  # far below tol in any basis: done
+            if not active.any():
+                break
+            wgt = s * p * (1 - p) / count[:, None]
+            fw = f * wgt[:, :, None]
+            h = np.zeros((b_count, n + 1, n + 1))
+            h[:, :n, :n] = np.matmul(np.swapaxes(f, 1, 2), fw) + pen[:, None, None] * np.eye(n)
+            h[:, :n, n] = h[:, n, :n] = fw.sum(axis=1)
+            h[:, n, n] = wgt.sum(axis=1) + 1e-12
+            step = np.linalg.solve(h, -g[..., None])[..., 0]
+            step[~active] = 0.0
+            size = np.ones(b_count)
+            for _ls in range(30):  # backtracking (Armijo) on the problems that step
+                new_obj, new_logits = value(a + size[:, None] * step[:, :n], bias + size * step[:, n])
+                ok = new_obj <= obj + 1e-4 * size * np.einsum("bk,bk->b", g, step) + 1e-15 * np.abs(obj)
+                if ok.all():
+                    break
+                size = np.where(ok, size, size / 2)
+            a = a + size[:, None] * step[:, :n]
+            bias = bias + size * step[:, n]
+            obj, logits = value(a, bias)
+            n_iter += active
+            active &= size > 1e-8  # no decrease left at rounding level: as far as float64 goes
+        # Back to the D features: w = z.T (U S^-1/2 a), and the full-space test of fit_probe.
+        inv = np.divide(1.0, root, out=np.zeros_like(root), where=keep)
+        w = np.einsum("bnd,bn->bd", z, np.einsum("bnk,bk->bn", evecs, inv * a))
+        logits = np.einsum("bnd,bd->bn", z, w) + bias[:, None]
+        p = 1.0 / (1.0 + np.exp(-logits))
+        r = s * (p - t) / count[:, None]
+        grad = np.concatenate([np.einsum("bnd,bn->bd", z, r) + pen[:, None] * w, r.sum(axis=1)[:, None]], axis=1)
+        ce = np.logaddexp(0.0, logits) - t * logits
+        loss = (s * ce).sum(axis=1) / count
+    out = []
+    for j in range(b_count):
+        kernel = np.stack([np.zeros(d), w[j]], axis=1)
+        converged = bool(np.max(np.abs(grad[j])) <= tol)
+        out.append(ProbeSolution(kernel, np.array([0.0, bias[j]]), float(loss[j]),
+                                 float(loss[j] + 0.5 * pen[j] * w[j] @ w[j]), int(n_iter[j]), converged))
+    return out
 
 
 # ----------------------------------------------------------------------

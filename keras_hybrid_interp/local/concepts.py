@@ -139,7 +139,7 @@ from ..core.bootstrap import PoissonBootstrap, check_bootstrap, check_confidence
 from ..core.data import model_stream, x_rows, x_take
 from ..core.gradients import make_input_gradient
 from ..core.output import EPS
-from ..core.trainer import MAX_ITER, TOL, check_C, check_solver, fit_probe
+from ..core.trainer import MAX_ITER, TOL, check_C, check_solver, fit_binary_probes
 from ..core.validation import check_int, check_real
 from .probes import input_transform
 
@@ -150,6 +150,7 @@ __all__ = [
     "concepts",
     "concept_maps",
     "fit_cav",
+    "fit_cavs",
     "fit_concept_cavs",
     "ConceptSplit",
     "split_examples",
@@ -367,33 +368,48 @@ def fit_cav(concept, random, *, method="logistic", C=1.0, max_iter=MAX_ITER, tol
 
     ``"logistic"``: the one probe trainer's binary logistic regression on
     standardized features (scikit-learn's ``StandardScaler`` then
-    ``LogisticRegression(C=C)``); the direction is ``w * scale`` (the
-    gradient of its logit in raw units), the intercept ``b - mean @ (w *
-    scale)``. ``"fastcav"``: ``mean(concept) - mean(both)``, the boundary
-    through ``mean(both)``. Both are divided by the direction's length.
+    ``LogisticRegression(C=C)``, :func:`~keras_hybrid_interp.core.trainer.fit_binary_probes`);
+    the direction is ``w * scale`` (the gradient of its logit in raw units),
+    the intercept ``b - mean @ (w * scale)``. ``"fastcav"``: ``mean(concept)
+    - mean(both)``, the boundary through ``mean(both)``. Both are divided by
+    the direction's length. :func:`fit_cavs` fits many at once.
     """
-    pos = np.asarray(concept, np.float64)
-    neg = np.asarray(random, np.float64)
-    x = np.concatenate([pos, neg])
-    if method == "fastcav":
-        centre = x.mean(axis=0)
-        v = pos.mean(axis=0) - centre
-        b = -float(centre @ v)
-        weights = v * x.std(axis=0)
-        converged = True
-    else:
+    return fit_cavs([(concept, random)], method=method, C=C, max_iter=max_iter, tol=tol)[0]
+
+
+def fit_cavs(pairs, *, method="logistic", C=1.0, max_iter=MAX_ITER, tol=TOL) -> list[Cav]:
+    """:func:`fit_cav` of each ``(concept, random)`` feature pair of ``pairs``; the logistic fits run together
+    (:func:`~keras_hybrid_interp.core.trainer.fit_binary_probes`: batched Newton steps in each pair's span)."""
+    stats: list[tuple] = []  # fastcav: (v, centre, spread); logistic: (mean, scale)
+    problems = []
+    for concept, random in pairs:
+        pos = np.asarray(concept, np.float64)
+        neg = np.asarray(random, np.float64)
+        x = np.concatenate([pos, neg])
+        if method == "fastcav":
+            centre = x.mean(axis=0)
+            stats.append((pos.mean(axis=0) - centre, centre, x.std(axis=0)))
+            continue
         t = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
         mean, scale = input_transform(x)
-        sol = fit_probe((x - mean) * scale, t, 2, C=C, max_iter=max_iter, tol=tol)
-        w = sol.kernel[:, 1]
-        v = w * scale
-        b = float(sol.bias[1] - mean @ v)
-        weights = w
-        converged = sol.converged
-    norm = float(np.linalg.norm(v))
-    if norm == 0:
-        return Cav(np.zeros_like(v), 0.0, weights, converged)
-    return Cav(v / norm, b / norm, weights, converged)
+        stats.append((mean, scale))
+        problems.append(((x - mean) * scale, t))
+    sols = fit_binary_probes(problems, C=C, max_iter=max_iter, tol=tol) if problems else []
+    out = []
+    for j, stat in enumerate(stats):
+        if method == "fastcav":
+            v, centre, spread = stat
+            b, weights, converged = -float(centre @ v), v * spread, True
+        else:
+            mean, scale = stat
+            sol = sols[j]
+            weights = sol.kernel[:, 1]
+            v = weights * scale
+            b, converged = float(sol.bias[1] - mean @ v), sol.converged
+        norm = float(np.linalg.norm(v))
+        out.append(Cav(np.zeros_like(v), 0.0, weights, converged) if norm == 0
+                   else Cav(v / norm, b / norm, weights, converged))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,10 +472,8 @@ def fit_concept_cavs(features, split, pool, held_out, sets, **fit_kw):
     mt = len(split.train)
     pos = features[split.train]
     test_x, test_t = held_out_set(features, split, pool, held_out)
-    cavs, correct = [], np.zeros(len(test_t))
-    for r in range(len(sets)):
-        cav = fit_cav(pos, pool[sets[r][:mt]], **fit_kw)
-        cavs.append(cav)
+    cavs, correct = fit_cavs([(pos, pool[sets[r][:mt]]) for r in range(len(sets))], **fit_kw), np.zeros(len(test_t))
+    for cav in cavs:
         correct += (cav.predict(test_x) == test_t) / len(sets)
     return cavs, correct
 
@@ -1300,20 +1314,24 @@ def concepts(interp, concepts, x, y=None, *, random=None, n_random=20, random_st
             if controls:
                 test_x, test_t = held_out_set(f, split, pool_i, held_out)
                 labels = np.concatenate([np.ones(mt), np.zeros(mt)])
+                pairs = []
                 for r in range(controls):
                     both = np.concatenate([pos, pool_i[sets[r % R][:mt]]])
                     perm_t = labels[rng.permutation(2 * mt)].astype(bool)
-                    ctl = fit_cav(both[perm_t], both[~perm_t], **fit_kw)
+                    pairs.append((both[perm_t], both[~perm_t]))
+                for ctl in fit_cavs(pairs, **fit_kw):
                     control_correct[c][i] += (ctl.predict(test_x) == test_t) / controls
         for e, (ca, cb) in enumerate(pair_index):
             fa, fb = concept_feats[ca][i], concept_feats[cb][i]
             tr_a, tr_b = splits[ca].train, splits[cb].train
             test_x = np.concatenate([fa[splits[ca].test], fb[splits[cb].test]])
             test_t = np.concatenate([np.ones(len(splits[ca].test)), np.zeros(len(splits[cb].test))])
-            for r in range(R):  # bootstrap resamples of both training parts
+            pairs = []
+            for _ in range(R):  # bootstrap resamples of both training parts
                 ra = rng.choice(tr_a, len(tr_a), replace=True)
                 rb = rng.choice(tr_b, len(tr_b), replace=True)
-                cav = fit_cav(fa[ra], fb[rb], **fit_kw)
+                pairs.append((fa[ra], fb[rb]))
+            for r, cav in enumerate(fit_cavs(pairs, **fit_kw)):
                 directions[i][Cn + e, r] = cav.direction
                 intercepts[Cn + e, i, r] = cav.intercept
                 fw[Cn + e] += _per_filter(cav.weights, graph, keys[i], features) / R
@@ -1325,25 +1343,27 @@ def concepts(interp, concepts, x, y=None, *, random=None, n_random=20, random_st
     rows = range(R) if test == "sets" else range(1)
     null_dirs = {m: [np.full((R, R, pool[i].shape[1]), np.nan) for i in range(L)] for m in sizes}
     for m in sizes:
+        fits, mirrored = [], []  # (j, r, a, b) to fit; (j, r) that are a fit negated
         for j in rows:
             for r in range(R):
                 if r == j:
                     continue
                 if test == "sets" and r < j:  # B_j vs B_r is B_r vs B_j negated (the same fit, labels swapped)
-                    for i in range(L):
-                        null_dirs[m][i][j, r] = -null_dirs[m][i][r, j]
+                    mirrored.append((j, r))
                     continue
                 a = np.setdiff1d(sets[j][:m], sets[r][:m])
                 b = np.setdiff1d(sets[r][:m], sets[j][:m])
-                if len(a) < 2 or len(b) < 2:
-                    continue
-                for i in range(L):
-                    cav = fit_cav(pool[i][a], pool[i][b], **fit_kw)
-                    null_dirs[m][i][j, r] = cav.direction
+                if len(a) >= 2 and len(b) >= 2:
+                    fits.append((j, r, a, b))
+        for i in range(L):  # every pair of one block fitted together
+            for (j, r, _, _), cav in zip(fits, fit_cavs([(pool[i][a], pool[i][b]) for _, _, a, b in fits], **fit_kw)):
+                null_dirs[m][i][j, r] = cav.direction
+            for j, r in mirrored:
+                null_dirs[m][i][j, r] = -null_dirs[m][i][r, j]
     if not_converged:
         _health.warn(
             "not_converged",
-            f"CAVs of concepts {sorted(not_converged)} did not converge within max_iter={max_iter} L-BFGS "
+            f"CAVs of concepts {sorted(not_converged)} did not converge within max_iter={max_iter} "
             "iterations; raise `max_iter` or lower `C`.",
         )
 

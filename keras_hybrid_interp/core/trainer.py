@@ -19,7 +19,10 @@ in float64 on the cached features: the problem is convex (strictly so for a
 finite ``C``), so the result does not depend on the starting point, the batch
 order or a learning rate, and a warm start only saves iterations. With fewer
 samples than features it runs in the span of the samples (the same iterates,
-up to rounding, at a fraction of the cost: :func:`sample_span`). Nothing is
+up to rounding, at a fraction of the cost: :func:`sample_span`). Many small
+binary problems at once (the concepts' CAVs: tens of samples, hundreds of
+features) are solved by :func:`fit_binary_probes`: the same objective and
+stopping test, Newton steps in each problem's sample span, batched. Nothing is
 compiled and no Keras variable is touched while fitting; the caller assigns
 the result to the probe layer.
 """

@@ -46,6 +46,7 @@ def test_explain_keeps_the_true_class_in_every_form(classifier):
     frame = e.to_frame()
     np.testing.assert_array_equal(frame["is_true_class"].to_numpy(), np.tile(np.arange(3) == 1, len(e.blocks)))
     assert "is_true_class" not in interp.explain(x[4]).to_frame() and interp.explain(x[4]).target is None
+    assert HybridInterpreter(interp.wrapped_model).class_names == ["0", "1", "2"]  # without names: the class indices
     # A label that contradicts the model is still the label shown.
     wrong = _other(e.model_class)
     assert int(interp.explain(x[4], wrong).target) == wrong

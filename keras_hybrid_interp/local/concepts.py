@@ -298,6 +298,27 @@ def one_against_many(values, null):
     return _t_pvalue(t, len(null) - 1), t
 
 
+def _nan_mean(a) -> np.ndarray:
+    """The mean over the last axis of the finite values; NaN (silently) where there is none."""
+    a = np.asarray(a, np.float64)
+    ok = np.isfinite(a)
+    count = ok.sum(axis=-1)
+    total = np.where(ok, a, 0.0).sum(axis=-1)
+    return np.divide(total, count, out=np.full(count.shape, np.nan), where=count > 0)
+
+
+def _nan_std(a) -> np.ndarray:
+    """The sample standard deviation (ddof 1) over the last axis of the finite values; NaN (silently) with
+    fewer than two (one test="tcav" row of random sets, one repeat)."""
+    a = np.asarray(a, np.float64)
+    ok = np.isfinite(a)
+    count = ok.sum(axis=-1)
+    mean = _nan_mean(a)
+    dev = np.where(ok, a - mean[..., None], 0.0)
+    var = np.divide((dev * dev).sum(axis=-1), count - 1, out=np.full(count.shape, np.nan), where=count > 1)
+    return np.sqrt(var)
+
+
 def random_set_means(grid) -> np.ndarray:
     """Each random set's mean statistic over its counterparts: ``grid`` (..., J, R) -> (..., J) (NaN ignored)."""
     g = np.asarray(grid, np.float64)
@@ -950,13 +971,12 @@ class ConceptResult:
         idx = np.indices((C, L, K)).reshape(3, -1)
         c, li, k = idx
         sep = self.separable()
-        with np.errstate(invalid="ignore"):
-            std = np.nanstd(self.scores, axis=-1, ddof=1) if self.scores.shape[-1] > 1 else np.full((C, L, K), np.nan)
-            rnd = np.nanmean(self.random_scores.reshape(C, L, K, -1), axis=-1)
-            mag = np.nanmean(self.magnitudes, axis=-1)
-            rmag = np.nanmean(self.random_magnitudes.reshape(C, L, K, -1), axis=-1)
-            rnd_sd = np.nanstd(random_set_means(self.random_scores), axis=-1, ddof=1)
-            rmag_sd = np.nanstd(random_set_means(self.random_magnitudes), axis=-1, ddof=1)
+        std = _nan_std(self.scores)
+        rnd = _nan_mean(self.random_scores.reshape(C, L, K, -1))
+        mag = _nan_mean(self.magnitudes)
+        rmag = _nan_mean(self.random_magnitudes.reshape(C, L, K, -1))
+        rnd_sd = _nan_std(random_set_means(self.random_scores))
+        rmag_sd = _nan_std(random_set_means(self.random_magnitudes))
         frame = {
             "concept": np.array(self.concepts, dtype=object)[c],
             "relative": np.array(self.relative, bool)[c],

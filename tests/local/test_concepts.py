@@ -328,6 +328,20 @@ def test_the_frame_and_the_plots(setup):
     assert maps.maps[0].shape == (2, 8, 8) and maps.maps[1].shape == (2, 4, 4)
     assert maps.plot().axes
     plt.close("all")
+    # The original test's one row of random sets has no spread: its frame's random sd is NaN, silently
+    # (no NumPy "Degrees of freedom <= 0" warning leaks), and every other column equals NumPy's nan-statistics.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InterpretationWarning)
+        one_row = interp.concepts({"bright": concepts["bright"]}, x, y, random=pool, n_random=4, random_state=0,
+                                  bootstrap=0, controls=0, test="tcav")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = one_row.to_frame()
+    assert frame["random_score_sd"].isna().all() and frame["random_magnitude_sd"].isna().all()
+    np.testing.assert_allclose(frame["tcav_score_std"].to_numpy(),
+                               np.nanstd(one_row.scores, axis=-1, ddof=1).reshape(-1), rtol=1e-12)
+    np.testing.assert_allclose(frame["tcav_magnitude"].to_numpy(),
+                               np.nanmean(one_row.magnitudes, axis=-1).reshape(-1), rtol=1e-12)
 
 
 def test_concept_maps_average_to_the_probe_logit(setup):

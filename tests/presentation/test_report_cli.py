@@ -17,25 +17,6 @@ from keras_hybrid_interp.report_sections import concepts as rc
 
 from models import small_cnn
 
-
-@pytest.fixture(scope="module")
-def report():
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    # Brightness varies across images and sets the label's first bit: a GAP head learns it in a few epochs.
-    x = (rng.random((120, 16, 16, 1)) * rng.uniform(0.1, 1.0, (120, 1, 1, 1))).astype(np.float32)
-    bright = x.mean(axis=(1, 2, 3))
-    y = (bright > np.median(bright)).astype(int) + 2 * (np.arange(120) % 2)
-    m = small_cnn(classes=4)
-    # Trained a little, so that the model's predictions vary: an untrained one predicts a single class on
-    # some backends' initialisations, and then no perturbation moves its accuracy (importance all 0).
-    m.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
-    m.fit(x[:80], y[:80], epochs=15, batch_size=16, verbose=0)
-    interp = HybridInterpreter(m)
-    interp.fit_probes(x[:80], y[:80], verbose=0)
-    return build_report(interp, x[80:], y[80:], examples=1, n_repeats=2)
-
-
 #: Per section of REPORT_SECTIONS: (title prefix, the captions of its tables, how many figures).
 SECTION_CONTENTS = {
     "blocks": ("Blocks", ["Blocks analysed"], 0),

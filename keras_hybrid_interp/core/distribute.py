@@ -28,7 +28,10 @@ import keras
 
 from .graph import trace_free_batch
 
-__all__ = ["active_strategy", "predict_on_batch"]
+__all__ = ["active_strategy", "predict_on_batch", "predict_few", "EAGER_MAX_SAMPLES"]
+
+#: At most this many samples, :func:`predict_few` calls a model eagerly instead of tracing it (TensorFlow).
+EAGER_MAX_SAMPLES = 16
 
 #: model -> {id(strategy): _DistributedPredictor}. Weak on the model, and no
 #: value refers to its key (a predictor holds its model by weak reference
@@ -107,3 +110,29 @@ def predict_on_batch(model, x):
     if predictor is None or predictor.strategy is not strategy:
         predictor = per_model[id(strategy)] = _DistributedPredictor(model, strategy)
     return predictor(x)
+
+
+def predict_few(model, x):
+    """The outputs of a model run once on a few samples (the explained inputs), as NumPy arrays.
+
+    On TensorFlow, tracing a large side model costs more than running it
+    eagerly on a handful of samples (ResNet50 at 160 px, 2 CPU cores: 0.6-0.8 s
+    to trace and run its predict function once, 0.17-0.22 s eagerly for 2
+    samples), and the side model of the explained inputs' raw maps runs once
+    per pass. So with at most :data:`EAGER_MAX_SAMPLES` samples, outside a
+    multi-replica strategy, the model is called directly in inference mode
+    (``model(x, training=False)``). Otherwise, and on JAX (whose op-by-op
+    eager call compiled each operation: 3.3 s against 0.7 s for the jitted
+    function, same case) and torch (whose ``predict_on_batch`` traces
+    nothing), this is :func:`predict_on_batch`. Returns one array for a
+    single-output model, else a list.
+    """
+    from .data import x_rows
+
+    if (keras.backend.backend() != "tensorflow" or active_strategy() is not None
+            or x_rows(x) > EAGER_MAX_SAMPLES):
+        return predict_on_batch(model, x)
+    out = model(list(x) if isinstance(x, tuple) else x, training=False)
+    if isinstance(out, (list, tuple)):
+        return [o.numpy() for o in out]  # TensorFlow's eager tensors, read their own way
+    return out.numpy()

@@ -75,8 +75,36 @@ def test_side_models_are_built_once_across_fit_probes_evaluate_report_and_again(
     assert builds == after_report  # nothing built again
     if TF:
         counts = _traces(interp.graph)
-        assert len(counts) == 3
+        # the explained inputs' raw maps run eagerly (a few samples once per pass: distribute.predict_few), so
+        # only the probes' model and the report's lean model are traced
+        assert len(counts) == 2, counts
         assert all(c == 1 for c in counts.values()), counts  # 64 and 36 samples: one trace each
+        untraced = [k for k, m in interp.graph._side_models.items() if m.predict_function is None]
+        assert len(untraced) == 1 and all(mode == "raw" for _, mode in untraced[0][1]), untraced
+
+
+def test_a_few_samples_run_eagerly_with_the_traced_models_numbers():
+    # predict_few (the explained inputs): on TensorFlow the model called in inference mode, nothing traced; its
+    # numbers are those of predict_on_batch up to float rounding (a traced graph may fuse operations)
+    from keras_hybrid_interp.core.distribute import EAGER_MAX_SAMPLES, predict_few, predict_on_batch
+
+    x, _ = _data(EAGER_MAX_SAMPLES + 1)
+    model = small_cnn()
+    inp = keras.Input(x.shape[1:])
+    side = keras.Model(inp, [model.layers[1](inp), model(inp)])  # two outputs
+    few = predict_few(side, x[:3])
+    if TF:
+        assert side.predict_function is None  # nothing traced
+    want = keras.Model(inp, side(inp)).predict_on_batch(x[:3])
+    assert isinstance(few, list) and len(few) == 2
+    for a, b in zip(few, want):
+        assert a.shape == b.shape and isinstance(a, np.ndarray)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.any(few[1] != 0)
+    predict_few(side, x)  # more than EAGER_MAX_SAMPLES: the traced predict function, as predict_on_batch
+    if TF:
+        assert side.predict_function is not None
+    np.testing.assert_allclose(predict_few(side, x)[1], predict_on_batch(side, x)[1], rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not TF, reason="tf.function tracing is TensorFlow's")

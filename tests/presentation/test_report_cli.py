@@ -195,6 +195,25 @@ def test_long_tables_are_collapsed_with_a_full_csv_download(report):
     assert "Figure 1." in html and "Table 1." in html
 
 
+def test_very_long_tables_print_the_preview_and_the_csv_only(report, monkeypatch):
+    # Past FOLDED_ROWS rows (2,000) the whole table is not printed under "Show all": the CSV holds every row.
+    import keras_hybrid_interp.report as report_module
+
+    sizes = sorted({len(t) for s in report.sections for _, _, t in s.tables if len(t) > 25})
+    assert len(sizes) >= 2, sizes  # one table each side of the limit
+    monkeypatch.setattr(report_module, "FOLDED_ROWS", sizes[0])
+    html = report.to_html()
+    over = [(name, t) for s in report.sections for name, _, t in s.tables if len(t) > sizes[0]]
+    assert html.count("<details><summary>Show all") == sum(len(t) == sizes[0] for s in report.sections
+                                                             for _, _, t in s.tables)
+    assert html.count("not printed in full here") == len(over)
+    for name, table in over:
+        m = re.search(rf"download='{re.escape(name)}.csv' href='data:text/csv;base64,([A-Za-z0-9+/=]+)'", html)
+        back = pd.read_csv(__import__("io").StringIO(base64.b64decode(m.group(1)).decode()))
+        assert len(back) == len(table)
+    assert max(_visible_rows(html)) <= 25
+
+
 def test_model_summary_is_complete_at_any_width(report):
     assert "Param #" in report.model_summary
     inp = keras.Input((8, 8, 3))

@@ -25,7 +25,7 @@ import pytest
 import keras
 
 from keras_hybrid_interp import HybridInterpreter, build_report
-from keras_hybrid_interp.report import PREVIEW_ROWS, VISIBLE_ROWS, report_schema
+from keras_hybrid_interp.report import FOLDED_ROWS, PREVIEW_ROWS, VISIBLE_ROWS, report_schema
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from test_backend_reference import _data as reference_data  # noqa: E402
@@ -253,7 +253,8 @@ def html_vs_record(page, record):
             same(f"{sec['name']} figure", caption, fig["caption"])
         tables = iter(re.findall(r"<table.*?</table>", part, flags=re.S))
         for table in sec["tables"]:
-            shown = [_cells(next(tables))] + ([_cells(next(tables))] if len(table["rows"]) > VISIBLE_ROWS else [])
+            folded = VISIBLE_ROWS < len(table["rows"]) <= FOLDED_ROWS  # the whole table under 'Show all'
+            shown = [_cells(next(tables))] + ([_cells(next(tables))] if folded else [])
             columns = table["columns"]
             layout = _displayed_columns(columns)
             for grid in shown:  # the preview, then the full table in <details>

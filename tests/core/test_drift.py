@@ -63,6 +63,22 @@ def test_input_moments_range_equals_numpy_over_batches():
     np.testing.assert_allclose(stats["std"], x.std(axis=(0, 1, 2)), rtol=1e-12)
 
 
+def test_input_moments_in_chunks_smaller_than_a_batch_equal_numpy():
+    # update() reduces a batch in float64 copies of at most CHUNK_VALUES values; 7 splits every batch
+    # of 6 x 5 x 4 x 3 values into 2-position chunks plus a remainder
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(23, 5, 4, 3)) * np.array([1.0, 10.0, 0.1]) + np.array([0.0, -7.0, 3.0])
+    m = InputMoments()
+    m.CHUNK_VALUES = 7
+    for start in range(0, 23, 6):
+        m.update(Batch(x[start:start + 6], None, start, {}))
+    assert m.count == 23 * 5 * 4
+    np.testing.assert_array_equal(m.min, x.min(axis=(0, 1, 2)))
+    np.testing.assert_array_equal(m.max, x.max(axis=(0, 1, 2)))
+    np.testing.assert_allclose(m.mean, x.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(m.std, x.std(axis=(0, 1, 2)), rtol=1e-12)
+
+
 def test_input_moments_range_of_several_inputs_in_input_order():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(9, 4, 4, 2)), rng.uniform(5, 6, size=(9, 3))

@@ -101,10 +101,10 @@ class Rendered(Mapping):
 def freeze_layout(fig) -> None:
     """Keeps ``fig``'s axes where its layout engine last put them: later renderings skip the layout.
 
-    Constrained layout is most of a figure's drawing time (about a third of
-    a 22-axes explanation figure's); once a figure has been drawn, the PDF,
-    the SVG and the PDF report's embedded copy reuse its positions, so every
-    format shows the same layout.
+    Constrained layout is a large share of a figure's drawing time (about a
+    third of a 22-axes explanation figure's); once a figure has been drawn,
+    the PDF, the SVG and the PDF report's embedded copy reuse its positions,
+    so every format shows the same layout.
     """
     if fig.get_layout_engine() is not None:
         fig.set_layout_engine("none")

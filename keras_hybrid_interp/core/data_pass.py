@@ -282,7 +282,7 @@ class InputMoments:
             return
         self.samples += len(x)
         rows = x.reshape(-1, x.shape[-1])
-        step = max(1, self.CHUNK_VALUES // rows.shape[1])
+        step = max(1, self.CHUNK_VALUES // max(rows.shape[1], 1))
         for start in range(0, len(rows), step):  # bounded float64 copies, whatever the batch's size
             self._add(rows[start:start + step])
 

@@ -189,6 +189,9 @@ def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> P
         batch = Batch([np.asarray(a) for a in xb] if isinstance(xb, list) else np.asarray(xb), yb, n, values)
         for r in reducers:
             r.update(batch)
+        # The outputs may be views of the backend's buffers (:func:`.graph.predict_batch`): let go of them
+        # before the next batch's forward, so the backend reuses their memory rather than allocating more.
+        batch = values = v = None
         n += x_rows(xb)
         if bar is not None:
             bar.update(b + 1)

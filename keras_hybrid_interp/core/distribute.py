@@ -26,7 +26,7 @@ import numpy as np
 
 import keras
 
-from .graph import trace_free_batch
+from .graph import predict_batch, tensor_numpy, trace_free_batch
 
 __all__ = ["active_strategy", "predict_on_batch", "predict_few", "EAGER_MAX_SAMPLES"]
 
@@ -99,12 +99,14 @@ class _DistributedPredictor:
 def predict_on_batch(model, x):
     """``model.predict_on_batch(x)``, split across replicas under a strategy scope.
 
-    Returns NumPy arrays: one array for a single-output model, else a list.
+    Returns NumPy arrays: one array for a single-output model, else a list. On
+    TensorFlow they may be read-only views of the outputs' buffers
+    (:func:`.graph.predict_batch`): copy before writing into them.
     """
     strategy = active_strategy()
     if strategy is None:
         trace_free_batch(model, x)  # at the first call: one trace for every batch size (TensorFlow)
-        return model.predict_on_batch(x)
+        return predict_batch(model, x)
     per_model = _PREDICTORS.setdefault(model, {})
     predictor = per_model.get(id(strategy))
     if predictor is None or predictor.strategy is not strategy:
@@ -134,5 +136,5 @@ def predict_few(model, x):
         return predict_on_batch(model, x)
     out = model(list(x) if isinstance(x, tuple) else x, training=False)
     if isinstance(out, (list, tuple)):
-        return [o.numpy() for o in out]  # TensorFlow's eager tensors, read their own way
-    return out.numpy()
+        return [tensor_numpy(o) for o in out]
+    return tensor_numpy(out)

@@ -145,3 +145,27 @@ def test_free_batch_trace_takes_the_inputs_dtype_and_keeps_keras_tracing_otherwi
     np.testing.assert_array_equal(out, keras.Model(inp, model.outputs).predict_on_batch(x))
     predict_on_batch(model, x.astype(np.float32)[:2])  # another dtype: Keras traces it, as before
     assert model.predict_function.experimental_get_tracing_count() == 2
+
+
+def test_outputs_are_read_without_a_copy_and_equal_predict_on_batch():
+    """``graph.predict_batch``: the predict function's outputs, bit for bit those of ``predict_on_batch``
+    (one output and several); on TensorFlow read-only views of the backend's buffers, so a consumer that
+    writes into them fails loudly instead of corrupting the backend's tensor."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    single = keras.Model(inp, h)
+    multi = keras.Model(inp, [h, keras.layers.GlobalAveragePooling2D()(h)])
+    x = np.random.default_rng(0).random((5, 8, 8, 3), dtype=np.float32)
+    got = _graph.predict_batch(single, x)
+    np.testing.assert_array_equal(got, np.asarray(single.predict_on_batch(x)))
+    outs = _graph.predict_batch(multi, x)
+    ref = multi.predict_on_batch(x)
+    assert isinstance(outs, list) and len(outs) == 2
+    for a, b in zip(outs, ref):
+        np.testing.assert_array_equal(a, np.asarray(b))
+        assert a.dtype == np.float32
+    if TF:
+        assert not got.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            got[0] = 0.0

@@ -274,6 +274,34 @@ def block_logits(a, w, b, out_spatial):
     return upsample(logits.reshape((len(a),) + s + (w.shape[1],)), index_maps(s, out_spatial))
 
 
+#: Bytes of the float64 copy of a block's maps that :func:`_probe_logits` converts at a time.
+LOGITS_CHUNK_BYTES = 8 * 2**20
+
+
+def _probe_logits(a, w, b, controls=()):
+    """A probe's float64 logits ``(n * prod(s), K)`` on block maps ``a`` (n, *s, C), and its controls' class maps.
+
+    ``a @ w + b`` per position, with the maps converted to float64 a chunk of positions at a time
+    (:data:`LOGITS_CHUNK_BYTES`), never the whole batch (a U-Net's last block, 16 samples at 256 px
+    and 32 filters: 268 MB as float64); each chunk's copy also serves every control probe
+    ``(cw, cb)`` of ``controls``, whose argmax classes ``(n * prod(s),)`` are returned in a list.
+    Each position's numbers are those of the whole product, row for row.
+    """
+    flat = a.reshape(-1, a.shape[-1])
+    rows = len(flat)
+    logits = np.empty((rows, w.shape[1]), dtype=np.float64)
+    cpreds = [np.empty(rows, dtype=np.intp) for _ in controls]
+    step = max(1, LOGITS_CHUNK_BYTES // (8 * max(1, flat.shape[1])))
+    for s in range(0, rows, step):
+        e = min(rows, s + step)
+        xc = flat[s:e].astype(np.float64)
+        np.matmul(xc, w, out=logits[s:e])
+        for cpred, (cw, cb) in zip(cpreds, controls):
+            cpred[s:e] = (xc @ cw + cb).argmax(axis=1)
+    logits += b
+    return logits, cpreds
+
+
 class SegmentationScores:
     """Reducer of the segmentation layer table (float64 sums).
 
@@ -362,7 +390,8 @@ class SegmentationScores:
             # Logits at the block's own resolution; the output positions read them by index (nearest
             # neighbour: core/resolution.py), so the class map and each position's log-probability of
             # its target are gathered, not K float64 logits upsampled: the same numbers, row for row.
-            logits = np.asarray(a, np.float64).reshape(-1, a.shape[-1]) @ w + b
+            ctl = self.controls[l] if self.controls is not None and labelled else []
+            logits, cpreds = _probe_logits(a, w, b, ctl)
             reads = self._reads(n, spatial_shape(a.shape), S)
             pred = logits.argmax(axis=1)
             pred = pred if reads is None else pred[reads]
@@ -376,9 +405,8 @@ class SegmentationScores:
             self.agree[l] += float(np.sum(pred == model_mask))
             if boot:
                 rows.append(per_sample(pred, loss, (pred == model_mask).astype(np.float64)))
-            if self.controls is not None and labelled:
-                for j, (cw, cb) in enumerate(self.controls[l]):
-                    cpred = (np.asarray(a, np.float64).reshape(-1, a.shape[-1]) @ cw + cb).argmax(axis=1)
+            if ctl:
+                for j, cpred in enumerate(cpreds):
                     cpred = cpred if reads is None else cpred[reads]
                     self.control_cm[l, j] += confusion(hard, cpred, K)
                     if boot:

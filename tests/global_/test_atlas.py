@@ -58,15 +58,21 @@ def cnn_data():
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 26, 64])
-def test_top_k_equals_brute_force_argsort_across_batches(cnn_data, batch_size):
+@pytest.mark.parametrize("filters", [None, [9, 2, 15]])
+def test_top_k_equals_brute_force_argsort_across_batches(cnn_data, batch_size, filters, monkeypatch):
+    from keras_hybrid_interp.global_ import atlas as _atlas
+
+    if batch_size == 5:  # the maxima found a sample at a time within each batch (a large map's path)
+        monkeypatch.setattr(_atlas, "MAXIMA_CHUNK_BYTES", 1)
     model, x = cnn_data
     ga = GlobalAnalyzer(model)
-    ex = ga.filter_examples(x, block="conv2", top_k=4, batch_size=batch_size)
+    ex = ga.filter_examples(x, block="conv2", filters=filters, top_k=4, batch_size=batch_size)
     acts = _activations(model, "conv2", x)
-    idx, mx, loc = _brute_force(acts, range(16), 4)
-    np.testing.assert_array_equal(ex.filters, np.arange(16))
+    chosen = range(16) if filters is None else filters
+    idx, mx, loc = _brute_force(acts, chosen, 4)
+    np.testing.assert_array_equal(ex.filters, np.asarray(chosen))
     np.testing.assert_array_equal(ex.indices, idx)
-    np.testing.assert_allclose(ex.values, np.take_along_axis(mx.T, idx, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(ex.values, np.take_along_axis(mx.T[list(chosen)], idx, axis=1), rtol=1e-6)
     np.testing.assert_array_equal(ex.locations, loc)
     assert ex.n_samples == len(x) and ex.top_k == 4
 

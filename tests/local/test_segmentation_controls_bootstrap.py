@@ -66,7 +66,14 @@ def test_control_probes_equal_sklearn_on_masks_permuted_across_samples(fitted):
     assert not np.allclose(interp.control_states_[0][0][0], interp.probes[0].state()[2])
 
 
-def test_control_mean_iou_and_selectivity_equal_jaccard_on_every_pixel(fitted):
+@pytest.mark.parametrize("chunk_rows", [None, 37])
+def test_control_mean_iou_and_selectivity_equal_jaccard_on_every_pixel(fitted, chunk_rows, monkeypatch):
+    """``chunk_rows``: the block maps converted to float64 37 positions at a time (a count that divides
+    no batch's positions), as the default chunk does for large maps."""
+    from keras_hybrid_interp.local import segmentation as seg
+
+    if chunk_rows is not None:
+        monkeypatch.setattr(seg, "LOGITS_CHUNK_BYTES", 8 * chunk_rows * 8)  # 8 filters per block here
     model, interp, x, y = fitted
     table = interp.evaluate_layers(x[20:], y[20:], controls=2, batch_size=5)
     frame = table.to_frame().set_index("block")

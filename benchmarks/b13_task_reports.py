@@ -374,6 +374,10 @@ def main():
                 st = pstats.Stats(path)
                 st.sort_stats("cumulative").print_stats(45)
                 st.sort_stats("tottime").print_stats(25)
+                if os.environ.get("B13_PROFILE_SAVE"):  # keep the profile for a closer look (pstats)
+                    import shutil
+
+                    shutil.copy(path, os.environ["B13_PROFILE_SAVE"])
         return
 
     print(("QUICK MODE (validation only, not the benchmark): " if quick else "") +

@@ -132,6 +132,15 @@ class LinearHead:
         out[...] = np.swapaxes(zt, -1, -2)
         return out
 
+    def predicted(self, zt: np.ndarray) -> np.ndarray:
+        """The predicted class of each position, ``(..., n)`` int64, from class-major float64 logits ``(..., K, n)``.
+
+        The argmax of :meth:`activate`'s outputs (the activation in float64, in place, rounded once to
+        the output dtype; ties to the lower class), read class-major: each class's row is contiguous.
+        """
+        p = self.act(zt).astype(self.dtype)
+        return argmax_last(np.swapaxes(p, -1, -2))
+
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(kernel (C, K), bias (K,))`` of the Dense layer as they are now, float64."""
         from .graph import variable_numpy
@@ -278,25 +287,46 @@ class LinearHead:
         if seg is not None and getattr(seg, "reads_argmax", False):
             argmax = _ArgmaxBaseline(self, flat, w, b, z0, base_logits, step, seg.targets)
         scores = np.empty(len(jobs), dtype=np.float64)
-        for i, job in enumerate(jobs):
+
+        def perturbation(job):
+            """``(channels, src, fill)``: the permutation (n,) or None, the fill (k, hw) float64 or None."""
             ch = np.asarray(job.channels, dtype=np.int64)
-            k = len(ch)
-            src = None
+            src = fill = None
             if job.kind == "permute":
                 src = job.perm() if callable(job.perm) else job.perm
             elif job.kind not in ("fill", "none"):  # pragma: no cover - internal
                 raise ValueError(job.kind)
-            fill = None
-            if job.kind == "fill" and k:
+            if job.kind == "fill" and len(ch):
                 # Cast to the cache's dtype first, as the tail engine writes a fill into its buffers.
-                value = np.broadcast_to(np.asarray(job.fill).astype(flat.dtype), spatial + (k,))
-                fill = np.ascontiguousarray(value.reshape(hw, k).T, dtype=np.float64)  # (k, hw)
-            if argmax is not None and argmax.applies and k <= 1:
-                assert seg is not None  # argmax is built from it
-                scores[i] = seg.from_confusion(argmax.job_confusion(ch, src, fill, job.kind == "none"))
+                value = np.broadcast_to(np.asarray(job.fill).astype(flat.dtype), spatial + (len(ch),))
+                fill = np.ascontiguousarray(value.reshape(hw, len(ch)).T, dtype=np.float64)  # (k, hw)
+            return ch, src, fill
+
+        done = 0
+        rest = list(range(len(jobs)))
+        if argmax is not None and argmax.applies:
+            assert seg is not None  # argmax is built from it
+            # Jobs of one filter at most, by filter: its maps are read from the cache once for all its jobs.
+            by_channel: dict[int, list[int]] = {}
+            for i in rest:
+                job = jobs[i]
+                if job.kind == "none" or len(job.channels) == 0:
+                    scores[i] = seg.from_confusion(argmax.cm.copy())
+                    done += 1
+                elif len(job.channels) == 1:
+                    by_channel.setdefault(int(np.asarray(job.channels)[0]), []).append(i)
+            for c, idx in by_channel.items():
+                cms = argmax.channel_confusions(c, [perturbation(jobs[i])[1:] for i in idx])
+                for i, cm in zip(idx, cms):
+                    scores[i] = seg.from_confusion(cm)
+                done += len(idx)
                 if progress is not None:
-                    progress(i + 1)
-                continue
+                    progress(done)
+            rest = [i for i in rest if len(jobs[i].channels) > 1 and jobs[i].kind != "none"]
+        for i in rest:
+            job = jobs[i]
+            ch, src, fill = perturbation(job)
+            k = len(ch)
             acc = seg.begin() if seg is not None else None
             whole = None if seg is not None else np.empty((n, hw, k_out), dtype=self.dtype)
             for s in range(0, n, step):
@@ -322,8 +352,9 @@ class LinearHead:
             else:
                 assert whole is not None  # filled chunk by chunk above
                 scores[i] = float(score(whole.reshape((n,) + spatial + (k_out,))))
+            done += 1
             if progress is not None:
-                progress(i + 1)
+                progress(done)
         return scores
 
     @staticmethod
@@ -337,17 +368,19 @@ class _ArgmaxBaseline:
 
     For a score that reads each position's argmax of a softmax alone (mean IoU,
     :attr:`~keras_hybrid_interp.core.task.SegmentationScore.reads_argmax`), perturbing one filter ``c``
-    changes the logits at position ``p`` by ``delta(p) * W_c``, so the gap between the top class and any
-    other shrinks by at most ``|delta(p)| * (max_k W_ck - min_k W_ck)``. Where that is below the
+    changes the logits at position ``p`` by ``delta(p) * W_c``, so the gap between the baseline's top class
+    ``t`` and any class ``j`` shrinks by ``delta(p) * (W_cj - W_ct)``: by at most ``delta(p) * up[t]`` for
+    ``delta > 0`` (``up[t] = max_j W_cj - W_ct``, zero where ``t``'s weight is the largest) and
+    ``-delta(p) * down[t]`` for ``delta < 0`` (``down[t] = W_ct - min_j W_cj``). Where that is below the
     baseline's gap between its two largest logits (less a slack of ``1e-6 (1 + |top logit|)``, far above
     float64 rounding and enough that the float32 probabilities keep their order), the position keeps
     its baseline class. Every other position (the *candidates*, near ties included) is recomputed by the
     same float64 arithmetic as :meth:`LinearHead.run_maps`' full path, element by element (the update, the
     activation rounded to the output dtype, the argmax with ties to the lower class), so the job's
     confusion matrix, ``baseline - candidates' old cells + candidates' new cells``, equals the full
-    path's bit for bit (counts are exact in float64). The baseline (logits, classes, gaps) is computed
-    once, by the same chunks of samples as the full path; a non-finite baseline logit sends every job to
-    the full path (:attr:`applies` is False).
+    path's bit for bit (counts are exact). The baseline (logits, classes, gaps) is computed once, by the
+    same chunks of samples as the full path; a non-finite baseline logit sends every job to the full path
+    (:attr:`applies` is False). Jobs are taken filter by filter (:meth:`channel_confusions`).
     """
 
     def __init__(self, head: LinearHead, flat, w, b, z0, base_logits, step, targets):
@@ -356,9 +389,8 @@ class _ArgmaxBaseline:
         n, hw = int(flat.shape[0]), int(flat.shape[1])
         self.k_out = int(w.shape[1])
         self.wt = np.ascontiguousarray(w.T)
-        self.spread = w.max(axis=1) - w.min(axis=1)  # (C,)
         # Kept baseline logits are the same whatever the chunks: then larger chunks (fewer NumPy calls per job).
-        step = step if z0 is None else max(step, sample_chunk(hw, 12))
+        step = step if z0 is None else max(step, sample_chunk(hw, 4))
         self.z0, self.base_logits, self.step, self.n = z0, base_logits, step, n
         small = np.int16 if self.k_out < 2**15 else np.int64  # classes of every position: kept small
         self.targets = np.asarray(targets).reshape(n, hw).astype(small)
@@ -373,39 +405,70 @@ class _ArgmaxBaseline:
                 return
             top2 = np.sort(zt, axis=1)[:, -2:, :]
             self.slack[s:e] = (top2[:, 1] - top2[:, 0]) - 1e-6 * (1.0 + np.abs(top2[:, 1]))
-            self.pred[s:e] = argmax_last(head.activate(zt))
+            self.pred[s:e] = head.predicted(zt)
         self.cm = confusion(self.targets, self.pred, self.k_out)
 
     def _logits(self, s, e):
         return self.z0[s:e].copy() if self.z0 is not None else self.base_logits(s, e)
 
-    def job_confusion(self, ch, src, fill, none: bool) -> np.ndarray:
-        """The (K, K) confusion matrix of one job that perturbs at most one filter (``ch`` of length 0 or 1)."""
-        cm = self.cm.copy()
-        if none or len(ch) == 0:
-            return cm
-        c = int(ch[0])
-        flat, k_out = self.flat, self.k_out
+    def channel_confusions(self, c: int, perturbations) -> list[np.ndarray]:
+        """The (K, K) confusion matrix of each job that perturbs filter ``c`` alone.
+
+        ``perturbations``: per job ``(src, fill)``, a permutation of the samples ``(n,)`` (and ``fill``
+        None) or a fill ``(1, hw)`` float64 (and ``src`` None). Filter ``c``'s maps are copied out of the
+        cache once for all its jobs (a strided read of the whole cache: once per filter, not per job),
+        and each chunk of samples' old values and baseline logits serve every job.
+        """
+        cms = [self.cm.copy() for _ in perturbations]
+        col = np.ascontiguousarray(self.flat[:, :, c])  # (n, hw), the cache's dtype
+        wt_c = self.wt[:, [c]]  # (K, 1)
+        k_out = self.k_out
+        # A position whose baseline class is t keeps it while delta * (W_cj - W_ct) < slack for every class
+        # j: for delta > 0 while delta < slack / up[t], for delta < 0 while -delta < slack / down[t].
+        w_c = self.wt[:, c]
+        up, down = w_c.max() - w_c, w_c - w_c.min()  # (K,): 0 where t's weight is the largest (smallest)
+        # The test runs in the cache's dtype (float32: half the memory traffic of float64), with the limits
+        # shrunk by 1e-6: a float32 difference is within 2^-24 of the exact one, and a float32 below a
+        # rounded limit is below the float64 limit, so every position the test leaves out keeps its class
+        # exactly, with room to spare (a position it takes in is recomputed exactly, whatever the test).
+        # NaN, an overflow to inf and slack <= 0 are candidates. Any other cache dtype (float16: a
+        # difference within 2^-11 only) is tested in float64.
+        test = np.float32 if col.dtype == np.float32 else np.float64
         for s in range(0, self.n, self.step):
             e = min(self.n, s + self.step)
-            old = flat[s:e, :, c].astype(np.float64)  # (m, hw)
-            new = flat[src[s:e], :, c].astype(np.float64) if fill is None else fill[0][None]
-            delta = new - old
-            # Candidates: where the update can close the gap (NaN compares False: a candidate too).
-            cand = np.flatnonzero(~(np.abs(delta) * self.spread[c] < self.slack[s:e]))
-            if not cand.size:
-                continue
-            si, pi = np.divmod(cand, delta.shape[1])
-            if self.z0 is not None:
-                zc = self.z0[s + si, :, pi].T.copy()  # (K, m_c): advanced indices around a slice go first
-            else:
-                zc = self.base_logits(s, e)[si, :, pi].T.copy()
-            zc += self.wt[:, ch] * delta.reshape(-1)[cand][None, :]
-            new_pred = argmax_last(self.head.activate(zc))
-            t = self.targets[s:e].reshape(-1)[cand]
-            cm += confusion(t, new_pred, k_out)
-            cm -= confusion(t, self.pred[s:e].reshape(-1)[cand], k_out)
-        return cm
+            old = col[s:e]  # (m, hw)
+            targets = self.targets[s:e].reshape(-1).astype(np.int64) * k_out
+            pred = self.pred[s:e].reshape(-1)
+            base = self.z0[s:e] if self.z0 is not None else None
+            slack = self.slack[s:e] * (1.0 - 1e-6)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+                hi = (slack / up[self.pred[s:e]]).astype(test)  # delta below it: no class rises above t
+                lo = (-slack / down[self.pred[s:e]]).astype(test)  # delta above it: t falls below no class
+            hi[~(slack > 0)] = -np.inf
+            for cm, (src, fill) in zip(cms, perturbations):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    if fill is None:
+                        gap = col[src[s:e]].astype(test, copy=False) - old.astype(test, copy=False)
+                    else:
+                        gap = fill[0][None].astype(test) - old.astype(test, copy=False)
+                keep = gap < hi
+                keep &= gap > lo
+                cand = np.flatnonzero(~keep)
+                if not cand.size:
+                    continue
+                si, pi = np.divmod(cand, old.shape[1])
+                # The candidates' exact update, by the full path's float64 arithmetic.
+                new = col[src[s:e][si], pi].astype(np.float64) if fill is None else fill[0][pi]
+                delta = new - old[si, pi].astype(np.float64)
+                if base is None:
+                    base = self.base_logits(s, e)
+                zc = base[si, :, pi].T.copy()  # (K, m_c): advanced indices around a slice go first
+                zc += wt_c * delta[None, :]
+                new_pred = self.head.predicted(zc)
+                t = targets[cand]
+                cm += np.bincount(t + new_pred, minlength=k_out * k_out).reshape(k_out, k_out)
+                cm -= np.bincount(t + pred[cand], minlength=k_out * k_out).reshape(k_out, k_out)
+        return cms
 
 
 def sample_chunk(positions: int, arrays: int, chunk_bytes: int = CHUNK_BYTES) -> int:

@@ -325,22 +325,22 @@ def test_mean_iou_recomputes_only_where_the_argmax_can_move(build, monkeypatch):
     jobs += [Job(np.array([c]), "fill", fill=np.mean(maps[..., [c]], axis=0).astype(maps.dtype)) for c in range(C)]
     jobs += [Job(np.array([0, 3]), "permute", perm=job_permutation(5, 50, 0, N)), Job(np.array([], dtype=np.int64))]
     seen, in_job = [], []
-    activate, job_confusion = LinearHead.activate, _ArgmaxBaseline.job_confusion
+    predicted, channel_confusions = LinearHead.predicted, _ArgmaxBaseline.channel_confusions
 
-    def spy_activate(self, zt):
+    def spy_predicted(self, zt):
         if in_job:  # the candidates' calls, not the baseline's
             seen.append(zt.shape[-1])
-        return activate(self, zt)
+        return predicted(self, zt)
 
     def spy_job(self, *args):
         in_job.append(True)
         try:
-            return job_confusion(self, *args)
+            return channel_confusions(self, *args)
         finally:
             in_job.pop()
 
-    monkeypatch.setattr(LinearHead, "activate", spy_activate)
-    monkeypatch.setattr(_ArgmaxBaseline, "job_confusion", spy_job)
+    monkeypatch.setattr(LinearHead, "predicted", spy_predicted)
+    monkeypatch.setattr(_ArgmaxBaseline, "channel_confusions", spy_job)
     got = fast.linear.run_maps(maps, jobs, iou)
     positions = int(np.prod(maps.shape[1:-1]))
     # Some positions were recomputed, fewer than the full path's (every position of every job): about

@@ -403,8 +403,8 @@ class _ArgmaxBaseline:
             if not np.all(np.isfinite(zt)):
                 self.applies = False
                 return
-            top2 = np.sort(zt, axis=1)[:, -2:, :]
-            self.slack[s:e] = (top2[:, 1] - top2[:, 0]) - 1e-6 * (1.0 + np.abs(top2[:, 1]))
+            first, second = _top_two(zt)
+            self.slack[s:e] = (first - second) - 1e-6 * (1.0 + np.abs(first))
             self.pred[s:e] = head.predicted(zt)
         self.cm = confusion(self.targets, self.pred, self.k_out)
 
@@ -469,6 +469,21 @@ class _ArgmaxBaseline:
                 cm += np.bincount(t + new_pred, minlength=k_out * k_out).reshape(k_out, k_out)
                 cm -= np.bincount(t + pred[cand], minlength=k_out * k_out).reshape(k_out, k_out)
         return cms
+
+
+def _top_two(zt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest and second-largest of finite class-major logits ``(m, K, hw)`` per position, ``(m, hw)`` each.
+
+    Class by class (contiguous rows): the values of ``np.sort(zt, axis=1)[:, -1]`` and ``[:, -2]``
+    (K = 1: the second is -inf), without sorting every position's K logits.
+    """
+    first = zt[:, 0].copy()
+    second = np.full_like(first, -np.inf)
+    for k in range(1, zt.shape[1]):
+        v = zt[:, k]
+        np.maximum(second, np.minimum(first, v), out=second)
+        np.maximum(first, v, out=first)
+    return first, second
 
 
 def sample_chunk(positions: int, arrays: int, chunk_bytes: int = CHUNK_BYTES) -> int:

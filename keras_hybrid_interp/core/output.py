@@ -170,6 +170,12 @@ class OutputReader:
         ``targets`` are integer classes (n,) or a distribution (n, K) (soft
         targets, e.g. the model's own probabilities).
         """
+        if xp is np and self.kind == "softmax" and not self.binary and np.ndim(targets) == 1:
+            # Each sample's target probability alone is read, cast and logged: the same numbers as
+            # taking the log of every class first (element-wise), without (n, K) float64 copies.
+            out = np.asarray(out).reshape(-1, self.units)
+            p = out[np.arange(len(out)), np.asarray(targets).astype(np.int64)].astype(np.float64)
+            return -np.log(np.clip(p, EPS, 1.0))
         logp = self.log_probabilities(out, xp)
         return cross_entropy_from_log_probabilities(logp, targets, xp)
 

@@ -302,6 +302,21 @@ def _probe_logits(a, w, b, controls=()):
     return logits, cpreds
 
 
+def _target_log_loss(logits, reads, hard):
+    """``-log softmax(logits)[read, target]`` at every output position, from block-resolution logits.
+
+    ``logits`` (P, K) float64 at the block's positions, ``reads`` (Q,) the block position each output
+    position reads (None: the same positions), ``hard`` (Q,) the targets. The per-position terms of
+    :meth:`OutputReader.log_probabilities` (``z - max``, then ``log sum exp``) are computed once per
+    block position, and only each output position's target entry is gathered: the same numbers as the
+    whole (P, K) log-probabilities, without their copies.
+    """
+    m = logits.max(axis=1)
+    lse = np.log(np.sum(np.exp(logits - m[:, None]), axis=1))
+    rows = np.arange(len(hard)) if reads is None else reads
+    return -((logits[rows, hard] - m[rows]) - lse[rows])
+
+
 class SegmentationScores:
     """Reducer of the segmentation layer table (float64 sums).
 
@@ -396,8 +411,7 @@ class SegmentationScores:
             pred = logits.argmax(axis=1)
             pred = pred if reads is None else pred[reads]
             if labelled:
-                logp = self.logits_reader.log_probabilities(logits)
-                loss = -logp[reads if reads is not None else np.arange(len(logp)), hard]
+                loss = _target_log_loss(logits, reads, hard)
             else:
                 loss = self.logits_reader.cross_entropy(logits if reads is None else logits[reads], soft)
             self.cm[l] += confusion(hard, pred, K)

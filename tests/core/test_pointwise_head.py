@@ -355,3 +355,17 @@ def test_mean_iou_recomputes_only_where_the_argmax_can_move(build, monkeypatch):
     k, b = head.get_weights()
     head.set_weights([k * 1e-7, b * 1e-7])
     np.testing.assert_array_equal(fast.linear.run_maps(maps, jobs, iou), fast.linear.run_maps(maps, jobs, Full()))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 7])
+def test_top_two_logits_equal_numpy_sort(k):
+    """The baseline's gap between its two largest logits: class by class, the values np.sort gives (ties too)."""
+    from keras_hybrid_interp.core.linear_head import _top_two
+
+    z = np.random.default_rng(k).standard_normal((3, k, 40))
+    z[0, :, :6] = 1.5  # every class tied
+    z[1, : min(k, 2), 6:12] = 9.0  # the two largest tied
+    first, second = _top_two(z)
+    ordered = np.sort(z, axis=1)
+    np.testing.assert_array_equal(first, ordered[:, -1])
+    np.testing.assert_array_equal(second, ordered[:, -2] if k > 1 else np.full_like(first, -np.inf))

@@ -308,13 +308,17 @@ def _target_log_loss(logits, reads, hard):
     ``logits`` (P, K) float64 at the block's positions, ``reads`` (Q,) the block position each output
     position reads (None: the same positions), ``hard`` (Q,) the targets. The per-position terms of
     :meth:`OutputReader.log_probabilities` (``z - max``, then ``log sum exp``) are computed once per
-    block position, and only each output position's target entry is gathered: the same numbers as the
-    whole (P, K) log-probabilities, without their copies.
+    block position; at the output's resolution only the targets' entries are subtracted from: the same
+    numbers as the whole (P, K) log-probabilities.
     """
     m = logits.max(axis=1)
-    lse = np.log(np.sum(np.exp(logits - m[:, None]), axis=1))
-    rows = np.arange(len(hard)) if reads is None else reads
-    return -((logits[rows, hard] - m[rows]) - lse[rows])
+    z = logits - m[:, None]
+    lse = np.log(np.sum(np.exp(z), axis=1))
+    if reads is None:  # one output position per block position: gather the targets' entries only
+        return -(z[np.arange(len(hard)), hard] - lse)
+    # Several output positions read each block position: the (P, K) log-probabilities, then one gather.
+    z -= lse[:, None]
+    return -z[reads, hard]
 
 
 class SegmentationScores:

@@ -70,12 +70,16 @@ def test_streamed_metrics_equal_sklearn_on_flattened_pixels(setup):
 def test_pixel_loss_equals_numpy(setup):
     model, interp, x, y = setup
     table = interp.evaluate_layers(x, y, batch_size=13)
-    a = block_maps(model, x)[1]
-    mean, scale, kernel, bias = interp._probe_states()[1]
-    logits = np.repeat(np.repeat(((a - mean) * scale) @ kernel + bias, 2, axis=1), 2, axis=2)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    ce = -np.take_along_axis(logp, y[..., None], axis=-1).mean()
-    assert table.metrics["loss"][1] == pytest.approx(ce, rel=1e-9)
+    # Every block: at the output's resolution (enc1, dec1) and below it (the bottleneck, read 2 x 2).
+    for i, (a, (mean, scale, kernel, bias)) in enumerate(zip(block_maps(model, x), interp._probe_states())):
+        f = 16 // a.shape[1]
+        logits = np.repeat(np.repeat(((a - mean) * scale) @ kernel + bias, f, axis=1), f, axis=2)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        ce = -np.take_along_axis(logp, y[..., None], axis=-1).mean()
+        assert table.metrics["loss"][i] == pytest.approx(ce, rel=1e-9), BLOCKS[i]
+    # The model's row: the softmax output's probability of each pixel's class.
+    p = np.take_along_axis(model.predict(x, verbose=0).astype(np.float64), y[..., None], axis=-1)
+    assert table.metrics["loss"][-1] == pytest.approx(-np.log(np.clip(p, 1e-7, 1.0)).mean(), rel=1e-9)
 
 
 def sampled_positions(seed, n, size, per_sample):

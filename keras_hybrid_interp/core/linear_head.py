@@ -138,6 +138,19 @@ class LinearHead:
         The argmax of :meth:`activate`'s outputs (the activation in float64, in place, rounded once to
         the output dtype; ties to the lower class), read class-major: each class's row is contiguous.
         """
+        if zt.ndim == 2 and self.activation == "softmax" and len(zt) > 1:
+            # A position whose two largest logits are more than 1e-6 (1 + |largest|) apart has its softmax's
+            # largest probability at least 1 + 1e-6 times the next: still the largest after rounding to
+            # float32 (2^-24), so its class is the logits' argmax, with no exp. The others (near ties, and
+            # anything non-finite: every comparison with NaN is False) go through the rounded softmax.
+            first, second = _top_two(zt[None])
+            first, second = first[0], second[0]
+            pred = argmax_last(zt.T)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, unsure
+                unsure = np.flatnonzero(~((first - second) - 1e-6 * (1.0 + np.abs(first)) > 0))
+            if unsure.size:
+                pred[unsure] = argmax_last(self.act(zt[:, unsure]).astype(self.dtype).T)
+            return pred
         p = self.act(zt).astype(self.dtype)
         return argmax_last(np.swapaxes(p, -1, -2))
 

@@ -369,3 +369,33 @@ def test_top_two_logits_equal_numpy_sort(k):
     ordered = np.sort(z, axis=1)
     np.testing.assert_array_equal(first, ordered[:, -1])
     np.testing.assert_array_equal(second, ordered[:, -2] if k > 1 else np.full_like(first, -np.inf))
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_predicted_classes_equal_the_argmax_of_the_rounded_softmax(k):
+    """LinearHead.predicted skips the softmax only where the logits' gap decides: everywhere the class of the
+    float32-rounded softmax (NumPy), near ties that round to equal probabilities (ties to the lower class)
+    and non-finite logits included."""
+    from keras_hybrid_interp.core.linear_head import LinearHead
+
+    class Head:  # what LinearHead reads of a dense head
+        activation, dtype = "softmax", "float32"
+
+    rng = np.random.default_rng(k)
+    z = rng.standard_normal((k, 400)) * 3
+    z[:, :50] = z[0, :50]  # exact ties of every class
+    z[1, 50:150] = z[0, 50:150] + rng.choice([1e-9, -1e-9, 1e-7, 3e-7, 2e-6], 100)  # near ties both ways
+    z[:, 150:160] += 1e4  # large logits: the margin grows with them
+    z[0, 160], z[1, 161], z[-1, 162] = np.nan, np.inf, -np.inf
+    with np.errstate(invalid="ignore"):
+        ref_p = (np.exp(z - z.max(axis=0)) / np.exp(z - z.max(axis=0)).sum(axis=0)).astype(np.float32)
+    ref = np.zeros(z.shape[1], dtype=np.int64)  # argmax, ties (and NaN) to the lower class, as argmax_last
+    best = ref_p[0].copy()
+    for c in range(1, k):
+        win = ref_p[c] > best
+        best[win], ref[win] = ref_p[c][win], c
+    with np.errstate(invalid="ignore"):  # the softmax of inf logits (the rounded route, as before)
+        got = LinearHead(Head()).predicted(z.copy())
+    np.testing.assert_array_equal(got, ref)
+    # Not vacuous: the near ties' rounded probabilities tie where the logits do not.
+    assert np.any(ref[50:150] != np.argmax(z[:, 50:150], axis=0))

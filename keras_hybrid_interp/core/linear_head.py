@@ -231,8 +231,12 @@ class LinearHead:
                 zt = np.matmul(wgt, delta)
             zt += z0t
             out = self.activate(zt)  # (J, n, K)
-            for t in range(len(chunk)):
-                scores[i + t] = float(score(out[t]))
+            many = getattr(score, "many", None)  # a score of a stack of outputs at once (each job's own value)
+            if many is not None:
+                scores[i:j] = many(out)
+            else:
+                for t in range(len(chunk)):
+                    scores[i + t] = float(score(out[t]))
             i = j
             if progress is not None:
                 progress(i)

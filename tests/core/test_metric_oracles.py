@@ -134,3 +134,21 @@ def test_poisson_bootstrap_equals_a_slow_reference():
     low, high = boot.interval(0.9)
     np.testing.assert_allclose(low, np.quantile(means, 0.05, axis=0), rtol=1e-12)
     np.testing.assert_allclose(high, np.quantile(means, 0.95, axis=0), rtol=1e-12)
+
+
+def test_macro_average_precision_of_many_outputs_equals_each_alone_and_sklearn():
+    """MacroAveragePrecision.many (a chunk of jobs in one sort) gives each output's own score bit for bit:
+    ties, a label with one class (left out of the mean) and an all-single-class output (NaN) included."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 5)) < 0.4).astype(np.float32)
+    y[:, 4] = 1.0  # one class only: NaN average precision, left out of the macro mean
+    outs = rng.random((6, 40, 5)).astype(np.float32)
+    outs[1] = np.round(outs[1], 1)  # many ties
+    score = MultiLabelTask("sigmoid", 5).score_fn("average_precision", y)
+    many = score.many(outs)
+    for j, out in enumerate(outs):
+        assert many[j] == score(out)  # bit for bit
+        want = np.mean([skm.average_precision_score(y[:, k], out[:, k]) for k in range(4)])
+        assert many[j] == pytest.approx(want, abs=1e-12)
+    single = MultiLabelTask("sigmoid", 5).score_fn("average_precision", np.ones_like(y))
+    assert np.isnan(single.many(outs)).all() and np.isnan(single(outs[0]))

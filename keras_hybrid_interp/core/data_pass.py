@@ -113,6 +113,25 @@ def _forward(model, xb, few=False):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
+def _batch_values(graph, runs, lean, nonfinite: set) -> dict:
+    """``{tap ident: array}`` of one batch: each ``(idents, samples)`` of ``runs`` through its side model.
+
+    Tensors with a non-finite value are added to ``nonfinite``. The limited taps (raw maps of the
+    explained inputs) run on a few samples once per pass: eagerly rather than traced
+    (:func:`.predict_few`), since a trace costs more than a few samples' forward.
+    """
+    values = {}
+    for idents, xs in runs:
+        if not idents:
+            continue
+        for ident, v in zip(idents, _forward(_side_model(graph, idents), xs, few=idents is not lean)):
+            v = np.asarray(v)
+            if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
+                nonfinite.add(ident[0])
+            values[ident] = v
+    return values
+
+
 def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> PassResult:
     """Streams ``stream`` once through ``graph``'s model and feeds every reducer.
 
@@ -151,7 +170,7 @@ def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> P
             r.expect(stream.num_samples)
     n = 0
     has_y = None
-    nonfinite = set()
+    nonfinite: set = set()
     for b, (xb, yb) in enumerate(stream):
         if has_y is None:
             has_y = yb is not None
@@ -174,24 +193,13 @@ def run(graph, stream, reducers, *, num_classes=None, task=None, verbose=0) -> P
             # Only the head of the batch needs the limited taps (raw maps of a few inputs): run them
             # on those samples alone, so the pass never holds a whole batch of every raw map.
             runs += [(lean, xb), (limited, x_take(xb, slice(None, horizon - n)))]
-        values = {}
-        for idents, xs in runs:
-            if not idents:
-                continue
-            # The limited taps (raw maps of the explained inputs) run on a few samples once per pass: run
-            # eagerly rather than traced (predict_few), since a trace costs more than a few samples' forward.
-            few = idents is not lean
-            for ident, v in zip(idents, _forward(_side_model(graph, idents), xs, few=few)):
-                v = np.asarray(v)
-                if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
-                    nonfinite.add(ident[0])
-                values[ident] = v
+        values = _batch_values(graph, runs, lean, nonfinite)
         batch = Batch([np.asarray(a) for a in xb] if isinstance(xb, list) else np.asarray(xb), yb, n, values)
         for r in reducers:
             r.update(batch)
         # The outputs may be views of the backend's buffers (:func:`.graph.predict_batch`): let go of them
         # before the next batch's forward, so the backend reuses their memory rather than allocating more.
-        batch = values = v = None
+        del batch, values
         n += x_rows(xb)
         if bar is not None:
             bar.update(b + 1)

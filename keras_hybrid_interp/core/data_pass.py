@@ -417,5 +417,27 @@ def dead_filters(channel_min, channel_max) -> np.ndarray:
 
 def dead_filters_of(maps) -> np.ndarray:
     """Dead channels of an array of maps (n, ..., C), by the same definition."""
-    axes = tuple(range(maps.ndim - 1))
-    return dead_filters(np.min(maps, axis=axes), np.max(maps, axis=axes))
+    return dead_filters(channel_extreme(np.minimum, maps), channel_extreme(np.maximum, maps))
+
+
+def channel_extreme(ufunc, maps) -> np.ndarray:
+    """``ufunc.reduce`` (``np.minimum`` or ``np.maximum``) of ``maps`` (..., C) over every axis but the last.
+
+    The same values as ``np.min``/``np.max`` over those axes (NaN propagates), computed over rows of
+    ``g x C`` values: NumPy reduces a few channels per row slowly (a U-Net's cached maps, 537 MB of
+    32 channels: 0.26 s per reduction), but long rows element-wise, several times faster (0.05 s).
+    """
+    maps = np.asarray(maps)
+    c = maps.shape[-1] if maps.ndim else 1
+    flat = maps.reshape(-1, c)
+    rows = len(flat)
+    if not rows:
+        return ufunc.reduce(flat, axis=0)  # NumPy's own answer (an error for an empty minimum)
+    g = max(1, min(rows, 4096 // max(c, 1)))
+    head = rows - rows % g
+    parts = []
+    if head:
+        parts.append(ufunc.reduce(ufunc.reduce(flat[:head].reshape(-1, g * c), axis=0).reshape(g, c), axis=0))
+    if head < rows:
+        parts.append(ufunc.reduce(flat[head:], axis=0))
+    return parts[0] if len(parts) == 1 else ufunc(parts[0], parts[1])

@@ -341,3 +341,27 @@ def test_same_seed_same_results_other_seed_differs():
     a = ga.filter_importance(x, y, block="block", n_repeats=2, random_state=np.random.SeedSequence(9), scoring="loss")
     b = ga.filter_importance(x, y, block="block", n_repeats=2, random_state=np.random.SeedSequence(9), scoring="loss")
     np.testing.assert_array_equal(a.importances, b.importances)
+
+
+@pytest.mark.parametrize("shape", [(3, 100, 32), (7, 5, 3, 32), (1000, 7), (64, 9, 1), (5, 2, 2, 2, 4000), (1, 1)])
+def test_channel_extremes_equal_numpy_min_and_max(shape):
+    """data_pass.channel_extreme (long rows of g x C values, then the rest): NumPy's min and max over every
+    axis but the channels', NaN propagating, whatever the number of rows left over."""
+    from keras_hybrid_interp.core.data_pass import channel_extreme, dead_filters_of
+
+    rng = np.random.default_rng(len(shape))
+    maps = rng.standard_normal(shape).astype(np.float32)
+    maps[..., 0] = 0.5  # a dead (constant) channel
+    if shape[-1] > 2:
+        maps.reshape(-1, shape[-1])[-1, 2] = np.nan  # in the last row: the rows left over after the long ones
+    axes = tuple(range(maps.ndim - 1))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(channel_extreme(np.minimum, maps), np.min(maps, axis=axes))
+        np.testing.assert_array_equal(channel_extreme(np.maximum, maps), np.max(maps, axis=axes))
+    assert 0 in dead_filters_of(maps)
+    # Every row is read: a spike planted in any one row is the channel's maximum (and a dip its minimum).
+    flat = maps.reshape(-1, shape[-1])
+    for r in range(len(flat)):
+        up, down = flat.copy(), flat.copy()
+        up[r, -1], down[r, 0] = 1e6, -1e6
+        assert channel_extreme(np.maximum, up)[-1] == 1e6 and channel_extreme(np.minimum, down)[0] == -1e6

@@ -311,9 +311,21 @@ def _target_log_loss(logits, reads, hard):
     block position; at the output's resolution only the targets' entries are subtracted from: the same
     numbers as the whole (P, K) log-probabilities.
     """
-    m = logits.max(axis=1)
-    z = logits - m[:, None]
-    lse = np.log(np.sum(np.exp(z), axis=1))
+    k = logits.shape[1]
+    if k >= 8:  # NumPy sums 8 or more terms pairwise: its own reductions, as log_probabilities does
+        m = logits.max(axis=1)
+        z = logits - m[:, None]
+        lse = np.log(np.sum(np.exp(z), axis=1))
+    else:  # class by class: the same maximum, and the same sums in the same order (NumPy's, below 8 terms)
+        m = logits[:, 0].copy()
+        for j in range(1, k):
+            np.maximum(m, logits[:, j], out=m)
+        z = logits - m[:, None]
+        e = np.exp(z)
+        total = e[:, 0].copy()
+        for j in range(1, k):
+            total += e[:, j]
+        lse = np.log(total)
     if reads is None:  # one output position per block position: gather the targets' entries only
         return -(z[np.arange(len(hard)), hard] - lse)
     # Several output positions read each block position: the (P, K) log-probabilities, then one gather.

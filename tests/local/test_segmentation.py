@@ -201,3 +201,18 @@ def test_bad_options(setup):
         interp.evaluate_layers(x, y, bootstrap=1)
     with pytest.raises(ValueError, match="pooling"):
         HybridInterpreter(interp.wrapped_model, blocks=BLOCKS, pooling=2).fit_probes(x, y)
+
+
+@pytest.mark.parametrize("k", [2, 4, 9])
+@pytest.mark.parametrize("upsampled", [False, True])
+def test_target_log_loss_equals_scipy_log_softmax(k, upsampled):
+    """The per-pixel loss from block-resolution logits: -log_softmax at each output pixel's target, read
+    through the block position it maps to (class by class below 8 classes, NumPy's reductions above)."""
+    from scipy.special import log_softmax
+
+    rng = np.random.default_rng(k)
+    logits = rng.standard_normal((50, k)) * 20
+    reads = rng.integers(0, 50, 120) if upsampled else None
+    hard = rng.integers(0, k, 120 if upsampled else 50)
+    want = -log_softmax(logits, axis=1)[reads if upsampled else np.arange(50), hard]
+    np.testing.assert_allclose(seg._target_log_loss(logits, reads, hard), want, rtol=1e-12, atol=1e-12)

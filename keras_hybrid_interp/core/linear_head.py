@@ -135,9 +135,12 @@ class LinearHead:
     def predicted(self, zt: np.ndarray) -> np.ndarray:
         """The predicted class of each position, ``(..., n)`` int64, from class-major float64 logits ``(..., K, n)``.
 
-        The argmax of :meth:`activate`'s outputs (the activation in float64, in place, rounded once to
-        the output dtype; ties to the lower class), read class-major: each class's row is contiguous.
+        The argmax of :meth:`activate`'s outputs (the activation in float64, rounded once to the output
+        dtype; ties to the lower class), read class-major: each class's row is contiguous. ``zt`` may be
+        overwritten.
         """
+        if zt.ndim == 3 and self.activation == "softmax":  # (m, K, n): sample by sample, each (K, n) below
+            return np.stack([self.predicted(z) for z in zt]) if len(zt) else np.zeros((0, zt.shape[-1]), np.int64)
         if zt.ndim == 2 and self.activation == "softmax" and len(zt) > 1:
             # A position whose two largest logits are more than 1e-6 (1 + |largest|) apart has its softmax's
             # largest probability at least 1 + 1e-6 times the next: still the largest after rounding to

@@ -415,7 +415,12 @@ class _ArgmaxBaseline:
         small = np.int16 if self.k_out < 2**15 else np.int64  # classes of every position: kept small
         self.targets = np.asarray(targets).reshape(n, hw).astype(small)
         self.pred = np.empty((n, hw), dtype=small)
-        self.slack = np.empty((n, hw), dtype=np.float64)
+        # The candidate test runs in the cache's dtype (float32: half the memory traffic of float64); any
+        # other dtype (float16: a difference within 2^-11 only) is tested in float64.
+        self.test = np.float32 if flat.dtype == np.float32 else np.float64
+        #: Per position, the baseline's room before its class can change: the slack, shrunk by SHRINK and
+        #: rounded down to the test's dtype (<= 0 where the two largest logits are too close to tell).
+        self.room = np.empty((n, hw), dtype=self.test)
         self.applies = True
         for s in range(0, n, step):
             e = min(n, s + step)
@@ -424,7 +429,8 @@ class _ArgmaxBaseline:
                 self.applies = False
                 return
             first, second = _top_two(zt)
-            self.slack[s:e] = (first - second) - 1e-6 * (1.0 + np.abs(first))
+            slack = (first - second) - 1e-6 * (1.0 + np.abs(first))
+            self.room[s:e] = _round_down(slack * (1.0 - SHRINK), self.test)
             self.pred[s:e] = head.predicted(zt)
         self.cm = confusion(self.targets, self.pred, self.k_out)
 
@@ -447,24 +453,25 @@ class _ArgmaxBaseline:
         # j: for delta > 0 while delta < slack / up[t], for delta < 0 while -delta < slack / down[t].
         w_c = self.wt[:, c]
         up, down = w_c.max() - w_c, w_c - w_c.min()  # (K,): 0 where t's weight is the largest (smallest)
-        # The test runs in the cache's dtype (float32: half the memory traffic of float64), with the limits
-        # shrunk by 1e-6: a float32 difference is within 2^-24 of the exact one, and a float32 below a
-        # rounded limit is below the float64 limit, so every position the test leaves out keeps its class
-        # exactly, with room to spare (a position it takes in is recomputed exactly, whatever the test).
-        # NaN, an overflow to inf and slack <= 0 are candidates. Any other cache dtype (float16: a
-        # difference within 2^-11 only) is tested in float64.
-        test = np.float32 if col.dtype == np.float32 else np.float64
+        # The limits are room x (1 - SHRINK) / up[t] and -room x (1 - SHRINK) / down[t], every factor rounded
+        # toward zero, so a float32 limit is at most 2^-24 above its value: with the shrink, below
+        # slack / up[t] (slack / down[t]). A float32 difference is within 2^-24 of the exact one, so every
+        # position the test leaves out keeps its class exactly, with room to spare (a position it takes in
+        # is recomputed exactly, whatever the test). NaN, an overflow to inf and room <= 0 are candidates
+        # (no difference is both below a limit <= 0 and above one >= 0; 0 x inf is NaN).
+        test = self.test
+        with np.errstate(divide="ignore"):
+            inv_up = _round_down((1.0 - SHRINK) / up, test)  # inf where up[t] == 0: delta > 0 never moves t
+            neg_inv_down = -_round_down((1.0 - SHRINK) / down, test)
         for s in range(0, self.n, self.step):
             e = min(self.n, s + self.step)
             old = col[s:e]  # (m, hw)
-            targets = self.targets[s:e].reshape(-1).astype(np.int64) * k_out
             pred = self.pred[s:e].reshape(-1)
             base = self.z0[s:e] if self.z0 is not None else None
-            slack = self.slack[s:e] * (1.0 - 1e-6)
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
-                hi = (slack / up[self.pred[s:e]]).astype(test)  # delta below it: no class rises above t
-                lo = (-slack / down[self.pred[s:e]]).astype(test)  # delta above it: t falls below no class
-            hi[~(slack > 0)] = -np.inf
+            room = self.room[s:e]
+            with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+                hi = room * inv_up[self.pred[s:e]]  # delta below it: no class rises above t
+                lo = room * neg_inv_down[self.pred[s:e]]  # delta above it: t falls below no class
             for cm, (src, fill) in zip(cms, perturbations):
                 with np.errstate(over="ignore", invalid="ignore"):
                     if fill is None:
@@ -485,10 +492,26 @@ class _ArgmaxBaseline:
                 zc = base[si, :, pi].T.copy()  # (K, m_c): advanced indices around a slice go first
                 zc += wt_c * delta[None, :]
                 new_pred = self.head.predicted(zc)
-                t = targets[cand]
+                t = self.targets[s:e].reshape(-1)[cand].astype(np.int64) * k_out
                 cm += np.bincount(t + new_pred, minlength=k_out * k_out).reshape(k_out, k_out)
                 cm -= np.bincount(t + pred[cand], minlength=k_out * k_out).reshape(k_out, k_out)
         return cms
+
+
+#: The candidate test's limits are shrunk by this fraction: far above the few float32 roundings (2^-24 each)
+#: between them and the exact bound, and far below anything that would add candidates in numbers.
+SHRINK = 1e-5
+
+
+def _round_down(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` (float64) in ``dtype``, each value rounded toward zero where the cast rounded it away from zero."""
+    y = np.asarray(x, dtype=np.float64).astype(dtype)
+    if np.dtype(dtype) != np.float64:
+        with np.errstate(invalid="ignore"):
+            away = np.abs(y.astype(np.float64)) > np.abs(x)
+        if np.any(away):
+            y[away] = np.nextafter(y[away], np.zeros((), dtype))
+    return y
 
 
 def _top_two(zt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -399,3 +399,22 @@ def test_predicted_classes_equal_the_argmax_of_the_rounded_softmax(k):
     np.testing.assert_array_equal(got, ref)
     # Not vacuous: the near ties' rounded probabilities tie where the logits do not.
     assert np.any(ref[50:150] != np.argmax(z[:, 50:150], axis=0))
+
+
+def test_limits_round_toward_zero():
+    """The candidate test's float32 limits never exceed their float64 values in magnitude (the bound stays
+    conservative), and are the nearest float32 that does not; inf, 0 and NaN keep their meaning."""
+    from keras_hybrid_interp.core.linear_head import _round_down
+
+    x = np.concatenate([np.random.default_rng(0).standard_normal(10000) * 10.0 ** np.arange(-20, 20, 0.004),
+                        [np.inf, -np.inf, 0.0, 1e-45, -1e-45]])
+    y = _round_down(x, np.float32)
+    assert y.dtype == np.float32
+    assert np.all(np.abs(y.astype(np.float64)) <= np.abs(x))
+    # The nearest from below: one float32 step further from zero is beyond x.
+    up = np.nextafter(y, np.copysign(np.float32(np.inf), y)).astype(np.float64)
+    finite = np.isfinite(x) & (x != 0)
+    assert np.all(np.abs(up[finite]) > np.abs(x[finite]))
+    assert np.isinf(y[-5]) and np.isinf(y[-4]) and y[-3] == 0
+    assert np.isnan(_round_down(np.array([np.nan]), np.float32)[0])
+    assert np.array_equal(_round_down(x, np.float64), x)

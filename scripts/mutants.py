@@ -259,7 +259,7 @@ MUTANTS = [
     M("atlas_ties", "global_/atlas.py", 'order = np.argsort(-cand_vals, axis=0, kind="stable")[: self.k]',
       'order = np.argsort(-cand_vals[::-1], axis=0, kind="stable")[: self.k]',
       (T + "global_/test_atlas.py::test_ties_go_to_the_earlier_sample",), "ties go to the later sample"),
-    M("atlas_location", "global_/atlas.py", "pos = np.argmax(flat, axis=1)", "pos = np.argmin(flat, axis=1)",
+    M("atlas_location", "global_/atlas.py", "pos[s:e] = np.argmax(flat, axis=1)", "pos[s:e] = np.argmin(flat, axis=1)",
       (T + "global_/test_atlas.py::test_top_k_equals_brute_force_argsort_across_batches",),
       "location of the minimum, not the maximum"),
     # ---------------- bootstrap ----------------

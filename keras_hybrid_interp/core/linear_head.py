@@ -146,9 +146,8 @@ class LinearHead:
             # largest probability at least 1 + 1e-6 times the next: still the largest after rounding to
             # float32 (2^-24), so its class is the logits' argmax, with no exp. The others (near ties, and
             # anything non-finite: every comparison with NaN is False) go through the rounded softmax.
-            first, second = _top_two(zt[None])
-            first, second = first[0], second[0]
-            pred = argmax_last(zt.T)
+            first, second, pred = _top_two(zt[None], argmax=True)
+            first, second, pred = first[0], second[0], pred[0]
             with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, unsure
                 unsure = np.flatnonzero(~((first - second) - 1e-6 * (1.0 + np.abs(first)) > 0))
             if unsure.size:
@@ -452,6 +451,8 @@ class _ArgmaxBaseline:
         # A position whose baseline class is t keeps it while delta * (W_cj - W_ct) < slack for every class
         # j: for delta > 0 while delta < slack / up[t], for delta < 0 while -delta < slack / down[t].
         w_c = self.wt[:, c]
+        hw = int(col.shape[1])
+        class_rows = (np.arange(k_out) * hw)[:, None]
         up, down = w_c.max() - w_c, w_c - w_c.min()  # (K,): 0 where t's weight is the largest (smallest)
         # The limits are room x (1 - SHRINK) / up[t] and -room x (1 - SHRINK) / down[t], every factor rounded
         # toward zero, so a float32 limit is at most 2^-24 above its value: with the shrink, below
@@ -466,35 +467,39 @@ class _ArgmaxBaseline:
         for s in range(0, self.n, self.step):
             e = min(self.n, s + self.step)
             old = col[s:e]  # (m, hw)
-            pred = self.pred[s:e].reshape(-1)
+            pred = self.pred[s:e]
+            targets = self.targets[s:e]
             base = self.z0[s:e] if self.z0 is not None else None
             room = self.room[s:e]
             with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-                hi = room * inv_up[self.pred[s:e]]  # delta below it: no class rises above t
-                lo = room * neg_inv_down[self.pred[s:e]]  # delta above it: t falls below no class
+                hi = room * np.take(inv_up, pred)  # delta below it: no class rises above t
+                lo = room * np.take(neg_inv_down, pred)  # delta above it: t falls below no class
             for cm, (src, fill) in zip(cms, perturbations):
+                moved = col[src[s:e]] if fill is None else None  # (m, hw): the permuted samples' maps
                 with np.errstate(over="ignore", invalid="ignore"):
-                    if fill is None:
-                        gap = col[src[s:e]].astype(test, copy=False) - old.astype(test, copy=False)
+                    if moved is not None:
+                        gap = moved.astype(test, copy=False) - old.astype(test, copy=False)
                     else:
                         gap = fill[0][None].astype(test) - old.astype(test, copy=False)
                 keep = gap < hi
                 keep &= gap > lo
-                cand = np.flatnonzero(~keep)
+                cand = np.flatnonzero(np.logical_not(keep, out=keep))
                 if not cand.size:
                     continue
-                si, pi = np.divmod(cand, old.shape[1])
-                # The candidates' exact update, by the full path's float64 arithmetic.
-                new = col[src[s:e][si], pi].astype(np.float64) if fill is None else fill[0][pi]
-                delta = new - old[si, pi].astype(np.float64)
+                # The candidates' exact update, by the full path's float64 arithmetic; every gather is one
+                # np.take of flat indices into a C-contiguous chunk (position p of sample i: i * hw + p).
+                new = np.take(moved, cand) if moved is not None else np.take(fill[0], cand % hw)
+                delta = new.astype(np.float64) - np.take(old, cand).astype(np.float64)
                 if base is None:
                     base = self.base_logits(s, e)
-                zc = base[si, :, pi].T.copy()  # (K, m_c): advanced indices around a slice go first
+                # Logit k of a candidate in the class-major chunk (m, K, hw): i * K * hw + k * hw + p.
+                at = cand + (cand // hw) * ((k_out - 1) * hw)
+                zc = np.take(base, at[None, :] + class_rows)  # (K, m_c)
                 zc += wt_c * delta[None, :]
                 new_pred = self.head.predicted(zc)
-                t = self.targets[s:e].reshape(-1)[cand].astype(np.int64) * k_out
+                t = np.take(targets, cand).astype(np.int64) * k_out
                 cm += np.bincount(t + new_pred, minlength=k_out * k_out).reshape(k_out, k_out)
-                cm -= np.bincount(t + pred[cand], minlength=k_out * k_out).reshape(k_out, k_out)
+                cm -= np.bincount(t + np.take(pred, cand), minlength=k_out * k_out).reshape(k_out, k_out)
         return cms
 
 
@@ -514,19 +519,24 @@ def _round_down(x: np.ndarray, dtype) -> np.ndarray:
     return y
 
 
-def _top_two(zt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _top_two(zt: np.ndarray, argmax: bool = False):
     """The largest and second-largest of finite class-major logits ``(m, K, hw)`` per position, ``(m, hw)`` each.
 
     Class by class (contiguous rows): the values of ``np.sort(zt, axis=1)[:, -1]`` and ``[:, -2]``
-    (K = 1: the second is -inf), without sorting every position's K logits.
+    (K = 1: the second is -inf), without sorting every position's K logits. With ``argmax``, also the
+    class of the largest, ``(m, hw)`` int64, ties to the lower class (``np.argmax(zt, axis=1)`` where the
+    logits are finite; a NaN makes that position's largest NaN, which every caller treats as unsure).
     """
     first = zt[:, 0].copy()
     second = np.full_like(first, -np.inf)
+    pred = np.zeros(first.shape, dtype=np.int64) if argmax else None
     for k in range(1, zt.shape[1]):
         v = zt[:, k]
+        if pred is not None:
+            pred[v > first] = k
         np.maximum(second, np.minimum(first, v), out=second)
         np.maximum(first, v, out=first)
-    return first, second
+    return (first, second, pred) if argmax else (first, second)
 
 
 def sample_chunk(positions: int, arrays: int, chunk_bytes: int = CHUNK_BYTES) -> int:

@@ -369,6 +369,11 @@ def test_top_two_logits_equal_numpy_sort(k):
     ordered = np.sort(z, axis=1)
     np.testing.assert_array_equal(first, ordered[:, -1])
     np.testing.assert_array_equal(second, ordered[:, -2] if k > 1 else np.full_like(first, -np.inf))
+    # With the class of the largest: np.argmax's, ties to the lower class; the values unchanged.
+    first2, second2, pred = _top_two(z, argmax=True)
+    np.testing.assert_array_equal(pred, np.argmax(z, axis=1))
+    np.testing.assert_array_equal(first2, first)
+    np.testing.assert_array_equal(second2, second)
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])

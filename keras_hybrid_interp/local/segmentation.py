@@ -279,58 +279,68 @@ LOGITS_CHUNK_BYTES = 8 * 2**20
 
 
 def _probe_logits(a, w, b, controls=()):
-    """A probe's float64 logits ``(n * prod(s), K)`` on block maps ``a`` (n, *s, C), and its controls' class maps.
+    """A probe's class-major float64 logits ``(K, n * prod(s))`` on maps ``a`` (n, *s, C), and its controls' classes.
 
-    ``a @ w + b`` per position, with the maps converted to float64 a chunk of positions at a time
-    (:data:`LOGITS_CHUNK_BYTES`), never the whole batch (a U-Net's last block, 16 samples at 256 px
-    and 32 filters: 268 MB as float64); each chunk's copy also serves every control probe
-    ``(cw, cb)`` of ``controls``, whose argmax classes ``(n * prod(s),)`` are returned in a list.
-    Each position's numbers are those of the whole product, row for row.
+    ``a @ w + b`` per position, laid out class-major (each class's row of positions contiguous, so the
+    per-pixel loss and argmax below run class by class on long rows), with the maps converted to
+    float64 a chunk of positions at a time (:data:`LOGITS_CHUNK_BYTES`), never the whole batch (a
+    U-Net's last block, 16 samples at 256 px and 32 filters: 268 MB as float64); each chunk's copy
+    also serves every control probe ``(cw, cb)`` of ``controls``, whose argmax classes
+    ``(n * prod(s),)`` are returned in a list.
     """
     flat = a.reshape(-1, a.shape[-1])
     rows = len(flat)
-    logits = np.empty((rows, w.shape[1]), dtype=np.float64)
+    wt = np.ascontiguousarray(np.asarray(w, np.float64).T)  # (K, C)
+    logits = np.empty((wt.shape[0], rows), dtype=np.float64)
     cpreds = [np.empty(rows, dtype=np.intp) for _ in controls]
     step = max(1, LOGITS_CHUNK_BYTES // (8 * max(1, flat.shape[1])))
     for s in range(0, rows, step):
         e = min(rows, s + step)
         xc = flat[s:e].astype(np.float64)
-        np.matmul(xc, w, out=logits[s:e])
+        logits[:, s:e] = wt @ xc.T
         for cpred, (cw, cb) in zip(cpreds, controls):
             cpred[s:e] = (xc @ cw + cb).argmax(axis=1)
-    logits += b
+    logits += np.asarray(b, np.float64)[:, None]
     return logits, cpreds
 
 
-def _target_log_loss(logits, reads, hard):
-    """``-log softmax(logits)[read, target]`` at every output position, from block-resolution logits.
+def _max_and_argmax(lt):
+    """Per position of class-major logits ``(K, P)``: the largest logit and its class (ties to the lower).
 
-    ``logits`` (P, K) float64 at the block's positions, ``reads`` (Q,) the block position each output
-    position reads (None: the same positions), ``hard`` (Q,) the targets. The per-position terms of
-    :meth:`OutputReader.log_probabilities` (``z - max``, then ``log sum exp``) are computed once per
-    block position; at the output's resolution only the targets' entries are subtracted from: the same
-    numbers as the whole (P, K) log-probabilities.
+    Class by class, on contiguous rows. The class is ``np.argmax(lt, axis=0)``'s (a NaN's position included:
+    it keeps NumPy's answer).
     """
-    k = logits.shape[1]
-    if k >= 8:  # NumPy sums 8 or more terms pairwise: its own reductions, as log_probabilities does
-        m = logits.max(axis=1)
-        z = logits - m[:, None]
-        lse = np.log(np.sum(np.exp(z), axis=1))
-    else:  # class by class: the same maximum, and the same sums in the same order (NumPy's, below 8 terms)
-        m = logits[:, 0].copy()
-        for j in range(1, k):
-            np.maximum(m, logits[:, j], out=m)
-        z = logits - m[:, None]
-        e = np.exp(z)
-        total = e[:, 0].copy()
-        for j in range(1, k):
-            total += e[:, j]
-        lse = np.log(total)
-    if reads is None:  # one output position per block position: gather the targets' entries only
-        return -(z[np.arange(len(hard)), hard] - lse)
-    # Several output positions read each block position: the (P, K) log-probabilities, then one gather.
-    z -= lse[:, None]
-    return -z[reads, hard]
+    m = lt[0].copy()
+    pred = np.zeros(lt.shape[1], dtype=np.intp)
+    for j in range(1, len(lt)):
+        pred[lt[j] > m] = j
+        np.maximum(m, lt[j], out=m)
+    bad = np.flatnonzero(np.isnan(m))
+    if bad.size:
+        pred[bad] = np.argmax(lt[:, bad], axis=0)
+    return m, pred
+
+
+def _target_log_loss(lt, reads, hard, top=None):
+    """``-log softmax(logits)[read, target]`` at every output position, from class-major block-resolution logits.
+
+    ``lt`` (K, P) float64 logits at the block's positions, ``reads`` (Q,) the block position each output
+    position reads (None: the same positions), ``hard`` (Q,) the targets, ``top`` (P,) the largest logit
+    of each position when known (:func:`_max_and_argmax`). The terms of
+    :meth:`OutputReader.log_probabilities` (``z - max``, then ``log sum exp``, the sum class by class)
+    are computed once per block position, on contiguous rows; at the output's resolution only the
+    targets' logits are read: ``(z[target] - max) - lse``, the numbers of the whole (P, K)
+    log-probabilities.
+    """
+    k, p = lt.shape
+    m = _max_and_argmax(lt)[0] if top is None else top
+    total = np.exp(lt[0] - m)
+    for j in range(1, k):
+        total += np.exp(lt[j] - m)
+    lse = np.log(total)
+    at = np.arange(p) if reads is None else np.asarray(reads)
+    z = np.take(lt, np.asarray(hard, np.int64) * p + at)  # each output position's target logit
+    return -((z - np.take(m, at)) - np.take(lse, at)) if reads is not None else -((z - m) - lse)
 
 
 class SegmentationScores:
@@ -422,14 +432,14 @@ class SegmentationScores:
             # neighbour: core/resolution.py), so the class map and each position's log-probability of
             # its target are gathered, not K float64 logits upsampled: the same numbers, row for row.
             ctl = self.controls[l] if self.controls is not None and labelled else []
-            logits, cpreds = _probe_logits(a, w, b, ctl)
+            logits, cpreds = _probe_logits(a, w, b, ctl)  # (K, block positions), class-major
             reads = self._reads(n, spatial_shape(a.shape), S)
-            pred = logits.argmax(axis=1)
+            top, pred = _max_and_argmax(logits)
             pred = pred if reads is None else pred[reads]
             if labelled:
-                loss = _target_log_loss(logits, reads, hard)
+                loss = _target_log_loss(logits, reads, hard, top)
             else:
-                loss = self.logits_reader.cross_entropy(logits if reads is None else logits[reads], soft)
+                loss = self.logits_reader.cross_entropy(logits.T if reads is None else logits.T[reads], soft)
             self.cm[l] += confusion(hard, pred, K)
             self.loss[l] += float(np.sum(loss))
             self.agree[l] += float(np.sum(pred == model_mask))

@@ -206,8 +206,8 @@ def test_bad_options(setup):
 @pytest.mark.parametrize("k", [2, 4, 9])
 @pytest.mark.parametrize("upsampled", [False, True])
 def test_target_log_loss_equals_scipy_log_softmax(k, upsampled):
-    """The per-pixel loss from block-resolution logits: -log_softmax at each output pixel's target, read
-    through the block position it maps to (class by class below 8 classes, NumPy's reductions above)."""
+    """The per-pixel loss from class-major block-resolution logits: -log_softmax at each output pixel's target,
+    read through the block position it maps to; given each position's maximum or not."""
     from scipy.special import log_softmax
 
     rng = np.random.default_rng(k)
@@ -215,4 +215,20 @@ def test_target_log_loss_equals_scipy_log_softmax(k, upsampled):
     reads = rng.integers(0, 50, 120) if upsampled else None
     hard = rng.integers(0, k, 120 if upsampled else 50)
     want = -log_softmax(logits, axis=1)[reads if upsampled else np.arange(50), hard]
-    np.testing.assert_allclose(seg._target_log_loss(logits, reads, hard), want, rtol=1e-12, atol=1e-12)
+    lt = np.ascontiguousarray(logits.T)
+    np.testing.assert_allclose(seg._target_log_loss(lt, reads, hard), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(seg._target_log_loss(lt, reads, hard, lt.max(axis=0)), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 9])
+def test_class_major_max_and_argmax_equal_numpy(k):
+    """The layer table's per-position maximum and class from class-major logits: np.max and np.argmax (ties to
+    the lower class, NaN where NumPy puts it)."""
+    rng = np.random.default_rng(k)
+    lt = rng.standard_normal((k, 60))
+    lt[:, :5] = 2.0  # every class tied
+    lt[-1, 5:10] = lt[0, 5:10] = 9.0  # the first and last tied above the rest
+    lt[k // 2, 10] = np.nan
+    m, pred = seg._max_and_argmax(lt)
+    np.testing.assert_array_equal(pred, np.argmax(lt, axis=0))
+    np.testing.assert_array_equal(m, np.max(lt, axis=0))

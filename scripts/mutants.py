@@ -336,6 +336,9 @@ MUTANTS = [
       "z = np.take(lt, np.asarray(hard, np.int64) * p + at)", "z = np.take(lt, np.asarray(hard, np.int64) + at * k)",
       (T + "local/test_segmentation.py::test_target_log_loss_equals_scipy_log_softmax",),
       "the targets' logits read row-major from class-major logits"),
+    M("collect_keeps_views", "core/data_pass.py", "return v.copy() if v.base is not None else v", "return v",
+      (T + "core/test_side_model_reuse.py::test_kept_samples_do_not_hold_their_batch_outputs",),
+      "a reducer's kept samples are views that hold the whole batch's output buffers"),
     # ---------------- input drift (core/drift.py) ----------------
     M("drift_range_unwidened", "core/drift.py", "bad = (low < ref_min - margin) | (high > ref_max + margin)",
       "bad = (low < ref_min) | (high > ref_max)",

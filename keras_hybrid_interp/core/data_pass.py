@@ -371,9 +371,9 @@ class Collect:
         if self.limit is not None:
             v = x_take(v, slice(None, self.limit - batch.start))
         if isinstance(v, list):  # the inputs of a model with several inputs
-            self._parts.append([np.asarray(a) if self.dtype is None else np.asarray(a, dtype=self.dtype) for a in v])
+            self._parts.append([_owned(a, self.dtype) for a in v])
             return
-        self._parts.append(np.asarray(v) if self.dtype is None else np.asarray(v, dtype=self.dtype))
+        self._parts.append(_owned(v, self.dtype))
 
     def result(self):
         if not self._parts:
@@ -381,6 +381,17 @@ class Collect:
         if isinstance(self._parts[0], list):
             return [np.concatenate(p, axis=0) for p in zip(*self._parts)]
         return np.concatenate(self._parts, axis=0)
+
+
+def _owned(v, dtype=None) -> np.ndarray:
+    """``v`` as an array that holds its own memory: a view (of a batch, or of a backend's output buffer) is copied.
+
+    A kept view would keep its whole base alive: the first samples of a batch would hold the batch's
+    buffer, and a view of a side model's output (:func:`.graph.predict_batch`) the backend's tensor, for
+    as long as the view lives (on B13's U-Net, two explained inputs' raw maps held 0.5 GB of batch outputs).
+    """
+    v = np.asarray(v, dtype=dtype)
+    return v.copy() if v.base is not None else v
 
 
 class ChannelRange:

@@ -141,7 +141,10 @@ class FrontierCache:
                 joined = p[0] if len(p) == 1 else np.concatenate(p, axis=0)
                 self._parts[i] = [joined]  # the batches are dropped: the cache exists once
                 arrays.append(joined)
-        labels = np.concatenate(self._labels, axis=0) if self._labels else None
+        labels = None
+        if self._labels:
+            labels = self._labels[0] if len(self._labels) == 1 else np.concatenate(self._labels, axis=0)
+            self._labels = [labels]  # the batches' labels are dropped too: a segmentation's masks exist once
         return Cache(arrays, labels, self.n, self.summary)
 
 

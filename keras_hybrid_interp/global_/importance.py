@@ -465,6 +465,7 @@ def importance_result(engine: TailEngine, reducer, request: ImportanceRequest, r
         labels = reader.hard_targets(base) if reader is not None else np.asarray(base, dtype=np.float64)
     score = _score_fn(request.scoring, reader, labels)
     baseline = score(base)
+    del base  # the baseline's outputs of every sample (a U-Net's: n x H x W x K) are not needed by the jobs
 
     jobs = []
     if request.method == "permutation":

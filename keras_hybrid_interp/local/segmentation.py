@@ -387,7 +387,9 @@ class SegmentationScores:
         if key not in cache:
             size = int(np.prod(out_spatial))
             pos = block_positions(np.arange(size), out_spatial, block_spatial)
-            cache[key] = (np.arange(n, dtype=np.int64)[:, None] * int(np.prod(block_spatial)) + pos[None]).ravel()
+            flat = np.arange(n, dtype=np.int64)[:, None] * int(np.prod(block_spatial)) + pos[None]
+            # Kept for the whole pass: int32 (half the memory) where a batch's block positions fit in it.
+            cache[key] = flat.ravel().astype(np.int32 if flat.size and flat.max() < 2**31 else np.int64)
         return cache[key]
 
     @staticmethod

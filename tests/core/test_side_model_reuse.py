@@ -169,3 +169,32 @@ def test_outputs_are_read_without_a_copy_and_equal_predict_on_batch():
         assert not got.flags.writeable
         with pytest.raises(ValueError, match="read-only"):
             got[0] = 0.0
+
+
+def test_kept_samples_do_not_hold_their_batch_outputs():
+    """What a reducer keeps of a batch (the explained inputs' raw maps: its first samples) is its own memory:
+    a view would keep the whole batch's output buffer (on TensorFlow the backend's tensor) alive after the
+    pass. Checked through the pass itself, against the side model's outputs for the same samples."""
+    x, _ = _data(20)
+    interp = HybridInterpreter(small_cnn())
+    tap = interp._feature_taps()[0]
+    raw = _pass.Tap(tap.key, "raw", limit=3)
+    head, every = _pass.Collect(raw), _pass.Collect(_pass.Tap(tap.key, "raw"))
+    seen = []
+    original = _pass._batch_values
+
+    def spy(*args, **kwargs):
+        values = original(*args, **kwargs)
+        seen.append(values[raw.ident])
+        return values
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(_pass, "_batch_values", spy):
+        _pass.run(interp.graph, interp._stream(x, batch_size=8), [head, every])
+    kept = head.result()
+    np.testing.assert_array_equal(kept, np.asarray(seen[0])[:3])
+    assert kept.shape[0] == 3 and np.any(kept != 0)
+    for part in head._parts + every._parts:
+        assert part.base is None  # owns its memory: no batch buffer behind it
+        assert all(not np.shares_memory(part, np.asarray(v)) for v in seen)

@@ -339,6 +339,11 @@ MUTANTS = [
     M("collect_keeps_views", "core/data_pass.py", "return v.copy() if v.base is not None else v", "return v",
       (T + "core/test_side_model_reuse.py::test_kept_samples_do_not_hold_their_batch_outputs",),
       "a reducer's kept samples are views that hold the whole batch's output buffers"),
+    M("atlas_crops_moved_missed", "global_/atlas.py",
+      "moved = np.flatnonzero(np.any(order != np.arange(k_now)[:, None], axis=0))",
+      "moved = np.flatnonzero(np.all(order != np.arange(k_now)[:, None], axis=0))",
+      (T + "global_/test_atlas.py::test_each_crop_is_the_input_sliced_at_its_box",),
+      "kept crops not moved with their ranks (the atlas shows another sample's crop)"),
     # ---------------- input drift (core/drift.py) ----------------
     M("drift_range_unwidened", "core/drift.py", "bad = (low < ref_min - margin) | (high > ref_max + margin)",
       "bad = (low < ref_min) | (high > ref_max)",

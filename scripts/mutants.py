@@ -344,6 +344,10 @@ MUTANTS = [
       "moved = np.flatnonzero(np.all(order != np.arange(k_now)[:, None], axis=0))",
       (T + "global_/test_atlas.py::test_each_crop_is_the_input_sliced_at_its_box",),
       "kept crops not moved with their ranks (the atlas shows another sample's crop)"),
+    M("parallel_results_reordered", "core/parallel.py", "yield pending.popleft().result()\n        while",
+      "yield pending.pop().result()\n        while",
+      (T + "core/test_parallel.py::test_results_are_the_loop_s_in_input_order",),
+      "threaded results returned out of input order"),
     # ---------------- input drift (core/drift.py) ----------------
     M("drift_range_unwidened", "core/drift.py", "bad = (low < ref_min - margin) | (high > ref_max + margin)",
       "bad = (low < ref_min) | (high > ref_max)",

@@ -51,6 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .parallel import ordered_map
 from .task import argmax_last, confusion
 
 __all__ = ["LinearHead", "CHUNK_BYTES", "sample_chunk"]
@@ -334,8 +335,9 @@ class LinearHead:
                     done += 1
                 elif len(job.channels) == 1:
                     by_channel.setdefault(int(np.asarray(job.channels)[0]), []).append(i)
-            for c, idx in by_channel.items():
-                cms = argmax.channel_confusions(c, [perturbation(jobs[i])[1:] for i in idx])
+            # Filters are independent: several at once on the CPU cores (NumPy releases the GIL), in order.
+            work = ((c, [perturbation(jobs[i])[1:] for i in idx]) for c, idx in by_channel.items())
+            for idx, cms in zip(by_channel.values(), ordered_map(lambda cp: argmax.channel_confusions(*cp), work)):
                 for i, cm in zip(idx, cms):
                     scores[i] = seg.from_confusion(cm)
                 done += len(idx)

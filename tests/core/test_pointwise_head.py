@@ -351,6 +351,13 @@ def test_mean_iou_recomputes_only_where_the_argmax_can_move(build, monkeypatch):
     assert_not_all_zero(want[:-1] - want[-1])  # the jobs move the argmax somewhere
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(fast.linear.run_maps(maps, jobs, iou, chunk_bytes=1, keep_bytes=0), want)
+    # Filters on one thread or on several (core/parallel.py): the same scores, bit for bit.
+    from keras_hybrid_interp.core import parallel
+
+    for n_threads in (1, 3):
+        monkeypatch.setattr(parallel, "threads", lambda n_threads=n_threads: n_threads)
+        np.testing.assert_array_equal(fast.linear.run_maps(maps, jobs, iou), want)
+    monkeypatch.undo()
     # Margins near ties everywhere (a head scaled down 1e7 times): every position is a candidate.
     k, b = head.get_weights()
     head.set_weights([k * 1e-7, b * 1e-7])

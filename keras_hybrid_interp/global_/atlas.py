@@ -167,15 +167,17 @@ class TopKExamples:
         if kept:
             rows = np.where(from_old, order, 0)
             boxes = self.boxes[rows, cols]
-            crops = self.crops  # kept when keep_crops; reordered in place, filter by filter
-            if crops is not None:
-                if k_now > len(crops):  # fewer than k samples before this batch: every filter's crops move
-                    crops = np.empty((k_now,) + crops.shape[1:], dtype=crops.dtype)
+            old, crops = self.crops, None  # kept when keep_crops; reordered in place, filter by filter
+            if old is not None:
+                if k_now > len(old):  # fewer than k samples before this batch: every filter's crops move
+                    new = np.empty((k_now,) + old.shape[1:], dtype=old.dtype)
                     moved = np.arange(f)
                 else:  # only the filters whose ranks changed (a whole-image window: 0.26 MB a crop at 256 px)
+                    new = old
                     moved = np.flatnonzero(np.any(order != np.arange(k_now)[:, None], axis=0))
                 for c in moved:
-                    crops[:, c] = self.crops[rows[:, c], c]  # the right side is a copy: safe in place
+                    new[:, c] = old[rows[:, c], c]  # the right side is a copy: safe in place
+                crops = new
         else:
             boxes = np.empty((k_now, f, self.rf.ndim, 2), dtype=np.int64)
             # Every crop is new, and written below (NaN outside the input, then the box).

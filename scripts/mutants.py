@@ -348,6 +348,10 @@ MUTANTS = [
       "yield pending.pop().result()\n        while",
       (T + "core/test_parallel.py::test_results_are_the_loop_s_in_input_order",),
       "threaded results returned out of input order"),
+    M("parallel_health_not_shared", "core/parallel.py",
+      "health._state.stack = caveats if caveats else []", "health._state.stack = []",
+      (T + "core/test_parallel.py::test_tasks_run_in_the_caller_s_context_and_their_findings_join_its_health",),
+      "a threaded task's health findings miss the report's health section"),
     # ---------------- input drift (core/drift.py) ----------------
     M("drift_range_unwidened", "core/drift.py", "bad = (low < ref_min - margin) | (high > ref_max + margin)",
       "bad = (low < ref_min) | (high > ref_max)",

@@ -65,3 +65,30 @@ def test_an_exception_reaches_the_caller_and_stops_the_tasks_not_started():
         list(parallel.ordered_map(fn, range(100), 2))
     time.sleep(0.1)
     assert len(started) < 100  # the queued tasks were cancelled, not run
+
+
+def test_tasks_run_in_the_caller_s_context_and_their_findings_join_its_health():
+    """A task sees the caller's NumPy errstate (a context variable), and what it reports with health.warn lands
+    in the caller's collected findings (a report's health section), not in a warning of its own thread."""
+    from keras_hybrid_interp.core import health
+
+    def divide(i):
+        return np.ones(3) / np.zeros(3) if i == 2 else np.ones(3)
+
+    with np.errstate(divide="raise"):
+        with pytest.raises(FloatingPointError):
+            list(parallel.ordered_map(divide, range(4), 2))
+
+    def finding(i):
+        health.warn("kind", f"finding {i}")
+        return i
+
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with health.collect() as caveats:
+            assert list(parallel.ordered_map(finding, range(5), 2)) == list(range(5))
+            assert sorted(c.message for c in caveats) == [f"finding {i}" for i in range(5)]
+            assert not caught  # gathered, not emitted yet
+    assert sorted(str(w.message) for w in caught) == [f"finding {i}" for i in range(5)]

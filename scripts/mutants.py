@@ -348,8 +348,8 @@ MUTANTS = [
       "yield pending.pop().result()\n        while",
       (T + "core/test_parallel.py::test_results_are_the_loop_s_in_input_order",),
       "threaded results returned out of input order"),
-    M("parallel_health_not_shared", "core/parallel.py",
-      "health._state.stack = caveats if caveats else []", "health._state.stack = []",
+    M("parallel_health_not_shared", "core/health.py",
+      "_state.stack = stack if stack else []", "_state.stack = []",
       (T + "core/test_parallel.py::test_tasks_run_in_the_caller_s_context_and_their_findings_join_its_health",),
       "a threaded task's health findings miss the report's health section"),
     # ---------------- input drift (core/drift.py) ----------------

@@ -375,12 +375,18 @@ class Collect:
             return
         self._parts.append(_owned(v, self.dtype))
 
-    def result(self):
+    def result(self, release: bool = False):
+        """The kept values, joined; ``release``: forget them here (the caller's result is then the only copy)."""
         if not self._parts:
             return None
+        out: list | np.ndarray
         if isinstance(self._parts[0], list):
-            return [np.concatenate(p, axis=0) for p in zip(*self._parts)]
-        return np.concatenate(self._parts, axis=0)
+            out = [np.concatenate(p, axis=0) for p in zip(*self._parts)]
+        else:
+            out = np.concatenate(self._parts, axis=0)
+        if release:
+            self._parts = []
+        return out
 
 
 def _owned(v, dtype=None) -> np.ndarray:

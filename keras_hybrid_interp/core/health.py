@@ -103,6 +103,26 @@ def collect():
                 warnings.warn(c.message, InterpretationWarning, stacklevel=_user_stacklevel())
 
 
+def current() -> list:
+    """The calling thread's findings (its :func:`collect` stack), for :func:`adopted` in a worker thread."""
+    return _stack()
+
+
+@contextlib.contextmanager
+def adopted(stack: list):
+    """Runs the block, in a worker thread, with the findings ``stack`` of the thread that started it (:func:`current`).
+
+    Health state is per thread: a worker's :func:`warn` would otherwise be emitted on its own instead of
+    joining the caller's :func:`collect` (a report's health section). Where the caller collects, the worker
+    adds to the same list; where it does not, the worker has a list of its own.
+    """
+    _state.stack = stack if stack else []
+    try:
+        yield
+    finally:
+        _state.stack = []
+
+
 @contextlib.contextmanager
 def apart():
     """Gathers the warnings of an analysis of *another* subject into a list of their own.

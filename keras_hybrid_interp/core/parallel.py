@@ -64,14 +64,11 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], n_threads: int | None 
         return
     from . import health
 
-    caveats = health._stack()  # the caller's health findings: the workers add to the same list
+    findings = health.current()  # the caller's health findings: the workers add to the same list
 
     def task(item):
-        health._state.stack = caveats if caveats else []  # collecting: share the list; else the worker's own
-        try:
+        with health.adopted(findings):
             return fn(item)
-        finally:
-            health._state.stack = []
 
     pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="khi")
     pending: collections.deque = collections.deque()

@@ -127,12 +127,15 @@ class ExplanationsSection(ReportSection):
         x = self.inputs.result() if self.inputs is not None else None
         if x is None:
             return []
+        # The raw maps of every block serve this result only (the section is computed once per pass): the
+        # Collects let them go here, before the importance and the atlas (a U-Net's: 60 MB for 2 inputs).
+        maps = [c.result(release=True) for c in self.maps]
         if self.ctx.spatial:
-            return [_segmentation.explanation_from_maps(interp, x[j], [c.result()[j:j + 1] for c in self.maps])
+            return [_segmentation.explanation_from_maps(interp, x[j], [m[j:j + 1] for m in maps])
                     for j in range(len(x))]
         y = self.labels.result() if self.labels is not None else None
         targets = None if y is None else np.asarray(self.ctx.task.targets(y))
-        return interp._explanations(x, [c.result() for c in self.maps], targets=targets)
+        return interp._explanations(x, maps, targets=targets)
 
     def render(self, explanations):
         from .. import plotting

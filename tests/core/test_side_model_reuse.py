@@ -198,3 +198,6 @@ def test_kept_samples_do_not_hold_their_batch_outputs():
     for part in head._parts + every._parts:
         assert part.base is None  # owns its memory: no batch buffer behind it
         assert all(not np.shares_memory(part, np.asarray(v)) for v in seen)
+    # A consumer that is the values' last user (the report's explanations) takes them and lets them go.
+    np.testing.assert_array_equal(head.result(release=True), kept)
+    assert head.result() is None and every.result() is not None

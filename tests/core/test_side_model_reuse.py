@@ -195,9 +195,11 @@ def test_kept_samples_do_not_hold_their_batch_outputs():
     kept = head.result()
     np.testing.assert_array_equal(kept, np.asarray(seen[0])[:3])
     assert kept.shape[0] == 3 and np.any(kept != 0)
-    for part in head._parts + every._parts:
-        assert part.base is None  # owns its memory: no batch buffer behind it
+    for part in head._parts:  # the first 3 samples of a batch of 8: a copy, never a view of the batch
+        assert part.base is None
         assert all(not np.shares_memory(part, np.asarray(v)) for v in seen)
+    for part in every._parts:  # whole batches: the batch's values themselves where they own their memory
+        assert part.base is None  # (JAX, torch); a copy where they are views of the backend's tensor (TF)
     # A consumer that is the values' last user (the report's explanations) takes them and lets them go.
     np.testing.assert_array_equal(head.result(release=True), kept)
     assert head.result() is None and every.result() is not None
